@@ -1,0 +1,107 @@
+"""The ``lmcache`` entry point: core commands plus commands registered by plugins."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+
+from lmcache_core import __version__
+from lmcache_core.cli import plugins_command
+from lmcache_core.cli.server_command import ServerCommand, build_server_function
+from lmcache_core.errors import ConfigError, LMCacheError
+
+CORE_COMMANDS = frozenset({"server", "plugins"})
+
+USAGE_EXIT = 2
+FAILURE_EXIT = 1
+
+
+def build_app(with_plugin_commands: bool) -> typer.Typer:
+    """The typer app; plugin commands are added only when one may be invoked.
+
+    Loading plugin commands imports every plugin, so it is skipped for core
+    commands: ``lmcache server --disable-plugin X`` must not import X.
+    """
+    app = typer.Typer(
+        name="lmcache",
+        help="LMCache multiprocess KV-cache server and admin tools.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    app.command("server", cls=ServerCommand, context_settings={"max_content_width": 120})(
+        build_server_function()
+    )
+    app.add_typer(plugins_command.app, name="plugins")
+
+    @app.callback(invoke_without_command=True)
+    def root(
+        version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    ) -> None:
+        if version:
+            typer.echo(__version__)
+            raise typer.Exit(0)
+
+    if with_plugin_commands:
+        _add_plugin_commands(app)
+    return app
+
+
+def _add_plugin_commands(app: typer.Typer) -> None:
+    from lmcache_core.plugin.registry import PluginRegistry, ensure_implemented
+    from lmcache_core.plugin.specs import PluginKind
+
+    registry = PluginRegistry()
+    for spec in registry.specs(PluginKind.CLI_COMMAND):
+        if spec.name in CORE_COMMANDS:
+            raise ConfigError(None, f"plugin CLI command {spec.name!r} clashes with a core command")
+        ensure_implemented(spec, registry.owner(spec))
+        command = spec.factory()
+        if isinstance(command, typer.Typer):
+            app.add_typer(command, name=spec.name, help=spec.description)
+        else:
+            app.command(spec.name, help=spec.description)(command)
+
+
+def _first_command(argv: list[str]) -> str | None:
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; every deliberate error is one line on stderr, never a traceback.
+
+    Returns:
+        The exit code: 0 on success, 2 for a usage or configuration error, 1 when
+        the server cannot start or fails.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    code = _run(args)
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+def _run(args: list[str]) -> int:
+    try:
+        app = build_app(with_plugin_commands=_first_command(args) not in CORE_COMMANDS)
+        command = typer.main.get_command(app)
+        result: Any = command.main(args, prog_name="lmcache", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return USAGE_EXIT
+    except LMCacheError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return FAILURE_EXIT
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except typer.TyperException as exc:  # click's usage errors
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        hint = " (see --help)"
+        typer.echo(f"error: {' '.join(message.split())}{hint}", err=True)
+        return int(getattr(exc, "exit_code", USAGE_EXIT))

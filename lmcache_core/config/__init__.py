@@ -1,0 +1,1 @@
+"""Configuration models, one per flag group of the configuration reference."""

@@ -1,0 +1,42 @@
+"""The FastAPI app factory of the HTTP frontend."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from lmcache_core import __version__
+from lmcache_core.errors import PluginError
+from lmcache_core.http.core_routes import router as core_router
+from lmcache_core.plugin.registry import ensure_implemented
+from lmcache_core.plugin.specs import HttpRouterSpec, PluginKind
+from lmcache_core.server.context import ServerContext
+
+logger = logging.getLogger("lmcache.http")
+
+
+def create_app(context: ServerContext) -> FastAPI:
+    """Build the admin app: core routes, then every plugin router.
+
+    Args:
+        context: The running server's shared state (``app.state.context``).
+
+    Raises:
+        PluginError: A plugin router failed to build.
+    """
+    app = FastAPI(
+        title="LMCache MP server",
+        version=__version__,
+        description="Admin API of the LMCache multiprocess KV-cache server.",
+    )
+    app.state.context = context
+    app.include_router(core_router)
+    for spec in context.registry.specs(PluginKind.HTTP_ROUTER):
+        assert isinstance(spec, HttpRouterSpec)
+        ensure_implemented(spec, context.registry.owner(spec))
+        try:
+            app.include_router(spec.factory(context), prefix=spec.prefix)
+        except Exception as exc:
+            raise PluginError(f"HTTP router {spec.name!r} failed to build: {exc}") from exc
+    return app

@@ -1,0 +1,1 @@
+"""The server process: start-up checks, component lifecycle and the main loop."""

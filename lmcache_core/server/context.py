@@ -1,0 +1,38 @@
+"""State shared by the HTTP frontend and the server's components."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from lmcache_core.config.resolution import Selection
+from lmcache_core.config.server import ServerConfig
+from lmcache_core.plugin.registry import PluginRegistry
+from lmcache_core.server.lifecycle import Lifecycle
+from lmcache_core.server.startup import StartupReport
+
+
+@dataclass
+class ServerContext:
+    """Everything a route or component may need to know about the running server.
+
+    Attributes:
+        config: The validated configuration.
+        registry: The plugin registry of this process.
+        selection: The plugins the configuration selected.
+        report: What start-up found missing or questionable.
+        lifecycle: The components, once the server builds them.
+        started_at: Wall-clock start time (seconds since the epoch).
+    """
+
+    config: ServerConfig
+    registry: PluginRegistry
+    selection: Selection
+    report: StartupReport
+    lifecycle: Lifecycle = field(default_factory=lambda: Lifecycle([]))
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def instance_id(self) -> str:
+        """This server's ``--instance-id``."""
+        return self.config.mp.instance_id

@@ -1,0 +1,64 @@
+"""Run the server process until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from lmcache_core.http.app import create_app
+from lmcache_core.server.context import ServerContext
+from lmcache_core.server.http_frontend import HttpFrontend
+from lmcache_core.server.lifecycle import Component, Lifecycle
+
+logger = logging.getLogger("lmcache.server")
+
+SHUTDOWN_BUDGET_SECONDS = 4.0
+"""Everything must be stopped within this time after a signal (the promise is 5 s)."""
+
+
+def build_components(context: ServerContext) -> list[Component]:
+    """The components of this build, in start order.
+
+    The request server and data-path controllers slot in before the HTTP
+    frontend, so ``/healthcheck`` only answers once they run.
+    """
+    app = create_app(context)
+    return [HttpFrontend(app, context.config.http.http_host, context.config.http.http_port)]
+
+
+def serve(context: ServerContext) -> int:
+    """Start every component, wait for a stop signal, then stop them in reverse order.
+
+    Returns:
+        The process exit code (0 after a signal-initiated shutdown).
+    """
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        context.lifecycle = Lifecycle(build_components(context))
+        context.lifecycle.start()
+        for warning in context.report.warnings:
+            logger.warning("%s", warning)
+        for pending in context.report.pending:
+            logger.warning("%s", pending)
+        logger.info("lmcache server %s is up", context.instance_id)
+        while not stop.wait(0.5):
+            unhealthy = {n: h for n, h in context.lifecycle.health().items() if not h.ok}
+            if unhealthy:
+                for name, health in unhealthy.items():
+                    logger.error("%s failed: %s", name, health.detail)
+                context.lifecycle.stop(SHUTDOWN_BUDGET_SECONDS)
+                return 1
+        context.lifecycle.stop(SHUTDOWN_BUDGET_SECONDS)
+        logger.info("lmcache server stopped")
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

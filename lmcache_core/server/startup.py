@@ -1,0 +1,111 @@
+"""What this build can and cannot run for a given configuration.
+
+Some plugins are registered before their behaviour has landed (they are listed as
+"not implemented yet"). The rule the server applies at start-up:
+
+* a feature the operator turned on explicitly (an L2 adapter, a non-default
+  engine or L2 policy, tracing, the lookup-hash log, runtime plugins, the
+  ``/run_script`` import list, a GDS or DAX L1) must work, or start-up fails and
+  says why;
+* the default data path (request server, default engine, L1 and its eviction
+  policy, metrics and logging subscribers) that this build does not have yet is
+  reported as a warning at start-up and in ``/status``, so the admin API still
+  runs and nothing pretends to work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmcache_core.config.resolution import Selection
+from lmcache_core.config.server import ServerConfig
+from lmcache_core.plugin.names import normalize_name
+from lmcache_core.plugin.specs import PluginSpec, SubscriberCategory
+
+DATA_PATH_ISSUE = "the data-path issue (#3)"
+ADMIN_ISSUE = "the observability and admin issue (#5)"
+
+
+@dataclass
+class StartupReport:
+    """Problems that stop the server, and gaps it starts with.
+
+    Attributes:
+        errors: Each one stops start-up; the first is printed.
+        warnings: Logged at start-up and shown in ``/status``.
+        pending: Selected plugins registered but not implemented yet.
+    """
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        """JSON-ready form."""
+        return {"errors": self.errors, "warnings": self.warnings, "pending": self.pending}
+
+
+def _pending(spec: PluginSpec) -> str:
+    return f"{spec.kind.value} {spec.name!r} is not implemented yet: {spec.not_implemented}"
+
+
+def check_startup(config: ServerConfig, selection: Selection) -> StartupReport:
+    """Decide what stops start-up and what is only reported.
+
+    Args:
+        config: The validated configuration.
+        selection: The plugins it selects.
+
+    Returns:
+        The report; the server refuses to start when ``errors`` is not empty.
+    """
+    report = StartupReport()
+    opt_in: list[tuple[str, PluginSpec]] = []
+    defaults: list[PluginSpec] = [selection.eviction_policy]
+    for flag, spec, default in (
+        ("--engine-type", selection.engine, "default"),
+        ("--l2-store-policy", selection.store_policy, "default"),
+        ("--l2-prefetch-policy", selection.prefetch_policy, "default"),
+    ):
+        if normalize_name(spec.name) == default:
+            defaults.append(spec)
+        else:
+            opt_in.append((flag, spec))
+    for adapter in selection.adapters:
+        opt_in.append((f"--l2-adapter #{adapter.index}", adapter.spec))
+    for subscriber in selection.subscribers:
+        explicit = subscriber.category is SubscriberCategory.TRACING or subscriber.enabled_when
+        if explicit:
+            opt_in.append(("observability", subscriber))
+        else:
+            defaults.append(subscriber)
+
+    for flag, spec in opt_in:
+        if spec.not_implemented:
+            report.errors.append(f"{flag}: {_pending(spec)}")
+    report.pending = [_pending(spec) for spec in defaults if spec.not_implemented]
+
+    mp = config.mp
+    unavailable = {
+        "--runtime-plugin-locations": bool(mp.runtime_plugin_locations),
+        "--script-allowed-imports": bool(mp.script_allowed_imports),
+    }
+    for flag, given in unavailable.items():
+        if given:
+            report.errors.append(f"{flag}: not implemented yet: lands with {ADMIN_ISSUE}")
+    if config.gds_l1.gds_l1_path is not None:
+        report.errors.append(
+            "--gds-l1-path: the GDS L1 tier needs CUDA and cuFile and is not implemented yet"
+        )
+    if config.l1.l1_devdax_path is not None:
+        report.errors.append(
+            f"--l1-devdax-path: a DAX-backed L1 is not implemented yet: lands with {DATA_PATH_ISSUE}"
+        )
+    if report.pending:
+        report.warnings.append(
+            "this build has no data path yet: the ZeroMQ request server on "
+            f"{mp.host}:{mp.port} is not started and only the HTTP admin API runs; it lands "
+            f"with {DATA_PATH_ISSUE}"
+        )
+    report.warnings.extend(config.advisories())
+    return report

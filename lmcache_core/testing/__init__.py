@@ -1,0 +1,1 @@
+"""Test helpers and conformance checks for the core and for plugin authors."""
