@@ -76,16 +76,11 @@ class ServerConfig(BaseModel):
     def advisories(self) -> list[str]:
         """Warnings about settings that are valid but probably not what was meant."""
         notes: list[str] = []
-        mp, l1, obs = self.mp, self.l1, self.observability
+        mp, obs = self.mp, self.observability
         if mp.enable_segmented_prefix and normalize_name(mp.engine_type) != "blend":
             notes.append(
                 "--enable-segmented-prefix has no effect unless --engine-type is blend "
                 f"(it is {mp.engine_type})"
-            )
-        if l1.l1_use_lazy and l1.l1_init_size_gb > l1.l1_size_gb:
-            notes.append(
-                f"--l1-init-size-gb {l1.l1_init_size_gb:g} exceeds --l1-size-gb "
-                f"{l1.l1_size_gb:g}; it is clamped to {l1.l1_size_gb:g}"
             )
         if obs.otlp_endpoint and not obs.enable_tracing:
             notes.append("--otlp-endpoint is set but tracing is off (add --enable-tracing)")

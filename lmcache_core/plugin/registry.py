@@ -246,7 +246,7 @@ class PluginRegistry:
     def _conflict_message(
         kind: PluginKind, key: str, entries: list[tuple[PluginSpec, PluginRecord]]
     ) -> str:
-        owners = " and ".join(record.label for _, record in entries)
+        owners = " and ".join(sorted(record.label for _, record in entries))
         return (
             f"{KIND_LABELS[kind]} {key!r} is registered by both {owners}; uninstall one, "
             f"or disable one with {DISABLE_ENV} or --disable-plugin"

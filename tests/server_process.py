@@ -1,0 +1,75 @@
+"""Start a real ``lmcache server`` subprocess and talk to it over real sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test environment without stray LMCACHE_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
+    env["LMCACHE_PLUGINS_STRICT"] = "1"
+    env.update(extra)
+    return env
+
+
+def start_server(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Launch ``lmcache server ARGS`` with its output captured."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "from lmcache_core.cli.main import main; main()", "server", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env or clean_env(),
+    )
+
+
+def wait_healthy(process: subprocess.Popen[str], url: str, timeout: float = 30.0) -> float:
+    """Poll ``url/healthcheck`` until 200; returns the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"server exited with {process.returncode}:\n{output}")
+        try:
+            if httpx.get(f"{url}/healthcheck", timeout=1.0).status_code == 200:
+                return time.monotonic() - started
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"server not healthy after {timeout} s")
+
+
+@contextmanager
+def running_server(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A healthy server on free ports; killed at exit if the test did not stop it."""
+    http_port = free_port()
+    process = start_server(
+        "--http-host", "127.0.0.1", "--http-port", str(http_port), "--port", str(free_port()), *args
+    )
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        wait_healthy(process, url)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        if process.stdout:
+            process.stdout.close()
