@@ -20,7 +20,9 @@ class FakeSite:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
-    def add(self, dist: str, source: str, *, version: str = "1.0.0", ep_name: str | None = None) -> str:
+    def add(
+        self, dist: str, source: str, *, version: str = "1.0.0", ep_name: str | None = None
+    ) -> str:
         """Install distribution ``dist`` whose plugin module holds ``source``.
 
         Returns:
@@ -30,12 +32,8 @@ class FakeSite:
         (self.root / f"{module}.py").write_text(textwrap.dedent(source))
         info = self.root / f"{dist.replace('-', '_')}-{version}.dist-info"
         info.mkdir()
-        (info / "METADATA").write_text(
-            f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n"
-        )
-        (info / "entry_points.txt").write_text(
-            f"[lmcache.plugins]\n{ep_name or dist} = {module}\n"
-        )
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(f"[lmcache.plugins]\n{ep_name or dist} = {module}\n")
         return module
 
     def entry_points(self) -> list[metadata.EntryPoint]:

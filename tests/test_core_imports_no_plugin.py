@@ -16,7 +16,10 @@ CORE_DIR = Path(lmcache_core.__file__).parent
 
 def plugin_packages() -> set[str]:
     """Top-level import packages of every installed plugin distribution."""
-    packages = {ep.value.split(".")[0].split(":")[0] for ep in metadata.entry_points(group="lmcache.plugins")}
+    packages = {
+        ep.value.split(".")[0].split(":")[0]
+        for ep in metadata.entry_points(group="lmcache.plugins")
+    }
     packages.add("lmcache_plugins")
     return packages
 
@@ -37,7 +40,9 @@ from lmcache_core.cli.main import build_app
 build_app(with_plugin_commands=False)
 print(json.dumps(sorted(sys.modules)))
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
     loaded = {name.split(".")[0] for name in json.loads(result.stdout)}
     assert "lmcache_core" in loaded
     assert not loaded & plugin_packages()
@@ -53,5 +58,7 @@ def test_core_source_never_names_a_plugin_package() -> None:
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
-            offenders += [f"{path.relative_to(CORE_DIR)}: {n}" for n in names if n.split(".")[0] in forbidden]
+            offenders += [
+                f"{path.relative_to(CORE_DIR)}: {n}" for n in names if n.split(".")[0] in forbidden
+            ]
     assert offenders == []

@@ -30,11 +30,18 @@ def test_healthcheck_status_and_plugins() -> None:
         assert status["plugins"]["engine"]["distribution"] == "lmcache-engine-default"
         assert status["plugins"]["eviction_policy"]["name"] == "LRU"
         assert any("no data path yet" in w for w in status["startup"]["warnings"])
-        assert any("engine 'default' is not implemented yet" in p for p in status["startup"]["pending"])
+        assert any(
+            "engine 'default' is not implemented yet" in p for p in status["startup"]["pending"]
+        )
 
         rows = httpx.get(f"{url}/plugins").json()
         names = {(row["kind"], row["name"]) for row in rows}
-        for expected in [("engine", "default"), ("eviction_policy", "IsolatedLRU"), ("l2_adapter", "s3"), ("subscriber", "metrics")]:
+        for expected in [
+            ("engine", "default"),
+            ("eviction_policy", "IsolatedLRU"),
+            ("l2_adapter", "s3"),
+            ("subscriber", "metrics"),
+        ]:
             assert expected in names
         assert all(row["distribution"].startswith("lmcache-") for row in rows)
 
@@ -63,24 +70,36 @@ def test_busy_http_port_fails_with_one_line() -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        process = start_server(*BASE, "--http-host", "127.0.0.1", "--http-port", str(port), "--port", str(free_port()))
+        process = start_server(
+            *BASE, "--http-host", "127.0.0.1", "--http-port", str(port), "--port", str(free_port())
+        )
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 1
     errors = [line for line in output.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: --http-port: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    assert errors == [
+        f"error: --http-port: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
     assert "Traceback" not in output
 
 
 @pytest.mark.parametrize(
     "extra, expected",
     [
-        (("--l2-adapter", '{"type": "fs", "base_path": "/tmp/x"}'), "--l2-adapter #1: l2_adapter 'fs' is not implemented yet"),
+        (
+            ("--l2-adapter", '{"type": "fs", "base_path": "/tmp/x"}'),
+            "--l2-adapter #1: l2_adapter 'fs' is not implemented yet",
+        ),
         (("--engine-type", "blend"), "--engine-type: engine 'blend' is not implemented yet"),
-        (("--enable-tracing", "--otlp-endpoint", "http://127.0.0.1:4317"), "observability: subscriber 'tracing' is not implemented yet"),
+        (
+            ("--enable-tracing", "--otlp-endpoint", "http://127.0.0.1:4317"),
+            "observability: subscriber 'tracing' is not implemented yet",
+        ),
     ],
     ids=["l2-adapter", "blend-engine", "tracing"],
 )
-def test_explicitly_enabled_pending_features_refuse_to_start(extra: tuple[str, ...], expected: str) -> None:
+def test_explicitly_enabled_pending_features_refuse_to_start(
+    extra: tuple[str, ...], expected: str
+) -> None:
     process = start_server(*BASE, "--http-port", str(free_port()), *extra, env=clean_env())
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 1

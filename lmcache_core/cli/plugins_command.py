@@ -19,7 +19,7 @@ def format_table(rows: list[SpecRow]) -> str:
     ordered = sorted(rows, key=lambda r: (r.kind, r.name.lower()))
     cells = [[c.upper() for c in COLUMNS]]
     for row in ordered:
-        status = row.status if row.status == "ok" else f"{row.status}: {row.error}"
+        status = f"{row.status}: {row.error}" if row.error else row.status
         cells.append([row.name, row.kind, row.distribution, row.version, status])
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS) - 1)]
     lines = []

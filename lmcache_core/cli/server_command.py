@@ -34,6 +34,13 @@ def _is_bool(info: FieldInfo) -> bool:
     return info.annotation is bool
 
 
+def _help(text: str) -> str:
+    """Escape ``[`` so rich markup does not swallow ``[env: ...]`` from ``--help``."""
+    if typer.core.DEFAULT_MARKUP_MODE == "rich":
+        return text.replace("[", "\\[")
+    return text
+
+
 def _default_text(info: FieldInfo, meta: CliMeta) -> str | bool:
     if meta.default_text is not None:
         return meta.default_text
@@ -49,7 +56,7 @@ def _default_text(info: FieldInfo, meta: CliMeta) -> str | bool:
 def _parameter(field_name: str, info: FieldInfo, panel: str) -> inspect.Parameter:
     meta = cli_meta(info)
     flag = flag_name(field_name)
-    help_text = f"{info.description} [env: {env_name(field_name)}]"
+    help_text = _help(f"{info.description} [env: {env_name(field_name)}]")
     common: dict[str, Any] = {
         "help": help_text,
         "rich_help_panel": panel,
@@ -61,13 +68,17 @@ def _parameter(field_name: str, info: FieldInfo, panel: str) -> inspect.Paramete
         annotation = Annotated[bool, typer.Option(decl, **common)]
         default: Any = bool(info.default)
     elif meta.variadic or meta.repeatable:
-        annotation = Annotated[list[str] | None, typer.Option(flag, metavar=meta.metavar or "VALUE", **common)]
+        annotation = Annotated[
+            list[str] | None, typer.Option(flag, metavar=meta.metavar or "VALUE", **common)
+        ]
         default = None
     else:
         metavar = meta.metavar or _metavar(info)
         annotation = Annotated[str | None, typer.Option(flag, metavar=metavar, **common)]
         default = None
-    return inspect.Parameter(field_name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+    return inspect.Parameter(
+        field_name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
 
 
 def _metavar(info: FieldInfo) -> str:
@@ -177,7 +188,10 @@ def build_server_function() -> Any:
                 typer.Option(
                     "--disable-plugin",
                     metavar="NAME",
-                    help=f"Skip this plugin (entry-point or distribution name) before importing it; repeatable. [env: {DISABLE_ENV}]",
+                    help=_help(
+                        "Skip this plugin (entry-point or distribution name) before importing "
+                        f"it; repeatable. [env: {DISABLE_ENV}]"
+                    ),
                     rich_help_panel=EXTRA_PANEL,
                 ),
             ],

@@ -25,7 +25,10 @@ class EvictionConfig(GroupSettings):
         ),
     )
     eviction_trigger_watermark: float = Field(
-        default=0.8, ge=0.0, le=1.0, description="Memory usage ratio (0.0-1.0) that triggers eviction."
+        default=0.8,
+        ge=0.0,
+        le=1.0,
+        description="Memory usage ratio (0.0-1.0) that triggers eviction.",
     )
     eviction_ratio: float = Field(
         default=0.2,

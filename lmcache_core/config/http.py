@@ -17,8 +17,10 @@ class HTTPFrontendConfig(GroupSettings):
     summary: ClassVar[str] = "The HTTP frontend is included when running lmcache server."
 
     http_host: str = Field(
-        default="0.0.0.0",  # noqa: S104 - the reference's documented default
+        default="0.0.0.0",
         min_length=1,
         description="Host to bind the HTTP (FastAPI/uvicorn) server.",
     )
-    http_port: int = Field(default=8080, ge=1, le=65535, description="Port to bind the HTTP server.")
+    http_port: int = Field(
+        default=8080, ge=1, le=65535, description="Port to bind the HTTP server."
+    )

@@ -50,7 +50,7 @@ class L1MemoryConfig(GroupSettings):
     @classmethod
     def _power_of_two(cls, value: int) -> int:
         if value & (value - 1):
-            raise ValueError(f"must be a power of two, got {value}")
+            raise ValueError("must be a power of two")
         return value
 
 

@@ -8,6 +8,7 @@ becomes a :class:`~lmcache_core.errors.ConfigError` naming the flag.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from lmcache_core.config.server import ServerConfig
 from lmcache_core.errors import ConfigError
 
 _MAX_SHOWN_INPUT = 80
+_FLAG_IN_MESSAGE = re.compile(r"--(?:no-)?([a-z0-9][a-z0-9-]*)")
 
 
 def field_groups() -> dict[str, str]:
@@ -67,13 +69,18 @@ def _to_config_error(exc: ValidationError, cli_values: Mapping[str, Any]) -> Con
     message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     loc = [part for part in error["loc"] if isinstance(part, str)]
     if not loc:  # a rule across fields: its message starts with the flag it is about
+        from_env = _env_sources(message, cli_values)
+        if from_env:
+            message += f" (from {', '.join(from_env)})"
         return ConfigError(None, message)
     field_name = loc[0]
     flag = flag_name(field_name)
     if field_name not in cli_values and env_name(field_name) in os.environ:
         flag += f" (from {env_name(field_name)})"
     if error["type"] == "missing":
-        return ConfigError(flag, f"is required (give {flag_name(field_name)} or set {env_name(field_name)})")
+        return ConfigError(
+            flag, f"is required (give {flag_name(field_name)} or set {env_name(field_name)})"
+        )
     problem = message[0].lower() + message[1:] if message else "invalid value"
     shown = error.get("input")
     if isinstance(shown, (str, int, float)) and not isinstance(shown, bool):
@@ -81,3 +88,20 @@ def _to_config_error(exc: ValidationError, cli_values: Mapping[str, Any]) -> Con
         if len(text) <= _MAX_SHOWN_INPUT:
             problem += f" (got {text})"
     return ConfigError(flag, problem)
+
+
+def _env_sources(message: str, cli_values: Mapping[str, Any]) -> list[str]:
+    """The environment variables that set the flags a cross-field message names."""
+    owners = field_groups()
+    names: list[str] = []
+    for match in _FLAG_IN_MESSAGE.finditer(message):
+        field_name = match.group(1).replace("-", "_")
+        variable = env_name(field_name)
+        if (
+            field_name in owners
+            and field_name not in cli_values
+            and variable in os.environ
+            and variable not in names
+        ):
+            names.append(variable)
+    return names

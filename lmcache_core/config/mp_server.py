@@ -38,7 +38,9 @@ class MPServerConfig(GroupSettings):
             "at start-up."
         ),
     )
-    host: str = Field(default="localhost", min_length=1, description="Host address to bind the ZMQ server.")
+    host: str = Field(
+        default="localhost", min_length=1, description="Host address to bind the ZMQ server."
+    )
     port: int = Field(default=5555, ge=1, le=65535, description="Port to bind the ZMQ server.")
     chunk_size: int = Field(
         default=256, ge=1, description="Chunk size for KV cache operations (in tokens)."

@@ -60,7 +60,9 @@ class ObservabilityConfig(GroupSettings):
         default=10000, ge=1, description="Max events in the event-bus queue before tail-drop."
     )
     otlp_endpoint: Annotated[str | None, CliMeta(metavar="URL", default_text="none")] = Field(
-        default=None, min_length=1, description="OTLP gRPC endpoint for exporting metrics and traces."
+        default=None,
+        min_length=1,
+        description="OTLP gRPC endpoint for exporting metrics and traces.",
     )
     prometheus_port: int = Field(
         default=9090, ge=1, le=65535, description="Port for the Prometheus /metrics endpoint."

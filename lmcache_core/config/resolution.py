@@ -96,10 +96,16 @@ def resolve_plugins(config: ServerConfig, registry: PluginRegistry) -> Selection
     return Selection(
         engine=engine,
         eviction_policy=_resolve(
-            registry, PluginKind.EVICTION_POLICY, config.eviction.eviction_policy, "--eviction-policy"
+            registry,
+            PluginKind.EVICTION_POLICY,
+            config.eviction.eviction_policy,
+            "--eviction-policy",
         ),
         store_policy=_resolve(
-            registry, PluginKind.STORE_POLICY, config.l2_policies.l2_store_policy, "--l2-store-policy"
+            registry,
+            PluginKind.STORE_POLICY,
+            config.l2_policies.l2_store_policy,
+            "--l2-store-policy",
         ),
         prefetch_policy=_resolve(
             registry,

@@ -84,7 +84,9 @@ class ServerConfig(BaseModel):
             )
         if obs.otlp_endpoint and not obs.enable_tracing:
             notes.append("--otlp-endpoint is set but tracing is off (add --enable-tracing)")
-        if obs.disable_observability and (obs.enable_tracing or self.lookup_hash_log.lookup_hash_log_dir):
+        if obs.disable_observability and (
+            obs.enable_tracing or self.lookup_hash_log.lookup_hash_log_dir
+        ):
             notes.append(
                 "--disable-observability turns off the event bus, so tracing and the "
                 "lookup-hash log are off too"

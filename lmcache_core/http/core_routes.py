@@ -43,8 +43,7 @@ def status(request: Request) -> dict[str, Any]:
         "plugins": context.selection.describe(context.registry),
         "startup": context.report.as_dict(),
         "components": {
-            name: {"ok": h.ok, "detail": h.detail}
-            for name, h in context.lifecycle.health().items()
+            name: {"ok": h.ok, "detail": h.detail} for name, h in context.lifecycle.health().items()
         },
     }
 

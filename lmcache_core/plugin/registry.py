@@ -47,7 +47,7 @@ KIND_LABELS: dict[PluginKind, str] = {
 logger = logging.getLogger("lmcache.plugins")
 
 
-class PluginStatus(str, enum.Enum):
+class PluginStatus(enum.StrEnum):
     """Load status of one entry point."""
 
     OK = "ok"
@@ -186,7 +186,7 @@ class PluginRegistry:
                 self.plugin_manager.unregister(name=plugin_key)
                 raise
             specs = self._collect_specs(plugin_key)
-        except Exception as exc:  # noqa: BLE001 - a plugin may fail in any way
+        except Exception as exc:
             record.status = PluginStatus.BROKEN
             record.error = _one_line(exc)
             if self.plugin_manager.has_plugin(plugin_key):

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from lmcache_core.plugin.names import normalize_name
 
 
-class PluginKind(str, enum.Enum):
+class PluginKind(enum.StrEnum):
     """The kinds of implementation a plugin can register."""
 
     ENGINE = "engine"
@@ -31,7 +31,7 @@ class PluginKind(str, enum.Enum):
     CLI_COMMAND = "cli_command"
 
 
-class SubscriberCategory(str, enum.Enum):
+class SubscriberCategory(enum.StrEnum):
     """Which observability switch governs a subscriber.
 
     ``--disable-metrics`` skips METRICS subscribers, ``--disable-logging`` skips

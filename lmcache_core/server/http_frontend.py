@@ -46,7 +46,9 @@ class HttpFrontend:
         try:
             infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise StartupError(f"--http-host: cannot resolve {self.host!r}: {exc.strerror}") from None
+            raise StartupError(
+                f"--http-host: cannot resolve {self.host!r}: {exc.strerror}"
+            ) from None
         family, _, _, _, address = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -79,7 +81,9 @@ class HttpFrontend:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise StartupError(f"HTTP frontend did not start on {self.host}:{self.port}: {self._crash}")
+                raise StartupError(
+                    f"HTTP frontend did not start on {self.host}:{self.port}: {self._crash}"
+                )
             time.sleep(0.01)
         logger.info("HTTP frontend listening on http://%s:%d", self.host, self.port)
 

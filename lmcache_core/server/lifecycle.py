@@ -72,7 +72,7 @@ class Lifecycle:
             remaining = max(0.1, deadline - time.monotonic())
             try:
                 component.stop(remaining)
-            except Exception:  # noqa: BLE001 - keep stopping the others
+            except Exception:
                 logger.exception("%s did not stop cleanly", component.name)
 
     def health(self) -> dict[str, Health]:

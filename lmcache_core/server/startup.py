@@ -49,6 +49,55 @@ def _pending(spec: PluginSpec) -> str:
     return f"{spec.kind.value} {spec.name!r} is not implemented yet: {spec.not_implemented}"
 
 
+def _split_selection(
+    selection: Selection, report: StartupReport
+) -> tuple[list[tuple[str, PluginSpec]], list[PluginSpec]]:
+    """Separate the plugins the operator opted into from the default data path."""
+    opt_in: list[tuple[str, PluginSpec]] = []
+    defaults: list[PluginSpec] = [selection.eviction_policy]
+    for flag, spec in (
+        ("--engine-type", selection.engine),
+        ("--l2-store-policy", selection.store_policy),
+        ("--l2-prefetch-policy", selection.prefetch_policy),
+    ):
+        if normalize_name(spec.name) == "default":
+            defaults.append(spec)
+        else:
+            opt_in.append((flag, spec))
+    for adapter in selection.adapters:
+        opt_in.append((f"--l2-adapter #{adapter.index}", adapter.spec))
+        if getattr(adapter.config, "serde", None):
+            report.errors.append(
+                f"--l2-adapter #{adapter.index} ({adapter.spec.name}): serde transforms are "
+                "not implemented yet"
+            )
+    for subscriber in selection.subscribers:
+        if subscriber.category is SubscriberCategory.TRACING or subscriber.enabled_when:
+            opt_in.append(("observability", subscriber))
+        else:
+            defaults.append(subscriber)
+    return opt_in, defaults
+
+
+def _unavailable_features(config: ServerConfig) -> list[str]:
+    """Core features given on the command line that this build cannot run yet."""
+    errors = []
+    if config.mp.runtime_plugin_locations:
+        errors.append(f"--runtime-plugin-locations: not implemented yet: lands with {ADMIN_ISSUE}")
+    if config.mp.script_allowed_imports:
+        errors.append(f"--script-allowed-imports: not implemented yet: lands with {ADMIN_ISSUE}")
+    if config.gds_l1.gds_l1_path is not None:
+        errors.append(
+            "--gds-l1-path: the GDS L1 tier needs CUDA and cuFile and is not implemented yet"
+        )
+    if config.l1.l1_devdax_path is not None:
+        errors.append(
+            "--l1-devdax-path: a DAX-backed L1 is not implemented yet: "
+            f"lands with {DATA_PATH_ISSUE}"
+        )
+    return errors
+
+
 def check_startup(config: ServerConfig, selection: Selection) -> StartupReport:
     """Decide what stops start-up and what is only reported.
 
@@ -60,48 +109,14 @@ def check_startup(config: ServerConfig, selection: Selection) -> StartupReport:
         The report; the server refuses to start when ``errors`` is not empty.
     """
     report = StartupReport()
-    opt_in: list[tuple[str, PluginSpec]] = []
-    defaults: list[PluginSpec] = [selection.eviction_policy]
-    for flag, spec, default in (
-        ("--engine-type", selection.engine, "default"),
-        ("--l2-store-policy", selection.store_policy, "default"),
-        ("--l2-prefetch-policy", selection.prefetch_policy, "default"),
-    ):
-        if normalize_name(spec.name) == default:
-            defaults.append(spec)
-        else:
-            opt_in.append((flag, spec))
-    for adapter in selection.adapters:
-        opt_in.append((f"--l2-adapter #{adapter.index}", adapter.spec))
-    for subscriber in selection.subscribers:
-        explicit = subscriber.category is SubscriberCategory.TRACING or subscriber.enabled_when
-        if explicit:
-            opt_in.append(("observability", subscriber))
-        else:
-            defaults.append(subscriber)
-
-    for flag, spec in opt_in:
-        if spec.not_implemented:
-            report.errors.append(f"{flag}: {_pending(spec)}")
+    opt_in, defaults = _split_selection(selection, report)
+    report.errors.extend(
+        f"{flag}: {_pending(spec)}" for flag, spec in opt_in if spec.not_implemented
+    )
+    report.errors.extend(_unavailable_features(config))
     report.pending = [_pending(spec) for spec in defaults if spec.not_implemented]
-
-    mp = config.mp
-    unavailable = {
-        "--runtime-plugin-locations": bool(mp.runtime_plugin_locations),
-        "--script-allowed-imports": bool(mp.script_allowed_imports),
-    }
-    for flag, given in unavailable.items():
-        if given:
-            report.errors.append(f"{flag}: not implemented yet: lands with {ADMIN_ISSUE}")
-    if config.gds_l1.gds_l1_path is not None:
-        report.errors.append(
-            "--gds-l1-path: the GDS L1 tier needs CUDA and cuFile and is not implemented yet"
-        )
-    if config.l1.l1_devdax_path is not None:
-        report.errors.append(
-            f"--l1-devdax-path: a DAX-backed L1 is not implemented yet: lands with {DATA_PATH_ISSUE}"
-        )
     if report.pending:
+        mp = config.mp
         report.warnings.append(
             "this build has no data path yet: the ZeroMQ request server on "
             f"{mp.host}:{mp.port} is not started and only the HTTP admin API runs; it lands "

@@ -1,0 +1,10 @@
+"""Make the template importable when it is tested without being installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+if importlib.util.find_spec("lmcache_plugin_template") is None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))

@@ -1,0 +1,10 @@
+"""lmcache-eviction-isolated-lru: the eviction policy ``IsolatedLRU``.
+
+A plugin distribution of the LMCache server. The module
+:mod:`lmcache_eviction_isolated_lru.plugin` is registered under the ``lmcache.plugins``
+entry point ``eviction_isolated_lru``.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

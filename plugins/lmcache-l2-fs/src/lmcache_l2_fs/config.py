@@ -1,0 +1,47 @@
+"""Configuration of the ``fs`` L2 adapter (one file per key under a directory)."""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+
+from pydantic import Field, field_validator
+
+from lmcache_core.config.l2_adapter import L2AdapterConfigBase
+
+
+class FSAdapterConfig(L2AdapterConfigBase):
+    """The ``--l2-adapter`` JSON of ``{"type": "fs", ...}``."""
+
+    base_path: str = Field(
+        min_length=1, description="Directory that holds one file per stored key (required)."
+    )
+    relative_tmp_dir: str = Field(
+        default="",
+        description=(
+            "Directory, relative to base_path, for files being written; empty writes "
+            "'<file>.tmp' next to the final file. Files are renamed into place when complete."
+        ),
+    )
+    read_ahead_size: int | None = Field(
+        default=None, gt=0, description="Read-ahead size in bytes for loads; unset keeps the OS's."
+    )
+    use_odirect: bool = Field(
+        default=False,
+        description=(
+            "Bypass the page cache with O_DIRECT when an object's size is a multiple of the "
+            "file system's block size (buffered I/O otherwise)."
+        ),
+    )
+    max_capacity_gb: float = Field(
+        default=0.0,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="Capacity in GiB enforced by an eviction block; 0 means unlimited.",
+    )
+
+    @field_validator("relative_tmp_dir")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        if PurePath(value).is_absolute():
+            raise ValueError("relative_tmp_dir must be relative to base_path")
+        return value

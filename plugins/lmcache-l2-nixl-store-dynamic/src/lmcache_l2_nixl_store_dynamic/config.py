@@ -1,0 +1,51 @@
+"""Configuration of the ``nixl_store_dynamic`` L2 adapter (one file per key, via NIXL)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from lmcache_core.config.l2_adapter import L2AdapterConfigBase
+
+NixlFileBackend = Literal["GDS", "GDS_MT", "POSIX", "HF3FS"]
+"""The NIXL file back ends (object storage is not supported by this adapter)."""
+
+REQUIRED_BACKEND_PARAMS = ("file_path", "use_direct_io", "max_capacity_gb")
+"""Keys that ``backend_params`` must contain."""
+
+BOOLEAN_STRINGS = frozenset({"true", "false", "1", "0"})
+"""Accepted spellings of ``use_direct_io`` (case-insensitive)."""
+
+
+class NixlStoreDynamicAdapterConfig(L2AdapterConfigBase):
+    """The ``--l2-adapter`` JSON of ``{"type": "nixl_store_dynamic", ...}``."""
+
+    backend: NixlFileBackend = Field(
+        description="NIXL file back end: GDS, GDS_MT, POSIX or HF3FS (required)."
+    )
+    backend_params: dict[str, str] = Field(
+        description=(
+            "Back-end options as strings (required): file_path (directory of the files), "
+            "use_direct_io ('true' or 'false') and max_capacity_gb (a positive number)."
+        ),
+    )
+
+    @field_validator("backend_params")
+    @classmethod
+    def _required_params(cls, params: dict[str, str]) -> dict[str, str]:
+        missing = [key for key in REQUIRED_BACKEND_PARAMS if key not in params]
+        if missing:
+            raise ValueError(f"backend_params is missing {', '.join(missing)}")
+        if not params["file_path"]:
+            raise ValueError("backend_params file_path must not be empty")
+        if params["use_direct_io"].strip().lower() not in BOOLEAN_STRINGS:
+            raise ValueError("backend_params use_direct_io must be 'true' or 'false'")
+        try:
+            capacity = float(params["max_capacity_gb"])
+        except ValueError:
+            capacity = math.nan
+        if not (math.isfinite(capacity) and capacity > 0):
+            raise ValueError("backend_params max_capacity_gb must be a positive number")
+        return params

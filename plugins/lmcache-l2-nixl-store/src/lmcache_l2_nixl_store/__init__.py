@@ -1,0 +1,10 @@
+"""lmcache-l2-nixl-store: the L2 adapter ``nixl_store``.
+
+A plugin distribution of the LMCache server. The module
+:mod:`lmcache_l2_nixl_store.plugin` is registered under the ``lmcache.plugins`` entry
+point ``l2_nixl_store``.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,30 @@
+"""Tests of the lmcache-obs-lookup-hash-log plugin distribution."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from lmcache_obs_lookup_hash_log.plugin import lookup_hash_log_enabled
+
+from lmcache_core.plugin import PluginKind, SubscriberCategory, SubscriberSpec
+from lmcache_core.testing.plugin_checks import assert_pending_plugin
+
+
+def test_registered_and_pending() -> None:
+    spec = assert_pending_plugin(
+        PluginKind.SUBSCRIBER,
+        "lookup_hash_log",
+        "lmcache-obs-lookup-hash-log",
+        "observability issue (#5)",
+    )
+    assert isinstance(spec, SubscriberSpec)
+    assert spec.category is SubscriberCategory.LOGGING
+    assert spec.enabled_when is lookup_hash_log_enabled
+    assert spec.config_model is None
+
+
+@pytest.mark.parametrize(("directory", "enabled"), [("", False), ("/data/lookup_hashes", True)])
+def test_enabled_only_with_a_directory(directory: str, enabled: bool) -> None:
+    config = SimpleNamespace(lookup_hash_log=SimpleNamespace(lookup_hash_log_dir=directory))
+    assert lookup_hash_log_enabled(config) is enabled

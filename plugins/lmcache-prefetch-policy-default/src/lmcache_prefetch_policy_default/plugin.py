@@ -1,0 +1,25 @@
+"""Registers the L2 prefetch policy ``default`` with the LMCache server."""
+
+from __future__ import annotations
+
+from lmcache_core.plugin import PrefetchPolicySpec, hookimpl, pending_factory
+
+REASON = "lands with the L2 issue (#4)"
+"""Why it cannot be built yet."""
+
+
+@hookimpl
+def lmcache_register_prefetch_policies() -> list[PrefetchPolicySpec]:
+    """Register the L2 prefetch policy ``default``.
+
+    Returns:
+        Its one spec; building it raises until its behaviour lands.
+    """
+    return [
+        PrefetchPolicySpec(
+            name="default",
+            factory=pending_factory("L2 prefetch policy 'default'", REASON),
+            description="Loads L2 hits into L1 as temporary objects, freed after their last read.",
+            not_implemented=REASON,
+        )
+    ]
