@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 
@@ -104,3 +107,41 @@ def test_explicitly_enabled_pending_features_refuse_to_start(
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 1
     assert output.strip().splitlines()[-1].startswith(f"error: {expected}")
+
+
+def test_secrets_never_appear_in_dry_run_output() -> None:
+    adapter = json.dumps(
+        {
+            "type": "resp",
+            "host": "127.0.0.1",
+            "port": 6379,
+            "username": "u",
+            "password": "hunter2-secret",
+        }
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from lmcache_core.cli.main import main; main()",
+            "server",
+            *BASE,
+            "--l2-adapter",
+            adapter,
+            "--runtime-plugin-config",
+            '{"api_token": "tok-secret-42"}',
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "hunter2-secret" not in result.stdout and "tok-secret-42" not in result.stdout
+    document = json.loads(result.stdout)
+    assert document["config"]["l2_adapters"]["l2_adapter"][0]["password"] == "**********"
+    assert document["plugins"]["l2_adapters"][0]["config"]["password"] == "**********"
+    assert document["config"]["mp"]["runtime_plugin_config"]["api_token"] == "**********"
+    assert document["config"]["l2_adapters"]["l2_adapter"][0]["username"] == "u"

@@ -116,3 +116,25 @@ def parse_json_object(value: Any, what: str) -> Any:
     if not isinstance(value, dict):
         raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
     return value
+
+
+SECRET_MASK = "**********"
+_SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|credential|api_?key", re.IGNORECASE)
+
+
+def mask_secrets(value: Any) -> Any:
+    """A copy of JSON-like data with the values of secret-looking keys masked.
+
+    Raw JSON options (``--l2-adapter``, ``--runtime-plugin-config``) are shown in
+    ``--dry-run`` and ``/status``; a password in them must not be.
+    """
+    if isinstance(value, dict):
+        return {
+            key: SECRET_MASK
+            if isinstance(key, str) and _SECRET_KEY.search(key) and item is not None
+            else mask_secrets(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [mask_secrets(item) for item in value]
+    return value

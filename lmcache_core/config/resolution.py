@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from lmcache_core.config.base import mask_secrets
 from lmcache_core.config.server import ServerConfig
 from lmcache_core.errors import ConfigError, PluginError
 from lmcache_core.plugin.registry import PluginRegistry
@@ -66,7 +67,8 @@ class Selection:
             "store_policy": entry(self.store_policy),
             "prefetch_policy": entry(self.prefetch_policy),
             "l2_adapters": [
-                {**entry(a.spec), "config": a.config.model_dump(mode="json")} for a in self.adapters
+                {**entry(a.spec), "config": mask_secrets(a.config.model_dump(mode="json"))}
+                for a in self.adapters
             ],
             "subscribers": [entry(s) for s in self.subscribers],
         }

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from lmcache_core.config.base import GroupSettings
+from lmcache_core.config.base import GroupSettings, mask_secrets
 from lmcache_core.config.eviction import EvictionConfig
 from lmcache_core.config.http import HTTPFrontendConfig
 from lmcache_core.config.l1 import GDSL1Config, L1MemoryConfig, L1TTLConfig
@@ -95,4 +95,4 @@ class ServerConfig(BaseModel):
 
     def public_dict(self) -> dict[str, Any]:
         """The configuration as JSON-ready data, secrets masked."""
-        return self.model_dump(mode="json")
+        return dict(mask_secrets(self.model_dump(mode="json")))
