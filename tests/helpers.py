@@ -56,6 +56,8 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
             "--shm-name": None,  # not set
             "--worker-reap-timeout-seconds": 120.0,
             "--worker-registration-grace-seconds": 3600.0,
+            # Not in the reference's table: upstream's flag, idle-based here (issue #3).
+            "--session-ttl-seconds": 600.0,
             "--enable-segmented-prefix": False,
         },
     ),

@@ -56,6 +56,17 @@ def wait_healthy(process: subprocess.Popen[str], url: str, timeout: float = 30.0
     raise AssertionError(f"server not healthy after {timeout} s")
 
 
+def stop_server(process: subprocess.Popen[str]) -> None:
+    """SIGTERM (so the server unlinks its shared memory), SIGKILL if it hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait(10)
+
+
 @contextmanager
 def running_server(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """A healthy server on free ports; killed at exit if the test did not stop it."""
@@ -68,8 +79,6 @@ def running_server(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
         wait_healthy(process, url)
         yield process, url
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-        process.wait(10)
+        stop_server(process)
         if process.stdout:
             process.stdout.close()

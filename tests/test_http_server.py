@@ -24,7 +24,9 @@ def test_healthcheck_status_and_plugins() -> None:
         health = httpx.get(f"{url}/healthcheck")
         assert health.status_code == 200
         assert health.json()["status"] == "healthy"
-        assert health.json()["components"]["http"]["ok"] is True
+        components = health.json()["components"]
+        for name in ("http", "request_server", "l1", "sessions", "liveness", "engine"):
+            assert components[name]["ok"] is True, name
 
         status = httpx.get(f"{url}/status").json()
         assert status["instance_id"] == instance
@@ -32,10 +34,15 @@ def test_healthcheck_status_and_plugins() -> None:
         assert status["config"]["l1"]["l1_size_gb"] == 1.0
         assert status["plugins"]["engine"]["distribution"] == "lmcache-engine-default"
         assert status["plugins"]["eviction_policy"]["name"] == "LRU"
-        assert any("no data path yet" in w for w in status["startup"]["warnings"])
+        assert not any("no data path yet" in w for w in status["startup"]["warnings"])
         assert any(
-            "engine 'default' is not implemented yet" in p for p in status["startup"]["pending"]
+            "store_policy 'default' is not implemented yet" in p
+            for p in status["startup"]["pending"]
         )
+        data_path = status["data_path"]
+        assert data_path["l1"]["capacity_bytes"] == 1 << 30
+        assert data_path["l1"]["kind"] == "shm"
+        assert data_path["engine"]["chunk_size"] == 512
 
         rows = httpx.get(f"{url}/plugins").json()
         names = {(row["kind"], row["name"]) for row in rows}

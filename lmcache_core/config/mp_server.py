@@ -132,6 +132,15 @@ class MPServerConfig(GroupSettings):
             "--worker-reap-timeout-seconds."
         ),
     )
+    session_ttl_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description=(
+            "Idle seconds after which a request's session (its hashes, lookup result and "
+            "unconsumed read locks) is ended. Not in the reference table; upstream's flag, but "
+            "measured from the last activity instead of creation."
+        ),
+    )
     enable_segmented_prefix: bool = Field(
         default=False,
         description=(

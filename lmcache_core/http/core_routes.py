@@ -42,6 +42,7 @@ def status(request: Request) -> dict[str, Any]:
         "config": context.config.public_dict(),
         "plugins": context.selection.describe(context.registry),
         "startup": context.report.as_dict(),
+        "data_path": context.data_path.status() if context.data_path is not None else None,
         "components": {
             name: {"ok": h.ok, "detail": h.detail} for name, h in context.lifecycle.health().items()
         },

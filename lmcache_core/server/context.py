@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from lmcache_core.config.resolution import Selection
 from lmcache_core.config.server import ServerConfig
 from lmcache_core.plugin.registry import PluginRegistry
 from lmcache_core.server.lifecycle import Lifecycle
 from lmcache_core.server.startup import StartupReport
+
+if TYPE_CHECKING:
+    from lmcache_core.server.data_path import DataPath
 
 
 @dataclass
@@ -23,6 +27,7 @@ class ServerContext:
         report: What start-up found missing or questionable.
         lifecycle: The components, once the server builds them.
         started_at: Wall-clock start time (seconds since the epoch).
+        data_path: L1, engine and request server, once built.
     """
 
     config: ServerConfig
@@ -31,6 +36,7 @@ class ServerContext:
     report: StartupReport
     lifecycle: Lifecycle = field(default_factory=lambda: Lifecycle([]))
     started_at: float = field(default_factory=time.time)
+    data_path: DataPath | None = None
 
     @property
     def instance_id(self) -> str:

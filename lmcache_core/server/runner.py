@@ -21,11 +21,18 @@ SHUTDOWN_BUDGET_SECONDS = 4.0
 def build_components(context: ServerContext) -> list[Component]:
     """The components of this build, in start order.
 
-    The request server and data-path controllers slot in before the HTTP
-    frontend, so ``/healthcheck`` only answers once they run.
+    The data path (L1, engine, request server) starts before the HTTP frontend,
+    so ``/healthcheck`` answers only once requests can be served.
     """
+    components: list[Component] = []
+    if not context.selection.engine.not_implemented:
+        from lmcache_core.server.data_path import build_data_path  # loads torch
+
+        context.data_path = build_data_path(context)
+        components.extend(context.data_path.components)
     app = create_app(context)
-    return [HttpFrontend(app, context.config.http.http_host, context.config.http.http_port)]
+    components.append(HttpFrontend(app, context.config.http.http_host, context.config.http.http_port))
+    return components
 
 
 def serve(context: ServerContext) -> int:

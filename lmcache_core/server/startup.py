@@ -3,14 +3,15 @@
 Some plugins are registered before their behaviour has landed (they are listed as
 "not implemented yet"). The rule the server applies at start-up:
 
-* a feature the operator turned on explicitly (an L2 adapter, a non-default
-  engine or L2 policy, tracing, the lookup-hash log, runtime plugins, the
-  ``/run_script`` import list, a GDS or DAX L1) must work, or start-up fails and
-  says why;
-* the default data path (request server, default engine, L1 and its eviction
-  policy, metrics and logging subscribers) that this build does not have yet is
-  reported as a warning at start-up and in ``/status``, so the admin API still
-  runs and nothing pretends to work.
+* what the server must build, and every feature the operator turned on
+  explicitly (the eviction policy once the engine runs, an L2 adapter, a
+  non-default engine or L2 policy, tracing, the lookup-hash log, runtime plugins,
+  the ``/run_script`` import list, a GDS or DAX L1) must work, or start-up fails
+  and says why;
+* a default part that does not exist yet (the default L2 policies while there is
+  no L2 tier, the metrics and logging subscribers until observability lands; the
+  whole data path in builds without an engine) is reported as a warning at
+  start-up and in ``/status``, and nothing pretends to work.
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ def _split_selection(
 ) -> tuple[list[tuple[str, PluginSpec]], list[PluginSpec]]:
     """Separate the plugins the operator opted into from the default data path."""
     opt_in: list[tuple[str, PluginSpec]] = []
-    defaults: list[PluginSpec] = [selection.eviction_policy]
+    defaults: list[PluginSpec] = []
+    if selection.engine.not_implemented:
+        defaults.append(selection.eviction_policy)
+    else:  # the data path builds the policy, so it must exist
+        opt_in.append(("--eviction-policy", selection.eviction_policy))
     for flag, spec in (
         ("--engine-type", selection.engine),
         ("--l2-store-policy", selection.store_policy),
@@ -115,7 +120,7 @@ def check_startup(config: ServerConfig, selection: Selection) -> StartupReport:
     )
     report.errors.extend(_unavailable_features(config))
     report.pending = [_pending(spec) for spec in defaults if spec.not_implemented]
-    if report.pending:
+    if selection.engine.not_implemented:
         mp = config.mp
         report.warnings.append(
             "this build has no data path yet: the ZeroMQ request server on "

@@ -6,13 +6,19 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
-import pytest
 from lmcache_plugin_template.policy import FifoEvictionPolicy
 
 from lmcache_core.plugin import EvictionPolicySpec, PluginKind
 from lmcache_core.plugin.registry import ENTRY_POINT_GROUP, PluginRegistry
+from lmcache_core.storage.eviction import EvictionPolicy, EvictionSettings
+from lmcache_core.storage.keys import ObjectKey
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+SETTINGS = EvictionSettings(trigger_watermark=0.8, eviction_ratio=0.2, capacity_bytes=1 << 30)
+
+
+def key(name: str) -> ObjectKey:
+    return ObjectKey(name.encode(), "model", 0)
 
 
 def declared_entry_points() -> list[metadata.EntryPoint]:
@@ -28,42 +34,41 @@ def test_declared_entry_point_registers_the_policy() -> None:
     assert isinstance(spec, EvictionPolicySpec)
     assert spec.not_implemented is None
     assert registry.owner(spec).specs == [spec]
-    assert isinstance(
-        registry.build(PluginKind.EVICTION_POLICY, "example_fifo"), FifoEvictionPolicy
-    )
+    policy = registry.build(PluginKind.EVICTION_POLICY, "example_fifo", SETTINGS)
+    assert isinstance(policy, FifoEvictionPolicy)
+    assert isinstance(policy, EvictionPolicy)  # the core's protocol
 
 
-def test_evicts_in_insertion_order_regardless_of_access() -> None:
+def test_evicts_in_store_order_regardless_of_access() -> None:
+    a, b, c = key("a"), key("b"), key("c")
     policy = FifoEvictionPolicy()
-    for key in ("a", "b", "c"):
-        policy.on_insert(key)
-    policy.on_access("a")
-    policy.on_insert("a")  # a second insert keeps the original place
-    assert policy.victims(2) == ["a", "b"]
-    assert policy.victims(10) == ["a", "b", "c"]
+    policy.on_stored([a, b])
+    policy.on_stored([c])
+    policy.on_accessed([a])
+    policy.on_stored([a])  # a second store keeps the original place
+    assert list(policy.candidates()) == [a, b, c]
 
 
-def test_victims_are_kept_until_removed() -> None:
+def test_candidates_are_kept_until_removed() -> None:
+    a, b = key("a"), key("b")
     policy = FifoEvictionPolicy()
-    policy.on_insert("a")
-    policy.on_insert("b")
-    assert policy.victims(1) == ["a"]
-    assert policy.victims(1) == ["a"]
-    policy.on_remove("a")
-    policy.on_remove("unknown")
-    assert policy.victims(1) == ["b"]
+    policy.on_stored([a, b])
+    assert next(policy.candidates()) == a
+    assert next(policy.candidates()) == a
+    policy.on_removed([a, key("unknown")])
+    assert list(policy.candidates()) == [b]
     assert len(policy) == 1
-    assert "a" not in policy
+    assert a not in policy
 
 
-def test_victims_skip_keys_the_filter_rejects() -> None:
+def test_candidates_survive_removal_during_iteration() -> None:
+    keys = [key(str(i)) for i in range(100)]
     policy = FifoEvictionPolicy()
-    for key in range(5):
-        policy.on_insert(key)
-    assert policy.victims(2, evictable=lambda key: key % 2 == 1) == [1, 3]
-    assert policy.victims(0) == []
-
-
-def test_negative_count_is_rejected() -> None:
-    with pytest.raises(ValueError, match="n must be >= 0"):
-        FifoEvictionPolicy().victims(-1)
+    policy.on_stored(keys)
+    seen = []
+    for candidate in policy.candidates():
+        seen.append(candidate)
+        if int(candidate.chunk_hash) % 2 == 0:  # evict the even ones, skip the odd ones
+            policy.on_removed([candidate])
+    assert seen == keys
+    assert list(policy.candidates()) == keys[1::2]

@@ -2,18 +2,135 @@
 
 from __future__ import annotations
 
+from lmcache_eviction_lru.policy import LRUEvictionPolicy
+
 from lmcache_core.plugin import PluginKind
 from lmcache_core.plugin.registry import PluginRegistry
-from lmcache_core.testing.plugin_checks import assert_pending_plugin
+from lmcache_core.storage.eviction import EvictionPolicy, EvictionSettings
+from lmcache_core.storage.keys import ObjectKey
+
+SETTINGS = EvictionSettings(trigger_watermark=0.8, eviction_ratio=0.2, capacity_bytes=1 << 30)
 
 
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(
-        PluginKind.EVICTION_POLICY, "LRU", "lmcache-eviction-lru", "data-path issue (#3)"
-    )
+def chunks(request: str, n: int) -> list[ObjectKey]:
+    """The keys of one request's ``n`` chunks, in prefix order."""
+    return [ObjectKey(f"{request}{i}".encode(), "model", 0) for i in range(n)]
+
+
+def names(keys: object) -> list[str]:
+    return [k.chunk_hash.decode() for k in keys]  # type: ignore[attr-defined]
+
+
+def test_registered_and_built_through_the_registry() -> None:
+    registry = PluginRegistry(strict=True)
+    spec = registry.resolve(PluginKind.EVICTION_POLICY, "LRU")
+    assert spec.name == "LRU"
+    assert spec.not_implemented is None
     assert spec.config_model is None
+    assert spec.description
+    record = registry.owner(spec)
+    assert record.distribution == "lmcache-eviction-lru"
+    assert record.specs == [spec]
+    policy = registry.build(PluginKind.EVICTION_POLICY, "LRU", SETTINGS)
+    assert isinstance(policy, LRUEvictionPolicy)
+    assert isinstance(policy, EvictionPolicy)
 
 
 def test_resolves_in_other_spellings() -> None:
     spec = PluginRegistry(strict=True).resolve(PluginKind.EVICTION_POLICY, "lru")
     assert spec.name == "LRU"
+
+
+def test_later_chunks_of_a_batch_go_first() -> None:
+    policy = LRUEvictionPolicy()
+    policy.on_stored(chunks("c", 3))
+    assert names(policy.candidates()) == ["c2", "c1", "c0"]
+
+
+def test_least_recent_batch_goes_first() -> None:
+    policy = LRUEvictionPolicy()
+    policy.on_stored(chunks("a", 3))
+    policy.on_stored(chunks("b", 2))
+    assert names(policy.candidates()) == ["a2", "a1", "a0", "b1", "b0"]
+
+
+def test_access_makes_keys_most_recent_with_the_same_batch_rule() -> None:
+    policy = LRUEvictionPolicy()
+    a, b = chunks("a", 3), chunks("b", 2)
+    policy.on_stored(a)
+    policy.on_stored(b)
+    policy.on_accessed(a[:2])  # a lookup hit on the first two chunks of a
+    assert names(policy.candidates()) == ["a2", "b1", "b0", "a1", "a0"]
+
+
+def test_storing_a_tracked_key_again_refreshes_it() -> None:
+    policy = LRUEvictionPolicy()
+    a, b = chunks("a", 2), chunks("b", 1)
+    policy.on_stored(a)
+    policy.on_stored(b)
+    policy.on_stored(a)
+    assert names(policy.candidates()) == ["b0", "a1", "a0"]
+    assert len(policy) == 3
+
+
+def test_unknown_keys_are_ignored() -> None:
+    policy = LRUEvictionPolicy()
+    policy.on_stored(chunks("a", 1))
+    policy.on_accessed(chunks("x", 2))  # not tracked: not started by an access
+    policy.on_removed(chunks("y", 2))
+    assert names(policy.candidates()) == ["a0"]
+    assert chunks("x", 1)[0] not in policy
+
+
+def test_removed_keys_are_no_longer_candidates() -> None:
+    policy = LRUEvictionPolicy()
+    a = chunks("a", 4)
+    policy.on_stored(a)
+    policy.on_removed([a[3], a[1]])
+    assert names(policy.candidates()) == ["a2", "a0"]
+
+
+def test_candidates_survive_removal_during_and_after_iteration() -> None:
+    policy = LRUEvictionPolicy()
+    keys = chunks("k", 200)
+    policy.on_stored(keys)
+    expected = list(reversed(keys))
+    # The controller's pattern: iterate, stop early, then remove what it took.
+    iterator = policy.candidates()
+    taken = [next(iterator) for _ in range(10)]
+    policy.on_removed(taken)
+    assert taken == expected[:10]
+    # Removing between next() calls (skipping every third key, as if locked).
+    seen = []
+    for index, candidate in enumerate(policy.candidates()):
+        seen.append(candidate)
+        if index % 3:
+            policy.on_removed([candidate])
+    assert seen == expected[10:]
+    assert list(policy.candidates()) == expected[10::3]
+
+
+def test_keys_moved_or_added_during_iteration_are_yielded_at_most_once() -> None:
+    policy = LRUEvictionPolicy()
+    a, b = chunks("a", 50), chunks("b", 50)
+    policy.on_stored(a)
+    seen = []
+    for candidate in policy.candidates():
+        seen.append(candidate)
+        if len(seen) == 5:
+            policy.on_accessed(a[:10])  # moves some unseen keys to the end
+            policy.on_stored(b)
+    assert len(seen) == len(set(seen))
+    assert set(seen) <= set(a) | set(b)
+    assert set(a) - set(seen) == set()
+
+
+def test_large_batches_stay_cheap() -> None:
+    policy = LRUEvictionPolicy()
+    keys = chunks("z", 50_000)
+    policy.on_stored(keys)
+    policy.on_accessed(keys[:25_000])
+    first = next(policy.candidates())
+    assert first == keys[-1]
+    policy.on_removed(keys)
+    assert len(policy) == 0

@@ -2,18 +2,40 @@
 
 from __future__ import annotations
 
+from lmcache_eviction_noop.policy import NoopEvictionPolicy
+
 from lmcache_core.plugin import PluginKind
 from lmcache_core.plugin.registry import PluginRegistry
-from lmcache_core.testing.plugin_checks import assert_pending_plugin
+from lmcache_core.storage.eviction import EvictionPolicy, EvictionSettings
+from lmcache_core.storage.keys import ObjectKey
+
+SETTINGS = EvictionSettings(trigger_watermark=0.8, eviction_ratio=0.2, capacity_bytes=1 << 30)
 
 
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(
-        PluginKind.EVICTION_POLICY, "noop", "lmcache-eviction-noop", "data-path issue (#3)"
-    )
+def test_registered_and_built_through_the_registry() -> None:
+    registry = PluginRegistry(strict=True)
+    spec = registry.resolve(PluginKind.EVICTION_POLICY, "noop")
+    assert spec.not_implemented is None
     assert spec.config_model is None
+    record = registry.owner(spec)
+    assert record.distribution == "lmcache-eviction-noop"
+    assert record.specs == [spec]
+    policy = registry.build(PluginKind.EVICTION_POLICY, "noop", SETTINGS)
+    assert isinstance(policy, NoopEvictionPolicy)
+    assert isinstance(policy, EvictionPolicy)
 
 
 def test_resolves_in_other_spellings() -> None:
     spec = PluginRegistry(strict=True).resolve(PluginKind.EVICTION_POLICY, "NOOP")
     assert spec.name == "noop"
+
+
+def test_never_offers_a_candidate() -> None:
+    policy = NoopEvictionPolicy()
+    keys = [ObjectKey(bytes([i]), "model", 0) for i in range(10)]
+    assert list(policy.candidates()) == []
+    policy.on_stored(keys)
+    policy.on_accessed(keys[:3])
+    assert list(policy.candidates()) == []
+    policy.on_removed(keys)
+    assert list(policy.candidates()) == []

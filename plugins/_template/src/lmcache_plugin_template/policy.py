@@ -1,21 +1,29 @@
-"""A first-in, first-out eviction policy: the oldest inserted key goes first."""
+"""A first-in, first-out eviction policy: the oldest stored key goes first."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
-from itertools import islice
+from collections.abc import Iterator, Sequence
+
+from lmcache_core.storage.eviction import EvictionSettings, iter_candidates
+from lmcache_core.storage.keys import ObjectKey
 
 
 class FifoEvictionPolicy:
-    """Evicts keys in the order they were first inserted, ignoring accesses.
+    """Evicts keys in the order they were first stored, ignoring accesses.
 
-    The eviction controller tells the policy about keys (``on_insert``,
-    ``on_access``, ``on_remove``) and asks it for ``victims``; it deletes the
-    victims itself and then reports each deletion with ``on_remove``.
+    It implements :class:`lmcache_core.storage.eviction.EvictionPolicy`. The L1
+    manager tells the policy about batches of keys (``on_stored``,
+    ``on_accessed``, ``on_removed``), each batch being the chunks of one request
+    in prefix order, and asks it for ``candidates`` when memory must be
+    reclaimed; it evicts what it may (never a locked object) and reports each
+    eviction back with ``on_removed``. All calls come from one thread at a time.
+
+    Unlike ``LRU``, FIFO does not protect prefixes: chunk 0 of a request is the
+    oldest, so it goes first. That makes it a simple example, not a good policy.
     """
 
     def __init__(self) -> None:
-        self._order: dict[Hashable, None] = {}
+        self._order: dict[ObjectKey, None] = {}
 
     def __len__(self) -> int:
         return len(self._order)
@@ -23,44 +31,30 @@ class FifoEvictionPolicy:
     def __contains__(self, key: object) -> bool:
         return key in self._order
 
-    def on_insert(self, key: Hashable) -> None:
-        """Start tracking ``key``; inserting a tracked key again keeps its place."""
-        self._order.setdefault(key, None)
+    def on_stored(self, keys: Sequence[ObjectKey]) -> None:
+        """Track new keys in prefix order; a key stored again keeps its place."""
+        for key in keys:
+            self._order.setdefault(key, None)
 
-    def on_access(self, key: Hashable) -> None:
-        """Note a read of ``key``; FIFO order does not depend on reads."""
+    def on_accessed(self, keys: Sequence[ObjectKey]) -> None:
+        """Note reads; FIFO order does not depend on them."""
 
-    def on_remove(self, key: Hashable) -> None:
-        """Stop tracking ``key`` (deleted or evicted); unknown keys are ignored."""
-        self._order.pop(key, None)
+    def on_removed(self, keys: Sequence[ObjectKey]) -> None:
+        """Stop tracking keys (deleted or evicted); unknown keys are ignored."""
+        for key in keys:
+            self._order.pop(key, None)
 
-    def victims(
-        self, n: int, evictable: Callable[[Hashable], bool] | None = None
-    ) -> list[Hashable]:
-        """The ``n`` oldest keys, oldest first, without forgetting them.
-
-        Args:
-            n: How many keys to return at most.
-            evictable: Optional filter; keys it rejects (locked ones, for example)
-                are skipped.
-
-        Returns:
-            Up to ``n`` keys.
-
-        Raises:
-            ValueError: ``n`` is negative.
-        """
-        if n < 0:
-            raise ValueError(f"n must be >= 0, not {n}")
-        candidates = (k for k in self._order if evictable is None or evictable(k))
-        return list(islice(candidates, n))
+    def candidates(self) -> Iterator[ObjectKey]:
+        """Oldest first, without forgetting them; safe against concurrent removal."""
+        return iter_candidates(self._order)
 
 
-def build_fifo_policy(config: object | None = None) -> FifoEvictionPolicy:
+def build_fifo_policy(settings: EvictionSettings | None = None) -> FifoEvictionPolicy:
     """Factory of the ``example_fifo`` spec.
 
     Args:
-        config: The validated eviction settings; FIFO needs none of them.
+        settings: The eviction settings (watermark, ratio, capacity); FIFO needs
+            none of them.
 
     Returns:
         A new, empty policy.

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from lmcache_core.plugin import EngineSpec, hookimpl, pending_factory
+from typing import Any
 
-REASON = "lands with the data-path issue (#3)"
-"""Why it cannot be built yet."""
+from lmcache_core.plugin import EngineSpec, hookimpl
+
+
+def _build(context: Any) -> Any:
+    # Imported on use: registering the plugin must not load torch and the engine.
+    from lmcache_engine_default.engine import build_engine
+
+    return build_engine(context)
 
 
 @hookimpl
@@ -13,13 +19,12 @@ def lmcache_register_engines() -> list[EngineSpec]:
     """Register the engine ``default``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec.
     """
     return [
         EngineSpec(
             name="default",
-            factory=pending_factory("engine 'default'", REASON),
+            factory=_build,
             description="Prefix caching: lookup, prefetch, store and retrieve of full chunks.",
-            not_implemented=REASON,
         )
     ]

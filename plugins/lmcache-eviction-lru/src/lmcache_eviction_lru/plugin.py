@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from lmcache_core.plugin import EvictionPolicySpec, hookimpl, pending_factory
-
-REASON = "lands with the data-path issue (#3)"
-"""Why it cannot be built yet."""
+from lmcache_core.plugin import EvictionPolicySpec, hookimpl
+from lmcache_eviction_lru.policy import build
 
 
 @hookimpl
@@ -13,13 +11,12 @@ def lmcache_register_eviction_policies() -> list[EvictionPolicySpec]:
     """Register the eviction policy ``LRU``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec; the factory takes an ``EvictionSettings``.
     """
     return [
         EvictionPolicySpec(
             name="LRU",
-            factory=pending_factory("eviction policy 'LRU'", REASON),
+            factory=build,
             description="LRU eviction that keeps prefixes: later chunks of a request go first.",
-            not_implemented=REASON,
         )
     ]

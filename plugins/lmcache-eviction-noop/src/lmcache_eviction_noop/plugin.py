@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from lmcache_core.plugin import EvictionPolicySpec, hookimpl, pending_factory
-
-REASON = "lands with the data-path issue (#3)"
-"""Why it cannot be built yet."""
+from lmcache_core.plugin import EvictionPolicySpec, hookimpl
+from lmcache_eviction_noop.policy import build
 
 
 @hookimpl
@@ -13,13 +11,12 @@ def lmcache_register_eviction_policies() -> list[EvictionPolicySpec]:
     """Register the eviction policy ``noop``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec; the factory takes an ``EvictionSettings``.
     """
     return [
         EvictionPolicySpec(
             name="noop",
-            factory=pending_factory("eviction policy 'noop'", REASON),
+            factory=build,
             description="Tracks nothing and never evicts; pair it with the skip_l1 store policy.",
-            not_implemented=REASON,
         )
     ]

@@ -1,0 +1,9 @@
+"""Python clients of the MP server: :class:`MPClient` (sync) and :class:`AsyncMPClient`."""
+
+from __future__ import annotations
+
+from lmcache_core.client.async_client import AsyncMPClient
+from lmcache_core.client.sync_client import MPClient
+from lmcache_core.client.api import CallTimeout, normalize_url
+
+__all__ = ["AsyncMPClient", "CallTimeout", "MPClient", "normalize_url"]

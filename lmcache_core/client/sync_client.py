@@ -1,0 +1,79 @@
+"""The blocking client: one DEALER socket, one call at a time."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from lmcache_core.client.api import DEFAULT_TIMEOUT_SECONDS, CallTimeout, ClientMethods, normalize_url
+from lmcache_core.protocol.codec import ClientCodec
+
+
+class MPClient(ClientMethods):
+    """A synchronous client of one MP server.
+
+    Calls are serialized (thread-safe, one in flight). A call that times out
+    leaves nothing behind: its late reply is recognized by its uid and dropped by
+    the next call.
+
+    Args:
+        url: ``tcp://host:port`` or ``host:port``.
+        timeout: Default per-call timeout in seconds.
+    """
+
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        self.url = normalize_url(url)
+        self.timeout = timeout
+        self._codec = ClientCodec()
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(self.url)
+        self._uids = itertools.count()
+        self._lock = threading.Lock()
+
+    def call(self, op: str, *args: Any, timeout: float | None = None) -> Any:
+        """Send one request and wait for its reply.
+
+        Raises:
+            CallTimeout: No reply within the timeout.
+            RemoteError: The server answered with an error reply.
+        """
+        return self._invoke(op, args, timeout)
+
+    def _invoke(self, op: str, args: Sequence[Any], timeout: float | None) -> Any:
+        budget = self.timeout if timeout is None else timeout
+        with self._lock:
+            uid = next(self._uids)
+            frames = self._codec.request_frames(uid, op, args)
+            self._socket.send_multipart(frames, copy=len(frames[-1]) < 65536)
+            uid_frame = frames[0]
+            deadline = time.monotonic() + budget
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CallTimeout(f"{op}: no reply from {self.url} within {budget:g} s")
+                # A blocking receive with a timeout is faster than poll + receive.
+                self._socket.setsockopt(zmq.RCVTIMEO, max(1, int(remaining * 1000)))
+                try:
+                    reply = self._socket.recv_multipart()
+                except zmq.Again:
+                    continue
+                if reply[0] == uid_frame:  # else: the late reply of an earlier, timed-out call
+                    return self._codec.decode_reply(op, reply[1:])
+
+    def close(self) -> None:
+        """Close the socket (pending calls of other threads fail)."""
+        self._socket.close(linger=0)
+        self._context.term()
+
+    def __enter__(self) -> MPClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,65 @@
+"""The contract between the server and a cache engine plugin.
+
+An engine plugin's factory receives an :class:`EngineContext` and returns an
+:class:`Engine`: the request handlers the ZeroMQ server dispatches to, and the
+background components (session expiry, reaper, ...) the server starts and stops
+around it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lmcache_core.config.resolution import Selection
+from lmcache_core.config.server import ServerConfig
+from lmcache_core.plugin.registry import PluginRegistry
+from lmcache_core.server.lifecycle import Component
+from lmcache_core.server.token_cache import TokenHashCache
+from lmcache_core.storage.l1 import L1Manager
+
+Handler = Callable[..., Any]
+
+
+@dataclass
+class EngineContext:
+    """What the core hands an engine.
+
+    Attributes:
+        config: The validated configuration.
+        registry: The plugin registry (to build further plugins).
+        selection: The resolved plugin selection.
+        l1: The L1 tier.
+        token_cache: Chunk hashes of token lists, by content.
+    """
+
+    config: ServerConfig
+    registry: PluginRegistry
+    selection: Selection
+    l1: L1Manager
+    token_cache: TokenHashCache
+
+
+class Engine(abc.ABC):
+    """A cache engine: request handlers plus the components they rely on."""
+
+    @abc.abstractmethod
+    def handlers(self) -> dict[str, Handler]:
+        """Operation name -> ``handler(request_context, *args)``.
+
+        Only the operations the configuration enables; the request server answers
+        the others with a "not supported" error reply.
+        """
+
+    def components(self) -> list[Component]:
+        """Background components, started before the request server."""
+        return []
+
+    def status(self) -> dict[str, Any]:
+        """Engine state for ``/status``."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
+        """Release everything the engine holds (mappings, registrations)."""

@@ -1,0 +1,166 @@
+"""Frame encoding and decoding for both ends of the wire.
+
+A request is ``[uid, op, arg1 ... argN]`` (the server's ROUTER adds the peer
+identity in front); a reply is ``[uid, op]`` or ``[uid, op, result]``; every frame
+is msgpack on its own. ``op`` is upstream's legacy numeric id when it has one,
+else the operation name; the server accepts both and echoes the op frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from lmcache_core.protocol.errors import ERROR_OP, ErrorCode, ErrorInfo, exception_for
+from lmcache_core.protocol.ops import KNOWN_UNSUPPORTED, LEGACY_IDS, OPS, OpSpec
+from lmcache_core.protocol.types import DEVICE_HANDLE_EXT, AnyDeviceHandle
+
+_encoder = msgspec.msgpack.Encoder()
+_any_decoder = msgspec.msgpack.Decoder()
+_handle_decoder = msgspec.msgpack.Decoder(AnyDeviceHandle)
+_error_decoder = msgspec.msgpack.Decoder(ErrorInfo)
+
+
+class ProtocolError(Exception):
+    """A request the server cannot decode; answered with an error reply."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+def encode(value: Any) -> bytes:
+    """One msgpack frame."""
+    return _encoder.encode(value)
+
+
+def encode_op(name: str) -> bytes:
+    """The op frame: the legacy id when the op has one, else its name."""
+    spec = OPS.get(name)
+    legacy = spec.legacy_id if spec is not None else KNOWN_UNSUPPORTED.get(name)
+    return _encoder.encode(legacy if legacy is not None else name)
+
+
+def decode_op(frame: bytes) -> str:
+    """The operation name of an op frame.
+
+    Raises:
+        ProtocolError: Not an int or str, or an unknown legacy id.
+    """
+    try:
+        value = _any_decoder.decode(frame)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"undecodable op frame: {exc}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "the op frame must be an int id or a name")
+    if isinstance(value, int):
+        if value not in LEGACY_IDS:
+            raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown operation id {value}")
+        return LEGACY_IDS[value]
+    return value
+
+
+def encode_device_handle(handle: AnyDeviceHandle) -> msgspec.msgpack.Ext:
+    """A device handle as upstream sends it: Ext type 1 around the tagged struct."""
+    return msgspec.msgpack.Ext(DEVICE_HANDLE_EXT, _encoder.encode(handle))
+
+
+def decode_device_handles(exts: Sequence[msgspec.msgpack.Ext]) -> list[AnyDeviceHandle]:
+    """Decode the ``kv_cache`` argument of ``register_kv_cache``.
+
+    Raises:
+        ProtocolError: An element is not a device-handle Ext or fails validation.
+    """
+    handles = []
+    for index, ext in enumerate(exts):
+        if ext.code != DEVICE_HANDLE_EXT:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"kv_cache[{index}]: Ext type {ext.code}, expected 1"
+            )
+        try:
+            handles.append(_handle_decoder.decode(ext.data))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"kv_cache[{index}]: {exc}") from None
+    return handles
+
+
+class ServerCodec:
+    """Decodes request frames and encodes replies (one instance per server)."""
+
+    def __init__(self) -> None:
+        self._decoders = {
+            name: [msgspec.msgpack.Decoder(arg) for arg in spec.server_args]
+            for name, spec in OPS.items()
+        }
+
+    def decode_args(self, spec: OpSpec, frames: Sequence[bytes]) -> list[Any]:
+        """Decode the argument frames of ``spec``, strictly by count and type.
+
+        Raises:
+            ProtocolError: Wrong frame count, or a frame of the wrong type or value.
+        """
+        decoders = self._decoders[spec.name]
+        if len(frames) != len(decoders):
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"{spec.name} takes {len(decoders)} argument frames, got {len(frames)}",
+            )
+        args = []
+        for index, (decoder, frame) in enumerate(zip(decoders, frames, strict=True)):
+            try:
+                args.append(decoder.decode(frame))
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST, f"{spec.name} argument {index + 1}: {exc}"
+                ) from None
+        return args
+
+    @staticmethod
+    def result_frames(spec: OpSpec, result: Any) -> list[bytes]:
+        """The frames after ``[uid, op]`` of a successful reply."""
+        if result is None:
+            return []
+        return [_encoder.encode(result)]
+
+    @staticmethod
+    def error_frames(code: ErrorCode, message: str, op: str = "") -> list[bytes]:
+        """``[op="__error__", ErrorInfo]`` frames of an error reply."""
+        return [_encoder.encode(ERROR_OP), _encoder.encode(ErrorInfo(code.value, message, op))]
+
+
+class ClientCodec:
+    """Encodes requests and decodes replies (one instance per client)."""
+
+    def __init__(self) -> None:
+        self._result_decoders = {
+            name: msgspec.msgpack.Decoder(spec.result) if spec.result is not None else None
+            for name, spec in OPS.items()
+        }
+        self._op_frames = {name: encode_op(name) for name in (*OPS, *KNOWN_UNSUPPORTED)}
+
+    def request_frames(self, uid: int, op: str, args: Sequence[Any]) -> list[bytes]:
+        """``[uid, op, *args]`` for ``op``; raises ValueError on a wrong arg count."""
+        spec = OPS.get(op)
+        if spec is not None and len(args) != len(spec.server_args):
+            raise ValueError(f"{op} takes {len(spec.server_args)} arguments, got {len(args)}")
+        op_frame = self._op_frames.get(op) or _encoder.encode(op)
+        return [_encoder.encode(uid), op_frame, *(_encoder.encode(arg) for arg in args)]
+
+    def decode_reply(self, op: str, frames: Sequence[bytes]) -> Any:
+        """The result of a reply ``[op, *result]`` (uid already stripped).
+
+        Raises:
+            RemoteError: The reply is an error reply (its typed subclass).
+        """
+        if frames and frames[0] == _ERROR_OP_FRAME:
+            info = _error_decoder.decode(frames[1]) if len(frames) > 1 else ErrorInfo("internal", "")
+            raise exception_for(info)
+        if len(frames) < 2:
+            return None
+        decoder = self._result_decoders.get(op)
+        return decoder.decode(frames[1]) if decoder is not None else _any_decoder.decode(frames[1])
+
+
+_ERROR_OP_FRAME = _encoder.encode(ERROR_OP)

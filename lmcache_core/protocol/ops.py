@@ -1,0 +1,157 @@
+"""The operation table: legacy ids, argument and result types, where each op runs."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from lmcache_core.protocol.types import (
+    BlockAllocationRecord,
+    CacheKey,
+    EngineDrivenRegistration,
+    EngineDrivenRegistrationReply,
+    EngineGroupInfo,
+    PrepareRetrieveReply,
+    PrepareStoreReply,
+    WireCacheKey,
+)
+
+
+class Execution(enum.Enum):
+    """Where the server runs a handler.
+
+    INLINE handlers are trivial and run on the ZeroMQ loop (so ``ping`` is never
+    starved by other work); AFFINITY handlers run on the calling client's own
+    thread of the transfer pool (one worker's transfers stay FIFO); POOL handlers
+    run on the CPU pool.
+    """
+
+    INLINE = "inline"
+    AFFINITY = "affinity"
+    POOL = "pool"
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One operation of the protocol.
+
+    Attributes:
+        name: The snake_case name (the string form of the op frame).
+        legacy_id: Upstream's frozen numeric id, or None when sent by name.
+        server_args: Types the server decodes each argument frame as.
+        client_args: Types the client encodes them from (None: same).
+        result: The result type (None: the reply has no result frame).
+        execution: Where the server runs it.
+    """
+
+    name: str
+    legacy_id: int | None
+    server_args: tuple[Any, ...]
+    result: Any
+    execution: Execution
+    client_args: tuple[Any, ...] | None = None
+
+
+KEY_ARGS = (WireCacheKey, int)
+KEY_CLIENT_ARGS = (CacheKey, int)
+
+OPS: dict[str, OpSpec] = {
+    spec.name: spec
+    for spec in (
+        OpSpec(
+            "register_kv_cache",
+            1,
+            (int, list[msgspec.msgpack.Ext], str, int, str, dict[str, Any], list[EngineGroupInfo]),
+            None,
+            Execution.AFFINITY,
+        ),
+        OpSpec("unregister_kv_cache", 2, (int,), None, Execution.AFFINITY),
+        OpSpec(
+            "store",
+            6,
+            (WireCacheKey, int, list[list[int]], bytes),
+            tuple[bytes, bool],
+            Execution.AFFINITY,
+            client_args=(CacheKey, int, list[list[int]], bytes),
+        ),
+        OpSpec(
+            "retrieve",
+            7,
+            (WireCacheKey, int, list[list[int]], bytes, int),
+            tuple[bytes, bool],
+            Execution.AFFINITY,
+            client_args=(CacheKey, int, list[list[int]], bytes, int),
+        ),
+        OpSpec("lookup", 8, KEY_ARGS, None, Execution.POOL, client_args=KEY_CLIENT_ARGS),
+        OpSpec("query_prefetch_status", 9, (str,), int | None, Execution.INLINE),
+        OpSpec("wait_prefetch_status", 10, (str, float), int | None, Execution.POOL),
+        OpSpec("free_lookup_locks", 12, KEY_ARGS, None, Execution.POOL, client_args=KEY_CLIENT_ARGS),
+        OpSpec("end_session", 13, (str,), None, Execution.POOL),
+        OpSpec(
+            "register_kv_cache_engine_driven_context",
+            14,
+            (EngineDrivenRegistration,),
+            EngineDrivenRegistrationReply,
+            Execution.AFFINITY,
+        ),
+        OpSpec("unregister_kv_cache_engine_driven_context", 15, (int,), None, Execution.AFFINITY),
+        OpSpec(
+            "prepare_store", 16, KEY_ARGS, PrepareStoreReply, Execution.AFFINITY,
+            client_args=KEY_CLIENT_ARGS,
+        ),
+        OpSpec(
+            "commit_store",
+            17,
+            (WireCacheKey, int, bytes),
+            bool,
+            Execution.AFFINITY,
+            client_args=(CacheKey, int, bytes),
+        ),
+        OpSpec(
+            "prepare_retrieve", 18, KEY_ARGS, PrepareRetrieveReply, Execution.AFFINITY,
+            client_args=KEY_CLIENT_ARGS,
+        ),
+        OpSpec(
+            "commit_retrieve", 19, KEY_ARGS, bool, Execution.AFFINITY, client_args=KEY_CLIENT_ARGS
+        ),
+        OpSpec("clear", 20, (bool,), None, Execution.POOL),
+        OpSpec("get_chunk_size", 21, (), int, Execution.INLINE),
+        OpSpec("ping", 22, (int | None,), bool, Execution.INLINE),
+        OpSpec(
+            "report_block_allocation",
+            23,
+            (int, str, list[BlockAllocationRecord]),
+            None,
+            Execution.POOL,
+        ),
+        OpSpec("noop", 24, (), str, Execution.INLINE),
+        OpSpec("get_experimental", 32, (), list[str], Execution.INLINE),
+    )
+}
+"""The operations this server implements."""
+
+KNOWN_UNSUPPORTED: dict[str, int | None] = {
+    "register_q_cache": 3,
+    "unregister_q_cache": 4,
+    "store_q": 5,
+    "cb_register_rope": 25,
+    "cb_unregister_rope": 26,
+    "cb_retrieve_pre_computed": 27,
+    "cb_unified_lookup": 28,
+    "p2p_lookup_and_lock": 29,
+    "p2p_query_lookup_results": 30,
+    "p2p_unlock_objects": 31,
+    "cb_protocol_handshake": 33,
+    "cb_reorder_plan": None,
+    "subscribe_kv_events": None,
+    "server_module_call": None,
+}
+"""Upstream operations this server knows by name but does not serve (an error reply)."""
+
+LEGACY_IDS: dict[int, str] = {
+    **{spec.legacy_id: name for name, spec in OPS.items() if spec.legacy_id is not None},
+    **{op_id: name for name, op_id in KNOWN_UNSUPPORTED.items() if op_id is not None},
+}

@@ -1,0 +1,213 @@
+"""msgspec structs of the wire, encoded exactly as upstream 0.5.6 encodes them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from lmcache_core.storage.keys import validate_cache_salt
+
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+DEVICE_HANDLE_EXT = 1
+"""msgpack Ext type of a device handle (its data is the msgpack of a tagged struct)."""
+
+
+class CacheKey(msgspec.Struct):
+    """``IPCCacheServerKey``: which tokens of which request, for which KV rank.
+
+    Encoded as a map with all ten fields. ``worker_id`` is None in lookups (the key
+    then fans out to every rank of ``world_size``).
+    """
+
+    model_name: str
+    world_size: int
+    worker_id: int | None
+    token_ids: list[int]
+    start: int
+    end: int
+    request_id: str
+    cache_salt: str = ""
+    request_configs: dict[str, Any] | None = None
+    num_kv_readers: int = 0
+
+
+class WireCacheKey(msgspec.Struct):
+    """The server's view of :class:`CacheKey`: tokens stay raw msgpack.
+
+    Decoding thousands of token ids into Python ints costs more than the whole
+    lookup; the server hashes from the raw bytes and decodes them only on a miss
+    of its token-hash cache (see :mod:`lmcache_core.server.token_cache`).
+    """
+
+    model_name: str
+    world_size: int
+    worker_id: int | None
+    token_ids: msgspec.Raw
+    start: int
+    end: int
+    request_id: str
+    cache_salt: str = ""
+    request_configs: dict[str, Any] | None = None
+    num_kv_readers: int = 0
+
+    def __post_init__(self) -> None:
+        if "@" in self.model_name or not self.model_name:
+            raise ValueError("model_name must be non-empty and may not contain '@'")
+        if not 1 <= self.world_size <= 0xFF:
+            raise ValueError("world_size must be in [1, 255]")
+        if self.worker_id is not None and not 0 <= self.worker_id < self.world_size:
+            raise ValueError(f"worker_id {self.worker_id} is not in range(world_size)")
+        if not 0 <= self.start <= self.end:
+            raise ValueError(f"bad token window [{self.start}, {self.end})")
+        if self.num_kv_readers < 0:
+            raise ValueError("num_kv_readers must be >= 0")
+        validate_cache_salt(self.cache_salt)
+        if self.end > raw_array_length(self.token_ids):
+            raise ValueError(f"end {self.end} is past the {raw_array_length(self.token_ids)} tokens")
+
+
+def raw_array_length(raw: msgspec.Raw | bytes) -> int:
+    """The element count of a raw msgpack array, read from its header.
+
+    Raises:
+        ValueError: ``raw`` is not a msgpack array.
+    """
+    data = memoryview(raw)
+    if not data:
+        raise ValueError("empty token_ids")
+    head = data[0]
+    if 0x90 <= head <= 0x9F:
+        return int(head & 0x0F)
+    if head == 0xDC and len(data) >= 3:
+        return int.from_bytes(data[1:3], "big")
+    if head == 0xDD and len(data) >= 5:
+        return int.from_bytes(data[1:5], "big")
+    raise ValueError("token_ids must be an array of integers")
+
+
+class TensorMetadata(msgspec.Struct, forbid_unknown_fields=True):
+    """Shape and placement of one tensor behind a device handle."""
+
+    dtype: str
+    shape: tuple[NonNegative, ...]
+    stride: tuple[NonNegative, ...]
+    storage_offset: NonNegative
+    device_uuid: str
+
+
+class DeviceHandle(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag_field="type"):
+    """Base of the tagged device-handle structs (tag first, then fields, then these)."""
+
+    version: Literal[1]
+    metadata: TensorMetadata
+
+
+class CudaHandle(DeviceHandle, tag="cuda"):
+    """A torch CUDA storage IPC handle (8-tuple)."""
+
+    handle: tuple[Any, ...]
+
+
+class CudaRawHandle(DeviceHandle, tag="cuda_raw"):
+    """A raw ``cudaIpcMemHandle`` (``--isolated-ipc``)."""
+
+    ipc_handle: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+    alloc_offset: NonNegative
+    nbytes: NonNegative
+
+
+class CudaVmmHandle(DeviceHandle, tag="cuda_vmm"):
+    """A CUDA VMM export."""
+
+    export_id: Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+    kind: Literal["posix_fd", "fabric"]
+    fabric_blob: bytes | None
+    alloc_size: NonNegative
+    alloc_offset: NonNegative
+    nbytes: NonNegative
+
+
+class CpuShmHandle(DeviceHandle, tag="cpu_shm"):
+    """A CPU tensor in POSIX shared memory ``/dev/shm/<shm_name>``."""
+
+    shm_name: str
+    nbytes: NonNegative
+
+
+class MusaHandle(DeviceHandle, tag="musa"):
+    """A MUSA device handle."""
+
+    handle: Any
+
+
+class NpuPlane(msgspec.Struct, forbid_unknown_fields=True):
+    """One plane of an NPU handle."""
+
+    handle: tuple[Any, ...]
+    metadata: TensorMetadata
+
+
+class NpuHandle(msgspec.Struct, tag="npu", tag_field="type", forbid_unknown_fields=True):
+    """An NPU device handle."""
+
+    version: Literal[1]
+    bare: bool
+    planes: tuple[NpuPlane, ...]
+
+
+AnyDeviceHandle = CudaHandle | CudaRawHandle | CudaVmmHandle | CpuShmHandle | MusaHandle | NpuHandle
+
+
+class EngineGroupInfo(msgspec.Struct, frozen=True):
+    """One engine KV group (layers sharing a copy kernel)."""
+
+    engine_group_id: int
+    layer_indices: tuple[int, ...] = ()
+    tokens_per_block: int = 0
+    sw_size_tokens: int = -1
+    extra_object_group_tag: int = 0
+    recurrent_state: bool = False
+
+
+class BlockAllocationRecord(msgspec.Struct):
+    """One request's new blocks in a scheduler step (observability only)."""
+
+    req_id: str
+    new_block_ids: list[int]
+    new_token_ids: list[int]
+
+
+class EngineDrivenRegistration(msgspec.Struct):
+    """``RegisterEngineDrivenContextPayload``: layout metadata of an engine-driven worker."""
+
+    instance_id: int
+    model_name: str
+    world_size: int
+    block_size: int
+    num_layers: int
+    hidden_dim_size: int
+    dtype_str: str
+    use_mla: bool
+    num_physical_slots: int | None = None
+
+
+class EngineDrivenRegistrationReply(msgspec.Struct):
+    """Where the worker finds the L1 pool (``shm_name`` "" means inline bytes)."""
+
+    shm_name: str = ""
+    pool_size: int = 0
+
+
+class PrepareStoreReply(msgspec.Struct):
+    """Slots to write for an engine-driven store (empty context: inline bytes)."""
+
+    context: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class PrepareRetrieveReply(msgspec.Struct):
+    """Slots to read for an engine-driven retrieve, or the bytes themselves."""
+
+    success: bool
+    data: bytes = b""
+    context: dict[str, Any] = msgspec.field(default_factory=dict)

@@ -1,0 +1,164 @@
+"""Build the data path: L1, the engine plugin, and the request server that serves it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lmcache_core.engine import Engine, EngineContext
+from lmcache_core.errors import StartupError
+from lmcache_core.hashing import make_hasher
+from lmcache_core.plugin.specs import PluginKind
+from lmcache_core.server.context import ServerContext
+from lmcache_core.server.lifecycle import Component, Health
+from lmcache_core.server.request_server import RequestServer
+from lmcache_core.server.token_cache import TokenHashCache
+from lmcache_core.storage.arena import Arena, ArenaError, ArenaKind
+from lmcache_core.storage.eviction import EvictionSettings
+from lmcache_core.storage.l1 import L1Controller, L1Manager
+
+logger = logging.getLogger("lmcache.server")
+
+GIB = 1 << 30
+
+
+def arena_plan(shm_name: str | None, cuda: bool) -> tuple[ArenaKind, str | None]:
+    """Which memory backs L1, from ``--shm-name`` and whether CUDA is present.
+
+    Unset: a shared-memory pool that CPU workers map (pinned memory on a CUDA host);
+    ``""``: no shared pool (bytes travel inline); a name: that shared segment.
+    """
+    if shm_name:
+        return "shm", shm_name
+    if cuda:
+        return "pinned", None
+    return ("anonymous", None) if shm_name == "" else ("shm", None)
+
+
+class L1Component:
+    """L1 as a server component: its upkeep thread, and its memory at stop."""
+
+    name = "l1"
+
+    def __init__(self, manager: L1Manager) -> None:
+        self.manager = manager
+        self.controller = L1Controller(manager)
+
+    def start(self) -> None:
+        """Start expiry and watermark eviction."""
+        self.controller.start()
+
+    def stop(self, timeout: float) -> None:
+        """Stop upkeep and release the arena (unlinking its shared segment)."""
+        self.controller.stop(timeout)
+        self.manager.close()
+
+    def health(self) -> Health:
+        """Healthy while upkeep runs."""
+        usage = self.manager.usage()
+        detail = f"{usage.used_bytes}/{usage.capacity_bytes} bytes in {usage.resident_objects} objects"
+        return Health(self.controller.running, detail)
+
+
+class EngineComponent:
+    """Closes the engine after the request server has stopped."""
+
+    name = "engine"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def start(self) -> None:
+        """Nothing to start: the engine's own components start separately."""
+
+    def stop(self, timeout: float) -> None:
+        """Release the engine's registrations and mappings."""
+        self.engine.close()
+
+    def health(self) -> Health:
+        """Always healthy: the engine has no thread of its own."""
+        return Health(True, type(self.engine).__name__)
+
+
+@dataclass
+class DataPath:
+    """The built pieces, for ``/status``."""
+
+    l1: L1Manager
+    engine: Engine
+    request_server: RequestServer
+    components: list[Component]
+
+    def status(self) -> dict[str, Any]:
+        """L1 usage, engine state and request counters."""
+        usage = self.l1.usage()
+        return {
+            "endpoint": self.request_server.endpoint,
+            "l1": {
+                "kind": self.l1.arena.kind,
+                "shm_name": self.l1.arena.shm_name,
+                "used_bytes": usage.used_bytes,
+                "capacity_bytes": usage.capacity_bytes,
+                "limit_bytes": usage.limit_bytes,
+                "resident_objects": usage.resident_objects,
+                "staged_objects": usage.staged_objects,
+                "locked_objects": usage.locked_objects,
+            },
+            "engine": self.engine.status(),
+            "requests": vars(self.request_server.stats),
+        }
+
+
+def build_data_path(context: ServerContext) -> DataPath:
+    """Create L1, the eviction policy, the engine and the request server.
+
+    Raises:
+        StartupError: Memory for L1 cannot be had, or a plugin fails to build.
+    """
+    config, registry = context.config, context.registry
+    capacity = int(config.l1.l1_size_gb * GIB)
+    init = min(int(config.l1.l1_init_size_gb * GIB), capacity) if config.l1.l1_use_lazy else capacity
+    kind, name = arena_plan(config.mp.shm_name, torch.cuda.is_available())
+    try:
+        arena = Arena(capacity + config.l1.l1_align_bytes, kind=kind, name=name, populate=not config.l1.l1_use_lazy)
+    except (ArenaError, OSError) as exc:
+        raise StartupError(f"--l1-size-gb: cannot allocate the L1 arena: {exc}") from None
+    policy = registry.build(
+        PluginKind.EVICTION_POLICY,
+        config.eviction.eviction_policy,
+        EvictionSettings.from_config(config.eviction, capacity),
+    )
+    l1 = L1Manager(
+        arena=arena,
+        capacity_bytes=capacity,
+        init_bytes=init,
+        align_bytes=config.l1.l1_align_bytes,
+        write_ttl_s=config.l1_ttl.l1_write_ttl_seconds,
+        read_ttl_s=config.l1_ttl.l1_read_ttl_seconds,
+        policy=policy,
+        trigger_watermark=config.eviction.eviction_trigger_watermark,
+        eviction_ratio=config.eviction.eviction_ratio,
+    )
+    token_cache = TokenHashCache(make_hasher(config.mp.hash_algorithm), config.mp.chunk_size)
+    engine: Engine = registry.build(
+        PluginKind.ENGINE,
+        config.mp.engine_type,
+        EngineContext(config, registry, context.selection, l1, token_cache),
+    )
+    server = RequestServer(
+        config.mp.host,
+        config.mp.port,
+        engine.handlers(),
+        affinity_workers=config.mp.max_gpu_workers,
+        cpu_workers=config.mp.max_cpu_workers,
+    )
+    components: list[Component] = [
+        L1Component(l1),
+        *engine.components(),
+        EngineComponent(engine),
+        server,
+    ]
+    return DataPath(l1, engine, server, components)

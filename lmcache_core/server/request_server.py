@@ -1,0 +1,272 @@
+"""The ZeroMQ request server: decode, dispatch, reply — every request answered.
+
+One loop thread owns the ROUTER socket. It decodes each request, runs trivial
+handlers inline and hands the others to the affinity or CPU pool. ZeroMQ sockets
+must not be shared between threads, so a pool thread sends its reply through its
+own inproc DEALER connected to the same ROUTER; the loop recognizes those peers
+by a secret identity prefix and forwards their frames to the client. One socket
+and a blocking receive (no poller) keep the round trip short. Anything that goes
+wrong with a request becomes an error reply; nothing a client sends can stop the
+loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from lmcache_core.errors import StartupError
+from lmcache_core.protocol.codec import ProtocolError, ServerCodec, decode_op
+from lmcache_core.protocol.errors import ErrorCode, RemoteError
+from lmcache_core.protocol.ops import KNOWN_UNSUPPORTED, OPS, Execution, OpSpec
+from lmcache_core.server.affinity import AffinityPool, PoolFull, WorkerPool
+from lmcache_core.server.lifecycle import Health
+
+logger = logging.getLogger("lmcache.server")
+
+POLL_INTERVAL_MS = 100
+STUCK_AFTER_SECONDS = 5.0
+"""The loop beats every poll interval; silence this long means it is stuck."""
+MAX_MESSAGE_BYTES = 2 << 30
+QUEUE_DEPTH = 1024
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who sent a request: handlers use it for affinity and bookkeeping."""
+
+    client: bytes
+    op: str
+
+
+Handler = Callable[..., Any]
+
+
+@dataclass
+class RequestStats:
+    """Counters exposed in ``/status``."""
+
+    requests: int = 0
+    errors: int = 0
+    undeliverable: int = 0
+    malformed: int = 0
+
+
+class RequestServer:
+    """Serves the handlers of an engine on ``tcp://host:port``.
+
+    Args:
+        host: ``--host``.
+        port: ``--port``.
+        handlers: Operation name -> ``handler(context, *args)``.
+        affinity_workers: ``--max-gpu-workers``.
+        cpu_workers: ``--max-cpu-workers``.
+    """
+
+    name = "request_server"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        handlers: Mapping[str, Handler],
+        *,
+        affinity_workers: int,
+        cpu_workers: int,
+    ) -> None:
+        unknown = set(handlers) - set(OPS)
+        if unknown:
+            raise ValueError(f"handlers for unknown operations: {sorted(unknown)}")
+        self.host, self.port = host, port
+        self.handlers = dict(handlers)
+        self.stats = RequestStats()
+        self._codec = ServerCodec()
+        self._affinity_workers, self._cpu_workers = affinity_workers, cpu_workers
+        self._context: zmq.Context[Any] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._beat = time.monotonic()
+        self._local = threading.local()
+        self._reply_address = f"inproc://lmcache-replies-{id(self)}"
+        # Replies from pool threads arrive as requests from these identities; a
+        # remote peer cannot guess the 16 random bytes to forge one.
+        self._secret = os.urandom(16)
+        self._reply_ids = itertools.count()
+        self._affinity: AffinityPool | None = None
+        self._pool: WorkerPool | None = None
+        self._crash: BaseException | None = None
+        self._ready = threading.Event()
+
+    @property
+    def endpoint(self) -> str:
+        """The bound ZeroMQ endpoint."""
+        return f"tcp://{self.host}:{self.port}"
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind the socket and start the loop and pools."""
+        self._context = zmq.Context()
+        router = self._context.socket(zmq.ROUTER)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        router.setsockopt(zmq.LINGER, 0)
+        try:
+            router.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            router.close()
+            self._context.term()
+            raise StartupError(f"--port: cannot bind {self.endpoint}: {exc.strerror}") from None
+        router.setsockopt(zmq.RCVTIMEO, POLL_INTERVAL_MS)
+        router.bind(self._reply_address)
+        self._affinity = AffinityPool("lmcache-transfer", self._affinity_workers, QUEUE_DEPTH)
+        self._pool = WorkerPool("lmcache-cpu", self._cpu_workers, QUEUE_DEPTH)
+        self._thread = threading.Thread(
+            target=self._run, args=(router,), name="lmcache-zmq", daemon=True
+        )
+        self._thread.start()
+        self._ready.wait(5.0)
+        logger.info("request server listening on %s", self.endpoint)
+
+    def stop(self, timeout: float) -> None:
+        """Stop the loop, drain the pools (bounded), close the sockets."""
+        deadline = time.monotonic() + timeout
+        if self._affinity is not None:
+            self._affinity.stop(max(0.1, (deadline - time.monotonic()) / 2))
+        if self._pool is not None:
+            self._pool.stop(max(0.1, (deadline - time.monotonic()) / 2))
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(max(0.1, deadline - time.monotonic()))
+        if self._context is not None:
+            # destroy() also closes the reply sockets the pool threads created.
+            self._context.destroy(linger=0)
+
+    def health(self) -> Health:
+        """Unhealthy when the loop thread died or has not beaten for a while."""
+        if self._thread is None or not self._thread.is_alive():
+            return Health(False, f"request loop stopped: {self._crash!r}")
+        silent = time.monotonic() - self._beat
+        if silent > STUCK_AFTER_SECONDS:
+            return Health(False, f"request loop stuck for {silent:.1f} s")
+        return Health(True, f"serving {self.endpoint}")
+
+    # -- the loop --------------------------------------------------------------------
+
+    def _run(self, router: zmq.Socket[bytes]) -> None:
+        self._ready.set()
+        secret, id_length = self._secret, len(self._secret) + 8
+        try:
+            while not self._stop.is_set():
+                self._beat = time.monotonic()
+                try:
+                    frames = router.recv_multipart(copy=True)
+                except zmq.Again:
+                    continue
+                sender = frames[0]
+                if len(sender) == id_length and sender.startswith(secret):
+                    self._send(router, frames[1:])  # a pool thread's reply
+                    continue
+                self.stats.requests += 1
+                reply = self._handle(frames)
+                if reply is not None:
+                    self._send(router, reply)
+        except BaseException as exc:
+            self._crash = exc
+            logger.exception("request loop crashed")
+        finally:
+            router.close(linger=0)
+
+    def _send(self, router: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        try:
+            router.send_multipart(frames, copy=len(frames[-1]) < 65536)
+        except zmq.ZMQError as exc:  # the peer went away (ROUTER_MANDATORY)
+            self.stats.undeliverable += 1
+            logger.debug("reply dropped: %s", exc.strerror)
+
+    def _handle(self, frames: list[bytes]) -> list[bytes] | None:
+        if len(frames) < 3:
+            # Without a uid frame there is nothing to address a reply to.
+            self.stats.malformed += 1
+            if len(frames) == 2:
+                return [*frames, *self._codec.error_frames(ErrorCode.BAD_REQUEST, "no op frame")]
+            return None
+        client, uid, op_frame, *args = frames
+        head = [client, uid]
+        try:
+            op = decode_op(op_frame)
+            spec = self._spec(op)
+            decoded = self._codec.decode_args(spec, args)
+        except ProtocolError as exc:
+            self.stats.malformed += 1
+            return head + self._codec.error_frames(exc.code, str(exc))
+        context = RequestContext(client, op)
+        reply_head = [client, uid, op_frame]
+        if spec.execution is Execution.INLINE:
+            return self._call(spec, context, decoded, reply_head)
+        task = self._task(spec, context, decoded, reply_head)
+        try:
+            if spec.execution is Execution.AFFINITY:
+                assert self._affinity is not None
+                self._affinity.submit_for(client, task)
+            else:
+                assert self._pool is not None
+                self._pool.submit(task)
+        except PoolFull:
+            return head + self._codec.error_frames(
+                ErrorCode.OVERLOADED, f"{op}: the server's queue is full", op
+            )
+        return None
+
+    def _spec(self, op: str) -> OpSpec:
+        if op in self.handlers:
+            return OPS[op]
+        if op in OPS or op in KNOWN_UNSUPPORTED:
+            raise ProtocolError(
+                ErrorCode.NOT_SUPPORTED,
+                f"operation {op!r} is not served with this server's configuration",
+            )
+        raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown operation {op!r}")
+
+    def _call(
+        self, spec: OpSpec, context: RequestContext, args: list[Any], head: list[bytes]
+    ) -> list[bytes]:
+        try:
+            result = self.handlers[spec.name](context, *args)
+        except RemoteError as exc:
+            self.stats.errors += 1
+            return head[:2] + self._codec.error_frames(exc.code, str(exc), spec.name)
+        except Exception as exc:
+            self.stats.errors += 1
+            logger.exception("%s failed", spec.name)
+            return head[:2] + self._codec.error_frames(
+                ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}", spec.name
+            )
+        return head + self._codec.result_frames(spec, result)
+
+    def _task(
+        self, spec: OpSpec, context: RequestContext, args: list[Any], head: list[bytes]
+    ) -> Callable[[], None]:
+        def run() -> None:
+            self._push(self._call(spec, context, args, head))
+
+        return run
+
+    def _push(self, frames: list[bytes]) -> None:
+        socket = getattr(self._local, "push", None)
+        if socket is None:
+            assert self._context is not None
+            socket = self._context.socket(zmq.DEALER)
+            socket.setsockopt(zmq.ROUTING_ID, self._secret + next(self._reply_ids).to_bytes(8, "big"))
+            socket.setsockopt(zmq.LINGER, 1000)
+            socket.connect(self._reply_address)
+            self._local.push = socket
+        socket.send_multipart(frames, copy=len(frames[-1]) < 65536)

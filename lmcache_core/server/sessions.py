@@ -1,0 +1,189 @@
+"""Per-request state: hash memo, the lookup's result, and the read locks it holds.
+
+Sessions expire after ``--session-ttl-seconds`` of *inactivity* (upstream counted
+from creation, so long requests lost their state), and their table is bounded.
+Whatever a session still holds when it ends, expires or is displaced is released
+through ``release``; nothing waits for a lock TTL.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from lmcache_core.hashing import RequestHashes
+from lmcache_core.server.lifecycle import Health
+from lmcache_core.storage.keys import ObjectKey
+
+MAX_SESSIONS = 65536
+
+
+@dataclass
+class LookupJob:
+    """The result of a session's latest lookup.
+
+    Attributes:
+        hit_chunks: Chunks found for every rank; None while the job runs.
+        hit_keys: The keys of those chunks, per chunk index, for every rank.
+        done: Set once ``hit_chunks`` is known.
+        reported: The hit count was returned by a status query (returned once).
+    """
+
+    hit_chunks: int | None = None
+    hit_keys: list[list[ObjectKey]] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    reported: bool = False
+
+    def finish(self, hit_chunks: int, hit_keys: list[list[ObjectKey]]) -> None:
+        """Record the result and wake waiters."""
+        self.hit_keys = hit_keys
+        self.hit_chunks = hit_chunks
+        self.done.set()
+
+
+@dataclass
+class Session:
+    """One request's state on the server."""
+
+    request_id: str
+    hashes: RequestHashes
+    last_active: float
+    job: LookupJob | None = None
+    locks: dict[ObjectKey, int] = field(default_factory=dict)
+    mutex: threading.Lock = field(default_factory=threading.Lock)
+
+    def take_locks(self, keys: Iterable[ObjectKey], count: int) -> None:
+        """Record ``count`` read locks taken on each key for this request."""
+        for key in keys:
+            self.locks[key] = self.locks.get(key, 0) + count
+
+    def give_back(self, keys: Iterable[ObjectKey], count: int | None = None) -> dict[ObjectKey, int]:
+        """Forget up to ``count`` locks per key (all when None); returns what to release."""
+        released: dict[ObjectKey, int] = {}
+        for key in keys:
+            held = self.locks.get(key, 0)
+            n = held if count is None else min(count, held)
+            if n <= 0:
+                continue
+            released[key] = n
+            if held - n:
+                self.locks[key] = held - n
+            else:
+                del self.locks[key]
+        return released
+
+
+Release = Callable[[dict[ObjectKey, int]], None]
+
+
+class SessionTable:
+    """Sessions by request id, bounded, expiring after idleness.
+
+    Args:
+        ttl_seconds: Idle time after which a session ends.
+        new_hashes: Builds a session's hash memo.
+        release: Releases read locks (key -> count) a session still held.
+        clock: Monotonic time source.
+        capacity: Most sessions kept; the least recently active is ended first.
+    """
+
+    name = "sessions"
+
+    def __init__(
+        self,
+        ttl_seconds: float,
+        new_hashes: Callable[[], RequestHashes],
+        release: Release,
+        clock: Callable[[], float] = time.monotonic,
+        capacity: int = MAX_SESSIONS,
+    ) -> None:
+        self.ttl_seconds = ttl_seconds
+        self._new_hashes = new_hashes
+        self._release = release
+        self.clock = clock
+        self.capacity = capacity
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, request_id: str) -> Session:
+        """The request's session, created on first use; marks it active."""
+        now = self.clock()
+        displaced: list[Session] = []
+        with self._lock:
+            session = self._sessions.get(request_id)
+            if session is None:
+                session = Session(request_id, self._new_hashes(), now)
+                self._sessions[request_id] = session
+                while len(self._sessions) > self.capacity:
+                    displaced.append(self._sessions.popitem(last=False)[1])
+            else:
+                session.last_active = now
+                self._sessions.move_to_end(request_id)
+        for old in displaced:
+            self._finish(old)
+        return session
+
+    def peek(self, request_id: str) -> Session | None:
+        """The session if it exists (does not create or refresh it)."""
+        with self._lock:
+            return self._sessions.get(request_id)
+
+    def end(self, request_id: str) -> Session | None:
+        """End a session, releasing what it holds; returns it (None if unknown)."""
+        with self._lock:
+            session = self._sessions.pop(request_id, None)
+        if session is not None:
+            self._finish(session)
+        return session
+
+    def expire(self) -> int:
+        """End every session idle for longer than the TTL; returns how many."""
+        cutoff = self.clock() - self.ttl_seconds
+        with self._lock:
+            idle = [s for s in self._sessions.values() if s.last_active < cutoff]
+            for session in idle:
+                del self._sessions[session.request_id]
+        for session in idle:
+            self._finish(session)
+        return len(idle)
+
+    def _finish(self, session: Session) -> None:
+        with session.mutex:
+            held = session.give_back(list(session.locks))
+        if held:
+            self._release(held)
+
+    def start(self) -> None:
+        """Expire idle sessions in the background."""
+        interval = max(0.05, min(self.ttl_seconds / 4, 10.0))
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                self.expire()
+
+        self._thread = threading.Thread(target=loop, name="lmcache-sessions", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Stop expiring; end every session."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._lock:
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        for session in sessions:
+            self._finish(session)
+
+    def health(self) -> Health:
+        """Healthy while the expiry thread runs."""
+        alive = self._thread is not None and self._thread.is_alive()
+        return Health(alive, f"{len(self._sessions)} sessions" if alive else "expiry stopped")

@@ -1,0 +1,155 @@
+"""Registered workers: their mapped KV caches (lmcache_driven) or layouts (engine_driven)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmcache_core.protocol.errors import BadRequestError, NotSupportedError
+from lmcache_core.protocol.types import AnyDeviceHandle, CpuShmHandle, EngineGroupInfo
+from lmcache_core.transfer.cpu_shm import MappedShmTensor, ShmTensorSpec
+from lmcache_core.transfer.layout import KVLayout, detect_layout
+from lmcache_core.transfer.paged import PagedKVCache
+
+logger = logging.getLogger("lmcache.engine")
+
+
+@dataclass
+class MappedWorker:
+    """An ``lmcache_driven`` worker: its paged KV cache, mapped into this process."""
+
+    instance_id: int
+    model_name: str
+    world_size: int
+    layout: KVLayout
+    cache: PagedKVCache
+    mappings: list[MappedShmTensor] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Unmap the worker's shared memory (upstream leaked these mappings)."""
+        for mapping in self.mappings:
+            mapping.close()
+        self.mappings.clear()
+
+
+@dataclass
+class EngineDrivenWorker:
+    """An ``engine_driven`` worker: it copies its own KV; we know its object layout."""
+
+    instance_id: int
+    model_name: str
+    world_size: int
+    layout: KVLayout
+
+
+def map_worker(
+    instance_id: int,
+    handles: Sequence[AnyDeviceHandle],
+    model_name: str,
+    world_size: int,
+    layout_hints: dict[str, Any],
+    groups: Sequence[EngineGroupInfo],
+    chunk_size: int,
+) -> MappedWorker:
+    """Map a worker's per-layer KV tensors and work out their layout.
+
+    Raises:
+        NotSupportedError: Device handles other than ``cpu_shm``, or several KV groups.
+        BadRequestError: Handles that cannot be mapped, or an unusable layout.
+    """
+    if not handles:
+        raise BadRequestError("register_kv_cache: kv_cache holds no tensors")
+    foreign = sorted({type(h).__name__ for h in handles if not isinstance(h, CpuShmHandle)})
+    if foreign:
+        raise NotSupportedError(
+            f"device handles {foreign} need a CUDA-capable server build; this server maps "
+            "cpu_shm KV caches only"
+        )
+    if len(groups) > 1:
+        raise NotSupportedError("hybrid models with several KV groups are not supported yet")
+    mappings: list[MappedShmTensor] = []
+    try:
+        for handle in handles:
+            assert isinstance(handle, CpuShmHandle)
+            meta = handle.metadata
+            spec = ShmTensorSpec(
+                shm_name=handle.shm_name,
+                nbytes=handle.nbytes,
+                dtype=meta.dtype,
+                shape=tuple(meta.shape),
+                stride=tuple(meta.stride),
+                storage_offset=meta.storage_offset,
+            )
+            mappings.append(MappedShmTensor(spec))
+        tensors = [m.tensor for m in mappings]
+        layout = detect_layout(tensors, layout_hints)
+        layout.blocks_per_chunk(chunk_size)
+        cache = PagedKVCache(tensors, layout)
+    except (ValueError, OSError) as exc:
+        for mapping in mappings:
+            mapping.close()
+        raise BadRequestError(f"register_kv_cache: {exc}") from None
+    return MappedWorker(instance_id, model_name, world_size, layout, cache, mappings)
+
+
+class WorkerTable:
+    """Workers by instance id, for both transfer modes (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.mapped: dict[int, MappedWorker] = {}
+        self.engine_driven: dict[int, EngineDrivenWorker] = {}
+        self._lock = threading.Lock()
+
+    def add_mapped(self, worker: MappedWorker) -> None:
+        """Register (or replace) an lmcache_driven worker."""
+        with self._lock:
+            old = self.mapped.pop(worker.instance_id, None)
+            self.mapped[worker.instance_id] = worker
+        if old is not None:
+            old.close()
+
+    def add_engine_driven(self, worker: EngineDrivenWorker) -> None:
+        """Register (or replace) an engine_driven worker."""
+        with self._lock:
+            self.engine_driven[worker.instance_id] = worker
+
+    def remove(self, instance_id: int) -> bool:
+        """Forget the instance in both modes; True if it was known."""
+        with self._lock:
+            mapped = self.mapped.pop(instance_id, None)
+            driven = self.engine_driven.pop(instance_id, None)
+        if mapped is not None:
+            mapped.close()
+        return mapped is not None or driven is not None
+
+    def close(self) -> None:
+        """Unmap everything."""
+        with self._lock:
+            workers = list(self.mapped.values())
+            self.mapped.clear()
+            self.engine_driven.clear()
+        for worker in workers:
+            worker.close()
+
+    def summary(self) -> dict[str, Any]:
+        """Registered workers for ``/status``."""
+        with self._lock:
+            return {
+                "lmcache_driven": {
+                    str(w.instance_id): {
+                        "model_name": w.model_name,
+                        "world_size": w.world_size,
+                        "layout": w.layout.format.value,
+                        "num_layers": w.layout.num_layers,
+                        "num_blocks": w.layout.num_blocks,
+                    }
+                    for w in self.mapped.values()
+                },
+                "engine_driven": {
+                    str(w.instance_id): {"model_name": w.model_name, "world_size": w.world_size}
+                    for w in self.engine_driven.values()
+                },
+            }

@@ -1,0 +1,538 @@
+"""The L1 manager: states, dedupe, all-or-nothing, eviction, TTLs, temporary objects."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmcache_core.plugin import PluginKind
+from lmcache_core.plugin.registry import PluginRegistry
+from lmcache_core.storage.arena import Arena
+from lmcache_core.storage.errors import L1ClosedError, L1FullError, ReservationExpired
+from lmcache_core.storage.eviction import EvictionPolicy, EvictionSettings
+from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.storage.l1 import L1Manager, Reservation
+from tests.storage.doubles import (
+    KIB,
+    MIB,
+    FakeClock,
+    FifoPolicyDouble,
+    NeverEvictDouble,
+    check_l1,
+    chunks,
+    key,
+    make_l1,
+)
+
+OBJ = 64 * KIB  # 16 objects fill the default 1 MiB L1
+
+
+def store(l1: L1Manager, keys: list[ObjectKey], value: int = 1, nbytes: int = OBJ) -> None:
+    """Reserve, fill with ``value``, commit: what the store path does."""
+    reservations = l1.reserve(keys, nbytes)
+    filled = [r for r in reservations if r is not None]
+    for reservation in filled:
+        l1.buffer(reservation).fill_(value)
+    l1.commit(filled)
+
+
+def lru() -> EvictionPolicy:
+    settings = EvictionSettings(trigger_watermark=0.8, eviction_ratio=0.2, capacity_bytes=MIB)
+    policy: EvictionPolicy = PluginRegistry(strict=True).build(
+        PluginKind.EVICTION_POLICY, "LRU", settings
+    )
+    return policy
+
+
+# -- staging and commit ------------------------------------------------------------
+
+
+def test_staged_objects_are_invisible_until_commit() -> None:
+    l1 = make_l1()
+    a = chunks("a", 3)
+    reservations = l1.reserve(a, 1000)
+    assert all(isinstance(r, Reservation) for r in reservations)
+    assert l1.contains(a) == [False] * 3
+    assert l1.lock_for_read(a) == [False] * 3
+    with pytest.raises(KeyError):
+        l1.read_view(a[0])
+    assert l1.usage().staged_objects == 3
+    for index, reservation in enumerate(reservations):
+        assert reservation is not None
+        assert reservation.nbytes == 1000 and reservation.offset % 4096 == 0
+        l1.buffer(reservation).fill_(index + 1)
+    l1.commit([r for r in reservations if r is not None])
+    assert l1.contains(a) == [True] * 3
+    assert l1.read_view(a[2]).tolist() == [3] * 1000
+    assert [view[0].item() for view in l1.read_views(a)] == [1, 2, 3]
+    with pytest.raises(KeyError):
+        l1.read_views([a[0], key("missing")])
+    usage = l1.usage()
+    assert (usage.resident_objects, usage.staged_objects, usage.used_bytes) == (3, 0, 3 * 4096)
+    check_l1(l1)
+
+
+def test_buffer_by_offset_and_arena_offsets_are_absolute() -> None:
+    l1 = make_l1()
+    (reservation,) = l1.reserve([key("x")], 10)
+    assert reservation is not None
+    l1.buffer(reservation.offset, 10).fill_(4)
+    assert l1.arena.view(reservation.offset, 10).tolist() == [4] * 10
+    with pytest.raises(ValueError, match="nbytes"):
+        l1.buffer(reservation.offset)
+
+
+def test_commit_tells_the_policy_in_the_given_order() -> None:
+    policy = FifoPolicyDouble()
+    l1 = make_l1(policy=policy)
+    a = chunks("a", 4)
+    reservations = [r for r in l1.reserve(a, OBJ) if r is not None]
+    assert policy.stored == []  # staged objects are not tracked
+    l1.commit(reservations)
+    assert policy.stored == [a]
+
+
+def test_reserve_dedupes_resident_staged_and_repeated_keys() -> None:
+    l1 = make_l1()
+    a, b = chunks("a", 2), chunks("b", 2)
+    store(l1, a)
+    staged = l1.reserve(b, OBJ)
+    again = l1.reserve([a[0], b[0], key("c"), key("c"), a[1]], OBJ)
+    assert [r is None for r in again] == [True, True, False, True, True]
+    assert again[2] is not None and again[2].key == key("c")
+    assert all(r is not None for r in staged)
+    assert l1.reserve([], OBJ) == []
+    assert l1.usage().staged_objects == 3
+    check_l1(l1)
+
+
+def test_abort_frees_staged_objects() -> None:
+    l1 = make_l1()
+    reservations = [r for r in l1.reserve(chunks("a", 4), OBJ) if r is not None]
+    assert l1.abort(reservations[:3]) == 3
+    assert l1.abort(reservations[:3]) == 0  # already gone: ignored
+    assert l1.usage().staged_objects == 1
+    with pytest.raises(ReservationExpired):
+        l1.commit(reservations[:1])
+    l1.commit(reservations[3:])
+    assert l1.contains([reservations[3].key]) == [True]
+    check_l1(l1)
+
+
+def test_bad_sizes_and_counts_are_rejected() -> None:
+    l1 = make_l1()
+    with pytest.raises(ValueError):
+        l1.reserve([key("a")], 0)
+    with pytest.raises(ValueError):
+        l1.lock_for_read([key("a")], readers=0)
+    with pytest.raises(ValueError):
+        l1.unlock([key("a")], readers=0)
+    with pytest.raises(ValueError):
+        l1.commit([], temporary=True)
+
+
+# -- memory pressure ----------------------------------------------------------------
+
+
+def test_batch_is_all_or_nothing_under_pressure() -> None:
+    l1 = make_l1(policy=NeverEvictDouble())
+    store(l1, chunks("a", 10))
+    before = l1.usage()
+    with pytest.raises(L1FullError) as raised:
+        l1.reserve(chunks("b", 7), OBJ)  # 6 fit, 7 do not
+    assert raised.value.requested_bytes == 7 * OBJ
+    assert raised.value.free_bytes == 6 * OBJ
+    assert l1.usage() == before
+    assert l1.reserve(chunks("b", 6), OBJ)[5] is not None
+    check_l1(l1)
+
+
+def test_object_larger_than_the_tier_is_refused() -> None:
+    l1 = make_l1()
+    with pytest.raises(L1FullError, match="whole L1"):
+        l1.reserve([key("big")], 2 * MIB)
+
+
+def test_lazy_limit_grows_before_anything_is_evicted() -> None:
+    policy = FifoPolicyDouble()
+    l1 = make_l1(init=4 * OBJ, policy=policy)
+    assert l1.usage().limit_bytes == 4 * OBJ
+    store(l1, chunks("a", 4))
+    store(l1, chunks("b", 3))
+    usage = l1.usage()
+    assert usage.limit_bytes == 7 * OBJ and usage.resident_objects == 7
+    assert policy.removed == []
+    store(l1, chunks("c", 9))
+    assert l1.usage().limit_bytes == MIB and policy.removed == []
+    store(l1, chunks("d", 1))  # now full: the oldest goes
+    assert policy.removed == [[key("a0")]]
+    check_l1(l1)
+
+
+def test_eviction_keeps_locked_objects_and_follows_lru_prefix_order() -> None:
+    l1 = make_l1(policy=lru())
+    a, b, c, d = chunks("a", 4), chunks("b", 4), chunks("c", 4), chunks("d", 4)
+    for request in (a, b, c, d):
+        store(l1, request)
+    assert l1.usage().used_bytes == l1.capacity_bytes
+    assert l1.lock_for_read(a[:2]) == [True, True]  # a lookup holds a's prefix
+    # LRU order now: a3 a2 | b3 b2 b1 b0 | c3.. | d3.. | a1 a0 (locked), later chunks first.
+    store(l1, chunks("e", 3))
+    assert l1.contains(a) == [True, True, False, False]
+    assert l1.contains(b) == [True, True, True, False]
+    store(l1, chunks("f", 4))
+    assert l1.contains(b) == [False] * 4
+    assert l1.contains(c) == [True, True, True, False]
+    # 12 more: 14 unlocked objects, 12 go in LRU order; the locked prefix survives.
+    store(l1, chunks("g", 12))
+    assert l1.contains(a) == [True, True, False, False]
+    assert l1.contains(c + chunks("d", 4) + chunks("e", 3)) == [False] * 11
+    assert l1.contains(chunks("f", 4)) == [True, True, False, False]
+    assert l1.usage().used_bytes <= l1.capacity_bytes
+    check_l1(l1)
+
+
+def test_nothing_is_evicted_when_eviction_cannot_make_room() -> None:
+    policy = FifoPolicyDouble()
+    l1 = make_l1(policy=policy)
+    locked, loose = chunks("l", 10), chunks("u", 6)
+    store(l1, locked)
+    store(l1, loose)
+    l1.lock_for_read(locked)
+    with pytest.raises(L1FullError):
+        l1.reserve(chunks("n", 7), OBJ)
+    assert l1.contains(loose) == [True] * 6  # not destroyed for nothing
+    assert policy.removed == []
+    l1.reserve(chunks("n", 6), OBJ)
+    assert l1.contains(loose) == [False] * 6
+    check_l1(l1)
+
+
+def test_full_error_when_everything_is_locked_or_staged() -> None:
+    l1 = make_l1()
+    store(l1, chunks("a", 8))
+    l1.lock_for_read(chunks("a", 8))
+    l1.reserve(chunks("s", 8), OBJ)
+    with pytest.raises(L1FullError):
+        l1.reserve([key("x")], 1)
+    assert l1.usage().resident_objects == 8 and l1.usage().staged_objects == 8
+
+
+def test_noop_policy_never_evicts() -> None:
+    noop = PluginRegistry(strict=True).build(
+        PluginKind.EVICTION_POLICY, "noop", EvictionSettings(0.8, 0.2, MIB)
+    )
+    l1 = make_l1(policy=noop)
+    store(l1, chunks("a", 16))
+    with pytest.raises(L1FullError):
+        l1.reserve([key("b")], OBJ)
+    assert l1.maybe_evict() == 0
+    assert l1.usage().resident_objects == 16
+
+
+def test_eviction_copes_with_fragmentation() -> None:
+    policy = FifoPolicyDouble()
+    l1 = make_l1(policy=policy)
+    small = chunks("s", 16)
+    store(l1, small)
+    l1.lock_for_read(small[1::2])  # every other object locked: no two free neighbours
+    with pytest.raises(L1FullError):
+        l1.reserve([key("big")], 2 * OBJ)
+    assert l1.contains(small[0::2]) == [True] * 8
+    l1.unlock([small[1]])
+    (reservation,) = l1.reserve([key("big")], 2 * OBJ)
+    assert reservation is not None
+    assert l1.contains(small[:2]) == [False, False]
+    check_l1(l1)
+
+
+def test_maybe_evict_frees_ratio_of_capacity_above_watermark() -> None:
+    l1 = make_l1(policy=lru(), watermark=0.5, ratio=0.25)
+    store(l1, chunks("a", 8))
+    assert l1.maybe_evict() == 0  # exactly at the watermark: not above
+    store(l1, chunks("b", 4))
+    l1.lock_for_read([key("a7")])
+    freed = l1.maybe_evict()
+    assert freed == 4 * OBJ  # 0.25 MiB
+    assert l1.contains(chunks("a", 8)) == [True] * 3 + [False] * 4 + [True]
+    assert l1.usage().used_bytes == 8 * OBJ
+    check_l1(l1)
+
+
+# -- read locks ------------------------------------------------------------------------
+
+
+def test_read_lock_expires_after_its_ttl() -> None:
+    clock = FakeClock()
+    l1 = make_l1(clock=clock, read_ttl=300)
+    a = chunks("a", 2)
+    store(l1, a)
+    assert l1.lock_for_read([*a, key("missing")], readers=2) == [True, True, False]
+    assert l1.usage().locked_objects == 2
+    assert l1.delete(a) == 0
+    clock.advance(299)
+    assert l1.expire() == 0
+    assert l1.delete(a) == 0
+    clock.advance(2)
+    assert l1.expire() == 4  # two keys, two readers each
+    assert l1.usage().locked_objects == 0
+    assert l1.delete(a) == 2
+
+
+def test_each_grant_has_its_own_deadline() -> None:
+    clock = FakeClock()
+    l1 = make_l1(clock=clock, read_ttl=300)
+    a = key("a")
+    store(l1, [a])
+    l1.lock_for_read([a])
+    clock.advance(200)
+    l1.lock_for_read([a])  # does not extend the first reader's lock
+    clock.advance(101)
+    assert l1.expire() == 1
+    assert l1.delete([a]) == 0  # the second grant still holds
+    clock.advance(200)
+    assert l1.expire() == 1
+    assert l1.delete([a]) == 1
+
+
+def test_late_unlock_of_an_expired_reader_does_not_eat_a_new_lock() -> None:
+    clock = FakeClock()
+    l1 = make_l1(clock=clock, read_ttl=300)
+    a = key("a")
+    store(l1, [a])
+    l1.lock_for_read([a])  # reader 1, then silent past its TTL
+    clock.advance(310)
+    l1.expire()
+    l1.lock_for_read([a])  # reader 2
+    clock.advance(10)
+    l1.unlock([a])  # reader 1's late unlock
+    assert l1.usage().locked_objects == 1
+    assert l1.delete([a]) == 0  # reader 2 is still protected
+    l1.unlock([a])  # reader 2
+    assert l1.delete([a]) == 1
+
+
+def test_unlock_never_goes_below_zero() -> None:
+    l1 = make_l1()
+    a = key("a")
+    store(l1, [a])
+    l1.unlock([a, key("missing")], readers=5)
+    l1.lock_for_read([a], readers=3)
+    l1.unlock([a], readers=10)
+    assert l1.usage().locked_objects == 0
+    l1.lock_for_read([a])
+    assert l1.usage().locked_objects == 1
+    check_l1(l1)
+
+
+def test_lock_and_touch_tell_the_policy_about_hits_only() -> None:
+    policy = FifoPolicyDouble()
+    l1 = make_l1(policy=policy)
+    a = chunks("a", 3)
+    store(l1, a)
+    l1.lock_for_read([a[0], key("x"), a[1]])
+    l1.touch([key("y"), a[2]])
+    l1.touch([key("z")])
+    assert policy.accessed == [[a[0], a[1]], [a[2]]]
+
+
+# -- write reservations -------------------------------------------------------------
+
+
+def test_expired_reservation_is_freed_and_cannot_commit() -> None:
+    clock = FakeClock()
+    l1 = make_l1(clock=clock, write_ttl=600)
+    reservations = [r for r in l1.reserve(chunks("a", 2), OBJ) if r is not None]
+    clock.advance(601)
+    assert l1.expire() == 2
+    assert l1.usage().staged_objects == 0 and l1.usage().used_bytes == 0
+    with pytest.raises(ReservationExpired) as raised:
+        l1.commit(reservations)
+    assert raised.value.keys == [r.key for r in reservations]
+    assert l1.contains(chunks("a", 2)) == [False, False]
+
+
+def test_commit_after_the_deadline_fails_even_before_expire_runs() -> None:
+    clock = FakeClock()
+    l1 = make_l1(clock=clock, write_ttl=10)
+    live = l1.reserve([key("live")], OBJ)[0]
+    clock.advance(5)
+    late = l1.reserve([key("late")], OBJ)[0]
+    clock.advance(6)
+    assert live is not None and late is not None
+    with pytest.raises(ReservationExpired) as raised:
+        l1.commit([live, late])
+    assert raised.value.keys == [key("live")]
+    # Nothing was committed; the expired one was freed, the live one is still staged.
+    assert l1.contains([key("late")]) == [False]
+    assert l1.usage().staged_objects == 1
+    l1.commit([late])
+    assert l1.contains([key("late")]) == [True]
+    check_l1(l1)
+
+
+def test_an_expired_reservation_can_be_taken_over_and_the_old_writer_is_refused() -> None:
+    clock = FakeClock()
+    l1 = make_l1(clock=clock, write_ttl=10)
+    old = l1.reserve([key("a")], OBJ)[0]
+    assert l1.reserve([key("a")], OBJ) == [None]  # live: dedupe
+    clock.advance(11)
+    new = l1.reserve([key("a")], OBJ)[0]
+    assert old is not None and new is not None
+    assert new.offset == old.offset  # the same extent, reused
+    with pytest.raises(ReservationExpired):
+        l1.commit([old])
+    l1.commit([new])
+    assert l1.contains([key("a")]) == [True]
+    check_l1(l1)
+
+
+# -- temporary objects ------------------------------------------------------------------
+
+
+def test_temporary_commit_is_freed_after_its_last_reader() -> None:
+    policy = FifoPolicyDouble()
+    l1 = make_l1(policy=policy)
+    reservations = [r for r in l1.reserve(chunks("p", 2), OBJ) if r is not None]
+    l1.commit(reservations, readers=2, temporary=True)
+    assert l1.usage().temporary_objects == 2
+    assert l1.usage().locked_objects == 2
+    l1.unlock(chunks("p", 2))
+    assert l1.contains(chunks("p", 2)) == [True, True]
+    l1.unlock(chunks("p", 2))
+    assert l1.contains(chunks("p", 2)) == [False, False]
+    assert policy.removed == [chunks("p", 2)]
+    assert l1.usage().used_bytes == 0
+
+
+def test_mark_temporary_frees_unread_objects_now_and_read_ones_later() -> None:
+    l1 = make_l1()
+    a, b = key("a"), key("b")
+    store(l1, [a, b])
+    l1.lock_for_read([b])
+    assert l1.mark_temporary([a, b, key("missing")]) == 2
+    assert l1.contains([a, b]) == [False, True]
+    l1.unlock([b])
+    assert l1.contains([b]) == [False]
+    check_l1(l1)
+
+
+def test_temporary_object_is_freed_when_its_readers_expire() -> None:
+    clock = FakeClock()
+    l1 = make_l1(clock=clock, read_ttl=30)
+    (reservation,) = l1.reserve([key("t")], OBJ)
+    assert reservation is not None
+    l1.commit([reservation], readers=1, temporary=True)
+    clock.advance(31)
+    assert l1.expire() == 1
+    assert l1.contains([key("t")]) == [False]
+    check_l1(l1)
+
+
+# -- delete, clear, close -------------------------------------------------------------------
+
+
+def test_delete_spares_locked_objects_unless_forced() -> None:
+    policy = FifoPolicyDouble()
+    l1 = make_l1(policy=policy)
+    a = chunks("a", 3)
+    store(l1, a)
+    l1.lock_for_read([a[1]])
+    staged = l1.reserve([key("s")], OBJ)
+    assert l1.delete([*a, key("s"), key("missing")]) == 2
+    assert l1.contains(a) == [False, True, False]
+    assert l1.delete([a[1]], force=True) == 1
+    assert policy.removed == [[a[0], a[2]], [a[1]]]
+    assert l1.usage().staged_objects == 1 and staged[0] is not None
+    check_l1(l1)
+
+
+def test_clear_and_clear_force() -> None:
+    clock = FakeClock()
+    l1 = make_l1(clock=clock, write_ttl=100)
+    store(l1, chunks("a", 4))
+    l1.lock_for_read(chunks("a", 2))
+    l1.reserve([key("expiring")], OBJ)
+    clock.advance(50)
+    live = l1.reserve([key("live")], OBJ)[0]
+    clock.advance(51)
+    assert l1.clear() == 3  # two unlocked objects and the expired stage
+    assert l1.contains(chunks("a", 4)) == [True, True, False, False]
+    assert l1.clear(force=True) == 2
+    assert l1.usage().resident_objects == 0
+    assert l1.usage().staged_objects == 1  # a live writer's extent is never freed
+    assert live is not None
+    l1.commit([live])
+    check_l1(l1)
+
+
+def test_close_is_idempotent_and_refuses_writes() -> None:
+    l1 = make_l1()
+    store(l1, chunks("a", 2))
+    view = l1.read_view(key("a0"))
+    l1.close()
+    l1.close()
+    assert l1.closed and l1.arena.closed
+    assert view.tolist()[:3] == [1, 1, 1]  # views handed out stay valid
+    with pytest.raises(L1ClosedError):
+        l1.reserve([key("b")], OBJ)
+    assert l1.contains([key("a0")]) == [False]
+    assert l1.usage().used_bytes == 0
+    assert l1.maybe_evict() == 0 and l1.expire() == 0
+
+
+def test_large_alignment_aligns_addresses() -> None:
+    align = 2 * MIB
+    l1 = make_l1(capacity=8 * MIB, align=align, arena_size=10 * MIB)
+    reservations = l1.reserve(chunks("a", 3), 100)
+    for reservation in reservations:
+        assert reservation is not None
+        assert (l1.arena.data_ptr() + reservation.offset) % align == 0
+    assert l1.usage().used_bytes == 3 * align
+    with pytest.raises(L1FullError):
+        l1.reserve(chunks("b", 2), 1)
+
+
+def test_capacity_must_fit_the_arena() -> None:
+    arena = Arena(MIB, kind="anonymous")
+    with pytest.raises(ValueError, match="capacity_bytes"):
+        L1Manager(
+            arena=arena,
+            capacity_bytes=2 * MIB,
+            init_bytes=MIB,
+            align_bytes=4096,
+            write_ttl_s=1,
+            read_ttl_s=1,
+            policy=FifoPolicyDouble(),
+            trigger_watermark=0.8,
+            eviction_ratio=0.2,
+        )
+    arena.close()
+
+
+def test_shared_memory_objects_are_readable_at_their_offset() -> None:
+    arena = Arena(2 * MIB, kind="shm")
+    l1 = L1Manager(
+        arena=arena,
+        capacity_bytes=MIB,
+        init_bytes=MIB,
+        align_bytes=4096,
+        write_ttl_s=60,
+        read_ttl_s=60,
+        policy=FifoPolicyDouble(),
+        trigger_watermark=0.8,
+        eviction_ratio=0.2,
+    )
+    path = arena.path
+    assert path is not None
+    try:
+        (reservation,) = l1.reserve([key("x")], 3)
+        assert reservation is not None
+        l1.buffer(reservation).copy_(torch.tensor([1, 2, 3], dtype=torch.uint8))
+        l1.commit([reservation])
+        with path.open("rb") as segment:  # what another process sees
+            segment.seek(reservation.offset)
+            assert segment.read(3) == b"\x01\x02\x03"
+    finally:
+        l1.close()
+    assert not path.exists()
