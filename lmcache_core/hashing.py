@@ -81,7 +81,7 @@ def _cbor_head(major: int, value: int) -> bytes:
     raise ValueError(f"{value} does not fit in a CBOR head")
 
 
-def canonical_cbor(value: object) -> bytes:
+def canonical_cbor(value: object) -> bytes:  # noqa: PLR0911 - one return per CBOR type
     """Canonical CBOR (RFC 8949 §4.2.1) of None, bool, int, str, bytes and sequences.
 
     Enough for ``(parent, tokens, None)``; shortest-form heads, as ``cbor2``'s

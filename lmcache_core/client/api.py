@@ -146,7 +146,9 @@ class ClientMethods(abc.ABC):
         """Unregister an engine-driven worker."""
         return self._invoke("unregister_kv_cache_engine_driven_context", [instance_id], timeout)
 
-    def prepare_store(self, key: CacheKey, instance_id: int, *, timeout: float | None = None) -> Any:
+    def prepare_store(
+        self, key: CacheKey, instance_id: int, *, timeout: float | None = None
+    ) -> Any:
         """Reserve L1 slots for an engine-driven store."""
         return self._invoke("prepare_store", [key, instance_id], timeout)
 
@@ -181,4 +183,6 @@ class ClientMethods(abc.ABC):
         timeout: float | None = None,
     ) -> Any:
         """Report a scheduler step's new blocks (observability)."""
-        return self._invoke("report_block_allocation", [instance_id, model_name, list(records)], timeout)
+        return self._invoke(
+            "report_block_allocation", [instance_id, model_name, list(records)], timeout
+        )

@@ -12,7 +12,12 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from lmcache_core.client.api import DEFAULT_TIMEOUT_SECONDS, CallTimeout, ClientMethods, normalize_url
+from lmcache_core.client.api import (
+    DEFAULT_TIMEOUT_SECONDS,
+    CallTimeout,
+    ClientMethods,
+    normalize_url,
+)
 from lmcache_core.protocol.codec import ClientCodec
 
 _uid_decoder = msgspec.msgpack.Decoder(int)
@@ -80,7 +85,7 @@ class AsyncMPClient(ClientMethods):
                 continue
             try:
                 future.set_result(self._codec.decode_reply(op, reply[1:]))
-            except Exception as exc:  # a typed error reply, or an undecodable result
+            except Exception as exc:  # noqa: BLE001 - a typed error reply, or an undecodable result
                 future.set_exception(exc)
 
     async def close(self) -> None:

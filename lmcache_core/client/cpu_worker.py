@@ -80,7 +80,9 @@ class CpuKVWorker:
 
     def register(self, layout_hints: dict[str, Any] | None = None) -> None:
         """Register the KV cache with the server."""
-        hints = layout_hints if layout_hints is not None else {"kv_layout": self.layout.format.value}
+        hints = (
+            layout_hints if layout_hints is not None else {"kv_layout": self.layout.format.value}
+        )
         self.client.register_kv_cache(
             self.instance_id, self.handles, self.model_name, self.world_size, layout_hints=hints
         )
@@ -113,13 +115,20 @@ class CpuKVWorker:
             num_kv_readers=num_kv_readers,
         )
 
-    def store(self, key: CacheKey, block_ids: Sequence[int], *, timeout: float | None = None) -> bool:
+    def store(
+        self, key: CacheKey, block_ids: Sequence[int], *, timeout: float | None = None
+    ) -> bool:
         """Store the key's window from ``block_ids``; True if all of it is cached."""
         _, ok = self.client.store(key, self.instance_id, [list(block_ids)], timeout=timeout)
         return bool(ok)
 
     def retrieve(
-        self, key: CacheKey, block_ids: Sequence[int], skip_first_n_tokens: int = 0, *, timeout: float | None = None
+        self,
+        key: CacheKey,
+        block_ids: Sequence[int],
+        skip_first_n_tokens: int = 0,
+        *,
+        timeout: float | None = None,
     ) -> bool:
         """Retrieve the key's window into ``block_ids``; True if every chunk came back."""
         _, ok = self.client.retrieve(

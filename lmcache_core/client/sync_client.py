@@ -10,7 +10,12 @@ from typing import Any
 
 import zmq
 
-from lmcache_core.client.api import DEFAULT_TIMEOUT_SECONDS, CallTimeout, ClientMethods, normalize_url
+from lmcache_core.client.api import (
+    DEFAULT_TIMEOUT_SECONDS,
+    CallTimeout,
+    ClientMethods,
+    normalize_url,
+)
 from lmcache_core.protocol.codec import ClientCodec
 
 

@@ -155,7 +155,9 @@ class ClientCodec:
             RemoteError: The reply is an error reply (its typed subclass).
         """
         if frames and frames[0] == _ERROR_OP_FRAME:
-            info = _error_decoder.decode(frames[1]) if len(frames) > 1 else ErrorInfo("internal", "")
+            info = (
+                _error_decoder.decode(frames[1]) if len(frames) > 1 else ErrorInfo("internal", "")
+            )
             raise exception_for(info)
         if len(frames) < 2:
             return None

@@ -88,7 +88,9 @@ OPS: dict[str, OpSpec] = {
         OpSpec("lookup", 8, KEY_ARGS, None, Execution.POOL, client_args=KEY_CLIENT_ARGS),
         OpSpec("query_prefetch_status", 9, (str,), int | None, Execution.INLINE),
         OpSpec("wait_prefetch_status", 10, (str, float), int | None, Execution.POOL),
-        OpSpec("free_lookup_locks", 12, KEY_ARGS, None, Execution.POOL, client_args=KEY_CLIENT_ARGS),
+        OpSpec(
+            "free_lookup_locks", 12, KEY_ARGS, None, Execution.POOL, client_args=KEY_CLIENT_ARGS
+        ),
         OpSpec("end_session", 13, (str,), None, Execution.POOL),
         OpSpec(
             "register_kv_cache_engine_driven_context",
@@ -99,7 +101,11 @@ OPS: dict[str, OpSpec] = {
         ),
         OpSpec("unregister_kv_cache_engine_driven_context", 15, (int,), None, Execution.AFFINITY),
         OpSpec(
-            "prepare_store", 16, KEY_ARGS, PrepareStoreReply, Execution.AFFINITY,
+            "prepare_store",
+            16,
+            KEY_ARGS,
+            PrepareStoreReply,
+            Execution.AFFINITY,
             client_args=KEY_CLIENT_ARGS,
         ),
         OpSpec(
@@ -111,7 +117,11 @@ OPS: dict[str, OpSpec] = {
             client_args=(CacheKey, int, bytes),
         ),
         OpSpec(
-            "prepare_retrieve", 18, KEY_ARGS, PrepareRetrieveReply, Execution.AFFINITY,
+            "prepare_retrieve",
+            18,
+            KEY_ARGS,
+            PrepareRetrieveReply,
+            Execution.AFFINITY,
             client_args=KEY_CLIENT_ARGS,
         ),
         OpSpec(

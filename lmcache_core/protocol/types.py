@@ -64,7 +64,9 @@ class WireCacheKey(msgspec.Struct):
             raise ValueError("num_kv_readers must be >= 0")
         validate_cache_salt(self.cache_salt)
         if self.end > raw_array_length(self.token_ids):
-            raise ValueError(f"end {self.end} is past the {raw_array_length(self.token_ids)} tokens")
+            raise ValueError(
+                f"end {self.end} is past the {raw_array_length(self.token_ids)} tokens"
+            )
 
 
 def raw_array_length(raw: msgspec.Raw | bytes) -> int:

@@ -59,7 +59,9 @@ class L1Component:
     def health(self) -> Health:
         """Healthy while upkeep runs."""
         usage = self.manager.usage()
-        detail = f"{usage.used_bytes}/{usage.capacity_bytes} bytes in {usage.resident_objects} objects"
+        detail = (
+            f"{usage.used_bytes}/{usage.capacity_bytes} bytes in {usage.resident_objects} objects"
+        )
         return Health(self.controller.running, detail)
 
 
@@ -120,10 +122,17 @@ def build_data_path(context: ServerContext) -> DataPath:
     """
     config, registry = context.config, context.registry
     capacity = int(config.l1.l1_size_gb * GIB)
-    init = min(int(config.l1.l1_init_size_gb * GIB), capacity) if config.l1.l1_use_lazy else capacity
+    init = (
+        min(int(config.l1.l1_init_size_gb * GIB), capacity) if config.l1.l1_use_lazy else capacity
+    )
     kind, name = arena_plan(config.mp.shm_name, torch.cuda.is_available())
     try:
-        arena = Arena(capacity + config.l1.l1_align_bytes, kind=kind, name=name, populate=not config.l1.l1_use_lazy)
+        arena = Arena(
+            capacity + config.l1.l1_align_bytes,
+            kind=kind,
+            name=name,
+            populate=not config.l1.l1_use_lazy,
+        )
     except (ArenaError, OSError) as exc:
         raise StartupError(f"--l1-size-gb: cannot allocate the L1 arena: {exc}") from None
     policy = registry.build(

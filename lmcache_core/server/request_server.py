@@ -265,7 +265,9 @@ class RequestServer:
         if socket is None:
             assert self._context is not None
             socket = self._context.socket(zmq.DEALER)
-            socket.setsockopt(zmq.ROUTING_ID, self._secret + next(self._reply_ids).to_bytes(8, "big"))
+            socket.setsockopt(
+                zmq.ROUTING_ID, self._secret + next(self._reply_ids).to_bytes(8, "big")
+            )
             socket.setsockopt(zmq.LINGER, 1000)
             socket.connect(self._reply_address)
             self._local.push = socket

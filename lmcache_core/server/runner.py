@@ -31,7 +31,9 @@ def build_components(context: ServerContext) -> list[Component]:
         context.data_path = build_data_path(context)
         components.extend(context.data_path.components)
     app = create_app(context)
-    components.append(HttpFrontend(app, context.config.http.http_host, context.config.http.http_port))
+    components.append(
+        HttpFrontend(app, context.config.http.http_host, context.config.http.http_port)
+    )
     return components
 
 

@@ -60,7 +60,9 @@ class Session:
         for key in keys:
             self.locks[key] = self.locks.get(key, 0) + count
 
-    def give_back(self, keys: Iterable[ObjectKey], count: int | None = None) -> dict[ObjectKey, int]:
+    def give_back(
+        self, keys: Iterable[ObjectKey], count: int | None = None
+    ) -> dict[ObjectKey, int]:
         """Forget up to ``count`` locks per key (all when None); returns what to release."""
         released: dict[ObjectKey, int] = {}
         for key in keys:

@@ -31,7 +31,9 @@ class TokenHashCache:
         entries: How many distinct token lists to remember.
     """
 
-    def __init__(self, hasher: ChunkHasher, chunk_size: int, entries: int = DEFAULT_ENTRIES) -> None:
+    def __init__(
+        self, hasher: ChunkHasher, chunk_size: int, entries: int = DEFAULT_ENTRIES
+    ) -> None:
         self.hasher = hasher
         self.chunk_size = chunk_size
         self.entries = entries
@@ -44,7 +46,9 @@ class TokenHashCache:
         """A per-request memo using this cache's hasher and chunk size."""
         return RequestHashes(self.hasher, self.chunk_size)
 
-    def hashes(self, raw_tokens: bytes, num_chunks: int, memo: RequestHashes | None = None) -> list[bytes]:
+    def hashes(
+        self, raw_tokens: bytes, num_chunks: int, memo: RequestHashes | None = None
+    ) -> list[bytes]:
         """Hashes of the first ``num_chunks`` complete chunks of ``raw_tokens``.
 
         Args:

@@ -231,7 +231,7 @@ def detect_layout(
 
 
 # Positional parameters on purpose: they mirror the registration payload's field order.
-def layout_from_engine_driven(  # noqa: PLR0917
+def layout_from_engine_driven(
     block_size: int,
     num_layers: int,
     hidden_dim_size: int,

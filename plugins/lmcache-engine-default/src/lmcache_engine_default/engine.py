@@ -148,7 +148,11 @@ class DefaultEngine(Engine):
         return []
 
     def report_block_allocation(
-        self, _ctx: RequestContext, _instance_id: int, _model: str, records: list[BlockAllocationRecord]
+        self,
+        _ctx: RequestContext,
+        _instance_id: int,
+        _model: str,
+        records: list[BlockAllocationRecord],
     ) -> None:
         """Counted; published to the event bus once observability lands (#5)."""
         self.block_reports += len(records)
@@ -210,7 +214,9 @@ class DefaultEngine(Engine):
             hit = 0
             while hit < num_chunks and all(present[hit * width : (hit + 1) * width]):
                 hit += 1
-            extra = [k for k, ok in zip(flat[hit * width :], present[hit * width :], strict=True) if ok]
+            extra = [
+                k for k, ok in zip(flat[hit * width :], present[hit * width :], strict=True) if ok
+            ]
             if extra:
                 self.l1.unlock(extra, readers)
             hit_keys = [[per_rank[r][i] for r in range(width)] for i in range(hit)]
@@ -236,7 +242,9 @@ class DefaultEngine(Engine):
         job.reported = True
         return job.hit_chunks
 
-    def wait_prefetch_status(self, ctx: RequestContext, request_id: str, timeout: float) -> int | None:
+    def wait_prefetch_status(
+        self, ctx: RequestContext, request_id: str, timeout: float
+    ) -> int | None:
         """Like :meth:`query_prefetch_status`, waiting up to ``timeout`` (at most 60 s)."""
         session = self.sessions.peek(request_id)
         job = session.job if session is not None else None
@@ -296,8 +304,12 @@ class DefaultEngine(Engine):
         self.liveness.registered(instance_id)
         logger.info(
             "registered worker %d: %s, world size %d, %s layout, %d layers, %d blocks",
-            instance_id, model_name, world_size, worker.layout.format.value,
-            worker.layout.num_layers, worker.layout.num_blocks,
+            instance_id,
+            model_name,
+            world_size,
+            worker.layout.format.value,
+            worker.layout.num_layers,
+            worker.layout.num_blocks,
         )
 
     def unregister_kv_cache(self, _ctx: RequestContext, instance_id: int) -> None:
@@ -338,7 +350,8 @@ class DefaultEngine(Engine):
         session = self.sessions.get(key.request_id)
         keys = self._keys(key, self._hashes(key, session, last)[first:], rank)
         wanted = [
-            i for i in range(last - first)
+            i
+            for i in range(last - first)
             if any(b != NULL_BLOCK_ID for b in ids[i * bpc : (i + 1) * bpc])
         ]
         nbytes = worker.layout.object_nbytes(self.chunk_size)
@@ -389,12 +402,16 @@ class DefaultEngine(Engine):
         session = self.sessions.get(key.request_id)
         keys = self._keys(key, self._hashes(key, session, last)[first:], rank)
         try:
-            return self._copy_out(worker.cache, keys, ids[: (last - first) * bpc], skip_first_n_tokens)
+            return self._copy_out(
+                worker.cache, keys, ids[: (last - first) * bpc], skip_first_n_tokens
+            )
         finally:
             with session.mutex:
                 self._release_locks(session.give_back(keys, 1))
 
-    def _copy_out(self, cache: Any, keys: list[ObjectKey], ids: list[int], skip: int) -> tuple[bytes, bool]:
+    def _copy_out(
+        self, cache: Any, keys: list[ObjectKey], ids: list[int], skip: int
+    ) -> tuple[bytes, bool]:
         present = self.l1.lock_for_read(keys, 1)  # held only for the copy
         held = [k for k, ok in zip(keys, present, strict=True) if ok]
         try:
@@ -413,8 +430,12 @@ class DefaultEngine(Engine):
         """Record the worker's object layout; tell it where the L1 pool is."""
         try:
             layout = layout_from_engine_driven(
-                payload.block_size, payload.num_layers, payload.hidden_dim_size,
-                payload.dtype_str, payload.use_mla, payload.num_physical_slots,
+                payload.block_size,
+                payload.num_layers,
+                payload.hidden_dim_size,
+                payload.dtype_str,
+                payload.use_mla,
+                payload.num_physical_slots,
             )
             layout.blocks_per_chunk(self.chunk_size)
         except ValueError as exc:
@@ -426,7 +447,9 @@ class DefaultEngine(Engine):
         shm_name = self.l1.arena.shm_name or ""
         return EngineDrivenRegistrationReply(shm_name, self.l1.arena.size_bytes if shm_name else 0)
 
-    def unregister_kv_cache_engine_driven_context(self, _ctx: RequestContext, instance_id: int) -> None:
+    def unregister_kv_cache_engine_driven_context(
+        self, _ctx: RequestContext, instance_id: int
+    ) -> None:
         """Forget the worker and release its pending reservations and locks."""
         self.workers.remove(instance_id)
         self.liveness.unregistered(instance_id)
@@ -441,7 +464,9 @@ class DefaultEngine(Engine):
         self.l1.abort(staged)
         self.l1.unlock(locked)
 
-    def _driven(self, key: WireCacheKey, instance_id: int) -> tuple[EngineDrivenWorker, list[ObjectKey]]:
+    def _driven(
+        self, key: WireCacheKey, instance_id: int
+    ) -> tuple[EngineDrivenWorker, list[ObjectKey]]:
         worker = self.workers.engine_driven.get(instance_id)
         if worker is None or not self.liveness.seen(instance_id):
             from lmcache_core.protocol.errors import NotRegisteredError
@@ -460,7 +485,9 @@ class DefaultEngine(Engine):
             "dtype": dtype_name(layout.dtype),
         }
 
-    def prepare_store(self, _ctx: RequestContext, key: WireCacheKey, instance_id: int) -> PrepareStoreReply:
+    def prepare_store(
+        self, _ctx: RequestContext, key: WireCacheKey, instance_id: int
+    ) -> PrepareStoreReply:
         """Reserve L1 objects for the chunks not cached yet; return their slots."""
         worker, keys = self._driven(key, instance_id)
         nbytes = worker.layout.object_nbytes(self.chunk_size)
@@ -481,7 +508,9 @@ class DefaultEngine(Engine):
             context["object_nbytes"] = nbytes
         return PrepareStoreReply(context)
 
-    def commit_store(self, _ctx: RequestContext, key: WireCacheKey, instance_id: int, data: bytes) -> bool:
+    def commit_store(
+        self, _ctx: RequestContext, key: WireCacheKey, instance_id: int, data: bytes
+    ) -> bool:
         """Commit the prepared objects: written in the pool, or given inline in ``data``."""
         pending_key = (instance_id, key.request_id, key.start, key.end)
         with self._pending_lock:
@@ -507,7 +536,9 @@ class DefaultEngine(Engine):
         self.l1.commit(staged)
         return True
 
-    def prepare_retrieve(self, _ctx: RequestContext, key: WireCacheKey, instance_id: int) -> PrepareRetrieveReply:
+    def prepare_retrieve(
+        self, _ctx: RequestContext, key: WireCacheKey, instance_id: int
+    ) -> PrepareRetrieveReply:
         """Lock the window's chunks; return their slots, or their bytes inline."""
         worker, keys = self._driven(key, instance_id)
         present = self.l1.lock_for_read(keys, 1)
@@ -521,7 +552,9 @@ class DefaultEngine(Engine):
             finally:
                 self.l1.unlock(keys, 1)
                 self._consume_lookup_locks(key, keys)
-            return PrepareRetrieveReply(True, data, {"object_nbytes": worker.layout.object_nbytes(self.chunk_size)})
+            return PrepareRetrieveReply(
+                True, data, {"object_nbytes": worker.layout.object_nbytes(self.chunk_size)}
+            )
         pending_key = (instance_id, key.request_id, key.start, key.end)
         with self._pending_lock:
             previous = self._pending_reads.pop(pending_key, [])
