@@ -9,6 +9,10 @@ The ceiling is measured in the same run: a single-thread memcpy of the same numb
 glibc's memcpy with non-temporal stores on large copies). Gather and scatter run with torch's
 default thread count unless the line says otherwise.
 
+The ``others`` column is the number of cores other processes kept busy during that
+measurement; on a shared 2-core machine a busy neighbour makes multi-threaded figures collapse
+(torch's intra-op threads wait for each other), so read a line only where it is near 0.
+
 Run: ``.venv/bin/python benchmarks/bench_gather_scatter.py`` (about 20 s).
 """
 
@@ -46,14 +50,35 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy ticks of the whole machine, ticks of this process) so far."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    with open("/proc/self/stat") as f:
+        own = f.read().rsplit(")", 1)[1].split()
+    return busy, int(own[11]) + int(own[12])  # utime + stime
+
+
+# Cores kept busy by other processes during the last measurement: this 2-core machine is
+# shared, and a busy neighbour wrecks multi-threaded figures. Printed with every line.
+others = {"last": 0.0, "worst": 0.0}
+
+
 def median_seconds(fn: Callable[[], object], runs: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
     times = []
+    busy0, own0 = _cpu_ticks()
+    wall0 = time.perf_counter()
     for _ in range(runs):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+    busy1, own1 = _cpu_ticks()
+    ticks = (time.perf_counter() - wall0) * os.sysconf("SC_CLK_TCK")
+    others["last"] = max(0.0, ((busy1 - busy0) - (own1 - own0)) / ticks)
+    others["worst"] = max(others["worst"], others["last"])
     return statistics.median(times)
 
 
@@ -61,8 +86,8 @@ def runs_for(nbytes: int) -> int:
     return 25 if nbytes <= 64 << 20 else 7
 
 
-def memcpy_ceilings(nbytes: int) -> tuple[float, float, float]:
-    """GB/s of torch copy_ (1 thread), torch copy_ (default threads), numpy copyto."""
+def memcpy_ceilings(nbytes: int) -> tuple[float, float, float, float]:
+    """GB/s of torch copy_ (1 thread), torch copy_ (default threads), numpy copyto; others."""
     src = torch.empty(nbytes, dtype=torch.uint8).fill_(1)
     dst = torch.empty(nbytes, dtype=torch.uint8).fill_(0)
     threads = torch.get_num_threads()
@@ -71,10 +96,12 @@ def memcpy_ceilings(nbytes: int) -> tuple[float, float, float]:
         torch_1t = nbytes / median_seconds(lambda: dst.copy_(src), runs_for(nbytes)) / GB
     finally:
         torch.set_num_threads(threads)
+    busy = others["last"]
     torch_mt = nbytes / median_seconds(lambda: dst.copy_(src), runs_for(nbytes)) / GB
+    busy = max(busy, others["last"])
     a, b = src.numpy(), dst.numpy()
     numpy_1t = nbytes / median_seconds(lambda: np.copyto(b, a), runs_for(nbytes)) / GB
-    return torch_1t, torch_mt, numpy_1t
+    return torch_1t, torch_mt, numpy_1t, max(busy, others["last"])
 
 
 def main() -> None:
@@ -131,16 +158,16 @@ def main() -> None:
         scattered = [arena[s * chunk_bytes : (s + 1) * chunk_bytes] for s in slots]
 
         ceilings = {n: memcpy_ceilings(n * chunk_bytes) for n in (1, 16)}
-        for n, (t1, tmt, npy) in ceilings.items():
+        for n, (t1, tmt, npy, busy) in ceilings.items():
             print(
                 f"memcpy {n * chunk_bytes / 2**20:>4.0f} MiB: torch copy_ 1 thread {t1:6.2f} GB/s"
                 f" | torch copy_ {torch.get_num_threads()} threads {tmt:6.2f} GB/s"
-                f" | numpy copyto {npy:6.2f} GB/s"
+                f" | numpy copyto {npy:6.2f} GB/s | others {busy:.2f} cores"
             )
 
         print(
             f"{'op':<8}{'format':<7}{'chunks':>6}  {'objects':<10}{'threads':>7}"
-            f"{'GB/s':>8}{'/torch 1t':>11}{'/numpy':>8}"
+            f"{'GB/s':>8}{'/torch 1t':>11}{'/numpy':>8}{'others':>8}"
         )
 
         def report(
@@ -162,10 +189,10 @@ def main() -> None:
             finally:
                 torch.set_num_threads(default)
             rate = n * chunk_bytes / seconds / GB
-            t1, _, npy = ceilings[n]
+            t1, _, npy, _ = ceilings[n]
             print(
                 f"{op:<8}{fmt:<7}{n:>6}  {kind:<10}{used:>7}{rate:8.2f}{rate / t1:10.0%}"
-                f"{rate / npy:8.0%}"
+                f"{rate / npy:8.0%}{others['last']:8.2f}"
             )
 
         for fmt in ("NHD", "HND"):
@@ -202,7 +229,13 @@ def main() -> None:
             rate = 16 * chunk_bytes / median_seconds(fn, runs_for(16 * chunk_bytes)) / GB
             print(
                 f"reference: {name} NHD 16 chunks, one bf16 op per (chunk, kv, layer): "
-                f"{rate:.2f} GB/s ({rate / t1:.0%} of torch 1t memcpy)"
+                f"{rate:.2f} GB/s ({rate / t1:.0%} of torch 1t memcpy), others "
+                f"{others['last']:.2f} cores"
+            )
+        if others["worst"] > 0.2:
+            print(
+                f"WARNING: other processes kept up to {others['worst']:.2f} cores busy during a "
+                "measurement; the figures of those lines are not representative"
             )
     finally:
         for cleanup in cleanups:

@@ -11,6 +11,7 @@ from lmcache_core.transfer.cpu_shm import (
     MappedShmTensor,
     ShmTensorSpec,
     create_shm_tensor,
+    mappings_pending_release,
     validate_shm_name,
 )
 from lmcache_core.transfer.layout import (
@@ -34,5 +35,6 @@ __all__ = [
     "dtype_from_name",
     "dtype_name",
     "layout_from_engine_driven",
+    "mappings_pending_release",
     "validate_shm_name",
 ]

@@ -18,6 +18,8 @@ import mmap
 import os
 import stat
 import sys
+import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +28,14 @@ import torch
 
 from lmcache_core.transfer.layout import dtype_from_name, dtype_name
 
-__all__ = ["SHM_DIR", "MappedShmTensor", "ShmTensorSpec", "create_shm_tensor", "validate_shm_name"]
+__all__ = [
+    "SHM_DIR",
+    "MappedShmTensor",
+    "ShmTensorSpec",
+    "create_shm_tensor",
+    "mappings_pending_release",
+    "validate_shm_name",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +171,29 @@ class ShmTensorSpec:
         return dtype
 
 
+# Mappings closed while tensors still viewed them: id(mmap) -> (segment name, weak ref).
+_pending: dict[int, tuple[str, weakref.ref[mmap.mmap]]] = {}
+_pending_lock = threading.Lock()
+
+
+def mappings_pending_release() -> list[str]:
+    """Segments whose :meth:`MappedShmTensor.close` was deferred by live views, still mapped.
+
+    A segment stays listed only while some tensor still views it; an entry that never goes
+    away means a view is being kept alive (a leak worth a look, for example in ``/status``).
+    """
+    with _pending_lock:
+        _prune_pending()
+        return sorted(name for name, _ in _pending.values())
+
+
+def _prune_pending() -> None:
+    """Forget released mappings (call with ``_pending_lock`` held)."""
+    for key, (_, ref) in list(_pending.items()):
+        if ref() is None:
+            del _pending[key]
+
+
 class MappedShmTensor:
     """A tensor over a mapped POSIX shared-memory segment (zero copy, read-write).
 
@@ -236,13 +268,11 @@ class MappedShmTensor:
         """Release the mapping. Idempotent.
 
         The mapping is unmapped at once unless some other tensor still views it (a copy in
-        flight, or a cache object not yet dropped): unmapping then would leave those tensors
-        pointing at freed memory, so the mapping goes when the last of them is dropped instead
-        (torch holds the mmap object through the storage). That case is logged as a warning.
+        flight, or a :class:`~lmcache_core.transfer.paged.PagedKVCache` not closed yet):
+        unmapping then would leave those tensors pointing at freed memory, so the mapping goes
+        when the last of them is dropped instead (torch holds the mmap object through the
+        storage). :func:`mappings_pending_release` lists such segments.
         """
-        self._release(warn_if_deferred=True)
-
-    def _release(self, *, warn_if_deferred: bool) -> None:
         mapping = self._mmap
         if mapping is None:
             return
@@ -252,12 +282,15 @@ class MappedShmTensor:
         # torch storage if any tensor still views it.
         if sys.getrefcount(mapping) <= 2:
             mapping.close()
-        elif warn_if_deferred:
-            logger.warning(
+        else:
+            logger.debug(
                 "shared-memory segment %r is still viewed by live tensors; it is unmapped when "
                 "they are dropped",
                 self.spec.shm_name,
             )
+            with _pending_lock:
+                _prune_pending()  # keeps the table as small as the set of live leftovers
+                _pending[id(mapping)] = (self.spec.shm_name, weakref.ref(mapping))
 
     def __enter__(self) -> MappedShmTensor:
         return self
@@ -328,8 +361,7 @@ def create_shm_tensor(
         raise
 
     def cleanup() -> None:
-        # The caller usually still holds the tensor here: a deferred unmap is the normal case.
-        mapped._release(warn_if_deferred=False)
+        mapped.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 

@@ -68,6 +68,11 @@ class KVLayout:
     dtype: torch.dtype
 
     def __post_init__(self) -> None:
+        try:
+            # Accept the plain string too ("NHD"): the format is compared by identity later.
+            object.__setattr__(self, "format", KVFormat(self.format))
+        except ValueError:
+            raise ValueError(f"unknown KV format {self.format!r}") from None
         # A layout is built from client input (registration); a zero or negative dimension
         # would surface later as a confusing reshape error deep in a copy, so refuse it here.
         for field in ("num_layers", "block_size", "num_heads", "head_dim"):

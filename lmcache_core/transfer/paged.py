@@ -4,8 +4,12 @@
 objects back into blocks (retrieve). Both are batched: for every run of L1 objects that lie at
 a constant stride in one buffer (the usual case: a batch is reserved in one allocation) each
 layer takes **one** indexed copy that moves K and V of every block of the run, straight from
-the paged tensor into the objects (no staging buffer). Objects scattered over the arena fall
-back to one copy per (object, layer). There is no Python loop over blocks or tokens.
+the paged tensor into the objects (no staging buffer; for HND the same op also transposes
+heads and tokens). Objects scattered over the arena fall back to one copy per (object, layer).
+There is no Python loop over blocks or tokens.
+
+The copies release the GIL. They use torch's intra-op threads as configured by the process
+(this module never changes the thread count).
 
 Two measured choices (``benchmarks/bench_gather_scatter.py``):
 
@@ -108,6 +112,25 @@ class PagedKVCache:
         self._layer_unit_max = unit
         # Reinterpreted views of the layers per copy unit, built on first use.
         self._views: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._closed = False
+
+    def close(self) -> None:
+        """Drop the references to the layer tensors. Idempotent.
+
+        Call it before (or with) closing the layers' shared-memory mappings: the mappings are
+        unmapped only once no tensor views them (see
+        :meth:`~lmcache_core.transfer.cpu_shm.MappedShmTensor.close`). A copy running on
+        another thread keeps its own references and completes; later copies raise
+        ``ValueError``.
+        """
+        self._closed = True
+        self._layers = ()
+        self._views = {}
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     @property
     def layout(self) -> KVLayout:
@@ -149,15 +172,9 @@ class PagedKVCache:
         for run in self._runs(objects, chunk_tokens):
             dst = self._layer_object_views(objects, run, chunk_tokens, unit)
             idx = self._run_ids(ids, run, bpc)
-            if run.count == 1:
-                # [kv, bpc, block_size, heads, units] <- src[:, idx]; index_select has less
-                # dispatch overhead than the general indexing op.
-                for src_layer, dst_layer in zip(src, dst, strict=True):
-                    torch.index_select(src_layer, 1, idx, out=dst_layer)
-            else:
-                # [kv, run, bpc, block_size, heads, units] <- src[:, idx] (idx: [run, bpc])
-                for src_layer, dst_layer in zip(src, dst, strict=True):
-                    _INDEX_OUT(src_layer, [None, idx], out=dst_layer)
+            # dst_layer[kv, (count,) bpc, block_size, heads, units] <- src_layer[:, idx]
+            for src_layer, dst_layer in zip(src, dst, strict=True):
+                _INDEX_OUT(src_layer, [None, idx], out=dst_layer)
 
     def scatter(
         self,
@@ -222,6 +239,8 @@ class PagedKVCache:
         self, block_ids: Sequence[int], chunk_tokens: int, objects: Sequence[torch.Tensor]
     ) -> tuple[int, torch.Tensor]:
         """Check a request; return blocks per chunk and the used block ids as an int64 tensor."""
+        if self._closed:
+            raise ValueError("the paged KV cache is closed (its worker unregistered)")
         layout = self._layout
         bpc = layout.blocks_per_chunk(chunk_tokens)
         need = len(objects) * bpc
@@ -258,7 +277,10 @@ class PagedKVCache:
     def _block_id_tensor(block_ids: Sequence[int], need: int) -> torch.Tensor:
         """The first ``need`` block ids as a contiguous 1-D int64 CPU tensor."""
         head = block_ids[:need]
-        ids = head if isinstance(head, torch.Tensor) else torch.as_tensor(head)
+        try:
+            ids = head if isinstance(head, torch.Tensor) else torch.as_tensor(head)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+            raise ValueError(f"block ids must be integers: {exc}") from None
         if ids.dim() != 1 and need:
             raise ValueError(f"block ids must be 1-D, got shape {list(ids.shape)}")
         if ids.numel() and (ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex()):

@@ -30,6 +30,7 @@ class MappedWorker:
 
     def close(self) -> None:
         """Unmap the worker's shared memory (upstream leaked these mappings)."""
+        self.cache.close()  # drops its views first, so the unmaps happen now
         for mapping in self.mappings:
             mapping.close()
         self.mappings.clear()
@@ -76,7 +77,9 @@ def map_worker(
             assert isinstance(handle, CpuShmHandle)
             meta = handle.metadata
             spec = ShmTensorSpec(
-                shm_name=handle.shm_name,
+                # shm_open(3) names carry one leading "/" (upstream sends them so);
+                # the file under /dev/shm has none.
+                shm_name=handle.shm_name.removeprefix("/"),
                 nbytes=handle.nbytes,
                 dtype=meta.dtype,
                 shape=tuple(meta.shape),

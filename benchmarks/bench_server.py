@@ -1,0 +1,279 @@
+"""Benchmarks of a real server process on the CPU data path (issue #3's targets).
+
+Run: ``.venv/bin/python benchmarks/bench_server.py [--quick]``
+
+Measures, against a server started here: start-to-healthy time; idle RSS; store and
+retrieve of 16 x 32 MiB and 1 x 32 MiB chunks (Llama-3-8B layout: 32 layers, 8 KV
+heads, head dim 128, bf16, 256-token chunks, block size 16; lmcache_driven with
+cpu_shm KV caches) next to single-thread memcpy of the same size; lookup latency
+p50/p99 for 1 to 64-chunk prefixes; ping/noop rates from 1 and 8 clients; RSS after
+1,000 register/unregister cycles. Prints a Markdown report and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import multiprocessing
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import machine_info, memcpy_gbps, percentile
+from lmcache_core.client import MPClient
+from lmcache_core.client.cpu_worker import CpuKVWorker
+from lmcache_core.transfer.layout import KVFormat, KVLayout
+from tests.server_process import free_port, start_server, stop_server, wait_healthy
+
+CHUNK = 256
+LLAMA = {"num_layers": 32, "block_size": 16, "num_heads": 8, "head_dim": 128}
+MIB = 1 << 20
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    """The server's resident memory by kind (MB); shared L1 pages are RssShmem."""
+    fields: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields
+
+
+def tokens(n_chunks: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(128000) for _ in range(n_chunks * CHUNK)]
+
+
+def timed(fn: Callable[[], object], setup: Callable[[], object], repeat: int) -> float:
+    """Median seconds of ``fn`` over ``repeat`` runs (after one warm-up), ``setup`` untimed."""
+    times = []
+    for index in range(repeat + 1):
+        setup()
+        start = time.perf_counter()
+        fn()
+        if index:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def transfer(client: MPClient, repeat: int) -> dict[str, float]:
+    chunks = 16
+    bpc = CHUNK // LLAMA["block_size"]
+    layout = KVLayout(KVFormat.NHD, num_blocks=2 * chunks * bpc, dtype=torch.bfloat16, **LLAMA)
+    results: dict[str, float] = {"object_mib": layout.object_nbytes(CHUNK) / MIB}
+    with CpuKVWorker(client, layout) as worker:
+        worker.register()
+        for layer in worker.layers:
+            layer.normal_()
+        src = list(range(chunks * bpc))
+        dst = list(range(chunks * bpc, 2 * chunks * bpc))
+        for n in (16, 1):
+            nbytes = n * layout.object_nbytes(CHUNK)
+            seeds = itertools.count(n * 1000)
+            window = n * CHUNK
+
+            def store(n: int = n, seeds: Iterator[int] = seeds, window: int = window) -> None:
+                key = worker.key(tokens(n, next(seeds)), 0, window, f"s{time.time_ns()}")
+                assert worker.store(key, src[: n * bpc], timeout=120)
+
+            # Cleared before each store (untimed) so every store really copies.
+            seconds = timed(store, client.clear, repeat)
+            results[f"store_{n}_gbps"] = nbytes / seconds / 1e9
+            toks = tokens(n, 10**6 + n)
+            assert worker.store(worker.key(toks, 0, window, "seed"), src[: n * bpc], timeout=120)
+
+            def retrieve(n: int = n, toks: list[int] = toks, window: int = window) -> None:
+                key = worker.key(toks, 0, window, "r")
+                assert worker.retrieve(key, dst[: n * bpc], timeout=120)
+
+            seconds = timed(retrieve, lambda: None, repeat)
+            results[f"retrieve_{n}_gbps"] = nbytes / seconds / 1e9
+            results[f"memcpy_{n}_gbps"] = memcpy_gbps(nbytes)
+            client.clear()
+        worker.unregister()
+    return results
+
+
+def lookups(client: MPClient, samples: int) -> dict[str, float]:
+    layout = KVLayout(
+        KVFormat.NHD,
+        num_layers=2,
+        num_blocks=64 * 16,
+        block_size=16,
+        num_heads=1,
+        head_dim=8,
+        dtype=torch.bfloat16,
+    )
+    results: dict[str, float] = {}
+    with CpuKVWorker(client, layout) as worker:
+        worker.register()
+        toks = tokens(64, 99)
+        assert worker.store(worker.key(toks, 0, 64 * CHUNK, "fill"), list(range(64 * 16)))
+        for n in (1, 4, 16, 64):
+            latencies = []
+            for i in range(samples):
+                key = worker.key(toks[: n * CHUNK], 0, n * CHUNK, f"l{n}-{i}", worker=False)
+                start = time.perf_counter()
+                client.lookup(key)
+                latencies.append(time.perf_counter() - start)
+                assert client.query_prefetch_status(key.request_id) == n
+                client.end_session(key.request_id)
+            results[f"lookup_{n}_p50_ms"] = percentile(latencies, 0.5) * 1e3
+            results[f"lookup_{n}_p99_ms"] = percentile(latencies, 0.99) * 1e3
+        worker.unregister()
+    return results
+
+
+def _op_loop(url: str, op: str, seconds: float, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    client = MPClient(url)
+    call = getattr(client, op)
+    call()
+    count, deadline = 0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        call()
+        count += 1
+    out.put(count / seconds)
+    client.close()
+
+
+def small_ops(url: str, seconds: float) -> dict[str, float]:
+    results: dict[str, float] = {}
+    for op in ("noop", "ping"):
+        for clients in (1, 8):
+            queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+            procs = [
+                multiprocessing.Process(target=_op_loop, args=(url, op, seconds, queue))
+                for _ in range(clients)
+            ]
+            for proc in procs:
+                proc.start()
+            total = sum(queue.get(timeout=seconds + 30) for _ in procs)
+            for proc in procs:
+                proc.join()
+            results[f"{op}_{clients}_clients_per_s"] = total
+    return results
+
+
+def register_cycles(client: MPClient, pid: int, cycles: int) -> dict[str, float]:
+    layout = KVLayout(
+        KVFormat.NHD,
+        num_layers=32,
+        num_blocks=64,
+        block_size=16,
+        num_heads=8,
+        head_dim=128,
+        dtype=torch.bfloat16,
+    )
+    before = rss_mb(pid)
+    with CpuKVWorker(client, layout) as worker:
+        for _ in range(cycles):
+            worker.register()
+            worker.unregister()
+    time.sleep(0.5)
+    after = rss_mb(pid)
+    return {
+        "register_cycles": cycles,
+        "rss_before_cycles_mb": before["RssAnon"] + before["RssFile"],
+        "rss_after_cycles_mb": after["RssAnon"] + after["RssFile"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    args = parser.parse_args()
+    repeat, samples, seconds, cycles = (2, 50, 1.0, 100) if args.quick else (5, 500, 3.0, 1000)
+    port, http_port = free_port(), free_port()
+    url = f"127.0.0.1:{port}"
+    started = time.perf_counter()
+    process = start_server(
+        "--l1-size-gb",
+        "4",
+        "--eviction-policy",
+        "LRU",
+        "--port",
+        str(port),
+        "--http-host",
+        "127.0.0.1",
+        "--http-port",
+        str(http_port),
+    )
+    report: dict[str, object] = {"machine": machine_info()}
+    try:
+        wait_healthy(process, f"http://127.0.0.1:{http_port}")
+        report["start_to_healthy_s"] = time.perf_counter() - started
+        time.sleep(1.0)
+        idle = rss_mb(process.pid)
+        report["rss_idle_mb"] = idle["RssAnon"] + idle["RssFile"]
+        client = MPClient(url, timeout=120)
+        report.update(small_ops(url, seconds))
+        report.update(lookups(client, samples))
+        report.update(transfer(client, repeat))
+        report.update(register_cycles(client, process.pid, cycles))
+        report["status_requests"] = httpx.get(f"http://127.0.0.1:{http_port}/status").json()[
+            "data_path"
+        ]["requests"]
+        client.close()
+    finally:
+        stop_server(process)
+    print_report(report)
+    print(json.dumps(report))
+
+
+def print_report(r: dict[str, Any]) -> None:
+    """The figures as a Markdown table, each next to its ceiling or target."""
+    rows = []
+    for n in (16, 1):
+        ceiling = r[f"memcpy_{n}_gbps"]
+        for kind in ("store", "retrieve"):
+            value = r[f"{kind}_{n}_gbps"]
+            rows.append(
+                (
+                    f"{kind} {n} x 32 MiB",
+                    f"{value:.2f} GB/s",
+                    f"memcpy {ceiling:.2f} GB/s, ratio {value / ceiling:.2f} (target >= 0.5)",
+                )
+            )
+    for n in (1, 4, 16, 64):
+        p50, p99 = r[f"lookup_{n}_p50_ms"], r[f"lookup_{n}_p99_ms"]
+        rows.append(
+            (
+                f"lookup, {n}-chunk prefix",
+                f"p50 {p50:.3f} ms, p99 {p99:.3f} ms",
+                "64 chunks: p50 <= 0.3 ms, p99 <= 1 ms",
+            )
+        )
+    for op in ("noop", "ping"):
+        for clients in (1, 8):
+            rate = r[f"{op}_{clients}_clients_per_s"]
+            rows.append(
+                (f"{op}, {clients} client(s)", f"{rate:,.0f} /s", ">= 10,000/s, one client")
+            )
+    rows.append(("start to healthy", f"{r['start_to_healthy_s']:.2f} s", "<= 2.5 s"))
+    rows.append(("RSS idle, beyond L1", f"{r['rss_idle_mb']:.0f} MB", "<= 300 MB"))
+    rows.append(
+        (
+            f"RSS before / after {r['register_cycles']} register cycles",
+            f"{r['rss_before_cycles_mb']:.0f} / {r['rss_after_cycles_mb']:.0f} MB",
+            "flat",
+        )
+    )
+    print("| measure | value | ceiling or target |")
+    print("| --- | --- | --- |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
