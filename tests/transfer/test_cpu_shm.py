@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -14,7 +13,15 @@ import textwrap
 import pytest
 import torch
 
-from lmcache_core.transfer import MappedShmTensor, ShmTensorSpec, create_shm_tensor
+from lmcache_core.transfer import (
+    KVFormat,
+    KVLayout,
+    MappedShmTensor,
+    PagedKVCache,
+    ShmTensorSpec,
+    create_shm_tensor,
+)
+from lmcache_core.transfer.cpu_shm import mappings_pending_release
 
 CHILD = textwrap.dedent(
     """
@@ -105,7 +112,7 @@ def test_close_releases_the_mapping(shm_names):
             cleanup()
 
 
-def test_close_with_a_live_view_defers_the_unmap(shm_names, caplog):
+def test_close_with_a_live_view_defers_the_unmap(shm_names):
     """Unmapping under a live view would crash the server: the mapping waits for the view."""
     name = shm_names()
     tensor, spec, cleanup = create_shm_tensor(name, (1024,), torch.int64)
@@ -113,23 +120,57 @@ def test_close_with_a_live_view_defers_the_unmap(shm_names, caplog):
     mapped = MappedShmTensor(spec)
     address = mapped.tensor.data_ptr()
     view = mapped.tensor[10:20]
-    with caplog.at_level(logging.WARNING, logger="lmcache_core.transfer.cpu_shm"):
-        mapped.close()
-    assert "still viewed" in caplog.text
+    mapped.close()
     assert maps_mention(name, address)
+    assert name in mappings_pending_release()
     assert int(view.sum()) == 70  # still readable, not a dangling pointer
     del view
     gc.collect()
     assert not maps_mention(name, address)
-    # The worker side: its cleanup defers to its live tensor the same way, without a warning.
-    caplog.clear()
+    # The worker side: its cleanup unlinks at once and unmaps when its tensor goes.
     cleanup()
-    assert "still viewed" not in caplog.text
     assert not os.path.exists(f"/dev/shm/{name}")
     assert maps_mention(name)
     del tensor
     gc.collect()
     assert not maps_mention(name)
+    assert name not in mappings_pending_release()
+
+
+@pytest.mark.parametrize("cache_first", [True, False], ids=["cache-first", "mapping-first"])
+def test_unregister_releases_a_paged_cache_mapping(shm_names, cache_first):
+    """The server's unregister: close the PagedKVCache and the mappings, in either order."""
+    layout = KVLayout(KVFormat.NHD, 2, 8, 4, 2, 8, torch.float16)
+    names, cleanups, mapped, specs = [], [], [], []
+    for _ in range(layout.num_layers):
+        names.append(shm_names())
+        tensor, spec, cleanup = create_shm_tensor(names[-1], layout.layer_shape(), layout.dtype)
+        del tensor
+        cleanups.append(cleanup)
+        specs.append(spec)
+        mapped.append(MappedShmTensor(spec))
+    cache = PagedKVCache([m.tensor for m in mapped], layout)
+    objs = [torch.empty(layout.object_nbytes(4), dtype=torch.uint8)]
+    addresses = [m.tensor.data_ptr() for m in mapped]
+    for cleanup in cleanups:
+        cleanup()  # the worker exits: segments unlinked, the server's mappings stay valid
+    with pytest.raises(FileNotFoundError):
+        MappedShmTensor(specs[0])
+    cache.gather([3], 4, objs)
+    if cache_first:
+        cache.close()
+        for m in mapped:
+            m.close()
+    else:
+        for m in mapped:
+            m.close()
+        assert all(maps_mention(n, a) for n, a in zip(names, addresses, strict=True))
+        cache.close()
+    assert not any(maps_mention(n, a) for n, a in zip(names, addresses, strict=True))
+    assert not set(names) & set(mappings_pending_release())
+    with pytest.raises(ValueError, match="closed"):
+        cache.gather([3], 4, objs)
+    cache.close()  # idempotent
 
 
 def test_strided_spec_maps_a_sub_view(shm_names):

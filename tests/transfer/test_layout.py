@@ -96,6 +96,9 @@ def test_layout_validates_its_fields():
         KVLayout(KVFormat.NHD, 1, 10, True, 8, 128, torch.bfloat16)
     with pytest.raises(ValueError, match="MLA"):
         KVLayout(KVFormat.MLA, 1, 10, 16, 8, 128, torch.bfloat16)
+    with pytest.raises(ValueError, match="unknown KV format"):
+        KVLayout("NDH", 1, 10, 16, 8, 128, torch.bfloat16)
+    assert KVLayout("HND", 1, 10, 16, 8, 128, torch.bfloat16).format is KVFormat.HND
 
 
 def test_engine_driven_layout():

@@ -261,6 +261,8 @@ def _bad_requests(layout):
         ("block id -1 is outside", [0, -1, 2, 3], CHUNK, good),
         ("must be integers", [0.0, 1.0, 2.0, 3.0], CHUNK, good),
         ("must be integers", torch.tensor([0.0, 1.0, 2.0, 3.0]), CHUNK, good),
+        ("must be integers", [0, 1, 2, 2**70], CHUNK, good),
+        ("must be integers", ["0", "1", "2", "3"], CHUNK, good),
         ("not a positive multiple", ok, CHUNK + 1, good),
         ("chunk_tokens must be an int", ok, float(CHUNK), good),
         ("object 1 has 3 bytes", ok, CHUNK, [good[0], torch.zeros(3, dtype=torch.uint8)]),
