@@ -4,7 +4,8 @@
 
 * ``nox -s plugins`` (every plugin) or ``nox -s "plugins(lmcache-l2-fs)"`` (one);
 * ``nox -s docs``: regenerate the configuration reference and build the site;
-* ``nox -s compat`` and ``nox -s bench``: land with issue #3, and fail until then.
+* ``nox -s compat``: upstream LMCache 0.5.6's client against this server;
+* ``nox -s bench``: the benchmarks (run them on an otherwise idle machine).
 
 Arguments after ``--`` go to pytest: ``nox -s tests -- -k registry -x``.
 """
@@ -106,4 +107,5 @@ def compat(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks, each measuring its ceiling (memcpy) in the same run."""
     session.install("-r", "requirements-dev.txt")
+    session.run("python", "benchmarks/bench_gather_scatter.py")
     session.run("python", "benchmarks/bench_server.py", *session.posargs)

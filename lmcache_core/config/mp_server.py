@@ -111,9 +111,10 @@ class MPServerConfig(GroupSettings):
     shm_name: Annotated[str | None, CliMeta(default_text="not set: auto-allocate")] = Field(
         default=None,
         description=(
-            'SHM segment name for the non-GPU transfer path. Not set: auto-allocate a pool; "" '
-            "(empty): disable SHM and carry the bytes inline in the request; any other value: "
-            "use that exact segment name."
+            "Shared-memory pool of L1 for the non-GPU transfer path. Not set: auto-allocate "
+            '/dev/shm/lmcache_l1_pool_<uuid>; "" (empty): no shared pool, engine-driven bytes '
+            "travel inline in the request (never pickled); NAME: the segment "
+            "/dev/shm/lmcache_l1_pool_NAME (the prefix is added when missing)."
         ),
     )
     worker_reap_timeout_seconds: float = Field(

@@ -49,6 +49,7 @@ class RemoteError(LMCacheError):
 
     def __init__(self, message: str, op: str = "") -> None:
         self.op = op
+        self.message = message
         super().__init__(f"{op}: {message}" if op else message)
 
 

@@ -2,8 +2,9 @@
 
 Upstream reaped quiet workers into a dead state: pings kept succeeding while
 stores failed. Here a reaped worker's next ping answers False once, which makes
-upstream's (and our) client treat the server as unhealthy, and its recovery on
-the following successful ping re-registers the KV caches.
+upstream's vLLM adapter treat the server as unhealthy, and its recovery on the
+following successful ping re-registers the KV caches. Callers of our own client
+do the same: a False ping means "register again".
 """
 
 from __future__ import annotations

@@ -243,7 +243,7 @@ class RequestServer:
             result = self.handlers[spec.name](context, *args)
         except RemoteError as exc:
             self.stats.errors += 1
-            return head[:2] + self._codec.error_frames(exc.code, str(exc), spec.name)
+            return head[:2] + self._codec.error_frames(exc.code, exc.message, spec.name)
         except Exception as exc:
             self.stats.errors += 1
             logger.exception("%s failed", spec.name)

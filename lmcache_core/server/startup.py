@@ -97,8 +97,8 @@ def _unavailable_features(config: ServerConfig) -> list[str]:
         )
     if config.l1.l1_devdax_path is not None:
         errors.append(
-            "--l1-devdax-path: a DAX-backed L1 is not implemented yet: "
-            f"lands with {DATA_PATH_ISSUE}"
+            "--l1-devdax-path: a DAX-backed L1 is not implemented yet (not scheduled; "
+            "the L2 issue #4 brings the dax adapter)"
         )
     return errors
 

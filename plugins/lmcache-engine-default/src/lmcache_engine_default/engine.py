@@ -367,6 +367,9 @@ class DefaultEngine(Engine):
         try:
             chunk_ids = [b for i, _ in todo for b in ids[i * bpc : (i + 1) * bpc]]
             worker.cache.gather(chunk_ids, self.chunk_size, [self.l1.buffer(r) for r in staged])
+        except ValueError as exc:  # bad block ids: validated before any byte moved
+            self.l1.abort(staged)
+            raise BadRequestError(f"store: {exc}") from None
         except Exception:
             self.l1.abort(staged)
             raise
@@ -417,7 +420,10 @@ class DefaultEngine(Engine):
         try:
             if len(held) != len(keys):
                 return FAILED
-            cache.scatter([self.l1.read_view(k) for k in keys], ids, self.chunk_size, skip)
+            try:
+                cache.scatter([self.l1.read_view(k) for k in keys], ids, self.chunk_size, skip)
+            except ValueError as exc:  # bad block ids: validated before any byte moved
+                raise BadRequestError(f"retrieve: {exc}") from None
             return DONE
         finally:
             self.l1.unlock(held, 1)

@@ -1,0 +1,143 @@
+"""Chunk hashers: upstream's blake3 vectors, sha256_cbor against cbor2, the memos."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import cbor2
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lmcache_core.hashing import (
+    Blake3Hasher,
+    RequestHashes,
+    Sha256CborHasher,
+    canonical_cbor,
+    chunk_hashes,
+    make_hasher,
+    pack_tokens,
+)
+from lmcache_core.server.token_cache import TokenHashCache
+
+# Upstream LMCache 0.5.6, blake3, chunk size 4, tokens 1..8 (the reference's vectors).
+NONE_HASH = "7e3eff9ef7613a50340eb12677ee03b83ac759fcba9bb32705f07248d56d473b"
+H1 = "6309ed506b8721905753f5c73c070bb21c3aafbd9b474b1e231f41368b71123c"
+H2 = "98efc76eafb06cfe774c31ff151f300b61a614c27982a211bb8cdbd83a8c0e19"
+
+
+def test_blake3_matches_the_upstream_vectors() -> None:
+    hasher = make_hasher("blake3")
+    assert hasher.none_hash.hex() == NONE_HASH
+    assert [h.hex() for h in chunk_hashes(hasher, list(range(1, 9)), 4)] == [H1, H2]
+    assert hasher.chain(bytes.fromhex(H1), [5, 6, 7, 8]).hex() == H2
+
+
+def test_only_complete_chunks_are_hashed() -> None:
+    hasher = make_hasher("blake3")
+    assert len(chunk_hashes(hasher, list(range(11)), 4)) == 2
+    assert chunk_hashes(hasher, list(range(3)), 4) == []
+    assert len(chunk_hashes(hasher, list(range(100)), 4, num_chunks=3)) == 3
+
+
+@pytest.mark.parametrize("bad", [[-1], [2**32], [1, 2**40]])
+def test_tokens_must_fit_uint32(bad: list[int]) -> None:
+    with pytest.raises(ValueError, match=r"in \[0, 2\*\*32\)"):
+        pack_tokens(bad)
+    with pytest.raises(ValueError):
+        make_hasher("sha256_cbor").chain(b"x", bad)
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), max_size=300))
+def test_pack_tokens_is_big_endian_uint32(tokens: list[int]) -> None:
+    import struct
+
+    assert pack_tokens(tokens) == struct.pack(f">{len(tokens)}I", *tokens)
+
+
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**64 - 1)
+        | st.binary(max_size=40)
+        | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=5),
+        max_leaves=20,
+    )
+)
+def test_canonical_cbor_matches_cbor2(value: object) -> None:
+    assert canonical_cbor(value) == cbor2.dumps(value, canonical=True)
+
+
+def test_sha256_cbor_is_vllms_scheme_and_deterministic() -> None:
+    hasher = Sha256CborHasher(seed="0")
+    assert hasher.none_hash == hashlib.sha256(cbor2.dumps("0", canonical=True)).digest()
+    tokens = list(range(256))
+    expected = hashlib.sha256(
+        cbor2.dumps((hasher.none_hash, tuple(tokens), None), canonical=True)
+    ).digest()
+    assert chunk_hashes(hasher, tokens, 256) == [expected]
+    assert Sha256CborHasher(seed="1").none_hash != hasher.none_hash
+
+
+def test_sha256_cbor_is_stable_across_processes_without_pythonhashseed() -> None:
+    script = (
+        "from lmcache_core.hashing import make_hasher, chunk_hashes;"
+        "print(chunk_hashes(make_hasher('sha256_cbor'), list(range(512)), 256)[-1].hex())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    runs = {
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+        ).stdout
+        for _ in range(2)
+    }
+    assert len(runs) == 1
+
+
+def test_builtin_hasher_chains_eight_byte_hashes() -> None:
+    hasher = make_hasher("builtin")
+    hashes = chunk_hashes(hasher, list(range(8)), 4)
+    assert [len(h) for h in hashes] == [8, 8]
+    assert hashes[0] != hashes[1]
+
+
+def test_unknown_algorithm_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown hash algorithm 'md5'"):
+        make_hasher("md5")
+
+
+def test_request_memo_recomputes_from_the_first_changed_chunk() -> None:
+    hasher = Blake3Hasher()
+    memo = RequestHashes(hasher, 4)
+    first = list(range(12))
+    assert memo.hashes(first) == chunk_hashes(hasher, first, 4)
+    changed = [*first[:4], 99, *first[5:]]  # chunk 1 differs: chunks 1 and 2 change
+    again = memo.hashes(changed)
+    assert again == chunk_hashes(hasher, changed, 4)
+    assert (
+        again[0] == chunk_hashes(hasher, first, 4)[0]
+        and again[1] != chunk_hashes(hasher, first, 4)[1]
+    )
+    longer = [*changed, 1, 2, 3, 4]
+    assert memo.hashes(longer) == chunk_hashes(hasher, longer, 4)
+
+
+def test_token_cache_hits_by_content_and_rejects_bad_tokens() -> None:
+    cache = TokenHashCache(Blake3Hasher(), 4, entries=2)
+    raw = msgspec.msgpack.encode(list(range(1, 9)))
+    assert [h.hex() for h in cache.hashes(raw, 2)] == [H1, H2]
+    assert cache.hashes(raw, 1) == [bytes.fromhex(H1)]
+    assert (cache.hits, cache.misses) == (1, 1)
+    with pytest.raises(ValueError, match="3 chunks requested"):
+        cache.hashes(raw, 3)
+    with pytest.raises(ValueError, match="token_ids"):
+        cache.hashes(msgspec.msgpack.encode(["a", "b"]), 0)
+    for n in range(3):  # bounded: older entries fall out
+        cache.hashes(msgspec.msgpack.encode(list(range(n, n + 8))), 2)
+    assert len(cache._cache) == 2
