@@ -69,6 +69,8 @@ class RequestServer:
         handlers: Operation name -> ``handler(context, *args)``.
         affinity_workers: ``--max-gpu-workers``.
         cpu_workers: ``--max-cpu-workers``.
+        queue_depth: Requests queued per pool thread before "overloaded".
+        stuck_after: Seconds without a loop beat after which health fails.
     """
 
     name = "request_server"
@@ -81,6 +83,8 @@ class RequestServer:
         *,
         affinity_workers: int,
         cpu_workers: int,
+        queue_depth: int = QUEUE_DEPTH,
+        stuck_after: float = STUCK_AFTER_SECONDS,
     ) -> None:
         unknown = set(handlers) - set(OPS)
         if unknown:
@@ -90,6 +94,7 @@ class RequestServer:
         self.stats = RequestStats()
         self._codec = ServerCodec()
         self._affinity_workers, self._cpu_workers = affinity_workers, cpu_workers
+        self._queue_depth, self._stuck_after = queue_depth, stuck_after
         self._context: zmq.Context[Any] | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -127,8 +132,8 @@ class RequestServer:
             raise StartupError(f"--port: cannot bind {self.endpoint}: {exc.strerror}") from None
         router.setsockopt(zmq.RCVTIMEO, POLL_INTERVAL_MS)
         router.bind(self._reply_address)
-        self._affinity = AffinityPool("lmcache-transfer", self._affinity_workers, QUEUE_DEPTH)
-        self._pool = WorkerPool("lmcache-cpu", self._cpu_workers, QUEUE_DEPTH)
+        self._affinity = AffinityPool("lmcache-transfer", self._affinity_workers, self._queue_depth)
+        self._pool = WorkerPool("lmcache-cpu", self._cpu_workers, self._queue_depth)
         self._thread = threading.Thread(
             target=self._run, args=(router,), name="lmcache-zmq", daemon=True
         )
@@ -155,7 +160,7 @@ class RequestServer:
         if self._thread is None or not self._thread.is_alive():
             return Health(False, f"request loop stopped: {self._crash!r}")
         silent = time.monotonic() - self._beat
-        if silent > STUCK_AFTER_SECONDS:
+        if silent > self._stuck_after:
             return Health(False, f"request loop stuck for {silent:.1f} s")
         return Health(True, f"serving {self.endpoint}")
 
@@ -222,7 +227,7 @@ class RequestServer:
                 self._pool.submit(task)
         except PoolFull:
             return head + self._codec.error_frames(
-                ErrorCode.OVERLOADED, f"{op}: the server's queue is full", op
+                ErrorCode.OVERLOADED, "the server's queue for this work is full; retry later", op
             )
         return None
 
