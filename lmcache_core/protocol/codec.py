@@ -51,7 +51,7 @@ def decode_op(frame: bytes) -> str:
     """
     try:
         value = _any_decoder.decode(frame)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:  # UnicodeDecodeError too
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"undecodable op frame: {exc}") from None
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "the op frame must be an int id or a name")
@@ -81,7 +81,7 @@ def decode_device_handles(exts: Sequence[msgspec.msgpack.Ext]) -> list[AnyDevice
             )
         try:
             handles.append(_handle_decoder.decode(ext.data))
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError) as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"kv_cache[{index}]: {exc}") from None
     return handles
 
@@ -111,7 +111,12 @@ class ServerCodec:
         for index, (decoder, frame) in enumerate(zip(decoders, frames, strict=True)):
             try:
                 args.append(decoder.decode(frame))
-            except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            except (
+                msgspec.DecodeError,
+                msgspec.ValidationError,
+                ValueError,  # also UnicodeDecodeError, and the structs' own checks
+                RecursionError,  # absurdly nested input
+            ) as exc:
                 raise ProtocolError(
                     ErrorCode.BAD_REQUEST, f"{spec.name} argument {index + 1}: {exc}"
                 ) from None

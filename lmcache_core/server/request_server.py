@@ -181,7 +181,12 @@ class RequestServer:
                     self._send(router, frames[1:])  # a pool thread's reply
                     continue
                 self.stats.requests += 1
-                reply = self._handle(frames)
+                try:
+                    reply = self._handle(frames)
+                except Exception as exc:  # no request may stop the loop
+                    logger.exception("request could not be handled")
+                    self.stats.errors += 1
+                    reply = self._internal_error(frames, exc)
                 if reply is not None:
                     self._send(router, reply)
         except BaseException as exc:
@@ -230,6 +235,12 @@ class RequestServer:
                 ErrorCode.OVERLOADED, "the server's queue for this work is full; retry later", op
             )
         return None
+
+    def _internal_error(self, frames: list[bytes], exc: Exception) -> list[bytes] | None:
+        if len(frames) < 2:
+            return None
+        message = f"{type(exc).__name__}: {exc}"[:500]
+        return frames[:2] + self._codec.error_frames(ErrorCode.INTERNAL, message)
 
     def _spec(self, op: str) -> OpSpec:
         if op in self.handlers:

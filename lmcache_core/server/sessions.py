@@ -52,29 +52,37 @@ class Session:
     hashes: RequestHashes
     last_active: float
     job: LookupJob | None = None
-    locks: dict[ObjectKey, int] = field(default_factory=dict)
+    locks: dict[ObjectKey, tuple[int, float]] = field(default_factory=dict)
+    """key -> (read locks held for this request, when the earliest of them expires)."""
     mutex: threading.Lock = field(default_factory=threading.Lock)
 
-    def take_locks(self, keys: Iterable[ObjectKey], count: int) -> None:
-        """Record ``count`` read locks taken on each key for this request."""
+    def take_locks(self, keys: Iterable[ObjectKey], count: int, deadline: float) -> None:
+        """Record ``count`` read locks taken on each key, expiring at ``deadline``."""
         for key in keys:
-            self.locks[key] = self.locks.get(key, 0) + count
+            held, expires = self.locks.get(key, (0, deadline))
+            self.locks[key] = (held + count, min(expires, deadline))
 
     def give_back(
-        self, keys: Iterable[ObjectKey], count: int | None = None
+        self, keys: Iterable[ObjectKey], count: int | None = None, now: float | None = None
     ) -> dict[ObjectKey, int]:
-        """Forget up to ``count`` locks per key (all when None); returns what to release."""
+        """Forget up to ``count`` locks per key (all when None); returns what to release.
+
+        With ``now``, locks past their deadline have expired in L1 already: they
+        are forgotten but not returned, so a late release can never take another
+        reader's lock.
+        """
         released: dict[ObjectKey, int] = {}
         for key in keys:
-            held = self.locks.get(key, 0)
+            held, expires = self.locks.get(key, (0, 0.0))
             n = held if count is None else min(count, held)
             if n <= 0:
                 continue
-            released[key] = n
             if held - n:
-                self.locks[key] = held - n
+                self.locks[key] = (held - n, expires)
             else:
                 del self.locks[key]
+            if now is None or now < expires:
+                released[key] = n
         return released
 
 
@@ -159,7 +167,7 @@ class SessionTable:
 
     def _finish(self, session: Session) -> None:
         with session.mutex:
-            held = session.give_back(list(session.locks))
+            held = session.give_back(list(session.locks), now=self.clock())
         if held:
             self._release(held)
 

@@ -249,6 +249,31 @@ class L1Manager:
             self._next_deadline = min(self._next_deadline, deadline)
         return result
 
+    def renew(self, reservations: Sequence[Reservation]) -> bool:
+        """Restart the write TTL of live reservations before a long write into them.
+
+        A writer that fills a reservation itself (an inline store) renews first, so
+        the memory cannot expire and be handed to another object mid-copy.
+
+        Returns:
+            True if every reservation was still staged (all renewed); False if any
+            expired or was aborted (then none is renewed).
+        """
+        with self._lock:
+            now = self._clock()
+            stages = [self._staged.get(r.key) for r in reservations]
+            if any(
+                stage is None or stage.reservation.serial != r.serial or stage.deadline <= now
+                for stage, r in zip(stages, reservations, strict=True)
+            ):
+                return False
+            deadline = now + self.write_ttl_s
+            for stage in stages:
+                assert stage is not None
+                stage.deadline = deadline
+            self._next_deadline = min(self._next_deadline, deadline)
+            return True
+
     def commit(
         self, reservations: Sequence[Reservation], *, readers: int = 0, temporary: bool = False
     ) -> None:

@@ -26,7 +26,7 @@ from lmcache_core.protocol.types import (
 from lmcache_core.server.liveness import Liveness
 from lmcache_core.server.request_server import RequestContext
 from lmcache_core.server.sessions import LookupJob, Session, SessionTable
-from lmcache_core.storage.errors import L1FullError
+from lmcache_core.storage.errors import L1FullError, ReservationExpired
 from lmcache_core.storage.keys import ObjectKey, pack_kv_rank
 from lmcache_core.storage.l1 import Reservation
 from lmcache_core.transfer.layout import KVLayout, dtype_name, layout_from_engine_driven
@@ -69,7 +69,7 @@ class DefaultEngine(Engine):
         self.workers = WorkerTable()
         self.sessions = SessionTable(
             mp.session_ttl_seconds, self.tokens.new_request, self._release_locks
-        )
+        )  # its clock is the L1's (monotonic), so lock deadlines compare
         self.liveness = Liveness(
             mp.worker_reap_timeout_seconds, mp.worker_registration_grace_seconds, self._reap
         )
@@ -203,12 +203,15 @@ class DefaultEngine(Engine):
         session = self.sessions.get(key.request_id)
         ranks = [key.worker_id] if key.worker_id is not None else range(key.world_size)
         with session.mutex:
+            # Hash first: bad tokens fail the lookup before it replaces the last job.
+            hashes = self._hashes(key, session, num_chunks)
             self._release_job(session)
             job = LookupJob()
             session.job = job
-            hashes = self._hashes(key, session, num_chunks)
             per_rank = [self._keys(key, hashes, rank) for rank in ranks]
             flat = [per_rank[r][i] for i in range(num_chunks) for r in range(len(per_rank))]
+            # Taken before the locks, so the session never outlives the grants it counts.
+            lock_deadline = self.sessions.clock() + self.l1.read_ttl_s
             present = self.l1.lock_for_read(flat, readers)
             width = len(per_rank)
             hit = 0
@@ -220,7 +223,7 @@ class DefaultEngine(Engine):
             if extra:
                 self.l1.unlock(extra, readers)
             hit_keys = [[per_rank[r][i] for r in range(width)] for i in range(hit)]
-            session.take_locks((k for row in hit_keys for k in row), readers)
+            session.take_locks((k for row in hit_keys for k in row), readers, lock_deadline)
             job.finish(hit, hit_keys)
 
     def _release_job(self, session: Session) -> None:
@@ -228,7 +231,7 @@ class DefaultEngine(Engine):
         if session.job is None:
             return
         keys = [k for row in session.job.hit_keys for k in row]
-        self._release_locks(session.give_back(keys))
+        self._release_locks(session.give_back(keys, now=self.sessions.clock()))
         session.job = None
 
     def query_prefetch_status(self, _ctx: RequestContext, request_id: str) -> int | None:
@@ -264,7 +267,7 @@ class DefaultEngine(Engine):
             first = key.start // self.chunk_size
             last = min(-(-key.end // self.chunk_size), job.hit_chunks)
             keys = [k for row in job.hit_keys[first:last] for k in row]
-            self._release_locks(session.give_back(keys))
+            self._release_locks(session.give_back(keys, now=self.sessions.clock()))
 
     def end_session(self, _ctx: RequestContext, request_id: str) -> None:
         """End the request: release its locks and refresh its chunks in the policy."""
@@ -369,7 +372,7 @@ class DefaultEngine(Engine):
             worker.cache.gather(chunk_ids, self.chunk_size, [self.l1.buffer(r) for r in staged])
         except ValueError as exc:  # bad block ids: validated before any byte moved
             self.l1.abort(staged)
-            raise BadRequestError(f"store: {exc}") from None
+            raise BadRequestError(str(exc)) from None
         except Exception:
             self.l1.abort(staged)
             raise
@@ -410,7 +413,7 @@ class DefaultEngine(Engine):
             )
         finally:
             with session.mutex:
-                self._release_locks(session.give_back(keys, 1))
+                self._release_locks(session.give_back(keys, 1, self.sessions.clock()))
 
     def _copy_out(
         self, cache: Any, keys: list[ObjectKey], ids: list[int], skip: int
@@ -423,7 +426,7 @@ class DefaultEngine(Engine):
             try:
                 cache.scatter([self.l1.read_view(k) for k in keys], ids, self.chunk_size, skip)
             except ValueError as exc:  # bad block ids: validated before any byte moved
-                raise BadRequestError(f"retrieve: {exc}") from None
+                raise BadRequestError(str(exc)) from None
             return DONE
         finally:
             self.l1.unlock(held, 1)
@@ -445,7 +448,7 @@ class DefaultEngine(Engine):
             )
             layout.blocks_per_chunk(self.chunk_size)
         except ValueError as exc:
-            raise BadRequestError(f"engine-driven registration: {exc}") from None
+            raise BadRequestError(f"bad registration: {exc}") from None
         self.workers.add_engine_driven(
             EngineDrivenWorker(payload.instance_id, payload.model_name, payload.world_size, layout)
         )
@@ -528,9 +531,12 @@ class DefaultEngine(Engine):
             if len(data) != expected:
                 self.l1.abort(staged)
                 raise BadRequestError(
-                    f"commit_store: inline data must be the {len(staged)} raw objects "
-                    f"({expected} bytes), got {len(data)} bytes (pickled tensors are refused)"
+                    f"inline data must be the {len(staged)} raw objects ({expected} bytes), "
+                    f"got {len(data)} bytes (pickled tensors are refused)"
                 )
+            if not self.l1.renew(staged):  # expired: that memory may hold other objects now
+                self.l1.abort(staged)
+                return False
             view = memoryview(data)
             offset = 0
             for reservation in staged:
@@ -538,8 +544,12 @@ class DefaultEngine(Engine):
                 offset += reservation.nbytes
         elif not self.l1.arena.shm_name and staged:
             self.l1.abort(staged)
-            raise BadRequestError("commit_store: no shared-memory pool; send the objects inline")
-        self.l1.commit(staged)
+            raise BadRequestError("no shared-memory pool here; send the objects inline")
+        try:
+            self.l1.commit(staged)
+        except ReservationExpired:
+            self.l1.abort(staged)
+            return False
         return True
 
     def prepare_retrieve(
@@ -588,7 +598,7 @@ class DefaultEngine(Engine):
         session = self.sessions.peek(key.request_id)
         if session is not None:
             with session.mutex:
-                self._release_locks(session.give_back(keys, 1))
+                self._release_locks(session.give_back(keys, 1, self.sessions.clock()))
 
 
 def build_engine(context: EngineContext) -> DefaultEngine:
