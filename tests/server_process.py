@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,9 +68,29 @@ def stop_server(process: subprocess.Popen[str]) -> None:
     process.wait(10)
 
 
+_OUTPUT: dict[int, list[str]] = {}
+
+
+def drain_output(process: subprocess.Popen[str]) -> None:
+    """Keep reading the server's output on a thread (a full pipe would block its logging)."""
+    lines = _OUTPUT.setdefault(process.pid, [])
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+
+
+def output_of(process: subprocess.Popen[str]) -> str:
+    """What a drained server printed so far."""
+    return "".join(_OUTPUT.get(process.pid, []))
+
+
 @contextmanager
 def running_server(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """A healthy server on free ports; killed at exit if the test did not stop it."""
+    """A healthy server on free ports, its output drained; stopped at exit."""
     http_port = free_port()
     process = start_server(
         "--http-host", "127.0.0.1", "--http-port", str(http_port), "--port", str(free_port()), *args
@@ -77,8 +98,8 @@ def running_server(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     url = f"http://127.0.0.1:{http_port}"
     try:
         wait_healthy(process, url)
+        drain_output(process)
         yield process, url
     finally:
         stop_server(process)
-        if process.stdout:
-            process.stdout.close()
+        time.sleep(0.05)  # let the drain thread read the last lines

@@ -13,7 +13,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.server_process import clean_env, free_port, running_server, start_server
+from tests.server_process import clean_env, free_port, output_of, running_server, start_server
 
 BASE = ("--l1-size-gb", "1", "--eviction-policy", "LRU")
 
@@ -66,7 +66,8 @@ def test_signal_stops_the_server_cleanly_within_five_seconds(sig: signal.Signals
         process.send_signal(sig)
         code = process.wait(timeout=10)
         elapsed = time.monotonic() - sent
-        output = process.stdout.read() if process.stdout else ""
+        time.sleep(0.1)
+        output = output_of(process)
     assert code == 0, output
     assert elapsed < 5.0
     assert "Traceback" not in output
