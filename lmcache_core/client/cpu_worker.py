@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
 import torch
 
 from lmcache_core.client.sync_client import MPClient
@@ -93,7 +94,7 @@ class CpuKVWorker:
 
     def key(
         self,
-        tokens: Sequence[int],
+        tokens: Sequence[int] | msgspec.Raw,
         start: int,
         end: int,
         request_id: str,
@@ -102,12 +103,15 @@ class CpuKVWorker:
         cache_salt: str = "",
         num_kv_readers: int = 1,
     ) -> CacheKey:
-        """A key for this worker (``worker=False``: a lookup key for every rank)."""
+        """A key for this worker (``worker=False``: a lookup key for every rank).
+
+        ``tokens`` may be pre-encoded with :func:`~lmcache_core.protocol.types.pack_token_ids`.
+        """
         return CacheKey(
             model_name=self.model_name,
             world_size=self.world_size,
             worker_id=self.worker_id if worker else None,
-            token_ids=list(tokens),
+            token_ids=tokens if isinstance(tokens, msgspec.Raw) else list(tokens),
             start=start,
             end=end,
             request_id=request_id,

@@ -17,13 +17,15 @@ class CacheKey(msgspec.Struct):
     """``IPCCacheServerKey``: which tokens of which request, for which KV rank.
 
     Encoded as a map with all ten fields. ``worker_id`` is None in lookups (the key
-    then fans out to every rank of ``world_size``).
+    then fans out to every rank of ``world_size``). ``token_ids`` may be given
+    pre-encoded (:func:`pack_token_ids`): every message carries the whole token
+    list, and a client that sends several for one request encodes it once.
     """
 
     model_name: str
     world_size: int
     worker_id: int | None
-    token_ids: list[int]
+    token_ids: list[int] | msgspec.Raw
     start: int
     end: int
     request_id: str
@@ -32,7 +34,26 @@ class CacheKey(msgspec.Struct):
     num_kv_readers: int = 0
 
 
-class WireCacheKey(msgspec.Struct):
+def pack_token_ids(tokens: list[int]) -> msgspec.Raw:
+    """Encode a token list once, to reuse in several keys of the same request."""
+    return msgspec.Raw(msgspec.msgpack.encode(tokens))
+
+
+class KeyFields(msgspec.Struct):
+    """The fields of a key besides its tokens (validated apart from them)."""
+
+    model_name: str
+    world_size: int
+    worker_id: int | None
+    start: int
+    end: int
+    request_id: str
+    cache_salt: str = ""
+    request_configs: dict[str, Any] | None = None
+    num_kv_readers: int = 0
+
+
+class WireCacheKey(msgspec.Struct, kw_only=True):
     """The server's view of :class:`CacheKey`: tokens stay raw msgpack.
 
     Decoding thousands of token ids into Python ints costs more than the whole
