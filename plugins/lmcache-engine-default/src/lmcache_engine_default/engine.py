@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from lmcache_core.engine import Engine, EngineContext, Handler
@@ -30,7 +31,12 @@ from lmcache_core.storage.errors import L1FullError, ReservationExpired
 from lmcache_core.storage.keys import ObjectKey, pack_kv_rank
 from lmcache_core.storage.l1 import Reservation
 from lmcache_core.transfer.layout import KVLayout, dtype_name, layout_from_engine_driven
-from lmcache_engine_default.workers import EngineDrivenWorker, WorkerTable, map_worker
+from lmcache_engine_default.workers import (
+    EngineDrivenWorker,
+    MappedWorker,
+    WorkerTable,
+    map_worker,
+)
 
 logger = logging.getLogger("lmcache.engine")
 
@@ -324,6 +330,27 @@ class DefaultEngine(Engine):
         self.workers.remove(instance_id)
         self._drop_pending(instance_id)
 
+    def _plan(
+        self, op: str, key: WireCacheKey, instance_id: int, block_ids: list[list[int]]
+    ) -> _Transfer | tuple[bytes, bool]:
+        """Check a store/retrieve and work out its keys and blocks, or its early answer."""
+        worker = self.workers.mapped.get(instance_id)
+        if worker is None or not self.liveness.seen(instance_id):
+            logger.warning("%s from unregistered worker %d refused", op, instance_id)
+            return FAILED
+        rank = self._worker_id(key)
+        first, last = self._window(key)
+        if last == first:
+            return DONE
+        bpc = worker.layout.blocks_per_chunk(self.chunk_size)
+        ids = block_ids[0] if block_ids else []
+        if len(ids) < (last - first) * bpc:
+            logger.warning("%s: %d block ids do not cover %d chunks", op, len(ids), last - first)
+            return FAILED
+        session = self.sessions.get(key.request_id)
+        keys = self._keys(key, self._hashes(key, session, last)[first:], rank)
+        return _Transfer(worker, session, keys, ids[: (last - first) * bpc], bpc)
+
     def store(
         self,
         _ctx: RequestContext,
@@ -337,24 +364,13 @@ class DefaultEngine(Engine):
         All or nothing: ``ok`` is true only if every chunk is in L1 afterwards
         (stored now, or already there). Never true for data not kept.
         """
-        worker = self.workers.mapped.get(instance_id)
-        if worker is None or not self.liveness.seen(instance_id):
-            logger.warning("store from unregistered worker %d refused", instance_id)
-            return FAILED
-        rank = self._worker_id(key)
-        first, last = self._window(key)
-        if last == first:
-            return DONE
-        bpc = worker.layout.blocks_per_chunk(self.chunk_size)
-        ids = block_ids[0] if block_ids else []
-        if len(ids) < (last - first) * bpc:
-            logger.warning("store: %d block ids do not cover %d chunks", len(ids), last - first)
-            return FAILED
-        session = self.sessions.get(key.request_id)
-        keys = self._keys(key, self._hashes(key, session, last)[first:], rank)
+        plan = self._plan("store", key, instance_id, block_ids)
+        if not isinstance(plan, _Transfer):
+            return plan
+        worker, keys, ids, bpc = plan.worker, plan.keys, plan.block_ids, plan.bpc
         wanted = [
             i
-            for i in range(last - first)
+            for i in range(len(keys))
             if any(b != NULL_BLOCK_ID for b in ids[i * bpc : (i + 1) * bpc])
         ]
         nbytes = worker.layout.object_nbytes(self.chunk_size)
@@ -393,24 +409,14 @@ class DefaultEngine(Engine):
         Consumes one of the lookup's read locks per chunk, whether or not the
         copy succeeds.
         """
-        worker = self.workers.mapped.get(instance_id)
-        if worker is None or not self.liveness.seen(instance_id):
-            logger.warning("retrieve from unregistered worker %d refused", instance_id)
-            return FAILED
-        rank = self._worker_id(key)
-        first, last = self._window(key)
-        if last == first:
-            return DONE
-        bpc = worker.layout.blocks_per_chunk(self.chunk_size)
-        ids = block_ids[0] if block_ids else []
-        if len(ids) < (last - first) * bpc or skip_first_n_tokens < 0:
-            return FAILED
-        session = self.sessions.get(key.request_id)
-        keys = self._keys(key, self._hashes(key, session, last)[first:], rank)
+        if skip_first_n_tokens < 0:
+            raise BadRequestError("skip_first_n_tokens must be >= 0")
+        plan = self._plan("retrieve", key, instance_id, block_ids)
+        if not isinstance(plan, _Transfer):
+            return plan
+        keys, session = plan.keys, plan.session
         try:
-            return self._copy_out(
-                worker.cache, keys, ids[: (last - first) * bpc], skip_first_n_tokens
-            )
+            return self._copy_out(plan.worker.cache, keys, plan.block_ids, skip_first_n_tokens)
         finally:
             with session.mutex:
                 self._release_locks(session.give_back(keys, 1, self.sessions.clock()))
@@ -599,6 +605,17 @@ class DefaultEngine(Engine):
         if session is not None:
             with session.mutex:
                 self._release_locks(session.give_back(keys, 1, self.sessions.clock()))
+
+
+@dataclass(frozen=True)
+class _Transfer:
+    """A checked store or retrieve: whose cache, which objects, which blocks."""
+
+    worker: MappedWorker
+    session: Session
+    keys: list[ObjectKey]
+    block_ids: list[int]
+    bpc: int
 
 
 def build_engine(context: EngineContext) -> DefaultEngine:
