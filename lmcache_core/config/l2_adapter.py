@@ -8,7 +8,7 @@ start-up with the field named instead of being silently ignored.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -61,6 +61,14 @@ class L2AdapterConfigBase(BaseModel):
     )
     eviction: L2EvictionConfig | None = Field(
         default=None, description="Eviction settings for this adapter's capacity."
+    )
+    format: Literal["framed", "raw"] = Field(
+        default="framed",
+        description=(
+            "framed: each object carries a header (magic, version, key digest, length, "
+            "checksum) so a torn or corrupt object is a miss; raw: bare bytes under upstream's "
+            "key names, byte-compatible with stores written by upstream LMCache."
+        ),
     )
     serde: dict[str, Any] | None = Field(
         default=None,

@@ -1,0 +1,271 @@
+"""``L2AdapterV1``: the versioned contract between the core and an L2 storage adapter.
+
+The public methods are template methods: they check arguments, run the
+adapter's protected, blocking implementation on the adapter's own bounded
+thread pool, frame and verify objects (:mod:`.object_format`), count bytes per
+``cache_salt`` and enforce nothing they cannot. They return
+:class:`concurrent.futures.Future` objects, so callers wait or attach callbacks
+without busy polling. An adapter whose backend has native async completion may
+override the ``submit_*`` methods, keeping their contract.
+
+Adapters implement ``_put``, ``_exists``, ``_get``, ``_remove`` and ``_close``;
+everything else comes from here.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeVar
+
+from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.storage.l2.object_format import HEADER_SIZE, CorruptObject, frame, verify
+
+logger = logging.getLogger("lmcache.l2")
+
+T = TypeVar("T")
+ObjectFormat = Literal["framed", "raw"]
+
+
+@dataclass
+class L2Usage:
+    """Bytes an adapter holds, in total and per ``cache_salt``."""
+
+    used_bytes: int
+    capacity_bytes: int
+    by_salt: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def usage_fraction(self) -> float:
+        """``used / capacity``, or -1 when the capacity is unlimited (0)."""
+        return self.used_bytes / self.capacity_bytes if self.capacity_bytes else -1.0
+
+
+class L2AdapterV1(abc.ABC):
+    """Base class of every L2 adapter (contract version 1).
+
+    Args:
+        name: The adapter's type name (for logs and status).
+        capacity_bytes: Capacity to report and enforce (0: unlimited).
+        object_format: ``framed`` (header + payload; default) or ``raw``.
+        num_workers: Threads running the blocking implementation.
+
+    Thread safety: the public methods may be called from any thread, concurrently.
+    """
+
+    contract_version: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        capacity_bytes: int = 0,
+        object_format: ObjectFormat = "framed",
+        num_workers: int = 4,
+    ) -> None:
+        if capacity_bytes < 0 or num_workers < 1:
+            raise ValueError("capacity_bytes must be >= 0 and num_workers >= 1")
+        self.name = name
+        self.capacity_bytes = capacity_bytes
+        self.object_format = object_format
+        self._pool = ThreadPoolExecutor(num_workers, thread_name_prefix=f"lmcache-l2-{name}")
+        self._lock = threading.Lock()
+        self._sizes: dict[ObjectKey, int] = {}
+        self._pins: dict[ObjectKey, int] = {}
+        self._closed = False
+        self.errors = 0
+        self.corrupt = 0
+
+    # -- what adapters implement ------------------------------------------------------
+
+    @abc.abstractmethod
+    def _put(self, key: ObjectKey, parts: Sequence[bytes | memoryview]) -> None:
+        """Store the concatenation of ``parts`` under ``key``, atomically; raise on failure."""
+
+    @abc.abstractmethod
+    def _exists(self, key: ObjectKey) -> bool:
+        """Whether ``key`` is stored."""
+
+    @abc.abstractmethod
+    def _get(self, key: ObjectKey, size: int) -> bytes | None:
+        """The stored bytes of ``key`` (None when missing); ``size`` is the expected length."""
+
+    @abc.abstractmethod
+    def _remove(self, key: ObjectKey) -> bool:
+        """Delete ``key``; True if it was there."""
+
+    def _close(self) -> None:  # noqa: B027 - optional hook
+        """Release the backend's resources."""
+
+    def _known_objects(self) -> dict[ObjectKey, int]:
+        """Objects already stored when the adapter starts (key -> stored bytes).
+
+        Persistent adapters override this to rebuild their index, so usage and
+        capacity hold across restarts.
+        """
+        return {}
+
+    # -- the contract ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the index of what is already stored (call once, after construction)."""
+        known = self._known_objects()
+        with self._lock:
+            self._sizes.update(known)
+
+    def submit_store(
+        self, keys: Sequence[ObjectKey], payloads: Sequence[bytes | memoryview]
+    ) -> Future[list[bool]]:
+        """Store each payload under its key; per-key success, never True for a failure.
+
+        The caller keeps the payload buffers alive and unchanged until completion.
+        """
+        self._check(keys, payloads)
+        return self._submit(
+            lambda: [self._store_one(k, p) for k, p in zip(keys, payloads, strict=True)]
+        )
+
+    def submit_lookup_and_lock(self, keys: Sequence[ObjectKey]) -> Future[list[bool]]:
+        """Which keys are stored; each found key is pinned until :meth:`unlock`."""
+        self._check(keys)
+        return self._submit(lambda: [self._lookup_one(k) for k in keys])
+
+    def submit_load(
+        self, keys: Sequence[ObjectKey], buffers: Sequence[memoryview]
+    ) -> Future[list[bool]]:
+        """Read each key's payload into its writable buffer; False for a miss or a bad object."""
+        self._check(keys, buffers)
+        return self._submit(
+            lambda: [self._load_one(k, b) for k, b in zip(keys, buffers, strict=True)]
+        )
+
+    def unlock(self, keys: Sequence[ObjectKey]) -> None:
+        """Release one pin per key (extra releases are ignored)."""
+        with self._lock:
+            for key in keys:
+                count = self._pins.get(key, 0)
+                if count > 1:
+                    self._pins[key] = count - 1
+                else:
+                    self._pins.pop(key, None)
+
+    def delete(self, keys: Sequence[ObjectKey], *, force: bool = False) -> int:
+        """Delete unpinned keys (pinned ones too with ``force``); returns how many went."""
+        removed = 0
+        for key in keys:
+            with self._lock:
+                if self._pins.get(key) and not force:
+                    continue
+            try:
+                gone = self._remove(key)
+            except Exception:
+                self.errors += 1
+                logger.exception("%s: delete failed", self.name)
+                continue
+            with self._lock:
+                self._sizes.pop(key, None)
+                self._pins.pop(key, None)
+            removed += int(gone)
+        return removed
+
+    def usage(self) -> L2Usage:
+        """Bytes held, in total and per cache_salt."""
+        with self._lock:
+            by_salt: dict[str, int] = {}
+            for key, size in self._sizes.items():
+                by_salt[key.cache_salt] = by_salt.get(key.cache_salt, 0) + size
+            return L2Usage(sum(self._sizes.values()), self.capacity_bytes, by_salt)
+
+    def keys(self) -> list[ObjectKey]:
+        """Every key this adapter knows it holds."""
+        with self._lock:
+            return list(self._sizes)
+
+    def status(self) -> dict[str, Any]:
+        """``is_healthy`` and counters."""
+        usage = self.usage()
+        return {
+            "type": self.name,
+            "is_healthy": not self._closed,
+            "contract_version": self.contract_version,
+            "objects": len(self._sizes),
+            "used_bytes": usage.used_bytes,
+            "capacity_bytes": usage.capacity_bytes,
+            "errors": self.errors,
+            "corrupt_objects": self.corrupt,
+        }
+
+    def close(self) -> None:
+        """Finish in-flight work, then release the backend."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=True)
+        self._close()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _check(self, keys: Sequence[ObjectKey], values: Sequence[Any] | None = None) -> None:
+        if self._closed:
+            raise RuntimeError(f"L2 adapter {self.name} is closed")
+        if values is not None and len(values) != len(keys):
+            raise ValueError(f"{len(keys)} keys but {len(values)} buffers")
+
+    def _submit(self, work: Callable[[], T]) -> Future[T]:
+        return self._pool.submit(work)
+
+    def _stored_size(self, payload_size: int) -> int:
+        return payload_size + (HEADER_SIZE if self.object_format == "framed" else 0)
+
+    def _store_one(self, key: ObjectKey, payload: bytes | memoryview) -> bool:
+        parts = [payload] if self.object_format == "raw" else [frame(key, payload), payload]
+        try:
+            self._put(key, parts)
+        except Exception:
+            self.errors += 1
+            logger.warning("%s: store failed", self.name, exc_info=True)
+            return False
+        with self._lock:
+            self._sizes[key] = self._stored_size(len(payload))
+        return True
+
+    def _lookup_one(self, key: ObjectKey) -> bool:
+        try:
+            found = self._exists(key)
+        except Exception:
+            self.errors += 1
+            logger.warning("%s: lookup failed", self.name, exc_info=True)
+            return False
+        if found:
+            with self._lock:
+                self._pins[key] = self._pins.get(key, 0) + 1
+        return found
+
+    def _load_one(self, key: ObjectKey, buffer: memoryview) -> bool:
+        size = len(buffer)
+        try:
+            data = self._get(key, self._stored_size(size))
+        except Exception:
+            self.errors += 1
+            logger.warning("%s: load failed", self.name, exc_info=True)
+            return False
+        if data is None:
+            return False
+        view = memoryview(data)
+        if self.object_format == "framed":
+            try:
+                verify(key, view[:HEADER_SIZE], view[HEADER_SIZE:])
+            except CorruptObject as exc:
+                self.corrupt += 1
+                logger.warning("%s: %s: treated as a miss", self.name, exc)
+                return False
+            view = view[HEADER_SIZE:]
+        if len(view) != size:
+            self.corrupt += 1
+            return False
+        buffer[:] = view
+        return True
