@@ -14,7 +14,7 @@ from typing import Any
 
 from lmcache_core.engine import Engine, EngineContext, Handler
 from lmcache_core.protocol.codec import ProtocolError, decode_device_handles
-from lmcache_core.protocol.errors import BadRequestError, OutOfMemoryError
+from lmcache_core.protocol.errors import BadRequestError, NotRegisteredError, OutOfMemoryError
 from lmcache_core.protocol.types import (
     BlockAllocationRecord,
     EngineDrivenRegistration,
@@ -484,8 +484,6 @@ class DefaultEngine(Engine):
     ) -> tuple[EngineDrivenWorker, list[ObjectKey]]:
         worker = self.workers.engine_driven.get(instance_id)
         if worker is None or not self.liveness.seen(instance_id):
-            from lmcache_core.protocol.errors import NotRegisteredError
-
             raise NotRegisteredError(f"engine-driven worker {instance_id} is not registered")
         rank = self._worker_id(key)
         first, last = self._window(key)
