@@ -50,7 +50,8 @@ class L2AdapterV1(abc.ABC):
 
     Args:
         name: The adapter's type name (for logs and status).
-        capacity_bytes: Capacity to report and enforce (0: unlimited).
+        capacity_bytes: Capacity to report and enforce: a store that would exceed
+            it fails (0: unlimited). Making room is the eviction controller's job.
         object_format: ``framed`` (header + payload; default) or ``raw``.
         num_workers: Threads running the blocking implementation.
 
@@ -75,10 +76,13 @@ class L2AdapterV1(abc.ABC):
         self._pool = ThreadPoolExecutor(num_workers, thread_name_prefix=f"lmcache-l2-{name}")
         self._lock = threading.Lock()
         self._sizes: dict[ObjectKey, int] = {}
+        self._used = 0  # sum of _sizes
+        self._reserved = 0  # bytes of stores in flight, so concurrent stores cannot overshoot
         self._pins: dict[ObjectKey, int] = {}
         self._closed = False
         self.errors = 0
         self.corrupt = 0
+        self.refused_full = 0
 
     # -- what adapters implement ------------------------------------------------------
 
@@ -91,7 +95,7 @@ class L2AdapterV1(abc.ABC):
         """Whether ``key`` is stored."""
 
     @abc.abstractmethod
-    def _get(self, key: ObjectKey, size: int) -> bytes | None:
+    def _get(self, key: ObjectKey, size: int) -> bytes | bytearray | memoryview | None:
         """The stored bytes of ``key`` (None when missing); ``size`` is the expected length."""
 
     @abc.abstractmethod
@@ -115,7 +119,8 @@ class L2AdapterV1(abc.ABC):
         """Load the index of what is already stored (call once, after construction)."""
         known = self._known_objects()
         with self._lock:
-            self._sizes.update(known)
+            for key, size in known.items():
+                self._set_size(key, size)
 
     def submit_store(
         self, keys: Sequence[ObjectKey], payloads: Sequence[bytes | memoryview]
@@ -125,8 +130,9 @@ class L2AdapterV1(abc.ABC):
         The caller keeps the payload buffers alive and unchanged until completion.
         """
         self._check(keys, payloads)
+        views = [_byte_view(p) for p in payloads]
         return self._submit(
-            lambda: [self._store_one(k, p) for k, p in zip(keys, payloads, strict=True)]
+            lambda: [self._store_one(k, v) for k, v in zip(keys, views, strict=True)]
         )
 
     def submit_lookup_and_lock(self, keys: Sequence[ObjectKey]) -> Future[list[bool]]:
@@ -139,8 +145,9 @@ class L2AdapterV1(abc.ABC):
     ) -> Future[list[bool]]:
         """Read each key's payload into its writable buffer; False for a miss or a bad object."""
         self._check(keys, buffers)
+        views = [_byte_view(b) for b in buffers]
         return self._submit(
-            lambda: [self._load_one(k, b) for k, b in zip(keys, buffers, strict=True)]
+            lambda: [self._load_one(k, v) for k, v in zip(keys, views, strict=True)]
         )
 
     def unlock(self, keys: Sequence[ObjectKey]) -> None:
@@ -167,7 +174,7 @@ class L2AdapterV1(abc.ABC):
                 logger.exception("%s: delete failed", self.name)
                 continue
             with self._lock:
-                self._sizes.pop(key, None)
+                self._set_size(key, None)
                 self._pins.pop(key, None)
             removed += int(gone)
         return removed
@@ -178,7 +185,7 @@ class L2AdapterV1(abc.ABC):
             by_salt: dict[str, int] = {}
             for key, size in self._sizes.items():
                 by_salt[key.cache_salt] = by_salt.get(key.cache_salt, 0) + size
-            return L2Usage(sum(self._sizes.values()), self.capacity_bytes, by_salt)
+            return L2Usage(self._used, self.capacity_bytes, by_salt)
 
     def keys(self) -> list[ObjectKey]:
         """Every key this adapter knows it holds."""
@@ -197,6 +204,7 @@ class L2AdapterV1(abc.ABC):
             "capacity_bytes": usage.capacity_bytes,
             "errors": self.errors,
             "corrupt_objects": self.corrupt,
+            "refused_full": self.refused_full,
         }
 
     def close(self) -> None:
@@ -221,17 +229,42 @@ class L2AdapterV1(abc.ABC):
     def _stored_size(self, payload_size: int) -> int:
         return payload_size + (HEADER_SIZE if self.object_format == "framed" else 0)
 
-    def _store_one(self, key: ObjectKey, payload: bytes | memoryview) -> bool:
-        parts = [payload] if self.object_format == "raw" else [frame(key, payload), payload]
+    def _set_size(self, key: ObjectKey, size: int | None) -> None:
+        """Record (or, with None, forget) a stored object's size; the lock is held."""
+        self._used -= self._sizes.pop(key, 0)
+        if size is not None:
+            self._sizes[key] = size
+            self._used += size
+
+    def _store_one(self, key: ObjectKey, payload: bytes | bytearray | memoryview) -> bool:
+        payload = _byte_view(payload)  # subclasses may call in with any buffer
+        size = self._stored_size(payload.nbytes)
+        with self._lock:
+            # A store that does not fit fails; upstream's mock "succeeded" and kept nothing.
+            replaced = self._sizes.get(key, 0)
+            if (
+                self.capacity_bytes
+                and self._used + self._reserved + size - replaced > self.capacity_bytes
+            ):
+                self.refused_full += 1
+                return False
+            self._reserved += size
         try:
+            parts: list[bytes | memoryview] = (
+                [payload] if self.object_format == "raw" else [frame(key, payload), payload]
+            )
             self._put(key, parts)
         except Exception:
             self.errors += 1
             logger.warning("%s: store failed", self.name, exc_info=True)
             return False
-        with self._lock:
-            self._sizes[key] = self._stored_size(len(payload))
-        return True
+        else:
+            with self._lock:
+                self._set_size(key, size)
+            return True
+        finally:
+            with self._lock:
+                self._reserved -= size
 
     def _lookup_one(self, key: ObjectKey) -> bool:
         try:
@@ -245,8 +278,9 @@ class L2AdapterV1(abc.ABC):
                 self._pins[key] = self._pins.get(key, 0) + 1
         return found
 
-    def _load_one(self, key: ObjectKey, buffer: memoryview) -> bool:
-        size = len(buffer)
+    def _load_one(self, key: ObjectKey, buffer: bytearray | memoryview) -> bool:
+        buffer = _byte_view(buffer)
+        size = buffer.nbytes
         try:
             data = self._get(key, self._stored_size(size))
         except Exception:
@@ -264,8 +298,19 @@ class L2AdapterV1(abc.ABC):
                 logger.warning("%s: %s: treated as a miss", self.name, exc)
                 return False
             view = view[HEADER_SIZE:]
-        if len(view) != size:
-            self.corrupt += 1
+        if view.nbytes != size:  # a sound object of another size: the caller's mismatch
             return False
         buffer[:] = view
         return True
+
+
+def _byte_view(buffer: bytes | bytearray | memoryview) -> memoryview:
+    """A flat byte view of ``buffer``, so sizes are bytes whatever its item type.
+
+    Raises:
+        ValueError: ``buffer`` is not contiguous.
+    """
+    view = memoryview(buffer)
+    if not view.c_contiguous:
+        raise ValueError("L2 payloads and buffers must be contiguous")
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")

@@ -22,7 +22,7 @@ MINIMAL: dict[str, Any] = {"type": "fs", "base_path": "/data/lmcache/l2"}
 
 
 def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(PluginKind.L2_ADAPTER, "fs", "lmcache-l2-fs", "L2 issue (#4)")
+    spec = assert_pending_plugin(PluginKind.L2_ADAPTER, "fs", "lmcache-l2-fs", "rest of issue #4")
     assert isinstance(spec, L2AdapterSpec)
     assert spec.config_model is FSAdapterConfig
 

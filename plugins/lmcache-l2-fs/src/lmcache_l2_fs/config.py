@@ -18,8 +18,9 @@ class FSAdapterConfig(L2AdapterConfigBase):
     relative_tmp_dir: str = Field(
         default="",
         description=(
-            "Directory, relative to base_path, for files being written; empty writes "
-            "'<file>.tmp' next to the final file. Files are renamed into place when complete."
+            "Directory, relative to base_path and on the same file system, for files being "
+            "written; empty writes '<file>.tmp.<random>' next to the final file. Files are "
+            "renamed into place when complete."
         ),
     )
     read_ahead_size: int | None = Field(
@@ -28,15 +29,19 @@ class FSAdapterConfig(L2AdapterConfigBase):
     use_odirect: bool = Field(
         default=False,
         description=(
-            "Bypass the page cache with O_DIRECT when an object's size is a multiple of the "
-            "file system's block size (buffered I/O otherwise)."
+            "Write with O_DIRECT (bypassing the page cache) when an object's size is a multiple "
+            "of the file system's block size and its buffers are block-aligned; buffered I/O "
+            "otherwise, or when the file system refuses O_DIRECT."
         ),
     )
     max_capacity_gb: float = Field(
         default=0.0,
         ge=0.0,
         allow_inf_nan=False,
-        description="Capacity in GiB enforced by an eviction block; 0 means unlimited.",
+        description=(
+            "Capacity in GiB, reported in usage and enforced by an eviction block (a single "
+            "larger object is refused); 0 means unlimited."
+        ),
     )
 
     @field_validator("relative_tmp_dir")

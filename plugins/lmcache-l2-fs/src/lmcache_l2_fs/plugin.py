@@ -5,8 +5,11 @@ from __future__ import annotations
 from lmcache_core.plugin import L2AdapterSpec, hookimpl, pending_factory
 from lmcache_l2_fs.config import FSAdapterConfig
 
-REASON = "lands with the L2 issue (#4)"
-"""Why it cannot be built yet."""
+REASON = (
+    "the adapter is built and tested; the L2 store and prefetch controllers that use it "
+    "land with the rest of issue #4"
+)
+"""Why the server cannot build it yet (:func:`lmcache_l2_fs.adapter.build_fs` can)."""
 
 
 @hookimpl
@@ -14,7 +17,9 @@ def lmcache_register_l2_adapters() -> list[L2AdapterSpec]:
     """Register the L2 adapter ``fs``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec. Building it through the registry raises until the controllers
+        that use adapters land, so a server never accepts ``--l2-adapter fs`` and then
+        ignores it; :func:`lmcache_l2_fs.adapter.build_fs` builds the adapter itself.
     """
     return [
         L2AdapterSpec(
