@@ -19,6 +19,7 @@ from lmcache_core.plugin.registry import PluginRegistry
 from lmcache_core.server.lifecycle import Component
 from lmcache_core.server.token_cache import TokenHashCache
 from lmcache_core.storage.l1 import L1Manager
+from lmcache_core.storage.l2.tier import L2Tier
 
 Handler = Callable[..., Any]
 
@@ -33,6 +34,7 @@ class EngineContext:
         selection: The resolved plugin selection.
         l1: The L1 tier.
         token_cache: Chunk hashes of token lists, by content.
+        l2: The L2 tier, or None when no ``--l2-adapter`` is configured.
     """
 
     config: ServerConfig
@@ -40,6 +42,7 @@ class EngineContext:
     selection: Selection
     l1: L1Manager
     token_cache: TokenHashCache
+    l2: L2Tier | None = None
 
 
 class Engine(abc.ABC):

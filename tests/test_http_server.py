@@ -36,8 +36,7 @@ def test_healthcheck_status_and_plugins() -> None:
         assert status["plugins"]["eviction_policy"]["name"] == "LRU"
         assert not any("no data path yet" in w for w in status["startup"]["warnings"])
         assert any(
-            "store_policy 'default' is not implemented yet" in p
-            for p in status["startup"]["pending"]
+            "subscriber 'metrics' is not implemented yet" in p for p in status["startup"]["pending"]
         )
         data_path = status["data_path"]
         assert data_path["l1"]["capacity_bytes"] == 1 << 30
@@ -97,8 +96,8 @@ def test_busy_http_port_fails_with_one_line() -> None:
     "extra, expected",
     [
         (
-            ("--l2-adapter", '{"type": "fs", "base_path": "/tmp/x"}'),
-            "--l2-adapter #1: l2_adapter 'fs' is not implemented yet",
+            ("--l2-adapter", '{"type": "raw_block", "device_path": "/tmp/x", "slot_bytes": 8192}'),
+            "--l2-adapter #1: l2_adapter 'raw_block' is not implemented yet",
         ),
         (("--engine-type", "blend"), "--engine-type: engine 'blend' is not implemented yet"),
         (

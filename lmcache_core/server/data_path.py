@@ -19,6 +19,8 @@ from lmcache_core.server.token_cache import TokenHashCache
 from lmcache_core.storage.arena import Arena, ArenaError, ArenaKind
 from lmcache_core.storage.eviction import EvictionSettings
 from lmcache_core.storage.l1 import L1Controller, L1Manager
+from lmcache_core.storage.l2.adapter import L2AdapterV1
+from lmcache_core.storage.l2.tier import L2Tier
 
 logger = logging.getLogger("lmcache.server")
 
@@ -114,6 +116,32 @@ class DataPath:
         }
 
 
+def build_l2(context: ServerContext, l1: L1Manager) -> L2Tier | None:
+    """The adapters of every ``--l2-adapter`` (started, cascade order) and their policies."""
+    selection, registry = context.selection, context.registry
+    if not selection.adapters:
+        return None
+    adapters: list[L2AdapterV1] = []
+    try:
+        for resolved in selection.adapters:
+            adapter = registry.build(
+                PluginKind.L2_ADAPTER, resolved.spec.name, resolved.config, context
+            )
+            adapter.start()
+            adapters.append(adapter)
+    except Exception as exc:
+        for adapter in adapters:
+            adapter.close()
+        raise StartupError(f"--l2-adapter #{len(adapters) + 1}: cannot start: {exc}") from exc
+    return L2Tier(
+        adapters,
+        l1,
+        registry.build(PluginKind.STORE_POLICY, selection.store_policy.name),
+        registry.build(PluginKind.PREFETCH_POLICY, selection.prefetch_policy.name),
+        max_in_flight=context.config.l2_policies.l2_prefetch_max_in_flight,
+    )
+
+
 def build_data_path(context: ServerContext) -> DataPath:
     """Create L1, the eviction policy, the engine and the request server.
 
@@ -152,10 +180,11 @@ def build_data_path(context: ServerContext) -> DataPath:
         eviction_ratio=config.eviction.eviction_ratio,
     )
     token_cache = TokenHashCache(make_hasher(config.mp.hash_algorithm), config.mp.chunk_size)
+    l2 = build_l2(context, l1)
     engine: Engine = registry.build(
         PluginKind.ENGINE,
         config.mp.engine_type,
-        EngineContext(config, registry, context.selection, l1, token_cache),
+        EngineContext(config, registry, context.selection, l1, token_cache, l2),
     )
     server = RequestServer(
         config.mp.host,
@@ -166,6 +195,7 @@ def build_data_path(context: ServerContext) -> DataPath:
     )
     components: list[Component] = [
         L1Component(l1),
+        *([l2] if l2 is not None else []),
         *engine.components(),
         EngineComponent(engine),
         server,

@@ -11,7 +11,6 @@ from lmcache_l2_fs.config import FSAdapterConfig
 from lmcache_core.plugin import L2AdapterSpec, PluginKind
 from lmcache_core.testing.plugin_checks import (
     assert_config_rejects,
-    assert_pending_plugin,
     assert_readme_documents_fields,
     readme_adapter_examples,
     without,
@@ -21,10 +20,22 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 MINIMAL: dict[str, Any] = {"type": "fs", "base_path": "/data/lmcache/l2"}
 
 
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(PluginKind.L2_ADAPTER, "fs", "lmcache-l2-fs", "rest of issue #4")
+def test_registered_and_built_through_the_registry(tmp_path: Path) -> None:
+    from lmcache_core.plugin.registry import PluginRegistry
+
+    registry = PluginRegistry(strict=True)
+    spec = registry.resolve(PluginKind.L2_ADAPTER, "fs")
     assert isinstance(spec, L2AdapterSpec)
+    assert registry.owner(spec).distribution == "lmcache-l2-fs"
+    assert spec.not_implemented is None
     assert spec.config_model is FSAdapterConfig
+    raw = {**MINIMAL, "base_path": str(tmp_path)} if "fs" == "fs" else MINIMAL
+    adapter = registry.build(PluginKind.L2_ADAPTER, "fs", FSAdapterConfig.model_validate(raw))
+    try:
+        adapter.start()
+        assert adapter.status()["is_healthy"] is True
+    finally:
+        adapter.close()
 
 
 def test_readme_examples_validate_and_fields_are_documented() -> None:

@@ -24,7 +24,6 @@ from lmcache_core.testing.l2_conformance import (
 )
 from lmcache_core.testing.plugin_checks import (
     assert_config_rejects,
-    assert_pending_plugin,
     assert_readme_documents_fields,
     readme_adapter_examples,
     without,
@@ -34,12 +33,22 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 MINIMAL: dict[str, Any] = {"type": "mock", "max_size_gb": 4, "mock_bandwidth_gb": 10}
 
 
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(
-        PluginKind.L2_ADAPTER, "mock", "lmcache-l2-mock", "controllers that use it land"
-    )
+def test_registered_and_built_through_the_registry(tmp_path: Path) -> None:
+    from lmcache_core.plugin.registry import PluginRegistry
+
+    registry = PluginRegistry(strict=True)
+    spec = registry.resolve(PluginKind.L2_ADAPTER, "mock")
     assert isinstance(spec, L2AdapterSpec)
+    assert registry.owner(spec).distribution == "lmcache-l2-mock"
+    assert spec.not_implemented is None
     assert spec.config_model is MockAdapterConfig
+    raw = {**MINIMAL, "base_path": str(tmp_path)} if "mock" == "fs" else MINIMAL
+    adapter = registry.build(PluginKind.L2_ADAPTER, "mock", MockAdapterConfig.model_validate(raw))
+    try:
+        adapter.start()
+        assert adapter.status()["is_healthy"] is True
+    finally:
+        adapter.close()
 
 
 def test_readme_examples_validate_and_fields_are_documented() -> None:

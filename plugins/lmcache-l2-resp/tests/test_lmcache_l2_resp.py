@@ -11,7 +11,6 @@ from lmcache_l2_resp.config import ENV_FALLBACKS, RespAdapterConfig
 from lmcache_core.plugin import L2AdapterSpec, PluginKind
 from lmcache_core.testing.plugin_checks import (
     assert_config_rejects,
-    assert_pending_plugin,
     assert_readme_documents_fields,
     readme_adapter_examples,
     without,
@@ -27,9 +26,14 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(variable, raising=False)
 
 
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(PluginKind.L2_ADAPTER, "resp", "lmcache-l2-resp", "L2 issue (#4)")
+def test_registered_and_implemented() -> None:
+    from lmcache_core.plugin.registry import PluginRegistry
+
+    registry = PluginRegistry(strict=True)
+    spec = registry.resolve(PluginKind.L2_ADAPTER, "resp")
     assert isinstance(spec, L2AdapterSpec)
+    assert registry.owner(spec).distribution == "lmcache-l2-resp"
+    assert spec.not_implemented is None
     assert spec.config_model is RespAdapterConfig
 
 

@@ -11,7 +11,6 @@ from lmcache_l2_s3.config import S3AdapterConfig
 from lmcache_core.plugin import L2AdapterSpec, PluginKind
 from lmcache_core.testing.plugin_checks import (
     assert_config_rejects,
-    assert_pending_plugin,
     assert_readme_documents_fields,
     readme_adapter_examples,
     without,
@@ -26,9 +25,14 @@ MINIMAL: dict[str, Any] = {
 KEYS = {"aws_access_key_id": "AKIA1234", "aws_secret_access_key": "very-secret"}
 
 
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(PluginKind.L2_ADAPTER, "s3", "lmcache-l2-s3", "L2 issue (#4)")
+def test_registered_and_implemented() -> None:
+    from lmcache_core.plugin.registry import PluginRegistry
+
+    registry = PluginRegistry(strict=True)
+    spec = registry.resolve(PluginKind.L2_ADAPTER, "s3")
     assert isinstance(spec, L2AdapterSpec)
+    assert registry.owner(spec).distribution == "lmcache-l2-s3"
+    assert spec.not_implemented is None
     assert spec.config_model is S3AdapterConfig
 
 
@@ -47,6 +51,13 @@ def test_defaults() -> None:
     assert config.aws_access_key_id is None
     assert config.aws_secret_access_key is None
     assert config.max_capacity_gb == 0
+    assert config.s3_addressing_style == "auto"
+
+
+@pytest.mark.parametrize("style", ["virtual", "path", "auto"])
+def test_addressing_styles(style: str) -> None:
+    config = S3AdapterConfig.model_validate({**MINIMAL, "s3_addressing_style": style})
+    assert config.s3_addressing_style == style
 
 
 @pytest.mark.parametrize("endpoint", ["s3://bucket.example.com", "bucket.example.com:9000"])
@@ -72,6 +83,10 @@ def test_secret_key_is_not_shown() -> None:
         (without(MINIMAL, "s3_region"), "s3_region"),
         ({**MINIMAL, "s3_endpoint": "https://bucket.example.com"}, "s3_endpoint"),
         ({**MINIMAL, "s3_endpoint": "s3://"}, "s3_endpoint"),
+        ({**MINIMAL, "s3_endpoint": "bucket"}, "s3_endpoint"),
+        ({**MINIMAL, "s3_endpoint": "bucket."}, "s3_endpoint"),
+        ({**MINIMAL, "s3_endpoint": "b.host/prefix"}, "s3_endpoint"),
+        ({**MINIMAL, "s3_addressing_style": "dns"}, "s3_addressing_style"),
         ({**MINIMAL, "s3_num_io_threads": 0}, "s3_num_io_threads"),
         ({**MINIMAL, "max_capacity_gb": -1}, "max_capacity_gb"),
         ({**MINIMAL, "aws_access_key_id": "AKIA1234"}, "aws_secret_access_key"),

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from lmcache_core.plugin import PluginKind
-from lmcache_core.testing.plugin_checks import assert_pending_plugin
+from lmcache_core.plugin.registry import PluginRegistry
+from lmcache_core.storage.l2.policies import PrefetchPolicy
 
 
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(
-        PluginKind.PREFETCH_POLICY, "default", "lmcache-prefetch-policy-default", "L2 issue (#4)"
-    )
-    assert spec.config_model is None
+def test_registered_and_built() -> None:
+    registry = PluginRegistry(strict=True)
+    spec = registry.resolve(PluginKind.PREFETCH_POLICY, "default")
+    assert registry.owner(spec).distribution == "lmcache-prefetch-policy-default"
+    assert spec.not_implemented is None
+    policy = registry.build(PluginKind.PREFETCH_POLICY, "default")
+    assert isinstance(policy, PrefetchPolicy)
+    assert policy.choose([2, 0]) == 2
+    assert policy.temporary is True

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from lmcache_core.plugin import PluginKind
-from lmcache_core.testing.plugin_checks import assert_pending_plugin
+from lmcache_core.plugin.registry import PluginRegistry
+from lmcache_core.storage.l2.policies import StorePolicy
 
 
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(
-        PluginKind.STORE_POLICY, "default", "lmcache-store-policy-default", "L2 issue (#4)"
-    )
-    assert spec.config_model is None
+def test_registered_and_built() -> None:
+    registry = PluginRegistry(strict=True)
+    spec = registry.resolve(PluginKind.STORE_POLICY, "default")
+    assert registry.owner(spec).distribution == "lmcache-store-policy-default"
+    assert spec.not_implemented is None
+    policy = registry.build(PluginKind.STORE_POLICY, "default")
+    assert isinstance(policy, StorePolicy)
+    assert list(policy.targets(3)) == [0, 1, 2]
+    assert policy.keep_in_l1 is True

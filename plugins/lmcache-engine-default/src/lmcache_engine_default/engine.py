@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +46,8 @@ FAILED = (b"", False)
 DONE = (b"", True)
 """Store/retrieve results: (completion event handle, ok). No device work: no handle."""
 MAX_WAIT_SECONDS = 60.0
+VISIBILITY_WAIT_SECONDS = 5.0
+"""How long a store waits for chunks a concurrent store of the same prefix is writing."""
 NULL_BLOCK_ID = 0
 """vLLM's null block: a chunk made only of it carries no KV and is never stored."""
 
@@ -83,6 +87,11 @@ class DefaultEngine(Engine):
         self._pending_reads: dict[tuple[int, str, int, int], list[ObjectKey]] = {}
         self._pending_lock = threading.Lock()
         self.block_reports = 0
+        self.l2 = context.l2
+        self._prefetcher = ThreadPoolExecutor(
+            context.config.l2_policies.l2_prefetch_max_in_flight,
+            thread_name_prefix="lmcache-prefetch",
+        )
 
     # -- engine contract -------------------------------------------------------------
 
@@ -122,6 +131,7 @@ class DefaultEngine(Engine):
             "reaped_workers": self.liveness.reaped_total,
             "token_hash_cache": {"hits": self.tokens.hits, "misses": self.tokens.misses},
             "block_allocation_reports": self.block_reports,
+            "l2": self.l2.status() if self.l2 is not None else None,
         }
 
     def close(self) -> None:
@@ -131,6 +141,7 @@ class DefaultEngine(Engine):
             reads = [k for ks in self._pending_reads.values() for k in ks]
             self._pending_stores.clear()
             self._pending_reads.clear()
+        self._prefetcher.shutdown(wait=True, cancel_futures=True)
         self.l1.abort(stores)
         self.l1.unlock(reads)
         self.workers.close()
@@ -230,7 +241,48 @@ class DefaultEngine(Engine):
                 self.l1.unlock(extra, readers)
             hit_keys = [[per_rank[r][i] for r in range(width)] for i in range(hit)]
             session.take_locks((k for row in hit_keys for k in row), readers, lock_deadline)
-            job.finish(hit, hit_keys)
+            nbytes = self._object_nbytes(key.model_name, key.world_size)
+            if hit == num_chunks or self.l2 is None or nbytes is None:
+                job.finish(hit, hit_keys)
+                return
+            rest = [[per_rank[r][i] for r in range(width)] for i in range(hit, num_chunks)]
+        # The ack goes out now; the job finishes when L2 has answered (queries say None).
+        self._prefetcher.submit(self._prefetch, session, job, hit_keys, rest, nbytes, readers)
+
+    def _prefetch(
+        self,
+        session: Session,
+        job: LookupJob,
+        hit_keys: list[list[ObjectKey]],
+        rest: list[list[ObjectKey]],
+        nbytes: int,
+        readers: int,
+    ) -> None:
+        assert self.l2 is not None
+        deadline = self.sessions.clock() + self.l1.read_ttl_s
+        loaded = 0
+        try:
+            loaded = self.l2.prefetch(rest, nbytes, readers)
+        finally:
+            keys = [k for row in rest[:loaded] for k in row]
+            with session.mutex:
+                if session.job is job:
+                    session.take_locks(keys, readers, deadline)
+                    job.finish(len(hit_keys) + loaded, hit_keys + rest[:loaded])
+                else:  # replaced or ended meanwhile: nobody will read these
+                    self.l1.unlock(keys, readers)
+                    job.finish(len(hit_keys), hit_keys)
+
+    def _object_nbytes(self, model_name: str, world_size: int) -> int | None:
+        """Object size for this model and sharding, from any registered worker."""
+        workers: list[MappedWorker | EngineDrivenWorker] = [
+            *self.workers.mapped.values(),
+            *self.workers.engine_driven.values(),
+        ]
+        for worker in workers:
+            if worker.model_name == model_name and worker.world_size == world_size:
+                return worker.layout.object_nbytes(self.chunk_size)
+        return None
 
     def _release_job(self, session: Session) -> None:
         """A new lookup replaces the previous one: release its unconsumed locks."""
@@ -380,8 +432,9 @@ class DefaultEngine(Engine):
             logger.warning("store of %d chunks refused: %s", len(wanted), exc)
             return FAILED
         todo = [(i, r) for i, r in zip(wanted, reservations, strict=True) if r is not None]
+        others = [keys[i] for i, r in zip(wanted, reservations, strict=True) if r is None]
         if not todo:
-            return DONE
+            return DONE if self._visible(others) else FAILED
         staged = [r for _, r in todo]
         try:
             chunk_ids = [b for i, _ in todo for b in ids[i * bpc : (i + 1) * bpc]]
@@ -393,7 +446,24 @@ class DefaultEngine(Engine):
             self.l1.abort(staged)
             raise
         self.l1.commit(staged)
-        return DONE
+        if self.l2 is not None:
+            self.l2.submit_store([r.key for r in staged], nbytes)
+        return DONE if self._visible(others) else FAILED
+
+    def _visible(self, keys: list[ObjectKey]) -> bool:
+        """Wait (bounded) until keys another writer is storing are resident.
+
+        A store is acknowledged only once every chunk is visible to the next
+        lookup; a chunk being written by a concurrent store of the same prefix is
+        not, until that store commits.
+        """
+        deadline = time.monotonic() + VISIBILITY_WAIT_SECONDS
+        while keys:
+            keys = [k for k, ok in zip(keys, self.l1.contains(keys), strict=True) if not ok]
+            if not keys or time.monotonic() > deadline:
+                break
+            time.sleep(0.001)
+        return not keys
 
     def retrieve(
         self,

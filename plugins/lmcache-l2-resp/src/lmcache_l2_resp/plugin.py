@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from lmcache_core.plugin import L2AdapterSpec, hookimpl, pending_factory
+from typing import Any
+
+from lmcache_core.plugin import L2AdapterSpec, hookimpl
 from lmcache_l2_resp.config import RespAdapterConfig
 
-REASON = "lands with the L2 issue (#4)"
-"""Why it cannot be built yet."""
+
+def _build(config: RespAdapterConfig, context: Any = None) -> Any:
+    # Imported on use: registering the plugin does not import the Redis client.
+    from lmcache_l2_resp.adapter import build_resp
+
+    return build_resp(config, context)
 
 
 @hookimpl
@@ -14,14 +20,13 @@ def lmcache_register_l2_adapters() -> list[L2AdapterSpec]:
     """Register the L2 adapter ``resp``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec.
     """
     return [
         L2AdapterSpec(
             name="resp",
-            factory=pending_factory("L2 adapter 'resp'", REASON),
+            factory=_build,
             config_model=RespAdapterConfig,
             description="Redis or Valkey over the RESP protocol.",
-            not_implemented=REASON,
         )
     ]

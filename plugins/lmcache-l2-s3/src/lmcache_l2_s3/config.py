@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from lmcache_core.config.l2_adapter import L2AdapterConfigBase
@@ -17,8 +19,8 @@ class S3AdapterConfig(L2AdapterConfigBase):
     s3_endpoint: str = Field(
         min_length=1,
         description=(
-            "Virtual-hosted bucket endpoint, 's3://<bucket>.<host>' or '<bucket>.<host>' "
-            "(required)."
+            "Bucket and server, 's3://<bucket>.<host>[:port]' or '<bucket>.<host>[:port]' "
+            "(required): the bucket is the part before the first dot, the host the rest."
         ),
     )
     s3_region: str = Field(min_length=1, description="Region of the bucket (required).")
@@ -28,6 +30,14 @@ class S3AdapterConfig(L2AdapterConfigBase):
     )
     s3_enable_s3express: bool = Field(
         default=False, description="Use S3 Express One Zone (directory bucket) signing."
+    )
+    s3_addressing_style: Literal["virtual", "path", "auto"] = Field(
+        default="auto",
+        description=(
+            "How requests name the bucket: 'virtual' (https://<bucket>.<host>/<key>), 'path' "
+            "(https://<host>/<bucket>/<key>) or 'auto' (path for an IP address or localhost "
+            "host, whose virtual-hosted names do not resolve; virtual otherwise)."
+        ),
     )
     disable_tls: bool = Field(default=False, description="Talk plain HTTP instead of HTTPS.")
     aws_access_key_id: str | None = Field(
@@ -46,8 +56,9 @@ class S3AdapterConfig(L2AdapterConfigBase):
     @field_validator("s3_endpoint")
     @classmethod
     def _virtual_hosted(cls, value: str) -> str:
-        host = value.removeprefix("s3://")
-        if "://" in host or not host.strip("/"):
+        text = value.removeprefix("s3://").rstrip("/")
+        bucket, _, host = text.partition(".")
+        if "://" in text or "/" in text or not bucket or not host:
             raise ValueError("s3_endpoint must be 's3://<bucket>.<host>' or '<bucket>.<host>'")
         return value
 

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from lmcache_core.plugin import PrefetchPolicySpec, hookimpl, pending_factory
+from collections.abc import Sequence
 
-REASON = "lands with the L2 issue (#4)"
-"""Why it cannot be built yet."""
+from lmcache_core.plugin import PrefetchPolicySpec, hookimpl
+
+
+class LoadFromFirstHolder:
+    """Load from the first adapter holding the key; the L1 copy is freed after its last reader."""
+
+    temporary = True
+
+    def choose(self, holders: Sequence[int]) -> int:
+        """The first holder."""
+        return holders[0]
 
 
 @hookimpl
@@ -13,13 +22,12 @@ def lmcache_register_prefetch_policies() -> list[PrefetchPolicySpec]:
     """Register the L2 prefetch policy ``default``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec.
     """
     return [
         PrefetchPolicySpec(
             name="default",
-            factory=pending_factory("L2 prefetch policy 'default'", REASON),
+            factory=LoadFromFirstHolder,
             description="Loads L2 hits into L1 as temporary objects, freed after their last read.",
-            not_implemented=REASON,
         )
     ]

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from lmcache_core.plugin import StorePolicySpec, hookimpl, pending_factory
+from collections.abc import Sequence
 
-REASON = "lands with the L2 issue (#4)"
-"""Why it cannot be built yet."""
+from lmcache_core.plugin import StorePolicySpec, hookimpl
+
+
+class StoreToEveryAdapter:
+    """Every new key goes to every adapter; L1 keeps it."""
+
+    keep_in_l1 = True
+
+    def targets(self, adapter_count: int) -> Sequence[int]:
+        """Every adapter, in cascade order."""
+        return range(adapter_count)
 
 
 @hookimpl
@@ -13,13 +22,12 @@ def lmcache_register_store_policies() -> list[StorePolicySpec]:
     """Register the L2 store policy ``default``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec.
     """
     return [
         StorePolicySpec(
             name="default",
-            factory=pending_factory("L2 store policy 'default'", REASON),
+            factory=StoreToEveryAdapter,
             description="Stores every new key to every live L2 adapter and keeps it in L1.",
-            not_implemented=REASON,
         )
     ]

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from lmcache_core.plugin import StorePolicySpec, hookimpl, pending_factory
+from collections.abc import Sequence
 
-REASON = "lands with the L2 issue (#4)"
-"""Why it cannot be built yet."""
+from lmcache_core.plugin import StorePolicySpec, hookimpl
+
+
+class StoreToEveryAdapter:
+    """Every new key goes to every adapter; L1 drops it once they all hold it (buffer mode)."""
+
+    keep_in_l1 = False
+
+    def targets(self, adapter_count: int) -> Sequence[int]:
+        """Every adapter, in cascade order."""
+        return range(adapter_count)
 
 
 @hookimpl
@@ -13,13 +22,12 @@ def lmcache_register_store_policies() -> list[StorePolicySpec]:
     """Register the L2 store policy ``skip_l1``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec.
     """
     return [
         StorePolicySpec(
             name="skip_l1",
-            factory=pending_factory("L2 store policy 'skip_l1'", REASON),
+            factory=StoreToEveryAdapter,
             description="Stores every new key to every L2 adapter, then frees it from L1.",
-            not_implemented=REASON,
         )
     ]

@@ -1,0 +1,271 @@
+"""The L2 tier: the cascade of adapters behind L1, its store and prefetch controllers.
+
+* Store: after a store commits to L1, :meth:`L2Tier.submit_store` queues the keys;
+  the store controller thread read-locks them in L1, writes them to the policy's
+  adapters and, for a buffer-mode policy, drops them from L1 once every target
+  holds them. The queue is bounded: when it is full the keys stay L1-only and are
+  counted, never blocking a worker.
+* Prefetch: :meth:`L2Tier.prefetch` finds the longest run of chunks every rank of
+  which some adapter holds, reserves L1 for them, loads them, and commits them
+  read-locked (temporary or kept, per the prefetch policy). Every adapter call is
+  bounded by ``timeout_s``: a slow or hung adapter counts as a miss.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+from lmcache_core.server.lifecycle import Health
+from lmcache_core.storage.errors import L1FullError, ReservationExpired
+from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.storage.l1 import L1Manager
+from lmcache_core.storage.l2.adapter import L2AdapterV1
+from lmcache_core.storage.l2.policies import PrefetchPolicy, StorePolicy
+
+logger = logging.getLogger("lmcache.l2")
+
+STORE_QUEUE_DEPTH = 1024
+DEFAULT_TIMEOUT_S = 5.0
+
+
+@dataclass
+class L2Stats:
+    """Counters for ``/status``."""
+
+    store_batches: int = 0
+    stored_keys: int = 0
+    store_failures: int = 0
+    store_dropped: int = 0
+    prefetched_chunks: int = 0
+    prefetch_failures: int = 0
+    adapter_timeouts: int = 0
+
+
+def _bytes_of(tensor: Any) -> memoryview:
+    """A writable byte view of a uint8 L1 tensor (zero copy)."""
+    return memoryview(tensor.numpy())
+
+
+def _results(future: Future[list[bool]], count: int, timeout: float, stats: L2Stats) -> list[bool]:
+    try:
+        result = future.result(timeout=timeout)
+    except FutureTimeout:
+        stats.adapter_timeouts += 1
+        return [False] * count
+    except Exception:  # an adapter failure is a miss, logged
+        logger.warning("L2 adapter call failed", exc_info=True)
+        return [False] * count
+    return result if len(result) == count else [False] * count
+
+
+class L2Tier:
+    """The adapters (cascade order) with their store and prefetch controllers.
+
+    Args:
+        adapters: Started adapters, in ``--l2-adapter`` order.
+        l1: The L1 tier they serve.
+        store_policy: From ``--l2-store-policy``.
+        prefetch_policy: From ``--l2-prefetch-policy``.
+        max_in_flight: ``--l2-prefetch-max-in-flight``: concurrent prefetches.
+        timeout_s: Bound on every adapter call made for a lookup or a store.
+    """
+
+    name = "l2"
+
+    def __init__(
+        self,
+        adapters: Sequence[L2AdapterV1],
+        l1: L1Manager,
+        store_policy: StorePolicy,
+        prefetch_policy: PrefetchPolicy,
+        *,
+        max_in_flight: int,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.adapters = list(adapters)
+        self.l1 = l1
+        self.store_policy = store_policy
+        self.prefetch_policy = prefetch_policy
+        self.timeout_s = timeout_s
+        self.stats = L2Stats()
+        self._in_flight = threading.BoundedSemaphore(max_in_flight)
+        self._queue: queue.Queue[tuple[list[ObjectKey], int] | None] = queue.Queue(
+            STORE_QUEUE_DEPTH
+        )
+        self._thread: threading.Thread | None = None
+
+    # -- component ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the store controller."""
+        self._thread = threading.Thread(
+            target=self._store_loop, name="lmcache-l2-store", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Finish queued stores (bounded), then close every adapter."""
+        if self._thread is not None:
+            try:
+                self._queue.put(None, timeout=timeout)
+            except queue.Full:
+                logger.warning("L2 store queue did not drain before shutdown")
+            self._thread.join(timeout)
+        for adapter in self.adapters:
+            try:
+                adapter.close()
+            except Exception:
+                logger.exception("closing L2 adapter %s failed", adapter.name)
+
+    def health(self) -> Health:
+        """Healthy while the store controller runs and every adapter says so."""
+        alive = self._thread is not None and self._thread.is_alive()
+        sick = [a.name for a in self.adapters if not a.status().get("is_healthy", False)]
+        detail = f"{len(self.adapters)} adapters" + (f"; unhealthy: {sick}" if sick else "")
+        return Health(alive and not sick, detail if alive else "store controller stopped")
+
+    def status(self) -> dict[str, Any]:
+        """Counters and each adapter's status."""
+        return {"stats": vars(self.stats), "adapters": [a.status() for a in self.adapters]}
+
+    # -- store ----------------------------------------------------------------------------
+
+    def submit_store(self, keys: list[ObjectKey], nbytes: int) -> None:
+        """Queue keys just committed to L1 for the L2 store (never blocks)."""
+        if not keys:
+            return
+        try:
+            self._queue.put_nowait((keys, nbytes))
+        except queue.Full:
+            self.stats.store_dropped += len(keys)
+
+    def _store_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self.store_now(*item)
+            except Exception:
+                logger.exception("L2 store failed")
+
+    def store_now(self, keys: list[ObjectKey], nbytes: int) -> list[bool]:
+        """Write ``keys`` from L1 to the policy's adapters; per key, stored everywhere."""
+        present = self.l1.lock_for_read(keys, 1)
+        held = [k for k, ok in zip(keys, present, strict=True) if ok]
+        try:
+            views = [_bytes_of(self.l1.read_view(k)) for k in held]
+            stored = {k: True for k in held}
+            targets = list(self.store_policy.targets(len(self.adapters)))
+            futures = [
+                (self.adapters[i], self.adapters[i].submit_store(held, views)) for i in targets
+            ]
+            for _adapter, future in futures:
+                for key, ok in zip(
+                    held, _results(future, len(held), self.timeout_s, self.stats), strict=True
+                ):
+                    stored[key] = stored[key] and ok
+        finally:
+            self.l1.unlock(held, 1)
+        self.stats.store_batches += 1
+        done = [k for k, ok in stored.items() if ok and targets]
+        self.stats.stored_keys += len(done)
+        self.stats.store_failures += len(held) - len(done)
+        if not self.store_policy.keep_in_l1 and done:
+            self.l1.delete(done)
+        return [stored.get(k, False) for k in keys]
+
+    # -- prefetch ---------------------------------------------------------------------------
+
+    def prefetch(self, chunks: Sequence[Sequence[ObjectKey]], nbytes: int, readers: int) -> int:
+        """Load the longest prefix of ``chunks`` (each: its keys for every rank) into L1.
+
+        The loaded objects are committed with ``readers`` read locks each.
+
+        Returns:
+            How many leading chunks are now in L1 and locked.
+        """
+        if not chunks or not self.adapters:
+            return 0
+        flat = [k for chunk in chunks for k in chunk]
+        with self._in_flight:
+            found = [
+                _results(a.submit_lookup_and_lock(flat), len(flat), self.timeout_s, self.stats)
+                for a in self.adapters
+            ]
+            try:
+                return self._load_prefix(chunks, flat, found, nbytes, readers)
+            finally:
+                for adapter, hits in zip(self.adapters, found, strict=True):
+                    adapter.unlock([k for k, hit in zip(flat, hits, strict=True) if hit])
+
+    def _load_prefix(
+        self,
+        chunks: Sequence[Sequence[ObjectKey]],
+        flat: list[ObjectKey],
+        found: list[list[bool]],
+        nbytes: int,
+        readers: int,
+    ) -> int:
+        holders = {
+            key: [i for i in range(len(self.adapters)) if found[i][pos]]
+            for pos, key in enumerate(flat)
+        }
+        count = 0
+        while count < len(chunks) and all(holders[k] for k in chunks[count]):
+            count += 1
+        if not count:
+            return 0
+        wanted = [k for chunk in chunks[:count] for k in chunk]
+        try:
+            reservations = self.l1.reserve(wanted, nbytes)
+        except L1FullError:
+            self.stats.prefetch_failures += count
+            return 0
+        staged = {r.key: r for r in reservations if r is not None}
+        by_adapter: dict[int, list[ObjectKey]] = {}
+        for key in staged:
+            by_adapter.setdefault(self.prefetch_policy.choose(holders[key]), []).append(key)
+        loaded: dict[ObjectKey, bool] = {}
+        futures = [
+            (
+                keys,
+                self.adapters[i].submit_load(
+                    keys, [_bytes_of(self.l1.buffer(staged[k])) for k in keys]
+                ),
+            )
+            for i, keys in by_adapter.items()
+        ]
+        for keys, future in futures:
+            loaded.update(
+                zip(keys, _results(future, len(keys), self.timeout_s, self.stats), strict=True)
+            )
+        good = 0  # chunks, in order, whose every key is in L1 now
+        for chunk in chunks[:count]:
+            if not all(loaded.get(k, k not in staged) for k in chunk):
+                break
+            good += 1
+        keep = {k for chunk in chunks[:good] for k in chunk}
+        commit = [staged[k] for k in wanted if k in staged and k in keep]
+        self.l1.abort([r for k, r in staged.items() if k not in keep])
+        try:
+            self.l1.commit(commit, readers=readers, temporary=self.prefetch_policy.temporary)
+        except ReservationExpired:
+            self.stats.prefetch_failures += good
+            return 0
+        # Keys already in L1 (someone else stored them meanwhile) need their locks too.
+        already = [k for k in keep if k not in staged]
+        if already and not all(self.l1.lock_for_read(already, readers)):
+            self.l1.unlock([r.key for r in commit], readers)  # another writer still holds one
+            self.stats.prefetch_failures += good
+            return 0
+        self.stats.prefetched_chunks += good
+        self.stats.prefetch_failures += count - good
+        return good

@@ -1,0 +1,269 @@
+"""``RespL2Adapter``: one Redis (or Valkey) string per key (the L2 adapter ``resp``).
+
+Key names are upstream LMCache's native-connector strings, so a store written with
+``"format": "raw"`` is byte-compatible with upstream's ``resp`` connector::
+
+    <model>@<kv_rank, 8 hex>@<group, hex>@<chunk hash, hex>[@<salt>]
+
+A store is one ``SET`` of the whole object (header and payload, or the bare payload),
+so a reader sees the old value or the new one, never a partial one. A load is a
+``GET``; a value of any length but the expected one is a miss. At start the keys are
+listed with ``SCAN`` (and sized with ``STRLEN``) to rebuild the index, so usage and
+per-salt accounting hold across server and adapter restarts.
+
+The ``redis`` client keeps a blocking pool of at most ``num_workers`` connections.
+Socket timeouts bound every call, so a dead or hung server makes operations fail
+fast (a failed store, a miss; counted in ``errors``) instead of hanging, and a
+connection broken by a server restart is reconnected once, transparently.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from lmcache_core.storage.keys import ObjectKey, validate_cache_salt
+from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
+from lmcache_l2_resp.config import RespAdapterConfig
+
+logger = logging.getLogger("lmcache.l2.resp")
+
+KEY_SEP = "@"
+GIB = 1 << 30
+SCAN_PATTERN = "*@" + "[0-9a-f]" * 8 + "@*@*"
+"""``SCAN MATCH`` pattern of the names this adapter writes (narrowed again by parsing)."""
+SCAN_COUNT = 1000
+"""``SCAN COUNT`` hint: keys examined per round trip while rebuilding the index."""
+DEFAULT_SOCKET_TIMEOUT_S = 5.0
+DEFAULT_CONNECT_TIMEOUT_S = 2.0
+
+_HEX = re.compile(r"[0-9a-f]+")
+_RANK = re.compile(r"[0-9a-f]{8}")
+
+
+def object_key_to_redis_key(key: ObjectKey) -> str:
+    """The key upstream LMCache's native ``resp`` connector stores ``key`` under."""
+    name = f"{key.model_name}{KEY_SEP}{key.kv_rank:08x}{KEY_SEP}{key.object_group_id:x}"
+    name += f"{KEY_SEP}{key.chunk_hash.hex()}"
+    if key.cache_salt:
+        name += f"{KEY_SEP}{key.cache_salt}"
+    return name
+
+
+def redis_key_to_object_key(name: str | bytes) -> ObjectKey | None:
+    """Parse a Redis key back to its object key; None unless ``name`` is exactly a key's name.
+
+    Only canonical names are accepted (lowercase hex, 8 rank digits, a valid salt),
+    so a parsed key always maps back to the same Redis key.
+    """
+    if isinstance(name, bytes):
+        try:
+            name = name.decode()
+        except UnicodeDecodeError:
+            return None
+    parts = name.split(KEY_SEP)
+    if len(parts) not in (4, 5):
+        return None
+    model, rank, group, chunk = parts[:4]
+    salt = parts[4] if len(parts) == 5 else ""
+    if not model or not _RANK.fullmatch(rank) or not (len(parts) == 4 or salt):
+        return None
+    if not (_HEX.fullmatch(group) and _HEX.fullmatch(chunk)):
+        return None
+    try:
+        validate_cache_salt(salt)
+        key = ObjectKey(
+            chunk_hash=bytes.fromhex(chunk),
+            model_name=model,
+            kv_rank=int(rank, 16),
+            object_group_id=int(group, 16),
+            cache_salt=salt,
+        )
+    except ValueError:
+        return None
+    return key if object_key_to_redis_key(key) == name else None
+
+
+class RespL2Adapter(L2AdapterV1):
+    """One Redis string per key on a Redis or Valkey server.
+
+    Args:
+        host: Server host name or address.
+        port: Server TCP port.
+        username: ACL user for ``AUTH`` (None: the default user).
+        password: Password for ``AUTH`` (None: no ``AUTH``).
+        capacity_bytes: Capacity to report and enforce (0: unlimited); eviction is
+            the controllers' job.
+        object_format: ``framed`` or ``raw`` (upstream-compatible values).
+        num_workers: Threads running the blocking calls, and connections in the pool.
+        socket_timeout_s: Longest wait for one reply (a hung server fails the call).
+        connect_timeout_s: Longest wait for a connection to open.
+        persist: Keep the values at close; False deletes the keys this adapter
+            indexes when it closes.
+
+    Raises:
+        ValueError: A username without a password, or a non-positive timeout.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        capacity_bytes: int = 0,
+        object_format: ObjectFormat = "framed",
+        num_workers: int = 8,
+        socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        persist: bool = True,
+    ) -> None:
+        if username is not None and password is None:
+            raise ValueError("username needs a password")
+        if socket_timeout_s <= 0 or connect_timeout_s <= 0:
+            raise ValueError("socket_timeout_s and connect_timeout_s must be > 0")
+        super().__init__(
+            "resp",
+            capacity_bytes=capacity_bytes,
+            object_format=object_format,
+            num_workers=num_workers,
+        )
+        self.host = host
+        self.port = port
+        self.username = username
+        self.persist = persist
+        # One reconnect, without back-off, when a pooled connection turns out to be
+        # broken (the server restarted); never a retry after a timeout, so a hung
+        # server costs one socket timeout per call.
+        retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+        self._connections = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+            max_connections=num_workers,
+            timeout=connect_timeout_s + socket_timeout_s,  # waiting for a free connection
+            host=host,
+            port=port,
+            username=username,
+            password=password,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=connect_timeout_s,
+            socket_keepalive=True,
+            retry=retry,
+        )
+        self._client = redis.Redis(connection_pool=self._connections)
+
+    @property
+    def server(self) -> str:
+        """``host:port`` of the server (for logs and status)."""
+        return f"{self.host}:{self.port}"
+
+    # -- the adapter -----------------------------------------------------------------
+
+    def _put(self, key: ObjectKey, parts: Sequence[bytes | memoryview]) -> None:
+        value = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._client.set(object_key_to_redis_key(key), value)
+
+    def _exists(self, key: ObjectKey) -> bool:
+        return bool(self._client.exists(object_key_to_redis_key(key)))
+
+    def _get(self, key: ObjectKey, size: int) -> bytes | None:
+        value = self._client.get(object_key_to_redis_key(key))
+        if not isinstance(value, bytes) or len(value) != size:
+            return None  # missing, or not the object the caller expects: a miss
+        return value
+
+    def _remove(self, key: ObjectKey) -> bool:
+        return bool(self._client.delete(object_key_to_redis_key(key)))
+
+    def _known_objects(self) -> dict[ObjectKey, int]:
+        """The keys already on the server, each with its value's length.
+
+        A server that cannot be reached leaves the index empty (the adapter starts,
+        and works once the server is up); a refused ``AUTH`` raises.
+
+        Raises:
+            RuntimeError: The server refused the credentials, or the commands that
+                list the keys (an ACL user needs ``SCAN`` and ``STRLEN``).
+        """
+        known: dict[ObjectKey, int] = {}
+        try:
+            batch: list[tuple[ObjectKey, bytes]] = []
+            for name in self._client.scan_iter(
+                match=SCAN_PATTERN, count=SCAN_COUNT, _type="string"
+            ):
+                key = redis_key_to_object_key(name)
+                if key is not None:
+                    batch.append((key, name))
+                if len(batch) >= SCAN_COUNT:
+                    known.update(self._sizes_of(batch))
+                    batch = []
+            known.update(self._sizes_of(batch))
+        except redis.AuthenticationError as exc:
+            who = self.username or "default"
+            raise RuntimeError(f"resp: {self.server} refused AUTH as user {who!r}: {exc}") from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.errors += 1
+            logger.warning(
+                "resp: %s unreachable at start (%s); starting with an empty index",
+                self.server,
+                exc,
+            )
+            return {}
+        except redis.RedisError as exc:  # e.g. NOPERM: an ACL user without SCAN or STRLEN
+            raise RuntimeError(f"resp: {self.server} refused to list the keys: {exc}") from exc
+        return known
+
+    def _sizes_of(self, batch: list[tuple[ObjectKey, bytes]]) -> dict[ObjectKey, int]:
+        """``STRLEN`` of each key in one round trip; keys deleted meanwhile are left out."""
+        if not batch:
+            return {}
+        pipe = self._client.pipeline(transaction=False)
+        for _, name in batch:
+            pipe.strlen(name)
+        sizes = pipe.execute(raise_on_error=False)
+        return {
+            key: size
+            for (key, _), size in zip(batch, sizes, strict=True)
+            if isinstance(size, int) and size > 0
+        }
+
+    def _close(self) -> None:
+        try:
+            if not self.persist:
+                names = [object_key_to_redis_key(key) for key in self.keys()]
+                for start in range(0, len(names), SCAN_COUNT):
+                    self._client.delete(*names[start : start + SCAN_COUNT])
+        except redis.RedisError:
+            self.errors += 1
+            logger.warning("resp: could not delete the keys at close", exc_info=True)
+        finally:
+            self._connections.disconnect()
+
+    def status(self) -> dict[str, Any]:
+        """The base status, plus the server's address."""
+        return {**super().status(), "server": self.server}
+
+
+def build_resp(config: RespAdapterConfig, context: Any = None) -> RespL2Adapter:
+    """Build the ``resp`` adapter from its validated ``--l2-adapter`` JSON.
+
+    Args:
+        config: The adapter's configuration.
+        context: The server context (unused).
+    """
+    del context
+    return RespL2Adapter(
+        config.host,
+        config.port,
+        username=config.username,
+        password=config.password.get_secret_value() if config.password is not None else None,
+        capacity_bytes=int(config.max_capacity_gb * GIB),
+        object_format=config.format,
+        num_workers=config.num_workers,
+        persist=config.persist_enabled,
+    )

@@ -1,0 +1,134 @@
+"""L2 behind L1 on a real server: store-through, prefetch on lookup, buffer mode, restart."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from lmcache_core.client import MPClient
+from lmcache_core.client.cpu_worker import CpuKVWorker
+from lmcache_core.transfer.layout import KVFormat, KVLayout
+from tests.server_process import free_port, running_server
+
+CHUNK = 256
+LAYOUT = KVLayout(
+    KVFormat.NHD,
+    num_layers=2,
+    num_blocks=160,
+    block_size=16,
+    num_heads=2,
+    head_dim=16,
+    dtype=torch.bfloat16,
+)
+BPC = CHUNK // 16
+
+
+def l2_status(url: str) -> dict:
+    return httpx.get(f"{url}/status").json()["data_path"]["engine"]["l2"]
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+def lookup_hits(client: MPClient, worker: CpuKVWorker, tokens: list[int], request: str) -> int:
+    client.lookup(worker.key(tokens, 0, len(tokens) // CHUNK * CHUNK, request, worker=False))
+    hits = client.wait_prefetch_status(request, 10.0)
+    assert hits is not None
+    return int(hits)
+
+
+def round_trip(port: int, url: str, tokens: list[int], *, store: bool) -> tuple[int, bool]:
+    """Store (optionally), drop L1, look up, retrieve; (hit chunks, bytes identical)."""
+    with MPClient(f"127.0.0.1:{port}", timeout=20) as client, CpuKVWorker(client, LAYOUT) as worker:
+        worker.register()
+        generator = torch.Generator().manual_seed(5)
+        for layer in worker.layers:
+            layer.copy_(torch.randn(layer.shape, generator=generator).to(torch.bfloat16))
+        src = list(range(1, 1 + 3 * BPC))
+        if store:
+            assert worker.store(worker.key(tokens, 0, 3 * CHUNK, "store"), src)
+            wait_for(lambda: l2_status(url)["stats"]["stored_keys"] >= 3)
+        client.clear(True)  # L1 is empty now: hits can only come from L2
+        hits = lookup_hits(client, worker, tokens, "load")
+        expected = [layer[:, src].clone() for layer in worker.layers]
+        dst = list(range(80, 80 + 3 * BPC))
+        for layer in worker.layers:
+            layer[:, dst] = 0
+        ok = hits == 3 and worker.retrieve(worker.key(tokens, 0, 3 * CHUNK, "load"), dst)
+        same = ok and all(
+            torch.equal(layer[:, dst], e) for layer, e in zip(worker.layers, expected, strict=True)
+        )
+        client.end_session("load")
+        worker.unregister()
+    return hits, bool(same)
+
+
+def test_fs_tier_serves_after_l1_is_cleared_and_after_a_restart(tmp_path: Path) -> None:
+    tokens = [random.Random(3).randrange(50000) for _ in range(3 * CHUNK + 7)]
+    adapter = json.dumps({"type": "fs", "base_path": str(tmp_path)})
+    port = free_port()
+    args = (
+        "--l1-size-gb",
+        "0.05",
+        "--eviction-policy",
+        "LRU",
+        "--port",
+        str(port),
+        "--l2-adapter",
+        adapter,
+    )
+    with running_server(*args) as (_, url):
+        assert round_trip(port, url, tokens, store=True) == (3, True)
+        stats = l2_status(url)["stats"]
+        assert stats["prefetched_chunks"] == 3
+    assert len(list(tmp_path.glob("*.data"))) == 3
+    with running_server(*args) as (_, url):  # a new process: the fs index is rebuilt from disk
+        assert l2_status(url)["adapters"][0]["objects"] == 3
+        assert round_trip(port, url, tokens, store=False) == (3, True)
+
+
+def test_skip_l1_buffer_mode_and_a_failing_adapter_is_a_miss(tmp_path: Path) -> None:
+    tokens = [random.Random(4).randrange(50000) for _ in range(3 * CHUNK)]
+    port = free_port()
+    mock = json.dumps(
+        {"type": "mock", "max_size_gb": 0.01, "mock_bandwidth_gb": 50, "fail_chunk_indices": [1]}
+    )
+    args = (
+        "--l1-size-gb",
+        "0.05",
+        "--eviction-policy",
+        "noop",
+        "--l2-store-policy",
+        "skip_l1",
+        "--port",
+        str(port),
+        "--l2-adapter",
+        mock,
+    )
+    with (
+        running_server(*args) as (_, url),
+        MPClient(f"127.0.0.1:{port}", timeout=20) as client,
+        CpuKVWorker(client, LAYOUT) as worker,
+    ):
+        worker.register()
+        assert worker.store(worker.key(tokens, 0, 3 * CHUNK, "s"), list(range(1, 1 + 3 * BPC)))
+        wait_for(lambda: l2_status(url)["stats"]["stored_keys"] >= 3)
+        # Buffer mode: L1 gave the objects up once L2 held them.
+        wait_for(
+            lambda: httpx.get(f"{url}/status").json()["data_path"]["l1"]["resident_objects"] == 0
+        )
+        # The mock fails the load of batch position 1: the prefix stops before it.
+        assert lookup_hits(client, worker, tokens, "l") == 1
+        client.end_session("l")
+        worker.unregister()
