@@ -85,6 +85,7 @@ class DefaultEngine(Engine):
         )
         self._pending_stores: dict[tuple[int, str, int, int], list[Reservation]] = {}
         self._pending_reads: dict[tuple[int, str, int, int], list[ObjectKey]] = {}
+        self._pending_others: dict[tuple[int, str, int, int], list[ObjectKey]] = {}
         self._pending_lock = threading.Lock()
         self.block_reports = 0
         self.l2 = context.l2
@@ -543,6 +544,8 @@ class DefaultEngine(Engine):
     def _drop_pending(self, instance_id: int) -> None:
         with self._pending_lock:
             stores = [k for k in self._pending_stores if k[0] == instance_id]
+            for pending in stores:
+                self._pending_others.pop(pending, None)
             reads = [k for k in self._pending_reads if k[0] == instance_id]
             staged = [r for k in stores for r in self._pending_stores.pop(k)]
             locked = [key for k in reads for key in self._pending_reads.pop(k)]
@@ -583,6 +586,10 @@ class DefaultEngine(Engine):
         with self._pending_lock:
             previous = self._pending_stores.pop(pending_key, [])
             self._pending_stores[pending_key] = [r for _, r in todo]
+            # Chunks another store is writing: the commit waits until they are visible.
+            self._pending_others[pending_key] = [
+                k for k, r in zip(keys, reservations, strict=True) if r is None
+            ]
         self.l1.abort(previous)
         context: dict[str, Any] = {"chunk_indices": [i for i, _ in todo]}
         if self.l1.arena.shm_name:
@@ -598,6 +605,7 @@ class DefaultEngine(Engine):
         pending_key = (instance_id, key.request_id, key.start, key.end)
         with self._pending_lock:
             staged = self._pending_stores.pop(pending_key, None)
+            others = self._pending_others.pop(pending_key, [])
         if staged is None:
             return False
         if data:
@@ -624,7 +632,7 @@ class DefaultEngine(Engine):
         except ReservationExpired:
             self.l1.abort(staged)
             return False
-        return True
+        return self._visible(others)
 
     def prepare_retrieve(
         self, _ctx: RequestContext, key: WireCacheKey, instance_id: int
