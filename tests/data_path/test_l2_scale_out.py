@@ -1,0 +1,148 @@
+"""Scale-out on a shared L2: a chunk stored through server A is served by server B.
+
+Two real servers share one real Redis (``resp``) or one bucket of a real
+S3-protocol server (moto), as a fleet would.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+import torch
+from lmcache_l2_resp.testing import RedisServer, needs_redis
+
+from lmcache_core.client import MPClient
+from lmcache_core.client.cpu_worker import CpuKVWorker
+from lmcache_core.transfer.layout import KVFormat, KVLayout
+from tests.server_process import free_port, running_server
+
+CHUNK = 256
+LAYOUT = KVLayout(
+    KVFormat.NHD,
+    num_layers=2,
+    num_blocks=112,
+    block_size=16,
+    num_heads=2,
+    head_dim=16,
+    dtype=torch.bfloat16,
+)
+BPC = CHUNK // 16
+
+
+@pytest.fixture
+def redis_adapter(tmp_path: Path) -> Iterator[str]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield json.dumps({"type": "resp", "host": server.host, "port": server.port})
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_adapter() -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        ).create_bucket(Bucket="fleet")
+        yield json.dumps(
+            {
+                "type": "s3",
+                "s3_endpoint": f"fleet.127.0.0.1:{port}",
+                "s3_region": "us-east-1",
+                "disable_tls": True,
+                "aws_access_key_id": "test",
+                "aws_secret_access_key": "test",
+            }
+        )
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def l2_stats(url: str) -> dict:
+    return httpx.get(f"{url}/status").json()["data_path"]["engine"]["l2"]["stats"]
+
+
+def fleet_round_trip(adapter: str) -> None:
+    tokens = [random.Random(9).randrange(40000) for _ in range(3 * CHUNK)]
+    ports = free_port(), free_port()
+
+    def args(port: int) -> tuple[str, ...]:
+        return (
+            "--l1-size-gb",
+            "0.05",
+            "--eviction-policy",
+            "LRU",
+            "--port",
+            str(port),
+            "--l2-adapter",
+            adapter,
+        )
+
+    with (
+        running_server(*args(ports[0])) as (_, url_a),
+        running_server(*args(ports[1])) as (_, url_b),
+        MPClient(f"127.0.0.1:{ports[0]}", timeout=20) as client_a,
+        MPClient(f"127.0.0.1:{ports[1]}", timeout=20) as client_b,
+        CpuKVWorker(client_a, LAYOUT) as worker_a,
+        CpuKVWorker(client_b, LAYOUT) as worker_b,
+    ):
+        worker_a.register()
+        worker_b.register()
+        generator = torch.Generator().manual_seed(2)
+        for layer in worker_a.layers:
+            layer.copy_(torch.randn(layer.shape, generator=generator).to(torch.bfloat16))
+        src = list(range(1, 1 + 3 * BPC))
+        assert worker_a.store(worker_a.key(tokens, 0, 3 * CHUNK, "a"), src)
+        deadline = time.monotonic() + 20
+        while l2_stats(url_a)["stored_keys"] < 3:
+            assert time.monotonic() < deadline, "server A never wrote to L2"
+            time.sleep(0.05)
+        # Server B never saw these chunks: its L1 is empty, the hits come from the shared L2.
+        client_b.lookup(worker_b.key(tokens, 0, 3 * CHUNK, "b", worker=False))
+        assert client_b.wait_prefetch_status("b", 20.0) == 3
+        dst = list(range(60, 60 + 3 * BPC))
+        assert worker_b.retrieve(worker_b.key(tokens, 0, 3 * CHUNK, "b"), dst)
+        for layer_a, layer_b in zip(worker_a.layers, worker_b.layers, strict=True):
+            assert torch.equal(layer_b[:, dst], layer_a[:, src])
+        assert l2_stats(url_b)["prefetched_chunks"] == 3
+        client_b.end_session("b")
+
+
+@needs_redis
+def test_two_servers_share_one_redis(redis_adapter: str) -> None:
+    fleet_round_trip(redis_adapter)
+
+
+def test_two_servers_share_one_bucket(s3_adapter: str) -> None:
+    fleet_round_trip(s3_adapter)
