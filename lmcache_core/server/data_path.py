@@ -20,7 +20,7 @@ from lmcache_core.storage.arena import Arena, ArenaError, ArenaKind
 from lmcache_core.storage.eviction import EvictionSettings
 from lmcache_core.storage.l1 import L1Controller, L1Manager
 from lmcache_core.storage.l2.adapter import L2AdapterV1
-from lmcache_core.storage.l2.tier import L2Tier
+from lmcache_core.storage.l2.tier import AdapterEviction, L2Tier
 
 logger = logging.getLogger("lmcache.server")
 
@@ -133,12 +133,31 @@ def build_l2(context: ServerContext, l1: L1Manager) -> L2Tier | None:
         for adapter in adapters:
             adapter.close()
         raise StartupError(f"--l2-adapter #{len(adapters) + 1}: cannot start: {exc}") from exc
+    evictions: list[AdapterEviction | None] = []
+    for resolved, adapter in zip(selection.adapters, adapters, strict=True):
+        block = getattr(resolved.config, "eviction", None)
+        if block is None:
+            evictions.append(None)
+            continue
+        if not adapter.capacity_bytes:
+            for opened in adapters:
+                opened.close()
+            raise StartupError(
+                f"--l2-adapter #{resolved.index} ({resolved.spec.name}): an eviction block "
+                "needs a capacity (max_capacity_gb > 0)"
+            )
+        settings = EvictionSettings(
+            block.trigger_watermark, block.eviction_ratio, adapter.capacity_bytes
+        )
+        policy = registry.build(PluginKind.EVICTION_POLICY, block.eviction_policy, settings)
+        evictions.append(AdapterEviction(policy, block.trigger_watermark, block.eviction_ratio))
     return L2Tier(
         adapters,
         l1,
         registry.build(PluginKind.STORE_POLICY, selection.store_policy.name),
         registry.build(PluginKind.PREFETCH_POLICY, selection.prefetch_policy.name),
         max_in_flight=context.config.l2_policies.l2_prefetch_max_in_flight,
+        evictions=evictions,
     )
 
 

@@ -71,12 +71,6 @@ def _split_selection(
             opt_in.append((flag, spec))
     for adapter in selection.adapters:
         opt_in.append((f"--l2-adapter #{adapter.index}", adapter.spec))
-        if getattr(adapter.config, "eviction", None) is not None:
-            report.errors.append(
-                f"--l2-adapter #{adapter.index} ({adapter.spec.name}): the eviction block is not "
-                "implemented yet (L2 eviction lands with the rest of issue #4); without it a "
-                "full adapter refuses further stores"
-            )
         if getattr(adapter.config, "serde", None):
             report.errors.append(
                 f"--l2-adapter #{adapter.index} ({adapter.spec.name}): serde transforms are "

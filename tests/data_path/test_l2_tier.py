@@ -132,3 +132,48 @@ def test_skip_l1_buffer_mode_and_a_failing_adapter_is_a_miss(tmp_path: Path) -> 
         assert lookup_hits(client, worker, tokens, "l") == 1
         client.end_session("l")
         worker.unregister()
+
+
+def test_an_eviction_block_keeps_the_adapter_within_its_capacity(tmp_path: Path) -> None:
+    object_bytes = LAYOUT.object_nbytes(CHUNK) + 48  # payload + frame header
+    capacity = 7 * object_bytes
+    adapter = json.dumps(
+        {
+            "type": "fs",
+            "base_path": str(tmp_path),
+            "max_capacity_gb": capacity / 2**30,
+            "eviction": {"eviction_policy": "LRU", "trigger_watermark": 0.8, "eviction_ratio": 0.4},
+        }
+    )
+    port = free_port()
+    args = (
+        "--l1-size-gb",
+        "0.05",
+        "--eviction-policy",
+        "LRU",
+        "--port",
+        str(port),
+        "--l2-adapter",
+        adapter,
+    )
+    batches = [[random.Random(50 + b).randrange(50000) for _ in range(3 * CHUNK)] for b in range(4)]
+    with (
+        running_server(*args) as (_, url),
+        MPClient(f"127.0.0.1:{port}", timeout=20) as client,
+        CpuKVWorker(client, LAYOUT) as worker,
+    ):
+        worker.register()
+        for number, tokens in enumerate(batches):
+            assert worker.store(
+                worker.key(tokens, 0, 3 * CHUNK, f"s{number}"), list(range(1, 1 + 3 * BPC))
+            )
+            wait_for(lambda n=number: l2_status(url)["stats"]["store_batches"] >= n + 1)
+            used = l2_status(url)["adapters"][0]["used_bytes"]
+            assert used <= capacity, f"batch {number}: {used} > {capacity}"
+        assert l2_status(url)["stats"]["evicted_keys"] > 0
+        client.clear(True)
+        assert lookup_hits(client, worker, batches[-1], "newest") == 3  # the newest batch survived
+        assert lookup_hits(client, worker, batches[0], "oldest") == 0  # the oldest was evicted
+        client.end_session("newest")
+        worker.unregister()
+    assert sum(f.stat().st_size for f in tmp_path.glob("*.data")) <= capacity

@@ -187,6 +187,11 @@ class L2AdapterV1(abc.ABC):
                 by_salt[key.cache_salt] = by_salt.get(key.cache_salt, 0) + size
             return L2Usage(self._used, self.capacity_bytes, by_salt)
 
+    @property
+    def used_bytes(self) -> int:
+        """Bytes held (cheap; :meth:`usage` also splits them per salt)."""
+        return self._used
+
     def keys(self) -> list[ObjectKey]:
         """Every key this adapter knows it holds."""
         with self._lock:

@@ -24,6 +24,7 @@ from typing import Any
 
 from lmcache_core.server.lifecycle import Health
 from lmcache_core.storage.errors import L1FullError, ReservationExpired
+from lmcache_core.storage.eviction import EvictionPolicy
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.adapter import L2AdapterV1
@@ -46,6 +47,7 @@ class L2Stats:
     prefetched_chunks: int = 0
     prefetch_failures: int = 0
     adapter_timeouts: int = 0
+    evicted_keys: int = 0
 
 
 def _bytes_of(tensor: Any) -> memoryview:
@@ -65,6 +67,34 @@ def _results(future: Future[list[bool]], count: int, timeout: float, stats: L2St
     return result if len(result) == count else [False] * count
 
 
+@dataclass
+class AdapterEviction:
+    """One adapter's ``eviction`` block: its policy and when and how much it evicts."""
+
+    policy: EvictionPolicy
+    trigger_watermark: float
+    eviction_ratio: float
+
+    def enforce(self, adapter: L2AdapterV1) -> int:
+        """Above the watermark, delete ``eviction_ratio`` of the capacity in policy order.
+
+        Pinned keys (being loaded) are skipped by the adapter. Returns keys deleted.
+        """
+        usage = adapter.usage()
+        capacity = usage.capacity_bytes
+        if not capacity or usage.used_bytes <= self.trigger_watermark * capacity:
+            return 0
+        target = usage.used_bytes - max(self.eviction_ratio * capacity, 1)
+        deleted: list[ObjectKey] = []
+        for key in self.policy.candidates():
+            if adapter.used_bytes <= target:
+                break
+            if adapter.delete([key]):
+                deleted.append(key)
+        self.policy.on_removed(deleted)
+        return len(deleted)
+
+
 class L2Tier:
     """The adapters (cascade order) with their store and prefetch controllers.
 
@@ -75,6 +105,8 @@ class L2Tier:
         prefetch_policy: From ``--l2-prefetch-policy``.
         max_in_flight: ``--l2-prefetch-max-in-flight``: concurrent prefetches.
         timeout_s: Bound on every adapter call made for a lookup or a store.
+        evictions: Per adapter, its ``eviction`` block's policy and settings (None: the
+            adapter has none, and a store that does not fit simply fails).
     """
 
     name = "l2"
@@ -88,8 +120,10 @@ class L2Tier:
         *,
         max_in_flight: int,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        evictions: Sequence[AdapterEviction | None] = (),
     ) -> None:
         self.adapters = list(adapters)
+        self.evictions = list(evictions) or [None] * len(self.adapters)
         self.l1 = l1
         self.store_policy = store_policy
         self.prefetch_policy = prefetch_policy
@@ -104,7 +138,10 @@ class L2Tier:
     # -- component ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the store controller."""
+        """Seed the eviction policies with what the adapters hold; start the store controller."""
+        for adapter, eviction in zip(self.adapters, self.evictions, strict=True):
+            if eviction is not None:
+                eviction.policy.on_stored(adapter.keys())
         self._thread = threading.Thread(
             target=self._store_loop, name="lmcache-l2-store", daemon=True
         )
@@ -167,11 +204,16 @@ class L2Tier:
             futures = [
                 (self.adapters[i], self.adapters[i].submit_store(held, views)) for i in targets
             ]
-            for _adapter, future in futures:
-                for key, ok in zip(
-                    held, _results(future, len(held), self.timeout_s, self.stats), strict=True
-                ):
+            for index, (adapter, future) in zip(targets, futures, strict=True):
+                results = _results(future, len(held), self.timeout_s, self.stats)
+                for key, ok in zip(held, results, strict=True):
                     stored[key] = stored[key] and ok
+                eviction = self.evictions[index]
+                if eviction is not None:
+                    eviction.policy.on_stored(
+                        [k for k, ok in zip(held, results, strict=True) if ok]
+                    )
+                    self.stats.evicted_keys += eviction.enforce(adapter)
         finally:
             self.l1.unlock(held, 1)
         self.stats.store_batches += 1
@@ -243,10 +285,12 @@ class L2Tier:
             )
             for i, keys in by_adapter.items()
         ]
-        for keys, future in futures:
-            loaded.update(
-                zip(keys, _results(future, len(keys), self.timeout_s, self.stats), strict=True)
-            )
+        for index, (keys, future) in zip(by_adapter, futures, strict=True):
+            results = _results(future, len(keys), self.timeout_s, self.stats)
+            loaded.update(zip(keys, results, strict=True))
+            eviction = self.evictions[index]
+            if eviction is not None:  # a hit keeps the key in the adapter's LRU
+                eviction.policy.on_accessed([k for k, ok in zip(keys, results, strict=True) if ok])
         good = 0  # chunks, in order, whose every key is in L1 now
         for chunk in chunks[:count]:
             if not all(loaded.get(k, k not in staged) for k in chunk):
