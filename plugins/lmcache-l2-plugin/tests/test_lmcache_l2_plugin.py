@@ -11,7 +11,6 @@ from lmcache_l2_plugin.config import PluginAdapterConfig
 from lmcache_core.plugin import L2AdapterSpec, PluginKind
 from lmcache_core.testing.plugin_checks import (
     assert_config_rejects,
-    assert_pending_plugin,
     assert_readme_documents_fields,
     readme_adapter_examples,
     without,
@@ -25,11 +24,14 @@ MINIMAL: dict[str, Any] = {
 }
 
 
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(
-        PluginKind.L2_ADAPTER, "plugin", "lmcache-l2-plugin", "L2 issue (#4)"
-    )
+def test_registered_and_implemented() -> None:
+    from lmcache_core.plugin.registry import PluginRegistry
+
+    registry = PluginRegistry(strict=True)
+    spec = registry.resolve(PluginKind.L2_ADAPTER, "plugin")
     assert isinstance(spec, L2AdapterSpec)
+    assert registry.owner(spec).distribution == "lmcache-l2-plugin"
+    assert spec.not_implemented is None
     assert spec.config_model is PluginAdapterConfig
 
 

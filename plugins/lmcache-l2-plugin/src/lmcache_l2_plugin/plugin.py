@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from lmcache_core.plugin import L2AdapterSpec, hookimpl, pending_factory
+from typing import Any
+
+from lmcache_core.plugin import L2AdapterSpec, hookimpl
 from lmcache_l2_plugin.config import PluginAdapterConfig
 
-REASON = "lands with the L2 issue (#4)"
-"""Why it cannot be built yet."""
+
+def _build(config: PluginAdapterConfig, context: Any = None) -> Any:
+    from lmcache_l2_plugin.adapter import build_plugin
+
+    return build_plugin(config, context)
 
 
 @hookimpl
@@ -14,14 +19,13 @@ def lmcache_register_l2_adapters() -> list[L2AdapterSpec]:
     """Register the L2 adapter ``plugin``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec.
     """
     return [
         L2AdapterSpec(
             name="plugin",
-            factory=pending_factory("L2 adapter 'plugin'", REASON),
+            factory=_build,
             config_model=PluginAdapterConfig,
             description="A third-party Python adapter class loaded by module path.",
-            not_implemented=REASON,
         )
     ]
