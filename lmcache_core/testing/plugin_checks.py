@@ -31,6 +31,31 @@ from lmcache_core.plugin.specs import PluginKind, PluginSpec
 _ADAPTER_EXAMPLE = re.compile(r"--l2-adapter '(\{.*?\})'")
 
 
+def assert_registered_plugin(kind: PluginKind, name: str, distribution: str) -> PluginSpec:
+    """Check that ``distribution`` registers an implemented ``name`` of ``kind``.
+
+    Loads the installed entry points in strict mode, resolves ``name``, and checks
+    its owner, that it is the distribution's only spec, its description, and that
+    it is not marked "not implemented yet".
+
+    Returns:
+        The resolved spec, for further kind-specific checks.
+    """
+    registry = PluginRegistry(strict=True)
+    spec = registry.resolve(kind, name)
+    assert spec.name == name, f"{name!r} resolved to a spec named {spec.name!r}"
+    record = registry.owner(spec)
+    assert record.distribution == distribution, (
+        f"{kind.value} {name!r} is registered by {record.distribution!r}, not {distribution!r}"
+    )
+    assert record.specs == [spec], (
+        f"{distribution} registers {len(record.specs)} specs; expected exactly one"
+    )
+    assert spec.description, f"{kind.value} {name!r} has no description"
+    assert spec.not_implemented is None, f"{kind.value} {name!r} is still pending"
+    return spec
+
+
 def assert_pending_plugin(
     kind: PluginKind, name: str, distribution: str, reason_fragment: str
 ) -> PluginSpec:

@@ -12,6 +12,7 @@ from lmcache_core.plugin import L2AdapterSpec, PluginKind
 from lmcache_core.testing.plugin_checks import (
     assert_config_rejects,
     assert_readme_documents_fields,
+    assert_registered_plugin,
     readme_adapter_examples,
     without,
 )
@@ -23,12 +24,10 @@ MINIMAL: dict[str, Any] = {"type": "fs", "base_path": "/data/lmcache/l2"}
 def test_registered_and_built_through_the_registry(tmp_path: Path) -> None:
     from lmcache_core.plugin.registry import PluginRegistry
 
-    registry = PluginRegistry(strict=True)
-    spec = registry.resolve(PluginKind.L2_ADAPTER, "fs")
+    spec = assert_registered_plugin(PluginKind.L2_ADAPTER, "fs", "lmcache-l2-fs")
     assert isinstance(spec, L2AdapterSpec)
-    assert registry.owner(spec).distribution == "lmcache-l2-fs"
-    assert spec.not_implemented is None
     assert spec.config_model is FSAdapterConfig
+    registry = PluginRegistry(strict=True)
     raw = {**MINIMAL, "base_path": str(tmp_path)} if "fs" == "fs" else MINIMAL
     adapter = registry.build(PluginKind.L2_ADAPTER, "fs", FSAdapterConfig.model_validate(raw))
     try:

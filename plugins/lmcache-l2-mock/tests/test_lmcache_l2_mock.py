@@ -25,6 +25,7 @@ from lmcache_core.testing.l2_conformance import (
 from lmcache_core.testing.plugin_checks import (
     assert_config_rejects,
     assert_readme_documents_fields,
+    assert_registered_plugin,
     readme_adapter_examples,
     without,
 )
@@ -36,12 +37,10 @@ MINIMAL: dict[str, Any] = {"type": "mock", "max_size_gb": 4, "mock_bandwidth_gb"
 def test_registered_and_built_through_the_registry(tmp_path: Path) -> None:
     from lmcache_core.plugin.registry import PluginRegistry
 
-    registry = PluginRegistry(strict=True)
-    spec = registry.resolve(PluginKind.L2_ADAPTER, "mock")
+    spec = assert_registered_plugin(PluginKind.L2_ADAPTER, "mock", "lmcache-l2-mock")
     assert isinstance(spec, L2AdapterSpec)
-    assert registry.owner(spec).distribution == "lmcache-l2-mock"
-    assert spec.not_implemented is None
     assert spec.config_model is MockAdapterConfig
+    registry = PluginRegistry(strict=True)
     raw = {**MINIMAL, "base_path": str(tmp_path)} if "mock" == "fs" else MINIMAL
     adapter = registry.build(PluginKind.L2_ADAPTER, "mock", MockAdapterConfig.model_validate(raw))
     try:

@@ -12,6 +12,7 @@ from lmcache_core.plugin import L2AdapterSpec, PluginKind
 from lmcache_core.testing.plugin_checks import (
     assert_config_rejects,
     assert_readme_documents_fields,
+    assert_registered_plugin,
     readme_adapter_examples,
     without,
 )
@@ -27,13 +28,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_registered_and_implemented() -> None:
-    from lmcache_core.plugin.registry import PluginRegistry
-
-    registry = PluginRegistry(strict=True)
-    spec = registry.resolve(PluginKind.L2_ADAPTER, "resp")
+    spec = assert_registered_plugin(PluginKind.L2_ADAPTER, "resp", "lmcache-l2-resp")
     assert isinstance(spec, L2AdapterSpec)
-    assert registry.owner(spec).distribution == "lmcache-l2-resp"
-    assert spec.not_implemented is None
     assert spec.config_model is RespAdapterConfig
 
 

@@ -12,6 +12,7 @@ from lmcache_core.plugin import L2AdapterSpec, PluginKind
 from lmcache_core.testing.plugin_checks import (
     assert_config_rejects,
     assert_readme_documents_fields,
+    assert_registered_plugin,
     readme_adapter_examples,
     without,
 )
@@ -26,13 +27,8 @@ KEYS = {"aws_access_key_id": "AKIA1234", "aws_secret_access_key": "very-secret"}
 
 
 def test_registered_and_implemented() -> None:
-    from lmcache_core.plugin.registry import PluginRegistry
-
-    registry = PluginRegistry(strict=True)
-    spec = registry.resolve(PluginKind.L2_ADAPTER, "s3")
+    spec = assert_registered_plugin(PluginKind.L2_ADAPTER, "s3", "lmcache-l2-s3")
     assert isinstance(spec, L2AdapterSpec)
-    assert registry.owner(spec).distribution == "lmcache-l2-s3"
-    assert spec.not_implemented is None
     assert spec.config_model is S3AdapterConfig
 
 
