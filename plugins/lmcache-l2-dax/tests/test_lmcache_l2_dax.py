@@ -11,8 +11,8 @@ from lmcache_l2_dax.config import DaxAdapterConfig, DaxDevice
 from lmcache_core.plugin import L2AdapterSpec, PluginKind
 from lmcache_core.testing.plugin_checks import (
     assert_config_rejects,
-    assert_pending_plugin,
     assert_readme_documents_fields,
+    assert_registered_plugin,
     readme_adapter_examples,
     without,
 )
@@ -34,10 +34,21 @@ DEVICES: dict[str, Any] = {
 }
 
 
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(PluginKind.L2_ADAPTER, "dax", "lmcache-l2-dax", "L2 issue (#4)")
+def test_registered_and_built_through_the_registry(tmp_path: Path) -> None:
+    from lmcache_core.plugin.registry import PluginRegistry
+
+    spec = assert_registered_plugin(PluginKind.L2_ADAPTER, "dax", "lmcache-l2-dax")
     assert isinstance(spec, L2AdapterSpec)
     assert spec.config_model is DaxAdapterConfig
+    registry = PluginRegistry(strict=True)
+    raw = {**SINGLE, "device_path": str(tmp_path / "dax.img"), "max_dax_size_gb": 1 / 256}
+    adapter = registry.build(PluginKind.L2_ADAPTER, "dax", DaxAdapterConfig.model_validate(raw))
+    try:
+        adapter.start()
+        assert adapter.status()["is_healthy"] is True
+        assert adapter.usage().capacity_bytes == 2 * 2097152
+    finally:
+        adapter.close()
 
 
 def test_readme_examples_validate_and_fields_are_documented() -> None:

@@ -41,7 +41,8 @@ class DaxAdapterConfig(L2AdapterConfigBase):
         description="Multi-device form: a list of {device_path, max_dax_size_gb} objects.",
     )
     hotplug_enabled: bool = Field(
-        default=False, description="Allow adding, removing and resizing devices at run time."
+        default=False,
+        description="Hot-plug of devices at run time: not implemented; true is refused at build.",
     )
     num_store_workers: int = Field(default=1, gt=0, description="Store worker threads.")
     num_lookup_workers: int = Field(default=1, gt=0, description="Lookup worker threads.")

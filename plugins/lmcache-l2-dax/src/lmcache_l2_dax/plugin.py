@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from lmcache_core.plugin import L2AdapterSpec, hookimpl, pending_factory
+from typing import Any
+
+from lmcache_core.plugin import L2AdapterSpec, hookimpl
 from lmcache_l2_dax.config import DaxAdapterConfig
 
-REASON = "lands with the L2 issue (#4)"
-"""Why it cannot be built yet."""
+
+def _build(config: DaxAdapterConfig, context: Any = None) -> Any:
+    # Imported on use: registering the plugin stays cheap.
+    from lmcache_l2_dax.adapter import build_dax
+
+    return build_dax(config, context)
 
 
 @hookimpl
@@ -14,14 +20,13 @@ def lmcache_register_l2_adapters() -> list[L2AdapterSpec]:
     """Register the L2 adapter ``dax``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec.
     """
     return [
         L2AdapterSpec(
             name="dax",
-            factory=pending_factory("L2 adapter 'dax'", REASON),
+            factory=_build,
             config_model=DaxAdapterConfig,
             description="Fixed slots in Device-DAX memory.",
-            not_implemented=REASON,
         )
     ]
