@@ -16,27 +16,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
-import httpx
 import pytest
 import torch
 from lmcache_l2_resp.testing import RedisServer, needs_redis
 
 from lmcache_core.client import MPClient
 from lmcache_core.client.cpu_worker import CpuKVWorker
-from lmcache_core.transfer.layout import KVFormat, KVLayout
+from tests.data_path.l2_helpers import BPC, CHUNK, l2_status, small_layout, wait_for
 from tests.server_process import free_port, running_server
 
-CHUNK = 256
-LAYOUT = KVLayout(
-    KVFormat.NHD,
-    num_layers=2,
-    num_blocks=112,
-    block_size=16,
-    num_heads=2,
-    head_dim=16,
-    dtype=torch.bfloat16,
-)
-BPC = CHUNK // 16
+LAYOUT = small_layout(112)
 
 
 @pytest.fixture
@@ -89,10 +78,6 @@ def s3_adapter() -> Iterator[str]:
         process.wait(10)
 
 
-def l2_stats(url: str) -> dict:
-    return httpx.get(f"{url}/status").json()["data_path"]["engine"]["l2"]["stats"]
-
-
 def fleet_round_trip(adapter: str) -> None:
     tokens = [random.Random(9).randrange(40000) for _ in range(3 * CHUNK)]
     ports = free_port(), free_port()
@@ -124,10 +109,7 @@ def fleet_round_trip(adapter: str) -> None:
             layer.copy_(torch.randn(layer.shape, generator=generator).to(torch.bfloat16))
         src = list(range(1, 1 + 3 * BPC))
         assert worker_a.store(worker_a.key(tokens, 0, 3 * CHUNK, "a"), src)
-        deadline = time.monotonic() + 20
-        while l2_stats(url_a)["stored_keys"] < 3:
-            assert time.monotonic() < deadline, "server A never wrote to L2"
-            time.sleep(0.05)
+        wait_for(lambda: l2_status(url_a)["stats"]["stored_keys"] >= 3, timeout=20)
         # Server B never saw these chunks: its L1 is empty, the hits come from the shared L2.
         client_b.lookup(worker_b.key(tokens, 0, 3 * CHUNK, "b", worker=False))
         assert client_b.wait_prefetch_status("b", 20.0) == 3
@@ -135,7 +117,7 @@ def fleet_round_trip(adapter: str) -> None:
         assert worker_b.retrieve(worker_b.key(tokens, 0, 3 * CHUNK, "b"), dst)
         for layer_a, layer_b in zip(worker_a.layers, worker_b.layers, strict=True):
             assert torch.equal(layer_b[:, dst], layer_a[:, src])
-        assert l2_stats(url_b)["prefetched_chunks"] == 3
+        assert l2_status(url_b)["stats"]["prefetched_chunks"] == 3
         client_b.end_session("b")
 
 

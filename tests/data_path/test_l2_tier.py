@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from pathlib import Path
 
 import httpx
@@ -12,33 +11,10 @@ import torch
 
 from lmcache_core.client import MPClient
 from lmcache_core.client.cpu_worker import CpuKVWorker
-from lmcache_core.transfer.layout import KVFormat, KVLayout
+from tests.data_path.l2_helpers import BPC, CHUNK, l2_status, small_layout, wait_for
 from tests.server_process import free_port, running_server
 
-CHUNK = 256
-LAYOUT = KVLayout(
-    KVFormat.NHD,
-    num_layers=2,
-    num_blocks=160,
-    block_size=16,
-    num_heads=2,
-    head_dim=16,
-    dtype=torch.bfloat16,
-)
-BPC = CHUNK // 16
-
-
-def l2_status(url: str) -> dict:
-    return httpx.get(f"{url}/status").json()["data_path"]["engine"]["l2"]
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached")
+LAYOUT = small_layout(160)
 
 
 def lookup_hits(client: MPClient, worker: CpuKVWorker, tokens: list[int], request: str) -> int:
