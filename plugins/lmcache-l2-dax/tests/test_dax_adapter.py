@@ -108,16 +108,16 @@ def test_restore_uses_a_new_slot_and_frees_the_old(small: DaxL2Adapter) -> None:
 def test_freed_slot_waits_for_borrows(small: DaxL2Adapter) -> None:
     keys = make_keys(1)
     assert wait(small.submit_store(keys, make_payloads([10]))) == [True]
-    entry = small._index[keys[0]]
-    slot = (entry.device, entry.slot)
-    small._borrows[slot] = 2  # two loads in progress
+    # Two loads in progress borrow the slot.
+    entry = small.slots.borrow(keys[0])
+    assert entry is not None and small.slots.borrow(keys[0]) == entry
     assert small.delete(keys) == 1
     assert small.free_slots == 3  # retired, not free
-    small._give_back(slot)
+    small.slots.end_borrow(entry.slot)
     assert small.free_slots == 3
-    small._give_back(slot)
+    small.slots.end_borrow(entry.slot)
     assert small.free_slots == 4
-    assert not small._borrows and not small._retired
+    assert not small.slots.borrowed()
 
 
 def test_object_larger_than_a_slot_fails(small: DaxL2Adapter) -> None:

@@ -15,12 +15,11 @@ only once its borrows drain.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import mmap
 import os
 import stat
-import threading
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +27,12 @@ from typing import Any
 
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
+from lmcache_core.storage.l2.slots import SlotEntry, SlotTable
 from lmcache_l2_dax.config import DaxAdapterConfig
 
 logger = logging.getLogger("lmcache.l2.dax")
 
 GIB = 1 << 30
-
-Slot = tuple[int, int]
-"""(device index, slot index)."""
 
 
 @dataclass(frozen=True)
@@ -44,13 +41,6 @@ class DaxRegion:
 
     path: str
     size_bytes: int
-
-
-@dataclass(frozen=True)
-class _Entry:
-    device: int
-    slot: int
-    length: int
 
 
 class _MappedDevice:
@@ -121,16 +111,14 @@ class DaxL2Adapter(L2AdapterV1):
             for device in self._devices:
                 device.close()
             raise
-        self._free: deque[Slot] = deque(
-            (index, slot)
-            for index, device in enumerate(self._devices)
-            for slot in range(device.size_bytes // slot_bytes)
-        )
-        self.total_slots = len(self._free)
-        self._index: dict[ObjectKey, _Entry] = {}
-        self._borrows: dict[Slot, int] = {}
-        self._retired: set[Slot] = set()
-        self._slot_lock = threading.Lock()
+        # Slots are numbered across the devices in order; _first_slot[i] is device i's first.
+        self._first_slot: list[int] = []
+        total = 0
+        for device in self._devices:
+            self._first_slot.append(total)
+            total += device.size_bytes // slot_bytes
+        self.total_slots = total
+        self.slots = SlotTable(total)
         super().__init__(
             "dax",
             capacity_bytes=self.total_slots * slot_bytes
@@ -145,36 +133,31 @@ class DaxL2Adapter(L2AdapterV1):
     @property
     def free_slots(self) -> int:
         """Slots ready for a store (not counting freed slots still borrowed)."""
-        with self._slot_lock:
-            return len(self._free)
+        return self.slots.free_slots
+
+    def _locate(self, slot: int) -> tuple[_MappedDevice, int]:
+        """The device holding global ``slot`` and the slot's byte offset in it."""
+        index = bisect.bisect_right(self._first_slot, slot) - 1
+        return self._devices[index], (slot - self._first_slot[index]) * self.slot_bytes
 
     def location_of(self, key: ObjectKey) -> tuple[str, int, int] | None:
         """(device path, byte offset, stored length) of ``key``, or None."""
-        with self._slot_lock:
-            entry = self._index.get(key)
+        entry = self.slots.get(key)
         if entry is None:
             return None
-        device = self._devices[entry.device]
-        return device.path, entry.slot * self.slot_bytes, entry.length
+        device, offset = self._locate(entry.slot)
+        return device.path, offset, entry.length
 
     def status(self) -> dict[str, Any]:
         """The base status plus the slot size, slot counts and device paths."""
         status = super().status()
-        with self._slot_lock:
-            status["slot_bytes"] = self.slot_bytes
-            status["total_slots"] = self.total_slots
-            status["free_slots"] = len(self._free)
-            status["devices"] = [device.path for device in self._devices]
+        status["slot_bytes"] = self.slot_bytes
+        status["total_slots"] = self.total_slots
+        status["free_slots"] = self.slots.free_slots
+        status["devices"] = [device.path for device in self._devices]
         return status
 
     # -- the implementation -------------------------------------------------------------
-
-    def _release(self, slot: Slot) -> None:
-        """Free ``slot``, or retire it until its borrows drain; the slot lock is held."""
-        if self._borrows.get(slot):
-            self._retired.add(slot)
-        else:
-            self._free.append(slot)
 
     def _put(self, key: ObjectKey, parts: Sequence[bytes | memoryview]) -> None:
         views = [memoryview(part).cast("B") for part in parts]
@@ -183,70 +166,39 @@ class DaxL2Adapter(L2AdapterV1):
             raise ValueError(
                 f"an object of {length} bytes does not fit a {self.slot_bytes}-byte slot"
             )
-        with self._slot_lock:
-            if not self._free:
-                raise RuntimeError("no free dax slot")
-            slot = self._free.popleft()
-        device_index, slot_index = slot
-        mm = self._devices[device_index].mm
-        offset = slot_index * self.slot_bytes
+        slot = self.slots.take()
+        if slot is None:
+            raise RuntimeError("no free dax slot")
+        device, offset = self._locate(slot)
         try:
             for view in views:
-                mm[offset : offset + view.nbytes] = view
+                device.mm[offset : offset + view.nbytes] = view
                 offset += view.nbytes
         except BaseException:
-            with self._slot_lock:
-                self._free.append(slot)
+            self.slots.abandon(slot)
             raise
-        with self._slot_lock:
-            old = self._index.get(key)
-            self._index[key] = _Entry(device_index, slot_index, length)
-            if old is not None:
-                self._release((old.device, old.slot))
+        # Published only now: a reader never sees a half-written slot.
+        self.slots.publish(key, SlotEntry(slot, length))
 
     def _exists(self, key: ObjectKey) -> bool:
-        with self._slot_lock:
-            return key in self._index
+        return key in self.slots
 
     def _get(self, key: ObjectKey, size: int) -> bytes | None:
         del size  # the stored length is known; the base class checks it
-        with self._slot_lock:
-            entry = self._index.get(key)
-            if entry is None:
-                return None
-            slot = (entry.device, entry.slot)
-            self._borrows[slot] = self._borrows.get(slot, 0) + 1
+        entry = self.slots.borrow(key)
+        if entry is None:
+            return None
         try:
-            offset = entry.slot * self.slot_bytes
-            return self._devices[entry.device].mm[offset : offset + entry.length]
+            device, offset = self._locate(entry.slot)
+            return device.mm[offset : offset + entry.length]
         finally:
-            self._give_back(slot)
-
-    def _give_back(self, slot: Slot) -> None:
-        """End one borrow of ``slot``; a retired slot becomes free with its last borrow."""
-        with self._slot_lock:
-            count = self._borrows[slot] - 1
-            if count:
-                self._borrows[slot] = count
-            else:
-                del self._borrows[slot]
-                if slot in self._retired:
-                    self._retired.discard(slot)
-                    self._free.append(slot)
+            self.slots.end_borrow(entry.slot)
 
     def _remove(self, key: ObjectKey) -> bool:
-        with self._slot_lock:
-            entry = self._index.pop(key, None)
-            if entry is None:
-                return False
-            self._release((entry.device, entry.slot))
-            return True
+        return self.slots.remove(key) is not None
 
     def _close(self) -> None:
-        with self._slot_lock:
-            self._index.clear()
-            self._free.clear()
-            self._retired.clear()
+        self.slots.clear()
         for device in self._devices:
             device.close()
 
