@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lmcache_core.config.resolution import Selection
 from lmcache_core.config.server import ServerConfig
+from lmcache_core.observability.bus import EventBus
 from lmcache_core.plugin.registry import PluginRegistry
 from lmcache_core.server.lifecycle import Component
 from lmcache_core.server.token_cache import TokenHashCache
@@ -35,6 +36,7 @@ class EngineContext:
         l1: The L1 tier.
         token_cache: Chunk hashes of token lists, by content.
         l2: The L2 tier, or None when no ``--l2-adapter`` is configured.
+        events: The event bus to publish request events on.
     """
 
     config: ServerConfig
@@ -43,6 +45,7 @@ class EngineContext:
     l1: L1Manager
     token_cache: TokenHashCache
     l2: L2Tier | None = None
+    events: EventBus = field(default_factory=lambda: EventBus(enabled=False))
 
 
 class Engine(abc.ABC):

@@ -43,6 +43,7 @@ def status(request: Request) -> dict[str, Any]:
         "plugins": context.selection.describe(context.registry),
         "startup": context.report.as_dict(),
         "data_path": context.data_path.status() if context.data_path is not None else None,
+        "event_bus": context.bus.status(),
         "components": {
             name: {"ok": h.ok, "detail": h.detail} for name, h in context.lifecycle.health().items()
         },

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from lmcache_core.config.resolution import Selection
 from lmcache_core.config.server import ServerConfig
+from lmcache_core.observability.bus import EventBus
 from lmcache_core.plugin.registry import PluginRegistry
 from lmcache_core.server.lifecycle import Lifecycle
 from lmcache_core.server.startup import StartupReport
@@ -28,6 +29,7 @@ class ServerContext:
         lifecycle: The components, once the server builds them.
         started_at: Wall-clock start time (seconds since the epoch).
         data_path: L1, engine and request server, once built.
+        bus: The event bus (disabled until the server builds its components).
     """
 
     config: ServerConfig
@@ -37,6 +39,7 @@ class ServerContext:
     lifecycle: Lifecycle = field(default_factory=lambda: Lifecycle([]))
     started_at: float = field(default_factory=time.time)
     data_path: DataPath | None = None
+    bus: EventBus = field(default_factory=lambda: EventBus(enabled=False))
 
     @property
     def instance_id(self) -> str:

@@ -198,12 +198,15 @@ def build_data_path(context: ServerContext) -> DataPath:
         trigger_watermark=config.eviction.eviction_trigger_watermark,
         eviction_ratio=config.eviction.eviction_ratio,
     )
+    l1.events = context.bus
     token_cache = TokenHashCache(make_hasher(config.mp.hash_algorithm), config.mp.chunk_size)
     l2 = build_l2(context, l1)
+    if l2 is not None:
+        l2.events = context.bus
     engine: Engine = registry.build(
         PluginKind.ENGINE,
         config.mp.engine_type,
-        EngineContext(config, registry, context.selection, l1, token_cache, l2),
+        EngineContext(config, registry, context.selection, l1, token_cache, l2, context.bus),
     )
     server = RequestServer(
         config.mp.host,

@@ -8,6 +8,8 @@ import threading
 from types import FrameType
 
 from lmcache_core.http.app import create_app
+from lmcache_core.observability.bus import EventBus
+from lmcache_core.observability.subscribers import build_subscribers
 from lmcache_core.server.context import ServerContext
 from lmcache_core.server.http_frontend import HttpFrontend
 from lmcache_core.server.lifecycle import Component, Lifecycle
@@ -24,12 +26,18 @@ def build_components(context: ServerContext) -> list[Component]:
     The data path (L1, engine, request server) starts before the HTTP frontend,
     so ``/healthcheck`` answers only once requests can be served.
     """
-    components: list[Component] = []
+    observability = context.config.observability
+    context.bus = EventBus(
+        observability.event_bus_queue_size, enabled=not observability.disable_observability
+    )
+    # First to start and last to stop: every other component may publish until it stops.
+    components: list[Component] = [context.bus]
     if not context.selection.engine.not_implemented:
         from lmcache_core.server.data_path import build_data_path  # loads torch
 
         context.data_path = build_data_path(context)
         components.extend(context.data_path.components)
+    build_subscribers(context, context.bus)
     app = create_app(context)
     components.append(
         HttpFrontend(app, context.config.http.http_host, context.config.http.http_port)

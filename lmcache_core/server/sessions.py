@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from lmcache_core.hashing import RequestHashes
 from lmcache_core.server.lifecycle import Health
@@ -55,6 +56,8 @@ class Session:
     locks: dict[ObjectKey, tuple[int, float]] = field(default_factory=dict)
     """key -> (read locks held for this request, when the earliest of them expires)."""
     mutex: threading.Lock = field(default_factory=threading.Lock)
+    announced: dict[str, Any] | None = None
+    """What ``mp.request.start`` said of the request (and when), once published."""
 
     def take_locks(self, keys: Iterable[ObjectKey], count: int, deadline: float) -> None:
         """Record ``count`` read locks taken on each key, expiring at ``deadline``."""

@@ -34,14 +34,23 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
+from lmcache_core.observability.events import EventType, count_per_salt
 from lmcache_core.storage.allocator import Allocator, align_down
 from lmcache_core.storage.arena import Arena
 from lmcache_core.storage.errors import L1ClosedError, L1FullError, ReservationExpired
-from lmcache_core.storage.eviction import EvictionPolicy
+from lmcache_core.storage.eviction import (
+    EvictionPolicy,
+    IsolatedEvictionPolicy,
+    quota_eviction_targets,
+)
 from lmcache_core.storage.keys import ObjectKey
+
+if TYPE_CHECKING:
+    from lmcache_core.observability.bus import EventBus
 
 logger = logging.getLogger("lmcache.storage")
 
@@ -190,10 +199,13 @@ class L1Manager:
         self._resident: dict[ObjectKey, _Object] = {}
         self._staged: dict[ObjectKey, _Stage] = {}
         self._locked: dict[ObjectKey, _Object] = {}  # objects with grants or orphans
+        self._salt_bytes: dict[str, int] = {}  # resident bytes (aligned) per cache_salt
         self._next_deadline = math.inf  # lower bound of every stage/grant/orphan deadline
         self._serial = 0
         self._closed = False
         self._merge_window = read_ttl_s * _GRANT_MERGE_FRACTION
+        self.events: EventBus | None = None
+        """Where evictions and eviction ticks are published (set by the server)."""
 
     # -- writes -------------------------------------------------------------------
 
@@ -319,6 +331,10 @@ class L1Manager:
                     stage.reservation.offset, stage.alloc_offset, stage.reservation.nbytes
                 )
                 self._resident[key] = obj
+                salt = key.cache_salt
+                self._salt_bytes[salt] = self._salt_bytes.get(salt, 0) + self._allocator.size_of(
+                    stage.alloc_offset
+                )
                 if readers:
                     self._grant(key, obj, readers, deadline)
                     obj.temporary = temporary
@@ -550,6 +566,48 @@ class L1Manager:
                 self.policy.on_removed(freed)
             return expired
 
+    def evict_over_quota(self) -> int:
+        """Evict every salt that reached its quota's watermark (isolated policies only).
+
+        With an :class:`~lmcache_core.storage.eviction.IsolatedEvictionPolicy`,
+        each salt frees what
+        :func:`~lmcache_core.storage.eviction.quota_eviction_targets` asks of
+        its resident bytes, from the salt's own order, skipping read-locked
+        objects (staged ones are not candidates). Other policies: a no-op.
+
+        Returns:
+            Bytes freed.
+        """
+        policy = self.policy
+        if not isinstance(policy, IsolatedEvictionPolicy):
+            return 0
+        with self._lock:
+            now = self._clock()
+            targets = quota_eviction_targets(
+                policy, self._salt_bytes, self.trigger_watermark, self.eviction_ratio
+            )
+            freed = 0
+            for salt, target in targets.items():
+                victims: list[ObjectKey] = []
+                salt_freed = 0
+                evictable = self._evictable(now, policy.salt_candidates(salt))
+                for key, obj in evictable:
+                    if key.cache_salt != salt:
+                        continue  # a policy's mistake must not cost another salt its data
+                    victims.append(key)
+                    salt_freed += self._allocator.size_of(obj.alloc_offset)
+                    if salt_freed >= target:
+                        break
+                evictable.close()  # ends the policy's iteration before we change it
+                self._evict(victims)
+                freed += salt_freed
+            return freed
+
+    def bytes_by_salt(self) -> dict[str, int]:
+        """Resident bytes (aligned sizes) per ``cache_salt``; staged objects not counted."""
+        with self._lock:
+            return dict(self._salt_bytes)
+
     def maybe_evict(self) -> int:
         """Evict if usage is above the watermark.
 
@@ -562,7 +620,15 @@ class L1Manager:
         """
         with self._lock:
             used = self._allocator.used_bytes
-            if used <= self.trigger_watermark * self.capacity_bytes:
+            triggered = used > self.trigger_watermark * self.capacity_bytes
+            if self.events is not None:
+                self.events.publish(
+                    EventType.L1_EVICTION_LOOP_TICK,
+                    usage=used / self.capacity_bytes,
+                    watermark=self.trigger_watermark,
+                    triggered=triggered,
+                )
+            if not triggered:
                 return 0
             target = self.eviction_ratio * self.capacity_bytes
             if target <= 0:
@@ -612,6 +678,7 @@ class L1Manager:
             self._resident.clear()
             self._staged.clear()
             self._locked.clear()
+            self._salt_bytes.clear()
             self._allocator = Allocator(self.capacity_bytes, 0, self.align_bytes)
         self.arena.close()
 
@@ -680,11 +747,16 @@ class L1Manager:
         assert offsets_ is not None, "the allocator's simulation and allocation disagree"
         return offsets_
 
-    def _evictable(self, now: float) -> Generator[tuple[ObjectKey, _Object], None, None]:
-        """Policy candidates that may go: resident and without a live read lock."""
+    def _evictable(
+        self, now: float, candidates: Iterator[ObjectKey] | None = None
+    ) -> Generator[tuple[ObjectKey, _Object], None, None]:
+        """Candidates (by default the policy's global order) that may go.
+
+        That is: resident, and without a live read lock.
+        """
         stale: list[ObjectKey] = []
         try:
-            for key in self.policy.candidates():
+            for key in self.policy.candidates() if candidates is None else candidates:
                 obj = self._resident.get(key)
                 if obj is None:
                     stale.append(key)  # the policy tracks a key we do not have
@@ -700,9 +772,20 @@ class L1Manager:
     def _evict(self, keys: list[ObjectKey]) -> None:
         if not keys:
             return
+        freed = 0
         for key in keys:
-            self._drop_object(key, self._resident[key])
+            obj = self._resident[key]
+            freed += obj.nbytes
+            self._drop_object(key, obj)
         self.policy.on_removed(keys)
+        if self.events is not None:
+            self.events.publish(
+                EventType.L1_KEYS_EVICTED,
+                key_count=len(keys),
+                bytes=freed,
+                key_count_per_salt=count_per_salt(keys),
+                reason="eviction",
+            )
 
     def _delete_locked(self, keys: Iterable[ObjectKey], force: bool) -> int:
         now = self._clock()
@@ -724,6 +807,12 @@ class L1Manager:
     def _drop_object(self, key: ObjectKey, obj: _Object) -> None:
         del self._resident[key]
         self._locked.pop(key, None)
+        salt = key.cache_salt
+        left = self._salt_bytes[salt] - self._allocator.size_of(obj.alloc_offset)
+        if left:
+            self._salt_bytes[salt] = left
+        else:
+            del self._salt_bytes[salt]  # only salts present in L1 stay in the table
         self._allocator.free(obj.alloc_offset)
 
     def _drop_stage(self, key: ObjectKey, stage: _Stage) -> None:
@@ -827,9 +916,9 @@ class L1Controller:
         return not self._thread.is_alive()
 
     def run_once(self) -> int:
-        """One round: expire, then evict above the watermark; returns bytes evicted."""
+        """One round: expire, evict over quotas, then above the watermark; returns bytes evicted."""
         self.manager.expire()
-        freed = self.manager.maybe_evict()
+        freed = self.manager.evict_over_quota() + self.manager.maybe_evict()
         self.evicted_bytes += freed
         self.rounds += 1
         return freed

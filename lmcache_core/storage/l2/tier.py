@@ -16,24 +16,35 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lmcache_core.observability.events import EventType
 from lmcache_core.server.lifecycle import Health
 from lmcache_core.storage.errors import L1FullError, ReservationExpired
-from lmcache_core.storage.eviction import EvictionPolicy
+from lmcache_core.storage.eviction import (
+    EvictionPolicy,
+    IsolatedEvictionPolicy,
+    quota_eviction_targets,
+)
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.adapter import L2AdapterV1
 from lmcache_core.storage.l2.policies import PrefetchPolicy, StorePolicy
 
+if TYPE_CHECKING:
+    from lmcache_core.observability.bus import EventBus
+
 logger = logging.getLogger("lmcache.l2")
 
 STORE_QUEUE_DEPTH = 1024
 DEFAULT_TIMEOUT_S = 5.0
+EVICTION_INTERVAL_S = 1.0
+"""Period of the eviction cycle of adapters with an ``eviction`` block (besides each store)."""
 
 
 @dataclass
@@ -76,14 +87,17 @@ class AdapterEviction:
     eviction_ratio: float
 
     def enforce(self, adapter: L2AdapterV1) -> int:
-        """Above the watermark, delete ``eviction_ratio`` of the capacity in policy order.
+        """Quotas first (isolated policies), then the capacity watermark.
 
-        Pinned keys (being loaded) are skipped by the adapter. Returns keys deleted.
+        Above the watermark, delete ``eviction_ratio`` of the capacity in policy
+        order. Pinned keys (being loaded) are skipped by the adapter. Returns
+        keys deleted.
         """
+        quota_deleted = self._enforce_quotas(adapter)
         usage = adapter.usage()
         capacity = usage.capacity_bytes
         if not capacity or usage.used_bytes <= self.trigger_watermark * capacity:
-            return 0
+            return quota_deleted
         target = usage.used_bytes - max(self.eviction_ratio * capacity, 1)
         deleted: list[ObjectKey] = []
         for key in self.policy.candidates():
@@ -92,6 +106,30 @@ class AdapterEviction:
             if adapter.delete([key]):
                 deleted.append(key)
         self.policy.on_removed(deleted)
+        return quota_deleted + len(deleted)
+
+    def _enforce_quotas(self, adapter: L2AdapterV1) -> int:
+        """Per-salt quota eviction of an isolated policy (even without a capacity)."""
+        policy = self.policy
+        if not isinstance(policy, IsolatedEvictionPolicy):
+            return 0
+        targets = quota_eviction_targets(
+            policy, adapter.usage().by_salt, self.trigger_watermark, self.eviction_ratio
+        )
+        deleted: list[ObjectKey] = []
+        for salt, target in targets.items():
+            freed = 0
+            for key in policy.salt_candidates(salt):
+                if freed >= target:
+                    break
+                if key.cache_salt != salt:
+                    continue  # a policy's mistake must not cost another salt its data
+                before = adapter.used_bytes
+                if adapter.delete([key]):
+                    deleted.append(key)
+                    # Only this thread stores or deletes, so the drop is this key's size.
+                    freed += max(before - adapter.used_bytes, 1)
+        policy.on_removed(deleted)
         return len(deleted)
 
 
@@ -134,6 +172,8 @@ class L2Tier:
             STORE_QUEUE_DEPTH
         )
         self._thread: threading.Thread | None = None
+        self.events: EventBus | None = None
+        """Where L2 store, load and eviction results are published (set by the server)."""
 
     # -- component ---------------------------------------------------------------------
 
@@ -184,19 +224,60 @@ class L2Tier:
             self.stats.store_dropped += len(keys)
 
     def _store_loop(self) -> None:
+        last_cycle = time.monotonic()
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
             try:
-                self.store_now(*item)
+                item = self._queue.get(timeout=EVICTION_INTERVAL_S)
+            except queue.Empty:
+                pass
+            else:
+                if item is None:
+                    return
+                try:
+                    self.store_now(*item)
+                except Exception:
+                    logger.exception("L2 store failed")
+            # Quotas change at run time: eviction also runs without stores.
+            if time.monotonic() - last_cycle >= EVICTION_INTERVAL_S:
+                last_cycle = time.monotonic()
+                self.evict_cycle()
+
+    def evict_cycle(self) -> int:
+        """One eviction cycle of every adapter with an ``eviction`` block; returns keys deleted.
+
+        Runs on the store controller's thread (which is the only one storing to
+        or deleting from the adapters); an adapter's failure is logged and the
+        others still run.
+        """
+        total = 0
+        for index, eviction in enumerate(self.evictions):
+            if eviction is None:
+                continue
+            try:
+                total += self._enforce_eviction(index, eviction)
             except Exception:
-                logger.exception("L2 store failed")
+                logger.exception("L2 eviction of adapter #%d failed", index + 1)
+        return total
+
+    def _enforce_eviction(self, index: int, eviction: AdapterEviction) -> int:
+        """Enforce one adapter's eviction block, count and publish it; returns keys deleted."""
+        adapter = self.adapters[index]
+        evicted = eviction.enforce(adapter)
+        self.stats.evicted_keys += evicted
+        if evicted and self.events is not None:
+            self.events.publish(
+                EventType.L2_KEYS_EVICTED,
+                l2_name=adapter.name,
+                adapter_index=index,
+                key_count=evicted,
+            )
+        return evicted
 
     def store_now(self, keys: list[ObjectKey], nbytes: int) -> list[bool]:
         """Write ``keys`` from L1 to the policy's adapters; per key, stored everywhere."""
         present = self.l1.lock_for_read(keys, 1)
         held = [k for k, ok in zip(keys, present, strict=True) if ok]
+        started = time.monotonic()
         try:
             views = [_bytes_of(self.l1.read_view(k)) for k in held]
             stored = {k: True for k in held}
@@ -206,6 +287,9 @@ class L2Tier:
             ]
             for index, (adapter, future) in zip(targets, futures, strict=True):
                 results = _results(future, len(held), self.timeout_s, self.stats)
+                self._publish_transfer(
+                    EventType.L2_STORE_COMPLETED, index, results, nbytes, started
+                )
                 for key, ok in zip(held, results, strict=True):
                     stored[key] = stored[key] and ok
                 eviction = self.evictions[index]
@@ -213,7 +297,7 @@ class L2Tier:
                     eviction.policy.on_stored(
                         [k for k, ok in zip(held, results, strict=True) if ok]
                     )
-                    self.stats.evicted_keys += eviction.enforce(adapter)
+                    self._enforce_eviction(index, eviction)
         finally:
             self.l1.unlock(held, 1)
         self.stats.store_batches += 1
@@ -223,6 +307,28 @@ class L2Tier:
         if not self.store_policy.keep_in_l1 and done:
             self.l1.delete(done)
         return [stored.get(k, False) for k in keys]
+
+    def _publish_transfer(
+        self, event_type: EventType, index: int, results: list[bool], nbytes: int, started: float
+    ) -> None:
+        """One adapter's store or load result, with its duration since submit."""
+        if self.events is None:
+            return
+        succeeded = sum(results)
+        counts = (
+            {"succeeded_count": succeeded}
+            if event_type is EventType.L2_STORE_COMPLETED
+            else {"loaded_count": succeeded}
+        )
+        self.events.publish(
+            event_type,
+            l2_name=self.adapters[index].name,
+            adapter_index=index,
+            failed_count=len(results) - succeeded,
+            bytes_transferred=succeeded * nbytes,
+            duration_s=time.monotonic() - started,
+            **counts,
+        )
 
     # -- prefetch ---------------------------------------------------------------------------
 
@@ -270,12 +376,17 @@ class L2Tier:
             reservations = self.l1.reserve(wanted, nbytes)
         except L1FullError:
             self.stats.prefetch_failures += count
+            if self.events is not None:
+                self.events.publish(
+                    EventType.L2_PREFETCH_FAILED, reason="l1_oom", key_count=len(wanted)
+                )
             return 0
         staged = {r.key: r for r in reservations if r is not None}
         by_adapter: dict[int, list[ObjectKey]] = {}
         for key in staged:
             by_adapter.setdefault(self.prefetch_policy.choose(holders[key]), []).append(key)
         loaded: dict[ObjectKey, bool] = {}
+        started = time.monotonic()
         futures = [
             (
                 keys,
@@ -287,6 +398,7 @@ class L2Tier:
         ]
         for index, (keys, future) in zip(by_adapter, futures, strict=True):
             results = _results(future, len(keys), self.timeout_s, self.stats)
+            self._publish_transfer(EventType.L2_LOAD_COMPLETED, index, results, nbytes, started)
             loaded.update(zip(keys, results, strict=True))
             eviction = self.evictions[index]
             if eviction is not None:  # a hit keeps the key in the adapter's LRU

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmcache_core.engine import Engine, EngineContext, Handler
+from lmcache_core.observability.events import EventType, count_per_salt
 from lmcache_core.protocol.codec import ProtocolError, decode_device_handles
 from lmcache_core.protocol.errors import BadRequestError, NotRegisteredError, OutOfMemoryError
 from lmcache_core.protocol.types import (
@@ -33,6 +34,7 @@ from lmcache_core.storage.errors import L1FullError, ReservationExpired
 from lmcache_core.storage.keys import ObjectKey, pack_kv_rank
 from lmcache_core.storage.l1 import Reservation
 from lmcache_core.transfer.layout import KVLayout, dtype_name, layout_from_engine_driven
+from lmcache_engine_default.events import RequestEvents
 from lmcache_engine_default.workers import (
     EngineDrivenWorker,
     MappedWorker,
@@ -89,6 +91,7 @@ class DefaultEngine(Engine):
         self._pending_lock = threading.Lock()
         self.block_reports = 0
         self.l2 = context.l2
+        self.events = RequestEvents(context.events, self.chunk_size)
         self._prefetcher = ThreadPoolExecutor(
             context.config.l2_policies.l2_prefetch_max_in_flight,
             thread_name_prefix="lmcache-prefetch",
@@ -223,6 +226,7 @@ class DefaultEngine(Engine):
         with session.mutex:
             # Hash first: bad tokens fail the lookup before it replaces the last job.
             hashes = self._hashes(key, session, num_chunks)
+            started = self.events.lookup_started(key, session, hashes)
             self._release_job(session)
             job = LookupJob()
             session.job = job
@@ -245,10 +249,13 @@ class DefaultEngine(Engine):
             nbytes = self._object_nbytes(key.model_name, key.world_size)
             if hit == num_chunks or self.l2 is None or nbytes is None:
                 job.finish(hit, hit_keys)
+                self.events.lookup_finished(key, started, hit, 0, width)
                 return
             rest = [[per_rank[r][i] for r in range(width)] for i in range(hit, num_chunks)]
         # The ack goes out now; the job finishes when L2 has answered (queries say None).
-        self._prefetcher.submit(self._prefetch, session, job, hit_keys, rest, nbytes, readers)
+        self._prefetcher.submit(
+            self._prefetch, session, job, hit_keys, rest, nbytes, readers, (key, started)
+        )
 
     def _prefetch(
         self,
@@ -258,6 +265,7 @@ class DefaultEngine(Engine):
         rest: list[list[ObjectKey]],
         nbytes: int,
         readers: int,
+        announced: tuple[WireCacheKey, float],
     ) -> None:
         assert self.l2 is not None
         deadline = self.sessions.clock() + self.l1.read_ttl_s
@@ -273,6 +281,10 @@ class DefaultEngine(Engine):
                 else:  # replaced or ended meanwhile: nobody will read these
                     self.l1.unlock(keys, readers)
                     job.finish(len(hit_keys), hit_keys)
+                    loaded = 0
+            key, started = announced
+            width = len(rest[0]) if rest else 1
+            self.events.lookup_finished(key, started, len(hit_keys), loaded, width)
 
     def _object_nbytes(self, model_name: str, world_size: int) -> int | None:
         """Object size for this model and sharding, from any registered worker."""
@@ -331,6 +343,7 @@ class DefaultEngine(Engine):
     def end_session(self, _ctx: RequestContext, request_id: str) -> None:
         """End the request: release its locks and refresh its chunks in the policy."""
         session = self.sessions.end(request_id)
+        self.events.request_ended(session)
         if session is not None and session.job is not None:
             self.l1.touch([k for row in session.job.hit_keys for k in row])
 
@@ -420,6 +433,12 @@ class DefaultEngine(Engine):
         plan = self._plan("store", key, instance_id, block_ids)
         if not isinstance(plan, _Transfer):
             return plan
+        with self.events.transfer("store", key, instance_id, len(plan.keys)) as outcome:
+            result = self._store(plan, outcome)
+            outcome["ok"] = result[1]
+            return result
+
+    def _store(self, plan: _Transfer, outcome: dict[str, Any]) -> tuple[bytes, bool]:
         worker, keys, ids, bpc = plan.worker, plan.keys, plan.block_ids, plan.bpc
         wanted = [
             i
@@ -431,6 +450,12 @@ class DefaultEngine(Engine):
             reservations = self.l1.reserve([keys[i] for i in wanted], nbytes)
         except L1FullError as exc:
             logger.warning("store of %d chunks refused: %s", len(wanted), exc)
+            self.events.bus.publish(
+                EventType.L1_ALLOCATION_FAILED,
+                during="l1_store",
+                key_count=len(wanted),
+                bytes=len(wanted) * nbytes,
+            )
             return FAILED
         todo = [(i, r) for i, r in zip(wanted, reservations, strict=True) if r is not None]
         others = [keys[i] for i, r in zip(wanted, reservations, strict=True) if r is None]
@@ -447,6 +472,14 @@ class DefaultEngine(Engine):
             self.l1.abort(staged)
             raise
         self.l1.commit(staged)
+        outcome["done_chunks"] = len(staged)
+        outcome["bytes"] = len(staged) * nbytes
+        self.events.bus.publish(
+            EventType.L1_WRITE_FINISHED,
+            key_count=len(staged),
+            bytes=len(staged) * nbytes,
+            key_count_per_salt=count_per_salt(r.key for r in staged),
+        )
         if self.l2 is not None:
             self.l2.submit_store([r.key for r in staged], nbytes)
         return DONE if self._visible(others) else FAILED
@@ -487,7 +520,14 @@ class DefaultEngine(Engine):
             return plan
         keys, session = plan.keys, plan.session
         try:
-            return self._copy_out(plan.worker.cache, keys, plan.block_ids, skip_first_n_tokens)
+            with self.events.transfer("retrieve", key, instance_id, len(keys)) as outcome:
+                result = self._copy_out(
+                    plan.worker.cache, keys, plan.block_ids, skip_first_n_tokens
+                )
+                if result[1]:
+                    nbytes = plan.worker.layout.object_nbytes(self.chunk_size)
+                    outcome.update(ok=True, done_chunks=len(keys), bytes=len(keys) * nbytes)
+                return result
         finally:
             with session.mutex:
                 self._release_locks(session.give_back(keys, 1, self.sessions.clock()))

@@ -1,0 +1,117 @@
+"""The request events the default engine publishes (``mp.*``), in one place.
+
+Every method is cheap when nobody listens: the bus drops unwanted types before
+building anything, and the costly fields (the chunk hashes of ``mp.lookup``) are
+only computed when some subscriber wants them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from lmcache_core.observability.bus import EventBus
+from lmcache_core.observability.events import EventType
+from lmcache_core.protocol.types import WireCacheKey
+from lmcache_core.server.sessions import Session
+
+
+class RequestEvents:
+    """Publishes lookup, store, retrieve and request lifetime events.
+
+    Args:
+        bus: The server's event bus.
+        chunk_size: Tokens per chunk (hit counts are reported in tokens).
+    """
+
+    def __init__(self, bus: EventBus, chunk_size: int) -> None:
+        self.bus = bus
+        self.chunk_size = chunk_size
+
+    @staticmethod
+    def _identity(key: WireCacheKey) -> dict[str, Any]:
+        return {
+            "request_id": key.request_id,
+            "model_name": key.model_name,
+            "cache_salt": key.cache_salt,
+        }
+
+    def lookup_started(self, key: WireCacheKey, session: Session, hashes: Sequence[bytes]) -> float:
+        """Announce the request (first lookup only), the lookup and its hashes.
+
+        Returns:
+            The start time to pass to :meth:`lookup_finished`.
+        """
+        now = time.time()
+        identity = self._identity(key)
+        if session.announced is None:
+            session.announced = {**identity, "started": now}
+            self.bus.publish(EventType.MP_REQUEST_START, **identity)
+        self.bus.publish(EventType.MP_LOOKUP_PREFETCH_START, requested_tokens=key.end, **identity)
+        if self.bus.has_subscribers(EventType.MP_LOOKUP):
+            self.bus.publish(
+                EventType.MP_LOOKUP,
+                chunk_size=self.chunk_size,
+                seq_len=key.end,
+                chunk_hashes=["0x" + h.hex() for h in hashes],
+                **identity,
+            )
+        return now
+
+    def lookup_finished(
+        self, key: WireCacheKey, started: float, l1_chunks: int, l2_chunks: int, width: int
+    ) -> None:
+        """The lookup's result: hit tokens and keys per tier."""
+        hit_tokens = min((l1_chunks + l2_chunks) * self.chunk_size, key.end)
+        l1_tokens = min(l1_chunks * self.chunk_size, key.end)
+        self.bus.publish(
+            EventType.MP_LOOKUP_PREFETCH_END,
+            requested_tokens=key.end,
+            hit_tokens=hit_tokens,
+            l1_hit_tokens=l1_tokens,
+            l2_hit_tokens=hit_tokens - l1_tokens,
+            l1_hit_keys=l1_chunks * width,
+            l2_hit_keys=l2_chunks * width,
+            duration_s=time.time() - started,
+            **self._identity(key),
+        )
+
+    def request_ended(self, session: Session | None) -> None:
+        """``end_session``: the request's lifetime, if it was announced."""
+        if session is None or session.announced is None:
+            return
+        identity = dict(session.announced)
+        started = identity.pop("started")
+        self.bus.publish(EventType.MP_REQUEST_END, duration_s=time.time() - started, **identity)
+
+    @contextmanager
+    def transfer(
+        self, kind: str, key: WireCacheKey, instance_id: int, chunks: int
+    ) -> Iterator[dict[str, Any]]:
+        """Bracket a store or retrieve with its start and end events.
+
+        Yields a dict the caller fills with ``done_chunks``, ``bytes`` and ``ok``;
+        an exception ends the transfer as failed.
+        """
+        start_type, end_type, done_name = (
+            (EventType.MP_STORE_START, EventType.MP_STORE_END, "stored_chunks")
+            if kind == "store"
+            else (EventType.MP_RETRIEVE_START, EventType.MP_RETRIEVE_END, "retrieved_chunks")
+        )
+        identity = {**self._identity(key), "instance_id": instance_id, "chunks": chunks}
+        self.bus.publish(start_type, **identity)
+        outcome: dict[str, Any] = {"done_chunks": 0, "bytes": 0, "ok": False}
+        started = time.monotonic()
+        try:
+            yield outcome
+        finally:
+            self.bus.publish(
+                end_type,
+                duration_s=time.monotonic() - started,
+                bytes=outcome["bytes"],
+                ok=outcome["ok"],
+                **{done_name: outcome["done_chunks"]},
+                **identity,
+            )
