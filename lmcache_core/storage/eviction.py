@@ -12,10 +12,17 @@ back into the manager.
 
 Policies are plugins (``LRU``, ``noop``, ...). A policy spec's factory receives an
 :class:`EvictionSettings`: ``spec.factory(settings)``.
+
+A policy may also be *isolated* (:class:`IsolatedEvictionPolicy`, ``IsolatedLRU``):
+it keeps one order per ``cache_salt`` and knows each salt's quota. The controllers
+recognise it and, in every eviction cycle, evict each salt that reached its quota's
+watermark from that salt's own order (:func:`quota_eviction_targets`), before the
+tier-wide watermark eviction that protects the capacity.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -60,6 +67,69 @@ class EvictionPolicy(Protocol):
         """
 
 
+@runtime_checkable
+class QuotaLimits(Protocol):
+    """Where an isolated policy reads per-salt limits (the server's ``QuotaManager``)."""
+
+    def limit_bytes(self, cache_salt: str) -> int:
+        """The salt's limit in bytes; 0 for a salt without a quota (allowlist semantics)."""
+
+
+@runtime_checkable
+class IsolatedEvictionPolicy(EvictionPolicy, Protocol):
+    """An :class:`EvictionPolicy` that also orders each ``cache_salt`` on its own.
+
+    :meth:`EvictionPolicy.candidates` still gives one order over every key, for
+    the tier-wide watermark eviction that protects the capacity; the methods
+    below serve the per-salt quota eviction. The same threading rules apply.
+    """
+
+    def salt_candidates(self, cache_salt: str) -> Iterator[ObjectKey]:
+        """The salt's tracked keys in eviction order (same iteration rules as ``candidates``)."""
+
+    def limit_bytes(self, cache_salt: str) -> int:
+        """The salt's quota in bytes; 0 when it has none (its data must all go)."""
+
+
+def quota_eviction_targets(
+    policy: IsolatedEvictionPolicy,
+    bytes_by_salt: Mapping[str, int],
+    trigger_watermark: float,
+    eviction_ratio: float,
+) -> dict[str, int]:
+    """Bytes each salt must free in this eviction cycle of one tier.
+
+    A salt with bytes in the tier and ``bytes >= trigger_watermark * limit``
+    frees ``eviction_ratio`` of its bytes, and at least enough to fall below
+    ``trigger_watermark * limit`` (so one cycle enforces a lowered quota);
+    a salt with limit 0 (no quota) frees everything.
+
+    Args:
+        policy: Supplies each salt's limit.
+        bytes_by_salt: The tier's bytes per salt.
+        trigger_watermark: Fraction of the limit that triggers eviction.
+        eviction_ratio: Fraction of the salt's bytes freed when triggered.
+
+    Returns:
+        Salt to bytes to free (> 0), for the salts that must evict.
+    """
+    targets: dict[str, int] = {}
+    for salt, used in bytes_by_salt.items():
+        if used <= 0:
+            continue
+        limit = policy.limit_bytes(salt)
+        if limit <= 0:
+            targets[salt] = used
+            continue
+        threshold = trigger_watermark * limit
+        if used < threshold:
+            continue
+        # The largest byte count that does not trigger is ceil(threshold) - 1.
+        keep = max(math.ceil(threshold) - 1, 0)
+        targets[salt] = min(used, max(math.ceil(eviction_ratio * used), used - keep))
+    return targets
+
+
 @dataclass(frozen=True)
 class EvictionSettings:
     """What a policy factory receives: ``spec.factory(settings)``.
@@ -71,11 +141,14 @@ class EvictionSettings:
             eviction round (``--eviction-ratio``): bytes, not keys.
         capacity_bytes: The capacity of the tier the policy serves (the final
             L1 size, not the lazily grown part; or an L2 adapter's capacity).
+        quotas: The per-salt limits an isolated policy enforces (the server's
+            quota manager); None where there is none, and ignored by others.
     """
 
     trigger_watermark: float
     eviction_ratio: float
     capacity_bytes: int
+    quotas: QuotaLimits | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.trigger_watermark <= 1.0:
@@ -86,12 +159,15 @@ class EvictionSettings:
             raise ValueError(f"capacity_bytes must be >= 0, not {self.capacity_bytes}")
 
     @classmethod
-    def from_config(cls, config: EvictionConfig, capacity_bytes: int) -> EvictionSettings:
-        """Settings from the ``Eviction Policy`` flag group and the tier's capacity."""
+    def from_config(
+        cls, config: EvictionConfig, capacity_bytes: int, quotas: QuotaLimits | None = None
+    ) -> EvictionSettings:
+        """Settings from the ``Eviction Policy`` flag group, the tier's capacity and quotas."""
         return cls(
             trigger_watermark=config.eviction_trigger_watermark,
             eviction_ratio=config.eviction_ratio,
             capacity_bytes=capacity_bytes,
+            quotas=quotas,
         )
 
 

@@ -285,7 +285,7 @@ class L2Tier:
             futures = [
                 (self.adapters[i], self.adapters[i].submit_store(held, views)) for i in targets
             ]
-            for index, (adapter, future) in zip(targets, futures, strict=True):
+            for index, (_adapter, future) in zip(targets, futures, strict=True):
                 results = _results(future, len(held), self.timeout_s, self.stats)
                 self._publish_transfer(
                     EventType.L2_STORE_COMPLETED, index, results, nbytes, started
