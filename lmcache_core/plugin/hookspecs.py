@@ -130,9 +130,14 @@ def lmcache_register_subscribers() -> Sequence[SubscriberSpec] | None:
     """Register observability subscribers of the event bus.
 
     Every registered subscriber whose category is enabled (and whose
-    ``enabled_when`` predicate accepts the configuration) is built with
-    ``factory(config)`` at start-up. A subscriber's failures at run time are
-    isolated and counted by the event bus.
+    ``enabled_when`` predicate accepts the configuration) is built at start-up,
+    after the data path, with ``factory(context)``, where ``context`` is a
+    :class:`~lmcache_core.observability.subscribers.SubscriberContext`. The
+    result must satisfy :class:`~lmcache_core.observability.bus.Subscriber`
+    (``name``, ``event_types``, ``on_event``, ``close``). A factory that raises
+    stops start-up with the subscriber named. At run time, events reach it on
+    the bus's drain thread; its exceptions are isolated, counted per
+    subscriber and logged (rate limited); they never reach the publisher.
 
     Returns:
         Subscriber specs; all results are collected. A raising implementation
