@@ -8,7 +8,11 @@ from fastapi import FastAPI
 
 from lmcache_core import __version__
 from lmcache_core.errors import PluginError
+from lmcache_core.http.admin_routes import router as admin_router
+from lmcache_core.http.auth import require_bearer_token
 from lmcache_core.http.core_routes import router as core_router
+from lmcache_core.http.quota_routes import router as quota_router
+from lmcache_core.http.run_script import router as run_script_router
 from lmcache_core.plugin.registry import ensure_implemented
 from lmcache_core.plugin.specs import HttpRouterSpec, PluginKind
 from lmcache_core.server.context import ServerContext
@@ -32,6 +36,12 @@ def create_app(context: ServerContext) -> FastAPI:
     )
     app.state.context = context
     app.include_router(core_router)
+    app.include_router(admin_router)
+    app.include_router(run_script_router)
+    if context.config.http.http_admin_token is not None:
+        # Middleware wraps the whole app, so plugin routers below are covered too.
+        require_bearer_token(app, context.config.http.http_admin_token)
+    app.include_router(quota_router)
     for spec in context.registry.specs(PluginKind.HTTP_ROUTER):
         assert isinstance(spec, HttpRouterSpec)
         ensure_implemented(spec, context.registry.owner(spec))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,10 +18,11 @@ from lmcache_core.server.lifecycle import Component, Health
 from lmcache_core.server.request_server import RequestServer
 from lmcache_core.server.token_cache import TokenHashCache
 from lmcache_core.storage.arena import Arena, ArenaError, ArenaKind
-from lmcache_core.storage.eviction import EvictionSettings
+from lmcache_core.storage.eviction import EvictionSettings, IsolatedEvictionPolicy
 from lmcache_core.storage.l1 import L1Controller, L1Manager
 from lmcache_core.storage.l2.adapter import L2AdapterV1
 from lmcache_core.storage.l2.tier import AdapterEviction, L2Tier
+from lmcache_core.storage.quota import QuotaManager
 
 logger = logging.getLogger("lmcache.server")
 
@@ -95,6 +97,8 @@ class DataPath:
     engine: Engine
     request_server: RequestServer
     components: list[Component]
+    quotas: QuotaManager = field(default_factory=QuotaManager)
+    """Per-salt limits (the HTTP quota API), enforced by tiers whose policy is isolated."""
 
     def status(self) -> dict[str, Any]:
         """L1 usage, engine state and request counters."""
@@ -116,8 +120,14 @@ class DataPath:
         }
 
 
-def build_l2(context: ServerContext, l1: L1Manager) -> L2Tier | None:
-    """The adapters of every ``--l2-adapter`` (started, cascade order) and their policies."""
+def build_l2(
+    context: ServerContext, l1: L1Manager, quotas: QuotaManager | None = None
+) -> L2Tier | None:
+    """The adapters of every ``--l2-adapter`` (started, cascade order) and their policies.
+
+    Each adapter is registered with ``quotas`` (when given) as the tier
+    ``l2[<index>]:<type>``, enforcing when its eviction policy is isolated.
+    """
     selection, registry = context.selection, context.registry
     if not selection.adapters:
         return None
@@ -138,18 +148,34 @@ def build_l2(context: ServerContext, l1: L1Manager) -> L2Tier | None:
         block = getattr(resolved.config, "eviction", None)
         if block is None:
             evictions.append(None)
+            if quotas is not None:
+                quotas.add_tier(
+                    _tier_name(resolved.index, adapter), _usage_of(adapter), enforcing=False
+                )
             continue
-        if not adapter.capacity_bytes:
+        settings = EvictionSettings(
+            block.trigger_watermark, block.eviction_ratio, adapter.capacity_bytes, quotas
+        )
+        try:
+            policy = registry.build(PluginKind.EVICTION_POLICY, block.eviction_policy, settings)
+        except Exception:
+            for opened in adapters:
+                opened.close()
+            raise
+        isolated = isinstance(policy, IsolatedEvictionPolicy)
+        # Quotas work without a capacity; a global policy has nothing to enforce without one.
+        if not adapter.capacity_bytes and not isolated:
             for opened in adapters:
                 opened.close()
             raise StartupError(
                 f"--l2-adapter #{resolved.index} ({resolved.spec.name}): an eviction block "
-                "needs a capacity (max_capacity_gb > 0)"
+                f"with the global policy {block.eviction_policy!r} needs a capacity "
+                "(max_capacity_gb > 0); only IsolatedLRU works without one"
             )
-        settings = EvictionSettings(
-            block.trigger_watermark, block.eviction_ratio, adapter.capacity_bytes
-        )
-        policy = registry.build(PluginKind.EVICTION_POLICY, block.eviction_policy, settings)
+        if quotas is not None:
+            quotas.add_tier(
+                _tier_name(resolved.index, adapter), _usage_of(adapter), enforcing=isolated
+            )
         evictions.append(AdapterEviction(policy, block.trigger_watermark, block.eviction_ratio))
     return L2Tier(
         adapters,
@@ -159,6 +185,16 @@ def build_l2(context: ServerContext, l1: L1Manager) -> L2Tier | None:
         max_in_flight=context.config.l2_policies.l2_prefetch_max_in_flight,
         evictions=evictions,
     )
+
+
+def _tier_name(index: int, adapter: L2AdapterV1) -> str:
+    """How the quota API names an L2 adapter: ``l2[<1-based --l2-adapter index>]:<type>``."""
+    return f"l2[{index}]:{adapter.name}"
+
+
+def _usage_of(adapter: L2AdapterV1) -> Callable[[], dict[str, int]]:
+    """The adapter's bytes per salt, as a quota tier's usage function."""
+    return lambda: adapter.usage().by_salt
 
 
 def build_data_path(context: ServerContext) -> DataPath:
@@ -182,10 +218,12 @@ def build_data_path(context: ServerContext) -> DataPath:
         )
     except (ArenaError, OSError) as exc:
         raise StartupError(f"--l1-size-gb: cannot allocate the L1 arena: {exc}") from None
+    # One quota table for every tier; in memory only (lost on restart), like upstream's.
+    quotas = QuotaManager()
     policy = registry.build(
         PluginKind.EVICTION_POLICY,
         config.eviction.eviction_policy,
-        EvictionSettings.from_config(config.eviction, capacity),
+        EvictionSettings.from_config(config.eviction, capacity, quotas),
     )
     l1 = L1Manager(
         arena=arena,
@@ -200,7 +238,8 @@ def build_data_path(context: ServerContext) -> DataPath:
     )
     l1.events = context.bus
     token_cache = TokenHashCache(make_hasher(config.mp.hash_algorithm), config.mp.chunk_size)
-    l2 = build_l2(context, l1)
+    quotas.add_tier("l1", l1.bytes_by_salt, enforcing=isinstance(policy, IsolatedEvictionPolicy))
+    l2 = build_l2(context, l1, quotas)
     if l2 is not None:
         l2.events = context.bus
     engine: Engine = registry.build(
@@ -222,4 +261,4 @@ def build_data_path(context: ServerContext) -> DataPath:
         EngineComponent(engine),
         server,
     ]
-    return DataPath(l1, engine, server, components)
+    return DataPath(l1, engine, server, components, quotas)

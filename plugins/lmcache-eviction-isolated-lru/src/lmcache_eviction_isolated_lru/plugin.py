@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from lmcache_core.plugin import EvictionPolicySpec, hookimpl, pending_factory
-
-REASON = "lands with the quotas of the observability/admin issue (#5)"
-"""Why it cannot be built yet."""
+from lmcache_core.plugin import EvictionPolicySpec, hookimpl
+from lmcache_eviction_isolated_lru.policy import build
 
 
 @hookimpl
@@ -13,13 +11,15 @@ def lmcache_register_eviction_policies() -> list[EvictionPolicySpec]:
     """Register the eviction policy ``IsolatedLRU``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec; the factory takes an ``EvictionSettings`` carrying the quotas.
     """
     return [
         EvictionPolicySpec(
             name="IsolatedLRU",
-            factory=pending_factory("eviction policy 'IsolatedLRU'", REASON),
-            description="One LRU per cache salt, enforcing per-salt quotas at L2.",
-            not_implemented=REASON,
+            factory=build,
+            description=(
+                "One prefix-keeping LRU per cache salt, enforcing per-salt quotas set over "
+                "/quota; a salt without a quota is evicted (allowlist)."
+            ),
         )
     ]
