@@ -11,8 +11,8 @@ from lmcache_l2_raw_block.config import RawBlockAdapterConfig
 from lmcache_core.plugin import L2AdapterSpec, PluginKind
 from lmcache_core.testing.plugin_checks import (
     assert_config_rejects,
-    assert_pending_plugin,
     assert_readme_documents_fields,
+    assert_registered_plugin,
     readme_adapter_examples,
     without,
 )
@@ -21,12 +21,32 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 MINIMAL: dict[str, Any] = {"type": "raw_block", "device_path": "/dev/nvme1n1", "slot_bytes": 8192}
 
 
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(
-        PluginKind.L2_ADAPTER, "raw_block", "lmcache-l2-raw-block", "L2 issue (#4)"
-    )
+def test_registered_and_built_through_the_registry(tmp_path: Path) -> None:
+    from lmcache_core.plugin.registry import PluginRegistry
+
+    spec = assert_registered_plugin(PluginKind.L2_ADAPTER, "raw_block", "lmcache-l2-raw-block")
     assert isinstance(spec, L2AdapterSpec)
     assert spec.config_model is RawBlockAdapterConfig
+    registry = PluginRegistry(strict=True)
+    path = tmp_path / "device.img"
+    raw = {
+        **MINIMAL,
+        "device_path": str(path),
+        "meta_total_bytes": 16 * 4096,
+        "capacity_bytes": 16 * 4096 + 3 * 8192,
+    }
+    config = RawBlockAdapterConfig.model_validate(raw)
+    adapter = registry.build(PluginKind.L2_ADAPTER, "raw_block", config)
+    try:
+        adapter.start()
+        status = adapter.status()
+        assert status["is_healthy"] is True
+        assert (status["total_slots"], status["use_odirect"]) == (3, True)
+        # Three slots of 4096 payload bytes each, plus the frame kept in the slot header.
+        assert adapter.usage().capacity_bytes == 3 * (4096 + 48)
+        assert path.stat().st_size == 16 * 4096 + 3 * 8192
+    finally:
+        adapter.close()
 
 
 def test_readme_examples_validate_and_fields_are_documented() -> None:
@@ -57,12 +77,11 @@ def test_small_alignment_layout() -> None:
         "slot_bytes": 1024,
         "meta_total_bytes": 4096,
         "capacity_bytes": 5120,
-        "io_engine": "io_uring",
-        "use_uring_cmd": True,
-        "fdp_enabled": True,
-        "fdp_placement_ids": [0, 1],
+        "max_data_transfer_size": 1024,
     }
     assert RawBlockAdapterConfig.model_validate(data).slot_bytes == 1024
+    raw = {**data, "format": "raw", "use_odirect": False, "header_bytes": 24}
+    assert RawBlockAdapterConfig.model_validate(raw).header_bytes == 24
 
 
 def test_block_align_must_be_a_power_of_two() -> None:
@@ -94,8 +113,31 @@ def test_block_align_must_be_a_power_of_two() -> None:
         ({**MINIMAL, "iouring_queue_depth": 0}, "iouring_queue_depth"),
         ({**MINIMAL, "use_uring_cmd": True}, "use_uring_cmd"),
         ({**MINIMAL, "max_data_transfer_size": 0}, "max_data_transfer_size"),
+        ({**MINIMAL, "max_data_transfer_size": 5000}, "max_data_transfer_size"),
         ({**MINIMAL, "fdp_placement_ids": [1]}, "fdp_placement_ids"),
         ({**MINIMAL, "fdp_enabled": True, "fdp_placement_ids": [-1]}, "fdp_placement_ids"),
+        ({**MINIMAL, "meta_total_bytes": 8192}, "meta_total_bytes"),
+        ({**MINIMAL, "meta_magic": "LMCIDX\u00e90"}, "meta_magic"),
+        ({**MINIMAL, "header_bytes": 64, "use_odirect": False}, "header_bytes"),
+        ({**MINIMAL, "header_bytes": 1024, "slot_bytes": 8192}, "header_bytes"),
+        # Documented options this implementation cannot honour are refused, never ignored.
+        ({**MINIMAL, "io_engine": "io_uring"}, "io_engine"),
+        ({**MINIMAL, "iouring_queue_depth": 128}, "iouring_queue_depth"),
+        ({**MINIMAL, "fdp_enabled": True}, "fdp_enabled"),
+        ({**MINIMAL, "enable_zero_copy": True}, "enable_zero_copy"),
+        ({**MINIMAL, "shared": True}, "shared"),
+        (
+            {**MINIMAL, "persist_enabled": False, "load_checkpoint_on_init": True},
+            "load_checkpoint_on_init",
+        ),
+        (
+            {**MINIMAL, "meta_enable_periodic": False, "meta_idle_quiet_ms": 5},
+            "meta_idle_quiet_ms",
+        ),
+        (
+            {**MINIMAL, "meta_enable_periodic": False, "meta_checkpoint_interval_sec": 5},
+            "meta_checkpoint_interval_sec",
+        ),
         ({**MINIMAL, "num_store_workers": 0}, "num_store_workers"),
         ({**MINIMAL, "num_lookup_workers": 0}, "num_lookup_workers"),
         ({**MINIMAL, "num_load_workers": -1}, "num_load_workers"),

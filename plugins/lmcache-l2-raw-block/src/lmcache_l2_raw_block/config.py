@@ -10,6 +10,8 @@ from lmcache_core.config.l2_adapter import L2AdapterConfigBase
 
 SLOT_HEADER_MIN_BYTES = 24
 """A slot header holds at least its magic, identity and payload length (8 bytes each)."""
+FRAMED_SLOT_HEADER_MIN_BYTES = SLOT_HEADER_MIN_BYTES + 48
+"""With format ``framed`` the slot header also holds the 48-byte object frame."""
 
 
 class RawBlockAdapterConfig(L2AdapterConfigBase):
@@ -31,9 +33,19 @@ class RawBlockAdapterConfig(L2AdapterConfigBase):
         ),
     )
     capacity_bytes: int = Field(
-        default=0, ge=0, description="Bytes of the device to use; 0 uses the whole device."
+        default=0,
+        ge=0,
+        description=(
+            "Bytes of the device to use; 0 uses the whole device (or existing file). A regular "
+            "file that does not exist is created and preallocated to this size."
+        ),
     )
-    use_odirect: bool = Field(default=True, description="Open the device with O_DIRECT.")
+    use_odirect: bool = Field(
+        default=True,
+        description=(
+            "Open the device with O_DIRECT; unaligned data goes through aligned bounce buffers."
+        ),
+    )
     block_align: int = Field(
         default=4096, gt=0, description="I/O alignment in bytes; a power of two."
     )
@@ -60,7 +72,7 @@ class RawBlockAdapterConfig(L2AdapterConfigBase):
         default=60.0,
         gt=0.0,
         allow_inf_nan=False,
-        description="Seconds between periodic checkpoints of the index.",
+        description="Seconds between checks for a changed index to checkpoint.",
     )
     meta_idle_quiet_ms: int = Field(
         default=100,
@@ -77,22 +89,29 @@ class RawBlockAdapterConfig(L2AdapterConfigBase):
         default=False, description="Verify every slot header against the recovered index."
     )
     enable_zero_copy: bool = Field(
-        default=False, description="Do I/O directly from and into registered L1 buffers."
+        default=False,
+        description="Load straight into registered L1 buffers: not supported; true is refused.",
     )
     io_engine: Literal["posix", "io_uring"] = Field(
-        default="posix", description="I/O engine: 'posix' (pread/pwrite) or 'io_uring'."
+        default="posix",
+        description="I/O engine: 'posix' (pwritev/preadv); 'io_uring' is not implemented.",
     )
     iouring_queue_depth: int = Field(
-        default=256, gt=0, description="Submission queue depth of io_uring."
+        default=256,
+        gt=0,
+        description="Submission queue depth of io_uring (refused: io_uring is not implemented).",
     )
     use_uring_cmd: bool = Field(
-        default=False, description="Use NVMe passthrough commands (io_uring only)."
+        default=False, description="Use NVMe passthrough commands (io_uring only, so refused)."
     )
     max_data_transfer_size: int | None = Field(
-        default=None, gt=0, description="Largest single I/O in bytes; unset uses the device's."
+        default=None,
+        gt=0,
+        description="Largest single I/O in bytes, a multiple of block_align; unset: no limit.",
     )
     fdp_enabled: bool = Field(
-        default=False, description="Use NVMe Flexible Data Placement hints for slot writes."
+        default=False,
+        description="NVMe Flexible Data Placement hints: not implemented; true is refused.",
     )
     fdp_placement_ids: list[Annotated[int, Field(ge=0)]] = Field(
         default_factory=list, description="FDP placement ids to spread slots over."
@@ -112,6 +131,22 @@ class RawBlockAdapterConfig(L2AdapterConfigBase):
             raise ValueError(f"slot_bytes must be larger than header_bytes ({self.header_bytes})")
         if self.meta_total_bytes % align:
             raise ValueError(f"meta_total_bytes must be a multiple of block_align ({align})")
+        if self.meta_total_bytes < 4 * align:
+            raise ValueError(
+                f"meta_total_bytes must hold two checkpoint containers of two blocks "
+                f"(at least {4 * align})"
+            )
+        if not self.meta_magic.isascii():
+            raise ValueError("meta_magic must be 8 ASCII characters")
+        if self.format == "framed" and self.header_bytes < FRAMED_SLOT_HEADER_MIN_BYTES:
+            raise ValueError(
+                f"header_bytes must be at least {FRAMED_SLOT_HEADER_MIN_BYTES} with format "
+                "'framed' (the slot header holds the object frame)"
+            )
+        if self.use_odirect and self.header_bytes % align:
+            raise ValueError("with use_odirect, header_bytes must be a multiple of block_align")
+        if self.max_data_transfer_size is not None and self.max_data_transfer_size % align:
+            raise ValueError(f"max_data_transfer_size must be a multiple of block_align ({align})")
         if self.capacity_bytes and self.capacity_bytes < self.meta_total_bytes + self.slot_bytes:
             raise ValueError(
                 "capacity_bytes must hold the metadata area (meta_total_bytes) and one slot"
@@ -120,4 +155,41 @@ class RawBlockAdapterConfig(L2AdapterConfigBase):
             raise ValueError("use_uring_cmd needs io_engine 'io_uring'")
         if self.fdp_placement_ids and not self.fdp_enabled:
             raise ValueError("fdp_placement_ids needs fdp_enabled")
+        return self
+
+    @model_validator(mode="after")
+    def _honoured(self) -> RawBlockAdapterConfig:
+        """Refuse documented options this implementation cannot honour, instead of ignoring them."""
+        explicit = self.model_fields_set
+        if self.io_engine == "io_uring":
+            raise ValueError("io_engine 'io_uring' is not implemented; use 'posix' (pread/pwrite)")
+        if "iouring_queue_depth" in explicit:
+            raise ValueError("iouring_queue_depth has no effect with io_engine 'posix'; remove it")
+        if self.fdp_enabled:
+            raise ValueError(
+                "fdp_enabled: NVMe Flexible Data Placement hints are not implemented "
+                "(they need io_uring passthrough)"
+            )
+        if self.enable_zero_copy:
+            raise ValueError(
+                "enable_zero_copy is not supported: a load is verified in a scratch buffer before "
+                "it reaches L1 (a bad object never touches it); stores already write straight "
+                "from the caller's buffer"
+            )
+        if self.shared:
+            raise ValueError(
+                "shared: a raw_block device cannot be shared by several servers (each keeps its "
+                "own slot allocator; the device is locked while open)"
+            )
+        if not self.persist_enabled and "load_checkpoint_on_init" in explicit:
+            raise ValueError(
+                "load_checkpoint_on_init has no effect with persist_enabled false "
+                "(the checkpoints are erased at start)"
+            )
+        if not self.meta_enable_periodic:
+            idle = sorted({"meta_checkpoint_interval_sec", "meta_idle_quiet_ms"} & explicit)
+            if idle:
+                raise ValueError(
+                    f"{' and '.join(idle)} has no effect with meta_enable_periodic false"
+                )
         return self

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from lmcache_core.plugin import L2AdapterSpec, hookimpl, pending_factory
+from typing import Any
+
+from lmcache_core.plugin import L2AdapterSpec, hookimpl
 from lmcache_l2_raw_block.config import RawBlockAdapterConfig
 
-REASON = "lands with the L2 issue (#4)"
-"""Why it cannot be built yet."""
+
+def _build(config: RawBlockAdapterConfig, context: Any = None) -> Any:
+    # Imported on use: registering the plugin stays cheap.
+    from lmcache_l2_raw_block.adapter import build_raw_block
+
+    return build_raw_block(config, context)
 
 
 @hookimpl
@@ -14,14 +20,13 @@ def lmcache_register_l2_adapters() -> list[L2AdapterSpec]:
     """Register the L2 adapter ``raw_block``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec.
     """
     return [
         L2AdapterSpec(
             name="raw_block",
-            factory=pending_factory("L2 adapter 'raw_block'", REASON),
+            factory=_build,
             config_model=RawBlockAdapterConfig,
             description="Fixed slots on a raw block device, with a checkpointed index.",
-            not_implemented=REASON,
         )
     ]
