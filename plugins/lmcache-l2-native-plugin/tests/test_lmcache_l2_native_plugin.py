@@ -11,8 +11,8 @@ from lmcache_l2_native_plugin.config import NativePluginAdapterConfig
 from lmcache_core.plugin import L2AdapterSpec, PluginKind
 from lmcache_core.testing.plugin_checks import (
     assert_config_rejects,
-    assert_pending_plugin,
     assert_readme_documents_fields,
+    assert_registered_plugin,
     readme_adapter_examples,
     without,
 )
@@ -25,9 +25,9 @@ MINIMAL: dict[str, Any] = {
 }
 
 
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(
-        PluginKind.L2_ADAPTER, "native_plugin", "lmcache-l2-native-plugin", "L2 issue (#4)"
+def test_registered_and_implemented() -> None:
+    spec = assert_registered_plugin(
+        PluginKind.L2_ADAPTER, "native_plugin", "lmcache-l2-native-plugin"
     )
     assert isinstance(spec, L2AdapterSpec)
     assert spec.config_model is NativePluginAdapterConfig
@@ -43,6 +43,7 @@ def test_defaults() -> None:
     config = NativePluginAdapterConfig.model_validate(MINIMAL)
     assert config.adapter_params == {}
     assert config.max_capacity_gb == 0
+    assert config.format == "framed"
 
 
 @pytest.mark.parametrize(
@@ -55,6 +56,8 @@ def test_defaults() -> None:
         ({**MINIMAL, "class_name": "Native.Client"}, "class_name"),
         ({**MINIMAL, "adapter_params": "servers=1"}, "adapter_params"),
         ({**MINIMAL, "max_capacity_gb": -1}, "max_capacity_gb"),
+        ({**MINIMAL, "max_capacity_gb": "inf"}, "max_capacity_gb"),
+        ({**MINIMAL, "format": "zip"}, "format"),
     ],
 )
 def test_rejects(data: dict[str, Any], field: str) -> None:

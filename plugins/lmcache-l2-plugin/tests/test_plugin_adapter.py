@@ -92,7 +92,8 @@ def test_builds_with_keywords_without_a_config_class(third_party: str) -> None:
     ("module", "class_name", "extra", "message"),
     [
         ("no_such_module_xyz", "DictAdapter", {}, "cannot import"),
-        (None, "Missing", {}, "is not an L2AdapterV1 subclass"),
+        (None, "Missing", {}, "has no attribute 'Missing'"),
+        (None, "STORE", {}, "an attribute that is not a class 'STORE'"),
         (None, "NotAnAdapter", {}, "is not an L2AdapterV1 subclass"),
         (None, "DictAdapter", {"config_class_name": "Nope"}, "has no class 'Nope'"),
         (None, "DictAdapter", {"adapter_params": {"capacity_bytes": "many"}}, "adapter_params"),

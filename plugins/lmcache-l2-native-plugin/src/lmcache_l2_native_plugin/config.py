@@ -7,12 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from lmcache_core.config.l2_adapter import L2AdapterConfigBase
-
-MODULE_PATTERN = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"
-"""A dotted module path, as ``importlib.import_module`` takes it."""
-
-IDENTIFIER_PATTERN = r"^[A-Za-z_]\w*$"
-"""A Python identifier (a class name)."""
+from lmcache_core.storage.l2.loading import IDENTIFIER_PATTERN, MODULE_PATTERN
 
 
 class NativePluginAdapterConfig(L2AdapterConfigBase):
@@ -35,5 +30,8 @@ class NativePluginAdapterConfig(L2AdapterConfigBase):
         default=0.0,
         ge=0.0,
         allow_inf_nan=False,
-        description="Capacity in GiB enforced by an eviction block; 0 means unlimited.",
+        description=(
+            "Capacity in GiB: a store that does not fit fails, and an eviction block makes "
+            "room; 0 means unlimited."
+        ),
     )

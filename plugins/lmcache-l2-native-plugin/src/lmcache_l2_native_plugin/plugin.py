@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from lmcache_core.plugin import L2AdapterSpec, hookimpl, pending_factory
+from typing import Any
+
+from lmcache_core.plugin import L2AdapterSpec, hookimpl
 from lmcache_l2_native_plugin.config import NativePluginAdapterConfig
 
-REASON = "lands with the L2 issue (#4)"
-"""Why it cannot be built yet."""
+
+def _build(config: NativePluginAdapterConfig, context: Any = None) -> Any:
+    # Imported on use: registering the plugin stays cheap.
+    from lmcache_l2_native_plugin.adapter import build_native_plugin
+
+    return build_native_plugin(config, context)
 
 
 @hookimpl
@@ -14,14 +20,13 @@ def lmcache_register_l2_adapters() -> list[L2AdapterSpec]:
     """Register the L2 adapter ``native_plugin``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec.
     """
     return [
         L2AdapterSpec(
             name="native_plugin",
-            factory=pending_factory("L2 adapter 'native_plugin'", REASON),
+            factory=_build,
             config_model=NativePluginAdapterConfig,
             description="A third-party native client loaded by module path (native bridge).",
-            not_implemented=REASON,
         )
     ]

@@ -7,17 +7,16 @@ Prefer packaging an adapter as a plugin distribution with an entry point (see
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from lmcache_core.storage.l2.adapter import L2AdapterV1
+from lmcache_core.storage.l2.loading import AdapterLoadError, load_class
 from lmcache_l2_plugin.config import PluginAdapterConfig
 
-
-class PluginLoadError(ValueError):
-    """The named module or class cannot serve as an L2 adapter; the message says why."""
+PluginLoadError = AdapterLoadError
+"""The named module or class cannot serve as an L2 adapter; the message says why."""
 
 
 def _config_class(
@@ -50,12 +49,8 @@ def build_plugin(config: PluginAdapterConfig, context: Any = None) -> L2AdapterV
         PluginLoadError: The module, class or configuration cannot be used.
     """
     del context
-    try:
-        module = importlib.import_module(config.module_path)
-    except Exception as exc:
-        raise PluginLoadError(f"cannot import {config.module_path!r}: {exc}") from exc
-    adapter_class = getattr(module, config.class_name, None)
-    if not (isinstance(adapter_class, type) and issubclass(adapter_class, L2AdapterV1)):
+    module, adapter_class = load_class(config.module_path, config.class_name)
+    if not issubclass(adapter_class, L2AdapterV1):
         raise PluginLoadError(
             f"{config.module_path}.{config.class_name} is not an L2AdapterV1 subclass"
         )
