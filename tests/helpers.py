@@ -75,6 +75,9 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "--http-host": "0.0.0.0",
             "--http-port": 8080,
+            # Not in the reference: the admin API's token, and upstream's /run_script switch.
+            "--http-admin-token": None,
+            "--run-script-api-enabled": False,
         },
     ),
     "L1 Memory Manager": (

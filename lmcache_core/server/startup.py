@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from lmcache_core.config.resolution import Selection
 from lmcache_core.config.server import ServerConfig
+from lmcache_core.http.auth import admin_api_advisories
+from lmcache_core.http.script_sandbox import import_problems
 from lmcache_core.plugin.names import normalize_name
 from lmcache_core.plugin.specs import PluginSpec, SubscriberCategory
 
@@ -89,8 +91,10 @@ def _unavailable_features(config: ServerConfig) -> list[str]:
     errors = []
     if config.mp.runtime_plugin_locations:
         errors.append(f"--runtime-plugin-locations: not implemented yet: lands with {ADMIN_ISSUE}")
-    if config.mp.script_allowed_imports:
-        errors.append(f"--script-allowed-imports: not implemented yet: lands with {ADMIN_ISSUE}")
+    errors.extend(
+        f"--script-allowed-imports: {problem}"
+        for problem in import_problems(config.mp.script_allowed_imports)
+    )
     if config.gds_l1.gds_l1_path is not None:
         errors.append(
             "--gds-l1-path: the GDS L1 tier needs CUDA and cuFile and is not implemented yet"
@@ -128,4 +132,5 @@ def check_startup(config: ServerConfig, selection: Selection) -> StartupReport:
             f"with {DATA_PATH_ISSUE}"
         )
     report.warnings.extend(config.advisories())
+    report.warnings.extend(admin_api_advisories(config))
     return report

@@ -378,6 +378,11 @@ class L1Manager:
             resident = self._resident
             return [key in resident for key in keys]
 
+    def keys(self) -> list[ObjectKey]:
+        """A snapshot of every resident key (staged ones are not), for admin listings."""
+        with self._lock:
+            return list(self._resident)
+
     def lock_for_read(self, keys: Sequence[ObjectKey], readers: int = 1) -> list[bool]:
         """Take ``readers`` read locks on each resident key.
 
