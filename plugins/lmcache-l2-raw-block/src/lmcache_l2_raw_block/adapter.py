@@ -60,6 +60,30 @@ FRAME_OFFSET = SLOT_HEADER.size
 """Where the object frame sits in the slot header (format ``framed``)."""
 
 
+class NoFreeSlot(RuntimeError):
+    """Every slot holds an object (a failed store)."""
+
+
+def split_views(
+    views: Sequence[memoryview], count: int
+) -> tuple[list[memoryview], list[memoryview]]:
+    """``views`` cut after their first ``count`` bytes: (the views of those, the rest)."""
+    head: list[memoryview] = []
+    tail: list[memoryview] = []
+    for given in views:
+        view = given.cast("B") if given.format != "B" or given.ndim != 1 else given
+        if count >= view.nbytes:
+            head.append(view)
+            count -= view.nbytes
+        elif count:
+            head.append(view[:count])
+            tail.append(view[count:])
+            count = 0
+        else:
+            tail.append(view)
+    return head, tail
+
+
 def slot_identity(key: ObjectKey) -> int:
     """The u64 a slot header names its key by."""
     return int.from_bytes(key_digest(key)[:8], "little")
@@ -306,6 +330,11 @@ class RawBlockL2Adapter(L2AdapterV1):
 
     # -- introspection -------------------------------------------------------------------
 
+    @property
+    def free_slots(self) -> int:
+        """Slots a store can take now."""
+        return self.slots.free_slots
+
     def location_of(self, key: ObjectKey) -> tuple[int, int] | None:
         """(byte offset of the slot, payload length) of ``key``, or None."""
         entry = self.slots.get(key)
@@ -318,7 +347,7 @@ class RawBlockL2Adapter(L2AdapterV1):
             device_path=self.layout.device_path,
             slot_bytes=self.layout.slot_bytes,
             total_slots=self.total_slots,
-            free_slots=self.slots.free_slots,
+            free_slots=self.free_slots,
             no_free_slot=self.no_free_slot,
             use_odirect=self.file.direct,
             checkpoints_written=self.checkpoints_written,
@@ -344,15 +373,6 @@ class RawBlockL2Adapter(L2AdapterV1):
             self._local.header = buffer
         return buffer
 
-    def _store_one(self, key: ObjectKey, payload: bytes | bytearray | memoryview) -> bool:
-        if not self.slots.free_slots:
-            # Every slot holds an object: a failed store, counted, never a silent success.
-            self.no_free_slot += 1
-            with self._lock:
-                self.refused_full += 1
-            return False
-        return super()._store_one(key, payload)
-
     def _put(self, key: ObjectKey, parts: Sequence[bytes | memoryview]) -> None:
         views = [memoryview(part).cast("B") for part in parts]
         frame, payload = (
@@ -365,8 +385,9 @@ class RawBlockL2Adapter(L2AdapterV1):
             )
         slot = self.slots.take()
         if slot is None:
+            # Every slot holds an object: a failed store, counted, never a silent success.
             self.no_free_slot += 1
-            raise RuntimeError("No free slots")
+            raise NoFreeSlot("No free slots")
         header = self._header_buffer()
         header[:] = bytes(len(header))
         SLOT_HEADER.pack_into(header, 0, SLOT_MAGIC, slot_identity(key), payload.nbytes)
@@ -386,24 +407,38 @@ class RawBlockL2Adapter(L2AdapterV1):
         return key in self.slots
 
     def _get(self, key: ObjectKey, size: int) -> bytearray | None:
+        data = bytearray(size)
+        return data if self._get_into(key, [memoryview(data)]) else None
+
+    def _get_into(self, key: ObjectKey, parts: Sequence[memoryview]) -> bool:
+        """Read ``key``'s stored object (frame, then payload) into ``parts`` with one preadv.
+
+        The payload lands in the parts straight from the device; the frame is copied
+        out of the slot header. False, with nothing read, when the parts' total is not
+        the object's size; False when the slot header does not match (the entry is then
+        dropped).
+        """
         entry = self.slots.borrow(key)
         if entry is None:
-            return None
+            return False
         try:
             frame = HEADER_SIZE if self.object_format == "framed" else 0
-            if frame + entry.length != size:
-                return None  # the caller's buffer has another size: a miss, nothing read
-            data = bytearray(size)
+            if sum(part.nbytes for part in parts) != frame + entry.length:
+                return False  # the caller's buffer has another size: a miss, nothing read
+            frame_parts, payload_parts = split_views(parts, frame)
             header = self._header_buffer()
             self._last_io = time.monotonic()
-            self.file.read_into(self._offset(entry.slot), [header, memoryview(data)[frame:]])
+            self.file.read_into(self._offset(entry.slot), [header, *payload_parts])
             try:
                 self._check_slot_header(key, entry, header)
             except CorruptObject as exc:
                 self._drop(key, entry, exc)
-                return None
-            data[:frame] = header[FRAME_OFFSET : FRAME_OFFSET + frame]
-            return data
+                return False
+            position = FRAME_OFFSET
+            for part in frame_parts:
+                part[:] = header[position : position + part.nbytes]
+                position += part.nbytes
+            return True
         finally:
             self.slots.end_borrow(entry.slot)
 
@@ -442,6 +477,10 @@ class RawBlockL2Adapter(L2AdapterV1):
                 self.checkpoint()
             elif self._started:
                 self.area.erase()
+        except Exception:
+            # Closing must still release the device; the previous checkpoint stays valid.
+            self.checkpoint_errors += 1
+            logger.exception("raw_block: the final checkpoint failed")
         finally:
             self.slots.clear()
             self.file.close()
