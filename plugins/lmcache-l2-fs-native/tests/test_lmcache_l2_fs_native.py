@@ -23,7 +23,7 @@ MINIMAL: dict[str, Any] = {"type": "fs_native", "base_path": "/data/lmcache/l2"}
 
 def test_registered_and_pending() -> None:
     spec = assert_pending_plugin(
-        PluginKind.L2_ADAPTER, "fs_native", "lmcache-l2-fs-native", "lmcache_native"
+        PluginKind.L2_ADAPTER, "fs_native", "lmcache-l2-fs-native", "lmcache.lmcache_fs"
     )
     assert isinstance(spec, L2AdapterSpec)
     assert spec.config_model is FSNativeAdapterConfig

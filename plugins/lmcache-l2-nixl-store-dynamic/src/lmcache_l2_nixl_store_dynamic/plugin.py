@@ -1,15 +1,20 @@
-"""Registers the L2 adapter ``nixl_store_dynamic`` with the LMCache server."""
+"""Registers the L2 adapter ``nixl_store_dynamic`` with the LMCache server.
+
+The configuration model is complete, but this build has no binding to the library
+the adapter drives: it is listed as not implemented, with a reason that says
+whether the library is installed (see :mod:`lmcache_core.storage.l2.unavailable`).
+"""
 
 from __future__ import annotations
 
-from lmcache_core.plugin import L2AdapterSpec, hookimpl, pending_factory
+from lmcache_core.plugin import L2AdapterSpec, hookimpl
+from lmcache_core.storage.l2.unavailable import NativeDependency, unavailable_adapter_spec
 from lmcache_l2_nixl_store_dynamic.config import NixlStoreDynamicAdapterConfig
 
-REASON = (
-    "needs the NIXL library (Python package 'nixl'), which is not available here; scheduled "
-    "with the L2 issue (#4)"
+DEPENDENCY = NativeDependency(
+    module="nixl", what="the NIXL library (Python package 'nixl')", install="pip install nixl"
 )
-"""Why it cannot be built yet."""
+"""The library a binding would use; whether it is installed shapes the start-up error."""
 
 
 @hookimpl
@@ -17,14 +22,13 @@ def lmcache_register_l2_adapters() -> list[L2AdapterSpec]:
     """Register the L2 adapter ``nixl_store_dynamic``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec, marked not implemented; building it raises with the reason.
     """
     return [
-        L2AdapterSpec(
-            name="nixl_store_dynamic",
-            factory=pending_factory("L2 adapter 'nixl_store_dynamic'", REASON),
+        unavailable_adapter_spec(
+            "nixl_store_dynamic",
             config_model=NixlStoreDynamicAdapterConfig,
             description="One file per key written by DMA through NIXL.",
-            not_implemented=REASON,
+            dependency=DEPENDENCY,
         )
     ]
