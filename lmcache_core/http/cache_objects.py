@@ -37,7 +37,7 @@ Tier = Literal["l1", "l2", "all"]
 class KeyBody(BaseModel):
     """One object key in a request."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     chunk_hash_hex: str = Field(
         min_length=2, max_length=2 * MAX_CHUNK_HASH_BYTES, pattern=r"^([0-9a-fA-F]{2})+$"
@@ -73,7 +73,7 @@ class KeyBody(BaseModel):
 class ClearBody(BaseModel):
     """``POST /cache/clear``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     tier: Tier = "l1"
     force: bool = False
@@ -82,7 +82,7 @@ class ClearBody(BaseModel):
 class DeleteBody(BaseModel):
     """``DELETE /cache/objects``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     keys: list[KeyBody] = Field(min_length=1, max_length=MAX_KEYS_PER_REQUEST)
     tier: Tier = "l2"
@@ -107,6 +107,8 @@ def parse_body(model: type[M], raw: bytes, *, empty_ok: bool) -> M:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HTTPException(400, f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise HTTPException(400, "the request body must be a JSON object")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
