@@ -23,9 +23,15 @@ def free_port() -> int:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The test environment without stray LMCACHE_* settings."""
+    """The test environment without stray LMCACHE_* settings.
+
+    Each server gets a free ``--prometheus-port`` (the metrics subscriber binds
+    it; the default 9090 would collide between servers running at once). A
+    ``--prometheus-port`` flag still overrides it.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
     env["LMCACHE_PLUGINS_STRICT"] = "1"
+    env["LMCACHE_PROMETHEUS_PORT"] = str(free_port())
     env.update(extra)
     return env
 

@@ -35,9 +35,8 @@ def test_healthcheck_status_and_plugins() -> None:
         assert status["plugins"]["engine"]["distribution"] == "lmcache-engine-default"
         assert status["plugins"]["eviction_policy"]["name"] == "LRU"
         assert not any("no data path yet" in w for w in status["startup"]["warnings"])
-        assert any(
-            "subscriber 'metrics' is not implemented yet" in p for p in status["startup"]["pending"]
-        )
+        # The metrics subscriber is implemented: it is no longer reported as pending.
+        assert not any("subscriber 'metrics'" in p for p in status["startup"]["pending"])
         data_path = status["data_path"]
         assert data_path["l1"]["capacity_bytes"] == 1 << 30
         assert data_path["l1"]["kind"] == "shm"

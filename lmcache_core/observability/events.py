@@ -1,9 +1,10 @@
 """The events the server publishes on its event bus, and what each one carries.
 
 Producers publish a type and a few plain fields (numbers, strings, small dicts of
-counts); they never hand out live objects, so a subscriber cannot change or keep
-server state alive. Names follow upstream LMCache's dotted scheme so dashboards
-and logs read alike.
+counts, and for L1 writes and evictions a tuple of the immutable ``ObjectKey``
+values involved, for sampled per-chunk metrics); they never hand out live
+objects, so a subscriber cannot change or keep server state alive. Names follow
+upstream LMCache's dotted scheme so dashboards and logs read alike.
 
 The metadata of each type is part of the subscriber contract: fields are only
 ever added. Each type's docstring-like entry in :data:`EVENT_FIELDS` lists them.
@@ -104,8 +105,8 @@ EVENT_FIELDS: Mapping[EventType, tuple[str, ...]] = {
         "duration_s",
         "ok",
     ),
-    EventType.L1_WRITE_FINISHED: ("key_count", "bytes", "key_count_per_salt"),
-    EventType.L1_KEYS_EVICTED: ("key_count", "bytes", "key_count_per_salt", "reason"),
+    EventType.L1_WRITE_FINISHED: ("key_count", "bytes", "key_count_per_salt", "keys"),
+    EventType.L1_KEYS_EVICTED: ("key_count", "bytes", "key_count_per_salt", "reason", "keys"),
     EventType.L1_ALLOCATION_FAILED: ("during", "key_count", "bytes"),
     EventType.L1_EVICTION_LOOP_TICK: ("usage", "watermark", "triggered"),
     EventType.L2_STORE_SUBMITTED: (

@@ -790,6 +790,7 @@ class L1Manager:
                 bytes=freed,
                 key_count_per_salt=count_per_salt(keys),
                 reason="eviction",
+                keys=tuple(keys),
             )
 
     def _delete_locked(self, keys: Iterable[ObjectKey], force: bool) -> int:

@@ -208,6 +208,10 @@ class L2Tier:
         detail = f"{len(self.adapters)} adapters" + (f"; unhealthy: {sick}" if sick else "")
         return Health(alive and not sick, detail if alive else "store controller stopped")
 
+    def store_queue_depth(self) -> int:
+        """Store batches waiting for the store controller (a metrics gauge)."""
+        return self._queue.qsize()
+
     def status(self) -> dict[str, Any]:
         """Counters and each adapter's status."""
         return {"stats": vars(self.stats), "adapters": [a.status() for a in self.adapters]}

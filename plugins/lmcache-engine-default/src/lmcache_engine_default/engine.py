@@ -479,6 +479,7 @@ class DefaultEngine(Engine):
             key_count=len(staged),
             bytes=len(staged) * nbytes,
             key_count_per_salt=count_per_salt(r.key for r in staged),
+            keys=tuple(r.key for r in staged),
         )
         if self.l2 is not None:
             self.l2.submit_store([r.key for r in staged], nbytes)

@@ -1,11 +1,31 @@
-"""Registers the observability subscriber ``metrics`` with the LMCache server."""
+"""Registers the observability subscriber ``metrics`` and its ``/metrics`` route.
+
+Only the factories' modules import the Prometheus client and the server's
+storage types, and only when the server builds them: ``lmcache plugins list``
+loads this module without them.
+"""
 
 from __future__ import annotations
 
-from lmcache_core.plugin import SubscriberCategory, SubscriberSpec, hookimpl, pending_factory
+from typing import TYPE_CHECKING, Any
 
-REASON = "lands with the observability issue (#5)"
-"""Why it cannot be built yet."""
+from lmcache_core.plugin import HttpRouterSpec, SubscriberCategory, SubscriberSpec, hookimpl
+
+if TYPE_CHECKING:
+    from lmcache_core.observability.subscribers import SubscriberContext
+    from lmcache_core.server.context import ServerContext
+
+
+def _build_subscriber(context: SubscriberContext) -> Any:
+    from lmcache_obs_metrics.subscriber import build_metrics_subscriber
+
+    return build_metrics_subscriber(context)
+
+
+def _build_router(context: ServerContext) -> Any:
+    from lmcache_obs_metrics.router import build_router
+
+    return build_router(context)
 
 
 @hookimpl
@@ -13,14 +33,32 @@ def lmcache_register_subscribers() -> list[SubscriberSpec]:
     """Register the observability subscriber ``metrics``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec.
     """
     return [
         SubscriberSpec(
             name="metrics",
-            factory=pending_factory("observability subscriber 'metrics'", REASON),
+            factory=_build_subscriber,
             category=SubscriberCategory.METRICS,
-            description="OpenTelemetry metrics of cache events, for Prometheus or OTLP.",
-            not_implemented=REASON,
+            description=(
+                "Prometheus metrics of cache events and server state, on /metrics and "
+                "--prometheus-port."
+            ),
+        )
+    ]
+
+
+@hookimpl
+def lmcache_register_http_routers() -> list[HttpRouterSpec]:
+    """Register ``GET /metrics`` on the HTTP frontend.
+
+    Returns:
+        Its one spec (always mounted; it answers 404 while metrics are disabled).
+    """
+    return [
+        HttpRouterSpec(
+            name="metrics",
+            factory=_build_router,
+            description="GET /metrics: the Prometheus exposition of the metrics subscriber.",
         )
     ]
