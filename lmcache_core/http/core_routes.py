@@ -43,6 +43,9 @@ def status(request: Request) -> dict[str, Any]:
         "plugins": context.selection.describe(context.registry),
         "startup": context.report.as_dict(),
         "data_path": context.data_path.status() if context.data_path is not None else None,
+        "runtime_plugins": (
+            context.runtime_plugins.status() if context.runtime_plugins is not None else []
+        ),
         "event_bus": context.bus.status(),
         "components": {
             name: {"ok": h.ok, "detail": h.detail} for name, h in context.lifecycle.health().items()

@@ -14,6 +14,7 @@ from lmcache_core.server.lifecycle import Lifecycle
 from lmcache_core.server.startup import StartupReport
 
 if TYPE_CHECKING:
+    from lmcache_core.runtime_plugins.launcher import RuntimePluginLauncher
     from lmcache_core.server.data_path import DataPath
 
 
@@ -29,6 +30,7 @@ class ServerContext:
         lifecycle: The components, once the server builds them.
         started_at: Wall-clock start time (seconds since the epoch).
         data_path: L1, engine and request server, once built.
+        runtime_plugins: The runtime plugin launcher, when plugins are configured.
         bus: The event bus (disabled until the server builds its components).
     """
 
@@ -39,6 +41,7 @@ class ServerContext:
     lifecycle: Lifecycle = field(default_factory=lambda: Lifecycle([]))
     started_at: float = field(default_factory=time.time)
     data_path: DataPath | None = None
+    runtime_plugins: RuntimePluginLauncher | None = None
     bus: EventBus = field(default_factory=lambda: EventBus(enabled=False))
 
     @property

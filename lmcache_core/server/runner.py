@@ -10,6 +10,7 @@ from types import FrameType
 from lmcache_core.http.app import create_app
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.observability.subscribers import build_subscribers
+from lmcache_core.runtime_plugins.launcher import RuntimePluginLauncher
 from lmcache_core.server.context import ServerContext
 from lmcache_core.server.http_frontend import HttpFrontend
 from lmcache_core.server.lifecycle import Component, Lifecycle
@@ -37,6 +38,10 @@ def build_components(context: ServerContext) -> list[Component]:
 
         context.data_path = build_data_path(context)
         components.extend(context.data_path.components)
+    if context.config.mp.runtime_plugin_locations:
+        # After the data path, before HTTP: plugins stop before the data path they may use.
+        context.runtime_plugins = RuntimePluginLauncher(context.config)
+        components.append(context.runtime_plugins)
     build_subscribers(context, context.bus)
     app = create_app(context)
     components.append(

@@ -24,6 +24,7 @@ from lmcache_core.http.auth import admin_api_advisories
 from lmcache_core.http.script_sandbox import import_problems
 from lmcache_core.plugin.names import normalize_name
 from lmcache_core.plugin.specs import PluginSpec, SubscriberCategory
+from lmcache_core.runtime_plugins.discovery import discovery_problem
 
 DATA_PATH_ISSUE = "the data-path issue (#3)"
 ADMIN_ISSUE = "the observability and admin issue (#5)"
@@ -90,7 +91,9 @@ def _unavailable_features(config: ServerConfig) -> list[str]:
     """Core features given on the command line that this build cannot run yet."""
     errors = []
     if config.mp.runtime_plugin_locations:
-        errors.append(f"--runtime-plugin-locations: not implemented yet: lands with {ADMIN_ISSUE}")
+        problem = discovery_problem(config.mp.runtime_plugin_locations)
+        if problem is not None:
+            errors.append(problem)
     errors.extend(
         f"--script-allowed-imports: {problem}"
         for problem in import_problems(config.mp.script_allowed_imports)
