@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from lmcache_core.plugin import SubscriberCategory, SubscriberSpec, hookimpl, pending_factory
+from lmcache_core.observability.subscribers import SubscriberContext
+from lmcache_core.plugin import SubscriberCategory, SubscriberSpec, hookimpl
+from lmcache_obs_logging.subscriber import EventLogSubscriber
 
-REASON = "lands with the observability issue (#5)"
-"""Why it cannot be built yet."""
+
+def build_logging_subscriber(_context: SubscriberContext) -> EventLogSubscriber:
+    """The factory: a subscriber logging to ``lmcache.events`` at the level in force.
+
+    Args:
+        _context: The subscriber context (unused: the level comes from
+            ``LMCACHE_LOG_LEVEL``, applied before subscribers are built).
+
+    Returns:
+        The subscriber.
+    """
+    return EventLogSubscriber()
 
 
 @hookimpl
@@ -13,14 +25,16 @@ def lmcache_register_subscribers() -> list[SubscriberSpec]:
     """Register the observability subscriber ``logging``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec.
     """
     return [
         SubscriberSpec(
             name="logging",
-            factory=pending_factory("observability subscriber 'logging'", REASON),
+            factory=build_logging_subscriber,
             category=SubscriberCategory.LOGGING,
-            description="DEBUG one-line logs of cache events.",
-            not_implemented=REASON,
+            description=(
+                "One-line logs of cache events on the lmcache.events logger: DEBUG per request, "
+                "INFO for failures and eviction summaries; rate limited."
+            ),
         )
     ]
