@@ -83,6 +83,11 @@ class MetricDef:
         """Every label, :data:`INSTANCE_LABEL` first."""
         return (INSTANCE_LABEL, *self.labels)
 
+    @property
+    def series_name(self) -> str:
+        """The name a reader looks for: ``_total`` for counters, the family name otherwise."""
+        return self.full_name + "_total" if self.kind == "counter" else self.full_name
+
     def sample_names(self) -> tuple[str, ...]:
         """The series names it exports (what a PromQL query names)."""
         if self.kind == "counter":
