@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from lmcache_eviction_isolated_lru.policy import IsolatedLRUEvictionPolicy
@@ -17,7 +18,7 @@ from lmcache_core.storage.eviction import (
 )
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.quota import GIB, QuotaManager
-from lmcache_core.testing.plugin_checks import assert_registered_plugin
+from lmcache_core.testing.plugin_checks import assert_registered_plugin, readme_adapter_examples
 
 
 def settings(quotas: QuotaManager | None) -> EvictionSettings:
@@ -129,3 +130,15 @@ def test_quota_targets_of_the_policy() -> None:
     left = GIB - targets["big"]
     assert left < 0.8 * GIB
     assert quota_eviction_targets(policy, {"big": left}, 0.8, 0.2) == {}
+
+
+def test_the_readme_example_is_a_valid_adapter_with_isolated_lru() -> None:
+    registry = PluginRegistry(strict=True)
+    readme = Path(__file__).parents[1] / "README.md"
+    for example in readme_adapter_examples(readme):
+        spec = registry.resolve(PluginKind.L2_ADAPTER, example["type"])
+        assert spec.config_model is not None
+        config = spec.config_model.model_validate(example)
+        eviction = config.eviction  # type: ignore[attr-defined]
+        policy = registry.resolve(PluginKind.EVICTION_POLICY, eviction.eviction_policy)
+        assert policy.name == "IsolatedLRU"
