@@ -8,15 +8,12 @@ import pytest
 from lmcache_obs_lookup_hash_log.plugin import lookup_hash_log_enabled
 
 from lmcache_core.plugin import PluginKind, SubscriberCategory, SubscriberSpec
-from lmcache_core.testing.plugin_checks import assert_pending_plugin
+from lmcache_core.testing.plugin_checks import assert_registered_plugin
 
 
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(
-        PluginKind.SUBSCRIBER,
-        "lookup_hash_log",
-        "lmcache-obs-lookup-hash-log",
-        "observability issue (#5)",
+def test_registered() -> None:
+    spec = assert_registered_plugin(
+        PluginKind.SUBSCRIBER, "lookup_hash_log", "lmcache-obs-lookup-hash-log"
     )
     assert isinstance(spec, SubscriberSpec)
     assert spec.category is SubscriberCategory.LOGGING

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmcache_core.plugin import SubscriberCategory, SubscriberSpec, hookimpl, pending_factory
-
-REASON = "lands with the observability issue (#5)"
-"""Why it cannot be built yet."""
+from lmcache_core.errors import StartupError
+from lmcache_core.observability.subscribers import SubscriberContext
+from lmcache_core.plugin import SubscriberCategory, SubscriberSpec, hookimpl
+from lmcache_obs_lookup_hash_log.subscriber import LookupHashLogSubscriber
+from lmcache_obs_lookup_hash_log.writer import RotatingJsonlWriter
 
 
 def lookup_hash_log_enabled(config: Any) -> bool:
@@ -22,20 +23,44 @@ def lookup_hash_log_enabled(config: Any) -> bool:
     return bool(config.lookup_hash_log.lookup_hash_log_dir)
 
 
+def build_lookup_hash_log(context: SubscriberContext) -> LookupHashLogSubscriber:
+    """The factory: a subscriber writing to ``--lookup-hash-log-dir``.
+
+    Args:
+        context: The subscriber context (its configuration's Lookup Hash Logging group).
+
+    Returns:
+        The subscriber, its directory created and checked.
+
+    Raises:
+        StartupError: The directory cannot be created or written.
+    """
+    options = context.config.lookup_hash_log
+    try:
+        writer = RotatingJsonlWriter(
+            options.lookup_hash_log_dir,
+            rotation_interval_s=options.lookup_hash_log_rotation_interval,
+            max_size=options.lookup_hash_log_rotation_max_size,
+            max_files=options.lookup_hash_log_max_files,
+        )
+    except OSError as exc:
+        raise StartupError(f"--lookup-hash-log-dir: {exc}") from exc
+    return LookupHashLogSubscriber(writer)
+
+
 @hookimpl
 def lmcache_register_subscribers() -> list[SubscriberSpec]:
     """Register the observability subscriber ``lookup_hash_log``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec; it runs only when ``--lookup-hash-log-dir`` is set.
     """
     return [
         SubscriberSpec(
             name="lookup_hash_log",
-            factory=pending_factory("observability subscriber 'lookup_hash_log'", REASON),
+            factory=build_lookup_hash_log,
             category=SubscriberCategory.LOGGING,
             enabled_when=lookup_hash_log_enabled,
             description="Rotating JSONL files of the chunk hashes of every lookup.",
-            not_implemented=REASON,
         )
     ]
