@@ -414,3 +414,25 @@ def make_worker() -> Iterator[WorkerFactory]:
             with contextlib.suppress(Exception):
                 worker.unregister()
         worker.close()
+
+
+@pytest.fixture
+def l2_redis(tmp_path: Path) -> Iterator[Any]:
+    """A real ``redis-server`` of this test's own (it may kill and restart it), or a skip."""
+    from lmcache_l2_resp.testing import REDIS_SERVER, SKIP_REASON
+
+    from tests.data_path.l2_helpers import redis_for_l2
+
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    with redis_for_l2(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def l2_s3() -> Iterator[dict[str, Any]]:
+    """A real S3-protocol server (moto) of this test's own, one bucket: an ``s3`` adapter config."""
+    from tests.data_path.l2_helpers import moto_bucket
+
+    with moto_bucket() as adapter:
+        yield adapter

@@ -8,74 +8,24 @@ from __future__ import annotations
 
 import json
 import random
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
-import boto3
-import pytest
 import torch
-from lmcache_l2_resp.testing import RedisServer, needs_redis
+from lmcache_l2_resp.testing import RedisServer
 
 from lmcache_core.client import MPClient
 from lmcache_core.client.cpu_worker import CpuKVWorker
-from tests.data_path.l2_helpers import BPC, CHUNK, l2_status, small_layout, wait_for
+from tests.data_path.l2_helpers import (
+    BPC,
+    CHUNK,
+    l2_status,
+    resp_adapter,
+    small_layout,
+    wait_for,
+)
 from tests.server_process import free_port, running_server
 
 LAYOUT = small_layout(112)
-
-
-@pytest.fixture
-def redis_adapter(tmp_path: Path) -> Iterator[str]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield json.dumps({"type": "resp", "host": server.host, "port": server.port})
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def s3_adapter() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        boto3.client(
-            "s3",
-            endpoint_url=f"http://127.0.0.1:{port}",
-            region_name="us-east-1",
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        ).create_bucket(Bucket="fleet")
-        yield json.dumps(
-            {
-                "type": "s3",
-                "s3_endpoint": f"fleet.127.0.0.1:{port}",
-                "s3_region": "us-east-1",
-                "disable_tls": True,
-                "aws_access_key_id": "test",
-                "aws_secret_access_key": "test",
-            }
-        )
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def fleet_round_trip(adapter: str) -> None:
@@ -121,10 +71,9 @@ def fleet_round_trip(adapter: str) -> None:
         client_b.end_session("b")
 
 
-@needs_redis
-def test_two_servers_share_one_redis(redis_adapter: str) -> None:
-    fleet_round_trip(redis_adapter)
+def test_two_servers_share_one_redis(l2_redis: RedisServer) -> None:
+    fleet_round_trip(json.dumps(resp_adapter(l2_redis)))
 
 
-def test_two_servers_share_one_bucket(s3_adapter: str) -> None:
-    fleet_round_trip(s3_adapter)
+def test_two_servers_share_one_bucket(l2_s3: dict[str, Any]) -> None:
+    fleet_round_trip(json.dumps(l2_s3))
