@@ -9,7 +9,12 @@ without busy polling. An adapter whose backend has native async completion may
 override the ``submit_*`` methods, keeping their contract.
 
 Adapters implement ``_put``, ``_exists``, ``_get``, ``_remove`` and ``_close``;
-everything else comes from here.
+everything else comes from here. A batch's stores and loads run one key per pool
+task, so the checksum pass of one object overlaps the I/O of another. Two optional
+hooks make the data path cheaper: ``_put`` receives the header and the payload as
+separate parts (write them scatter-gather, never joined), and ``_get_into`` reads
+an object straight into the caller's memory, used when the caller declared its
+buffers scratch (:attr:`L2AdapterV1.buffers_are_scratch`; the L2 tier does).
 """
 
 from __future__ import annotations
@@ -83,6 +88,10 @@ class L2AdapterV1(abc.ABC):
         self.errors = 0
         self.corrupt = 0
         self.refused_full = 0
+        self.buffers_are_scratch = False
+        """True: a failed load may leave partial bytes in its buffer (the caller discards
+        it), so loads read straight into the buffer through :meth:`_get_into`. False
+        (the default): a buffer is written only once its object has been verified."""
 
     # -- what adapters implement ------------------------------------------------------
 
@@ -101,6 +110,28 @@ class L2AdapterV1(abc.ABC):
     @abc.abstractmethod
     def _remove(self, key: ObjectKey) -> bool:
         """Delete ``key``; True if it was there."""
+
+    def _get_into(self, key: ObjectKey, parts: Sequence[memoryview]) -> bool:
+        """Read ``key``'s stored bytes straight into ``parts``, filled in order.
+
+        Optional: override it when the backend can read into caller memory
+        (``readinto``, ``preadv``, ``recv_into``). The parts' sizes add up to the
+        expected stored size; a key that is missing or holds another size returns
+        False, and the parts may then hold partial bytes. This default reads with
+        :meth:`_get` and copies.
+        """
+        expected = sum(part.nbytes for part in parts)
+        data = self._get(key, expected)
+        if data is None:
+            return False
+        view = _byte_view(memoryview(data))
+        if view.nbytes != expected:
+            return False
+        offset = 0
+        for part in parts:
+            part[:] = view[offset : offset + part.nbytes]
+            offset += part.nbytes
+        return True
 
     def _close(self) -> None:  # noqa: B027 - optional hook
         """Release the backend's resources."""
@@ -131,9 +162,14 @@ class L2AdapterV1(abc.ABC):
         """
         self._check(keys, payloads)
         views = [_byte_view(p) for p in payloads]
-        return self._submit(
-            lambda: [self._store_one(k, v) for k, v in zip(keys, views, strict=True)]
-        )
+        sizes = [self._stored_size(view.nbytes) for view in views]
+        # Admission in key order: the first keys that fit are stored, the rest refused,
+        # although the writes themselves then run concurrently.
+        admitted = self._admit(keys, sizes)
+        futures: list[Future[bool] | None] = []
+        for key, view, size, ok in zip(keys, views, sizes, admitted, strict=True):
+            futures.append(self._submit_reserved(key, view, size) if ok else None)
+        return _gather(futures)
 
     def submit_lookup_and_lock(self, keys: Sequence[ObjectKey]) -> Future[list[bool]]:
         """Which keys are stored; each found key is pinned until :meth:`unlock`."""
@@ -146,8 +182,8 @@ class L2AdapterV1(abc.ABC):
         """Read each key's payload into its writable buffer; False for a miss or a bad object."""
         self._check(keys, buffers)
         views = [_byte_view(b) for b in buffers]
-        return self._submit(
-            lambda: [self._load_one(k, v) for k, v in zip(keys, views, strict=True)]
+        return _gather(
+            [self._pool.submit(self._load_one, k, v) for k, v in zip(keys, views, strict=True)]
         )
 
     def unlock(self, keys: Sequence[ObjectKey]) -> None:
@@ -241,19 +277,42 @@ class L2AdapterV1(abc.ABC):
             self._sizes[key] = size
             self._used += size
 
+    def _admit(self, keys: Sequence[ObjectKey], sizes: Sequence[int]) -> list[bool]:
+        """Reserve room for each key in order; False for a key that does not fit."""
+        admitted: list[bool] = []
+        with self._lock:
+            for key, size in zip(keys, sizes, strict=True):
+                # A store that does not fit fails; upstream's mock "succeeded" and kept nothing.
+                replaced = self._sizes.get(key, 0)
+                if (
+                    self.capacity_bytes
+                    and self._used + self._reserved + size - replaced > self.capacity_bytes
+                ):
+                    self.refused_full += 1
+                    admitted.append(False)
+                else:
+                    self._reserved += size
+                    admitted.append(True)
+        return admitted
+
+    def _submit_reserved(self, key: ObjectKey, payload: memoryview, size: int) -> Future[bool]:
+        """Run :meth:`_put_reserved` on the pool (releasing the reservation if it cannot)."""
+        try:
+            return self._pool.submit(self._put_reserved, key, payload, size)
+        except BaseException:
+            with self._lock:
+                self._reserved -= size
+            raise
+
     def _store_one(self, key: ObjectKey, payload: bytes | bytearray | memoryview) -> bool:
         payload = _byte_view(payload)  # subclasses may call in with any buffer
         size = self._stored_size(payload.nbytes)
-        with self._lock:
-            # A store that does not fit fails; upstream's mock "succeeded" and kept nothing.
-            replaced = self._sizes.get(key, 0)
-            if (
-                self.capacity_bytes
-                and self._used + self._reserved + size - replaced > self.capacity_bytes
-            ):
-                self.refused_full += 1
-                return False
-            self._reserved += size
+        if not self._admit([key], [size])[0]:
+            return False
+        return self._put_reserved(key, payload, size)
+
+    def _put_reserved(self, key: ObjectKey, payload: memoryview, size: int) -> bool:
+        """Write one admitted object; record its size, and release its reservation either way."""
         try:
             parts: list[bytes | memoryview] = (
                 [payload] if self.object_format == "raw" else [frame(key, payload), payload]
@@ -285,6 +344,8 @@ class L2AdapterV1(abc.ABC):
 
     def _load_one(self, key: ObjectKey, buffer: bytearray | memoryview) -> bool:
         buffer = _byte_view(buffer)
+        if self.buffers_are_scratch and type(self)._get_into is not L2AdapterV1._get_into:
+            return self._load_direct(key, buffer)
         size = buffer.nbytes
         try:
             data = self._get(key, self._stored_size(size))
@@ -307,6 +368,54 @@ class L2AdapterV1(abc.ABC):
             return False
         buffer[:] = view
         return True
+
+    def _load_direct(self, key: ObjectKey, buffer: memoryview) -> bool:
+        """Read straight into ``buffer`` (scratch until verified): no copy, no temporary."""
+        header = memoryview(bytearray(HEADER_SIZE)) if self.object_format == "framed" else None
+        try:
+            found = self._get_into(key, [buffer] if header is None else [header, buffer])
+        except Exception:
+            self.errors += 1
+            logger.warning("%s: load failed", self.name, exc_info=True)
+            return False
+        if not found:
+            return False
+        if header is not None:
+            try:
+                verify(key, header, buffer)
+            except CorruptObject as exc:
+                self.corrupt += 1
+                logger.warning("%s: %s: treated as a miss", self.name, exc)
+                return False
+        return True
+
+
+def _gather(futures: Sequence[Future[bool] | None]) -> Future[list[bool]]:
+    """One future of every key's result (None: False without work), done when all are."""
+    combined: Future[list[bool]] = Future()
+    pending = [future for future in futures if future is not None]
+    remaining = len(pending)
+    lock = threading.Lock()
+
+    def finish() -> None:
+        try:
+            combined.set_result([f.result() if f is not None else False for f in futures])
+        except Exception as exc:  # noqa: BLE001 - re-raised by the caller's result()
+            combined.set_exception(exc)
+
+    def one_done(_: Future[bool]) -> None:
+        nonlocal remaining
+        with lock:
+            remaining -= 1
+            if remaining:
+                return
+        finish()
+
+    if not pending:
+        finish()
+    for future in pending:
+        future.add_done_callback(one_done)
+    return combined
 
 
 def _byte_view(buffer: bytes | bytearray | memoryview) -> memoryview:

@@ -161,6 +161,10 @@ class L2Tier:
         evictions: Sequence[AdapterEviction | None] = (),
     ) -> None:
         self.adapters = list(adapters)
+        for adapter in self.adapters:
+            # A failed load's L1 reservation is aborted, never read: loads may go
+            # straight into it (no temporary buffer, no copy).
+            adapter.buffers_are_scratch = True
         self.evictions = list(evictions) or [None] * len(self.adapters)
         self.l1 = l1
         self.store_policy = store_policy

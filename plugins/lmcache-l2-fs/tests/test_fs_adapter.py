@@ -361,7 +361,7 @@ def test_odirect_write_error_falls_back_to_buffered(
     make: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     adapter = make(object_format="raw", use_odirect=True)
-    real_write = os.write
+    real_writev = os.writev
     direct_fds: set[int] = set()
     real_open = os.open
 
@@ -373,13 +373,13 @@ def test_odirect_write_error_falls_back_to_buffered(
             direct_fds.discard(fd)
         return fd
 
-    def failing_write(fd: int, data: Any) -> int:
+    def failing_writev(fd: int, buffers: Any) -> int:
         if fd in direct_fds:
             raise OSError(errno.EINVAL, "misaligned")
-        return real_write(fd, data)
+        return real_writev(fd, buffers)
 
     monkeypatch.setattr(fs_adapter.os, "open", tracking_open)
-    monkeypatch.setattr(fs_adapter.os, "write", failing_write)
+    monkeypatch.setattr(fs_adapter.os, "writev", failing_writev)
     size = adapter.block_size
     assert store(adapter, KEY, aligned(size, 9))
     assert adapter.buffered_writes == 1
@@ -441,3 +441,38 @@ def test_build_fs(tmp_path: Path) -> None:
     unlimited = build_fs(FSAdapterConfig.model_validate({"type": "fs", "base_path": str(tmp_path)}))
     assert unlimited.capacity_bytes == 0 and unlimited.stale_tmp_age_s == 0
     unlimited.close()
+
+
+# -- loads straight into scratch buffers (what the L2 tier asks for) ---------------------
+
+
+@pytest.mark.parametrize("object_format", ["framed", "raw"])
+@pytest.mark.parametrize("read_ahead_size", [None, 4096])
+def test_scratch_buffers_are_filled_in_place_and_still_verified(
+    make: Any, monkeypatch: pytest.MonkeyPatch, object_format: str, read_ahead_size: int | None
+) -> None:
+    adapter = make(object_format=object_format, read_ahead_size=read_ahead_size)
+    adapter.buffers_are_scratch = True
+
+    def no_temporary(*_: Any) -> None:
+        raise AssertionError("a scratch-buffer load went through _get (a temporary and a copy)")
+
+    monkeypatch.setattr(adapter, "_get", no_temporary)
+    payloads = [os.urandom(size) for size in (1, 10_000, 70_001)]
+    keys = [key(i) for i in range(3)]
+    assert adapter.submit_store(keys, payloads).result(timeout=10) == [True] * 3
+    buffers = [bytearray(len(p)) for p in payloads]
+    views = [memoryview(b) for b in buffers]
+    assert adapter.submit_load(keys, views).result(timeout=10) == [True] * 3
+    assert [bytes(b) for b in buffers] == payloads
+    # Another size, or no file at all: a miss.
+    wrong = [memoryview(bytearray(9_999)), memoryview(bytearray(5))]
+    assert adapter.submit_load([keys[1], key(9)], wrong).result(timeout=10) == [False, False]
+    if object_format == "framed":
+        path = adapter.path_of(keys[2])
+        data = bytearray(path.read_bytes())
+        data[HEADER_SIZE + 35_000] ^= 0x10
+        path.write_bytes(bytes(data))
+        before = adapter.corrupt
+        assert adapter.submit_load([keys[2]], [views[2]]).result(timeout=10) == [False]
+        assert adapter.corrupt == before + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -215,9 +216,13 @@ def test_pool_holds_num_workers_connections(server: RedisServer, make: Any) -> N
     assert adapter._connections.max_connections == 3
     keys = [key(i) for i in range(40)]
     assert store_many(adapter, keys, [b"p"] * 40) == [True] * 40
+    buffers = [memoryview(bytearray(1)) for _ in keys]
+    assert adapter.submit_load(keys, buffers).result(timeout=10) == [True] * 40
+    assert [bytes(b) for b in buffers] == [b"p"] * 40
     with server.client() as client:
-        # The adapter's connections plus this client's.
-        assert len(client.client_list()) <= 3 + 1
+        # At most num_workers for values (SET, GET) and num_workers for other
+        # commands, plus this client's.
+        assert len(client.client_list()) <= 2 * 3 + 1
 
 
 # -- restart: the index comes back through SCAN -------------------------------------------------
@@ -419,3 +424,38 @@ def test_build_resp(monkeypatch: pytest.MonkeyPatch) -> None:
     assert unlimited._connections.connection_kwargs["password"] is None
     assert unlimited._connections.max_connections == 8
     unlimited.close()
+
+
+# -- values received straight into scratch buffers (what the L2 tier asks for) ---------------
+
+
+@needs_redis
+@pytest.mark.parametrize("fmt", ["raw", "framed"])
+def test_scratch_buffers_are_filled_in_place_and_still_verified(
+    server: RedisServer, make: Any, fmt: str
+) -> None:
+    adapter = make(server, object_format=fmt, num_workers=2)
+    adapter.buffers_are_scratch = True
+    sizes = (1, 70_000, 3 * 1024 * 1024 + 7)  # one value larger than a socket buffer
+    payloads = [bytes(random.Random(size).randbytes(size)) for size in sizes]
+    keys = [key(i) for i in range(3)]
+    assert store_many(adapter, keys, payloads) == [True] * 3
+    buffers = [bytearray(size) for size in sizes]
+    loaded = adapter.submit_load(keys, [memoryview(b) for b in buffers]).result(timeout=10)
+    assert loaded == [True] * 3
+    assert [bytes(b) for b in buffers] == payloads
+    # A value of another length: a miss, and the next loads still work (a fresh connection).
+    short = [memoryview(bytearray(69_999))]
+    assert adapter.submit_load([keys[1]], short).result(timeout=10) == [False]
+    for _ in range(3):
+        assert load(adapter, keys[2], sizes[2]) == payloads[2]
+    if fmt == "framed":
+        offset = HEADER_SIZE + 35_000
+        with server.client() as client:  # flip one payload byte inside Redis
+            byte = client.getrange(object_key_to_redis_key(keys[1]), offset, offset)[0]
+            client.setrange(object_key_to_redis_key(keys[1]), offset, bytes([byte ^ 0x04]))
+        before = adapter.corrupt
+        scratch = [memoryview(bytearray(sizes[1]))]
+        assert adapter.submit_load([keys[1]], scratch).result(timeout=10) == [False]
+        assert adapter.corrupt == before + 1
+    assert adapter.status()["errors"] == 0

@@ -97,6 +97,41 @@ def _byte_view(part: bytes | memoryview) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
+def _advance(views: Sequence[memoryview], done: int) -> list[memoryview]:
+    """What is left of ``views`` after the first ``done`` bytes moved."""
+    left: list[memoryview] = []
+    for view in views:
+        if done >= view.nbytes:
+            done -= view.nbytes
+            continue
+        left.append(view[done:])
+        done = 0
+    return left
+
+
+def _window(views: Sequence[memoryview], start: int, end: int) -> list[memoryview]:
+    """The bytes ``[start, end)`` of the concatenation of ``views``, as views of them."""
+    window: list[memoryview] = []
+    offset = 0
+    for view in views:
+        low, high = max(start - offset, 0), min(end - offset, view.nbytes)
+        if low < high:
+            window.append(view[low:high])
+        offset += view.nbytes
+    return window
+
+
+def _readv_all(fd: int, views: Sequence[memoryview]) -> bool:
+    """Fill ``views`` from ``fd``'s position; False at an early end of file."""
+    pending = [view for view in views if view.nbytes]
+    while pending:
+        got = os.readv(fd, pending)
+        if got == 0:
+            return False
+        pending = _advance(pending, got)
+    return True
+
+
 class FsL2Adapter(L2AdapterV1):
     """One file per key under ``base_path``.
 
@@ -195,15 +230,22 @@ class FsL2Adapter(L2AdapterV1):
         return self.path_of(key).is_file()
 
     def _get(self, key: ObjectKey, size: int) -> bytes | None:
+        buffer = bytearray(size)
+        if not self._get_into(key, [memoryview(buffer)]):
+            return None
+        # The base class only takes a memoryview of it: no copy into a bytes object.
+        return cast(bytes, buffer)
+
+    def _get_into(self, key: ObjectKey, parts: Sequence[memoryview]) -> bool:
+        """Read the file straight into ``parts`` (scatter read: header, payload)."""
+        size = sum(part.nbytes for part in parts)
         try:
             fd = os.open(self.path_of(key), os.O_RDONLY)
         except FileNotFoundError:
-            return None
+            return False
         try:
             if os.fstat(fd).st_size != size:
-                return None  # a torn, truncated or differently sized object: a miss
-            buffer = bytearray(size)
-            view = memoryview(buffer)
+                return False  # a torn, truncated or differently sized object: a miss
             chunk = self.read_ahead_size or size or 1
             if self.read_ahead_size:
                 self._advise(fd, 0, chunk, sequential=True)
@@ -212,13 +254,10 @@ class FsL2Adapter(L2AdapterV1):
                 end = min(done + chunk, size)
                 if self.read_ahead_size and end < size:
                     self._advise(fd, end, chunk)
-                while done < end:
-                    got = os.readv(fd, [view[done:end]])
-                    if got == 0:
-                        return None  # shrank under us: never partial data
-                    done += got
-            # The base class only takes a memoryview of it: no copy into a bytes object.
-            return cast(bytes, buffer)
+                if not _readv_all(fd, _window(parts, done, end)):
+                    return False  # shrank under us: never partial data
+                done = end
+            return True
         finally:
             os.close(fd)
 
@@ -320,10 +359,10 @@ class FsL2Adapter(L2AdapterV1):
 
     @staticmethod
     def _write_all(fd: int, views: Sequence[memoryview]) -> None:
-        for view in views:
-            done = 0
-            while done < len(view):
-                done += os.write(fd, view[done:])
+        # One gathering write for header and payload; a short write resumes where it stopped.
+        pending = [view for view in views if view.nbytes]
+        while pending:
+            pending = _advance(pending, os.writev(fd, pending))
 
     @staticmethod
     def _advise(fd: int, offset: int, length: int, *, sequential: bool = False) -> None:

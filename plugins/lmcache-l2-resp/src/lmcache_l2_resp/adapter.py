@@ -11,10 +11,13 @@ so a reader sees the old value or the new one, never a partial one. A load is a
 listed with ``SCAN`` (and sized with ``STRLEN``) to rebuild the index, so usage and
 per-salt accounting hold across server and adapter restarts.
 
-The ``redis`` client keeps a blocking pool of at most ``num_workers`` connections.
-Socket timeouts bound every call, so a dead or hung server makes operations fail
-fast (a failed store, a miss; counted in ``errors``) instead of hanging, and a
-connection broken by a server restart is reconnected once, transparently.
+Values move through :mod:`.bulk` (``SET`` sent scatter-gather, ``GET`` received
+straight into the caller's buffers); lookups, deletes and the index listing go
+through the ``redis`` client. Each keeps a pool of at most ``num_workers``
+connections. Socket timeouts bound every call, so a dead or hung server makes
+operations fail fast (a failed store, a miss; counted in ``errors``) instead of
+hanging, and a connection broken by a server restart is reconnected once,
+transparently.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -30,6 +33,7 @@ from redis.retry import Retry
 
 from lmcache_core.storage.keys import ObjectKey, validate_cache_salt
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
+from lmcache_l2_resp.bulk import BulkConnection, BulkPool
 from lmcache_l2_resp.config import RespAdapterConfig
 
 logger = logging.getLogger("lmcache.l2.resp")
@@ -157,6 +161,18 @@ class RespL2Adapter(L2AdapterV1):
         )
         self._client = redis.Redis(connection_pool=self._connections)
 
+        def connect() -> BulkConnection:
+            return BulkConnection(
+                host,
+                port,
+                username=username,
+                password=password,
+                connect_timeout_s=connect_timeout_s,
+                socket_timeout_s=socket_timeout_s,
+            )
+
+        self._bulk = BulkPool(connect, num_workers, wait_s=connect_timeout_s + socket_timeout_s)
+
     @property
     def server(self) -> str:
         """``host:port`` of the server (for logs and status)."""
@@ -165,17 +181,23 @@ class RespL2Adapter(L2AdapterV1):
     # -- the adapter -----------------------------------------------------------------
 
     def _put(self, key: ObjectKey, parts: Sequence[bytes | memoryview]) -> None:
-        value = parts[0] if len(parts) == 1 else b"".join(parts)
-        self._client.set(object_key_to_redis_key(key), value)
+        name = object_key_to_redis_key(key).encode()
+        views = [memoryview(part).cast("B") for part in parts]
+        self._bulk.run(lambda connection: connection.set(name, views))
 
     def _exists(self, key: ObjectKey) -> bool:
         return bool(self._client.exists(object_key_to_redis_key(key)))
 
     def _get(self, key: ObjectKey, size: int) -> bytes | None:
-        value = self._client.get(object_key_to_redis_key(key))
-        if not isinstance(value, bytes) or len(value) != size:
+        buffer = bytearray(size)
+        if not self._get_into(key, [memoryview(buffer)]):
             return None  # missing, or not the object the caller expects: a miss
-        return value
+        # The base class only takes a memoryview of it: no copy into a bytes object.
+        return cast(bytes, buffer)
+
+    def _get_into(self, key: ObjectKey, parts: Sequence[memoryview]) -> bool:
+        name = object_key_to_redis_key(key).encode()
+        return self._bulk.run(lambda connection: connection.get_into(name, parts))
 
     def _remove(self, key: ObjectKey) -> bool:
         return bool(self._client.delete(object_key_to_redis_key(key)))
@@ -242,6 +264,7 @@ class RespL2Adapter(L2AdapterV1):
             self.errors += 1
             logger.warning("resp: could not delete the keys at close", exc_info=True)
         finally:
+            self._bulk.close()
             self._connections.disconnect()
 
     def status(self) -> dict[str, Any]:

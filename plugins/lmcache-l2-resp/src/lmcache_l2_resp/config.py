@@ -33,7 +33,12 @@ class RespAdapterConfig(L2AdapterConfigBase):
         ge=1, le=65535, description="Server TCP port (required; env LMCACHE_RESP_PORT)."
     )
     num_workers: int = Field(
-        default=8, gt=0, description="Worker threads, each with its own connection."
+        default=8,
+        gt=0,
+        description=(
+            "Worker threads; each uses at most one connection for values (SET, GET) and one "
+            "for other commands."
+        ),
     )
     username: str | None = Field(
         default=None,
