@@ -8,6 +8,7 @@ requests reported and with ``/status``.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
@@ -274,3 +275,62 @@ def test_busy_prometheus_port_fails_start_up_with_one_line() -> None:
         "(use another --prometheus-port, or --disable-metrics)"
     ]
     assert "Traceback" not in output
+
+
+def prefetched(client: MPClient, rid: str) -> int:
+    """The hit chunks of a lookup whose L2 prefetch may still run (None until it is done)."""
+    deadline = time.monotonic() + 10.0
+    while (hits := client.query_prefetch_status(rid)) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert isinstance(hits, int), hits
+    return hits
+
+
+def test_l2_store_load_and_usage_per_adapter() -> None:
+    # skip_l1: L1 gives objects up once the mock adapter holds them, so the next lookup's
+    # hit comes from L2 (a prefetch load).
+    mock = json.dumps({"type": "mock", "max_size_gb": 0.01, "mock_bandwidth_gb": 50})
+    args = ("--l1-size-gb", "0.01", "--l2-store-policy", "skip_l1", "--l2-adapter", mock)
+    with launch(*args) as l2_server:
+        client = MPClient(l2_server.zmq_url, timeout=20.0)
+        layout = make_layout(num_layers=2, num_blocks=16, block_size=CHUNK)
+        worker = CpuKVWorker(client, layout)
+        try:
+            worker.register()
+            randomize(worker)
+            chunks, object_bytes = 3, layout.object_nbytes(CHUNK)
+            tokens = fresh_tokens(chunks * CHUNK)
+            assert worker.store(worker.key(tokens, 0, len(tokens), request_id("s")), [1, 2, 3])
+            labels = {"l2_name": "mock", "adapter_index": "0"}
+            eventually(
+                l2_server,
+                lambda s: (
+                    get(s, "lmcache_mp_l2_store_succeeded_objects_total", **labels) == chunks
+                    and get(s, "lmcache_mp_l1_resident_objects") == 0
+                ),
+            )
+            rid = request_id("l")
+            assert client.lookup(worker.key(tokens, 0, len(tokens), rid, worker=False)) is None
+            hits = prefetched(client, rid)
+            client.end_session(rid)
+            assert hits == chunks
+            samples = eventually(
+                l2_server, lambda s: (get(s, "lmcache_mp_lookups_total", **REQ) or 0) >= 1
+            )
+            worker.unregister()
+        finally:
+            worker.close()
+            client.close()
+        assert get(samples, "lmcache_mp_l2_store_completed_total", **labels) == 1
+        assert get(samples, "lmcache_mp_l2_store_bytes_total", **labels) == chunks * object_bytes
+        assert not get(samples, "lmcache_mp_l2_store_failed_objects_total", **labels)
+        assert get(samples, "lmcache_mp_l2_load_succeeded_objects_total", **labels) == chunks
+        assert get(samples, "lmcache_mp_lookup_hit_tokens_total", tier="l2", **REQ) == hits * CHUNK
+        assert not get(samples, "lmcache_mp_lookup_hit_tokens_total", tier="l1", **REQ)
+        assert get(samples, "lmcache_mp_l2_store_throughput_gigabytes_per_second_count", **labels)
+        # The usage gauge is the adapter's own count, as /status shows it.
+        adapter = l2_server.status()["data_path"]["engine"]["l2"]["adapters"][0]  # type: ignore[index]
+        samples = l2_server.scrape()
+        assert get(samples, "lmcache_mp_l2_usage_bytes", **labels) == adapter["used_bytes"] > 0
+        assert get(samples, "lmcache_mp_l2_capacity_bytes", **labels) == adapter["capacity_bytes"]
+        assert get(samples, "lmcache_mp_l2_store_queue_depth") == 0
