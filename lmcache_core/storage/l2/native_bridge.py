@@ -340,6 +340,11 @@ class NativeClientAdapter(L2AdapterV1):
         return sum(self._wait(future))
 
     def _wait(self, future: Future[list[bool]]) -> list[bool]:
+        if threading.current_thread() is self._thread and not future.done():
+            # A done-callback waiting on the thread that must complete its task would hang.
+            self.errors += 1
+            logger.error("%s: a blocking call from a completion callback; failed", self.name)
+            return [False]
         try:
             return future.result(timeout=self._op_timeout_s)
         except FutureTimeout:

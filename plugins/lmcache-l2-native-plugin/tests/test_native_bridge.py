@@ -298,11 +298,11 @@ def test_an_event_fd_that_goes_bad_breaks_the_adapter_loudly(
     adapters: list[NativeClientAdapter],
 ) -> None:
     client = LaterClient()
-    client.fd = os.eventfd(0, os.EFD_NONBLOCK)
+    read_end, write_end = os.pipe()
+    client.fd = read_end  # a pipe-style event fd
     adapter = bridge(adapters, client)
     future = adapter.submit_lookup_and_lock(make_keys(1))
-    os.close(client.fd)  # poll() now reports POLLNVAL on it
-    client.fd = None
+    os.close(write_end)  # nothing can signal it any more: poll() reports POLLHUP
     assert future.result(TIMEOUT) == [False]
     deadline = time.monotonic() + TIMEOUT
     while adapter.status()["is_healthy"] and time.monotonic() < deadline:
@@ -324,6 +324,26 @@ def test_close_waits_for_in_flight_tasks_then_closes_the_client(
     adapter.close()
     assert future.done() and future.result(0) == [False]
     assert client.closed
+
+
+def test_a_blocking_delete_from_a_completion_callback_fails_instead_of_hanging(
+    adapters: list[NativeClientAdapter],
+) -> None:
+    client = LaterClient()
+    adapter = bridge(adapters, client, poll_interval_s=0.005)
+    keys = make_keys(1)
+    assert adapter.submit_store(keys, make_payloads([8])).result(TIMEOUT) == [True]
+    client.submit_batch_delete = client.submit_batch_exists  # type: ignore[method-assign]
+    deleted: list[int] = []
+    future = adapter.submit_lookup_and_lock(keys)
+    future.add_done_callback(lambda _: deleted.append(adapter.delete(keys, force=True)))
+    client.release()  # resolved on the completion thread, which runs the callback
+    deadline = time.monotonic() + TIMEOUT
+    while not deleted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert deleted == [0]
+    assert adapter.status()["errors"] == 1
+    client.release()  # the delete task itself, so close() need not wait for it
 
 
 def test_close_gives_up_on_a_task_after_the_bound(adapters: list[NativeClientAdapter]) -> None:
