@@ -235,10 +235,8 @@ def script_server() -> Iterator[AdminServer]:
         yield server
 
 
-def post_script(server: AdminServer, script: bytes, **kwargs: object) -> httpx.Response:
-    return httpx.post(
-        f"{server.url}/run_script", files={"script": ("s.py", script)}, timeout=30, **kwargs
-    )
+def post_script(server: AdminServer, script: bytes) -> httpx.Response:
+    return httpx.post(f"{server.url}/run_script", files={"script": ("s.py", script)}, timeout=30)
 
 
 def test_endpoint_runs_a_script_with_status(script_server: AdminServer) -> None:

@@ -8,11 +8,11 @@ from typing import Any
 import typer
 
 from lmcache_core import __version__
-from lmcache_core.cli import plugins_command
+from lmcache_core.cli import admin_commands, plugins_command
 from lmcache_core.cli.server_command import ServerCommand, build_server_function
 from lmcache_core.errors import ConfigError, LMCacheError
 
-CORE_COMMANDS = frozenset({"server", "plugins"})
+CORE_COMMANDS = frozenset({"server", "plugins", "ping", "status", "quota", "cache"})
 
 USAGE_EXIT = 2
 FAILURE_EXIT = 1
@@ -35,6 +35,7 @@ def build_app(with_plugin_commands: bool) -> typer.Typer:
         build_server_function()
     )
     app.add_typer(plugins_command.app, name="plugins")
+    admin_commands.register(app)
 
     @app.callback(invoke_without_command=True)
     def root(
