@@ -99,12 +99,8 @@ def test_busy_http_port_fails_with_one_line() -> None:
             "--l2-adapter #1: l2_adapter 'raw_block' is not implemented yet",
         ),
         (("--engine-type", "blend"), "--engine-type: engine 'blend' is not implemented yet"),
-        (
-            ("--enable-tracing", "--otlp-endpoint", "http://127.0.0.1:4317"),
-            "observability: subscriber 'tracing' is not implemented yet",
-        ),
     ],
-    ids=["l2-adapter", "blend-engine", "tracing"],
+    ids=["l2-adapter", "blend-engine"],
 )
 def test_explicitly_enabled_pending_features_refuse_to_start(
     extra: tuple[str, ...], expected: str

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from lmcache_core.plugin import PluginKind, SubscriberCategory, SubscriberSpec
-from lmcache_core.testing.plugin_checks import assert_pending_plugin
+from lmcache_core.testing.plugin_checks import assert_registered_plugin
 
 
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(
-        PluginKind.SUBSCRIBER, "tracing", "lmcache-obs-tracing", "observability issue (#5)"
-    )
+def test_registered() -> None:
+    spec = assert_registered_plugin(PluginKind.SUBSCRIBER, "tracing", "lmcache-obs-tracing")
     assert isinstance(spec, SubscriberSpec)
     assert spec.category is SubscriberCategory.TRACING
     assert spec.enabled_when is None

@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
-from lmcache_core.plugin import SubscriberCategory, SubscriberSpec, hookimpl, pending_factory
+from lmcache_core.errors import StartupError
+from lmcache_core.observability.subscribers import SubscriberContext
+from lmcache_core.plugin import SubscriberCategory, SubscriberSpec, hookimpl
+from lmcache_obs_tracing.provider import otlp_exporter, tracer_provider
+from lmcache_obs_tracing.subscriber import TracingSubscriber
 
-REASON = "lands with the observability issue (#5)"
-"""Why it cannot be built yet."""
+
+def build_tracing_subscriber(context: SubscriberContext) -> TracingSubscriber:
+    """The factory: spans exported to ``--otlp-endpoint``.
+
+    Args:
+        context: The subscriber context (endpoint, instance id, session TTL).
+
+    Returns:
+        The subscriber with its own tracer provider.
+
+    Raises:
+        StartupError: No ``--otlp-endpoint`` (the configuration already refuses
+            ``--enable-tracing`` without one; this guards other callers).
+    """
+    endpoint = context.config.observability.otlp_endpoint
+    if not endpoint:
+        raise StartupError("--enable-tracing requires --otlp-endpoint")
+    provider = tracer_provider(otlp_exporter(endpoint), context.instance_id)
+    return TracingSubscriber(provider, context.config.mp.session_ttl_seconds)
 
 
 @hookimpl
@@ -13,14 +34,16 @@ def lmcache_register_subscribers() -> list[SubscriberSpec]:
     """Register the observability subscriber ``tracing``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec; it runs with ``--enable-tracing``.
     """
     return [
         SubscriberSpec(
             name="tracing",
-            factory=pending_factory("observability subscriber 'tracing'", REASON),
+            factory=build_tracing_subscriber,
             category=SubscriberCategory.TRACING,
-            description="OpenTelemetry spans per request, exported over OTLP.",
-            not_implemented=REASON,
+            description=(
+                "OpenTelemetry spans per request (request, mp.lookup_prefetch, mp.store, "
+                "mp.retrieve), exported over OTLP gRPC."
+            ),
         )
     ]
