@@ -259,9 +259,8 @@ def test_l2_quota_eviction_works_without_and_with_a_capacity() -> None:
         size = 1000 + 48  # framed: payload + header
         keep, strangers = salted("k", 5, "kept"), salted("x", 3, "stranger")
         for keys in (keep, strangers):
-            assert adapter.submit_store(keys, [payload] * len(keys)).result(5) == [True] * len(
-                keys
-            )
+            stored = adapter.submit_store(keys, [payload] * len(keys)).result(5)
+            assert stored == [True] * len(keys)
             policy.on_stored(keys)
         quotas.set_limit("kept", 10 * size / GIB)
         assert eviction.enforce(adapter) == 3

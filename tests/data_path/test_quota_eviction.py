@@ -106,26 +106,28 @@ def store(worker: CpuKVWorker, chunks: int, salt: str) -> list[int]:
     return tokens
 
 
-@pytest.fixture
-def l1_worker(
-    servers: dict[str, Server], make_worker: WorkerFactory
-) -> Iterator[tuple[Server, CpuKVWorker]]:
-    server = servers["l1"]
+def emptied(server: Server, make_worker: WorkerFactory) -> Iterator[tuple[Server, CpuKVWorker]]:
+    """The server with L1 emptied before and after, and a registered worker."""
     client = server.client()
     client.clear(True)
     yield server, make_worker(client, LAYOUT)
     client.clear(True)
+
+
+@pytest.fixture
+def l1_worker(
+    servers: dict[str, Server], make_worker: WorkerFactory
+) -> Iterator[tuple[Server, CpuKVWorker]]:
+    """The server whose L1 enforces quotas."""
+    yield from emptied(servers["l1"], make_worker)
 
 
 @pytest.fixture
 def l2_worker(
     servers: dict[str, Server], make_worker: WorkerFactory
 ) -> Iterator[tuple[Server, CpuKVWorker]]:
-    server = servers["l2"]
-    client = server.client()
-    client.clear(True)
-    yield server, make_worker(client, LAYOUT)
-    client.clear(True)
+    """The server whose fs adapter enforces quotas."""
+    yield from emptied(servers["l2"], make_worker)
 
 
 # -- L1 ----------------------------------------------------------------------------------
