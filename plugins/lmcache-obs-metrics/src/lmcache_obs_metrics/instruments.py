@@ -25,6 +25,10 @@ class Instruments:
         self.instance_id = instance_id
         self.counters: dict[str, Counter] = {}
         self.histograms: dict[str, Histogram] = {}
+        # The client's labels() validates and hashes on every call; the children are cached
+        # (bounded: every label value is capped or comes from the server itself).
+        self._counter_children: dict[tuple[str, tuple[str, ...]], Counter] = {}
+        self._histogram_children: dict[tuple[str, tuple[str, ...]], Histogram] = {}
         for metric in METRICS:
             if metric.source == SCRAPE:
                 continue
@@ -46,11 +50,19 @@ class Instruments:
     def add(self, name: str, amount: float, *labels: str) -> None:
         """Increase a counter; zero and negative amounts are ignored."""
         if amount > 0:
-            self.counters[name].labels(self.instance_id, *labels).inc(amount)
+            child = self._counter_children.get((name, labels))
+            if child is None:
+                child = self.counters[name].labels(self.instance_id, *labels)
+                self._counter_children[(name, labels)] = child
+            child.inc(amount)
 
     def observe(self, name: str, value: float, *labels: str) -> None:
         """Record one histogram observation."""
-        self.histograms[name].labels(self.instance_id, *labels).observe(value)
+        child = self._histogram_children.get((name, labels))
+        if child is None:
+            child = self.histograms[name].labels(self.instance_id, *labels)
+            self._histogram_children[(name, labels)] = child
+        child.observe(value)
 
 
 def event_fed(metric: MetricDef) -> bool:
