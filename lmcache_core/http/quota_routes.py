@@ -116,6 +116,10 @@ def _quotas(request: Request) -> QuotaManager:
 
 
 def _salt(name: str) -> str:
+    # The routes match any rest of the path, so a salt with "/" (sent as %2F, which
+    # routing decodes) is a clear 400 from validation rather than a bare 404.
+    if not name:
+        raise HTTPException(400, "invalid cache_salt: empty; the empty salt is named _default")
     try:
         return salt_from_path(name)
     except ValueError as exc:
@@ -164,7 +168,7 @@ _PUT_BODY_DOC: dict[str, Any] = {
 
 
 @router.put(
-    "/quota/{cache_salt}",
+    "/quota/{cache_salt:path}",
     summary="Set a cache salt's quota",
     response_model=QuotaSetResponse,
     responses={
@@ -193,7 +197,7 @@ async def put_quota(cache_salt: str, request: Request) -> QuotaSetResponse:
 
 
 @router.get(
-    "/quota/{cache_salt}",
+    "/quota/{cache_salt:path}",
     summary="A cache salt's quota and usage",
     response_model=QuotaInfo,
     responses={400: {"description": "An invalid salt"}, 503: {"description": "Not running"}},
@@ -217,7 +221,7 @@ def get_quota(cache_salt: str, request: Request) -> QuotaInfo:
 
 
 @router.delete(
-    "/quota/{cache_salt}",
+    "/quota/{cache_salt:path}",
     summary="Remove a cache salt's quota (its limit becomes 0)",
     response_model=QuotaDeleteResponse,
     responses={400: {"description": "An invalid salt"}, 503: {"description": "Not running"}},
