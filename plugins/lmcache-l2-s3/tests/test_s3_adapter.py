@@ -407,3 +407,32 @@ def test_s3express_needs_a_directory_bucket(adapter_kwargs: Any) -> None:
 def test_rejects_half_credentials(adapter_kwargs: Any) -> None:
     with pytest.raises(ValueError, match="both"):
         S3L2Adapter("b.h", **adapter_kwargs(secret_access_key=None))
+
+
+# -- bodies read straight into scratch buffers (what the L2 tier asks for) -------------------
+
+
+@pytest.mark.parametrize("object_format", ["framed", "raw"])
+def test_scratch_buffers_are_filled_in_place_and_still_verified(
+    make: Any, bucket: str, s3_client: Any, object_format: str
+) -> None:
+    adapter = make(bucket, object_format=object_format)
+    adapter.buffers_are_scratch = True
+    sizes = (1, 70_000, 2 * s3_adapter.READ_WINDOW + 5)  # more than one read window
+    payloads = [bytes([i + 1]) * size for i, size in enumerate(sizes)]
+    keys = [key(i) for i in range(3)]
+    assert adapter.submit_store(keys, payloads).result(WAIT_S) == [True] * 3
+    buffers = [bytearray(size) for size in sizes]
+    views = [memoryview(b) for b in buffers]
+    assert adapter.submit_load(keys, views).result(WAIT_S) == [True] * 3
+    assert [bytes(b) for b in buffers] == payloads
+    wrong = [memoryview(bytearray(69_999)), memoryview(bytearray(3))]
+    assert adapter.submit_load([keys[1], key(9)], wrong).result(WAIT_S) == [False, False]
+    if object_format == "framed":
+        name = object_key_to_name(keys[1])
+        data = bytearray(s3_client.get_object(Bucket=bucket, Key=name)["Body"].read())
+        data[HEADER_SIZE + 35_000] ^= 0x08
+        s3_client.put_object(Bucket=bucket, Key=name, Body=bytes(data))
+        assert adapter.submit_load([keys[1]], [views[1]]).result(WAIT_S) == [False]
+        assert adapter.status()["corrupt_objects"] == 1
+    assert adapter.status()["errors"] == 0

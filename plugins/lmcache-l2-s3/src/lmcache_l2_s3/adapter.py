@@ -12,6 +12,12 @@ is a miss, never partial data) and a delete a HEAD then a DELETE. At start the
 bucket is listed (ListObjectsV2) to rebuild the index (key -> object size), so usage
 holds across restarts.
 
+A load of the L2 tier (scratch buffers) reads the body straight into the caller's
+buffer, a window at a time, instead of into one new object that is then copied. In
+the ``framed`` format the frame's checksum already covers every byte end to end, so
+botocore's own CRC32 of each PUT body and GET body (its "flexible checksums") is
+not computed a second time; in the ``raw`` format it is kept.
+
 Failures are per call: a timeout, a refused connection or a server error fails the
 call that met it (False or a miss, counted in ``errors``), and the next call tries
 the server again. Unlike upstream, there is no breaker that disables the adapter
@@ -35,7 +41,6 @@ from botocore.exceptions import ClientError
 
 from lmcache_core.storage.keys import ObjectKey, validate_cache_salt
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
-from lmcache_core.storage.l2.object_format import frame
 from lmcache_l2_s3.config import S3AdapterConfig
 
 logger = logging.getLogger("lmcache.l2.s3")
@@ -52,6 +57,8 @@ V = TypeVar("V")
 
 _HEX = re.compile(r"[0-9a-f]+")
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
+READ_WINDOW = 1 << 20
+"""Bytes asked of the response body per ``readinto`` (small, reused temporaries)."""
 
 
 # -- names -------------------------------------------------------------------------------
@@ -253,6 +260,8 @@ class S3L2Adapter(L2AdapterV1):
         self.consecutive_failures = 0
         self.last_error = ""
         if client is None:
+            # The frame's checksum covers framed objects end to end: no second CRC32 pass.
+            checksums = "when_required" if object_format == "framed" else "when_supported"
             session = boto3.session.Session(
                 aws_access_key_id=access_key_id,
                 aws_secret_access_key=secret_access_key,
@@ -269,6 +278,8 @@ class S3L2Adapter(L2AdapterV1):
                     retries={"total_max_attempts": max_attempts, "mode": "standard"},
                     s3={"addressing_style": self.endpoint.addressing_style},
                     tcp_keepalive=True,
+                    request_checksum_calculation=checksums,
+                    response_checksum_validation=checksums,
                 ),
             )
         self._client = client
@@ -346,6 +357,30 @@ class S3L2Adapter(L2AdapterV1):
         # A short body (a connection cut mid-stream) is a miss, never partial data.
         return data if len(data) == size else None
 
+    def _get_into(self, key: ObjectKey, parts: Sequence[memoryview]) -> bool:
+        size = sum(part.nbytes for part in parts)
+        try:
+            response = self._call("get_object", Key=self.name_of(key))
+        except ClientError as exc:
+            if _is_missing(exc):
+                return False
+            raise
+        body = response["Body"]
+        try:
+            if response.get("ContentLength") != size:
+                return False  # another size: a miss, and the body is not downloaded
+            for part in parts:
+                done = 0
+                while done < part.nbytes:
+                    got = body.readinto(part[done : done + READ_WINDOW])
+                    if not got:
+                        return False  # cut mid-stream: a miss
+                    done += got
+            # At the end of the stream botocore checks the length (and any checksum).
+            return bool(body.readinto(memoryview(bytearray(1))) == 0)
+        finally:
+            body.close()
+
     def _remove(self, key: ObjectKey) -> bool:
         # DELETE answers 204 whether or not the object was there: HEAD first to know.
         if not self._exists(key):
@@ -419,43 +454,12 @@ class S3L2Adapter(L2AdapterV1):
         are stored, the rest refused) although the PUTs themselves run concurrently.
         """
         sizes = [self._stored_size(view.nbytes) for view in views]
-        admitted: list[bool] = []
-        with self._lock:
-            for key, size in zip(keys, sizes, strict=True):
-                replaced = self._sizes.get(key, 0)
-                if (
-                    self.capacity_bytes
-                    and self._used + self._reserved + size - replaced > self.capacity_bytes
-                ):
-                    self.refused_full += 1
-                    admitted.append(False)
-                else:
-                    self._reserved += size
-                    admitted.append(True)
+        admitted = self._admit(keys, sizes)
         futures = [
             self._io.submit(self._put_reserved, key, view, size) if ok else None
             for key, view, size, ok in zip(keys, views, sizes, admitted, strict=True)
         ]
         return [future.result() if future is not None else False for future in futures]
-
-    def _put_reserved(self, key: ObjectKey, payload: memoryview, size: int) -> bool:
-        """PUT one admitted object; record its size, and release its reservation either way."""
-        try:
-            parts: list[bytes | memoryview] = (
-                [payload] if self.object_format == "raw" else [frame(key, payload), payload]
-            )
-            self._put(key, parts)
-        except Exception:
-            self.errors += 1
-            logger.warning("s3: store failed", exc_info=True)
-            return False
-        else:
-            with self._lock:
-                self._set_size(key, size)
-            return True
-        finally:
-            with self._lock:
-                self._reserved -= size
 
     def _spread(
         self, work: Callable[[ObjectKey, V], bool], keys: Sequence[ObjectKey], values: Sequence[V]
