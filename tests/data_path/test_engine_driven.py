@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import mmap
 import os
 import pickle
@@ -24,7 +25,7 @@ from lmcache_core.protocol.errors import (
 from lmcache_core.protocol.types import CacheKey, EngineDrivenRegistration
 from lmcache_core.transfer.cpu_shm import SHM_DIR
 from lmcache_core.transfer.layout import KVFormat
-from tests.data_path.conftest import Server, WorkerFactory
+from tests.data_path.conftest import SERVERS, Server, WorkerFactory
 from tests.data_path.kv import (
     CHUNK,
     block,
@@ -39,6 +40,7 @@ from tests.data_path.kv import (
     request_id,
     zero,
 )
+from tests.data_path.l2_helpers import l2_status, wait_for
 
 LAYERS, HEADS, HEAD_DIM, BLOCK = 2, 2, 16, 4
 HIDDEN = HEADS * HEAD_DIM
@@ -374,3 +376,23 @@ def test_transfer_modes_refuse_the_other_modes_operations(
     with pytest.raises(NotSupportedError):
         worker.unregister()
     assert client.noop() == "OK"
+
+
+def test_engine_driven_stores_reach_the_l2_tier() -> None:
+    """A COMMIT_STORE hands its objects to the L2 store controller like a normal store."""
+    adapter = {"type": "mock", "max_size_gb": 0.01, "mock_bandwidth_gb": 100}
+    server = Server("ed-l2", (*SERVERS["inline"], "--l2-adapter", json.dumps(adapter))).wait()
+    try:
+        client = server.client()
+        payload = registration("ed-l2", dtype="float32")
+        client.register_engine_driven(payload)
+        tokens = fresh_tokens(2 * CHUNK)
+        k = key(payload, tokens, 2 * CHUNK, request_id())
+        client.prepare_store(k, payload.instance_id)
+        data = random.randbytes(2 * object_bytes(payload))
+        assert client.commit_store(k, payload.instance_id, data) is True
+        wait_for(lambda: l2_status(server.http_url)["stats"]["stored_keys"] == 2)
+        client.unregister_engine_driven(payload.instance_id)
+    finally:
+        server.terminate()
+        server.join()

@@ -474,16 +474,21 @@ class DefaultEngine(Engine):
         self.l1.commit(staged)
         outcome["done_chunks"] = len(staged)
         outcome["bytes"] = len(staged) * nbytes
+        self._committed(staged, nbytes)
+        return DONE if self._visible(others) else FAILED
+
+    def _committed(self, staged: list[Reservation], nbytes: int) -> None:
+        """After a store commits to L1 (either transfer mode): publish it, queue it for L2."""
+        keys = [r.key for r in staged]
         self.events.bus.publish(
             EventType.L1_WRITE_FINISHED,
-            key_count=len(staged),
-            bytes=len(staged) * nbytes,
-            key_count_per_salt=count_per_salt(r.key for r in staged),
-            keys=tuple(r.key for r in staged),
+            key_count=len(keys),
+            bytes=len(keys) * nbytes,
+            key_count_per_salt=count_per_salt(keys),
+            keys=tuple(keys),
         )
         if self.l2 is not None:
-            self.l2.submit_store([r.key for r in staged], nbytes)
-        return DONE if self._visible(others) else FAILED
+            self.l2.submit_store(keys, nbytes)
 
     def _visible(self, keys: list[ObjectKey]) -> bool:
         """Wait (bounded) until keys another writer is storing are resident.
@@ -673,6 +678,8 @@ class DefaultEngine(Engine):
         except ReservationExpired:
             self.l1.abort(staged)
             return False
+        if staged:
+            self._committed(staged, staged[0].nbytes)
         return self._visible(others)
 
     def prepare_retrieve(
