@@ -48,7 +48,13 @@ class EventType(enum.StrEnum):
 
 EVENT_FIELDS: Mapping[EventType, tuple[str, ...]] = {
     EventType.MP_REQUEST_START: ("request_id", "model_name", "cache_salt"),
-    EventType.MP_REQUEST_END: ("request_id", "model_name", "cache_salt", "duration_s"),
+    EventType.MP_REQUEST_END: (
+        "request_id",
+        "model_name",
+        "cache_salt",
+        "duration_s",
+        "end_reason",
+    ),
     EventType.MP_LOOKUP_PREFETCH_START: (
         "request_id",
         "model_name",

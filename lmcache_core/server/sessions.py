@@ -90,6 +90,7 @@ class Session:
 
 
 Release = Callable[[dict[ObjectKey, int]], None]
+OnEnd = Callable[[Session, str], None]
 
 
 class SessionTable:
@@ -101,6 +102,8 @@ class SessionTable:
         release: Releases read locks (key -> count) a session still held.
         clock: Monotonic time source.
         capacity: Most sessions kept; the least recently active is ended first.
+        on_end: Told of every session that ends, after its locks are released,
+            with why: ``end_session``, ``expired``, ``displaced`` or ``shutdown``.
     """
 
     name = "sessions"
@@ -112,12 +115,14 @@ class SessionTable:
         release: Release,
         clock: Callable[[], float] = time.monotonic,
         capacity: int = MAX_SESSIONS,
+        on_end: OnEnd | None = None,
     ) -> None:
         self.ttl_seconds = ttl_seconds
         self._new_hashes = new_hashes
         self._release = release
         self.clock = clock
         self.capacity = capacity
+        self._on_end = on_end
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -141,7 +146,7 @@ class SessionTable:
                 session.last_active = now
                 self._sessions.move_to_end(request_id)
         for old in displaced:
-            self._finish(old)
+            self._finish(old, "displaced")
         return session
 
     def peek(self, request_id: str) -> Session | None:
@@ -154,7 +159,7 @@ class SessionTable:
         with self._lock:
             session = self._sessions.pop(request_id, None)
         if session is not None:
-            self._finish(session)
+            self._finish(session, "end_session")
         return session
 
     def expire(self) -> int:
@@ -165,14 +170,16 @@ class SessionTable:
             for session in idle:
                 del self._sessions[session.request_id]
         for session in idle:
-            self._finish(session)
+            self._finish(session, "expired")
         return len(idle)
 
-    def _finish(self, session: Session) -> None:
+    def _finish(self, session: Session, reason: str) -> None:
         with session.mutex:
             held = session.give_back(list(session.locks), now=self.clock())
         if held:
             self._release(held)
+        if self._on_end is not None:
+            self._on_end(session, reason)
 
     def start(self) -> None:
         """Expire idle sessions in the background."""
@@ -194,7 +201,7 @@ class SessionTable:
             sessions = list(self._sessions.values())
             self._sessions.clear()
         for session in sessions:
-            self._finish(session)
+            self._finish(session, "shutdown")
 
     def health(self) -> Health:
         """Healthy while the expiry thread runs."""

@@ -79,8 +79,12 @@ class DefaultEngine(Engine):
         self.tokens = context.token_cache
         self.mode = mp.supported_transfer_mode
         self.workers = WorkerTable()
+        self.events = RequestEvents(context.events, self.chunk_size)
         self.sessions = SessionTable(
-            mp.session_ttl_seconds, self.tokens.new_request, self._release_locks
+            mp.session_ttl_seconds,
+            self.tokens.new_request,
+            self._release_locks,
+            on_end=self.events.request_ended,
         )  # its clock is the L1's (monotonic), so lock deadlines compare
         self.liveness = Liveness(
             mp.worker_reap_timeout_seconds, mp.worker_registration_grace_seconds, self._reap
@@ -91,7 +95,6 @@ class DefaultEngine(Engine):
         self._pending_lock = threading.Lock()
         self.block_reports = 0
         self.l2 = context.l2
-        self.events = RequestEvents(context.events, self.chunk_size)
         self._prefetcher = ThreadPoolExecutor(
             context.config.l2_policies.l2_prefetch_max_in_flight,
             thread_name_prefix="lmcache-prefetch",
@@ -343,7 +346,6 @@ class DefaultEngine(Engine):
     def end_session(self, _ctx: RequestContext, request_id: str) -> None:
         """End the request: release its locks and refresh its chunks in the policy."""
         session = self.sessions.end(request_id)
-        self.events.request_ended(session)
         if session is not None and session.job is not None:
             self.l1.touch([k for row in session.job.hit_keys for k in row])
 

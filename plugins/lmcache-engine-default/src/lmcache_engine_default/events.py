@@ -78,13 +78,18 @@ class RequestEvents:
             **self._identity(key),
         )
 
-    def request_ended(self, session: Session | None) -> None:
-        """``end_session``: the request's lifetime, if it was announced."""
-        if session is None or session.announced is None:
+    def request_ended(self, session: Session, reason: str) -> None:
+        """A session ended (``end_session``, idle expiry, ...): its lifetime, if announced."""
+        if session.announced is None:
             return
         identity = dict(session.announced)
         started = identity.pop("started")
-        self.bus.publish(EventType.MP_REQUEST_END, duration_s=time.time() - started, **identity)
+        self.bus.publish(
+            EventType.MP_REQUEST_END,
+            duration_s=time.time() - started,
+            end_reason=reason,
+            **identity,
+        )
 
     @contextmanager
     def transfer(

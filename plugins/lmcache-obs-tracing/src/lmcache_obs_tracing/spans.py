@@ -87,6 +87,10 @@ def nanos(seconds: float) -> int:
     return int(seconds * 1_000_000_000)
 
 
+END_REASONS = {"end_session": "end", "expired": "session_expired"}
+"""The server's session end reasons, in this module's words (others are kept as they are)."""
+
+
 @dataclass
 class _Root:
     span: Span
@@ -198,7 +202,9 @@ class RequestSpans:
             self.stats.unmatched_ends += 1
             return
         root.span.set_attributes(attributes_of(event))
-        self._finish_root(root, event.timestamp, "end")
+        # The server says why the session ended; a normal end_session is plain "end".
+        reason = str(event.get("end_reason", "end_session"))
+        self._finish_root(root, event.timestamp, END_REASONS.get(reason, reason))
 
     def _finish_root(self, root: _Root, end: float, reason: str) -> None:
         requested = root.requested_tokens
