@@ -17,10 +17,10 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lmcache_core.observability.events import EventType
@@ -32,7 +32,7 @@ from lmcache_core.storage.eviction import (
     quota_eviction_targets,
 )
 from lmcache_core.storage.keys import ObjectKey
-from lmcache_core.storage.l1 import L1Manager
+from lmcache_core.storage.l1 import L1Manager, Reservation
 from lmcache_core.storage.l2.adapter import L2AdapterV1
 from lmcache_core.storage.l2.policies import PrefetchPolicy, StorePolicy
 
@@ -85,6 +85,19 @@ class AdapterEviction:
     policy: EvictionPolicy
     trigger_watermark: float
     eviction_ratio: float
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """The policy contract allows one caller at a time; the store thread and the
+    prefetch threads both reach this policy, so every call goes through here."""
+
+    def stored(self, keys: Sequence[ObjectKey]) -> None:
+        """Keys the adapter now holds (prefix order)."""
+        with self.lock:
+            self.policy.on_stored(keys)
+
+    def accessed(self, keys: Sequence[ObjectKey]) -> None:
+        """Keys loaded from the adapter (a hit keeps them longer)."""
+        with self.lock:
+            self.policy.on_accessed(keys)
 
     def enforce(self, adapter: L2AdapterV1) -> int:
         """Quotas first (isolated policies), then the capacity watermark.
@@ -93,6 +106,10 @@ class AdapterEviction:
         order. Pinned keys (being loaded) are skipped by the adapter. Returns
         keys deleted.
         """
+        with self.lock:
+            return self._enforce(adapter)
+
+    def _enforce(self, adapter: L2AdapterV1) -> int:
         quota_deleted = self._enforce_quotas(adapter)
         usage = adapter.usage()
         capacity = usage.capacity_bytes
@@ -185,7 +202,7 @@ class L2Tier:
         """Seed the eviction policies with what the adapters hold; start the store controller."""
         for adapter, eviction in zip(self.adapters, self.evictions, strict=True):
             if eviction is not None:
-                eviction.policy.on_stored(adapter.keys())
+                eviction.stored(adapter.keys())
         self._thread = threading.Thread(
             target=self._store_loop, name="lmcache-l2-store", daemon=True
         )
@@ -302,9 +319,7 @@ class L2Tier:
                     stored[key] = stored[key] and ok
                 eviction = self.evictions[index]
                 if eviction is not None:
-                    eviction.policy.on_stored(
-                        [k for k, ok in zip(held, results, strict=True) if ok]
-                    )
+                    eviction.stored([k for k, ok in zip(held, results, strict=True) if ok])
                     self._enforce_eviction(index, eviction)
         finally:
             self.l1.unlock(held, 1)
@@ -362,6 +377,26 @@ class L2Tier:
                 for adapter, hits in zip(self.adapters, found, strict=True):
                     adapter.unlock([k for k, hit in zip(flat, hits, strict=True) if hit])
 
+    def _abort_unkept(
+        self,
+        staged: dict[ObjectKey, Reservation],
+        keep: set[ObjectKey],
+        late: list[tuple[Future[list[bool]], list[ObjectKey]]],
+    ) -> None:
+        """Abort the reservations not kept; those of late loads once the load finished."""
+        still_written = {k for _, keys in late for k in keys}
+        self.l1.abort([r for k, r in staged.items() if k not in keep and k not in still_written])
+        for future, keys in late:
+            # A load that timed out may still write into its reservations: they are freed
+            # (and their memory reused) only once it finished, never under its writes.
+            future.add_done_callback(self._aborter([staged[k] for k in keys]))
+
+    def _aborter(self, reservations: list[Reservation]) -> Callable[[Future[list[bool]]], None]:
+        def abort(_: Future[list[bool]]) -> None:
+            self.l1.abort(reservations)
+
+        return abort
+
     def _load_prefix(
         self,
         chunks: Sequence[Sequence[ObjectKey]],
@@ -404,13 +439,16 @@ class L2Tier:
             )
             for i, keys in by_adapter.items()
         ]
+        late: list[tuple[Future[list[bool]], list[ObjectKey]]] = []
         for index, (keys, future) in zip(by_adapter, futures, strict=True):
             results = _results(future, len(keys), self.timeout_s, self.stats)
+            if not future.done():
+                late.append((future, keys))  # timed out: still writing into its buffers
             self._publish_transfer(EventType.L2_LOAD_COMPLETED, index, results, nbytes, started)
             loaded.update(zip(keys, results, strict=True))
             eviction = self.evictions[index]
             if eviction is not None:  # a hit keeps the key in the adapter's LRU
-                eviction.policy.on_accessed([k for k, ok in zip(keys, results, strict=True) if ok])
+                eviction.accessed([k for k, ok in zip(keys, results, strict=True) if ok])
         good = 0  # chunks, in order, whose every key is in L1 now
         for chunk in chunks[:count]:
             if not all(loaded.get(k, k not in staged) for k in chunk):
@@ -418,7 +456,7 @@ class L2Tier:
             good += 1
         keep = {k for chunk in chunks[:good] for k in chunk}
         commit = [staged[k] for k in wanted if k in staged and k in keep]
-        self.l1.abort([r for k, r in staged.items() if k not in keep])
+        self._abort_unkept(staged, keep, late)
         try:
             self.l1.commit(commit, readers=readers, temporary=self.prefetch_policy.temporary)
         except ReservationExpired:
