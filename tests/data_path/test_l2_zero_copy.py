@@ -115,3 +115,60 @@ def test_loads_verify_in_both_modes_and_only_safe_mode_keeps_a_missed_buffer(
         assert buffer == b"\xa5" * 700, "a corrupt object wrote into a caller's buffer"
     wrong_size = [memoryview(bytearray(499))]
     assert adapter.submit_load(stored[:1], wrong_size).result(WAIT_S) == [False]
+
+
+# -- the tier: a load that timed out keeps its L1 reservations until it finished --------------
+
+
+class GatedDictAdapter(SlowDictAdapter):
+    """Loads wait for a gate, writing the buffer as they go (as ``_get_into`` may)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def _get_into(self, key: ObjectKey, parts: Sequence[memoryview]) -> bool:
+        self.gate.wait(WAIT_S)
+        return super()._get_into(key, parts)
+
+
+class StoreEverywhere:
+    keep_in_l1 = True
+
+    def targets(self, adapter_count: int) -> Sequence[int]:
+        return range(adapter_count)
+
+
+class FirstHolder:
+    temporary = True
+
+    def choose(self, holders: Sequence[int]) -> int:
+        return holders[0]
+
+
+def test_a_timed_out_load_frees_its_l1_reservations_only_once_it_finished() -> None:
+    from lmcache_core.storage.l2.tier import L2Tier
+    from tests.storage.doubles import make_l1
+
+    l1 = make_l1()
+    adapter = GatedDictAdapter()
+    adapter.start()
+    tier = L2Tier([adapter], l1, StoreEverywhere(), FirstHolder(), max_in_flight=2, timeout_s=0.2)
+    try:
+        assert adapter.buffers_are_scratch  # the tier asks for in-place loads
+        stored = keys(2)
+        assert adapter.submit_store(stored, [b"k" * 4096] * 2).result(WAIT_S) == [True, True]
+        assert tier.prefetch([[k] for k in stored], 4096, readers=1) == 0  # timed out
+        assert tier.stats.adapter_timeouts == 1
+        # The adapter may still write into those reservations: they are not freed yet.
+        assert l1.usage().staged_objects == 2
+        adapter.gate.set()
+        deadline = time.monotonic() + WAIT_S
+        while l1.usage().staged_objects and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert l1.usage().staged_objects == 0
+        assert l1.usage().used_bytes == 0
+    finally:
+        adapter.gate.set()
+        adapter.close()
+        l1.close()
