@@ -1,12 +1,14 @@
 """Benchmarks of the L2 adapters (fs, resp, s3) next to their raw backends, in one run.
 
-Run: ``.venv/bin/python benchmarks/bench_l2.py [--quick]``
+Run: ``.venv/bin/python benchmarks/bench_l2.py [--quick] [--only fs,resp,s3]``
 
 For each adapter, one batch of objects is stored (``submit_store``) and loaded
-(``submit_load``, after an untimed ``submit_lookup_and_lock``) in the framed format;
-GB/s counts payload bytes. Each figure is the median of 3 runs after one warm-up run,
-with fresh keys every run and the objects deleted between runs. Adapter and raw runs
-alternate, so drift (page cache write-back, a busy neighbour) hits both alike.
+(``submit_load``, after an untimed ``submit_lookup_and_lock``) in the framed format,
+the way the L2 tier uses the adapter (``buffers_are_scratch``: loads go straight into
+the destination buffers); GB/s counts payload bytes. Each figure is the median of 3
+runs after one warm-up run, with fresh keys every run and the objects deleted between
+runs. Adapter and raw runs alternate, so drift (page cache write-back, a busy
+neighbour) hits both alike.
 
 The ceiling is measured in the same run, on the same payload bytes:
 
@@ -15,11 +17,12 @@ The ceiling is measured in the same run, on the same payload bytes:
   of each file into the same preallocated buffers the adapter loads into.
 * ``resp`` (a real ``redis-server`` started here on a free port, nothing on disk):
   redis-py ``SET`` / ``GET`` on one connection, one key after the other; the GET's
-  bytes are not copied anywhere (the adapter also copies them into the buffer).
+  bytes are not copied anywhere (the adapter receives them into the buffer).
 * ``s3`` (moto's server, ``python -m moto.server``, started here): boto3
   ``put_object`` / ``get_object`` + ``read()``, one after the other and with one thread
   per object (the adapter spreads a batch over its I/O threads); the faster of the
-  two is the ceiling.
+  two is the ceiling. The raw client keeps botocore's default CRC32 of each body;
+  the adapter skips it for framed objects (the frame's checksum covers them).
 
 Everything started here (redis-server, the moto server, temporary directories) is
 stopped or removed at exit. Prints a Markdown table and one JSON line.
