@@ -8,10 +8,11 @@ Some plugins are registered before their behaviour has landed (they are listed a
   non-default engine or L2 policy, tracing, the lookup-hash log, runtime plugins,
   the ``/run_script`` import list, a GDS or DAX L1) must work, or start-up fails
   and says why;
-* a default part that does not exist yet (the default L2 policies while there is
-  no L2 tier, the metrics and logging subscribers until observability lands; the
-  whole data path in builds without an engine) is reported as a warning at
-  start-up and in ``/status``, and nothing pretends to work.
+* a default part that is not implemented (a default L2 policy or a default
+  subscriber registered as not implemented; the whole data path in builds
+  without an engine) is reported as a warning at start-up and in ``/status``,
+  and nothing pretends to work. In the default plugin set every default part is
+  implemented, so a default configuration reports none.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from lmcache_core.plugin.specs import PluginSpec, SubscriberCategory
 from lmcache_core.runtime_plugins.discovery import discovery_problem
 
 DATA_PATH_ISSUE = "the data-path issue (#3)"
-ADMIN_ISSUE = "the observability and admin issue (#5)"
 
 
 @dataclass
@@ -105,7 +105,7 @@ def _unavailable_features(config: ServerConfig) -> list[str]:
     if config.l1.l1_devdax_path is not None:
         errors.append(
             "--l1-devdax-path: a DAX-backed L1 is not implemented yet (not scheduled; "
-            "the L2 issue #4 brings the dax adapter)"
+            "the L2 adapter 'dax' keeps chunks in a DAX device)"
         )
     return errors
 
