@@ -95,8 +95,9 @@ def test_busy_http_port_fails_with_one_line() -> None:
     "extra, expected",
     [
         (
-            ("--l2-adapter", '{"type": "raw_block", "device_path": "/tmp/x", "slot_bytes": 8192}'),
-            "--l2-adapter #1: l2_adapter 'raw_block' is not implemented yet",
+            ("--l2-adapter", '{"type": "aerospike", "hosts": "127.0.0.1:3000"}'),
+            "--l2-adapter #1: l2_adapter 'aerospike' is not implemented yet: needs the Python "
+            "package 'aerospike'",
         ),
         (("--engine-type", "blend"), "--engine-type: engine 'blend' is not implemented yet"),
     ],
