@@ -178,7 +178,7 @@ class DefaultEngine(Engine):
         _model: str,
         records: list[BlockAllocationRecord],
     ) -> None:
-        """Counted; published to the event bus once observability lands (#5)."""
+        """Counted (``block_allocation_reports`` in ``/status``); the records are not used yet."""
         self.block_reports += len(records)
 
     def clear(self, _ctx: RequestContext, force: bool) -> None:
