@@ -5,17 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
+import lmcache_l2_aerospike.plugin
 from lmcache_l2_aerospike.config import AerospikeAdapterConfig, parse_hosts
 
-from lmcache_core.plugin import L2AdapterSpec, PluginKind
-from lmcache_core.testing.plugin_checks import (
-    assert_config_rejects,
-    assert_pending_plugin,
-    assert_readme_documents_fields,
-    readme_adapter_examples,
-    without,
-)
+from lmcache_core.testing.plugin_checks import without
+from lmcache_core.testing.unavailable_adapter import UnavailableAdapterChecks
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # The example of the configuration reference, verbatim.
@@ -29,23 +23,12 @@ REFERENCE_EXAMPLE: dict[str, Any] = {
 MINIMAL: dict[str, Any] = {"type": "aerospike", "hosts": "127.0.0.1:3000"}
 
 
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(
-        PluginKind.L2_ADAPTER, "aerospike", "lmcache-l2-aerospike", "Python package 'aerospike'"
-    )
-    assert isinstance(spec, L2AdapterSpec)
-    assert spec.config_model is AerospikeAdapterConfig
-
-
 def test_reference_example_validates() -> None:
     config = AerospikeAdapterConfig.model_validate(REFERENCE_EXAMPLE)
     assert (config.namespace, config.set_name, config.num_workers) == ("lmcache", "kv_chunks", 8)
 
 
-def test_readme_examples_validate_and_fields_are_documented() -> None:
-    for example in readme_adapter_examples(README):
-        AerospikeAdapterConfig.model_validate(example)
-    assert_readme_documents_fields(AerospikeAdapterConfig, README)
+def test_readme_documents_the_set_alias() -> None:
     assert "`set`" in README.read_text()
 
 
@@ -69,9 +52,16 @@ def test_parse_hosts() -> None:
     assert parse_hosts("[::1]:3000") == [("[::1]", 3000)]
 
 
-@pytest.mark.parametrize(
-    ("data", "field"),
-    [
+class TestAerospikeUnavailable(UnavailableAdapterChecks):
+    adapter = "aerospike"
+    distribution = "lmcache-l2-aerospike"
+    plugin = lmcache_l2_aerospike.plugin
+    dependency = lmcache_l2_aerospike.plugin.DEPENDENCY
+    reason_fragment = "Python package 'aerospike'"
+    config_model = AerospikeAdapterConfig
+    readme = README
+    valid_config = MINIMAL
+    invalid_configs = [
         ({**MINIMAL, "timeout_ms": 5}, "timeout_ms"),
         ({**MINIMAL, "set": "a", "set_name": "b"}, "set"),
         (without(MINIMAL, "hosts"), "hosts"),
@@ -89,7 +79,4 @@ def test_parse_hosts() -> None:
         ({**MINIMAL, "max_capacity_gb": -1}, "max_capacity_gb"),
         ({**MINIMAL, "username": "admin"}, "password"),
         ({**MINIMAL, "password": "secret"}, "username"),
-    ],
-)
-def test_rejects(data: dict[str, Any], field: str) -> None:
-    assert_config_rejects(AerospikeAdapterConfig, data, field)
+    ]

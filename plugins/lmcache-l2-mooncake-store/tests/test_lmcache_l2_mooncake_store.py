@@ -5,36 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
+import lmcache_l2_mooncake_store.plugin
 from lmcache_l2_mooncake_store.config import MooncakeStoreAdapterConfig
 
-from lmcache_core.plugin import L2AdapterSpec, PluginKind
-from lmcache_core.testing.plugin_checks import (
-    assert_config_rejects,
-    assert_pending_plugin,
-    assert_readme_documents_fields,
-    readme_adapter_examples,
-)
+from lmcache_core.testing.unavailable_adapter import UnavailableAdapterChecks
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MINIMAL: dict[str, Any] = {"type": "mooncake_store"}
-
-
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(
-        PluginKind.L2_ADAPTER,
-        "mooncake_store",
-        "lmcache-l2-mooncake-store",
-        "Python package 'mooncake-transfer-engine'",
-    )
-    assert isinstance(spec, L2AdapterSpec)
-    assert spec.config_model is MooncakeStoreAdapterConfig
-
-
-def test_readme_examples_validate_and_fields_are_documented() -> None:
-    for example in readme_adapter_examples(README):
-        MooncakeStoreAdapterConfig.model_validate(example)
-    assert_readme_documents_fields(MooncakeStoreAdapterConfig, README)
 
 
 def test_other_keys_pass_through_verbatim() -> None:
@@ -51,14 +28,18 @@ def test_defaults() -> None:
     assert config.mooncake_setup() == {}
 
 
-@pytest.mark.parametrize(
-    ("data", "field"),
-    [
+class TestMooncakeStoreUnavailable(UnavailableAdapterChecks):
+    adapter = "mooncake_store"
+    distribution = "lmcache-l2-mooncake-store"
+    plugin = lmcache_l2_mooncake_store.plugin
+    dependency = lmcache_l2_mooncake_store.plugin.DEPENDENCY
+    reason_fragment = "Python package 'mooncake-transfer-engine'"
+    config_model = MooncakeStoreAdapterConfig
+    readme = README
+    valid_config = {**MINIMAL, "master_server_address": "127.0.0.1:50051"}
+    invalid_configs = [
         ({**MINIMAL, "num_workers": 0}, "num_workers"),
         ({**MINIMAL, "per_op_workers": {"scan": 2}}, "per_op_workers"),
         ({**MINIMAL, "per_op_workers": {"store": 0}}, "per_op_workers"),
         ({**MINIMAL, "eviction": {"policy": "LRU"}}, "policy"),
-    ],
-)
-def test_rejects(data: dict[str, Any], field: str) -> None:
-    assert_config_rejects(MooncakeStoreAdapterConfig, data, field)
+    ]

@@ -5,17 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lmcache_l2_nixl_store_dynamic.plugin
 import pytest
 from lmcache_l2_nixl_store_dynamic.config import NixlStoreDynamicAdapterConfig
 
-from lmcache_core.plugin import L2AdapterSpec, PluginKind
-from lmcache_core.testing.plugin_checks import (
-    assert_config_rejects,
-    assert_pending_plugin,
-    assert_readme_documents_fields,
-    readme_adapter_examples,
-    without,
-)
+from lmcache_core.testing.plugin_checks import assert_config_rejects, without
+from lmcache_core.testing.unavailable_adapter import UnavailableAdapterChecks
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PARAMS = {"file_path": "/data/lmcache/l2", "use_direct_io": "false", "max_capacity_gb": "500"}
@@ -24,23 +19,6 @@ MINIMAL: dict[str, Any] = {
     "backend": "POSIX",
     "backend_params": PARAMS,
 }
-
-
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(
-        PluginKind.L2_ADAPTER,
-        "nixl_store_dynamic",
-        "lmcache-l2-nixl-store-dynamic",
-        "Python package 'nixl'",
-    )
-    assert isinstance(spec, L2AdapterSpec)
-    assert spec.config_model is NixlStoreDynamicAdapterConfig
-
-
-def test_readme_examples_validate_and_fields_are_documented() -> None:
-    for example in readme_adapter_examples(README):
-        NixlStoreDynamicAdapterConfig.model_validate(example)
-    assert_readme_documents_fields(NixlStoreDynamicAdapterConfig, README)
 
 
 def test_extra_backend_params_are_kept() -> None:
@@ -57,9 +35,16 @@ def test_each_required_param_is_named_when_missing(key: str) -> None:
     assert f"backend_params is missing {key}" in str(error)
 
 
-@pytest.mark.parametrize(
-    ("data", "field"),
-    [
+class TestNixlStoreDynamicUnavailable(UnavailableAdapterChecks):
+    adapter = "nixl_store_dynamic"
+    distribution = "lmcache-l2-nixl-store-dynamic"
+    plugin = lmcache_l2_nixl_store_dynamic.plugin
+    dependency = lmcache_l2_nixl_store_dynamic.plugin.DEPENDENCY
+    reason_fragment = "Python package 'nixl'"
+    config_model = NixlStoreDynamicAdapterConfig
+    readme = README
+    valid_config = MINIMAL
+    invalid_configs = [
         ({**MINIMAL, "pool_size": 8}, "pool_size"),
         (without(MINIMAL, "backend"), "backend"),
         (without(MINIMAL, "backend_params"), "backend_params"),
@@ -70,7 +55,4 @@ def test_each_required_param_is_named_when_missing(key: str) -> None:
         ({**MINIMAL, "backend_params": {**PARAMS, "max_capacity_gb": "-5"}}, "max_capacity_gb"),
         ({**MINIMAL, "backend_params": {**PARAMS, "max_capacity_gb": "lots"}}, "max_capacity_gb"),
         ({**MINIMAL, "backend_params": {**PARAMS, "max_capacity_gb": "inf"}}, "max_capacity_gb"),
-    ],
-)
-def test_rejects(data: dict[str, Any], field: str) -> None:
-    assert_config_rejects(NixlStoreDynamicAdapterConfig, data, field)
+    ]

@@ -5,17 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lmcache_l2_nixl_store.plugin
 import pytest
 from lmcache_l2_nixl_store.config import NixlStoreAdapterConfig
 
-from lmcache_core.plugin import L2AdapterSpec, PluginKind
-from lmcache_core.testing.plugin_checks import (
-    assert_config_rejects,
-    assert_pending_plugin,
-    assert_readme_documents_fields,
-    readme_adapter_examples,
-    without,
-)
+from lmcache_core.testing.plugin_checks import without
+from lmcache_core.testing.unavailable_adapter import UnavailableAdapterChecks
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # The --l2-adapter of the configuration reference's Full Example, verbatim.
@@ -27,24 +22,10 @@ REFERENCE_EXAMPLE: dict[str, Any] = {
 }
 
 
-def test_registered_and_pending() -> None:
-    spec = assert_pending_plugin(
-        PluginKind.L2_ADAPTER, "nixl_store", "lmcache-l2-nixl-store", "Python package 'nixl'"
-    )
-    assert isinstance(spec, L2AdapterSpec)
-    assert spec.config_model is NixlStoreAdapterConfig
-
-
 def test_reference_example_validates() -> None:
     config = NixlStoreAdapterConfig.model_validate(REFERENCE_EXAMPLE)
     assert (config.backend, config.pool_size) == ("POSIX", 64)
     assert config.backend_params["file_path"] == "/data/lmcache/l2"
-
-
-def test_readme_examples_validate_and_fields_are_documented() -> None:
-    for example in readme_adapter_examples(README):
-        NixlStoreAdapterConfig.model_validate(example)
-    assert_readme_documents_fields(NixlStoreAdapterConfig, README)
 
 
 @pytest.mark.parametrize("backend", ["GDS", "GDS_MT", "POSIX", "HF3FS", "OBJ"])
@@ -53,16 +34,20 @@ def test_every_backend(backend: str) -> None:
     assert NixlStoreAdapterConfig.model_validate(data).backend_params == {}
 
 
-@pytest.mark.parametrize(
-    ("data", "field"),
-    [
+class TestNixlStoreUnavailable(UnavailableAdapterChecks):
+    adapter = "nixl_store"
+    distribution = "lmcache-l2-nixl-store"
+    plugin = lmcache_l2_nixl_store.plugin
+    dependency = lmcache_l2_nixl_store.plugin.DEPENDENCY
+    reason_fragment = "Python package 'nixl'"
+    config_model = NixlStoreAdapterConfig
+    readme = README
+    valid_config = REFERENCE_EXAMPLE
+    invalid_configs = [
         ({**REFERENCE_EXAMPLE, "pool": 64}, "pool"),
         (without(REFERENCE_EXAMPLE, "backend"), "backend"),
         (without(REFERENCE_EXAMPLE, "pool_size"), "pool_size"),
         ({**REFERENCE_EXAMPLE, "backend": "posix_fs"}, "backend"),
         ({**REFERENCE_EXAMPLE, "pool_size": 0}, "pool_size"),
         ({**REFERENCE_EXAMPLE, "backend_params": {"use_direct_io": False}}, "backend_params"),
-    ],
-)
-def test_rejects(data: dict[str, Any], field: str) -> None:
-    assert_config_rejects(NixlStoreAdapterConfig, data, field)
+    ]
