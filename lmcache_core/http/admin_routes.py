@@ -22,6 +22,7 @@ from lmcache_core.http.cache_objects import (
     key_document,
     list_page,
     parse_body,
+    read_body,
 )
 from lmcache_core.server.context import ServerContext
 from lmcache_core.server.data_path import DataPath
@@ -85,17 +86,6 @@ def _select_adapters(
             400, f"{len(named)} L2 adapters are of type {text!r}: name one by its number"
         )
     return named
-
-
-async def _json_body(request: Request) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_JSON_BODY_BYTES:
-            raise HTTPException(413, f"the request body is larger than {MAX_JSON_BODY_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 # -- configuration ----------------------------------------------------------------------
@@ -181,7 +171,7 @@ async def clear(request: Request) -> dict[str, Any]:
     Objects a reader holds (L1 read locks, L2 pins) are kept unless ``force``;
     L1 objects still being written are always kept. The answer counts both.
     """
-    body = parse_body(ClearBody, await _json_body(request), empty_ok=True)
+    body = parse_body(ClearBody, await read_body(request, MAX_JSON_BODY_BYTES), empty_ok=True)
     data_path = _data_path(request)
 
     def work() -> list[dict[str, Any]]:
@@ -279,7 +269,7 @@ async def delete_objects(request: Request) -> dict[str, Any]:
     (the last two default to 0 and ""). Keys a reader holds are kept unless
     ``force`` and listed under ``kept_locked``.
     """
-    body = parse_body(DeleteBody, await _json_body(request), empty_ok=False)
+    body = parse_body(DeleteBody, await read_body(request, MAX_JSON_BODY_BYTES), empty_ok=False)
     if body.tier == "l1" and body.adapter is not None:
         raise HTTPException(400, "adapter applies to tier l2 or all only")
     data_path = _data_path(request)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lmcache_core.storage.keys import ObjectKey, validate_cache_salt
@@ -93,6 +93,50 @@ class DeleteBody(BaseModel):
 M = TypeVar("M", bound=BaseModel)
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused as soon as it is known to exceed ``limit`` bytes.
+
+    A declared ``Content-Length`` over the limit is refused before anything is
+    read; the stream is counted as it arrives, so an undeclared or understated
+    length is never buffered past the limit either.
+
+    Raises:
+        HTTPException: 413 for a body larger than ``limit`` bytes.
+    """
+    too_large = HTTPException(413, f"the request body is larger than {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_object(raw: bytes, *, shape: str = "") -> dict[str, Any]:
+    """A request body decoded as a JSON object.
+
+    Args:
+        raw: The body.
+        shape: What the object should look like, appended to the refusal of a non-object.
+
+    Raises:
+        HTTPException: 400 for bad JSON (an empty body included) or another JSON value.
+    """
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HTTPException(400, f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        hint = f": {shape}" if shape else ""
+        raise HTTPException(400, f"the request body must be a JSON object{hint}")
+    return data
+
+
 def parse_body(model: type[M], raw: bytes, *, empty_ok: bool) -> M:
     """Validate a JSON request body; every problem becomes one 400 that names its field.
 
@@ -103,12 +147,7 @@ def parse_body(model: type[M], raw: bytes, *, empty_ok: bool) -> M:
         if empty_ok:
             return model()
         raise HTTPException(400, "a JSON request body is required")
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HTTPException(400, f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise HTTPException(400, "the request body must be a JSON object")
+    data = json_object(raw)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

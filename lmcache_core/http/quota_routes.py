@@ -14,12 +14,12 @@ that works.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
+from lmcache_core.http.cache_objects import json_object, read_body
 from lmcache_core.server.context import ServerContext
 from lmcache_core.storage.quota import (
     GIB,
@@ -41,6 +41,11 @@ NOT_ENFORCED_NOTE = (
 )
 
 _SALT_DOC = "The cache salt; `_default` names the empty salt."
+_SALT_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "An invalid salt"},
+    503: {"description": "Not running"},
+}
+"""The refusals of the routes that only name a salt (GET and DELETE)."""
 
 
 class QuotaLimitRequest(BaseModel):
@@ -137,17 +142,8 @@ def _enforcement(quotas: QuotaManager) -> dict[str, Any]:
 
 async def _limit_from_body(request: Request) -> float:
     """The ``limit_gb`` of a PUT body; a clear 400 (413 if oversized) for anything else."""
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > MAX_BODY_BYTES:
-            raise HTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise HTTPException(400, 'the body must be a JSON object: {"limit_gb": <number>}')
+    body = await read_body(request, MAX_BODY_BYTES)
+    document = json_object(body, shape='{"limit_gb": <number>}')
     if "limit_gb" not in document:
         raise HTTPException(400, 'missing field "limit_gb"')
     unknown = sorted(set(document) - {"limit_gb"})
@@ -200,7 +196,7 @@ async def put_quota(cache_salt: str, request: Request) -> QuotaSetResponse:
     "/quota/{cache_salt:path}",
     summary="A cache salt's quota and usage",
     response_model=QuotaInfo,
-    responses={400: {"description": "An invalid salt"}, 503: {"description": "Not running"}},
+    responses=_SALT_ERRORS,
 )
 def get_quota(cache_salt: str, request: Request) -> QuotaInfo:
     """The salt's limit (0 without a quota) and its usage per tier."""
@@ -224,7 +220,7 @@ def get_quota(cache_salt: str, request: Request) -> QuotaInfo:
     "/quota/{cache_salt:path}",
     summary="Remove a cache salt's quota (its limit becomes 0)",
     response_model=QuotaDeleteResponse,
-    responses={400: {"description": "An invalid salt"}, 503: {"description": "Not running"}},
+    responses=_SALT_ERRORS,
 )
 def delete_quota(cache_salt: str, request: Request) -> QuotaDeleteResponse:
     """Forget the salt's quota; an enforcing tier then evicts its data (allowlist)."""

@@ -29,6 +29,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import PlainTextResponse
 
 from lmcache_core.http import script_sandbox
+from lmcache_core.http.cache_objects import read_body
 from lmcache_core.http.core_routes import status as status_document
 from lmcache_core.server.context import ServerContext
 
@@ -195,20 +196,6 @@ def script_from_multipart(content_type: str, body: bytes) -> str:
     raise HTTPException(400, "the multipart/form-data body has no field named 'script'")
 
 
-async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise HTTPException(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise HTTPException(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 _one_at_a_time = threading.Lock()
 
 
@@ -229,7 +216,7 @@ async def run_script(request: Request) -> PlainTextResponse:
         raise HTTPException(
             404, "/run_script is disabled: start the server with --run-script-api-enabled"
         )
-    body = await _read_body(request)
+    body = await read_body(request, MAX_BODY_BYTES)
     script = script_from_multipart(request.headers.get("content-type", ""), body)
     allowed = list(context.config.mp.script_allowed_imports)
     try:
