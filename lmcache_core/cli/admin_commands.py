@@ -58,6 +58,20 @@ def ping(
         raise typer.Exit(1)
 
 
+def _answer(client: AdminClient, as_json: bool, method: str, path: str, payload: Any = None) -> Any:
+    """Call the API; with ``--json`` print the answer as it is and return None.
+
+    Every command but ``ping`` shows its answer this way, so the ``--json`` rule
+    lives here once. The commands' endpoints all answer a JSON object, so None
+    only ever means "already printed".
+    """
+    body = client.call(method, path, payload).body
+    if as_json:
+        print_json(body)
+        return None
+    return body
+
+
 def status(
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
@@ -65,11 +79,9 @@ def status(
     timeout: TimeoutOption = 5.0,
 ) -> None:
     """The server's identity, health, tiers and plugins."""
-    body = AdminClient(url, token, timeout).call("GET", "/status").body
-    if as_json:
-        print_json(body)
-        return
-    typer.echo(_status_text(body))
+    body = _answer(AdminClient(url, token, timeout), as_json, "GET", "/status")
+    if body is not None:
+        typer.echo(_status_text(body))
 
 
 def _status_text(body: dict[str, Any]) -> str:
@@ -128,9 +140,8 @@ def quota_list(
     timeout: TimeoutOption = 5.0,
 ) -> None:
     """Every salt with a quota: its limit and current usage."""
-    body = AdminClient(url, token, timeout).call("GET", "/quota").body
-    if as_json:
-        print_json(body)
+    body = _answer(AdminClient(url, token, timeout), as_json, "GET", "/quota")
+    if body is None:
         return
     users = body.get("users", {})
     rows = [
@@ -151,9 +162,8 @@ def quota_get(
     timeout: TimeoutOption = 5.0,
 ) -> None:
     """One salt's limit and usage."""
-    body = AdminClient(url, token, timeout).call("GET", f"/quota/{_salt_path(salt)}").body
-    if as_json:
-        print_json(body)
+    body = _answer(AdminClient(url, token, timeout), as_json, "GET", f"/quota/{_salt_path(salt)}")
+    if body is None:
         return
     if not body.get("exists"):
         typer.echo(f"{body.get('cache_salt')}: no quota (limit 0)")
@@ -181,15 +191,10 @@ def quota_set(
     timeout: TimeoutOption = 5.0,
 ) -> None:
     """Set (or replace) a salt's quota."""
-    body = (
-        AdminClient(url, token, timeout)
-        .call("PUT", f"/quota/{_salt_path(salt)}", {"limit_gb": limit_gb})
-        .body
-    )
-    if as_json:
-        print_json(body)
-        return
-    typer.echo(f"quota of {body.get('cache_salt')} set to {body.get('limit_gb'):g} GiB")
+    client = AdminClient(url, token, timeout)
+    body = _answer(client, as_json, "PUT", f"/quota/{_salt_path(salt)}", {"limit_gb": limit_gb})
+    if body is not None:
+        typer.echo(f"quota of {body.get('cache_salt')} set to {body.get('limit_gb'):g} GiB")
 
 
 @quota_app.command("delete")
@@ -201,9 +206,9 @@ def quota_delete(
     timeout: TimeoutOption = 5.0,
 ) -> None:
     """Remove a salt's quota (its limit becomes 0)."""
-    body = AdminClient(url, token, timeout).call("DELETE", f"/quota/{_salt_path(salt)}").body
-    if as_json:
-        print_json(body)
+    client = AdminClient(url, token, timeout)
+    body = _answer(client, as_json, "DELETE", f"/quota/{_salt_path(salt)}")
+    if body is None:
         return
     if body.get("status") == "removed":
         typer.echo(f"quota of {body.get('cache_salt')} removed")
@@ -225,13 +230,9 @@ def cache_clear(
     """Remove every object of a tier (objects being read are kept unless --force)."""
     if tier not in ("l1", "l2", "all"):
         raise AdminError(f"--tier must be l1, l2 or all, not {tier!r}")
-    body = (
-        AdminClient(url, token, timeout)
-        .call("POST", "/cache/clear", {"tier": tier, "force": force})
-        .body
-    )
-    if as_json:
-        print_json(body)
+    client = AdminClient(url, token, timeout)
+    body = _answer(client, as_json, "POST", "/cache/clear", {"tier": tier, "force": force})
+    if body is None:
         return
     rows = [
         (
