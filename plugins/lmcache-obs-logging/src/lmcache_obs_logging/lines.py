@@ -88,22 +88,20 @@ def _transfer_end(name: str, done_field: str) -> Formatter:
     return line
 
 
+def _keys_and_bytes(event: Event) -> str:
+    return f"{event.get('key_count')} keys, {human_bytes(event.get('bytes', 0))}"
+
+
 def _l1_write_finished(event: Event) -> str:
-    return f"L1 write finished: {event.get('key_count')} keys, {human_bytes(event.get('bytes', 0))}"
+    return f"L1 write finished: {_keys_and_bytes(event)}"
 
 
 def _l1_keys_evicted(event: Event) -> str:
-    return (
-        f"L1 keys evicted: {event.get('key_count')} keys, {human_bytes(event.get('bytes', 0))} "
-        f"({event.get('reason', '?')})"
-    )
+    return f"L1 keys evicted: {_keys_and_bytes(event)} ({event.get('reason', '?')})"
 
 
 def _l1_allocation_failed(event: Event) -> str:
-    return (
-        f"L1 allocation failed during {event.get('during', '?')}: {event.get('key_count')} keys, "
-        f"{human_bytes(event.get('bytes', 0))}"
-    )
+    return f"L1 allocation failed during {event.get('during', '?')}: {_keys_and_bytes(event)}"
 
 
 def _adapter(event: Event) -> str:
@@ -117,20 +115,15 @@ def _l2_store_submitted(event: Event) -> str:
     )
 
 
-def _l2_store_completed(event: Event) -> str:
-    return (
-        f"L2 store completed: {_adapter(event)}, {event.get('succeeded_count')} succeeded, "
-        f"{event.get('failed_count')} failed, {human_bytes(event.get('bytes_transferred', 0))} "
-        f"in {millis(event.get('duration_s'))}"
-    )
+def _l2_completed(name: str, done_word: str, done_field: str) -> Formatter:
+    def line(event: Event) -> str:
+        return (
+            f"L2 {name} completed: {_adapter(event)}, {event.get(done_field)} {done_word}, "
+            f"{event.get('failed_count')} failed, {human_bytes(event.get('bytes_transferred', 0))} "
+            f"in {millis(event.get('duration_s'))}"
+        )
 
-
-def _l2_load_completed(event: Event) -> str:
-    return (
-        f"L2 load completed: {_adapter(event)}, {event.get('loaded_count')} loaded, "
-        f"{event.get('failed_count')} failed, {human_bytes(event.get('bytes_transferred', 0))} "
-        f"in {millis(event.get('duration_s'))}"
-    )
+    return line
 
 
 def _l2_prefetch_failed(event: Event) -> str:
@@ -154,8 +147,8 @@ FORMATTERS: Mapping[str, Formatter] = {
     EventType.L1_KEYS_EVICTED: _l1_keys_evicted,
     EventType.L1_ALLOCATION_FAILED: _l1_allocation_failed,
     EventType.L2_STORE_SUBMITTED: _l2_store_submitted,
-    EventType.L2_STORE_COMPLETED: _l2_store_completed,
-    EventType.L2_LOAD_COMPLETED: _l2_load_completed,
+    EventType.L2_STORE_COMPLETED: _l2_completed("store", "succeeded", "succeeded_count"),
+    EventType.L2_LOAD_COMPLETED: _l2_completed("load", "loaded", "loaded_count"),
     EventType.L2_PREFETCH_FAILED: _l2_prefetch_failed,
     EventType.L2_KEYS_EVICTED: _l2_keys_evicted,
 }
