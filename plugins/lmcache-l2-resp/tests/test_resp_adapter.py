@@ -9,17 +9,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from lmcache_l2_resp import adapter as resp_adapter
 from lmcache_l2_resp.adapter import (
     RespL2Adapter,
     build_resp,
-    object_key_to_redis_key,
     redis_key_to_object_key,
 )
 from lmcache_l2_resp.config import ENV_FALLBACKS, RespAdapterConfig
 from lmcache_l2_resp.testing import ACL_PASSWORD, ACL_USER, PASSWORD, RedisServer, needs_redis
 
-from lmcache_core.storage.keys import ObjectKey, pack_kv_rank
+from lmcache_core.storage.keys import FORBIDDEN_SALT_CHARACTERS, ObjectKey, pack_kv_rank
+from lmcache_core.storage.l2.key_names import native_key_name
 from lmcache_core.storage.l2.object_format import HEADER_SIZE, MAGIC, frame
 
 HASH = bytes(range(32))
@@ -86,14 +88,41 @@ def names(server: RedisServer) -> list[str]:
 
 
 def test_key_names_are_upstreams() -> None:
-    assert object_key_to_redis_key(KEY) == KEY_NAME
+    assert native_key_name(KEY) == KEY_NAME
     salted = KEY._replace(object_group_id=0x1F, cache_salt="tenant-a", kv_rank=0x01000100)
-    assert object_key_to_redis_key(salted) == (
-        f"meta-llama/Llama-3.1-8B@01000100@1f@{HASH.hex()}@tenant-a"
-    )
+    assert native_key_name(salted) == (f"meta-llama/Llama-3.1-8B@01000100@1f@{HASH.hex()}@tenant-a")
     for k in (KEY, salted, key(5, model_name="m", kv_rank=0)):
-        assert redis_key_to_object_key(object_key_to_redis_key(k)) == k
-        assert redis_key_to_object_key(object_key_to_redis_key(k).encode()) == k
+        assert redis_key_to_object_key(native_key_name(k)) == k
+        assert redis_key_to_object_key(native_key_name(k).encode()) == k
+
+
+def upstream_resp_name(k: ObjectKey) -> str:
+    """Upstream's native ``resp`` key string, spelled out here as the reference."""
+    name = f"{k.model_name}@{k.kv_rank:08x}@{k.object_group_id:x}@{k.chunk_hash.hex()}"
+    return f"{name}@{k.cache_salt}" if k.cache_salt else name
+
+
+ANY_KEY = st.builds(
+    ObjectKey,
+    chunk_hash=st.binary(min_size=1, max_size=64),
+    model_name=st.text(st.characters(blacklist_characters="@"), min_size=1, max_size=40),
+    kv_rank=st.integers(0, 0xFFFFFFFF),
+    object_group_id=st.integers(0, 0xFFFFFFFF),
+    cache_salt=st.text(
+        st.characters(blacklist_characters="".join(FORBIDDEN_SALT_CHARACTERS)), max_size=128
+    ),
+)
+
+
+@given(ANY_KEY)
+def test_shared_key_names_are_the_resp_names_byte_for_byte(k: ObjectKey) -> None:
+    # The adapter names keys with the core's key_names module: the names must be the
+    # very strings upstream's resp connector (and this adapter before) wrote.
+    assert resp_adapter.native_key_name is native_key_name
+    name = upstream_resp_name(k)
+    assert native_key_name(k).encode() == name.encode()
+    assert redis_key_to_object_key(name) == k
+    assert redis_key_to_object_key(name.encode()) == k
 
 
 @pytest.mark.parametrize(
@@ -125,8 +154,8 @@ def test_stored_under_upstream_names(server: RedisServer, make: Any) -> None:
     adapter = make(server, object_format="raw")
     salted = key(1, cache_salt="tenant-a", object_group_id=2)
     assert store_many(adapter, [KEY, salted], [b"a" * 10, b"b" * 20]) == [True, True]
-    assert names(server) == sorted([KEY_NAME, object_key_to_redis_key(salted)])
-    assert object_key_to_redis_key(salted).endswith("@2@" + salted.chunk_hash.hex() + "@tenant-a")
+    assert names(server) == sorted([KEY_NAME, native_key_name(salted)])
+    assert native_key_name(salted).endswith("@2@" + salted.chunk_hash.hex() + "@tenant-a")
 
 
 @needs_redis
@@ -347,7 +376,7 @@ def test_redis_killed_mid_run_then_restarted(own_redis_server: RedisServer, make
     assert adapter.submit_lookup_and_lock(keys).result(timeout=10) == [False, False, True, True]
     adapter.unlock(keys)
     assert load(adapter, keys[3], 100) == b"d" * 100
-    assert names(own_redis_server) == sorted(object_key_to_redis_key(k) for k in keys[2:])
+    assert names(own_redis_server) == sorted(native_key_name(k) for k in keys[2:])
 
 
 @needs_redis
@@ -452,8 +481,8 @@ def test_scratch_buffers_are_filled_in_place_and_still_verified(
     if fmt == "framed":
         offset = HEADER_SIZE + 35_000
         with server.client() as client:  # flip one payload byte inside Redis
-            byte = client.getrange(object_key_to_redis_key(keys[1]), offset, offset)[0]
-            client.setrange(object_key_to_redis_key(keys[1]), offset, bytes([byte ^ 0x04]))
+            byte = client.getrange(native_key_name(keys[1]), offset, offset)[0]
+            client.setrange(native_key_name(keys[1]), offset, bytes([byte ^ 0x04]))
         before = adapter.corrupt
         scratch = [memoryview(bytearray(sizes[1]))]
         assert adapter.submit_load([keys[1]], scratch).result(timeout=10) == [False]

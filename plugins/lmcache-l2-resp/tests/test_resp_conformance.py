@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lmcache_l2_resp.adapter import RespL2Adapter, object_key_to_redis_key
+from lmcache_l2_resp.adapter import RespL2Adapter
 from lmcache_l2_resp.testing import RedisServer, needs_redis
 
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
+from lmcache_core.storage.l2.key_names import native_key_name
 from lmcache_core.testing.l2_conformance import L2AdapterConformance
 
 
@@ -35,7 +36,7 @@ class TestRespConformance(L2AdapterConformance):
         )
 
     def corrupt(self, adapter: L2AdapterV1, key: ObjectKey) -> bool:
-        name = object_key_to_redis_key(key)
+        name = native_key_name(key)
         with self.server.client() as client:
             length = client.strlen(name)
             last = client.getrange(name, length - 1, length - 1)

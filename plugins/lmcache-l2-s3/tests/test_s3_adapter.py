@@ -9,18 +9,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from lmcache_l2_s3 import adapter as s3_adapter
 from lmcache_l2_s3.adapter import (
     S3L2Adapter,
     build_s3,
     is_local_host,
-    name_to_object_key,
-    object_key_to_name,
     parse_endpoint,
 )
 from lmcache_l2_s3.config import S3AdapterConfig
 
-from lmcache_core.storage.keys import ObjectKey, pack_kv_rank
+from lmcache_core.storage.keys import FORBIDDEN_SALT_CHARACTERS, ObjectKey, pack_kv_rank
+from lmcache_core.storage.l2.key_names import native_key_name, parse_native_key_name
 from lmcache_core.storage.l2.object_format import HEADER_SIZE, MAGIC
 from lmcache_core.testing.l2_conformance import empty_buffers, untouched
 
@@ -61,18 +62,43 @@ def listing(client: Any, bucket: str) -> dict[str, int]:
 
 
 def test_object_names_are_upstreams() -> None:
-    assert object_key_to_name(KEY) == f"meta-llama/Llama-3.1-8B@02010201@0@{HASH.hex()}"
+    assert native_key_name(KEY) == f"meta-llama/Llama-3.1-8B@02010201@0@{HASH.hex()}"
     salted = KEY._replace(object_group_id=26, cache_salt="tenant-a", kv_rank=1)
-    assert (
-        object_key_to_name(salted) == f"meta-llama/Llama-3.1-8B@00000001@1a@{HASH.hex()}@tenant-a"
-    )
+    assert native_key_name(salted) == f"meta-llama/Llama-3.1-8B@00000001@1a@{HASH.hex()}@tenant-a"
+
+
+def upstream_s3_name(k: ObjectKey) -> str:
+    """Upstream's ``s3`` object name, spelled out here as the reference."""
+    parts = [k.model_name, f"{k.kv_rank:08x}", f"{k.object_group_id:x}", k.chunk_hash.hex()]
+    return "@".join([*parts, k.cache_salt] if k.cache_salt else parts)
+
+
+ANY_KEY = st.builds(
+    ObjectKey,
+    chunk_hash=st.binary(min_size=1, max_size=64),
+    model_name=st.text(st.characters(blacklist_characters="@"), min_size=1, max_size=40),
+    kv_rank=st.integers(0, 0xFFFFFFFF),
+    object_group_id=st.integers(0, 0xFFFFFFFF),
+    cache_salt=st.text(
+        st.characters(blacklist_characters="".join(FORBIDDEN_SALT_CHARACTERS)), max_size=128
+    ),
+)
+
+
+@given(ANY_KEY)
+def test_shared_key_names_are_the_s3_names_byte_for_byte(k: ObjectKey) -> None:
+    # The adapter names objects with the core's key_names module: the names must be
+    # the very strings upstream's s3 adapter (and this adapter before) wrote.
+    assert s3_adapter.native_key_name is native_key_name
+    assert native_key_name(k).encode() == upstream_s3_name(k).encode()
+    assert parse_native_key_name(upstream_s3_name(k)) == k
 
 
 @pytest.mark.parametrize(
     "k", [KEY, key(1, cache_salt="t"), key(2, object_group_id=255), key(3, kv_rank=0xFFFFFFFF)]
 )
 def test_names_parse_back(k: ObjectKey) -> None:
-    assert name_to_object_key(object_key_to_name(k)) == k
+    assert parse_native_key_name(native_key_name(k)) == k
 
 
 @pytest.mark.parametrize(
@@ -90,7 +116,7 @@ def test_names_parse_back(k: ObjectKey) -> None:
     ],
 )
 def test_foreign_names_do_not_parse(name: str) -> None:
-    assert name_to_object_key(name) is None
+    assert parse_native_key_name(name) is None
 
 
 def test_stored_objects_have_exact_names(make: Any, bucket: str, s3_client: Any) -> None:
@@ -112,7 +138,7 @@ def test_raw_object_is_the_payload_and_framed_has_the_header(
     framed = make(framed_bucket)
     assert raw.submit_store([KEY], [payload]).result(WAIT_S) == [True]
     assert framed.submit_store([KEY], [memoryview(payload)]).result(WAIT_S) == [True]
-    name = object_key_to_name(KEY)
+    name = native_key_name(KEY)
     raw_object = s3_client.get_object(Bucket=raw_bucket, Key=name)
     assert raw_object["Body"].read() == payload
     assert raw_object["ContentType"] == "application/octet-stream"
@@ -127,7 +153,7 @@ def test_get_of_another_length_is_a_miss(
     adapter = make(bucket, object_format="raw")
     assert adapter.submit_store([KEY], [b"x" * 1000]).result(WAIT_S) == [True]
     # Replaced behind the adapter: the index says 1000 bytes, the bucket disagrees.
-    s3_client.put_object(Bucket=bucket, Key=object_key_to_name(KEY), Body=b"y" * (1000 + delta))
+    s3_client.put_object(Bucket=bucket, Key=native_key_name(KEY), Body=b"y" * (1000 + delta))
     buffers = empty_buffers([1000])
     assert adapter.submit_load([KEY], buffers).result(WAIT_S) == [False]
     assert untouched(buffers[0])
@@ -139,7 +165,7 @@ def test_lookup_asks_the_bucket_every_time(make: Any, bucket: str, s3_client: An
     assert adapter.submit_store([KEY], [b"z" * 64]).result(WAIT_S) == [True]
     assert adapter.submit_lookup_and_lock([KEY]).result(WAIT_S) == [True]
     adapter.unlock([KEY])
-    s3_client.delete_object(Bucket=bucket, Key=object_key_to_name(KEY))  # behind its back
+    s3_client.delete_object(Bucket=bucket, Key=native_key_name(KEY))  # behind its back
     assert adapter.submit_lookup_and_lock([KEY]).result(WAIT_S) == [False]
     assert adapter.delete([KEY]) == 0
     assert adapter.keys() == []
@@ -334,7 +360,7 @@ def test_virtual_hosted_requests_reach_the_server(
     assert adapter.endpoint.addressing_style == "virtual"
     assert _url(adapter).startswith(f"http://{bucket}.localhost:{moto_server.port}/")
     assert adapter.submit_store([KEY], [b"v" * 99]).result(WAIT_S) == [True]
-    assert object_key_to_name(KEY) in listing(s3_client, bucket)
+    assert native_key_name(KEY) in listing(s3_client, bucket)
     buffers = empty_buffers([99])
     assert adapter.submit_load([KEY], buffers).result(WAIT_S) == [True]
     assert bytes(buffers[0]) == b"v" * 99
@@ -429,7 +455,7 @@ def test_scratch_buffers_are_filled_in_place_and_still_verified(
     wrong = [memoryview(bytearray(69_999)), memoryview(bytearray(3))]
     assert adapter.submit_load([keys[1], key(9)], wrong).result(WAIT_S) == [False, False]
     if object_format == "framed":
-        name = object_key_to_name(keys[1])
+        name = native_key_name(keys[1])
         data = bytearray(s3_client.get_object(Bucket=bucket, Key=name)["Body"].read())
         data[HEADER_SIZE + 35_000] ^= 0x08
         s3_client.put_object(Bucket=bucket, Key=name, Body=bytes(data))

@@ -1,7 +1,8 @@
 """``RespL2Adapter``: one Redis (or Valkey) string per key (the L2 adapter ``resp``).
 
-Key names are upstream LMCache's native-connector strings, so a store written with
-``"format": "raw"`` is byte-compatible with upstream's ``resp`` connector::
+Key names are upstream LMCache's native-connector strings
+(:mod:`lmcache_core.storage.l2.key_names`), so a store written with ``"format": "raw"``
+is byte-compatible with upstream's ``resp`` connector::
 
     <model>@<kv_rank, 8 hex>@<group, hex>@<chunk hash, hex>[@<salt>]
 
@@ -23,7 +24,6 @@ transparently.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -31,14 +31,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from lmcache_core.storage.keys import ObjectKey, validate_cache_salt
+from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
+from lmcache_core.storage.l2.key_names import native_key_name, parse_native_key_name
 from lmcache_l2_resp.bulk import BulkConnection, BulkPool
 from lmcache_l2_resp.config import RespAdapterConfig
 
 logger = logging.getLogger("lmcache.l2.resp")
 
-KEY_SEP = "@"
 GIB = 1 << 30
 SCAN_PATTERN = "*@" + "[0-9a-f]" * 8 + "@*@*"
 """``SCAN MATCH`` pattern of the names this adapter writes (narrowed again by parsing)."""
@@ -47,51 +47,19 @@ SCAN_COUNT = 1000
 DEFAULT_SOCKET_TIMEOUT_S = 5.0
 DEFAULT_CONNECT_TIMEOUT_S = 2.0
 
-_HEX = re.compile(r"[0-9a-f]+")
-_RANK = re.compile(r"[0-9a-f]{8}")
-
-
-def object_key_to_redis_key(key: ObjectKey) -> str:
-    """The key upstream LMCache's native ``resp`` connector stores ``key`` under."""
-    name = f"{key.model_name}{KEY_SEP}{key.kv_rank:08x}{KEY_SEP}{key.object_group_id:x}"
-    name += f"{KEY_SEP}{key.chunk_hash.hex()}"
-    if key.cache_salt:
-        name += f"{KEY_SEP}{key.cache_salt}"
-    return name
-
 
 def redis_key_to_object_key(name: str | bytes) -> ObjectKey | None:
-    """Parse a Redis key back to its object key; None unless ``name`` is exactly a key's name.
+    """Parse a Redis key (as SCAN returns it, bytes) back to its object key.
 
-    Only canonical names are accepted (lowercase hex, 8 rank digits, a valid salt),
-    so a parsed key always maps back to the same Redis key.
+    None unless ``name`` is UTF-8 and exactly some key's native key string
+    (:func:`~lmcache_core.storage.l2.key_names.parse_native_key_name`).
     """
     if isinstance(name, bytes):
         try:
             name = name.decode()
         except UnicodeDecodeError:
             return None
-    parts = name.split(KEY_SEP)
-    if len(parts) not in (4, 5):
-        return None
-    model, rank, group, chunk = parts[:4]
-    salt = parts[4] if len(parts) == 5 else ""
-    if not model or not _RANK.fullmatch(rank) or not (len(parts) == 4 or salt):
-        return None
-    if not (_HEX.fullmatch(group) and _HEX.fullmatch(chunk)):
-        return None
-    try:
-        validate_cache_salt(salt)
-        key = ObjectKey(
-            chunk_hash=bytes.fromhex(chunk),
-            model_name=model,
-            kv_rank=int(rank, 16),
-            object_group_id=int(group, 16),
-            cache_salt=salt,
-        )
-    except ValueError:
-        return None
-    return key if object_key_to_redis_key(key) == name else None
+    return parse_native_key_name(name)
 
 
 class RespL2Adapter(L2AdapterV1):
@@ -181,12 +149,12 @@ class RespL2Adapter(L2AdapterV1):
     # -- the adapter -----------------------------------------------------------------
 
     def _put(self, key: ObjectKey, parts: Sequence[bytes | memoryview]) -> None:
-        name = object_key_to_redis_key(key).encode()
+        name = native_key_name(key).encode()
         views = [memoryview(part).cast("B") for part in parts]
         self._bulk.run(lambda connection: connection.set(name, views))
 
     def _exists(self, key: ObjectKey) -> bool:
-        return bool(self._client.exists(object_key_to_redis_key(key)))
+        return bool(self._client.exists(native_key_name(key)))
 
     def _get(self, key: ObjectKey, size: int) -> bytes | None:
         buffer = bytearray(size)
@@ -196,11 +164,11 @@ class RespL2Adapter(L2AdapterV1):
         return cast(bytes, buffer)
 
     def _get_into(self, key: ObjectKey, parts: Sequence[memoryview]) -> bool:
-        name = object_key_to_redis_key(key).encode()
+        name = native_key_name(key).encode()
         return self._bulk.run(lambda connection: connection.get_into(name, parts))
 
     def _remove(self, key: ObjectKey) -> bool:
-        return bool(self._client.delete(object_key_to_redis_key(key)))
+        return bool(self._client.delete(native_key_name(key)))
 
     def _known_objects(self) -> dict[ObjectKey, int]:
         """The keys already on the server, each with its value's length.
@@ -257,7 +225,7 @@ class RespL2Adapter(L2AdapterV1):
     def _close(self) -> None:
         try:
             if not self.persist:
-                names = [object_key_to_redis_key(key) for key in self.keys()]
+                names = [native_key_name(key) for key in self.keys()]
                 for start in range(0, len(names), SCAN_COUNT):
                     self._client.delete(*names[start : start + SCAN_COUNT])
         except redis.RedisError:

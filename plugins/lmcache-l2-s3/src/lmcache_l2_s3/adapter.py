@@ -1,7 +1,8 @@
 """``S3L2Adapter``: one object per key in an S3 bucket (the L2 adapter ``s3``).
 
-Object names are upstream LMCache's, so a store written with ``"format": "raw"`` is
-byte-compatible with upstream's ``s3`` adapter::
+Object names are upstream LMCache's native key strings
+(:mod:`lmcache_core.storage.l2.key_names`), so a store written with ``"format": "raw"``
+is byte-compatible with upstream's ``s3`` adapter::
 
     <model>@<kv_rank, 8 hex>@<group, hex>@<chunk hash, hex>[@<salt>]
 
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,13 +39,13 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from lmcache_core.storage.keys import ObjectKey, validate_cache_salt
+from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
+from lmcache_core.storage.l2.key_names import native_key_name, parse_native_key_name
 from lmcache_l2_s3.config import S3AdapterConfig
 
 logger = logging.getLogger("lmcache.l2.s3")
 
-KEY_SEP = "@"
 MAX_KEY_BYTES = 1024
 """S3's limit on an object name (UTF-8 bytes)."""
 GIB = 1 << 30
@@ -55,44 +55,9 @@ EXPRESS_SUFFIX = "--x-s3"
 AddressingStyle = Literal["virtual", "path", "auto"]
 V = TypeVar("V")
 
-_HEX = re.compile(r"[0-9a-f]+")
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 READ_WINDOW = 1 << 20
 """Bytes asked of the response body per ``readinto`` (small, reused temporaries)."""
-
-
-# -- names -------------------------------------------------------------------------------
-
-
-def object_key_to_name(key: ObjectKey) -> str:
-    """The object name upstream LMCache's ``s3`` adapter stores ``key`` under."""
-    name = KEY_SEP.join(
-        (key.model_name, f"{key.kv_rank:08x}", f"{key.object_group_id:x}", key.chunk_hash.hex())
-    )
-    return f"{name}{KEY_SEP}{key.cache_salt}" if key.cache_salt else name
-
-
-def name_to_object_key(name: str) -> ObjectKey | None:
-    """Parse an object name back to its key; None unless ``name`` is exactly a key's name.
-
-    Only canonical names are accepted (lowercase hex, at least 8 rank digits, a
-    valid salt), so a parsed key always maps back to the same object.
-    """
-    parts = name.split(KEY_SEP)
-    if len(parts) not in (4, 5):
-        return None
-    model, rank, group, chunk = parts[:4]
-    salt = parts[4] if len(parts) == 5 else ""
-    if not model or not (len(parts) == 4 or salt) or len(chunk) % 2:
-        return None
-    if not all(_HEX.fullmatch(text) for text in (rank, group, chunk)):
-        return None
-    try:
-        validate_cache_salt(salt)
-        key = ObjectKey(bytes.fromhex(chunk), model, int(rank, 16), int(group, 16), salt)
-    except ValueError:
-        return None
-    return key if object_key_to_name(key) == name else None
 
 
 # -- the endpoint ------------------------------------------------------------------------
@@ -288,7 +253,7 @@ class S3L2Adapter(L2AdapterV1):
 
     def name_of(self, key: ObjectKey) -> str:
         """The object name of ``key`` in the bucket."""
-        return object_key_to_name(key)
+        return native_key_name(key)
 
     def _call(self, operation: str, **params: Any) -> Any:
         """Run one client request, tracking consecutive failures for ``status()``.
@@ -340,7 +305,11 @@ class S3L2Adapter(L2AdapterV1):
             raise
         return True
 
-    def _get(self, key: ObjectKey, size: int) -> bytes | None:
+    def _open_body(self, key: ObjectKey, size: int) -> Any | None:
+        """The GET's unread body when the object is there with ``size`` bytes, else None.
+
+        An object of another size is a miss, and its body is closed undownloaded.
+        """
         try:
             response = self._call("get_object", Key=self.name_of(key))
         except ClientError as exc:
@@ -348,9 +317,16 @@ class S3L2Adapter(L2AdapterV1):
                 return None
             raise
         body = response["Body"]
+        if response.get("ContentLength") != size:
+            body.close()
+            return None
+        return body
+
+    def _get(self, key: ObjectKey, size: int) -> bytes | None:
+        body = self._open_body(key, size)
+        if body is None:
+            return None
         try:
-            if response.get("ContentLength") != size:
-                return None  # another size: a miss, and the body is not downloaded
             data: bytes = body.read()
         finally:
             body.close()
@@ -358,17 +334,10 @@ class S3L2Adapter(L2AdapterV1):
         return data if len(data) == size else None
 
     def _get_into(self, key: ObjectKey, parts: Sequence[memoryview]) -> bool:
-        size = sum(part.nbytes for part in parts)
+        body = self._open_body(key, sum(part.nbytes for part in parts))
+        if body is None:
+            return False
         try:
-            response = self._call("get_object", Key=self.name_of(key))
-        except ClientError as exc:
-            if _is_missing(exc):
-                return False
-            raise
-        body = response["Body"]
-        try:
-            if response.get("ContentLength") != size:
-                return False  # another size: a miss, and the body is not downloaded
             for part in parts:
                 done = 0
                 while done < part.nbytes:
@@ -397,7 +366,7 @@ class S3L2Adapter(L2AdapterV1):
             )
             for page in pages:
                 for item in page.get("Contents", ()):
-                    key = name_to_object_key(item["Key"])
+                    key = parse_native_key_name(item["Key"])
                     if key is not None:
                         known[key] = int(item["Size"])
         except Exception as exc:  # an unreachable server must not stop the server starting
