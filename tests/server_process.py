@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import httpx
 
@@ -75,6 +76,7 @@ def stop_server(process: subprocess.Popen[str]) -> None:
 
 
 _OUTPUT: dict[int, list[str]] = {}
+_DRAINS: dict[int, threading.Thread] = {}
 
 
 def drain_output(process: subprocess.Popen[str]) -> None:
@@ -86,7 +88,9 @@ def drain_output(process: subprocess.Popen[str]) -> None:
         for line in process.stdout:
             lines.append(line)
 
-    threading.Thread(target=read, daemon=True).start()
+    thread = threading.Thread(target=read, daemon=True)
+    _DRAINS[process.pid] = thread
+    thread.start()
 
 
 def output_of(process: subprocess.Popen[str]) -> str:
@@ -94,18 +98,61 @@ def output_of(process: subprocess.Popen[str]) -> str:
     return "".join(_OUTPUT.get(process.pid, []))
 
 
+@dataclass(frozen=True)
+class LiveServer:
+    """A server started by :func:`server_on_free_ports`: the process and where to reach it."""
+
+    process: subprocess.Popen[str]
+    http_url: str
+    zmq_port: int
+
+    @property
+    def zmq_url(self) -> str:
+        """The ZeroMQ endpoint clients connect to."""
+        return f"tcp://127.0.0.1:{self.zmq_port}"
+
+    def output(self) -> str:
+        """Everything the server printed so far (all of it once the ``with`` block ended)."""
+        return output_of(self.process)
+
+
+@contextmanager
+def server_on_free_ports(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60.0
+) -> Iterator[LiveServer]:
+    """A healthy ``lmcache server ARGS`` on free loopback ports, its output drained.
+
+    HTTP and ZeroMQ both bind 127.0.0.1. ZeroMQ takes a free port unless ``args``
+    name one with ``--port`` (a test that restarts a server on the same port).
+    At exit the server gets SIGTERM, so subscribers and plugins shut down as in
+    production, and the drain thread is joined: ``output()`` then holds the
+    server's last lines too.
+    """
+    http_port = free_port()
+    if "--port" in args:
+        zmq_port = int(args[args.index("--port") + 1])
+    else:
+        zmq_port = free_port()
+        args = ("--port", str(zmq_port), *args)
+    process = start_server(
+        *("--http-host", "127.0.0.1", "--http-port", str(http_port), "--host", "127.0.0.1"),
+        *args,
+        env=env,
+    )
+    server = LiveServer(process, f"http://127.0.0.1:{http_port}", zmq_port)
+    try:
+        wait_healthy(process, server.http_url, timeout=timeout)
+        drain_output(process)
+        yield server
+    finally:
+        stop_server(process)
+        drain = _DRAINS.pop(process.pid, None)
+        if drain is not None:
+            drain.join(5.0)  # the pipe is at EOF once the process is gone
+
+
 @contextmanager
 def running_server(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """A healthy server on free ports, its output drained; stopped at exit."""
-    http_port = free_port()
-    process = start_server(
-        "--http-host", "127.0.0.1", "--http-port", str(http_port), "--port", str(free_port()), *args
-    )
-    url = f"http://127.0.0.1:{http_port}"
-    try:
-        wait_healthy(process, url)
-        drain_output(process)
-        yield process, url
-    finally:
-        stop_server(process)
-        time.sleep(0.05)  # let the drain thread read the last lines
+    with server_on_free_ports(*args, timeout=30.0) as server:
+        yield server.process, server.http_url

@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
 
 from lmcache_core.client import MPClient
 from lmcache_core.client.cpu_worker import CpuKVWorker
@@ -29,15 +28,8 @@ from lmcache_core.plugin.registry import PluginRegistry
 from lmcache_core.protocol.types import CacheKey
 from lmcache_core.server.context import ServerContext
 from lmcache_core.server.startup import StartupReport
-from lmcache_core.transfer.layout import KVFormat, KVLayout
-from tests.server_process import (
-    clean_env,
-    drain_output,
-    free_port,
-    start_server,
-    stop_server,
-    wait_healthy,
-)
+from tests.data_path.kv import make_layout
+from tests.server_process import clean_env, server_on_free_ports
 
 TOKEN = "admin-token-" + uuid.uuid4().hex
 CHUNK = 16
@@ -86,45 +78,17 @@ class AdminServer:
 @contextmanager
 def admin_server(*args: str, token: str | None = None, **env: str) -> Iterator[AdminServer]:
     """A healthy server on free ports, its output drained; stopped at exit."""
-    http_port, zmq_port = free_port(), free_port()
     extra = {"LMCACHE_HTTP_ADMIN_TOKEN": token} if token else {}
-    process = start_server(
-        "--http-host",
-        "127.0.0.1",
-        "--http-port",
-        str(http_port),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(zmq_port),
-        "--l1-size-gb",
-        "0.05",
-        "--eviction-policy",
-        "LRU",
-        "--chunk-size",
-        str(CHUNK),
+    with server_on_free_ports(
+        *("--l1-size-gb", "0.05", "--eviction-policy", "LRU", "--chunk-size", str(CHUNK)),
         *args,
         env=clean_env(**extra, **env),
-    )
-    url = f"http://127.0.0.1:{http_port}"
-    try:
-        wait_healthy(process, url, timeout=60)
-        drain_output(process)
-        yield AdminServer(url, f"tcp://127.0.0.1:{zmq_port}", token)
-    finally:
-        stop_server(process)
+    ) as server:
+        yield AdminServer(server.http_url, server.zmq_url, token)
 
 
-LAYOUT = KVLayout(
-    KVFormat.NHD,
-    num_layers=1,
-    num_blocks=64,
-    block_size=4,
-    num_heads=2,
-    head_dim=8,
-    dtype=torch.float16,
-)
-BLOCKS_PER_CHUNK = CHUNK // 4
+LAYOUT = make_layout(num_layers=1, head_dim=8)  # NHD fp16, 64 blocks of 4 tokens
+BLOCKS_PER_CHUNK = CHUNK // LAYOUT.block_size
 
 
 def store_chunks(server: AdminServer, model: str, chunks: int, salt: str = "") -> list[int]:

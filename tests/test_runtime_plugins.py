@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -42,13 +43,11 @@ from lmcache_core.runtime_plugins.environment import (
 from lmcache_core.runtime_plugins.supervisor import RestartPolicy, describe_exit
 from tests.helpers import REQUIRED_VALUES, run_subprocess
 from tests.server_process import (
+    LiveServer,
     clean_env,
-    drain_output,
     free_port,
     output_of,
-    start_server,
-    stop_server,
-    wait_healthy,
+    server_on_free_ports,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -340,38 +339,27 @@ class PluginServer:
         raise AssertionError(f"timed out waiting for {what}:\n{output_of(self.process)}")
 
 
-def launch(
+@contextmanager
+def plugins_running(
     tmp: Path, locations: list[Path], extra: dict[str, Any], instance: str
-) -> tuple[subprocess.Popen[str], str, Path]:
+) -> Iterator[tuple[LiveServer, Path]]:
+    """A healthy server running the plugins at ``locations``; (the server, the wrapper PATH dir)."""
     out = tmp / "out"
     out.mkdir()
     bin_dir = wrapper_bin(tmp / "bin")
-    http_port = free_port()
     env = clean_env(
         RTP_OUT_DIR=str(out),
         RTP_INHERITED="from the server",
         PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     )
-    process = start_server(
+    with server_on_free_ports(
         *BASE,
-        "--instance-id",
-        instance,
-        "--http-host",
-        "127.0.0.1",
-        "--http-port",
-        str(http_port),
-        "--port",
-        str(free_port()),
-        "--runtime-plugin-locations",
-        *[str(p) for p in locations],
-        "--runtime-plugin-config",
-        json.dumps(extra),
+        *("--instance-id", instance),
+        *("--runtime-plugin-locations", *[str(p) for p in locations]),
+        *("--runtime-plugin-config", json.dumps(extra)),
         env=env,
-    )
-    url = f"http://127.0.0.1:{http_port}"
-    wait_healthy(process, url)
-    drain_output(process)
-    return process, url, bin_dir
+    ) as server:
+        yield server, bin_dir
 
 
 @pytest.fixture(scope="module")
@@ -389,12 +377,8 @@ def plugin_server(
     write(plugins / "_not_a_plugin.py", "raise SystemExit('must not run')\n")
     extra = {"heartbeat_url": receiver[0], "interval_s": 0.2, "api_token": "tok-secret-42"}
     instance = "rtp-test-instance"
-    process, url, bin_dir = launch(tmp, [plugins, HEARTBEAT], extra, instance)
-    try:
-        yield PluginServer(process, url, tmp / "out", instance, bin_dir)
-    finally:
-        stop_server(process)
-        time.sleep(0.05)
+    with plugins_running(tmp, [plugins, HEARTBEAT], extra, instance) as (server, bin_dir):
+        yield PluginServer(server.process, server.http_url, tmp / "out", instance, bin_dir)
 
 
 def test_plugins_are_listed_in_status_in_launch_order(plugin_server: PluginServer) -> None:
@@ -557,9 +541,9 @@ def test_sigterm_terminates_every_plugin_and_grandchild(tmp_path: Path) -> None:
     plugins = tmp_path / "plugins"
     write(plugins / "shell.sh", SHELL)
     write(plugins / "stubborn.py", STUBBORN)
-    process, url, _ = launch(tmp_path, [plugins], {}, "rtp-shutdown")
     out = tmp_path / "out"
-    try:
+    with plugins_running(tmp_path, [plugins], {}, "rtp-shutdown") as (server, _):
+        process, url = server.process, server.http_url
         deadline = time.monotonic() + 30
         while not (
             (out / "stubborn.pids").exists()
@@ -578,10 +562,7 @@ def test_sigterm_terminates_every_plugin_and_grandchild(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=10)
         elapsed = time.monotonic() - sent
-    finally:
-        stop_server(process)
-    time.sleep(0.1)
-    text = output_of(process)
+    text = output_of(process)  # all of it: leaving the block joined the drain thread
     assert code == 0, text
     assert elapsed < 5.0
     assert "runtime plugin stubborn did not exit within 1.5 s of SIGTERM; killing it" in text

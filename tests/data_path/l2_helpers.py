@@ -180,3 +180,40 @@ def retrieves_identical(
         return False
     pairs = zip(worker.layers, expected, strict=True)
     return all(torch.equal(layer[:, dst], want) for layer, want in pairs)
+
+
+def l2_round_trip(
+    port: int,
+    url: str,
+    layout: KVLayout,
+    tokens: list[int],
+    *,
+    store: bool = True,
+    seed: int = 5,
+    stored: Callable[[dict[str, Any]], bool] | None = None,
+) -> tuple[int, bool]:
+    """Store (optionally), clear L1, look up, retrieve; (hit chunks, bytes identical).
+
+    The KV written is random but reproducible from ``seed``, so a round trip with
+    ``store=False`` against a restarted server compares with the same bytes the
+    first one stored. With L1 cleared, every hit can only come from L2. The store
+    counts as landed once ``stored(l2_status)`` holds; by default once the tier
+    stored every full chunk of ``tokens``.
+    """
+    chunks = len(tokens) // CHUNK
+    with MPClient(f"127.0.0.1:{port}", timeout=20) as client, CpuKVWorker(client, layout) as worker:
+        worker.register()
+        fill_layers(worker, seed)
+        src = blocks(1, chunks)
+        if store:
+            assert worker.store(worker.key(tokens, 0, chunks * CHUNK, "store"), src)
+            landed = stored or (lambda status: status["stats"]["stored_keys"] >= chunks)
+            wait_for(lambda: landed(l2_status(url)))
+        client.clear(True)
+        hits = lookup_hits(client, worker, tokens, "load")
+        same = hits == chunks and retrieves_identical(
+            worker, tokens, "load", src, blocks(80, chunks)
+        )
+        client.end_session("load")
+        worker.unregister()
+    return hits, same

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
-from tests.data_path.l2_helpers import CHUNK, l2_status, small_layout
-from tests.data_path.test_l2_tier import round_trip
+from tests.data_path.l2_helpers import CHUNK, l2_round_trip, l2_status, server_args, small_layout
 from tests.server_process import free_port, running_server
 
 LAYOUT = small_layout(160)
@@ -19,32 +17,21 @@ def test_raw_block_serves_the_same_bytes_after_a_restart(tmp_path: Path) -> None
     object_bytes = LAYOUT.object_nbytes(CHUNK)
     slot_bytes = ALIGN + -(-object_bytes // ALIGN) * ALIGN  # header block + one chunk
     meta = 64 * ALIGN
-    adapter = json.dumps(
-        {
-            "type": "raw_block",
-            "device_path": str(device),
-            "slot_bytes": slot_bytes,
-            "meta_total_bytes": meta,
-            "capacity_bytes": meta + 16 * slot_bytes,  # the file is created at this size
-        }
-    )
+    adapter = {
+        "type": "raw_block",
+        "device_path": str(device),
+        "slot_bytes": slot_bytes,
+        "meta_total_bytes": meta,
+        "capacity_bytes": meta + 16 * slot_bytes,  # the file is created at this size
+    }
     tokens = [random.Random(8).randrange(50000) for _ in range(3 * CHUNK + 5)]
     port = free_port()
-    args = (
-        "--l1-size-gb",
-        "0.05",
-        "--eviction-policy",
-        "LRU",
-        "--port",
-        str(port),
-        "--l2-adapter",
-        adapter,
-    )
+    args = server_args(port, adapter)
     with running_server(*args) as (_, url):
         status = l2_status(url)["adapters"][0]
         assert (status["type"], status["total_slots"], status["objects"]) == ("raw_block", 16, 0)
         assert status["use_odirect"] is True
-        assert round_trip(port, url, tokens, store=True) == (3, True)
+        assert l2_round_trip(port, url, LAYOUT, tokens, store=True) == (3, True)
     assert device.stat().st_size == meta + 16 * slot_bytes
 
     with running_server(*args) as (_, url):  # a new process: the index comes from the device
@@ -52,4 +39,4 @@ def test_raw_block_serves_the_same_bytes_after_a_restart(tmp_path: Path) -> None
         assert status["objects"] == 3 and status["recovered_objects"] == 3
         assert status["free_slots"] == 13
         assert status["used_bytes"] == 3 * (object_bytes + 48)
-        assert round_trip(port, url, tokens, store=False) == (3, True)
+        assert l2_round_trip(port, url, LAYOUT, tokens, store=False) == (3, True)

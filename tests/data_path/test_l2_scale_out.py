@@ -6,8 +6,6 @@ S3-protocol server (moto), as a fleet would.
 
 from __future__ import annotations
 
-import json
-import random
 from typing import Any
 
 import torch
@@ -16,10 +14,14 @@ from lmcache_l2_resp.testing import RedisServer
 from lmcache_core.client import MPClient
 from lmcache_core.client.cpu_worker import CpuKVWorker
 from tests.data_path.l2_helpers import (
-    BPC,
     CHUNK,
+    blocks,
+    fill_layers,
     l2_status,
+    lookup_hits,
+    random_tokens,
     resp_adapter,
+    server_args,
     small_layout,
     wait_for,
 )
@@ -28,25 +30,12 @@ from tests.server_process import free_port, running_server
 LAYOUT = small_layout(112)
 
 
-def fleet_round_trip(adapter: str) -> None:
-    tokens = [random.Random(9).randrange(40000) for _ in range(3 * CHUNK)]
+def fleet_round_trip(adapter: dict[str, Any]) -> None:
+    tokens = random_tokens(9, 3)
     ports = free_port(), free_port()
-
-    def args(port: int) -> tuple[str, ...]:
-        return (
-            "--l1-size-gb",
-            "0.05",
-            "--eviction-policy",
-            "LRU",
-            "--port",
-            str(port),
-            "--l2-adapter",
-            adapter,
-        )
-
     with (
-        running_server(*args(ports[0])) as (_, url_a),
-        running_server(*args(ports[1])) as (_, url_b),
+        running_server(*server_args(ports[0], adapter)) as (_, url_a),
+        running_server(*server_args(ports[1], adapter)) as (_, url_b),
         MPClient(f"127.0.0.1:{ports[0]}", timeout=20) as client_a,
         MPClient(f"127.0.0.1:{ports[1]}", timeout=20) as client_b,
         CpuKVWorker(client_a, LAYOUT) as worker_a,
@@ -54,16 +43,13 @@ def fleet_round_trip(adapter: str) -> None:
     ):
         worker_a.register()
         worker_b.register()
-        generator = torch.Generator().manual_seed(2)
-        for layer in worker_a.layers:
-            layer.copy_(torch.randn(layer.shape, generator=generator).to(torch.bfloat16))
-        src = list(range(1, 1 + 3 * BPC))
+        fill_layers(worker_a, 2)
+        src = blocks(1, 3)
         assert worker_a.store(worker_a.key(tokens, 0, 3 * CHUNK, "a"), src)
         wait_for(lambda: l2_status(url_a)["stats"]["stored_keys"] >= 3, timeout=20)
         # Server B never saw these chunks: its L1 is empty, the hits come from the shared L2.
-        client_b.lookup(worker_b.key(tokens, 0, 3 * CHUNK, "b", worker=False))
-        assert client_b.wait_prefetch_status("b", 20.0) == 3
-        dst = list(range(60, 60 + 3 * BPC))
+        assert lookup_hits(client_b, worker_b, tokens, "b", timeout=20.0) == 3
+        dst = blocks(60, 3)
         assert worker_b.retrieve(worker_b.key(tokens, 0, 3 * CHUNK, "b"), dst)
         for layer_a, layer_b in zip(worker_a.layers, worker_b.layers, strict=True):
             assert torch.equal(layer_b[:, dst], layer_a[:, src])
@@ -72,8 +58,8 @@ def fleet_round_trip(adapter: str) -> None:
 
 
 def test_two_servers_share_one_redis(l2_redis: RedisServer) -> None:
-    fleet_round_trip(json.dumps(resp_adapter(l2_redis)))
+    fleet_round_trip(resp_adapter(l2_redis))
 
 
 def test_two_servers_share_one_bucket(l2_s3: dict[str, Any]) -> None:
-    fleet_round_trip(json.dumps(l2_s3))
+    fleet_round_trip(l2_s3)

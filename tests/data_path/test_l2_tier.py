@@ -7,71 +7,37 @@ import random
 from pathlib import Path
 
 import httpx
-import torch
 
 from lmcache_core.client import MPClient
 from lmcache_core.client.cpu_worker import CpuKVWorker
-from tests.data_path.l2_helpers import BPC, CHUNK, l2_status, small_layout, wait_for
+from tests.data_path.l2_helpers import (
+    BPC,
+    CHUNK,
+    l2_round_trip,
+    l2_status,
+    lookup_hits,
+    server_args,
+    small_layout,
+    wait_for,
+)
 from tests.server_process import free_port, running_server
 
 LAYOUT = small_layout(160)
 
 
-def lookup_hits(client: MPClient, worker: CpuKVWorker, tokens: list[int], request: str) -> int:
-    client.lookup(worker.key(tokens, 0, len(tokens) // CHUNK * CHUNK, request, worker=False))
-    hits = client.wait_prefetch_status(request, 10.0)
-    assert hits is not None
-    return int(hits)
-
-
-def round_trip(port: int, url: str, tokens: list[int], *, store: bool) -> tuple[int, bool]:
-    """Store (optionally), drop L1, look up, retrieve; (hit chunks, bytes identical)."""
-    with MPClient(f"127.0.0.1:{port}", timeout=20) as client, CpuKVWorker(client, LAYOUT) as worker:
-        worker.register()
-        generator = torch.Generator().manual_seed(5)
-        for layer in worker.layers:
-            layer.copy_(torch.randn(layer.shape, generator=generator).to(torch.bfloat16))
-        src = list(range(1, 1 + 3 * BPC))
-        if store:
-            assert worker.store(worker.key(tokens, 0, 3 * CHUNK, "store"), src)
-            wait_for(lambda: l2_status(url)["stats"]["stored_keys"] >= 3)
-        client.clear(True)  # L1 is empty now: hits can only come from L2
-        hits = lookup_hits(client, worker, tokens, "load")
-        expected = [layer[:, src].clone() for layer in worker.layers]
-        dst = list(range(80, 80 + 3 * BPC))
-        for layer in worker.layers:
-            layer[:, dst] = 0
-        ok = hits == 3 and worker.retrieve(worker.key(tokens, 0, 3 * CHUNK, "load"), dst)
-        same = ok and all(
-            torch.equal(layer[:, dst], e) for layer, e in zip(worker.layers, expected, strict=True)
-        )
-        client.end_session("load")
-        worker.unregister()
-    return hits, bool(same)
-
-
 def test_fs_tier_serves_after_l1_is_cleared_and_after_a_restart(tmp_path: Path) -> None:
     tokens = [random.Random(3).randrange(50000) for _ in range(3 * CHUNK + 7)]
-    adapter = json.dumps({"type": "fs", "base_path": str(tmp_path)})
+    adapter = {"type": "fs", "base_path": str(tmp_path)}
     port = free_port()
-    args = (
-        "--l1-size-gb",
-        "0.05",
-        "--eviction-policy",
-        "LRU",
-        "--port",
-        str(port),
-        "--l2-adapter",
-        adapter,
-    )
+    args = server_args(port, adapter)
     with running_server(*args) as (_, url):
-        assert round_trip(port, url, tokens, store=True) == (3, True)
+        assert l2_round_trip(port, url, LAYOUT, tokens, store=True) == (3, True)
         stats = l2_status(url)["stats"]
         assert stats["prefetched_chunks"] == 3
     assert len(list(tmp_path.glob("*.data"))) == 3
     with running_server(*args) as (_, url):  # a new process: the fs index is rebuilt from disk
         assert l2_status(url)["adapters"][0]["objects"] == 3
-        assert round_trip(port, url, tokens, store=False) == (3, True)
+        assert l2_round_trip(port, url, LAYOUT, tokens, store=False) == (3, True)
 
 
 def test_skip_l1_buffer_mode_and_a_failing_adapter_is_a_miss(tmp_path: Path) -> None:
@@ -113,25 +79,14 @@ def test_skip_l1_buffer_mode_and_a_failing_adapter_is_a_miss(tmp_path: Path) -> 
 def test_an_eviction_block_keeps_the_adapter_within_its_capacity(tmp_path: Path) -> None:
     object_bytes = LAYOUT.object_nbytes(CHUNK) + 48  # payload + frame header
     capacity = 7 * object_bytes
-    adapter = json.dumps(
-        {
-            "type": "fs",
-            "base_path": str(tmp_path),
-            "max_capacity_gb": capacity / 2**30,
-            "eviction": {"eviction_policy": "LRU", "trigger_watermark": 0.8, "eviction_ratio": 0.4},
-        }
-    )
+    adapter = {
+        "type": "fs",
+        "base_path": str(tmp_path),
+        "max_capacity_gb": capacity / 2**30,
+        "eviction": {"eviction_policy": "LRU", "trigger_watermark": 0.8, "eviction_ratio": 0.4},
+    }
     port = free_port()
-    args = (
-        "--l1-size-gb",
-        "0.05",
-        "--eviction-policy",
-        "LRU",
-        "--port",
-        str(port),
-        "--l2-adapter",
-        adapter,
-    )
+    args = server_args(port, adapter)
     batches = [[random.Random(50 + b).randrange(50000) for _ in range(3 * CHUNK)] for b in range(4)]
     with (
         running_server(*args) as (_, url),

@@ -7,7 +7,6 @@ The subscriber tests need what a real engine publishes, so they start a real
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,62 +22,23 @@ from tests.data_path.kv import (
     randomize,
     request_id,
 )
-from tests.server_process import (
-    clean_env,
-    drain_output,
-    free_port,
-    output_of,
-    start_server,
-    stop_server,
-    wait_healthy,
-)
+from tests.server_process import LiveServer, clean_env, server_on_free_ports
 
 BASE_ARGS = ("--l1-size-gb", "0.1", "--eviction-policy", "LRU", "--chunk-size", str(CHUNK))
 START_TIMEOUT = 120.0
 
 
-@dataclass
-class ObsServer:
-    """A running server: where to reach it and what it printed."""
-
-    process: object
-    http_url: str
-    zmq_url: str
-
-    def output(self) -> str:
-        """Everything the server printed so far."""
-        return output_of(self.process)  # type: ignore[arg-type]
-
-
 @contextmanager
-def obs_server(*args: str, **env: str) -> Iterator[ObsServer]:
+def obs_server(*args: str, **env: str) -> Iterator[LiveServer]:
     """A healthy server on free ports with ``args`` and extra environment; stopped at exit.
 
     The server is stopped with SIGTERM, so subscribers flush and close as in
     production; after the ``with`` block its whole output is in ``output()``.
     """
-    http_port, zmq_port = free_port(), free_port()
-    process = start_server(
-        "--http-host",
-        "127.0.0.1",
-        "--http-port",
-        str(http_port),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(zmq_port),
-        *BASE_ARGS,
-        *args,
-        env=clean_env(**env),
-    )
-    server = ObsServer(process, f"http://127.0.0.1:{http_port}", f"tcp://127.0.0.1:{zmq_port}")
-    try:
-        wait_healthy(process, server.http_url, timeout=START_TIMEOUT)
-        drain_output(process)
+    with server_on_free_ports(
+        *BASE_ARGS, *args, env=clean_env(**env), timeout=START_TIMEOUT
+    ) as server:
         yield server
-    finally:
-        stop_server(process)
-        time.sleep(0.2)  # let the drain thread read the last lines
 
 
 @dataclass

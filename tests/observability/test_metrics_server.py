@@ -24,13 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lmcache_core.client import MPClient
 from lmcache_core.client.cpu_worker import CpuKVWorker
 from tests.data_path.kv import CHUNK, fresh_tokens, lookup, make_layout, randomize, request_id
-from tests.server_process import (
-    drain_output,
-    free_port,
-    start_server,
-    stop_server,
-    wait_healthy,
-)
+from tests.server_process import free_port, server_on_free_ports, start_server
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -75,34 +69,16 @@ def get(samples: Samples, name: str, **labels: str) -> float | None:
 @contextmanager
 def launch(*args: str) -> Iterator[MetricsServer]:
     """Start a server with a fresh instance id on free ports; stop it at the end."""
-    http_port, zmq_port, prometheus_port = free_port(), free_port(), free_port()
+    prometheus_port = free_port()
     instance = f"metrics-{uuid.uuid4().hex[:8]}"
-    process = start_server(
-        "--http-host",
-        "127.0.0.1",
-        "--http-port",
-        str(http_port),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(zmq_port),
-        "--prometheus-port",
-        str(prometheus_port),
-        "--instance-id",
-        instance,
-        "--chunk-size",
-        str(CHUNK),
-        "--eviction-policy",
-        "LRU",
+    with server_on_free_ports(
+        *("--prometheus-port", str(prometheus_port), "--instance-id", instance),
+        *("--chunk-size", str(CHUNK), "--eviction-policy", "LRU"),
         *args,
-    )
-    url = f"http://127.0.0.1:{http_port}"
-    try:
-        wait_healthy(process, url, timeout=60)
-        drain_output(process)
-        yield MetricsServer(process, url, f"tcp://127.0.0.1:{zmq_port}", prometheus_port, instance)
-    finally:
-        stop_server(process)
+    ) as running:
+        yield MetricsServer(
+            running.process, running.http_url, running.zmq_url, prometheus_port, instance
+        )
 
 
 @pytest.fixture(scope="module")

@@ -16,69 +16,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from lmcache_core.client import MPClient
-from lmcache_core.client.cpu_worker import CpuKVWorker
-from tests.data_path.l2_helpers import BPC, CHUNK, l2_status, small_layout, wait_for
-from tests.server_process import (
-    clean_env,
-    drain_output,
-    free_port,
-    start_server,
-    stop_server,
-    wait_healthy,
-)
+from tests.data_path.l2_helpers import CHUNK, l2_round_trip, l2_status, small_layout
+from tests.server_process import clean_env, server_on_free_ports
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYOUT = small_layout(160)
+TOKENS = [random.Random(11).randrange(50000) for _ in range(3 * CHUNK)]
 
 
 @contextmanager
 def example_server(*adapters: dict[str, Any]) -> Iterator[tuple[int, str]]:
     """A healthy server with ``adapters`` and the example on its PYTHONPATH; (ZeroMQ port, URL)."""
-    port, http_port = free_port(), free_port()
-    process = start_server(
-        *("--l1-size-gb", "0.05", "--eviction-policy", "LRU", "--host", "127.0.0.1"),
-        *("--port", str(port), "--http-host", "127.0.0.1", "--http-port", str(http_port)),
+    with server_on_free_ports(
+        *("--l1-size-gb", "0.05", "--eviction-policy", "LRU"),
         *(arg for adapter in adapters for arg in ("--l2-adapter", json.dumps(adapter))),
         env=clean_env(PYTHONPATH=str(SRC)),
-    )
-    url = f"http://127.0.0.1:{http_port}"
-    try:
-        wait_healthy(process, url, timeout=60)
-        drain_output(process)
-        yield port, url
-    finally:
-        stop_server(process)
+    ) as server:
+        yield server.zmq_port, server.http_url
 
 
-def store_clear_lookup_retrieve(port: int, url: str) -> tuple[int, bool]:
-    """(chunks the lookup found after L1 was cleared, retrieved KV identical to what was stored)."""
-    tokens = [random.Random(11).randrange(50000) for _ in range(3 * CHUNK)]
-    with MPClient(f"127.0.0.1:{port}", timeout=20) as client, CpuKVWorker(client, LAYOUT) as worker:
-        worker.register()
-        generator = torch.Generator().manual_seed(7)
-        for layer in worker.layers:
-            layer.copy_(torch.randn(layer.shape, generator=generator).to(torch.bfloat16))
-        src = list(range(1, 1 + 3 * BPC))
-        assert worker.store(worker.key(tokens, 0, 3 * CHUNK, "store"), src)
-        wait_for(lambda: all(a["objects"] == 3 for a in l2_status(url)["adapters"]))
-        client.clear(True)  # L1 is empty: a hit can only come from the example backend
-        client.lookup(worker.key(tokens, 0, 3 * CHUNK, "load", worker=False))
-        hits = int(client.wait_prefetch_status("load", 10.0) or 0)
-        expected = [layer[:, src].clone() for layer in worker.layers]
-        dst = list(range(80, 80 + 3 * BPC))
-        for layer in worker.layers:
-            layer[:, dst] = 0
-        same = hits == 3 and worker.retrieve(worker.key(tokens, 0, 3 * CHUNK, "load"), dst)
-        same = same and all(
-            torch.equal(layer[:, dst], want)
-            for layer, want in zip(worker.layers, expected, strict=True)
-        )
-        client.end_session("load")
-        worker.unregister()
-    return hits, bool(same)
+def both_hold_three(l2: dict[str, Any]) -> bool:
+    """Whether every adapter of the cascade holds the three stored chunks (both are checked)."""
+    return all(adapter["objects"] == 3 for adapter in l2["adapters"])
 
 
 def test_both_examples_in_one_cascade_on_a_real_server(tmp_path: Path) -> None:
@@ -96,7 +55,9 @@ def test_both_examples_in_one_cascade_on_a_real_server(tmp_path: Path) -> None:
     }
     # Both receive every store; the prefetch loads from the first that has the key: native.
     with example_server(native, memory) as (port, url):
-        assert store_clear_lookup_retrieve(port, url) == (3, True)
+        # L1 is cleared in between: a hit can only come from the example backend.
+        hits_and_same = l2_round_trip(port, url, LAYOUT, TOKENS, seed=7, stored=both_hold_three)
+        assert hits_and_same == (3, True)
         directory, in_memory = l2_status(url)["adapters"]
         assert directory["client"] == "lmcache_example_l2.directory_client.DirectoryClient"
         assert directory["completion"] == "event_fd"
