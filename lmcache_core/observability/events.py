@@ -71,6 +71,7 @@ EVENT_FIELDS: Mapping[EventType, tuple[str, ...]] = {
         "l2_hit_tokens",
         "l1_hit_keys",
         "l2_hit_keys",
+        "l2_hit_sources",
         "duration_s",
     ),
     EventType.MP_LOOKUP: (

@@ -63,6 +63,22 @@ def test_lookup_counts_requested_and_hit_tokens_and_keys_per_tier(sub: MetricsSu
     )
 
 
+def test_lookup_counts_the_l2_hit_per_supplying_adapter(sub: MetricsSubscriber) -> None:
+    sources = [
+        {"l2_name": "fs", "adapter_index": 0, "keys": 3, "tokens": 24.0},
+        {"l2_name": "resp", "adapter_index": 1, "keys": 1, "tokens": 8.0},
+    ]
+    send(sub, EventType.MP_LOOKUP_PREFETCH_END, **REQ, l2_hit_keys=4, l2_hit_sources=sources)
+    send(sub, EventType.MP_LOOKUP_PREFETCH_END, **REQ, l2_hit_sources=["junk", {"keys": "x"}])
+    labels = {"model_name": "m", "cache_salt": "s"}
+    fs = {"l2_name": "fs", "adapter_index": "0"}
+    resp = {"l2_name": "resp", "adapter_index": "1"}
+    assert value(sub, "lmcache_mp_lookup_l2_hit_tokens_total", **labels, **fs) == 24
+    assert value(sub, "lmcache_mp_lookup_l2_hit_tokens_total", **labels, **resp) == 8
+    assert value(sub, "lmcache_mp_lookup_l2_hit_keys_total", **labels, **fs) == 3
+    assert value(sub, "lmcache_mp_lookup_l2_hit_keys_total", **labels, **resp) == 1
+
+
 def test_request_end_counts_the_request_and_its_duration(sub: MetricsSubscriber) -> None:
     send(sub, EventType.MP_REQUEST_END, duration_s=1.5, **REQ)
     assert value(sub, "lmcache_mp_requests_total", model_name="m", cache_salt="s") == 1

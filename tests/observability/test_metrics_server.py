@@ -302,6 +302,11 @@ def test_l2_store_load_and_usage_per_adapter() -> None:
         assert not get(samples, "lmcache_mp_l2_store_failed_objects_total", **labels)
         assert get(samples, "lmcache_mp_l2_load_succeeded_objects_total", **labels) == chunks
         assert get(samples, "lmcache_mp_lookup_hit_tokens_total", tier="l2", **REQ) == hits * CHUNK
+        # ... all of it supplied by this adapter (one rank: every object is a whole chunk).
+        assert get(samples, "lmcache_mp_lookup_l2_hit_tokens_total", **REQ, **labels) == (
+            hits * CHUNK
+        )
+        assert get(samples, "lmcache_mp_lookup_l2_hit_keys_total", **REQ, **labels) == hits
         assert not get(samples, "lmcache_mp_lookup_hit_tokens_total", tier="l1", **REQ)
         assert get(samples, "lmcache_mp_l2_store_throughput_gigabytes_per_second_count", **labels)
         # The usage gauge is the adapter's own count, as /status shows it.

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lmcache_core.observability.events import EventType
 from lmcache_core.server.lifecycle import Health
@@ -76,6 +76,20 @@ def _results(future: Future[list[bool]], count: int, timeout: float, stats: L2St
         logger.warning("L2 adapter call failed", exc_info=True)
         return [False] * count
     return result if len(result) == count else [False] * count
+
+
+class PrefetchResult(NamedTuple):
+    """What :meth:`L2Tier.prefetch` brought into L1.
+
+    Attributes:
+        chunks: Leading chunks now in L1 and read-locked.
+        keys_by_adapter: Per adapter (cascade order), how many objects of those
+            chunks it supplied (empty when nothing was loaded). Objects another
+            writer put into L1 meanwhile count for no adapter.
+    """
+
+    chunks: int
+    keys_by_adapter: tuple[int, ...]
 
 
 @dataclass
@@ -355,16 +369,19 @@ class L2Tier:
 
     # -- prefetch ---------------------------------------------------------------------------
 
-    def prefetch(self, chunks: Sequence[Sequence[ObjectKey]], nbytes: int, readers: int) -> int:
+    def prefetch(
+        self, chunks: Sequence[Sequence[ObjectKey]], nbytes: int, readers: int
+    ) -> PrefetchResult:
         """Load the longest prefix of ``chunks`` (each: its keys for every rank) into L1.
 
         The loaded objects are committed with ``readers`` read locks each.
 
         Returns:
-            How many leading chunks are now in L1 and locked.
+            How many leading chunks are now in L1 and locked, and which adapter
+            each of their objects came from.
         """
         if not chunks or not self.adapters:
-            return 0
+            return PrefetchResult(0, ())
         flat = [k for chunk in chunks for k in chunk]
         with self._in_flight:
             found = [
@@ -404,7 +421,8 @@ class L2Tier:
         found: list[list[bool]],
         nbytes: int,
         readers: int,
-    ) -> int:
+    ) -> PrefetchResult:
+        nothing = PrefetchResult(0, ())
         holders = {
             key: [i for i in range(len(self.adapters)) if found[i][pos]]
             for pos, key in enumerate(flat)
@@ -413,7 +431,7 @@ class L2Tier:
         while count < len(chunks) and all(holders[k] for k in chunks[count]):
             count += 1
         if not count:
-            return 0
+            return nothing
         wanted = [k for chunk in chunks[:count] for k in chunk]
         try:
             reservations = self.l1.reserve(wanted, nbytes)
@@ -423,7 +441,7 @@ class L2Tier:
                 self.events.publish(
                     EventType.L2_PREFETCH_FAILED, reason="l1_oom", key_count=len(wanted)
                 )
-            return 0
+            return nothing
         staged = {r.key: r for r in reservations if r is not None}
         by_adapter: dict[int, list[ObjectKey]] = {}
         for key in staged:
@@ -461,13 +479,14 @@ class L2Tier:
             self.l1.commit(commit, readers=readers, temporary=self.prefetch_policy.temporary)
         except ReservationExpired:
             self.stats.prefetch_failures += good
-            return 0
+            return nothing
         # Keys already in L1 (someone else stored them meanwhile) need their locks too.
         already = [k for k in keep if k not in staged]
         if already and not all(self.l1.lock_for_read(already, readers)):
             self.l1.unlock([r.key for r in commit], readers)  # another writer still holds one
             self.stats.prefetch_failures += good
-            return 0
+            return nothing
         self.stats.prefetched_chunks += good
         self.stats.prefetch_failures += count - good
-        return good
+        sources = {index: sum(1 for k in keys if k in keep) for index, keys in by_adapter.items()}
+        return PrefetchResult(good, tuple(sources.get(i, 0) for i in range(len(self.adapters))))

@@ -33,6 +33,7 @@ from lmcache_core.server.sessions import LookupJob, Session, SessionTable
 from lmcache_core.storage.errors import L1FullError, ReservationExpired
 from lmcache_core.storage.keys import ObjectKey, pack_kv_rank
 from lmcache_core.storage.l1 import Reservation
+from lmcache_core.storage.l2.tier import PrefetchResult
 from lmcache_core.transfer.layout import KVLayout, dtype_name, layout_from_engine_driven
 from lmcache_engine_default.events import RequestEvents
 from lmcache_engine_default.workers import (
@@ -272,10 +273,11 @@ class DefaultEngine(Engine):
     ) -> None:
         assert self.l2 is not None
         deadline = self.sessions.clock() + self.l1.read_ttl_s
-        loaded = 0
+        result = PrefetchResult(0, ())
         try:
-            loaded = self.l2.prefetch(rest, nbytes, readers)
+            result = self.l2.prefetch(rest, nbytes, readers)
         finally:
+            loaded = result.chunks
             keys = [k for row in rest[:loaded] for k in row]
             with session.mutex:
                 if session.job is job:
@@ -284,10 +286,23 @@ class DefaultEngine(Engine):
                 else:  # replaced or ended meanwhile: nobody will read these
                     self.l1.unlock(keys, readers)
                     job.finish(len(hit_keys), hit_keys)
-                    loaded = 0
+                    result = PrefetchResult(0, ())
             key, started = announced
             width = len(rest[0]) if rest else 1
-            self.events.lookup_finished(key, started, len(hit_keys), loaded, width)
+            self.events.lookup_finished(
+                key, started, len(hit_keys), result.chunks, width, self._sources(result)
+            )
+
+    def _sources(self, result: PrefetchResult) -> list[dict[str, Any]]:
+        """Which L2 adapters supplied a prefetch's objects, for the lookup event."""
+        assert self.l2 is not None
+        return [
+            {"l2_name": adapter.name, "adapter_index": index, "keys": count}
+            for index, (adapter, count) in enumerate(
+                zip(self.l2.adapters, result.keys_by_adapter, strict=True)
+            )
+            if count
+        ]
 
     def _object_nbytes(self, model_name: str, world_size: int) -> int | None:
         """Object size for this model and sharding, from any registered worker."""

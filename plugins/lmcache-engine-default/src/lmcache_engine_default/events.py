@@ -61,9 +61,21 @@ class RequestEvents:
         return now
 
     def lookup_finished(
-        self, key: WireCacheKey, started: float, l1_chunks: int, l2_chunks: int, width: int
+        self,
+        key: WireCacheKey,
+        started: float,
+        l1_chunks: int,
+        l2_chunks: int,
+        width: int,
+        l2_sources: Sequence[dict[str, Any]] = (),
     ) -> None:
-        """The lookup's result: hit tokens and keys per tier."""
+        """The lookup's result: hit tokens and keys per tier.
+
+        ``l2_sources`` says which adapters supplied the L2 part
+        (``l2_name``, ``adapter_index``, ``keys``); each also gets its share of
+        the hit tokens (``keys * chunk_size / width``: the ranks of one chunk may
+        come from different adapters).
+        """
         hit_tokens = min((l1_chunks + l2_chunks) * self.chunk_size, key.end)
         l1_tokens = min(l1_chunks * self.chunk_size, key.end)
         self.bus.publish(
@@ -74,6 +86,10 @@ class RequestEvents:
             l2_hit_tokens=hit_tokens - l1_tokens,
             l1_hit_keys=l1_chunks * width,
             l2_hit_keys=l2_chunks * width,
+            l2_hit_sources=[
+                {**source, "tokens": source["keys"] * self.chunk_size / width}
+                for source in l2_sources
+            ],
             duration_s=time.time() - started,
             **self._identity(key),
         )

@@ -199,6 +199,22 @@ METRICS: tuple[MetricDef, ...] = (
         _LOOKUP,
     ),
     MetricDef(
+        "lookup_l2_hit_tokens",
+        "counter",
+        (*_REQ, *_L2),
+        "The L2 part of lookup hits, by the adapter that supplied it (a chunk whose KV ranks "
+        "came from several adapters is shared among them); the sum over adapters is the "
+        "tier='l2' hit.",
+        _LOOKUP,
+    ),
+    MetricDef(
+        "lookup_l2_hit_keys",
+        "counter",
+        (*_REQ, *_L2),
+        "Objects (chunk x KV rank) a lookup's prefetch loaded, by the adapter that supplied them.",
+        _LOOKUP,
+    ),
+    MetricDef(
         "lookup_duration_seconds",
         "histogram",
         ("model_name",),

@@ -110,6 +110,15 @@ class MetricsSubscriber(BaseSubscriber):
         for tier in ("l1", "l2"):
             add("lookup_hit_tokens", _number(event, f"{tier}_hit_tokens"), model, salt, tier)
             add("lookup_hit_keys", _number(event, f"{tier}_hit_keys"), model, salt, tier)
+        sources = event.get("l2_hit_sources") or ()
+        for source in sources if isinstance(sources, list | tuple) else ():
+            if not isinstance(source, Mapping):
+                continue
+            adapter = str(source.get("l2_name", "")), str(source.get("adapter_index", ""))
+            tokens, keys = source.get("tokens", 0), source.get("keys", 0)
+            if isinstance(tokens, int | float) and isinstance(keys, int):
+                add("lookup_l2_hit_tokens", tokens, model, salt, *adapter)
+                add("lookup_l2_hit_keys", keys, model, salt, *adapter)
         self.instruments.observe("lookup_duration_seconds", _number(event, "duration_s"), model)
 
     # -- store and retrieve -------------------------------------------------------------------
