@@ -172,3 +172,34 @@ def test_a_timed_out_load_frees_its_l1_reservations_only_once_it_finished() -> N
         adapter.gate.set()
         adapter.close()
         l1.close()
+
+
+def test_prefetches_in_flight_count_while_a_load_runs() -> None:
+    from lmcache_core.storage.l2.tier import L2Tier
+    from tests.storage.doubles import make_l1
+
+    l1 = make_l1()
+    adapter = GatedDictAdapter()
+    adapter.start()
+    tier = L2Tier([adapter], l1, StoreEverywhere(), FirstHolder(), max_in_flight=2, timeout_s=5)
+    try:
+        stored = keys(1)
+        assert adapter.submit_store(stored, [b"k" * 4096]).result(WAIT_S) == [True]
+        assert tier.prefetches_in_flight() == 0
+        results: list[int] = []
+        loader = threading.Thread(
+            target=lambda: results.append(tier.prefetch([stored], 4096, readers=1).chunks)
+        )
+        loader.start()
+        deadline = time.monotonic() + WAIT_S
+        while tier.prefetches_in_flight() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert tier.prefetches_in_flight() == 1  # held by the gated load
+        adapter.gate.set()
+        loader.join(WAIT_S)
+        assert results == [1]
+        assert tier.prefetches_in_flight() == 0
+    finally:
+        adapter.gate.set()
+        adapter.close()
+        l1.close()

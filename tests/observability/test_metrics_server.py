@@ -315,3 +315,4 @@ def test_l2_store_load_and_usage_per_adapter() -> None:
         assert get(samples, "lmcache_mp_l2_usage_bytes", **labels) == adapter["used_bytes"] > 0
         assert get(samples, "lmcache_mp_l2_capacity_bytes", **labels) == adapter["capacity_bytes"]
         assert get(samples, "lmcache_mp_l2_store_queue_depth") == 0
+        assert get(samples, "lmcache_mp_l2_prefetches_in_flight") == 0  # all finished

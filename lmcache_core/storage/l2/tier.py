@@ -17,9 +17,10 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -203,6 +204,8 @@ class L2Tier:
         self.timeout_s = timeout_s
         self.stats = L2Stats()
         self._in_flight = threading.BoundedSemaphore(max_in_flight)
+        self._prefetching = 0
+        self._prefetch_count_lock = threading.Lock()
         self._queue: queue.Queue[tuple[list[ObjectKey], int] | None] = queue.Queue(
             STORE_QUEUE_DEPTH
         )
@@ -246,6 +249,10 @@ class L2Tier:
     def store_queue_depth(self) -> int:
         """Store batches waiting for the store controller (a metrics gauge)."""
         return self._queue.qsize()
+
+    def prefetches_in_flight(self) -> int:
+        """Prefetches asking or loading from the adapters now (at most ``max_in_flight``)."""
+        return self._prefetching
 
     def status(self) -> dict[str, Any]:
         """Counters and each adapter's status."""
@@ -383,7 +390,7 @@ class L2Tier:
         if not chunks or not self.adapters:
             return PrefetchResult(0, ())
         flat = [k for chunk in chunks for k in chunk]
-        with self._in_flight:
+        with self._in_flight, self._counted_prefetch():
             found = [
                 _results(a.submit_lookup_and_lock(flat), len(flat), self.timeout_s, self.stats)
                 for a in self.adapters
@@ -393,6 +400,16 @@ class L2Tier:
             finally:
                 for adapter, hits in zip(self.adapters, found, strict=True):
                     adapter.unlock([k for k, hit in zip(flat, hits, strict=True) if hit])
+
+    @contextmanager
+    def _counted_prefetch(self) -> Iterator[None]:
+        with self._prefetch_count_lock:
+            self._prefetching += 1
+        try:
+            yield
+        finally:
+            with self._prefetch_count_lock:
+                self._prefetching -= 1
 
     def _abort_unkept(
         self,

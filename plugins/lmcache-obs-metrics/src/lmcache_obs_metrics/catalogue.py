@@ -306,6 +306,13 @@ METRICS: tuple[MetricDef, ...] = (
         "Store batches waiting for the L2 store controller.",
         SCRAPE,
     ),
+    MetricDef(
+        "l2_prefetches_in_flight",
+        "gauge",
+        (),
+        "Lookups asking or loading from the L2 adapters now (at most --l2-prefetch-max-in-flight).",
+        SCRAPE,
+    ),
     MetricDef("active_sessions", "gauge", (), "Requests with a live session.", SCRAPE),
     MetricDef("event_bus_queue_depth", "gauge", (), "Events waiting for delivery.", SCRAPE),
     MetricDef(

@@ -108,3 +108,4 @@ class ServerStateCollector(Collector):
         yield used
         yield capacity
         yield self._single("l2_store_queue_depth", tier.store_queue_depth())
+        yield self._single("l2_prefetches_in_flight", tier.prefetches_in_flight())
