@@ -140,7 +140,7 @@ EVENT_FIELDS: Mapping[EventType, tuple[str, ...]] = {
         "duration_s",
     ),
     EventType.L2_PREFETCH_FAILED: ("reason", "key_count"),
-    EventType.L2_KEYS_EVICTED: ("l2_name", "adapter_index", "key_count", "key_count_per_salt"),
+    EventType.L2_KEYS_EVICTED: ("l2_name", "adapter_index", "key_count"),
 }
 """The metadata fields each event type carries (producers may add more, never fewer)."""
 

@@ -203,3 +203,59 @@ def test_prefetches_in_flight_count_while_a_load_runs() -> None:
         adapter.gate.set()
         adapter.close()
         l1.close()
+
+
+def test_the_tier_publishes_store_and_load_events_per_adapter() -> None:
+    from lmcache_core.observability import BaseSubscriber, Event, EventBus
+    from lmcache_core.storage.l2.tier import L2Tier
+    from tests.storage.doubles import make_l1
+
+    class Recorder(BaseSubscriber):
+        name = "recorder"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[Event] = []
+
+        def on_l2_store_submitted(self, event: Event) -> None:
+            self.seen.append(event)
+
+        def on_l2_store_completed(self, event: Event) -> None:
+            self.seen.append(event)
+
+        def on_l2_load_completed(self, event: Event) -> None:
+            self.seen.append(event)
+
+    bus, recorder = EventBus(100), Recorder()
+    bus.subscribe(recorder)
+    l1 = make_l1()
+    adapters = [SlowDictAdapter(), SlowDictAdapter()]
+    for adapter in adapters:
+        adapter.start()
+    tier = L2Tier(adapters, l1, StoreEverywhere(), FirstHolder(), max_in_flight=2, timeout_s=5)
+    tier.events = bus
+    try:
+        stored = [k._replace(cache_salt="t") for k in keys(2)]
+        reservations = [r for r in l1.reserve(stored, 4096) if r is not None]
+        l1.commit(reservations)
+        assert tier.store_now(stored, 4096) == [True, True]
+        l1.delete(stored)
+        assert tier.prefetch([[k] for k in stored], 4096, readers=1).keys_by_adapter == (2, 0)
+        bus.drain()
+        summary = [(e.type, e.get("adapter_index")) for e in recorder.seen]
+        assert summary == [
+            ("l2.store.submitted", 0),
+            ("l2.store.submitted", 1),
+            ("l2.store.completed", 0),
+            ("l2.store.completed", 1),
+            ("l2.load.completed", 0),
+        ]
+        submitted = recorder.seen[0]
+        assert submitted.get("total_bytes") == 2 * 4096
+        assert submitted.get("key_count_per_salt") == {"t": 2}
+        assert recorder.seen[2].get("succeeded_count") == 2
+        assert recorder.seen[4].get("loaded_count") == 2
+    finally:
+        for adapter in adapters:
+            adapter.close()
+        l1.close()

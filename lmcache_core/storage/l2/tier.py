@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from lmcache_core.observability.events import EventType
+from lmcache_core.observability.events import EventType, count_per_salt
 from lmcache_core.server.lifecycle import Health
 from lmcache_core.storage.errors import L1FullError, ReservationExpired
 from lmcache_core.storage.eviction import (
@@ -331,6 +331,17 @@ class L2Tier:
             futures = [
                 (self.adapters[i], self.adapters[i].submit_store(held, views)) for i in targets
             ]
+            if self.events is not None and held:
+                per_salt = count_per_salt(held)
+                for index in targets:
+                    self.events.publish(
+                        EventType.L2_STORE_SUBMITTED,
+                        l2_name=self.adapters[index].name,
+                        adapter_index=index,
+                        key_count=len(held),
+                        total_bytes=len(held) * nbytes,
+                        key_count_per_salt=per_salt,
+                    )
             for index, (_adapter, future) in zip(targets, futures, strict=True):
                 results = _results(future, len(held), self.timeout_s, self.stats)
                 self._publish_transfer(
