@@ -239,6 +239,13 @@ def register_cycles(client: MPClient, pid: int, cycles: int) -> dict[str, float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra 'lmcache server' argument (repeat; e.g. --server-arg=--disable-metrics)",
+    )
     args = parser.parse_args()
     repeat, samples, seconds, cycles = (2, 50, 1.0, 100) if args.quick else (5, 500, 3.0, 1000)
     port, http_port = free_port(), free_port()
@@ -255,8 +262,9 @@ def main() -> None:
         "127.0.0.1",
         "--http-port",
         str(http_port),
+        *args.server_arg,
     )
-    report: dict[str, object] = {"machine": machine_info()}
+    report: dict[str, object] = {"machine": machine_info(), "server_args": args.server_arg}
     try:
         wait_healthy(process, f"http://127.0.0.1:{http_port}")
         report["start_to_healthy_s"] = time.perf_counter() - started
