@@ -172,3 +172,15 @@ def assert_readme_documents_fields(model: type[BaseModel], readme: Path) -> None
     own = [name for name in model.model_fields if name not in common]
     undocumented = [name for name in own if f"`{name}`" not in text]
     assert not undocumented, f"{readme} does not document {undocumented}"
+
+
+def assert_readme_configures(model: type[BaseModel], readme: Path) -> None:
+    """Every ``--l2-adapter`` example of a README validates, and it documents every field.
+
+    Args:
+        model: The adapter's configuration model.
+        readme: The README that documents it.
+    """
+    for example in readme_adapter_examples(readme):
+        model.model_validate(example)
+    assert_readme_documents_fields(model, readme)
