@@ -149,7 +149,7 @@ class NativeClientAdapter(L2AdapterV1):
         self._check(keys, payloads)
         views = [_byte_view(p) for p in payloads]
         sizes = [self._stored_size(view.nbytes) for view in views]
-        accepted = self._reserve(keys, sizes)
+        accepted = self._admit(keys, sizes)
         sent = [i for i, ok in enumerate(accepted) if ok]
         if not sent:
             return _done([False] * len(keys))
@@ -288,21 +288,6 @@ class NativeClientAdapter(L2AdapterV1):
             raise RuntimeError(f"L2 adapter {self.name} is broken: {self._broken}")
 
     # -- internals -----------------------------------------------------------------------
-
-    def _reserve(self, keys: Sequence[ObjectKey], sizes: list[int]) -> list[bool]:
-        """Reserve room for each store in turn; one that does not fit is refused."""
-        accepted = []
-        with self._lock:
-            for key, size in zip(keys, sizes, strict=True):
-                replaced = self._sizes.get(key, 0)
-                over = self._used + self._reserved + size - replaced > self.capacity_bytes
-                if self.capacity_bytes and over:
-                    self.refused_full += 1
-                    accepted.append(False)
-                    continue
-                self._reserved += size
-                accepted.append(True)
-        return accepted
 
     def _encode(self, key: ObjectKey, payload: memoryview) -> memoryview:
         if self.object_format == "raw":
