@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lmcache_core.engine.token_cache import TokenHashCache
 from lmcache_core.hashing import (
     Blake3Hasher,
     RequestHashes,
@@ -22,7 +23,6 @@ from lmcache_core.hashing import (
     make_hasher,
     pack_tokens,
 )
-from lmcache_core.server.token_cache import TokenHashCache
 
 # Upstream LMCache 0.5.6, blake3, chunk size 4, tokens 1..8 (the reference's vectors).
 NONE_HASH = "7e3eff9ef7613a50340eb12677ee03b83ac759fcba9bb32705f07248d56d473b"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from lmcache_core.engine.sessions import Session, SessionTable
+from lmcache_core.engine.token_cache import TokenHashCache
 from lmcache_core.hashing import make_hasher
-from lmcache_core.server.sessions import Session, SessionTable
-from lmcache_core.server.token_cache import TokenHashCache
 from lmcache_core.storage.keys import ObjectKey
 
 

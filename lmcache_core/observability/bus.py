@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from lmcache_core.lifecycle import Health
 from lmcache_core.observability.events import Event
-from lmcache_core.server.lifecycle import Health
 
 logger = logging.getLogger("lmcache.observability")
 

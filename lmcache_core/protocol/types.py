@@ -58,7 +58,7 @@ class WireCacheKey(msgspec.Struct, kw_only=True):
 
     Decoding thousands of token ids into Python ints costs more than the whole
     lookup; the server hashes from the raw bytes and decodes them only on a miss
-    of its token-hash cache (see :mod:`lmcache_core.server.token_cache`).
+    of its token-hash cache (see :mod:`lmcache_core.engine.token_cache`).
     """
 
     model_name: str

@@ -16,11 +16,11 @@ from collections import Counter
 from typing import Any
 
 from lmcache_core.config.server import ServerConfig
+from lmcache_core.lifecycle import Health
 from lmcache_core.runtime_plugins.discovery import discover
 from lmcache_core.runtime_plugins.environment import PluginEnvironment
 from lmcache_core.runtime_plugins.process_group import become_child_subreaper
 from lmcache_core.runtime_plugins.supervisor import PluginSupervisor, RestartPolicy
-from lmcache_core.server.lifecycle import Health
 
 logger = logging.getLogger("lmcache.runtime_plugins")
 

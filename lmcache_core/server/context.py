@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 from lmcache_core.config.resolution import Selection
 from lmcache_core.config.server import ServerConfig
+from lmcache_core.lifecycle import Lifecycle
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.plugin.registry import PluginRegistry
-from lmcache_core.server.lifecycle import Lifecycle
 from lmcache_core.server.startup import StartupReport
 
 if TYPE_CHECKING:

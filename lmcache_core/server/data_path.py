@@ -10,13 +10,13 @@ from typing import Any
 import torch
 
 from lmcache_core.engine import Engine, EngineContext
+from lmcache_core.engine.token_cache import TokenHashCache
 from lmcache_core.errors import StartupError
 from lmcache_core.hashing import make_hasher
+from lmcache_core.lifecycle import Component, Health
 from lmcache_core.plugin.specs import PluginKind
 from lmcache_core.server.context import ServerContext
-from lmcache_core.server.lifecycle import Component, Health
 from lmcache_core.server.request_server import RequestServer
-from lmcache_core.server.token_cache import TokenHashCache
 from lmcache_core.storage.arena import Arena, ArenaError, ArenaKind
 from lmcache_core.storage.eviction import EvictionSettings, IsolatedEvictionPolicy
 from lmcache_core.storage.l1 import L1Controller, L1Manager

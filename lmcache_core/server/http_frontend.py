@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from lmcache_core.errors import StartupError
-from lmcache_core.server.lifecycle import Health
+from lmcache_core.lifecycle import Health
 
 logger = logging.getLogger("lmcache.http")
 

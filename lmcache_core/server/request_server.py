@@ -24,11 +24,11 @@ from typing import Any
 import zmq
 
 from lmcache_core.errors import StartupError
+from lmcache_core.lifecycle import Health
 from lmcache_core.protocol.codec import ProtocolError, ServerCodec, decode_op
 from lmcache_core.protocol.errors import ErrorCode, RemoteError
 from lmcache_core.protocol.ops import KNOWN_UNSUPPORTED, OPS, Execution, OpSpec
 from lmcache_core.server.affinity import AffinityPool, PoolFull, WorkerPool
-from lmcache_core.server.lifecycle import Health
 
 logger = logging.getLogger("lmcache.server")
 

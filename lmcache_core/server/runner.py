@@ -8,12 +8,12 @@ import threading
 from types import FrameType
 
 from lmcache_core.http.app import create_app
+from lmcache_core.lifecycle import Component, Lifecycle
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.observability.subscribers import build_subscribers
 from lmcache_core.runtime_plugins.launcher import RuntimePluginLauncher
 from lmcache_core.server.context import ServerContext
 from lmcache_core.server.http_frontend import HttpFrontend
-from lmcache_core.server.lifecycle import Component, Lifecycle
 
 logger = logging.getLogger("lmcache.server")
 

@@ -202,9 +202,9 @@ def test_lines_carry_what_the_default_engine_publishes(tmp_path: Path) -> None:
     import msgspec
     from lmcache_engine_default.events import RequestEvents
 
+    from lmcache_core.engine.sessions import Session
     from lmcache_core.hashing import RequestHashes
     from lmcache_core.protocol.types import WireCacheKey
-    from lmcache_core.server.sessions import Session
 
     bus = EventBus(queue_size=100)
     sub = LookupHashLogSubscriber(writer(tmp_path, Clock()))

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from lmcache_core.lifecycle import Health
 from lmcache_core.observability.events import EventType, count_per_salt
-from lmcache_core.server.lifecycle import Health
 from lmcache_core.storage.errors import L1FullError, ReservationExpired
 from lmcache_core.storage.eviction import (
     EvictionPolicy,

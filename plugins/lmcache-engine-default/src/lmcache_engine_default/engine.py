@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmcache_core.engine import Engine, EngineContext, Handler
+from lmcache_core.engine.liveness import Liveness
+from lmcache_core.engine.sessions import LookupJob, Session, SessionTable
 from lmcache_core.observability.events import EventType, count_per_salt
 from lmcache_core.protocol.codec import ProtocolError, decode_device_handles
 from lmcache_core.protocol.errors import BadRequestError, NotRegisteredError, OutOfMemoryError
@@ -27,9 +29,7 @@ from lmcache_core.protocol.types import (
     PrepareStoreReply,
     WireCacheKey,
 )
-from lmcache_core.server.liveness import Liveness
 from lmcache_core.server.request_server import RequestContext
-from lmcache_core.server.sessions import LookupJob, Session, SessionTable
 from lmcache_core.storage.errors import L1FullError, ReservationExpired
 from lmcache_core.storage.keys import ObjectKey, pack_kv_rank
 from lmcache_core.storage.l1 import Reservation

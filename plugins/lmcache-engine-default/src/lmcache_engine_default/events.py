@@ -12,10 +12,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from lmcache_core.engine.sessions import Session
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.observability.events import EventType
 from lmcache_core.protocol.types import WireCacheKey
-from lmcache_core.server.sessions import Session
 
 
 class RequestEvents:

@@ -57,7 +57,7 @@ class ServerStateCollector(Collector):
         if data_path is None:  # a build without a data path: bus metrics only
             return
         yield from self._l1(data_path.l1)
-        from lmcache_core.server.sessions import SessionTable
+        from lmcache_core.engine.sessions import SessionTable
         from lmcache_core.storage.l2.tier import L2Tier
 
         sessions = [c for c in data_path.components if isinstance(c, SessionTable)]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmcache_core.hashing import RequestHashes
-from lmcache_core.server.lifecycle import Health
+from lmcache_core.lifecycle import Health
 from lmcache_core.storage.keys import ObjectKey
 
 MAX_SESSIONS = 65536

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lmcache_core.server.lifecycle import Health
+from lmcache_core.lifecycle import Health
 
 logger = logging.getLogger("lmcache.server")
 

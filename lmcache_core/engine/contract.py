@@ -15,10 +15,10 @@ from typing import Any
 
 from lmcache_core.config.resolution import Selection
 from lmcache_core.config.server import ServerConfig
+from lmcache_core.engine.token_cache import TokenHashCache
+from lmcache_core.lifecycle import Component
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.plugin.registry import PluginRegistry
-from lmcache_core.server.lifecycle import Component
-from lmcache_core.server.token_cache import TokenHashCache
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.tier import L2Tier
 
