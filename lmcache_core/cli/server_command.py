@@ -24,7 +24,6 @@ from lmcache_core.config.server import ServerConfig
 from lmcache_core.errors import StartupError
 from lmcache_core.log_setup import configure_logging
 from lmcache_core.plugin.registry import DISABLE_ENV, PluginRegistry
-from lmcache_core.server.context import ServerContext
 from lmcache_core.server.startup import check_startup
 
 EXTRA_PANEL = "Plugins and validation"
@@ -167,7 +166,7 @@ def run_server_command(ctx: typer.Context, **values: Any) -> None:
         raise StartupError(report.errors[0])
     from lmcache_core.server.runner import serve  # the server stack loads only when serving
 
-    raise typer.Exit(serve(ServerContext(config, registry, selection, report)))
+    raise typer.Exit(serve(config, registry, selection, report))
 
 
 def build_server_function() -> Any:

@@ -31,11 +31,15 @@ from lmcache_core.plugin.specs import (
 
 @dataclass(frozen=True)
 class ResolvedAdapter:
-    """One ``--l2-adapter``: its position in the cascade, plugin and validated config."""
+    """One ``--l2-adapter``: its position in the cascade, plugin and validated config.
+
+    ``eviction_policy`` is the resolved policy of its ``eviction`` block, if it has one.
+    """
 
     index: int
     spec: L2AdapterSpec
     config: BaseModel
+    eviction_policy: EvictionPolicySpec | None = None
 
 
 @dataclass(frozen=True)
@@ -137,14 +141,15 @@ def _resolve_adapter(registry: PluginRegistry, index: int, raw: dict[str, Any]) 
             message = f"unknown field for adapter type {spec.name!r}"
         raise ConfigError(f"{flag} ({spec.name})", f"{where}: {message}") from None
     eviction = getattr(adapter_config, "eviction", None)
+    policy: EvictionPolicySpec | None = None
     if eviction is not None:
-        _resolve(
+        policy = _resolve(
             registry,
             PluginKind.EVICTION_POLICY,
             eviction.eviction_policy,
             f"{flag} ({spec.name}) eviction.eviction_policy",
         )
-    return ResolvedAdapter(index=index, spec=spec, config=adapter_config)
+    return ResolvedAdapter(index=index, spec=spec, config=adapter_config, eviction_policy=policy)
 
 
 def select_subscribers(config: ServerConfig, registry: PluginRegistry) -> list[SubscriberSpec]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from lmcache_core.config.resolution import Selection
 from lmcache_core.config.server import ServerConfig
+from lmcache_core.engine.sessions import SessionTable
 from lmcache_core.engine.token_cache import TokenHashCache
 from lmcache_core.lifecycle import Component
 from lmcache_core.observability.bus import EventBus
@@ -49,7 +50,14 @@ class EngineContext:
 
 
 class Engine(abc.ABC):
-    """A cache engine: request handlers plus the components they rely on."""
+    """A cache engine: request handlers plus the components they rely on.
+
+    Attributes:
+        sessions: The engine's per-request session table, when it keeps one (the
+            server reports its size); ``None`` otherwise.
+    """
+
+    sessions: SessionTable | None = None
 
     @abc.abstractmethod
     def handlers(self) -> dict[str, Handler]:

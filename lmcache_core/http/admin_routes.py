@@ -8,7 +8,7 @@ given, and the answers say what was kept and why.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -24,12 +24,13 @@ from lmcache_core.http.cache_objects import (
     parse_body,
     read_body,
 )
-from lmcache_core.server.context import ServerContext
-from lmcache_core.server.data_path import DataPath
+from lmcache_core.state import ServerContext
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.adapter import L2AdapterV1
-from lmcache_core.storage.l2.tier import L2Tier
+
+if TYPE_CHECKING:
+    from lmcache_core.server.data_path import DataPath
 
 router = APIRouter()
 
@@ -50,10 +51,7 @@ def _data_path(request: Request) -> DataPath:
 
 
 def _l2_adapters(data_path: DataPath) -> list[L2AdapterV1]:
-    for component in data_path.components:
-        if isinstance(component, L2Tier):
-            return component.adapters
-    return []
+    return data_path.l2.adapters if data_path.l2 is not None else []
 
 
 def _select_adapters(
@@ -98,17 +96,11 @@ def config(request: Request) -> dict[str, Any]:
 
 
 def _l1_document(l1: L1Manager) -> dict[str, Any]:
-    usage = l1.usage()
     return {
         "tier": "l1",
         "kind": l1.arena.kind,
         "shm_name": l1.arena.shm_name,
-        "capacity_bytes": usage.capacity_bytes,
-        "limit_bytes": usage.limit_bytes,
-        "used_bytes": usage.used_bytes,
-        "resident_objects": usage.resident_objects,
-        "staged_objects": usage.staged_objects,
-        "locked_objects": usage.locked_objects,
+        **l1.usage().as_dict(),
         "is_healthy": not l1.closed,
     }
 

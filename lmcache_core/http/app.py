@@ -15,7 +15,7 @@ from lmcache_core.http.quota_routes import router as quota_router
 from lmcache_core.http.run_script import router as run_script_router
 from lmcache_core.plugin.registry import ensure_implemented
 from lmcache_core.plugin.specs import HttpRouterSpec, PluginKind
-from lmcache_core.server.context import ServerContext
+from lmcache_core.state import ServerContext
 
 logger = logging.getLogger("lmcache.http")
 
@@ -46,7 +46,8 @@ def create_app(context: ServerContext) -> FastAPI:
         assert isinstance(spec, HttpRouterSpec)
         ensure_implemented(spec, context.registry.owner(spec))
         try:
-            app.include_router(spec.factory(context), prefix=spec.prefix)
+            # Plugin routers get the read-only view, never the assembled server itself.
+            app.include_router(spec.factory(context.state), prefix=spec.prefix)
         except Exception as exc:
             raise PluginError(f"HTTP router {spec.name!r} failed to build: {exc}") from exc
     return app

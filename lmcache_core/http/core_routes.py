@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from lmcache_core import __version__
-from lmcache_core.server.context import ServerContext
+from lmcache_core.state import ServerContext
 
 router = APIRouter()
 

@@ -20,7 +20,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from lmcache_core.http.cache_objects import json_object, read_body
-from lmcache_core.server.context import ServerContext
+from lmcache_core.state import ServerContext
 from lmcache_core.storage.quota import (
     GIB,
     QuotaManager,

@@ -31,7 +31,7 @@ from fastapi.responses import PlainTextResponse
 from lmcache_core.http import script_sandbox
 from lmcache_core.http.cache_objects import read_body
 from lmcache_core.http.core_routes import status as status_document
-from lmcache_core.server.context import ServerContext
+from lmcache_core.state import ServerContext
 
 router = APIRouter()
 

@@ -2,8 +2,8 @@
 
 A subscriber spec's factory receives a :class:`SubscriberContext`:
 ``spec.factory(context)``. The context gives read access to the configuration,
-the bus (for its own statistics) and the running server (for gauges such as L1
-usage); a subscriber must not change server state.
+the bus (for its own statistics) and the running server's read-only
+:class:`~lmcache_core.state.ServerState` (for gauges such as L1 usage).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from lmcache_core.observability.events import Event
 from lmcache_core.plugin.specs import PluginKind
 
 if TYPE_CHECKING:
+    from lmcache_core.config.resolution import Selection
     from lmcache_core.config.server import ServerConfig
-    from lmcache_core.server.context import ServerContext
+    from lmcache_core.plugin.registry import PluginRegistry
+    from lmcache_core.state import ServerState
 
 logger = logging.getLogger("lmcache.observability")
 
@@ -32,14 +34,14 @@ class SubscriberContext:
         config: The validated server configuration.
         instance_id: ``--instance-id`` (every metric series and span carries it).
         bus: The event bus the subscriber is attached to.
-        server: The running server's shared state (``data_path`` gives L1 and L2
-            usage once built). Read only.
+        server: The running server's read-only state (L1 and L2 usage, queue
+            depths, sessions), answered live at each call.
     """
 
     config: ServerConfig
     instance_id: str
     bus: EventBus
-    server: ServerContext
+    server: ServerState
 
 
 class BaseSubscriber:
@@ -81,7 +83,13 @@ def _handler_name(event_type: str) -> str:
     return event_type.replace(".", "_")
 
 
-def build_subscribers(server: ServerContext, bus: EventBus) -> list[Any]:
+def build_subscribers(
+    config: ServerConfig,
+    registry: PluginRegistry,
+    selection: Selection,
+    server: ServerState,
+    bus: EventBus,
+) -> list[Any]:
     """Build and attach every subscriber the configuration selected.
 
     Nothing is built when the bus is disabled (``--disable-observability``).
@@ -91,13 +99,13 @@ def build_subscribers(server: ServerContext, bus: EventBus) -> list[Any]:
     """
     if not bus.enabled:
         return []
-    context = SubscriberContext(server.config, server.instance_id, bus, server)
+    context = SubscriberContext(config, server.instance_id, bus, server)
     built = []
-    for spec in server.selection.subscribers:
+    for spec in selection.subscribers:
         if spec.not_implemented:
             continue  # start-up already reported it (startup.py decides whether that is fatal)
         try:
-            subscriber = server.registry.build(PluginKind.SUBSCRIBER, spec.name, context)
+            subscriber = registry.build(PluginKind.SUBSCRIBER, spec.name, context)
         except StartupError:
             raise
         except Exception as exc:

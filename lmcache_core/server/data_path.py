@@ -1,30 +1,39 @@
-"""Build the data path: L1, the engine plugin, and the request server that serves it."""
+"""Build the data path: L1, the L2 tier, the engine plugin and the request server.
+
+Each builder takes exactly what it needs (configuration, registry, the resolved
+selection, the bus) and returns finished objects; :func:`build_data_path` returns
+them as one frozen :class:`DataPath`. Everything opened along the way is registered
+on the caller's :class:`~contextlib.ExitStack` and closed if a later step fails,
+so a plugin factory that raises leaks no arena, adapter or engine.
+"""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from lmcache_core.config.resolution import Selection
+from lmcache_core.config.server import ServerConfig
 from lmcache_core.engine import Engine, EngineContext
+from lmcache_core.engine.sessions import SessionTable
 from lmcache_core.engine.token_cache import TokenHashCache
 from lmcache_core.errors import StartupError
 from lmcache_core.hashing import make_hasher
-from lmcache_core.lifecycle import Component, Health
-from lmcache_core.plugin.specs import PluginKind
-from lmcache_core.server.context import ServerContext
+from lmcache_core.lifecycle import Component
+from lmcache_core.observability.bus import EventBus
+from lmcache_core.plugin.registry import PluginRegistry
+from lmcache_core.server.data_path_components import EngineComponent, L1Component
+from lmcache_core.server.l2_assembly import build_l2
+from lmcache_core.server.plugin_build import build_from
 from lmcache_core.server.request_server import RequestServer
 from lmcache_core.storage.arena import Arena, ArenaError, ArenaKind
 from lmcache_core.storage.eviction import EvictionSettings, IsolatedEvictionPolicy
-from lmcache_core.storage.l1 import L1Controller, L1Manager
-from lmcache_core.storage.l2.adapter import L2AdapterV1
-from lmcache_core.storage.l2.tier import AdapterEviction, L2Tier
+from lmcache_core.storage.l1 import L1Manager
+from lmcache_core.storage.l2.tier import L2Tier
 from lmcache_core.storage.quota import QuotaManager
-
-logger = logging.getLogger("lmcache.server")
 
 GIB = 1 << 30
 
@@ -42,211 +51,115 @@ def arena_plan(shm_name: str | None, cuda: bool) -> tuple[ArenaKind, str | None]
     return ("anonymous", None) if shm_name == "" else ("shm", None)
 
 
-class L1Component:
-    """L1 as a server component: its upkeep thread, and its memory at stop."""
-
-    name = "l1"
-
-    def __init__(self, manager: L1Manager) -> None:
-        self.manager = manager
-        self.controller = L1Controller(manager)
-
-    def start(self) -> None:
-        """Start expiry and watermark eviction."""
-        self.controller.start()
-
-    def stop(self, timeout: float) -> None:
-        """Stop upkeep and release the arena (unlinking its shared segment)."""
-        self.controller.stop(timeout)
-        self.manager.close()
-
-    def health(self) -> Health:
-        """Healthy while upkeep runs."""
-        usage = self.manager.usage()
-        detail = (
-            f"{usage.used_bytes}/{usage.capacity_bytes} bytes in {usage.resident_objects} objects"
-        )
-        return Health(self.controller.running, detail)
-
-
-class EngineComponent:
-    """Closes the engine after the request server has stopped."""
-
-    name = "engine"
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def start(self) -> None:
-        """Nothing to start: the engine's own components start separately."""
-
-    def stop(self, timeout: float) -> None:
-        """Release the engine's registrations and mappings."""
-        self.engine.close()
-
-    def health(self) -> Health:
-        """Always healthy: the engine has no thread of its own."""
-        return Health(True, type(self.engine).__name__)
-
-
-@dataclass
+@dataclass(frozen=True)
 class DataPath:
-    """The built pieces, for ``/status``."""
+    """The built data path.
+
+    Attributes:
+        l1: The L1 tier.
+        l2: The L2 tier, or ``None`` without ``--l2-adapter``.
+        sessions: The engine's session table, or ``None`` if it keeps none.
+        engine: The engine plugin's object.
+        quotas: Per-salt limits (the HTTP quota API), enforced by tiers whose
+            policy is isolated.
+        request_server: The ZeroMQ server dispatching to the engine.
+        components: In start order (L1, L2, the engine's own, the engine, the
+            request server).
+    """
 
     l1: L1Manager
+    l2: L2Tier | None
+    sessions: SessionTable | None
     engine: Engine
+    quotas: QuotaManager
     request_server: RequestServer
-    components: list[Component]
-    quotas: QuotaManager = field(default_factory=QuotaManager)
-    """Per-salt limits (the HTTP quota API), enforced by tiers whose policy is isolated."""
+    components: tuple[Component, ...]
 
     def status(self) -> dict[str, Any]:
-        """L1 usage, engine state and request counters."""
-        usage = self.l1.usage()
+        """L1 usage, engine state and request counters, for ``/status``."""
+        segment = self.l1.arena
         return {
             "endpoint": self.request_server.endpoint,
             "l1": {
-                "kind": self.l1.arena.kind,
-                "shm_name": self.l1.arena.shm_name,
-                "used_bytes": usage.used_bytes,
-                "capacity_bytes": usage.capacity_bytes,
-                "limit_bytes": usage.limit_bytes,
-                "resident_objects": usage.resident_objects,
-                "staged_objects": usage.staged_objects,
-                "locked_objects": usage.locked_objects,
+                "kind": segment.kind,
+                "shm_name": segment.shm_name,
+                **self.l1.usage().as_dict(),
             },
             "engine": self.engine.status(),
             "requests": vars(self.request_server.stats),
         }
 
 
-def build_l2(
-    context: ServerContext, l1: L1Manager, quotas: QuotaManager | None = None
-) -> L2Tier | None:
-    """The adapters of every ``--l2-adapter`` (started, cascade order) and their policies.
-
-    Each adapter is registered with ``quotas`` (when given) as the tier
-    ``l2[<index>]:<type>``, enforcing when its eviction policy is isolated.
-    """
-    selection, registry = context.selection, context.registry
-    if not selection.adapters:
-        return None
-    adapters: list[L2AdapterV1] = []
-    try:
-        for resolved in selection.adapters:
-            adapter = registry.build(
-                PluginKind.L2_ADAPTER, resolved.spec.name, resolved.config, context
-            )
-            adapter.start()
-            adapters.append(adapter)
-    except Exception as exc:
-        for adapter in adapters:
-            adapter.close()
-        raise StartupError(f"--l2-adapter #{len(adapters) + 1}: cannot start: {exc}") from exc
-    evictions: list[AdapterEviction | None] = []
-    for resolved, adapter in zip(selection.adapters, adapters, strict=True):
-        block = getattr(resolved.config, "eviction", None)
-        if block is None:
-            evictions.append(None)
-            if quotas is not None:
-                quotas.add_tier(
-                    _tier_name(resolved.index, adapter), _usage_of(adapter), enforcing=False
-                )
-            continue
-        settings = EvictionSettings(
-            block.trigger_watermark, block.eviction_ratio, adapter.capacity_bytes, quotas
-        )
-        try:
-            policy = registry.build(PluginKind.EVICTION_POLICY, block.eviction_policy, settings)
-        except Exception:
-            for opened in adapters:
-                opened.close()
-            raise
-        isolated = isinstance(policy, IsolatedEvictionPolicy)
-        # Quotas work without a capacity; a global policy has nothing to enforce without one.
-        if not adapter.capacity_bytes and not isolated:
-            for opened in adapters:
-                opened.close()
-            raise StartupError(
-                f"--l2-adapter #{resolved.index} ({resolved.spec.name}): an eviction block "
-                f"with the global policy {block.eviction_policy!r} needs a capacity "
-                "(max_capacity_gb > 0); only IsolatedLRU works without one"
-            )
-        if quotas is not None:
-            quotas.add_tier(
-                _tier_name(resolved.index, adapter), _usage_of(adapter), enforcing=isolated
-            )
-        evictions.append(AdapterEviction(policy, block.trigger_watermark, block.eviction_ratio))
-    return L2Tier(
-        adapters,
-        l1,
-        registry.build(PluginKind.STORE_POLICY, selection.store_policy.name),
-        registry.build(PluginKind.PREFETCH_POLICY, selection.prefetch_policy.name),
-        max_in_flight=context.config.l2_policies.l2_prefetch_max_in_flight,
-        evictions=evictions,
-    )
-
-
-def _tier_name(index: int, adapter: L2AdapterV1) -> str:
-    """How the quota API names an L2 adapter: ``l2[<1-based --l2-adapter index>]:<type>``."""
-    return f"l2[{index}]:{adapter.name}"
-
-
-def _usage_of(adapter: L2AdapterV1) -> Callable[[], dict[str, int]]:
-    """The adapter's bytes per salt, as a quota tier's usage function."""
-    return lambda: adapter.usage().by_salt
-
-
-def build_data_path(context: ServerContext) -> DataPath:
-    """Create L1, the eviction policy, the engine and the request server.
+def build_l1(
+    config: ServerConfig,
+    registry: PluginRegistry,
+    selection: Selection,
+    quotas: QuotaManager,
+    bus: EventBus,
+    cleanup: ExitStack,
+) -> L1Manager:
+    """The L1 arena, its eviction policy and manager; registered as quota tier ``l1``.
 
     Raises:
-        StartupError: Memory for L1 cannot be had, or a plugin fails to build.
+        StartupError: The arena's memory cannot be had.
     """
-    config, registry = context.config, context.registry
-    capacity = int(config.l1.l1_size_gb * GIB)
-    init = (
-        min(int(config.l1.l1_init_size_gb * GIB), capacity) if config.l1.l1_use_lazy else capacity
-    )
+    l1_config = config.l1
+    capacity = int(l1_config.l1_size_gb * GIB)
+    lazy = l1_config.l1_use_lazy
+    init = min(int(l1_config.l1_init_size_gb * GIB), capacity) if lazy else capacity
     kind, name = arena_plan(config.mp.shm_name, torch.cuda.is_available())
     try:
-        arena = Arena(
-            capacity + config.l1.l1_align_bytes,
-            kind=kind,
-            name=name,
-            populate=not config.l1.l1_use_lazy,
-        )
+        arena = Arena(capacity + l1_config.l1_align_bytes, kind=kind, name=name, populate=not lazy)
     except (ArenaError, OSError) as exc:
         raise StartupError(f"--l1-size-gb: cannot allocate the L1 arena: {exc}") from None
-    # One quota table for every tier; in memory only (lost on restart), like upstream's.
-    quotas = QuotaManager()
-    policy = registry.build(
-        PluginKind.EVICTION_POLICY,
-        config.eviction.eviction_policy,
+    cleanup.callback(arena.close)  # L1Manager.close closes it too; closing is idempotent
+    policy = build_from(
+        registry,
+        selection.eviction_policy,
         EvictionSettings.from_config(config.eviction, capacity, quotas),
     )
     l1 = L1Manager(
         arena=arena,
         capacity_bytes=capacity,
         init_bytes=init,
-        align_bytes=config.l1.l1_align_bytes,
+        align_bytes=l1_config.l1_align_bytes,
         write_ttl_s=config.l1_ttl.l1_write_ttl_seconds,
         read_ttl_s=config.l1_ttl.l1_read_ttl_seconds,
         policy=policy,
         trigger_watermark=config.eviction.eviction_trigger_watermark,
         eviction_ratio=config.eviction.eviction_ratio,
     )
-    l1.events = context.bus
-    token_cache = TokenHashCache(make_hasher(config.mp.hash_algorithm), config.mp.chunk_size)
+    l1.events = bus
     quotas.add_tier("l1", l1.bytes_by_salt, enforcing=isinstance(policy, IsolatedEvictionPolicy))
-    l2 = build_l2(context, l1, quotas)
-    if l2 is not None:
-        l2.events = context.bus
-    engine: Engine = registry.build(
-        PluginKind.ENGINE,
-        config.mp.engine_type,
-        EngineContext(config, registry, context.selection, l1, token_cache, l2, context.bus),
+    return l1
+
+
+def build_data_path(
+    config: ServerConfig,
+    registry: PluginRegistry,
+    selection: Selection,
+    bus: EventBus,
+    cleanup: ExitStack,
+) -> DataPath:
+    """Create L1, L2, the engine and the request server from the resolved selection.
+
+    Everything opened is registered on ``cleanup``, which the caller unwinds if
+    assembly fails later and pops once the lifecycle owns the components.
+
+    Raises:
+        StartupError: Memory for L1 cannot be had, or a plugin fails to build.
+    """
+    # One quota table for every tier; in memory only (lost on restart), like upstream's.
+    quotas = QuotaManager()
+    l1 = build_l1(config, registry, selection, quotas, bus, cleanup)
+    l2 = build_l2(config, registry, selection, l1, quotas, bus, cleanup)
+    token_cache = TokenHashCache(make_hasher(config.mp.hash_algorithm), config.mp.chunk_size)
+    engine: Engine = build_from(
+        registry,
+        selection.engine,
+        EngineContext(config, registry, selection, l1, token_cache, l2, bus),
     )
+    cleanup.callback(engine.close)
     server = RequestServer(
         config.mp.host,
         config.mp.port,
@@ -254,11 +167,11 @@ def build_data_path(context: ServerContext) -> DataPath:
         affinity_workers=config.mp.max_gpu_workers,
         cpu_workers=config.mp.max_cpu_workers,
     )
-    components: list[Component] = [
+    components: tuple[Component, ...] = (
         L1Component(l1),
         *([l2] if l2 is not None else []),
         *engine.components(),
         EngineComponent(engine),
         server,
-    ]
-    return DataPath(l1, engine, server, components, quotas)
+    )
+    return DataPath(l1, l2, engine.sessions, engine, quotas, server, components)

@@ -25,21 +25,30 @@ START_TIMEOUT_SECONDS = 15.0
 class HttpFrontend:
     """Serves a FastAPI app on ``host:port`` until stopped.
 
+    The frontend is one of the components the app reports on (``/healthcheck``
+    lists it), so it exists before the app: :meth:`mount` hands it the app, once,
+    before the lifecycle starts it.
+
     Args:
-        app: The app to serve.
         host: ``--http-host``.
         port: ``--http-port``.
     """
 
     name = "http"
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        self.app = app
+    def __init__(self, host: str, port: int) -> None:
+        self.app: FastAPI | None = None
         self.host = host
         self.port = port
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._crash: BaseException | None = None
+
+    def mount(self, app: FastAPI) -> None:
+        """Serve ``app``; called once, before :meth:`start`."""
+        if self.app is not None:
+            raise RuntimeError("the HTTP frontend already has an app")
+        self.app = app
 
     def _bind(self) -> socket.socket:
         # Binding here, not inside uvicorn, turns "address in use" into one clear line.
@@ -65,6 +74,8 @@ class HttpFrontend:
 
     def start(self) -> None:
         """Bind, start serving on a thread, and wait until uvicorn is ready."""
+        if self.app is None:
+            raise StartupError("the HTTP frontend has no app to serve")
         sock = self._bind()
         config = uvicorn.Config(
             self.app,

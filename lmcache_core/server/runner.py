@@ -1,19 +1,24 @@
-"""Run the server process until SIGINT or SIGTERM."""
+"""Assemble the server from its parts, then run it until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+from contextlib import ExitStack
 from types import FrameType
 
+from lmcache_core.config.resolution import Selection
+from lmcache_core.config.server import ServerConfig
 from lmcache_core.http.app import create_app
 from lmcache_core.lifecycle import Component, Lifecycle
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.observability.subscribers import build_subscribers
+from lmcache_core.plugin.registry import PluginRegistry
 from lmcache_core.runtime_plugins.launcher import RuntimePluginLauncher
-from lmcache_core.server.context import ServerContext
 from lmcache_core.server.http_frontend import HttpFrontend
+from lmcache_core.server.startup import StartupReport
+from lmcache_core.state import ServerContext, ServerState
 
 logger = logging.getLogger("lmcache.server")
 
@@ -21,37 +26,60 @@ SHUTDOWN_BUDGET_SECONDS = 4.0
 """Everything must be stopped within this time after a signal (the promise is 5 s)."""
 
 
-def build_components(context: ServerContext) -> list[Component]:
-    """The components of this build, in start order.
+def assemble(
+    config: ServerConfig, registry: PluginRegistry, selection: Selection, report: StartupReport
+) -> ServerContext:
+    """Build every part of the server, in dependency order, into a frozen context.
 
-    The data path (L1, engine, request server) starts before the HTTP frontend,
+    Order: the bus (everything publishes on it), the data path (L1, L2, engine,
+    request server), the runtime plugin launcher, the subscribers (which read the
+    data path through :class:`ServerState`), the HTTP app. Start order is the same,
     so ``/healthcheck`` answers only once requests can be served.
+
+    Raises:
+        StartupError: A part cannot be built; nothing built so far stays open.
     """
-    observability = context.config.observability
-    context.bus = EventBus(
+    observability = config.observability
+    bus = EventBus(
         observability.event_bus_queue_size, enabled=not observability.disable_observability
     )
-    # First to start and last to stop: every other component may publish until it stops.
-    components: list[Component] = [context.bus]
-    if not context.selection.engine.not_implemented:
-        from lmcache_core.server.data_path import build_data_path  # loads torch
+    with ExitStack() as cleanup:
+        data_path = None
+        if not selection.engine.not_implemented:
+            from lmcache_core.server.data_path import build_data_path  # loads torch
 
-        context.data_path = build_data_path(context)
-        components.extend(context.data_path.components)
-    if context.config.mp.runtime_plugin_locations:
-        # After the data path, before HTTP: plugins stop before the data path they may use.
-        context.runtime_plugins = RuntimePluginLauncher(context.config)
-        components.append(context.runtime_plugins)
-    build_subscribers(context, context.bus)
-    app = create_app(context)
-    components.append(
-        HttpFrontend(app, context.config.http.http_host, context.config.http.http_port)
-    )
-    return components
+            data_path = build_data_path(config, registry, selection, bus, cleanup)
+        # First to start and last to stop: every other component may publish until it stops.
+        components: list[Component] = [bus, *(data_path.components if data_path else ())]
+        runtime_plugins = None
+        if config.mp.runtime_plugin_locations:
+            # After the data path, before HTTP: plugins stop before the data path they use.
+            runtime_plugins = RuntimePluginLauncher(config)
+            components.append(runtime_plugins)
+        state = ServerState(config, bus, data_path)
+        build_subscribers(config, registry, selection, state, bus)
+        frontend = HttpFrontend(config.http.http_host, config.http.http_port)
+        context = ServerContext(
+            config=config,
+            registry=registry,
+            selection=selection,
+            report=report,
+            bus=bus,
+            lifecycle=Lifecycle([*components, frontend]),
+            state=state,
+            data_path=data_path,
+            runtime_plugins=runtime_plugins,
+        )
+        frontend.mount(create_app(context))
+        # Assembled: from here on the lifecycle owns every resource and releases it at stop.
+        cleanup.pop_all()
+    return context
 
 
-def serve(context: ServerContext) -> int:
-    """Start every component, wait for a stop signal, then stop them in reverse order.
+def serve(
+    config: ServerConfig, registry: PluginRegistry, selection: Selection, report: StartupReport
+) -> int:
+    """Assemble and start every component, wait for a stop signal, then stop them.
 
     Returns:
         The process exit code (0 after a signal-initiated shutdown).
@@ -64,21 +92,22 @@ def serve(context: ServerContext) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        context.lifecycle = Lifecycle(build_components(context))
-        context.lifecycle.start()
-        for warning in context.report.warnings:
+        context = assemble(config, registry, selection, report)
+        lifecycle = context.lifecycle
+        lifecycle.start()
+        for warning in report.warnings:
             logger.warning("%s", warning)
-        for pending in context.report.pending:
+        for pending in report.pending:
             logger.warning("%s", pending)
         logger.info("lmcache server %s is up", context.instance_id)
         while not stop.wait(0.5):
-            unhealthy = {n: h for n, h in context.lifecycle.health().items() if not h.ok}
+            unhealthy = {n: h for n, h in lifecycle.health().items() if not h.ok}
             if unhealthy:
                 for name, health in unhealthy.items():
                     logger.error("%s failed: %s", name, health.detail)
-                context.lifecycle.stop(SHUTDOWN_BUDGET_SECONDS)
+                lifecycle.stop(SHUTDOWN_BUDGET_SECONDS)
                 return 1
-        context.lifecycle.stop(SHUTDOWN_BUDGET_SECONDS)
+        lifecycle.stop(SHUTDOWN_BUDGET_SECONDS)
         logger.info("lmcache server stopped")
         return 0
     finally:

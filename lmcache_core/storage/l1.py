@@ -106,6 +106,17 @@ class L1Usage:
         """``used_bytes / capacity_bytes`` (0 for an empty tier)."""
         return self.used_bytes / self.capacity_bytes if self.capacity_bytes else 0.0
 
+    def as_dict(self) -> dict[str, int]:
+        """The counts ``/status``, ``/config/adapters`` and the admin CLI show."""
+        return {
+            "used_bytes": self.used_bytes,
+            "capacity_bytes": self.capacity_bytes,
+            "limit_bytes": self.limit_bytes,
+            "resident_objects": self.resident_objects,
+            "staged_objects": self.staged_objects,
+            "locked_objects": self.locked_objects,
+        }
+
 
 class _Stage:
     __slots__ = ("alloc_offset", "deadline", "reservation")

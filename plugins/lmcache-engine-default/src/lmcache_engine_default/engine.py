@@ -81,7 +81,7 @@ class DefaultEngine(Engine):
         self.mode = mp.supported_transfer_mode
         self.workers = WorkerTable()
         self.events = RequestEvents(context.events, self.chunk_size)
-        self.sessions = SessionTable(
+        self.sessions: SessionTable = SessionTable(
             mp.session_ttl_seconds,
             self.tokens.new_request,
             self._release_locks,

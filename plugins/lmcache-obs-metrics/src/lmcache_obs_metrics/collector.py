@@ -18,22 +18,29 @@ from lmcache_obs_metrics.catalogue import BY_NAME
 from lmcache_obs_metrics.labels import LabelCap
 
 if TYPE_CHECKING:
-    from lmcache_core.server.context import ServerContext
+    from lmcache_core.observability.bus import EventBus
+    from lmcache_core.state import ServerState
 
 
 class ServerStateCollector(Collector):
     """Collects the ``scrape`` metrics of the catalogue from one server.
 
     Args:
-        server: The running server's shared state (read only).
+        server: The running server's read-only state.
+        bus: The event bus the metrics subscriber is attached to.
         instance_id: ``--instance-id``.
         caps: The subscriber's label caps by label name (their fold counts are exported).
     """
 
     def __init__(
-        self, server: ServerContext, instance_id: str, caps: Mapping[str, LabelCap]
+        self,
+        server: ServerState,
+        bus: EventBus,
+        instance_id: str,
+        caps: Mapping[str, LabelCap],
     ) -> None:
         self.server = server
+        self.bus = bus
         self.instance_id = instance_id
         self.caps = caps
 
@@ -53,22 +60,16 @@ class ServerStateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """Yield the current values."""
         yield from self._bus()
-        data_path = self.server.data_path
-        if data_path is None:  # a build without a data path: bus metrics only
+        if not self.server.has_data_path:  # a build without a data path: bus metrics only
             return
-        yield from self._l1(data_path.l1)
-        from lmcache_core.engine.sessions import SessionTable
-        from lmcache_core.storage.l2.tier import L2Tier
-
-        sessions = [c for c in data_path.components if isinstance(c, SessionTable)]
-        if sessions:
-            yield self._single("active_sessions", sum(len(s) for s in sessions))
-        for component in data_path.components:
-            if isinstance(component, L2Tier):
-                yield from self._l2(component)
+        yield from self._l1()
+        sessions = self.server.active_sessions()
+        if sessions is not None:
+            yield self._single("active_sessions", sessions)
+        yield from self._l2()
 
     def _bus(self) -> Iterator[Metric]:
-        bus = self.server.bus
+        bus = self.bus
         yield self._single("event_bus_queue_depth", bus.queue_depth())
         yield self._single("event_bus_drain_lag_seconds", bus.drain_lag_seconds())
         dropped = self._counter("event_bus_dropped_events")
@@ -83,12 +84,10 @@ class ServerStateCollector(Collector):
             folded.add_metric([self.instance_id, label], cap.folded)
         yield folded
 
-    def _l1(self, l1: object) -> Iterator[Metric]:
-        from lmcache_core.storage.l1 import L1Manager
-
-        if not isinstance(l1, L1Manager) or l1.closed:
+    def _l1(self) -> Iterator[Metric]:
+        usage = self.server.l1_usage()
+        if usage is None:  # closed (shutting down)
             return
-        usage = l1.usage()
         yield self._single("l1_memory_usage_bytes", usage.used_bytes)
         yield self._single("l1_capacity_bytes", usage.capacity_bytes)
         yield self._single("l1_usage_ratio", usage.usage_ratio)
@@ -96,16 +95,17 @@ class ServerStateCollector(Collector):
         yield self._single("l1_staged_objects", usage.staged_objects)
         yield self._single("l1_locked_objects", usage.locked_objects)
 
-    def _l2(self, tier: object) -> Iterator[Metric]:
-        from lmcache_core.storage.l2.tier import L2Tier
-
-        assert isinstance(tier, L2Tier)
+    def _l2(self) -> Iterator[Metric]:
+        adapters = self.server.l2_adapters()
+        if not adapters:
+            return
         used, capacity = self._gauge("l2_usage_bytes"), self._gauge("l2_capacity_bytes")
-        for index, adapter in enumerate(tier.adapters):
-            labels = [self.instance_id, adapter.name, str(index)]
+        for adapter in adapters:
+            # The label is the 0-based cascade position, as it always was.
+            labels = [self.instance_id, adapter.name, str(adapter.index - 1)]
             used.add_metric(labels, adapter.used_bytes)
             capacity.add_metric(labels, adapter.capacity_bytes)
         yield used
         yield capacity
-        yield self._single("l2_store_queue_depth", tier.store_queue_depth())
-        yield self._single("l2_prefetches_in_flight", tier.prefetches_in_flight())
+        yield self._single("l2_store_queue_depth", self.server.l2_store_queue_depth() or 0)
+        yield self._single("l2_prefetches_in_flight", self.server.l2_prefetches_in_flight() or 0)

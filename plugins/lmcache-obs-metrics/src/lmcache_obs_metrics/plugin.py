@@ -13,7 +13,7 @@ from lmcache_core.plugin import HttpRouterSpec, SubscriberCategory, SubscriberSp
 
 if TYPE_CHECKING:
     from lmcache_core.observability.subscribers import SubscriberContext
-    from lmcache_core.server.context import ServerContext
+    from lmcache_core.state import ServerState
 
 
 def _build_subscriber(context: SubscriberContext) -> Any:
@@ -22,10 +22,10 @@ def _build_subscriber(context: SubscriberContext) -> Any:
     return build_metrics_subscriber(context)
 
 
-def _build_router(context: ServerContext) -> Any:
+def _build_router(state: ServerState) -> Any:
     from lmcache_obs_metrics.router import build_router
 
-    return build_router(context)
+    return build_router(state)
 
 
 @hookimpl

@@ -1,7 +1,7 @@
 """``GET /metrics`` on the HTTP frontend.
 
 The route finds the running ``metrics`` subscriber on the event bus by name
-(``context.bus.subscribers``) when it is called, so it serves exactly what the
+(``ServerState.subscriber``) when it is called, so it serves exactly what the
 ``--prometheus-port`` endpoint serves. With ``--disable-metrics`` or
 ``--disable-observability`` there is no such subscriber, and the route answers
 404 with the reason, rather than an empty page that would look like a server
@@ -19,19 +19,17 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from lmcache_obs_metrics.subscriber import NAME, MetricsSubscriber
 
 if TYPE_CHECKING:
-    from lmcache_core.server.context import ServerContext
+    from lmcache_core.state import ServerState
 
 
-def find_metrics_subscriber(context: ServerContext) -> MetricsSubscriber | None:
+def find_metrics_subscriber(state: ServerState) -> MetricsSubscriber | None:
     """The bus's subscriber named ``metrics``, if one is attached."""
-    for subscriber in context.bus.subscribers:
-        if subscriber.name == NAME and isinstance(subscriber, MetricsSubscriber):
-            return subscriber
-    return None
+    subscriber = state.subscriber(NAME)
+    return subscriber if isinstance(subscriber, MetricsSubscriber) else None
 
 
-def _why_disabled(context: ServerContext) -> str:
-    observability = context.config.observability
+def _why_disabled(state: ServerState) -> str:
+    observability = state.config.observability
     if observability.disable_observability:
         return "metrics are disabled (--disable-observability)"
     if observability.disable_metrics:
@@ -39,7 +37,7 @@ def _why_disabled(context: ServerContext) -> str:
     return "the metrics subscriber is not running"
 
 
-def build_router(context: ServerContext) -> APIRouter:
+def build_router(state: ServerState) -> APIRouter:
     """The factory of the ``metrics`` HTTP router spec."""
     router = APIRouter(tags=["observability"])
 
@@ -51,9 +49,9 @@ def build_router(context: ServerContext) -> APIRouter:
     )
     def metrics() -> Response:
         """The Prometheus text exposition of this server's metrics."""
-        subscriber = find_metrics_subscriber(context)
+        subscriber = find_metrics_subscriber(state)
         if subscriber is None:
-            return JSONResponse({"detail": _why_disabled(context)}, status_code=404)
+            return JSONResponse({"detail": _why_disabled(state)}, status_code=404)
         return Response(subscriber.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return router

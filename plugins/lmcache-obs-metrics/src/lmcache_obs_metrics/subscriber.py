@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -22,7 +22,9 @@ from lmcache_obs_metrics.labels import MAX_CACHE_SALTS, MAX_MODEL_NAMES, LabelCa
 from lmcache_obs_metrics.sampling import ChunkSampler, LifetimeTracker
 
 if TYPE_CHECKING:
+    from lmcache_core.observability.bus import EventBus
     from lmcache_core.observability.subscribers import SubscriberContext
+    from lmcache_core.state import ServerState
 
 logger = logging.getLogger("lmcache.observability.metrics")
 
@@ -45,12 +47,18 @@ class MetricsSubscriber(BaseSubscriber):
     Args:
         instance_id: ``--instance-id`` (label ``instance_id`` of every series).
         sample_rate: ``--metrics-sample-rate``, for the per-chunk histograms.
-        server: The running server, for scrape-time gauges; None for bare use (tests).
+        server: The running server's read-only state and its event bus, for
+            scrape-time gauges; None for bare use (tests).
     """
 
     name = NAME
 
-    def __init__(self, instance_id: str, sample_rate: float, server: Any = None) -> None:
+    def __init__(
+        self,
+        instance_id: str,
+        sample_rate: float,
+        server: tuple[ServerState, EventBus] | None = None,
+    ) -> None:
         super().__init__()
         self.instance_id = instance_id
         self.registry = CollectorRegistry()
@@ -62,7 +70,8 @@ class MetricsSubscriber(BaseSubscriber):
         self.lifetimes = LifetimeTracker(ChunkSampler(sample_rate))
         self.exporter: PrometheusExporter | None = None
         if server is not None:
-            self.registry.register(ServerStateCollector(server, instance_id, self.caps))
+            state, bus = server
+            self.registry.register(ServerStateCollector(state, bus, instance_id, self.caps))
 
     # -- exposition ---------------------------------------------------------------------------
 
@@ -224,7 +233,7 @@ def build_metrics_subscriber(context: SubscriberContext) -> MetricsSubscriber:
     """
     observability = context.config.observability
     subscriber = MetricsSubscriber(
-        context.instance_id, observability.metrics_sample_rate, context.server
+        context.instance_id, observability.metrics_sample_rate, (context.server, context.bus)
     )
     subscriber.exporter = PrometheusExporter(
         subscriber.registry, context.config.http.http_host, observability.prometheus_port
