@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from lmcache_core.errors import StartupError
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.observability.events import Event
-from lmcache_core.plugin.specs import PluginKind
 
 if TYPE_CHECKING:
     from lmcache_core.config.server import ServerConfig
@@ -97,7 +96,7 @@ def build_subscribers(server: ServerContext, bus: EventBus) -> list[Any]:
         if spec.not_implemented:
             continue  # start-up already reported it (startup.py decides whether that is fatal)
         try:
-            subscriber = server.registry.build(PluginKind.SUBSCRIBER, spec.name, context)
+            subscriber = server.registry.builder.subscriber(spec, context)
         except StartupError:
             raise
         except Exception as exc:

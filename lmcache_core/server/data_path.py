@@ -14,13 +14,13 @@ from lmcache_core.engine.token_cache import TokenHashCache
 from lmcache_core.errors import StartupError
 from lmcache_core.hashing import make_hasher
 from lmcache_core.lifecycle import Component, Health
-from lmcache_core.plugin.specs import PluginKind
 from lmcache_core.server.context import ServerContext
 from lmcache_core.server.request_server import RequestServer
 from lmcache_core.storage.arena import Arena, ArenaError, ArenaKind
 from lmcache_core.storage.eviction import EvictionSettings, IsolatedEvictionPolicy
 from lmcache_core.storage.l1 import L1Controller, L1Manager
 from lmcache_core.storage.l2.adapter import L2AdapterV1
+from lmcache_core.storage.l2.context import L2AdapterContext
 from lmcache_core.storage.l2.tier import AdapterEviction, L2Tier
 from lmcache_core.storage.quota import QuotaManager
 
@@ -134,8 +134,10 @@ def build_l2(
     adapters: list[L2AdapterV1] = []
     try:
         for resolved in selection.adapters:
-            adapter = registry.build(
-                PluginKind.L2_ADAPTER, resolved.spec.name, resolved.config, context
+            adapter = registry.builder.l2_adapter(
+                resolved.spec,
+                resolved.config,
+                L2AdapterContext.from_config(context.config, resolved.index),
             )
             adapter.start()
             adapters.append(adapter)
@@ -157,7 +159,8 @@ def build_l2(
             block.trigger_watermark, block.eviction_ratio, adapter.capacity_bytes, quotas
         )
         try:
-            policy = registry.build(PluginKind.EVICTION_POLICY, block.eviction_policy, settings)
+            assert resolved.eviction_policy is not None  # resolved with its block
+            policy = registry.builder.eviction_policy(resolved.eviction_policy, settings)
         except Exception:
             for opened in adapters:
                 opened.close()
@@ -180,8 +183,8 @@ def build_l2(
     return L2Tier(
         adapters,
         l1,
-        registry.build(PluginKind.STORE_POLICY, selection.store_policy.name),
-        registry.build(PluginKind.PREFETCH_POLICY, selection.prefetch_policy.name),
+        registry.builder.store_policy(selection.store_policy),
+        registry.builder.prefetch_policy(selection.prefetch_policy),
         max_in_flight=context.config.l2_policies.l2_prefetch_max_in_flight,
         evictions=evictions,
     )
@@ -220,9 +223,8 @@ def build_data_path(context: ServerContext) -> DataPath:
         raise StartupError(f"--l1-size-gb: cannot allocate the L1 arena: {exc}") from None
     # One quota table for every tier; in memory only (lost on restart), like upstream's.
     quotas = QuotaManager()
-    policy = registry.build(
-        PluginKind.EVICTION_POLICY,
-        config.eviction.eviction_policy,
+    policy = registry.builder.eviction_policy(
+        context.selection.eviction_policy,
         EvictionSettings.from_config(config.eviction, capacity, quotas),
     )
     l1 = L1Manager(
@@ -242,9 +244,8 @@ def build_data_path(context: ServerContext) -> DataPath:
     l2 = build_l2(context, l1, quotas)
     if l2 is not None:
         l2.events = context.bus
-    engine: Engine = registry.build(
-        PluginKind.ENGINE,
-        config.mp.engine_type,
+    engine = registry.builder.engine(
+        context.selection.engine,
         EngineContext(config, registry, context.selection, l1, token_cache, l2, context.bus),
     )
     server = RequestServer(
