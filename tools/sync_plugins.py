@@ -1,7 +1,7 @@
 """Regenerate the lists of default plugin distributions from ``plugins/``.
 
 Every folder ``plugins/<distribution>/`` with a ``pyproject.toml`` (except those
-starting with ``_``, such as ``_template``) is a default plugin. This script
+starting with ``_``) is a default plugin. This script
 rewrites the generated blocks that list them:
 
 * the dependencies of the bundle, ``lmcache_plugins/pyproject.toml``: the core

@@ -1,7 +1,7 @@
 """Load a third-party :class:`~lmcache_core.storage.l2.adapter.L2AdapterV1` by module and class.
 
 Prefer packaging an adapter as a plugin distribution with an entry point (see
-``plugins/_template``); this adapter type exists for upstream's
+``tools/new_plugin.py``); this adapter type exists for upstream's
 ``{"type": "plugin", "module_path": ..., "class_name": ...}`` configurations.
 """
 
