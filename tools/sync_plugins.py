@@ -1,10 +1,12 @@
 """Regenerate the lists of default plugin distributions from ``plugins/``.
 
 Every folder ``plugins/<distribution>/`` with a ``pyproject.toml`` (except those
-starting with ``_``, such as ``_template``) is a default plugin. This script
+starting with ``_``) is a default plugin. This script
 rewrites the generated blocks that list them:
 
-* the dependencies of the bundle, ``lmcache_plugins/pyproject.toml``;
+* the dependencies of the bundle, ``lmcache_plugins/pyproject.toml``: the core
+  and every plugin pinned to the exact version in its ``pyproject.toml``, the
+  set this tree is tested with (plugins themselves pin a compatible core range);
 * ``DEFAULT_DISTRIBUTIONS`` in ``lmcache_plugins/src/lmcache_plugins/__init__.py``;
 * the editable installs of ``requirements.txt``.
 
@@ -41,6 +43,7 @@ class Plugin:
 
     name: str
     folder: str
+    version: str
 
 
 @dataclass(frozen=True)
@@ -48,15 +51,28 @@ class Target:
     """A file with a generated block, and how to render the block's lines."""
 
     path: str
-    render: Callable[[Sequence[Plugin]], list[str]]
+    render: Callable[[str, Sequence[Plugin]], list[str]]
+    """Renders the block from the core's version and the plugins."""
+
+
+def core_version(root: Path) -> str:
+    """The version of ``lmcache-core`` in ``root/pyproject.toml``.
+
+    Raises:
+        SyncError: The root project is not the core or has no static version.
+    """
+    project = tomllib.loads((root / "pyproject.toml").read_text()).get("project", {})
+    if project.get("name") != CORE_DISTRIBUTION or not project.get("version"):
+        raise SyncError(f"pyproject.toml: needs [project] name {CORE_DISTRIBUTION!r} and a version")
+    return str(project["version"])
 
 
 def find_plugins(root: Path) -> list[Plugin]:
     """The default plugin distributions under ``root/plugins``, sorted by name.
 
     Raises:
-        SyncError: A folder is not named after its distribution or declares no
-            ``lmcache.plugins`` entry point.
+        SyncError: A folder is not named after its distribution, has no static
+            version or declares no ``lmcache.plugins`` entry point.
     """
     plugins = []
     for pyproject in sorted((root / "plugins").glob("*/pyproject.toml")):
@@ -69,16 +85,19 @@ def find_plugins(root: Path) -> list[Plugin]:
             raise SyncError(f"plugins/{folder}: project name {name!r} must equal the folder name")
         if not project.get("entry-points", {}).get(ENTRY_POINT_GROUP):
             raise SyncError(f"plugins/{folder}: no [project.entry-points.{ENTRY_POINT_GROUP!r}]")
-        plugins.append(Plugin(name=name, folder=folder))
+        if not project.get("version"):
+            raise SyncError(f"plugins/{folder}: needs a static [project] version to pin")
+        plugins.append(Plugin(name=name, folder=folder, version=str(project["version"])))
     return sorted(plugins, key=lambda plugin: plugin.name)
 
 
-def bundle_dependencies(plugins: Sequence[Plugin]) -> list[str]:
-    """The bundle's dependency array: the core, then every plugin."""
-    return [f'"{name}",' for name in (CORE_DISTRIBUTION, *(p.name for p in plugins))]
+def bundle_dependencies(core: str, plugins: Sequence[Plugin]) -> list[str]:
+    """The bundle's dependency array: the core, then every plugin, each pinned exactly."""
+    pins = [(CORE_DISTRIBUTION, core), *((p.name, p.version) for p in plugins)]
+    return [f'"{name}=={version}",' for name, version in pins]
 
 
-def default_distributions(plugins: Sequence[Plugin]) -> list[str]:
+def default_distributions(_core: str, plugins: Sequence[Plugin]) -> list[str]:
     """The ``DEFAULT_DISTRIBUTIONS`` tuple of the bundle's package."""
     return [
         "DEFAULT_DISTRIBUTIONS: tuple[str, ...] = (",
@@ -88,7 +107,7 @@ def default_distributions(plugins: Sequence[Plugin]) -> list[str]:
     ]
 
 
-def requirements(plugins: Sequence[Plugin]) -> list[str]:
+def requirements(_core: str, plugins: Sequence[Plugin]) -> list[str]:
     """The editable installs: the core, every plugin, then the bundle."""
     return [
         "-e .",
@@ -133,12 +152,12 @@ def sync(root: Path, *, check: bool) -> int:
     Returns:
         The exit status: 1 when ``check`` finds an out-of-date file, else 0.
     """
-    plugins = find_plugins(root)
+    core, plugins = core_version(root), find_plugins(root)
     stale = 0
     for target in TARGETS:
         path = root / target.path
         old = path.read_text()
-        new = replace_block(old, target.render(plugins), target.path)
+        new = replace_block(old, target.render(core, plugins), target.path)
         if new == old:
             continue
         stale += 1

@@ -51,15 +51,15 @@ def build_app(with_plugin_commands: bool) -> typer.Typer:
 
 
 def _add_plugin_commands(app: typer.Typer) -> None:
-    from lmcache_core.plugin.registry import PluginRegistry, ensure_implemented
-    from lmcache_core.plugin.specs import PluginKind
+    from lmcache_core.plugin.registry import PluginRegistry
+    from lmcache_core.plugin.specs import CliCommandSpec, PluginKind
 
     registry = PluginRegistry()
     for spec in registry.specs(PluginKind.CLI_COMMAND):
         if spec.name in CORE_COMMANDS:
             raise ConfigError(None, f"plugin CLI command {spec.name!r} clashes with a core command")
-        ensure_implemented(spec, registry.owner(spec))
-        command = spec.factory()
+        assert isinstance(spec, CliCommandSpec)
+        command = registry.builder.cli_command(spec)
         if isinstance(command, typer.Typer):
             app.add_typer(command, name=spec.name, help=spec.description)
         else:

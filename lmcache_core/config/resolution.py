@@ -2,13 +2,15 @@
 
 This is where ``--engine-type``, ``--eviction-policy``, the L2 policies and every
 ``--l2-adapter`` JSON meet the registry: names must be registered, and each adapter
-JSON is validated by its own plugin's model.
+JSON is validated by its own plugin's model. Each name is resolved here, once; the
+server builds the resulting specs through the typed builders
+(``registry.builder``), never looking a name up again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -28,16 +30,23 @@ from lmcache_core.plugin.specs import (
     SubscriberSpec,
 )
 
+SpecT = TypeVar("SpecT", bound=PluginSpec)
+
 
 @dataclass(frozen=True)
 class ResolvedAdapter:
     """One ``--l2-adapter``: its position in the cascade, plugin and validated config.
 
-    ``eviction_policy`` is the resolved policy of its ``eviction`` block, if it has one.
+    Attributes:
+        index: 1-based position in the ``--l2-adapter`` cascade.
+        spec: The adapter type's spec.
+        config: The adapter JSON validated by ``spec.config_model``.
+        eviction_policy: The spec of its ``eviction.eviction_policy``, or None
+            when the adapter has no eviction block.
     """
 
     index: int
-    spec: L2AdapterSpec
+    spec: L2AdapterSpec[Any]
     config: BaseModel
     eviction_policy: EvictionPolicySpec | None = None
 
@@ -78,11 +87,14 @@ class Selection:
         }
 
 
-def _resolve(registry: PluginRegistry, kind: PluginKind, name: str, flag: str) -> Any:
+def _resolve(registry: PluginRegistry, spec_type: type[SpecT], name: str, flag: str) -> SpecT:
     try:
-        return registry.resolve(kind, name)
+        spec = registry.resolve(spec_type.kind, name)
     except PluginError as exc:
         raise ConfigError(flag, str(exc)) from None
+    # The registry only stores specs of the hook's own type (checked at load).
+    assert isinstance(spec, spec_type)
+    return spec
 
 
 def resolve_plugins(config: ServerConfig, registry: PluginRegistry) -> Selection:
@@ -92,7 +104,7 @@ def resolve_plugins(config: ServerConfig, registry: PluginRegistry) -> Selection
         ConfigError: A name is unknown or ambiguous, an engine does not support the
             transfer mode, or an adapter JSON fails its plugin's model.
     """
-    engine = _resolve(registry, PluginKind.ENGINE, config.mp.engine_type, "--engine-type")
+    engine = _resolve(registry, EngineSpec, config.mp.engine_type, "--engine-type")
     if config.mp.supported_transfer_mode not in engine.transfer_modes:
         modes = " or ".join(sorted(engine.transfer_modes))
         raise ConfigError(
@@ -103,19 +115,19 @@ def resolve_plugins(config: ServerConfig, registry: PluginRegistry) -> Selection
         engine=engine,
         eviction_policy=_resolve(
             registry,
-            PluginKind.EVICTION_POLICY,
+            EvictionPolicySpec,
             config.eviction.eviction_policy,
             "--eviction-policy",
         ),
         store_policy=_resolve(
             registry,
-            PluginKind.STORE_POLICY,
+            StorePolicySpec,
             config.l2_policies.l2_store_policy,
             "--l2-store-policy",
         ),
         prefetch_policy=_resolve(
             registry,
-            PluginKind.PREFETCH_POLICY,
+            PrefetchPolicySpec,
             config.l2_policies.l2_prefetch_policy,
             "--l2-prefetch-policy",
         ),
@@ -129,7 +141,7 @@ def resolve_plugins(config: ServerConfig, registry: PluginRegistry) -> Selection
 
 def _resolve_adapter(registry: PluginRegistry, index: int, raw: dict[str, Any]) -> ResolvedAdapter:
     flag = f"--l2-adapter #{index}"
-    spec: L2AdapterSpec = _resolve(registry, PluginKind.L2_ADAPTER, raw["type"], flag)
+    spec: L2AdapterSpec[Any] = _resolve(registry, L2AdapterSpec, raw["type"], flag)
     assert spec.config_model is not None  # enforced by L2AdapterSpec
     try:
         adapter_config = spec.config_model.model_validate(raw)
@@ -145,7 +157,7 @@ def _resolve_adapter(registry: PluginRegistry, index: int, raw: dict[str, Any]) 
     if eviction is not None:
         policy = _resolve(
             registry,
-            PluginKind.EVICTION_POLICY,
+            EvictionPolicySpec,
             eviction.eviction_policy,
             f"{flag} ({spec.name}) eviction.eviction_policy",
         )

@@ -7,13 +7,12 @@ import logging
 from fastapi import FastAPI
 
 from lmcache_core import __version__
-from lmcache_core.errors import PluginError
+from lmcache_core.errors import PluginError, PluginNotImplementedError
 from lmcache_core.http.admin_routes import router as admin_router
 from lmcache_core.http.auth import require_bearer_token
 from lmcache_core.http.core_routes import router as core_router
 from lmcache_core.http.quota_routes import router as quota_router
 from lmcache_core.http.run_script import router as run_script_router
-from lmcache_core.plugin.registry import ensure_implemented
 from lmcache_core.plugin.specs import HttpRouterSpec, PluginKind
 from lmcache_core.state import ServerContext
 
@@ -44,10 +43,13 @@ def create_app(context: ServerContext) -> FastAPI:
     app.include_router(quota_router)
     for spec in context.registry.specs(PluginKind.HTTP_ROUTER):
         assert isinstance(spec, HttpRouterSpec)
-        ensure_implemented(spec, context.registry.owner(spec))
         try:
             # Plugin routers get the read-only view, never the assembled server itself.
-            app.include_router(spec.factory(context.state), prefix=spec.prefix)
+            app.include_router(
+                context.registry.builder.http_router(spec, context.state), prefix=spec.prefix
+            )
+        except PluginNotImplementedError:
+            raise  # the plugin's own reason, as before: not a build failure
         except Exception as exc:
             raise PluginError(f"HTTP router {spec.name!r} failed to build: {exc}") from exc
     return app

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from lmcache_core.errors import StartupError
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.observability.events import Event
-from lmcache_core.plugin.specs import PluginKind
 
 if TYPE_CHECKING:
     from lmcache_core.config.resolution import Selection
@@ -105,7 +104,7 @@ def build_subscribers(
         if spec.not_implemented:
             continue  # start-up already reported it (startup.py decides whether that is fatal)
         try:
-            subscriber = registry.build(PluginKind.SUBSCRIBER, spec.name, context)
+            subscriber = registry.builder.subscriber(spec, context)
         except StartupError:
             raise
         except Exception as exc:

@@ -28,6 +28,15 @@ Call semantics shared by every registration hook:
   strict mode fails at load.
 * Hooks are called once per registry (one registry per server process or CLI
   invocation), never on the data path.
+* Implementations are plain ``@hookimpl`` functions: the registry calls each one
+  itself, so pluggy's ordering and wrapping options (``tryfirst``, ``trylast``,
+  ``wrapper``, ``hookwrapper``) would be silently meaningless; a plugin that uses
+  them is rejected at load (marked broken; strict mode: load fails).
+
+Each hook's docstring names its factory's typed signature on a ``Factory:`` line
+(the type of the spec's ``factory`` field, :mod:`lmcache_core.plugin.factories`);
+``tests/plugin/test_docs_plugins.py`` keeps those lines, the types and
+``docs/plugins.md`` in step.
 
 Compatibility policy: hooks are only ever added. A hook's name, arguments and the
 meaning of its result never change within a major version; new optional spec
@@ -37,6 +46,7 @@ fields get defaults, so existing plugins keep working.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pluggy
 
@@ -46,7 +56,6 @@ from lmcache_core.plugin.specs import (
     EvictionPolicySpec,
     HttpRouterSpec,
     L2AdapterSpec,
-    PluginKind,
     PrefetchPolicySpec,
     StorePolicySpec,
     SubscriberSpec,
@@ -63,9 +72,12 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def lmcache_register_engines() -> Sequence[EngineSpec] | None:
     """Register cache engines, selected by ``--engine-type``.
 
-    ``factory(context)`` receives the server's engine context (configuration,
-    storage manager, hasher) and returns the engine object the request server
-    dispatches to.
+    Factory: ``Callable[[EngineContext], Engine]``
+
+    Built once at start-up, after L1 and L2, with an
+    :class:`~lmcache_core.engine.contract.EngineContext` (configuration,
+    registry, selection, L1, token-hash cache, L2 tier, event bus); the returned
+    :class:`~lmcache_core.engine.contract.Engine` gives the request handlers.
 
     Returns:
         Engine specs; all implementations' results are collected. A raising
@@ -77,8 +89,10 @@ def lmcache_register_engines() -> Sequence[EngineSpec] | None:
 def lmcache_register_eviction_policies() -> Sequence[EvictionPolicySpec] | None:
     """Register eviction policies, selected by ``--eviction-policy``.
 
-    ``factory(config)`` receives the validated eviction settings and returns a
-    policy object used by the L1 (or an L2) eviction controller.
+    Factory: ``Callable[[EvictionSettings], EvictionPolicy]``
+
+    Built once for L1 and once per ``--l2-adapter`` with an ``eviction`` block,
+    with that tier's validated :class:`~lmcache_core.storage.eviction.EvictionSettings`.
 
     Returns:
         Eviction policy specs; all results are collected. A raising
@@ -90,8 +104,11 @@ def lmcache_register_eviction_policies() -> Sequence[EvictionPolicySpec] | None:
 def lmcache_register_store_policies() -> Sequence[StorePolicySpec] | None:
     """Register L2 store policies, selected by ``--l2-store-policy``.
 
-    ``factory(config)`` returns a policy that decides, for a batch of keys just
-    committed to L1, which adapters receive them and whether L1 keeps them.
+    Factory: ``Callable[[], StorePolicy]``
+
+    Built once, with no arguments, when at least one ``--l2-adapter`` is
+    configured; the policy decides, for a batch of keys just committed to L1,
+    which adapters receive them and whether L1 keeps them.
 
     Returns:
         Store policy specs; all results are collected. A raising implementation
@@ -103,8 +120,11 @@ def lmcache_register_store_policies() -> Sequence[StorePolicySpec] | None:
 def lmcache_register_prefetch_policies() -> Sequence[PrefetchPolicySpec] | None:
     """Register L2 prefetch policies, selected by ``--l2-prefetch-policy``.
 
-    ``factory(config)`` returns a policy that picks the adapter each L2 hit is
-    loaded from and whether the loaded copy stays in L1.
+    Factory: ``Callable[[], PrefetchPolicy]``
+
+    Built once, with no arguments, when at least one ``--l2-adapter`` is
+    configured; the policy picks the adapter each L2 hit is loaded from and
+    whether the loaded copy stays in L1.
 
     Returns:
         Prefetch policy specs; all results are collected. A raising
@@ -113,11 +133,14 @@ def lmcache_register_prefetch_policies() -> Sequence[PrefetchPolicySpec] | None:
 
 
 @hookspec
-def lmcache_register_l2_adapters() -> Sequence[L2AdapterSpec] | None:
+def lmcache_register_l2_adapters() -> Sequence[L2AdapterSpec[Any]] | None:
     """Register L2 adapter types, selected by the ``type`` of ``--l2-adapter``.
 
-    ``config_model`` validates the adapter JSON (unknown fields rejected);
-    ``factory(config, context)`` builds the adapter from the validated model.
+    Factory: ``Callable[[ConfigT, L2AdapterContext], L2AdapterV1]``
+
+    Built once per ``--l2-adapter``, in cascade order, with the JSON validated by
+    the spec's ``config_model`` (unknown fields rejected; ``ConfigT`` is that
+    model) and an :class:`~lmcache_core.storage.l2.context.L2AdapterContext`.
 
     Returns:
         L2 adapter specs; all results are collected. A raising implementation
@@ -129,9 +152,11 @@ def lmcache_register_l2_adapters() -> Sequence[L2AdapterSpec] | None:
 def lmcache_register_subscribers() -> Sequence[SubscriberSpec] | None:
     """Register observability subscribers of the event bus.
 
+    Factory: ``Callable[[SubscriberContext], Subscriber]``
+
     Every registered subscriber whose category is enabled (and whose
     ``enabled_when`` predicate accepts the configuration) is built at start-up,
-    after the data path, with ``factory(context)``, where ``context`` is a
+    after the data path, with a
     :class:`~lmcache_core.observability.subscribers.SubscriberContext`. The
     result must satisfy :class:`~lmcache_core.observability.bus.Subscriber`
     (``name``, ``event_types``, ``on_event``, ``close``). A factory that raises
@@ -149,8 +174,11 @@ def lmcache_register_subscribers() -> Sequence[SubscriberSpec] | None:
 def lmcache_register_http_routers() -> Sequence[HttpRouterSpec] | None:
     """Register extra routers for the HTTP frontend.
 
-    ``factory(context)`` returns a ``fastapi.APIRouter`` mounted under the
-    spec's ``prefix`` when the HTTP app is created.
+    Factory: ``Callable[[ServerState], APIRouter]``
+
+    Every registered router is built when the HTTP app is created, with the
+    server's read-only :class:`~lmcache_core.state.ServerState`, and
+    mounted under the spec's ``prefix``. A factory that raises stops start-up.
 
     Returns:
         Router specs; all results are collected. A raising implementation marks
@@ -162,23 +190,14 @@ def lmcache_register_http_routers() -> Sequence[HttpRouterSpec] | None:
 def lmcache_register_cli_commands() -> Sequence[CliCommandSpec] | None:
     """Register sub-commands of the ``lmcache`` command line.
 
-    ``factory()`` returns a ``typer.Typer`` (a command group) or a function (a
-    single command). A name that clashes with a core command is a conflict.
+    Factory: ``Callable[[], CliCommand]``
+
+    Built, with no arguments, only when the command line names a command that
+    is not a core one; the result is a ``typer.Typer`` (added as a command group)
+    or a function (added as a single command). A name equal to a core command
+    stops the CLI with an error naming it.
 
     Returns:
         CLI command specs; all results are collected. A raising implementation
         marks its plugin broken (strict mode: load fails).
     """
-
-
-REGISTRATION_HOOKS: dict[PluginKind, str] = {
-    PluginKind.ENGINE: "lmcache_register_engines",
-    PluginKind.EVICTION_POLICY: "lmcache_register_eviction_policies",
-    PluginKind.STORE_POLICY: "lmcache_register_store_policies",
-    PluginKind.PREFETCH_POLICY: "lmcache_register_prefetch_policies",
-    PluginKind.L2_ADAPTER: "lmcache_register_l2_adapters",
-    PluginKind.SUBSCRIBER: "lmcache_register_subscribers",
-    PluginKind.HTTP_ROUTER: "lmcache_register_http_routers",
-    PluginKind.CLI_COMMAND: "lmcache_register_cli_commands",
-}
-"""Which hook registers which kind; the registry walks this table."""

@@ -8,14 +8,12 @@ every spec to its distribution, and survive a broken plugin.
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -26,86 +24,32 @@ from lmcache_core.errors import (
     UnknownPluginError,
 )
 from lmcache_core.plugin import hookspecs
+from lmcache_core.plugin.kinds import KINDS, label
 from lmcache_core.plugin.names import normalize_name
-from lmcache_core.plugin.specs import SPEC_TYPES, PluginKind, PluginSpec
+from lmcache_core.plugin.records import PluginRecord, PluginStatus, SpecRow
+from lmcache_core.plugin.specs import PluginKind, PluginSpec
+
+__all__ = [
+    "DISABLE_ENV",
+    "ENTRY_POINT_GROUP",
+    "STRICT_ENV",
+    "PluginRecord",
+    "PluginRegistry",
+    "PluginStatus",
+    "SpecRow",
+    "ensure_implemented",
+    "env_flag",
+    "split_names",
+]
+
+if TYPE_CHECKING:
+    from lmcache_core.plugin.builders import PluginBuilder
 
 ENTRY_POINT_GROUP = "lmcache.plugins"
 STRICT_ENV = "LMCACHE_PLUGINS_STRICT"
 DISABLE_ENV = "LMCACHE_DISABLE_PLUGINS"
 
-KIND_LABELS: dict[PluginKind, str] = {
-    PluginKind.ENGINE: "engine",
-    PluginKind.EVICTION_POLICY: "eviction policy",
-    PluginKind.STORE_POLICY: "L2 store policy",
-    PluginKind.PREFETCH_POLICY: "L2 prefetch policy",
-    PluginKind.L2_ADAPTER: "L2 adapter type",
-    PluginKind.SUBSCRIBER: "observability subscriber",
-    PluginKind.HTTP_ROUTER: "HTTP router",
-    PluginKind.CLI_COMMAND: "CLI command",
-}
-
 logger = logging.getLogger("lmcache.plugins")
-
-
-class PluginStatus(enum.StrEnum):
-    """Load status of one entry point."""
-
-    OK = "ok"
-    DISABLED = "disabled"
-    BROKEN = "broken"
-
-
-@dataclass
-class PluginRecord:
-    """One entry point of the ``lmcache.plugins`` group and what became of it.
-
-    Attributes:
-        name: The entry point's name.
-        distribution: The distribution that declares it.
-        version: That distribution's version.
-        module: The entry point's value (the module holding the hooks).
-        status: Whether it loaded, was disabled, or is broken.
-        error: Why it is broken, in one line.
-        specs: The specs it registered (empty unless ``status`` is OK).
-    """
-
-    name: str
-    distribution: str
-    version: str
-    module: str
-    status: PluginStatus = PluginStatus.OK
-    error: str | None = None
-    specs: list[PluginSpec] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        """``distribution version`` for messages."""
-        return f"{self.distribution} {self.version}"
-
-
-@dataclass(frozen=True)
-class SpecRow:
-    """One line of ``lmcache plugins list`` and ``GET /plugins``."""
-
-    name: str
-    kind: str
-    distribution: str
-    version: str
-    status: str
-    description: str = ""
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """The row as JSON-ready data."""
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "distribution": self.distribution,
-            "version": self.version,
-            "status": self.status,
-            "description": self.description,
-            "error": self.error,
-        }
 
 
 def env_flag(name: str) -> bool:
@@ -144,7 +88,8 @@ class PluginRegistry:
     ) -> None:
         self.strict = env_flag(STRICT_ENV) if strict is None else strict
         env_disabled = split_names(os.environ.get(DISABLE_ENV, ""))
-        self.disabled = {normalize_name(n) for n in (*env_disabled, *disabled)}
+        self._disabled_as_written = {normalize_name(n): n for n in (*env_disabled, *disabled)}
+        self.disabled = set(self._disabled_as_written)
         self.plugin_manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.plugin_manager.add_hookspecs(hookspecs)
         self.records: list[PluginRecord] = []
@@ -174,6 +119,42 @@ class PluginRegistry:
                 continue
             self._load_one(ep, record)
         self._check_conflicts()
+        self._warn_unmatched_disables()
+
+    def _warn_unmatched_disables(self) -> None:
+        """Warn for each disabled name that matched no entry point or distribution.
+
+        A spec name (``LRU``) is the usual mistake: the warning then names the
+        entry point and distribution that would disable it.
+        """
+        matched = {
+            key
+            for record in self.records
+            for key in (normalize_name(record.name), normalize_name(record.distribution))
+        }
+        for key, written in sorted(self._disabled_as_written.items()):
+            if key in matched:
+                continue
+            owners = sorted(
+                {
+                    f"{record.name!r} (distribution {record.distribution})"
+                    for kind_providers in self._providers.values()
+                    for _, record in kind_providers.get(key, [])
+                }
+            )
+            if owners:
+                logger.warning(
+                    "disabled plugin %r matched no entry point or distribution; it is the name "
+                    "of a spec: to disable it, disable the entry point %s",
+                    written,
+                    " or ".join(owners),
+                )
+            else:
+                logger.warning(
+                    "disabled plugin %r matched no entry point or distribution; installed: %s",
+                    written,
+                    ", ".join(sorted({r.name for r in self.records})) or "none",
+                )
 
     def _load_one(self, ep: metadata.EntryPoint, record: PluginRecord) -> None:
         plugin_key = f"{record.distribution}:{record.name}"
@@ -182,6 +163,7 @@ class PluginRegistry:
             self.plugin_manager.register(module, name=plugin_key)
             try:
                 self.plugin_manager.check_pending()
+                self._reject_hook_options(plugin_key)
             except Exception:
                 self.plugin_manager.unregister(name=plugin_key)
                 raise
@@ -207,9 +189,28 @@ class PluginRegistry:
             for key in spec.keys:
                 self._providers[spec.kind].setdefault(key, []).append((spec, record))
 
+    def _reject_hook_options(self, plugin_key: str) -> None:
+        """Refuse pluggy options that mean nothing here (the registry calls each impl itself)."""
+        for info in KINDS.values():
+            for impl in getattr(self.plugin_manager.hook, info.hook).get_hookimpls():
+                if impl.plugin_name != plugin_key:
+                    continue
+                used = [
+                    option
+                    for option in ("tryfirst", "trylast", "wrapper", "hookwrapper")
+                    if getattr(impl, option, False)
+                ]
+                if used:
+                    raise TypeError(
+                        f"{info.hook} uses @hookimpl({', '.join(f'{o}=True' for o in used)}), "
+                        "which lmcache does not support: every implementation is called on "
+                        "its own and all results are collected; use a plain @hookimpl"
+                    )
+
     def _collect_specs(self, plugin_key: str) -> list[PluginSpec]:
         specs: list[PluginSpec] = []
-        for kind, hook_name in hookspecs.REGISTRATION_HOOKS.items():
+        for kind, info in KINDS.items():
+            hook_name = info.hook
             hook = getattr(self.plugin_manager.hook, hook_name)
             for impl in hook.get_hookimpls():
                 if impl.plugin_name != plugin_key:
@@ -224,7 +225,7 @@ class PluginRegistry:
             return []
         if not isinstance(result, (list, tuple)):
             raise TypeError(f"{hook_name} returned {type(result).__name__}, not a list of specs")
-        expected = SPEC_TYPES[kind]
+        expected = KINDS[kind].spec_type
         for item in result:
             if not isinstance(item, expected):
                 raise TypeError(
@@ -248,7 +249,7 @@ class PluginRegistry:
     ) -> str:
         owners = " and ".join(sorted(record.label for _, record in entries))
         return (
-            f"{KIND_LABELS[kind]} {key!r} is registered by both {owners}; uninstall one, "
+            f"{label(kind)} {key!r} is registered by both {owners}; uninstall one, "
             f"or disable one with {DISABLE_ENV} or --disable-plugin"
         )
 
@@ -300,15 +301,26 @@ class PluginRegistry:
         if entries:
             return entries[0][0]
         installed = ", ".join(self.names(kind)) or "none"
-        message = f"unknown {KIND_LABELS[kind]} {name!r}; installed: {installed}"
+        message = f"unknown {label(kind)} {name!r}; installed: {installed}"
         broken = self.broken()
         if broken:
             details = "; ".join(f"{r.label} ({r.error})" for r in broken)
             message += f"; broken plugins that may provide it: {details}"
         raise UnknownPluginError(message)
 
+    @property
+    def builder(self) -> PluginBuilder:
+        """The typed builders of resolved specs (what the server uses)."""
+        from lmcache_core.plugin.builders import PluginBuilder
+
+        return PluginBuilder(self)
+
     def build(self, kind: PluginKind, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Resolve ``name`` and call its factory with the given arguments.
+        """Resolve ``name`` and call its factory with the given arguments (untyped).
+
+        A convenience for tests and tools that start from a name. The server
+        resolves names once (:func:`~lmcache_core.config.resolution.resolve_plugins`)
+        and builds the resolved specs through :attr:`builder`, which is typed.
 
         Raises:
             PluginNotImplementedError: The plugin is registered but its behaviour
@@ -366,6 +378,6 @@ def ensure_implemented(spec: PluginSpec, record: PluginRecord | None = None) -> 
     if spec.not_implemented:
         where = f" ({record.label})" if record is not None else ""
         raise PluginNotImplementedError(
-            f"{KIND_LABELS[spec.kind]} {spec.name!r}{where} is not implemented yet: "
+            f"{label(spec.kind)} {spec.name!r}{where} is not implemented yet: "
             f"{spec.not_implemented}"
         )

@@ -2,8 +2,10 @@
 
 A spec names one implementation of one kind (an engine, an eviction policy, an L2
 adapter, ...) and says how to build it. The registry resolves configured names to
-specs; the server calls ``spec.factory`` to build the object the data path then
-calls directly (no hook call per chunk).
+specs; the server builds each selected spec through the typed builders of
+:mod:`lmcache_core.plugin.builders` and then calls the built object directly (no
+hook call per chunk). Each kind's ``factory`` has the typed signature of
+:mod:`lmcache_core.plugin.factories`, so mypy checks a plugin's factory.
 """
 
 from __future__ import annotations
@@ -11,11 +13,23 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic
 
 from pydantic import BaseModel
 
-from lmcache_core.plugin.names import normalize_name
+from lmcache_core.plugin.factories import (
+    CliCommandFactory,
+    ConfigT,
+    EnabledWhen,
+    EngineFactory,
+    EvictionPolicyFactory,
+    HttpRouterFactory,
+    L2AdapterFactory,
+    PrefetchPolicyFactory,
+    StorePolicyFactory,
+    SubscriberFactory,
+)
+from lmcache_core.plugin.names import check_spec_name, normalize_name
 
 
 class PluginKind(enum.StrEnum):
@@ -51,8 +65,9 @@ class PluginSpec:
     Attributes:
         name: The name configuration selects it by, as the reference spells it
             (``LRU``, ``skip_l1``); lookups are case- and separator-insensitive.
-        factory: Builds the implementation; its arguments are documented on the
-            hookspec of the spec's kind.
+            See :func:`~lmcache_core.plugin.names.check_spec_name` for the rule.
+        factory: Builds the implementation; every subclass narrows it to its
+            kind's signature (:mod:`lmcache_core.plugin.factories`).
         config_model: The pydantic model of the implementation's own options (the
             JSON of an ``--l2-adapter``, for example), or ``None`` if it has none.
         description: One line for ``lmcache plugins list`` and the docs.
@@ -72,8 +87,8 @@ class PluginSpec:
     not_implemented: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.name or not isinstance(self.name, str):
-            raise TypeError(f"{type(self).__name__}.name must be a non-empty string")
+        for name in (self.name, *self.aliases):
+            check_spec_name(type(self).__name__, name)
         if not callable(self.factory):
             raise TypeError(f"{type(self).__name__} {self.name!r}: factory must be callable")
         if self.config_model is not None and not (
@@ -99,39 +114,59 @@ class EngineSpec(PluginSpec):
     """
 
     kind: ClassVar[PluginKind] = PluginKind.ENGINE
+    factory: EngineFactory
     transfer_modes: frozenset[str] = frozenset({"lmcache_driven", "engine_driven", "auto"})
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvictionPolicySpec(PluginSpec):
-    """An eviction policy (``--eviction-policy`` and the L2 ``eviction`` blocks)."""
+    """An eviction policy (``--eviction-policy`` and the L2 ``eviction`` blocks).
+
+    ``factory(settings)`` receives the tier's :class:`EvictionSettings`.
+    """
 
     kind: ClassVar[PluginKind] = PluginKind.EVICTION_POLICY
+    factory: EvictionPolicyFactory
 
 
 @dataclass(frozen=True, kw_only=True)
 class StorePolicySpec(PluginSpec):
-    """An L2 store policy (``--l2-store-policy``)."""
+    """An L2 store policy (``--l2-store-policy``).
+
+    ``factory()`` takes no arguments: a store policy decides from the batch it is
+    given (``targets(adapter_count)``), not from configuration.
+    """
 
     kind: ClassVar[PluginKind] = PluginKind.STORE_POLICY
+    factory: StorePolicyFactory
 
 
 @dataclass(frozen=True, kw_only=True)
 class PrefetchPolicySpec(PluginSpec):
-    """An L2 prefetch policy (``--l2-prefetch-policy``)."""
+    """An L2 prefetch policy (``--l2-prefetch-policy``).
+
+    ``factory()`` takes no arguments: a prefetch policy decides from the holders
+    it is given (``choose(holders)``), not from configuration.
+    """
 
     kind: ClassVar[PluginKind] = PluginKind.PREFETCH_POLICY
+    factory: PrefetchPolicyFactory
 
 
 @dataclass(frozen=True, kw_only=True)
-class L2AdapterSpec(PluginSpec):
+class L2AdapterSpec(PluginSpec, Generic[ConfigT]):
     """An L2 storage adapter type (the ``type`` of an ``--l2-adapter`` JSON).
 
     ``config_model`` is required: every adapter JSON is validated against it, so
     unknown fields and bad values fail at start-up with the field named.
+    ``factory(config, context)`` receives that validated model (so mypy checks
+    that the factory takes the spec's own model) and an
+    :class:`~lmcache_core.storage.l2.context.L2AdapterContext`.
     """
 
     kind: ClassVar[PluginKind] = PluginKind.L2_ADAPTER
+    factory: L2AdapterFactory[ConfigT]
+    config_model: type[ConfigT]  # narrowed: required here
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -151,19 +186,22 @@ class SubscriberSpec(PluginSpec):
     """
 
     kind: ClassVar[PluginKind] = PluginKind.SUBSCRIBER
+    factory: SubscriberFactory
     category: SubscriberCategory = SubscriberCategory.LOGGING
-    enabled_when: Callable[[Any], bool] | None = field(default=None, compare=False)
+    enabled_when: EnabledWhen | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, kw_only=True)
 class HttpRouterSpec(PluginSpec):
     """A FastAPI router mounted on the HTTP frontend.
 
-    ``factory(context)`` returns a ``fastapi.APIRouter``; it is mounted under
-    ``prefix``.
+    ``factory(state)`` receives the server's read-only
+    :class:`~lmcache_core.state.ServerState` and returns a
+    ``fastapi.APIRouter``; it is mounted under ``prefix``.
     """
 
     kind: ClassVar[PluginKind] = PluginKind.HTTP_ROUTER
+    factory: HttpRouterFactory
     prefix: str = ""
 
 
@@ -176,18 +214,7 @@ class CliCommandSpec(PluginSpec):
     """
 
     kind: ClassVar[PluginKind] = PluginKind.CLI_COMMAND
-
-
-SPEC_TYPES: dict[PluginKind, type[PluginSpec]] = {
-    PluginKind.ENGINE: EngineSpec,
-    PluginKind.EVICTION_POLICY: EvictionPolicySpec,
-    PluginKind.STORE_POLICY: StorePolicySpec,
-    PluginKind.PREFETCH_POLICY: PrefetchPolicySpec,
-    PluginKind.L2_ADAPTER: L2AdapterSpec,
-    PluginKind.SUBSCRIBER: SubscriberSpec,
-    PluginKind.HTTP_ROUTER: HttpRouterSpec,
-    PluginKind.CLI_COMMAND: CliCommandSpec,
-}
+    factory: CliCommandFactory
 
 
 def pending_factory(what: str, reason: str) -> Callable[..., Any]:

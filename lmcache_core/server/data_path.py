@@ -27,7 +27,6 @@ from lmcache_core.observability.bus import EventBus
 from lmcache_core.plugin.registry import PluginRegistry
 from lmcache_core.server.data_path_components import EngineComponent, L1Component
 from lmcache_core.server.l2_assembly import build_l2
-from lmcache_core.server.plugin_build import build_from
 from lmcache_core.server.request_server import RequestServer
 from lmcache_core.storage.arena import Arena, ArenaError, ArenaKind
 from lmcache_core.storage.eviction import EvictionSettings, IsolatedEvictionPolicy
@@ -113,10 +112,8 @@ def build_l1(
     except (ArenaError, OSError) as exc:
         raise StartupError(f"--l1-size-gb: cannot allocate the L1 arena: {exc}") from None
     cleanup.callback(arena.close)  # L1Manager.close closes it too; closing is idempotent
-    policy = build_from(
-        registry,
-        selection.eviction_policy,
-        EvictionSettings.from_config(config.eviction, capacity, quotas),
+    policy = registry.builder.eviction_policy(
+        selection.eviction_policy, EvictionSettings.from_config(config.eviction, capacity, quotas)
     )
     l1 = L1Manager(
         arena=arena,
@@ -154,10 +151,8 @@ def build_data_path(
     l1 = build_l1(config, registry, selection, quotas, bus, cleanup)
     l2 = build_l2(config, registry, selection, l1, quotas, bus, cleanup)
     token_cache = TokenHashCache(make_hasher(config.mp.hash_algorithm), config.mp.chunk_size)
-    engine: Engine = build_from(
-        registry,
-        selection.engine,
-        EngineContext(config, registry, selection, l1, token_cache, l2, bus),
+    engine = registry.builder.engine(
+        selection.engine, EngineContext(config, registry, selection, l1, token_cache, l2, bus)
     )
     cleanup.callback(engine.close)
     server = RequestServer(

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
-from types import SimpleNamespace
 
 from lmcache_core.config.resolution import ResolvedAdapter, Selection
 from lmcache_core.config.server import ServerConfig
 from lmcache_core.errors import StartupError
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.plugin.registry import PluginRegistry
-from lmcache_core.server.plugin_build import build_from
 from lmcache_core.storage.eviction import EvictionSettings, IsolatedEvictionPolicy
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.adapter import L2AdapterV1
+from lmcache_core.storage.l2.context import L2AdapterContext
 from lmcache_core.storage.l2.tier import AdapterEviction, L2Tier
 from lmcache_core.storage.quota import QuotaManager
 
@@ -40,11 +39,11 @@ def build_l2(
     """
     if not selection.adapters:
         return None
-    # Adapters read server-wide settings from ``context.config`` (the native plugin's
-    # notifier interval); a typed adapter context replaces this namespace.
-    context = SimpleNamespace(config=config)
     adapters = [
-        _start_adapter(resolved, registry, context, cleanup) for resolved in selection.adapters
+        _start_adapter(
+            resolved, registry, L2AdapterContext.from_config(config, resolved.index), cleanup
+        )
+        for resolved in selection.adapters
     ]
     evictions = [
         _eviction_of(resolved, adapter, registry, quotas)
@@ -53,8 +52,8 @@ def build_l2(
     tier = L2Tier(
         adapters,
         l1,
-        build_from(registry, selection.store_policy),
-        build_from(registry, selection.prefetch_policy),
+        registry.builder.store_policy(selection.store_policy),
+        registry.builder.prefetch_policy(selection.prefetch_policy),
         max_in_flight=config.l2_policies.l2_prefetch_max_in_flight,
         evictions=evictions,
     )
@@ -63,10 +62,13 @@ def build_l2(
 
 
 def _start_adapter(
-    resolved: ResolvedAdapter, registry: PluginRegistry, context: object, cleanup: ExitStack
+    resolved: ResolvedAdapter,
+    registry: PluginRegistry,
+    context: L2AdapterContext,
+    cleanup: ExitStack,
 ) -> L2AdapterV1:
     try:
-        adapter: L2AdapterV1 = build_from(registry, resolved.spec, resolved.config, context)
+        adapter = registry.builder.l2_adapter(resolved.spec, resolved.config, context)
         adapter.start()
     except Exception as exc:
         raise StartupError(f"--l2-adapter #{resolved.index}: cannot start: {exc}") from exc
@@ -86,7 +88,7 @@ def _eviction_of(
     settings = EvictionSettings(
         block.trigger_watermark, block.eviction_ratio, adapter.capacity_bytes, quotas
     )
-    policy = build_from(registry, resolved.eviction_policy, settings)
+    policy = registry.builder.eviction_policy(resolved.eviction_policy, settings)
     isolated = isinstance(policy, IsolatedEvictionPolicy)
     # Quotas work without a capacity; a global policy has nothing to enforce without one.
     if not adapter.capacity_bytes and not isolated:

@@ -54,6 +54,7 @@ from pydantic import BaseModel
 
 from lmcache_core.errors import PluginNotImplementedError
 from lmcache_core.plugin import L2AdapterSpec, PluginKind
+from lmcache_core.storage.l2.context import DEFAULT_L2_ADAPTER_CONTEXT
 from lmcache_core.storage.l2.unavailable import NativeDependency, is_installed
 from lmcache_core.testing.plugin_checks import (
     assert_config_rejects,
@@ -189,7 +190,7 @@ class UnavailableAdapterChecks:
         assert "binding" in text
         assert self.reason_fragment in text
         with pytest.raises(PluginNotImplementedError, match="which is not installed"):
-            spec.factory(None)
+            spec.factory(spec.config_model.model_construct(), DEFAULT_L2_ADAPTER_CONTEXT)
 
     def test_with_the_library_installed_the_missing_binding_is_the_reason(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -207,7 +208,7 @@ class UnavailableAdapterChecks:
         assert "pip install" not in text
         assert self.reason_fragment in text
         with pytest.raises(PluginNotImplementedError, match="is installed, but"):
-            spec.factory(None)
+            spec.factory(spec.config_model.model_construct(), DEFAULT_L2_ADAPTER_CONTEXT)
         assert module not in sys.modules
 
     def test_a_server_with_it_exits_with_one_error_line(self) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import runpy
 import shutil
 import subprocess
 import sys
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
@@ -52,9 +54,41 @@ def test_default_distributions_are_the_plugin_folders() -> None:
     assert "lmcache-example-eviction" not in DEFAULT_DISTRIBUTIONS
 
 
+def requirement_name(requirement: str) -> str:
+    """The distribution a requirement string names (``a-b==1.0`` -> ``a_b``)."""
+    return normalize_name(re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0])
+
+
+def project_of(path: Path) -> dict[str, object]:
+    project: dict[str, object] = tomllib.loads(path.read_text())["project"]
+    return project
+
+
+def test_bundle_pins_the_exact_versions_of_the_tree() -> None:
+    """The bundle's dependencies are the core and every plugin, each ``==`` its version."""
+    pinned = project_of(REPO / "lmcache_plugins" / "pyproject.toml")["dependencies"]
+    expected = [f"lmcache-core=={project_of(REPO / 'pyproject.toml')['version']}"] + [
+        f"{name}=={project_of(REPO / 'plugins' / name / 'pyproject.toml')['version']}"
+        for name in DEFAULT_DISTRIBUTIONS
+    ]
+    assert pinned == expected
+
+
+def test_every_plugin_pins_a_compatible_core_range() -> None:
+    """Each plugin accepts any core of the current major version, and only that."""
+    for name in DEFAULT_DISTRIBUTIONS:
+        dependencies = project_of(REPO / "plugins" / name / "pyproject.toml")["dependencies"]
+        assert isinstance(dependencies, list)
+        core = [d for d in dependencies if requirement_name(d) == "lmcache_core"]
+        assert core == ["lmcache-core>=0.1,<1"], name
+        for other in dependencies:  # plugins depending on plugins use the same kind of range
+            if requirement_name(other).startswith("lmcache_") and other not in core:
+                assert other.endswith(">=0.1,<1"), (name, other)
+
+
 def test_installed_bundle_requires_every_default_distribution() -> None:
     """The installed bundle depends on the core and every default plugin."""
-    requires = {normalize_name(r) for r in metadata.requires("lmcache-plugins") or []}
+    requires = {requirement_name(r) for r in metadata.requires("lmcache-plugins") or []}
     expected = {normalize_name(n) for n in ("lmcache-core", *DEFAULT_DISTRIBUTIONS)}
     assert requires == expected
 
@@ -74,11 +108,11 @@ def test_every_default_distribution_loads_in_strict_mode() -> None:
 def make_tree(root: Path) -> None:
     """A minimal copy of the repository files the sync tool reads and writes."""
     for relative in (
+        "pyproject.toml",
         "requirements.txt",
         "lmcache_plugins/pyproject.toml",
         "lmcache_plugins/src/lmcache_plugins/__init__.py",
         "plugins/lmcache-l2-fs/pyproject.toml",
-        "plugins/_template/pyproject.toml",
     ):
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / relative, root / relative)
@@ -91,12 +125,12 @@ def test_check_reports_a_new_plugin_and_sync_adds_it(tmp_path: Path) -> None:
     new = tmp_path / "plugins" / "lmcache-l2-zzz"
     new.mkdir()
     (new / "pyproject.toml").write_text(
-        '[project]\nname = "lmcache-l2-zzz"\n'
+        '[project]\nname = "lmcache-l2-zzz"\nversion = "0.2.0"\n'
         '[project.entry-points."lmcache.plugins"]\nl2_zzz = "lmcache_l2_zzz.plugin"\n'
     )
     stale = run_sync(tmp_path, "--check")
     assert stale.returncode == 1
-    assert '+    "lmcache-l2-zzz",' in stale.stdout
+    assert '+    "lmcache-l2-zzz==0.2.0",' in stale.stdout
     assert "+-e ./plugins/lmcache-l2-zzz" in stale.stdout
     assert run_sync(tmp_path).returncode == 0
     assert run_sync(tmp_path, "--check").returncode == 0

@@ -15,13 +15,13 @@ from lmcache_example_l2.directory_client import SUFFIX
 from lmcache_example_l2.memory_adapter import named_store
 from lmcache_l2_native_plugin.adapter import GIB, build_native_plugin
 from lmcache_l2_native_plugin.config import NativePluginAdapterConfig
+from lmcache_l2_native_plugin.native_bridge import NativeClientAdapter
 from lmcache_l2_plugin.adapter import build_plugin
 from lmcache_l2_plugin.config import PluginAdapterConfig
 
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
 from lmcache_core.storage.l2.key_names import native_key_name
-from lmcache_core.storage.l2.native_bridge import NativeClientAdapter
 from lmcache_core.testing.l2_conformance import L2AdapterConformance
 
 

@@ -19,17 +19,20 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from lmcache_l2_native_plugin.adapter import build_native_plugin, poll_interval_ms
+from lmcache_l2_native_plugin.adapter import build_native_plugin
 from lmcache_l2_native_plugin.config import NativePluginAdapterConfig
+from lmcache_l2_native_plugin.native_bridge import NativeClientAdapter
 
 from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.storage.l2.context import (
+    DEFAULT_PERIODIC_NOTIFIER_INTERVAL_MS,
+    L2AdapterContext,
+)
 from lmcache_core.storage.l2.key_names import native_key_name, parse_native_key_name
 from lmcache_core.storage.l2.loading import AdapterLoadError
-from lmcache_core.storage.l2.native_bridge import NativeClientAdapter
 from lmcache_core.storage.l2.object_format import HEADER_SIZE
 from lmcache_core.testing.l2_conformance import make_keys, make_payloads
 
@@ -381,14 +384,6 @@ def test_list_keys_rebuilds_usage_at_start(adapters: list[NativeClientAdapter]) 
     assert second.usage().by_salt == {"tenant-a": 30 + 2 * HEADER_SIZE}
 
 
-def test_the_poll_interval_comes_from_the_server_flag() -> None:
-    context = SimpleNamespace(
-        config=SimpleNamespace(l2_policies=SimpleNamespace(periodic_notifier_interval_ms=7))
-    )
-    assert poll_interval_ms(context) == 7
-    assert poll_interval_ms(None) == 5
-
-
 # -- the loader -------------------------------------------------------------------------
 
 VENDOR = """
@@ -458,6 +453,20 @@ def native_config(module: str, class_name: str, **extra: Any) -> NativePluginAda
     return NativePluginAdapterConfig.model_validate(
         {"type": "native_plugin", "module_path": module, "class_name": class_name, **extra}
     )
+
+
+def test_the_poll_interval_comes_from_the_adapter_context(vendor: str) -> None:
+    config = native_config(vendor, "Client")
+    adapter = build_native_plugin(config, L2AdapterContext(periodic_notifier_interval_ms=7))
+    try:
+        assert adapter._interval_s == 0.007
+    finally:
+        adapter.close()
+    default = build_native_plugin(config)
+    try:
+        assert default._interval_s == DEFAULT_PERIODIC_NOTIFIER_INTERVAL_MS / 1000
+    finally:
+        default.close()
 
 
 def test_builds_the_client_with_adapter_params_as_keywords(vendor: str) -> None:

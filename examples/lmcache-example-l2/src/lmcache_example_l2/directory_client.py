@@ -1,6 +1,6 @@
 """``DirectoryClient``: a native-style L2 client, one file per key, completions on an eventfd.
 
-It shows the contract of :mod:`lmcache_core.storage.l2.native_client` in pure
+It shows the contract of :mod:`lmcache_l2_native_plugin.native_client` in pure
 Python, the way a C++ connector would implement it: every ``submit_batch_*``
 call queues one task and returns its id at once; worker threads do the file
 I/O; each finished task is appended to a completion list and the ``eventfd`` is
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
 if TYPE_CHECKING:
-    from lmcache_core.storage.l2.native_client import (
+    from lmcache_l2_native_plugin.native_client import (
         NativeL2Client,
         SupportsBatchDelete,
         SupportsEventFd,

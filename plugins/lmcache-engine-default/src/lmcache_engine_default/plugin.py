@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from lmcache_core.plugin import EngineSpec, hookimpl
 
+if TYPE_CHECKING:
+    from lmcache_core.engine import Engine, EngineContext
 
-def _build(context: Any) -> Any:
+
+def _build(context: EngineContext) -> Engine:
     # Imported on use: registering the plugin must not load torch and the engine.
     from lmcache_engine_default.engine import build_engine
 

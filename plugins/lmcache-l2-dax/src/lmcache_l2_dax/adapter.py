@@ -27,6 +27,7 @@ from typing import Any
 
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
+from lmcache_core.storage.l2.context import DEFAULT_L2_ADAPTER_CONTEXT, L2AdapterContext
 from lmcache_core.storage.l2.slots import SlotEntry, SlotTable
 from lmcache_l2_dax.config import DaxAdapterConfig
 
@@ -203,12 +204,14 @@ class DaxL2Adapter(L2AdapterV1):
             device.close()
 
 
-def build_dax(config: DaxAdapterConfig, context: Any = None) -> DaxL2Adapter:
+def build_dax(
+    config: DaxAdapterConfig, context: L2AdapterContext = DEFAULT_L2_ADAPTER_CONTEXT
+) -> DaxL2Adapter:
     """Build the ``dax`` adapter from its validated ``--l2-adapter`` JSON.
 
     Args:
         config: The adapter's configuration.
-        context: The server context (unused).
+        context: The adapter context (unused: this adapter needs no server setting).
 
     Raises:
         ValueError: ``hotplug_enabled`` is set (hot-plug is not implemented).

@@ -29,6 +29,7 @@ import numpy as np
 
 from lmcache_core.storage.keys import ObjectKey, validate_cache_salt
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
+from lmcache_core.storage.l2.context import DEFAULT_L2_ADAPTER_CONTEXT, L2AdapterContext
 from lmcache_l2_fs.config import FSAdapterConfig
 
 logger = logging.getLogger("lmcache.l2.fs")
@@ -374,12 +375,14 @@ class FsL2Adapter(L2AdapterV1):
             os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
 
 
-def build_fs(config: FSAdapterConfig, context: Any = None) -> FsL2Adapter:
+def build_fs(
+    config: FSAdapterConfig, context: L2AdapterContext = DEFAULT_L2_ADAPTER_CONTEXT
+) -> FsL2Adapter:
     """Build the ``fs`` adapter from its validated ``--l2-adapter`` JSON.
 
     Args:
         config: The adapter's configuration.
-        context: The server context (unused).
+        context: The adapter context (unused: this adapter needs no server setting).
     """
     del context
     return FsL2Adapter(

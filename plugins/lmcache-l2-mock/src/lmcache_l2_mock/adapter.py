@@ -35,6 +35,7 @@ import blake3
 
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1
+from lmcache_core.storage.l2.context import DEFAULT_L2_ADAPTER_CONTEXT, L2AdapterContext
 from lmcache_core.storage.l2.object_format import key_digest
 from lmcache_l2_mock.config import MockAdapterConfig
 
@@ -228,13 +229,14 @@ class MockL2Adapter(L2AdapterV1):
 
 
 def build_mock(
-    config: MockAdapterConfig | Mapping[str, Any], context: object = None
+    config: MockAdapterConfig | Mapping[str, Any],
+    context: L2AdapterContext = DEFAULT_L2_ADAPTER_CONTEXT,
 ) -> MockL2Adapter:
     """Build and start a :class:`MockL2Adapter` from its validated configuration.
 
     Args:
         config: The ``--l2-adapter`` JSON, validated (a mapping is validated here).
-        context: The server context; unused.
+        context: The adapter context (unused: this adapter needs no server setting).
     """
     if not isinstance(config, MockAdapterConfig):
         config = MockAdapterConfig.model_validate(config)

@@ -2,38 +2,29 @@
 
 ``class_name(**adapter_params)`` from ``module_path`` (on ``PYTHONPATH``) is
 checked against the native client contract
-(:mod:`lmcache_core.storage.l2.native_client`) and wrapped by
-:class:`~lmcache_core.storage.l2.native_bridge.NativeClientAdapter`.
+(:mod:`lmcache_l2_native_plugin.native_client`) and wrapped by
+:class:`~lmcache_l2_native_plugin.native_bridge.NativeClientAdapter`.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
+from lmcache_core.storage.l2.context import DEFAULT_L2_ADAPTER_CONTEXT, L2AdapterContext
 from lmcache_core.storage.l2.loading import AdapterLoadError, load_class
-from lmcache_core.storage.l2.native_bridge import NativeClientAdapter
 from lmcache_l2_native_plugin.config import NativePluginAdapterConfig
+from lmcache_l2_native_plugin.native_bridge import NativeClientAdapter
 
 GIB = 1 << 30
-DEFAULT_POLL_INTERVAL_MS = 5
-"""``--periodic-notifier-interval-ms``'s default, used when built without a server."""
-
-
-def poll_interval_ms(context: Any) -> int:
-    """``--periodic-notifier-interval-ms`` of the server ``context`` (its default without one)."""
-    policies = getattr(getattr(context, "config", None), "l2_policies", None)
-    interval = getattr(policies, "periodic_notifier_interval_ms", DEFAULT_POLL_INTERVAL_MS)
-    return int(interval)
 
 
 def build_native_plugin(
-    config: NativePluginAdapterConfig, context: Any = None
+    config: NativePluginAdapterConfig, context: L2AdapterContext = DEFAULT_L2_ADAPTER_CONTEXT
 ) -> NativeClientAdapter:
     """Import the client class, build it from ``adapter_params`` and wrap it.
 
     Args:
         config: The validated ``--l2-adapter`` JSON.
-        context: The server context (for ``--periodic-notifier-interval-ms``), or None.
+        context: The adapter context: its ``periodic_notifier_interval_ms`` is how
+            often the bridge polls a client without an event fd.
 
     Raises:
         AdapterLoadError: The module or class cannot be loaded, the constructor
@@ -50,6 +41,6 @@ def build_native_plugin(
         label=label,
         capacity_bytes=int(config.max_capacity_gb * GIB),
         object_format=config.format,
-        poll_interval_s=poll_interval_ms(context) / 1000,
+        poll_interval_s=context.periodic_notifier_interval_ms / 1000,
         persist=config.persist_enabled,
     )

@@ -1,7 +1,7 @@
 """Load a third-party :class:`~lmcache_core.storage.l2.adapter.L2AdapterV1` by module and class.
 
 Prefer packaging an adapter as a plugin distribution with an entry point (see
-``plugins/_template``); this adapter type exists for upstream's
+``tools/new_plugin.py``); this adapter type exists for upstream's
 ``{"type": "plugin", "module_path": ..., "class_name": ...}`` configurations.
 """
 
@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from lmcache_core.storage.l2.adapter import L2AdapterV1
+from lmcache_core.storage.l2.context import DEFAULT_L2_ADAPTER_CONTEXT, L2AdapterContext
 from lmcache_core.storage.l2.loading import AdapterLoadError, load_class
 from lmcache_l2_plugin.config import PluginAdapterConfig
 
@@ -38,7 +39,9 @@ def _config_class(
     return None
 
 
-def build_plugin(config: PluginAdapterConfig, context: Any = None) -> L2AdapterV1:
+def build_plugin(
+    config: PluginAdapterConfig, context: L2AdapterContext = DEFAULT_L2_ADAPTER_CONTEXT
+) -> L2AdapterV1:
     """Import ``module_path``, find ``class_name`` and build it from ``adapter_params``.
 
     With a configuration class (``config_class_name``, ``<class_name>Config`` or the

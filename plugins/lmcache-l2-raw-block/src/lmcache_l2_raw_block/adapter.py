@@ -40,6 +40,7 @@ from typing import Any
 
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
+from lmcache_core.storage.l2.context import DEFAULT_L2_ADAPTER_CONTEXT, L2AdapterContext
 from lmcache_core.storage.l2.object_format import (
     HEADER_SIZE,
     CorruptObject,
@@ -515,13 +516,15 @@ def _check_layout(layout: RawBlockLayout, object_format: ObjectFormat, direct: b
         raise ValueError("meta_magic must be 8 ASCII characters")
 
 
-def build_raw_block(config: RawBlockAdapterConfig, context: Any = None) -> RawBlockL2Adapter:
+def build_raw_block(
+    config: RawBlockAdapterConfig, context: L2AdapterContext = DEFAULT_L2_ADAPTER_CONTEXT
+) -> RawBlockL2Adapter:
     """Build the ``raw_block`` adapter from its validated ``--l2-adapter`` JSON.
 
     Args:
         config: The adapter's configuration (options this adapter cannot honour
             were already refused by its validator).
-        context: The server context (unused).
+        context: The adapter context (unused: this adapter needs no server setting).
     """
     del context
     layout = RawBlockLayout(

@@ -33,6 +33,7 @@ from redis.retry import Retry
 
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
+from lmcache_core.storage.l2.context import DEFAULT_L2_ADAPTER_CONTEXT, L2AdapterContext
 from lmcache_core.storage.l2.key_names import native_key_name, parse_native_key_name
 from lmcache_l2_resp.bulk import BulkConnection, BulkPool
 from lmcache_l2_resp.config import RespAdapterConfig
@@ -240,12 +241,14 @@ class RespL2Adapter(L2AdapterV1):
         return {**super().status(), "server": self.server}
 
 
-def build_resp(config: RespAdapterConfig, context: Any = None) -> RespL2Adapter:
+def build_resp(
+    config: RespAdapterConfig, context: L2AdapterContext = DEFAULT_L2_ADAPTER_CONTEXT
+) -> RespL2Adapter:
     """Build the ``resp`` adapter from its validated ``--l2-adapter`` JSON.
 
     Args:
         config: The adapter's configuration.
-        context: The server context (unused).
+        context: The adapter context (unused: this adapter needs no server setting).
     """
     del context
     return RespL2Adapter(

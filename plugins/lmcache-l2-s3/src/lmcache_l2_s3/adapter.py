@@ -41,6 +41,7 @@ from botocore.exceptions import ClientError
 
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
+from lmcache_core.storage.l2.context import DEFAULT_L2_ADAPTER_CONTEXT, L2AdapterContext
 from lmcache_core.storage.l2.key_names import native_key_name, parse_native_key_name
 from lmcache_l2_s3.config import S3AdapterConfig
 
@@ -460,12 +461,14 @@ def _flat(buffer: bytes | bytearray | memoryview) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-def build_s3(config: S3AdapterConfig, context: Any = None) -> S3L2Adapter:
+def build_s3(
+    config: S3AdapterConfig, context: L2AdapterContext = DEFAULT_L2_ADAPTER_CONTEXT
+) -> S3L2Adapter:
     """Build the ``s3`` adapter from its validated ``--l2-adapter`` JSON.
 
     Args:
         config: The adapter's configuration.
-        context: The server context (unused).
+        context: The adapter context (unused: this adapter needs no server setting).
     """
     del context
     if config.s3_prefer_http2:

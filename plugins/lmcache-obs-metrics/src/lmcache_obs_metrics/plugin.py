@@ -7,22 +7,25 @@ loads this module without them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lmcache_core.plugin import HttpRouterSpec, SubscriberCategory, SubscriberSpec, hookimpl
 
 if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+    from lmcache_core.observability.bus import Subscriber
     from lmcache_core.observability.subscribers import SubscriberContext
     from lmcache_core.state import ServerState
 
 
-def _build_subscriber(context: SubscriberContext) -> Any:
+def _build_subscriber(context: SubscriberContext) -> Subscriber:
     from lmcache_obs_metrics.subscriber import build_metrics_subscriber
 
     return build_metrics_subscriber(context)
 
 
-def _build_router(state: ServerState) -> Any:
+def _build_router(state: ServerState) -> APIRouter:
     from lmcache_obs_metrics.router import build_router
 
     return build_router(state)

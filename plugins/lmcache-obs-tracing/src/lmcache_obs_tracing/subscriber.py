@@ -38,7 +38,7 @@ class TracingSubscriber(BaseSubscriber):
     """
 
     name = "tracing"
-    event_types = WANTED
+    event_types: frozenset[str] | None = WANTED
 
     def __init__(self, provider: TracerProvider, idle_ttl_s: float) -> None:
         super().__init__()

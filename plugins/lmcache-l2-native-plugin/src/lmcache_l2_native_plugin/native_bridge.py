@@ -38,8 +38,8 @@ from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat, _byte_view
 from lmcache_core.storage.l2.key_names import native_key_name, parse_native_key_name
 from lmcache_core.storage.l2.loading import AdapterLoadError
-from lmcache_core.storage.l2.native_client import REQUIRED_METHODS, missing_methods
 from lmcache_core.storage.l2.object_format import HEADER_SIZE, CorruptObject, frame, verify
+from lmcache_l2_native_plugin.native_client import REQUIRED_METHODS, missing_methods
 
 logger = logging.getLogger("lmcache.l2")
 

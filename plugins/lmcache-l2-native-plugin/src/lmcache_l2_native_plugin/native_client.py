@@ -5,7 +5,7 @@ extension with its own I/O threads (upstream LMCache's connectors have this
 shape, and so does the pure-Python example in ``examples/lmcache-example-l2``).
 The ``native_plugin`` adapter builds it as ``class_name(**adapter_params)`` and
 turns it into an :class:`~lmcache_core.storage.l2.adapter.L2AdapterV1` with
-:class:`~lmcache_core.storage.l2.native_bridge.NativeClientAdapter`, which adds
+:class:`~lmcache_l2_native_plugin.native_bridge.NativeClientAdapter`, which adds
 the framed object format, pins, usage per salt and capacity.
 
 Required methods (:class:`NativeL2Client`):

@@ -1,0 +1,57 @@
+"""What an L2 adapter factory receives besides its own validated configuration.
+
+An adapter's own options live in its ``--l2-adapter`` JSON (its plugin's config
+model). The few server-wide settings an adapter may need are copied into this
+small frozen record when the server builds the tier, so an adapter never reaches
+into the server configuration or the server's shared state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lmcache_core.config.server import ServerConfig
+
+DEFAULT_PERIODIC_NOTIFIER_INTERVAL_MS = 5
+"""``--periodic-notifier-interval-ms``'s default (kept equal by a test)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class L2AdapterContext:
+    """Server settings an L2 adapter factory may read: ``factory(config, context)``.
+
+    Every field has a default, so an adapter can be built outside a server (in
+    tests, or by a conformance suite) with ``L2AdapterContext()``.
+
+    Attributes:
+        index: The adapter's 1-based position in the ``--l2-adapter`` cascade
+            (for messages and names).
+        periodic_notifier_interval_ms: ``--periodic-notifier-interval-ms``: how
+            often an adapter without native completion signalling is polled.
+    """
+
+    index: int = 1
+    periodic_notifier_interval_ms: int = DEFAULT_PERIODIC_NOTIFIER_INTERVAL_MS
+
+    def __post_init__(self) -> None:
+        if self.index < 1:
+            raise ValueError(f"index must be >= 1, not {self.index}")
+        if self.periodic_notifier_interval_ms < 1:
+            raise ValueError(
+                "periodic_notifier_interval_ms must be >= 1, "
+                f"not {self.periodic_notifier_interval_ms}"
+            )
+
+    @classmethod
+    def from_config(cls, config: ServerConfig, index: int) -> L2AdapterContext:
+        """The context of the ``index``-th ``--l2-adapter`` of a server configuration."""
+        return cls(
+            index=index,
+            periodic_notifier_interval_ms=config.l2_policies.periodic_notifier_interval_ms,
+        )
+
+
+DEFAULT_L2_ADAPTER_CONTEXT = L2AdapterContext()
+"""The context of an adapter built without a server (immutable, so safe to share)."""
