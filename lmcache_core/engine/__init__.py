@@ -6,6 +6,13 @@
   locks a request holds, idle expiry).
 * :mod:`lmcache_core.engine.liveness`: worker liveness and the reaper.
 * :mod:`lmcache_core.engine.token_cache`: chunk hashes of token lists, by content.
+* :mod:`lmcache_core.engine.chunk_keys`: from a wire key to the object keys of its chunks.
+* :mod:`lmcache_core.engine.lookup`: the lookup service (lookup with L2 prefetch,
+  prefetch status, the read locks a request holds).
+* :mod:`lmcache_core.engine.prefetch_pool`: the prefetch threads, as a component.
+* :mod:`lmcache_core.engine.basic_ops`: ``ping``, ``noop``, ``clear`` and the other
+  small operations.
+* :mod:`lmcache_core.engine.request_events`: the ``mp.*`` events an engine publishes.
 
 These are public: a second engine (the blend engines) builds on them.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 FORBIDDEN_SALT_CHARACTERS = frozenset("@/\\\x00")
@@ -31,6 +32,34 @@ def validate_cache_salt(salt: str) -> str:
     if bad:
         raise ValueError(f"cache_salt may not contain {sorted(bad)!r}")
     return salt
+
+
+def prefix_chunks(present: Sequence[bool], width: int) -> int:
+    """How many leading chunks are usable: present for every one of their ranks.
+
+    The one definition of "the longest prefix across ranks" (L1's
+    :meth:`~lmcache_core.storage.l1.L1Manager.lock_prefix` and the L2 prefetch
+    both use it). A chunk is usable only if every earlier chunk is: the KV of a
+    chunk is worthless without its prefix.
+
+    Args:
+        present: One flag per object, chunk-major: the ``width`` ranks of chunk 0,
+            then those of chunk 1, and so on.
+        width: Objects (ranks) per chunk.
+
+    Returns:
+        The number of leading chunks whose every flag is true.
+
+    Raises:
+        ValueError: ``width`` < 1.
+    """
+    if width < 1:
+        raise ValueError(f"width must be >= 1, not {width}")
+    try:
+        gap = present.index(False)  # C speed; no per-chunk Python loop
+    except ValueError:
+        gap = len(present)
+    return gap // width
 
 
 class ObjectKey(NamedTuple):

@@ -7,10 +7,12 @@ Its states:
 * **staged**: reserved by a writer (:meth:`L1Manager.reserve`), invisible to
   lookups, never evicted; it expires ``write_ttl_s`` after the reservation.
 * **resident**: committed (:meth:`L1Manager.commit`), visible at once.
-* **read-locked**: resident with live read locks (:meth:`L1Manager.lock_for_read`);
-  never evicted or deleted (unless forced). Each grant of locks has its own
-  deadline, ``read_ttl_s`` after it was taken, so a new reader never extends an
-  older reader's lock, and an expired grant never resets a newer one.
+* **read-locked**: resident with live read locks (:meth:`L1Manager.lock_for_read`,
+  :meth:`L1Manager.lock_prefix`, or :meth:`L1Manager.pin`, which the eviction
+  policy does not hear of); never evicted or deleted (unless forced). Each grant
+  of locks has its own deadline, ``read_ttl_s`` after it was taken, so a new
+  reader never extends an older reader's lock, and an expired grant never
+  resets a newer one.
 * **temporary**: resident, freed as soon as it has no live reader (a prefetched
   L2 hit that should not stay in L1, or a write-buffer object already in L2).
 
@@ -47,7 +49,7 @@ from lmcache_core.storage.eviction import (
     IsolatedEvictionPolicy,
     quota_eviction_targets,
 )
-from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.storage.keys import ObjectKey, prefix_chunks
 
 if TYPE_CHECKING:
     from lmcache_core.observability.bus import EventBus
@@ -116,6 +118,20 @@ class L1Usage:
             "staged_objects": self.staged_objects,
             "locked_objects": self.locked_objects,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class SharedSegment:
+    """The POSIX shared-memory segment holding L1, as another process maps it.
+
+    Attributes:
+        name: The segment's ``shm_open`` name.
+        size_bytes: Its size; object offsets (:meth:`L1Manager.offsets`,
+            :attr:`Reservation.offset`) are relative to its start.
+    """
+
+    name: str
+    size_bytes: int
 
 
 class _Stage:
@@ -207,6 +223,8 @@ class L1Manager:
         self._allocator = Allocator(capacity_bytes, init_bytes, align_bytes)
         self.capacity_bytes = self._allocator.capacity
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # see wait_resident
+        self._waiters = 0  # threads in wait_resident: commits notify only when some wait
         self._resident: dict[ObjectKey, _Object] = {}
         self._staged: dict[ObjectKey, _Stage] = {}
         self._locked: dict[ObjectKey, _Object] = {}  # objects with grants or orphans
@@ -351,6 +369,7 @@ class L1Manager:
                     obj.temporary = temporary
             if batch:
                 self.policy.on_stored(list(batch))
+                self._wake_waiters()
 
     def abort(self, reservations: Sequence[Reservation]) -> int:
         """Free staged reservations that will not be committed.
@@ -406,23 +425,110 @@ class L1Manager:
         Raises:
             ValueError: ``readers`` < 1.
         """
+        return self._lock_resident(keys, readers, accessed=True)
+
+    def pin(self, keys: Sequence[ObjectKey], readers: int = 1) -> list[bool]:
+        """Read-lock resident keys like :meth:`lock_for_read`, without counting an access.
+
+        For the server's own readers (the L2 store controller copying objects
+        out): their reads are not uses, so the eviction policy does not hear of
+        them. Release with :meth:`unlock`.
+
+        Returns:
+            Whether each key was resident (and is now locked).
+
+        Raises:
+            ValueError: ``readers`` < 1.
+        """
+        return self._lock_resident(keys, readers, accessed=False)
+
+    def lock_prefix(self, keys: Sequence[ObjectKey], width: int, readers: int = 1) -> int:
+        """Read-lock exactly the longest prefix of chunks resident for every rank.
+
+        Nothing past the first chunk with a missing rank is locked, and the
+        policy hears ``on_accessed`` only for the locked keys (in order): chunks
+        the request cannot use are neither pinned nor refreshed.
+
+        Args:
+            keys: Chunk-major: the ``width`` keys (ranks) of chunk 0, then chunk 1...
+            width: Keys per chunk.
+            readers: Read locks to take on each key of the prefix.
+
+        Returns:
+            How many leading chunks are now locked.
+
+        Raises:
+            ValueError: ``readers`` or ``width`` < 1.
+        """
         if readers < 1:
             raise ValueError(f"readers must be >= 1, not {readers}")
-        found: list[bool] = []
         with self._lock:
-            deadline = self._clock() + self.read_ttl_s
-            hits: list[ObjectKey] = []
-            for key in keys:
-                obj = self._resident.get(key)
-                if obj is None:
-                    found.append(False)
-                else:
-                    self._grant(key, obj, readers, deadline)
-                    hits.append(key)
-                    found.append(True)
-            if hits:
-                self.policy.on_accessed(hits)
-        return found
+            resident = self._resident
+            chunks = prefix_chunks([key in resident for key in keys], width)
+            prefix = keys[: chunks * width]
+            if prefix:
+                deadline = self._clock() + self.read_ttl_s
+                for key in prefix:
+                    self._grant(key, resident[key], readers, deadline)
+                self.policy.on_accessed(list(prefix))
+        return chunks
+
+    def wait_resident(self, keys: Sequence[ObjectKey], timeout: float) -> bool:
+        """Wait (bounded) until every key has been resident, for keys another writer stages.
+
+        Wakes on every commit, and on every reservation dropped (aborted,
+        expired), instead of polling. A key counts once it was seen resident
+        (it may be evicted again afterwards). Gives up at once when a key is
+        neither resident nor staged: nobody is writing it.
+
+        Args:
+            keys: The keys to wait for.
+            timeout: Most seconds to wait, in real time (not the manager's clock,
+                which tests fake).
+
+        Returns:
+            Whether every key was seen resident in time.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            waiting = list(keys)
+            while True:
+                if self._closed:
+                    return False
+                waiting = [key for key in waiting if key not in self._resident]
+                if not waiting:
+                    return True
+                if any(key not in self._staged for key in waiting):
+                    return False
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._waiters += 1
+                try:
+                    self._changed.wait(left)
+                finally:
+                    self._waiters -= 1
+
+    def shared_segment(self) -> SharedSegment | None:
+        """The shared-memory segment other processes map to reach L1 objects.
+
+        Returns:
+            Its name and size, or None when L1 is private memory (objects must
+            then travel inline).
+        """
+        name = self.arena.shm_name
+        return SharedSegment(name, self.arena.size_bytes) if name else None
+
+    def offsets(self, keys: Sequence[ObjectKey]) -> list[int]:
+        """Byte offsets of resident objects in the arena (in :meth:`shared_segment`).
+
+        Hold a read lock while another process uses them.
+
+        Raises:
+            KeyError: A key is not resident.
+        """
+        with self._lock:
+            return [obj.offset for obj in map(self._resident.__getitem__, keys)]
 
     def read_view(self, key: ObjectKey) -> torch.Tensor:
         """The bytes of a resident object, as a uint8 view (no copy).
@@ -691,6 +797,7 @@ class L1Manager:
             if self._closed:
                 return
             self._closed = True
+            self._wake_waiters()
             self._resident.clear()
             self._staged.clear()
             self._locked.clear()
@@ -710,6 +817,32 @@ class L1Manager:
         self.close()
 
     # -- internals (the caller holds self._lock) ----------------------------------------
+
+    def _lock_resident(
+        self, keys: Sequence[ObjectKey], readers: int, *, accessed: bool
+    ) -> list[bool]:
+        if readers < 1:
+            raise ValueError(f"readers must be >= 1, not {readers}")
+        found: list[bool] = []
+        with self._lock:
+            deadline = self._clock() + self.read_ttl_s
+            hits: list[ObjectKey] = []
+            for key in keys:
+                obj = self._resident.get(key)
+                if obj is None:
+                    found.append(False)
+                else:
+                    self._grant(key, obj, readers, deadline)
+                    hits.append(key)
+                    found.append(True)
+            if hits and accessed:
+                self.policy.on_accessed(hits)
+        return found
+
+    def _wake_waiters(self) -> None:
+        """Objects became resident or reservations were dropped: re-check :meth:`wait_resident`."""
+        if self._waiters:
+            self._changed.notify_all()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -835,6 +968,7 @@ class L1Manager:
     def _drop_stage(self, key: ObjectKey, stage: _Stage) -> None:
         del self._staged[key]
         self._allocator.free(stage.alloc_offset)
+        self._wake_waiters()  # a waiter for this key gives up: nobody writes it now
 
     def _grant(self, key: ObjectKey, obj: _Object, readers: int, deadline: float) -> None:
         grants = obj.grants

@@ -200,8 +200,8 @@ def test_an_unwritable_directory_fails_start_up(tmp_path: Path) -> None:
 def test_lines_carry_what_the_default_engine_publishes(tmp_path: Path) -> None:
     """Through the bus, fed by the default engine's own event publisher."""
     import msgspec
-    from lmcache_engine_default.events import RequestEvents
 
+    from lmcache_core.engine.request_events import RequestEvents
     from lmcache_core.engine.sessions import Session
     from lmcache_core.hashing import RequestHashes
     from lmcache_core.protocol.types import WireCacheKey

@@ -1,6 +1,14 @@
-"""The L1 manager: states, dedupe, all-or-nothing, eviction, TTLs, temporary objects."""
+"""The L1 manager: states, dedupe, all-or-nothing, eviction, TTLs, temporary objects.
+
+And the calls engines need: lock the usable prefix, pin without an access, wait
+until resident, the shared segment.
+"""
 
 from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
 
 import pytest
 import torch
@@ -10,8 +18,10 @@ from lmcache_core.plugin.registry import PluginRegistry
 from lmcache_core.storage.arena import Arena
 from lmcache_core.storage.errors import L1ClosedError, L1FullError, ReservationExpired
 from lmcache_core.storage.eviction import EvictionPolicy, EvictionSettings
-from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.storage.keys import ObjectKey, prefix_chunks
 from lmcache_core.storage.l1 import L1Manager, Reservation
+from lmcache_core.storage.l2.adapter import L2AdapterV1
+from lmcache_core.storage.l2.tier import L2Tier
 from tests.storage.doubles import (
     KIB,
     MIB,
@@ -536,3 +546,260 @@ def test_shared_memory_objects_are_readable_at_their_offset() -> None:
     finally:
         l1.close()
     assert not path.exists()
+
+
+# -- engine-facing calls: lock_prefix, pin, wait_resident, shared_segment ----------
+
+
+def ranked(request: str, n: int, width: int) -> list[ObjectKey]:
+    """Chunk-major keys of ``n`` chunks over ``width`` ranks (what a lookup builds)."""
+    return [key(f"{request}{i}", rank) for i in range(n) for rank in range(width)]
+
+
+def test_prefix_chunks_counts_whole_leading_chunks() -> None:
+    assert prefix_chunks([], 2) == 0
+    assert prefix_chunks([True] * 6, 2) == 3
+    assert prefix_chunks([True, True, True, False, True, True], 2) == 1  # chunk 1 lacks a rank
+    assert prefix_chunks([False, True], 1) == 0
+    with pytest.raises(ValueError):
+        prefix_chunks([True], 0)
+
+
+def test_lock_prefix_locks_exactly_the_prefix_present_for_every_rank() -> None:
+    clock = FakeClock()
+    policy = FifoPolicyDouble()
+    l1 = make_l1(policy=policy, clock=clock, read_ttl=10)
+    flat = ranked("a", 4, 2)
+    missing = flat[3]  # rank 1 of chunk 1: the gap
+    store(l1, [k for k in flat if k != missing])
+    assert l1.lock_prefix(flat, 2, readers=2) == 1
+    # Only chunk 0's keys were locked and reported as accessed: nothing past the gap.
+    assert policy.accessed == [flat[:2]]
+    assert l1.usage().locked_objects == 2
+    assert l1.delete(flat[2:]) == 5  # unlocked: free to go
+    assert l1.delete(flat[:2]) == 0  # locked
+    l1.unlock(flat[:2], 2)
+    assert l1.usage().locked_objects == 0
+    check_l1(l1)
+
+
+def test_lock_prefix_grants_expire_like_read_locks() -> None:
+    clock = FakeClock()
+    l1 = make_l1(clock=clock, read_ttl=10)
+    flat = ranked("a", 2, 1)
+    store(l1, flat)
+    assert l1.lock_prefix(flat, 1) == 2
+    clock.advance(11)
+    l1.expire()
+    assert l1.usage().locked_objects == 0
+    assert l1.lock_prefix([key("none")], 1) == 0
+    assert l1.lock_prefix([], 1) == 0
+    with pytest.raises(ValueError):
+        l1.lock_prefix(flat, 1, readers=0)
+    with pytest.raises(ValueError):
+        l1.lock_prefix(flat, 0)
+
+
+def test_a_lookup_with_a_gap_does_not_refresh_chunks_past_the_gap_in_the_lru() -> None:
+    """Fails with the old lookup (lock every present chunk, then unlock past the gap)."""
+    policy = lru()
+    l1 = make_l1(policy=policy)
+    a = chunks("a", 4)
+    store(l1, [a[0], a[2], a[3]])  # a1 was evicted: a gap
+    b = chunks("b", 2)
+    store(l1, b)  # more recent than all of a
+    assert l1.lock_prefix(a, 1) == 1
+    l1.unlock([a[0]])
+    # a2 and a3 are useless to the request: they stay the oldest, a0 is the newest.
+    assert list(policy.candidates()) == [a[3], a[2], b[1], b[0], a[0]]
+
+
+def test_pin_locks_without_counting_an_access() -> None:
+    clock = FakeClock()
+    policy = FifoPolicyDouble()
+    l1 = make_l1(policy=policy, clock=clock, read_ttl=10)
+    a = chunks("a", 2)
+    store(l1, a)
+    assert l1.pin([a[0], key("x"), a[1]]) == [True, False, True]
+    assert policy.accessed == []
+    assert l1.delete(a) == 0  # pinned objects are not freed
+    l1.unlock(a)
+    assert l1.usage().locked_objects == 0
+    l1.pin(a)
+    clock.advance(11)
+    l1.expire()
+    assert l1.delete(a) == 2  # pins expire like read locks
+    with pytest.raises(ValueError):
+        l1.pin(a, readers=0)
+
+
+class DictAdapter(L2AdapterV1):
+    """The smallest L2 adapter: objects in a dict."""
+
+    def __init__(self) -> None:
+        super().__init__("dict", num_workers=1)
+        self.objects: dict[ObjectKey, bytes] = {}
+
+    def _put(self, key: ObjectKey, parts: Sequence[bytes | memoryview]) -> None:
+        self.objects[key] = b"".join(parts)
+
+    def _exists(self, key: ObjectKey) -> bool:
+        return key in self.objects
+
+    def _get(self, key: ObjectKey, size: int) -> bytes | None:
+        return self.objects.get(key)
+
+    def _remove(self, key: ObjectKey) -> bool:
+        return self.objects.pop(key, None) is not None
+
+
+class EverywhereKept:
+    keep_in_l1 = True
+
+    def targets(self, count: int) -> range:
+        return range(count)
+
+
+class FirstHolder:
+    temporary = False
+
+    def choose(self, holders: Sequence[int]) -> int:
+        return holders[0]
+
+
+def test_the_l2_store_thread_does_not_reorder_the_l1_lru() -> None:
+    """Fails when the L2 store pins through ``lock_for_read`` (an access per key)."""
+    policy = lru()
+    l1 = make_l1(policy=policy)
+    adapter = DictAdapter()
+    adapter.start()
+    tier = L2Tier([adapter], l1, EverywhereKept(), FirstHolder(), max_in_flight=1, timeout_s=5)
+    try:
+        a, b = chunks("a", 2), chunks("b", 2)
+        store(l1, a, nbytes=OBJ)
+        store(l1, b, nbytes=OBJ)  # b is more recent than a
+        assert tier.store_now(a, OBJ) == [True, True]
+        assert set(adapter.objects) == set(a)
+        assert list(policy.candidates()) == [a[1], a[0], b[1], b[0]]  # a is still the oldest
+        assert l1.usage().locked_objects == 0  # the pins were released
+    finally:
+        adapter.close()
+
+
+def test_wait_resident_answers_at_once_for_resident_or_unwritten_keys() -> None:
+    l1 = make_l1()
+    a = chunks("a", 2)
+    store(l1, a)
+    assert l1.wait_resident([], 5.0)
+    assert l1.wait_resident(a, 5.0)
+    started = time.monotonic()
+    assert not l1.wait_resident([a[0], key("nobody writes this")], 5.0)
+    assert time.monotonic() - started < 1.0
+
+
+def waiting(
+    l1: L1Manager, keys: list[ObjectKey], timeout: float
+) -> tuple[threading.Thread, list[bool]]:
+    """A thread blocked in ``wait_resident``; its answer lands in the returned list."""
+    answer: list[bool] = []
+    thread = threading.Thread(target=lambda: answer.append(l1.wait_resident(keys, timeout)))
+    thread.start()
+    deadline = time.monotonic() + 5.0
+    while not l1._waiters and time.monotonic() < deadline:  # until it sleeps on the condition
+        time.sleep(0.001)
+    assert l1._waiters == 1
+    return thread, answer
+
+
+def test_wait_resident_wakes_on_the_other_writers_commit() -> None:
+    l1 = make_l1()
+    a = chunks("a", 2)
+    reservations = [r for r in l1.reserve(a, OBJ) if r is not None]
+    thread, answer = waiting(l1, a, 30.0)
+    l1.commit(reservations[:1])
+    time.sleep(0.05)
+    assert thread.is_alive()  # a1 is still staged
+    started = time.monotonic()
+    l1.commit(reservations[1:])
+    thread.join(5.0)
+    assert answer == [True] and time.monotonic() - started < 1.0
+
+
+def test_a_key_seen_resident_counts_even_if_it_goes_again() -> None:
+    l1 = make_l1()
+    a = chunks("a", 2)
+    first, second = (r for r in l1.reserve(a, OBJ) if r is not None)
+    thread, answer = waiting(l1, a, 30.0)
+    l1.commit([first])
+    deadline = time.monotonic() + 5.0
+    while l1._waiters == 0 and time.monotonic() < deadline:  # it re-checked and sleeps again
+        time.sleep(0.001)
+    time.sleep(0.05)
+    assert l1.delete([a[0]]) == 1  # a0 seen, then gone (skip_l1, eviction...)
+    l1.commit([second])
+    thread.join(5.0)
+    assert answer == [True]
+
+
+def test_wait_resident_gives_up_when_the_writer_aborts_or_expires() -> None:
+    clock = FakeClock()
+    l1 = make_l1(clock=clock, write_ttl=10)
+    a = chunks("a", 2)
+    reservations = [r for r in l1.reserve(a, OBJ) if r is not None]
+    thread, answer = waiting(l1, a[:1], 30.0)
+    l1.abort(reservations[:1])
+    thread.join(5.0)
+    assert answer == [False]
+    thread, answer = waiting(l1, a[1:], 30.0)
+    clock.advance(11)
+    l1.expire()
+    thread.join(5.0)
+    assert answer == [False]
+
+
+def test_wait_resident_times_out_and_ends_on_close() -> None:
+    l1 = make_l1()
+    (reservation,) = l1.reserve([key("slow")], OBJ)
+    started = time.monotonic()
+    assert not l1.wait_resident([key("slow")], 0.05)
+    assert 0.05 <= time.monotonic() - started < 1.0
+    thread, answer = waiting(l1, [key("slow")], 30.0)
+    l1.close()
+    thread.join(5.0)
+    assert answer == [False]
+    assert reservation is not None
+
+
+def test_shared_segment_and_offsets() -> None:
+    private = make_l1()
+    assert private.shared_segment() is None
+    arena = Arena(2 * MIB, kind="shm")
+    l1 = L1Manager(
+        arena=arena,
+        capacity_bytes=MIB,
+        init_bytes=MIB,
+        align_bytes=4096,
+        write_ttl_s=60,
+        read_ttl_s=60,
+        policy=FifoPolicyDouble(),
+        trigger_watermark=0.8,
+        eviction_ratio=0.2,
+    )
+    try:
+        segment = l1.shared_segment()
+        assert segment is not None and segment.size_bytes == 2 * MIB
+        assert arena.path is not None and arena.path.name == segment.name
+        a = chunks("a", 2)
+        reservations = [r for r in l1.reserve(a, 3) if r is not None]
+        for value, reservation in enumerate(reservations, 1):
+            l1.buffer(reservation).fill_(value)
+        l1.commit(reservations)
+        assert l1.offsets(a) == [r.offset for r in reservations]
+        with arena.path.open("rb") as mapped:  # what the worker sees at those offsets
+            for value, offset in enumerate(l1.offsets(a), 1):
+                mapped.seek(offset)
+                assert mapped.read(3) == bytes([value]) * 3
+        with pytest.raises(KeyError):
+            l1.offsets([key("missing")])
+    finally:
+        l1.close()

@@ -32,7 +32,7 @@ from lmcache_core.storage.eviction import (
     IsolatedEvictionPolicy,
     quota_eviction_targets,
 )
-from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.storage.keys import ObjectKey, prefix_chunks
 from lmcache_core.storage.l1 import L1Manager, Reservation
 from lmcache_core.storage.l2.adapter import L2AdapterV1
 from lmcache_core.storage.l2.policies import PrefetchPolicy, StorePolicy
@@ -321,7 +321,9 @@ class L2Tier:
 
     def store_now(self, keys: list[ObjectKey], nbytes: int) -> list[bool]:
         """Write ``keys`` from L1 to the policy's adapters; per key, stored everywhere."""
-        present = self.l1.lock_for_read(keys, 1)
+        # Pinned, not locked for read: copying to L2 is no use of the object, and
+        # must not reorder the L1 eviction policy behind the engine's back.
+        present = self.l1.pin(keys)
         held = [k for k, ok in zip(keys, present, strict=True) if ok]
         started = time.monotonic()
         try:
@@ -392,6 +394,8 @@ class L2Tier:
     ) -> PrefetchResult:
         """Load the longest prefix of ``chunks`` (each: its keys for every rank) into L1.
 
+        Every chunk lists the same number of ranks (at least one).
+
         The loaded objects are committed with ``readers`` read locks each.
 
         Returns:
@@ -455,9 +459,7 @@ class L2Tier:
             key: [i for i in range(len(self.adapters)) if found[i][pos]]
             for pos, key in enumerate(flat)
         }
-        count = 0
-        while count < len(chunks) and all(holders[k] for k in chunks[count]):
-            count += 1
+        count = prefix_chunks([bool(holders[k]) for k in flat], len(chunks[0]))
         if not count:
             return nothing
         wanted = [k for chunk in chunks[:count] for k in chunk]

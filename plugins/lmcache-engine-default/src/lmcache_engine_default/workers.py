@@ -128,6 +128,18 @@ class WorkerTable:
             mapped.close()
         return mapped is not None or driven is not None
 
+    def object_nbytes(self, model_name: str, world_size: int, chunk_size: int) -> int | None:
+        """Object size for this model and sharding, from any registered worker (None: none)."""
+        with self._lock:
+            workers: list[MappedWorker | EngineDrivenWorker] = [
+                *self.mapped.values(),
+                *self.engine_driven.values(),
+            ]
+        for worker in workers:
+            if worker.model_name == model_name and worker.world_size == world_size:
+                return worker.layout.object_nbytes(chunk_size)
+        return None
+
     def close(self) -> None:
         """Unmap everything."""
         with self._lock:

@@ -1,4 +1,4 @@
-"""The request events the default engine publishes (``mp.*``), in one place.
+"""The request events an engine publishes (``mp.*``, and the L1 writes it makes), in one place.
 
 Every method is cheap when nobody listens: the bus drops unwanted types before
 building anything, and the costly fields (the chunk hashes of ``mp.lookup``) are
@@ -14,12 +14,13 @@ from typing import Any
 
 from lmcache_core.engine.sessions import Session
 from lmcache_core.observability.bus import EventBus
-from lmcache_core.observability.events import EventType
+from lmcache_core.observability.events import EventType, count_per_salt
 from lmcache_core.protocol.types import WireCacheKey
+from lmcache_core.storage.keys import ObjectKey
 
 
 class RequestEvents:
-    """Publishes lookup, store, retrieve and request lifetime events.
+    """Publishes lookup, store, retrieve, request lifetime and L1 write events.
 
     Args:
         bus: The server's event bus.
@@ -136,3 +137,22 @@ class RequestEvents:
                 **{done_name: outcome["done_chunks"]},
                 **identity,
             )
+
+    def l1_write_finished(self, keys: Sequence[ObjectKey], nbytes: int) -> None:
+        """A store committed ``keys`` (objects of ``nbytes`` each) to L1."""
+        self.bus.publish(
+            EventType.L1_WRITE_FINISHED,
+            key_count=len(keys),
+            bytes=len(keys) * nbytes,
+            key_count_per_salt=count_per_salt(keys),
+            keys=tuple(keys),
+        )
+
+    def l1_allocation_failed(self, during: str, key_count: int, nbytes: int) -> None:
+        """L1 could not reserve ``key_count`` objects of ``nbytes`` (``during``: which path)."""
+        self.bus.publish(
+            EventType.L1_ALLOCATION_FAILED,
+            during=during,
+            key_count=key_count,
+            bytes=key_count * nbytes,
+        )

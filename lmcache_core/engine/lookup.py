@@ -1,0 +1,245 @@
+"""The lookup service: find the cached prefix, lock it, prefetch the rest from L2.
+
+``lookup`` hashes the request's full chunks, read-locks the longest prefix that
+L1 holds for every KV rank (:meth:`~lmcache_core.storage.l1.L1Manager.lock_prefix`)
+and records the result as the session's :class:`~lmcache_core.engine.sessions.LookupJob`.
+When L2 may hold more, the acknowledgement goes out at once and a
+:class:`~lmcache_core.engine.prefetch_pool.PrefetchPool` thread loads the rest;
+``query_prefetch_status`` / ``wait_prefetch_status`` report the job's hit count.
+The locks the job holds are consumed by retrieves, released by
+``free_lookup_locks``, a newer lookup or the end of the session.
+
+Nothing here depends on how an engine moves KV: any engine that serves prefix
+lookups reuses this object and calls :meth:`LookupService.consume_locks` after
+each retrieve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from lmcache_core.engine.chunk_keys import ChunkKeys
+from lmcache_core.engine.contract import Handler
+from lmcache_core.engine.prefetch_pool import PrefetchPool
+from lmcache_core.engine.request_events import RequestEvents
+from lmcache_core.engine.sessions import LookupJob, Session, SessionTable
+from lmcache_core.protocol.types import WireCacheKey
+from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.storage.l1 import L1Manager
+from lmcache_core.storage.l2.tier import L2Tier, PrefetchResult
+
+if TYPE_CHECKING:
+    from lmcache_core.server.request_server import RequestContext
+
+MAX_WAIT_SECONDS = 60.0
+"""The longest ``wait_prefetch_status`` waits, whatever the client asks."""
+
+ObjectSize = Callable[[str, int], int | None]
+"""``(model_name, world_size) -> bytes of one object``, None while no worker told us."""
+
+
+class LookupService:
+    """Lookups, prefetch status, and the read locks a request holds.
+
+    Args:
+        l1: The L1 tier.
+        l2: The L2 tier, or None.
+        chunk_keys: Hashes and object keys of requests.
+        request_events: Where ``mp.*`` events go.
+        prefetch_pool: Runs L2 prefetches after the acknowledgement.
+        object_nbytes: The object size of a model and sharding (prefetching
+            needs it; unknown means no prefetch).
+        session_ttl_s: Idle time after which a request's session ends.
+    """
+
+    def __init__(
+        self,
+        *,
+        l1: L1Manager,
+        l2: L2Tier | None,
+        chunk_keys: ChunkKeys,
+        request_events: RequestEvents,
+        prefetch_pool: PrefetchPool,
+        object_nbytes: ObjectSize,
+        session_ttl_s: float,
+    ) -> None:
+        self.l1 = l1
+        self.l2 = l2
+        self.chunk_keys = chunk_keys
+        self.chunk_size = chunk_keys.chunk_size
+        self.request_events = request_events
+        self.prefetch_pool = prefetch_pool
+        self.object_nbytes = object_nbytes
+        self.sessions = SessionTable(
+            session_ttl_s,
+            chunk_keys.tokens.new_request,
+            self.release,
+            on_end=request_events.request_ended,
+        )  # its clock is the L1's (monotonic), so lock deadlines compare
+
+    def handlers(self) -> dict[str, Handler]:
+        """Operation name -> handler."""
+        return {
+            "lookup": self.lookup,
+            "query_prefetch_status": self.query_prefetch_status,
+            "wait_prefetch_status": self.wait_prefetch_status,
+            "free_lookup_locks": self.free_lookup_locks,
+            "end_session": self.end_session,
+        }
+
+    # -- lookup ---------------------------------------------------------------------------
+
+    def lookup(self, _ctx: RequestContext, key: WireCacheKey, _tp_size: int) -> None:
+        """Find the longest prefix present for every rank, read-lock it, record the job.
+
+        The reply (the acknowledgement) is sent only after the job is recorded, so
+        a status query that follows the ack always sees it.
+        """
+        readers = max(1, key.num_kv_readers)
+        num_chunks = key.end // self.chunk_size
+        session = self.sessions.get(key.request_id)
+        ranks = [key.worker_id] if key.worker_id is not None else range(key.world_size)
+        with session.mutex:
+            # Hash first: bad tokens fail the lookup before it replaces the last job.
+            hashes = self.chunk_keys.hashes(key, session, num_chunks)
+            started = self.request_events.lookup_started(key, session, hashes)
+            self._release_job(session)
+            job = LookupJob()
+            session.job = job
+            per_rank = [self.chunk_keys.keys(key, hashes, rank) for rank in ranks]
+            width = len(per_rank)
+            flat = (  # chunk-major: every rank of chunk 0, then of chunk 1, ...
+                per_rank[0]
+                if width == 1
+                else [per_rank[r][i] for i in range(num_chunks) for r in range(width)]
+            )
+            # Taken before the locks, so the session never outlives the grants it counts.
+            lock_deadline = self.sessions.clock() + self.l1.read_ttl_s
+            hit = self.l1.lock_prefix(flat, width, readers)
+            session.take_locks(flat[: hit * width], readers, lock_deadline)
+            hit_keys = _rows(flat, width, 0, hit)
+            nbytes = self.object_nbytes(key.model_name, key.world_size)
+            if hit == num_chunks or self.l2 is None or nbytes is None:
+                job.finish(hit, hit_keys)
+                self.request_events.lookup_finished(key, started, hit, 0, width)
+                return
+            rest = _rows(flat, width, hit, num_chunks)
+        # The ack goes out now; the job finishes when L2 has answered (queries say None).
+        self.prefetch_pool.submit(
+            self._prefetch, session, job, hit_keys, rest, nbytes, readers, (key, started)
+        )
+
+    def _prefetch(
+        self,
+        session: Session,
+        job: LookupJob,
+        hit_keys: list[list[ObjectKey]],
+        rest: list[list[ObjectKey]],
+        nbytes: int,
+        readers: int,
+        announced: tuple[WireCacheKey, float],
+    ) -> None:
+        assert self.l2 is not None
+        deadline = self.sessions.clock() + self.l1.read_ttl_s
+        result = PrefetchResult(0, ())
+        try:
+            result = self.l2.prefetch(rest, nbytes, readers)
+        finally:
+            loaded = result.chunks
+            keys = [k for row in rest[:loaded] for k in row]
+            with session.mutex:
+                if session.job is job:
+                    session.take_locks(keys, readers, deadline)
+                    job.finish(len(hit_keys) + loaded, hit_keys + rest[:loaded])
+                else:  # replaced or ended meanwhile: nobody will read these
+                    self.l1.unlock(keys, readers)
+                    job.finish(len(hit_keys), hit_keys)
+                    result = PrefetchResult(0, ())
+            key, started = announced
+            width = len(rest[0]) if rest else 1
+            self.request_events.lookup_finished(
+                key, started, len(hit_keys), result.chunks, width, self._sources(result)
+            )
+
+    def _sources(self, result: PrefetchResult) -> list[dict[str, Any]]:
+        """Which L2 adapters supplied a prefetch's objects, for the lookup event."""
+        assert self.l2 is not None
+        return [
+            {"l2_name": adapter.name, "adapter_index": index, "keys": count}
+            for index, (adapter, count) in enumerate(
+                zip(self.l2.adapters, result.keys_by_adapter, strict=True)
+            )
+            if count
+        ]
+
+    # -- prefetch status ----------------------------------------------------------------
+
+    def query_prefetch_status(self, _ctx: RequestContext, request_id: str) -> int | None:
+        """Hit chunks (once), None while running, 0 for an unknown request."""
+        session = self.sessions.peek(request_id)
+        job = session.job if session is not None else None
+        if job is None or job.reported:
+            return 0
+        if job.hit_chunks is None:
+            return None
+        job.reported = True
+        return job.hit_chunks
+
+    def wait_prefetch_status(
+        self, ctx: RequestContext, request_id: str, timeout: float
+    ) -> int | None:
+        """Like :meth:`query_prefetch_status`, waiting up to ``timeout`` (at most 60 s)."""
+        session = self.sessions.peek(request_id)
+        job = session.job if session is not None else None
+        if job is not None and not job.done.wait(min(max(timeout, 0.0), MAX_WAIT_SECONDS)):
+            return None
+        return self.query_prefetch_status(ctx, request_id)
+
+    # -- the locks a request holds ------------------------------------------------------
+
+    def free_lookup_locks(self, _ctx: RequestContext, key: WireCacheKey, _tp_size: int) -> None:
+        """Release the lookup's remaining locks on the chunks of ``[start, end)``."""
+        session = self.sessions.peek(key.request_id)
+        if session is None:
+            return
+        with session.mutex:
+            job = session.job
+            if job is None or job.hit_chunks is None:
+                return
+            first = key.start // self.chunk_size
+            last = min(-(-key.end // self.chunk_size), job.hit_chunks)
+            keys = [k for row in job.hit_keys[first:last] for k in row]
+            self.release(session.give_back(keys, now=self.sessions.clock()))
+
+    def end_session(self, _ctx: RequestContext, request_id: str) -> None:
+        """End the request: release its locks and refresh its chunks in the policy."""
+        session = self.sessions.end(request_id)
+        if session is not None and session.job is not None:
+            self.l1.touch([k for row in session.job.hit_keys for k in row])
+
+    def consume_locks(self, session: Session, keys: Sequence[ObjectKey]) -> None:
+        """A retrieve read ``keys``: give back one of the lookup's locks on each."""
+        with session.mutex:
+            self.release(session.give_back(keys, 1, self.sessions.clock()))
+
+    def release(self, held: dict[ObjectKey, int]) -> None:
+        """Unlock what a session gave back (key -> read locks), one L1 call per count."""
+        by_count: dict[int, list[ObjectKey]] = {}
+        for key, count in held.items():
+            by_count.setdefault(count, []).append(key)
+        for count, keys in by_count.items():
+            self.l1.unlock(keys, count)
+
+    def _release_job(self, session: Session) -> None:
+        """A new lookup replaces the previous one: release its unconsumed locks."""
+        if session.job is None:
+            return
+        keys = [k for row in session.job.hit_keys for k in row]
+        self.release(session.give_back(keys, now=self.sessions.clock()))
+        session.job = None
+
+
+def _rows(flat: list[ObjectKey], width: int, first: int, last: int) -> list[list[ObjectKey]]:
+    """Chunks ``[first, last)`` of chunk-major keys, one row (every rank) per chunk."""
+    return [flat[i * width : (i + 1) * width] for i in range(first, last)]

@@ -1,0 +1,293 @@
+"""``lmcache_driven`` transfers: the server copies KV between the worker's blocks and L1.
+
+The worker registers its paged KV cache (shared memory, mapped here); ``store``
+gathers a chunk-aligned window of blocks into L1 objects and ``retrieve``
+scatters locked L1 objects back into blocks. Both run on the worker's own
+affinity thread, so one worker's transfers stay in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from lmcache_core.engine.chunk_keys import ChunkKeys, ChunkWindow
+from lmcache_core.engine.contract import Handler
+from lmcache_core.engine.liveness import Liveness
+from lmcache_core.engine.lookup import LookupService
+from lmcache_core.engine.request_events import RequestEvents
+from lmcache_core.engine.sessions import Session
+from lmcache_core.protocol.codec import ProtocolError, decode_device_handles
+from lmcache_core.protocol.errors import BadRequestError
+from lmcache_core.protocol.types import EngineGroupInfo, WireCacheKey
+from lmcache_core.storage.errors import L1FullError
+from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.storage.l1 import L1Manager
+from lmcache_engine_default.store_completion import StoreCompletion
+from lmcache_engine_default.workers import MappedWorker, WorkerTable, map_worker
+
+if TYPE_CHECKING:
+    from lmcache_core.server.request_server import RequestContext
+
+logger = logging.getLogger("lmcache.engine")
+
+NULL_BLOCK_ID = 0
+"""vLLM's null block: a chunk made only of it carries no KV and is never stored."""
+
+
+class TransferResult(NamedTuple):
+    """The reply of ``store`` and ``retrieve``: ``(completion event handle, ok)`` on the wire.
+
+    The handle is empty: the copy is done when the reply is sent.
+    """
+
+    event: bytes
+    ok: bool
+
+    @classmethod
+    def of(cls, ok: bool) -> TransferResult:
+        """A result with no device work left (no completion event)."""
+        return _DONE if ok else _FAILED
+
+
+_DONE = TransferResult(b"", True)
+_FAILED = TransferResult(b"", False)
+
+
+@dataclass(frozen=True, slots=True)
+class TransferPlan:
+    """A checked store or retrieve: whose cache, which objects, which blocks."""
+
+    worker: MappedWorker
+    session: Session
+    keys: list[ObjectKey]
+    block_ids: list[int]
+    blocks_per_chunk: int
+
+
+class LmcacheDrivenTransfers:
+    """``register_kv_cache``, ``unregister_kv_cache``, ``store`` and ``retrieve``.
+
+    Args:
+        l1: The L1 tier.
+        workers: Registered workers (shared with the engine_driven side).
+        liveness: Worker liveness.
+        chunk_keys: Hashes and object keys of requests.
+        lookups: The lookup service (sessions, and the locks retrieves consume).
+        request_events: Where ``mp.store.*`` / ``mp.retrieve.*`` events go.
+        completion: What follows a commit to L1.
+    """
+
+    def __init__(
+        self,
+        *,
+        l1: L1Manager,
+        workers: WorkerTable,
+        liveness: Liveness,
+        chunk_keys: ChunkKeys,
+        lookups: LookupService,
+        request_events: RequestEvents,
+        completion: StoreCompletion,
+    ) -> None:
+        self.l1 = l1
+        self.workers = workers
+        self.liveness = liveness
+        self.chunk_keys = chunk_keys
+        self.chunk_size = chunk_keys.chunk_size
+        self.lookups = lookups
+        self.request_events = request_events
+        self.completion = completion
+
+    def handlers(self) -> dict[str, Handler]:
+        """Operation name -> handler."""
+        return {
+            "register_kv_cache": self.register_kv_cache,
+            "unregister_kv_cache": self.unregister_kv_cache,
+            "store": self.store,
+            "retrieve": self.retrieve,
+        }
+
+    def register_kv_cache(
+        self,
+        _ctx: RequestContext,
+        instance_id: int,
+        kv_cache: list[Any],
+        model_name: str,
+        world_size: int,
+        _engine_type: str,
+        layout_hints: dict[str, Any],
+        groups: list[EngineGroupInfo],
+    ) -> None:
+        """Map the worker's KV tensors; registering again replaces the mapping."""
+        try:
+            handles = decode_device_handles(kv_cache)
+        except ProtocolError as exc:
+            raise BadRequestError(str(exc)) from None
+        worker = map_worker(
+            instance_id, handles, model_name, world_size, layout_hints, groups, self.chunk_size
+        )
+        self.workers.add_mapped(worker)
+        self.liveness.registered(instance_id)
+        logger.info(
+            "registered worker %d: %s, world size %d, %s layout, %d layers, %d blocks",
+            instance_id,
+            model_name,
+            world_size,
+            worker.layout.format.value,
+            worker.layout.num_layers,
+            worker.layout.num_blocks,
+        )
+
+    def unregister_kv_cache(self, _ctx: RequestContext, instance_id: int) -> None:
+        """Unmap the worker's KV tensors."""
+        self.workers.remove(instance_id)
+        self.liveness.unregistered(instance_id)
+
+    # -- store ----------------------------------------------------------------------------
+
+    def store(
+        self,
+        _ctx: RequestContext,
+        key: WireCacheKey,
+        instance_id: int,
+        block_ids: list[list[int]],
+        _event: bytes,
+    ) -> TransferResult:
+        """Gather the window's chunks from the worker's blocks into L1.
+
+        All or nothing: ``ok`` is true only if every chunk is in L1 afterwards
+        (stored now, or already there). Never true for data not kept.
+        """
+        worker = self._registered("store", instance_id)
+        if worker is None:
+            return _FAILED
+        window = self.chunk_keys.window(key)
+        if not window.chunks:
+            return _DONE
+        plan = self._plan("store", key, worker, window, block_ids)
+        if plan is None:
+            return _FAILED
+        with self.request_events.transfer("store", key, instance_id, len(plan.keys)) as outcome:
+            result = self._store(plan, outcome)
+            outcome["ok"] = result.ok
+            return result
+
+    def _store(self, plan: TransferPlan, outcome: dict[str, Any]) -> TransferResult:
+        keys, ids, per_chunk = plan.keys, plan.block_ids, plan.blocks_per_chunk
+        wanted = [
+            i
+            for i in range(len(keys))
+            if any(b != NULL_BLOCK_ID for b in ids[i * per_chunk : (i + 1) * per_chunk])
+        ]
+        nbytes = plan.worker.layout.object_nbytes(self.chunk_size)
+        try:
+            reservations = self.l1.reserve([keys[i] for i in wanted], nbytes)
+        except L1FullError as exc:
+            logger.warning("store of %d chunks refused: %s", len(wanted), exc)
+            self.request_events.l1_allocation_failed("l1_store", len(wanted), nbytes)
+            return _FAILED
+        todo = [(i, r) for i, r in zip(wanted, reservations, strict=True) if r is not None]
+        others = [keys[i] for i, r in zip(wanted, reservations, strict=True) if r is None]
+        if not todo:
+            return TransferResult.of(self.completion.visible(others))
+        staged = [r for _, r in todo]
+        try:
+            chunk_ids = [b for i, _ in todo for b in ids[i * per_chunk : (i + 1) * per_chunk]]
+            plan.worker.cache.gather(
+                chunk_ids, self.chunk_size, [self.l1.buffer(r) for r in staged]
+            )
+        except ValueError as exc:  # bad block ids: validated before any byte moved
+            self.l1.abort(staged)
+            raise BadRequestError(str(exc)) from None
+        except Exception:
+            self.l1.abort(staged)
+            raise
+        self.l1.commit(staged)
+        outcome["done_chunks"] = len(staged)
+        outcome["bytes"] = len(staged) * nbytes
+        self.completion.committed(staged, nbytes)
+        return TransferResult.of(self.completion.visible(others))
+
+    # -- retrieve -------------------------------------------------------------------------
+
+    def retrieve(
+        self,
+        _ctx: RequestContext,
+        key: WireCacheKey,
+        instance_id: int,
+        block_ids: list[list[int]],
+        _event: bytes,
+        skip_first_n_tokens: int,
+    ) -> TransferResult:
+        """Scatter the window's chunks from L1 into the worker's blocks.
+
+        Consumes one of the lookup's read locks per chunk, whether or not the
+        copy succeeds.
+        """
+        if skip_first_n_tokens < 0:
+            raise BadRequestError("skip_first_n_tokens must be >= 0")
+        worker = self._registered("retrieve", instance_id)
+        if worker is None:
+            return _FAILED
+        window = self.chunk_keys.window(key)
+        if not window.chunks:
+            return _DONE
+        plan = self._plan("retrieve", key, worker, window, block_ids)
+        if plan is None:
+            return _FAILED
+        keys = plan.keys
+        try:
+            with self.request_events.transfer("retrieve", key, instance_id, len(keys)) as outcome:
+                ok = self._copy_out(plan, skip_first_n_tokens)
+                if ok:
+                    nbytes = worker.layout.object_nbytes(self.chunk_size)
+                    outcome.update(ok=True, done_chunks=len(keys), bytes=len(keys) * nbytes)
+                return TransferResult.of(ok)
+        finally:
+            self.lookups.consume_locks(plan.session, keys)
+
+    def _copy_out(self, plan: TransferPlan, skip: int) -> bool:
+        keys = plan.keys
+        present = self.l1.lock_for_read(keys, 1)  # held only for the copy
+        held = [k for k, ok in zip(keys, present, strict=True) if ok]
+        try:
+            if len(held) != len(keys):
+                return False
+            try:
+                plan.worker.cache.scatter(
+                    self.l1.read_views(keys), plan.block_ids, self.chunk_size, skip
+                )
+            except ValueError as exc:  # bad block ids: validated before any byte moved
+                raise BadRequestError(str(exc)) from None
+            return True
+        finally:
+            self.l1.unlock(held, 1)
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def _registered(self, op: str, instance_id: int) -> MappedWorker | None:
+        """The worker, if registered and not reaped (a refusal is logged)."""
+        worker = self.workers.mapped.get(instance_id)
+        if worker is None or not self.liveness.seen(instance_id):
+            logger.warning("%s from unregistered worker %d refused", op, instance_id)
+            return None
+        return worker
+
+    def _plan(
+        self,
+        op: str,
+        key: WireCacheKey,
+        worker: MappedWorker,
+        window: ChunkWindow,
+        block_ids: list[list[int]],
+    ) -> TransferPlan | None:
+        """The window's keys and blocks; None when the block ids do not cover it (logged)."""
+        per_chunk = worker.layout.blocks_per_chunk(self.chunk_size)
+        ids = block_ids[0] if block_ids else []
+        if len(ids) < window.chunks * per_chunk:
+            logger.warning("%s: %d block ids do not cover %d chunks", op, len(ids), window.chunks)
+            return None
+        session = self.lookups.sessions.get(key.request_id)
+        keys = self.chunk_keys.window_keys(key, session, window)
+        return TransferPlan(worker, session, keys, ids[: window.chunks * per_chunk], per_chunk)

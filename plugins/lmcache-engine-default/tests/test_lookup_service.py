@@ -1,0 +1,112 @@
+"""The lookup service (from the core's toolkit) as the default engine wires it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import pytest
+from default_engine_rig import CHUNK, Rig, close_rig, make_rig, registration, tokens, wire_key
+
+from lmcache_core.engine.prefetch_pool import PrefetchPool
+from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.storage.l2.adapter import L2AdapterV1
+
+
+def store(
+    rig: Rig, instance_id: int, ids: list[int], chunks: range, *, rank: int = 0, world_size: int = 1
+) -> None:
+    """Store chunks of one rank through the pool (engine_driven), one window per chunk."""
+    for chunk in chunks:
+        start, end = chunk * CHUNK, (chunk + 1) * CHUNK
+        key = wire_key(ids, start, end, "writer", worker_id=rank, world_size=world_size)
+        rig.call("prepare_store", key, instance_id)
+        assert rig.call("commit_store", key, instance_id, b"")
+
+
+def test_a_lookup_locks_only_the_prefix_every_rank_has(rig: Rig) -> None:
+    rig.call("register_kv_cache_engine_driven_context", registration(2, world_size=2))
+    rig.call("register_kv_cache_engine_driven_context", registration(3, world_size=2))
+    ids = tokens(3, seed=10)
+    store(rig, 2, ids, range(3), rank=0, world_size=2)
+    store(rig, 3, ids, range(0, 3, 2), rank=1, world_size=2)  # rank 1 lacks chunk 1
+    rig.policy.accessed.clear()
+    rig.call("lookup", wire_key(ids, 0, 3 * CHUNK, "r", worker_id=None, world_size=2), 1)
+    assert rig.call("query_prefetch_status", "r") == 1
+    assert rig.call("query_prefetch_status", "r") == 0  # reported once
+    assert rig.l1.usage().locked_objects == 2  # chunk 0 of both ranks, nothing past the gap
+    (accessed,) = rig.policy.accessed  # and only those two count as used
+    assert len(accessed) == 2 and {k.kv_rank for k in accessed} == {0x02000200, 0x02010201}
+
+
+def test_locks_go_with_a_newer_lookup_free_lookup_locks_and_end_session(rig: Rig) -> None:
+    rig.call("register_kv_cache_engine_driven_context", registration(1))
+    ids = tokens(2, seed=11)
+    store(rig, 1, ids, range(2))
+    lookup = wire_key(ids, 0, 2 * CHUNK, "r", worker_id=None)
+    rig.call("lookup", lookup, 1)
+    rig.call("lookup", lookup, 1)  # replaces the first: its locks are released
+    assert rig.l1.usage().locked_objects == 2
+    rig.call("free_lookup_locks", wire_key(ids, 0, CHUNK, "r", worker_id=None), 1)
+    assert rig.l1.usage().locked_objects == 1
+    rig.call("end_session", "r")
+    assert rig.l1.usage().locked_objects == 0
+    assert rig.call("query_prefetch_status", "r") == 0  # unknown request
+
+
+class DictAdapter(L2AdapterV1):
+    """The smallest L2 adapter: objects in a dict."""
+
+    def __init__(self) -> None:
+        super().__init__("dict", num_workers=1)
+        self.objects: dict[ObjectKey, bytes] = {}
+
+    def _put(self, key: ObjectKey, parts: Sequence[bytes | memoryview]) -> None:
+        self.objects[key] = b"".join(parts)
+
+    def _exists(self, key: ObjectKey) -> bool:
+        return key in self.objects
+
+    def _get(self, key: ObjectKey, size: int) -> bytes | None:
+        return self.objects.get(key)
+
+    def _remove(self, key: ObjectKey) -> bool:
+        return self.objects.pop(key, None) is not None
+
+
+def test_a_partial_hit_prefetches_the_rest_from_l2() -> None:
+    adapter = DictAdapter()
+    adapter.start()
+    rig = make_rig(l2_adapters=[adapter])
+    try:
+        rig.call("register_kv_cache_engine_driven_context", registration(1))
+        ids = tokens(3, seed=12)
+        store(rig, 1, ids, range(3))
+        deadline = time.monotonic() + 10
+        while len(adapter.objects) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the L2 store thread copies them
+        keys = rig.l1.keys()
+        assert len(adapter.objects) == 3 and rig.l1.usage().locked_objects == 0
+        assert rig.l1.delete(keys[1:]) == 2  # L1 keeps chunk 0 only
+        rig.call("lookup", wire_key(ids, 0, 3 * CHUNK, "r", worker_id=None), 1)
+        assert rig.call("wait_prefetch_status", "r", 10.0) == 3
+        assert rig.l1.usage().locked_objects == 3  # the prefetched chunks are locked too
+    finally:
+        close_rig(rig)
+
+
+def test_the_prefetch_pool_is_a_component() -> None:
+    pool = PrefetchPool(2)
+    assert not pool.health().ok
+    with pytest.raises(RuntimeError):
+        pool.submit(print)  # not started
+    pool.start()
+    assert pool.health().ok
+    ran: list[int] = []
+    pool.submit(ran.append, 1)
+    pool.stop(1.0)  # waits for running jobs
+    assert ran == [1] and not pool.health().ok
+    with pytest.raises(RuntimeError):
+        pool.start()
+    with pytest.raises(ValueError):
+        PrefetchPool(0)
