@@ -36,6 +36,7 @@ from lmcache_core.storage.l1 import Reservation
 from lmcache_core.storage.l2.tier import PrefetchResult
 from lmcache_core.transfer.layout import KVLayout, dtype_name, layout_from_engine_driven
 from lmcache_engine_default.events import RequestEvents
+from lmcache_engine_default.settings import DefaultEngineSettings
 from lmcache_engine_default.workers import (
     EngineDrivenWorker,
     MappedWorker,
@@ -88,7 +89,7 @@ class DefaultEngine(Engine):
             on_end=self.events.request_ended,
         )  # its clock is the L1's (monotonic), so lock deadlines compare
         self.liveness = Liveness(
-            mp.worker_reap_timeout_seconds, mp.worker_registration_grace_seconds, self._reap
+            *context.config.plugin_settings(DefaultEngineSettings).reap_budgets(), self._reap
         )
         self._pending_stores: dict[tuple[int, str, int, int], list[Reservation]] = {}
         self._pending_reads: dict[tuple[int, str, int, int], list[ObjectKey]] = {}

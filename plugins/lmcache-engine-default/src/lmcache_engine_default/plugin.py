@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmcache_core.plugin import EngineSpec, hookimpl
+from lmcache_engine_default.settings import DefaultEngineSettings
 
 
 def _build(context: Any) -> Any:
@@ -25,6 +26,7 @@ def lmcache_register_engines() -> list[EngineSpec]:
         EngineSpec(
             name="default",
             factory=_build,
+            config_model=DefaultEngineSettings,
             description="Prefix caching: lookup, prefetch, store and retrieve of full chunks.",
         )
     ]
