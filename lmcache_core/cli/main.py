@@ -16,7 +16,7 @@ from lmcache_core.cli.server_command import (
     server_layout,
 )
 from lmcache_core.errors import ConfigError, LMCacheError
-from lmcache_core.plugin.registry import PluginRegistry
+from lmcache_core.plugin.registry import PluginRegistry, PluginStatus
 
 CORE_COMMANDS = frozenset({"server", "plugins", "ping", "status", "quota", "cache"})
 
@@ -80,6 +80,14 @@ def _add_plugin_commands(app: typer.Typer) -> None:
             app.command(spec.name, help=spec.description)(command)
 
 
+def _disabled_hint(registry: PluginRegistry) -> str:
+    """Why a flag may be missing: a plugin's flags vanish with it when it is disabled."""
+    names = sorted(r.name for r in registry.records if r.status is PluginStatus.DISABLED)
+    if not names:
+        return ""
+    return f" (the flags of disabled plugins do not exist: {', '.join(names)})"
+
+
 def _first_command(argv: list[str]) -> str | None:
     return next((arg for arg in argv if not arg.startswith("-")), None)
 
@@ -99,13 +107,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: list[str]) -> int:
+    registry: PluginRegistry | None = None
     try:
         command_name = _first_command(args)
-        # The server's flags include the installed plugins' own: load them (minus
-        # the disabled ones, never imported) before the arguments are parsed.
-        registry = (
-            PluginRegistry(disabled=disabled_plugins(args)) if command_name == "server" else None
-        )
+        if command_name == "server":
+            # The server's flags include the installed plugins' own: load them (minus
+            # the disabled ones, never imported) before the arguments are parsed.
+            registry = PluginRegistry(disabled=disabled_plugins(args))
         app = build_app(command_name not in CORE_COMMANDS, server_registry=registry)
         command = typer.main.get_command(app)
         result: Any = command.main(args, prog_name="lmcache", standalone_mode=False)
@@ -124,5 +132,7 @@ def _run(args: list[str]) -> int:
     except typer.TyperException as exc:  # click's usage errors
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         hint = " (see --help)"
+        if "No such option" in message and registry is not None:
+            hint += _disabled_hint(registry)
         typer.echo(f"error: {' '.join(message.split())}{hint}", err=True)
         return int(getattr(exc, "exit_code", USAGE_EXIT))
