@@ -35,7 +35,7 @@ import lmcache_core
 for info in pkgutil.walk_packages(lmcache_core.__path__, "lmcache_core."):
     importlib.import_module(info.name)
 from lmcache_core.config.loading import load_config
-load_config({"l1_size_gb": "1", "eviction_policy": "LRU"})
+load_config({"l1_size_gb": "1", "eviction_policy": "LRU"}, plugins=())  # the core's flags only
 from lmcache_core.cli.main import build_app
 build_app(with_plugin_commands=False)
 print(json.dumps(sorted(sys.modules)))

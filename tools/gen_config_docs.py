@@ -1,7 +1,8 @@
 """Generate ``docs/configuration.md`` from the configuration models and the installed plugins.
 
-The flag tables come from the group models of :class:`ServerConfig` (the same
-models the CLI and the environment loader read), and the L2 adapter tables from
+The flag tables come from the :class:`FlagLayout` of the core's group models and
+the installed plugins' settings models (the same layout the CLI and the
+environment loader read), and the L2 adapter tables from
 the ``config_model`` of every installed L2 adapter plugin, so the page cannot
 drift from the code. The output is deterministic: no timestamps, no versions,
 and adapters sorted by name.
@@ -29,9 +30,10 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from lmcache_core.config.base import ENV_PREFIX, GroupSettings, cli_meta, env_name, flag_name
+from lmcache_core.config.base import ENV_PREFIX, cli_meta, env_name, flag_name
 from lmcache_core.config.l2_adapter import L2AdapterConfigBase
-from lmcache_core.config.server import ServerConfig
+from lmcache_core.config.layout import FlagGroup, FlagLayout
+from lmcache_core.config.plugin_settings import settings_models
 from lmcache_core.log_setup import LEVELS, LOG_LEVEL_ENV
 from lmcache_core.plugin.registry import (
     DISABLE_ENV,
@@ -39,7 +41,7 @@ from lmcache_core.plugin.registry import (
     STRICT_ENV,
     PluginRegistry,
 )
-from lmcache_core.plugin.specs import L2AdapterSpec, PluginKind
+from lmcache_core.plugin.specs import EngineSpec, L2AdapterSpec, PluginKind
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "configuration.md"
@@ -218,8 +220,8 @@ def table(header: list[str], rows: Iterable[Sequence[str]]) -> list[str]:
 # -- sections ---------------------------------------------------------------------------
 
 
-def render_group(group: type[GroupSettings]) -> list[str]:
-    """One flag group: title, source, summary and its flag table."""
+def render_group(group: FlagGroup) -> list[str]:
+    """One flag group: title, source, summary and its flag table (plugins' flags included)."""
     lines = [
         f"## {group.panel}",
         "",
@@ -230,14 +232,14 @@ def render_group(group: type[GroupSettings]) -> list[str]:
     ]
     rows = [
         [
-            flag_text(field_name, info),
-            code(env_name(field_name)),
-            type_text(info.annotation),
-            flag_default_text(info),
-            constraints_text(info),
-            info.description or "",
+            flag_text(flag.name, flag.info),
+            code(env_name(flag.name)),
+            type_text(flag.info.annotation),
+            flag_default_text(flag.info),
+            constraints_text(flag.info),
+            flag.info.description or "",
         ]
-        for field_name, info in group.model_fields.items()
+        for flag in group.fields
     ]
     header = ["Flag", "Environment variable", "Type", "Default", "Constraints", "Description"]
     return lines + table(header, rows)
@@ -366,6 +368,35 @@ def render_adapters(registry: PluginRegistry) -> list[str]:
     return lines
 
 
+def render_engines(registry: PluginRegistry) -> list[str]:
+    """The "Engines" section: every installed engine, described by its own plugin."""
+    specs = sorted(
+        (spec for spec in registry.specs(PluginKind.ENGINE) if isinstance(spec, EngineSpec)),
+        key=lambda spec: spec.name.lower(),
+    )
+    lines = [
+        "## Engines",
+        "",
+        "`--engine-type` names one of the installed engine plugins below (those installed in "
+        "the environment that generated this page). An engine refuses a "
+        "`--supported-transfer-mode` it does not list.",
+        "",
+    ]
+    if not specs:
+        return [*lines, "No engine plugin is installed.", ""]
+    rows = [
+        (
+            code(spec.name),
+            code(registry.owner(spec).distribution),
+            ", ".join(code(mode) for mode in sorted(spec.transfer_modes)),
+            spec.description
+            + (f" Not implemented yet: {spec.not_implemented}" if spec.not_implemented else ""),
+        )
+        for spec in specs
+    ]
+    return lines + table(["Engine", "Distribution", "Transfer modes", "Description"], rows)
+
+
 def render_environment() -> list[str]:
     """The "Environment variables" section."""
     levels = ", ".join(code(level) for level in LEVELS)
@@ -432,8 +463,9 @@ def render_header() -> list[str]:
 def render(registry: PluginRegistry) -> str:
     """The whole page."""
     lines = render_header()
-    for group in ServerConfig.groups().values():
+    for group in FlagLayout.compose(settings_models(registry)).groups:
         lines += render_group(group)
+    lines += render_engines(registry)
     lines += render_adapters(registry)
     lines += render_environment()
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -9,8 +9,14 @@ import typer
 
 from lmcache_core import __version__
 from lmcache_core.cli import admin_commands, plugins_command
-from lmcache_core.cli.server_command import ServerCommand, build_server_function
+from lmcache_core.cli.server_command import (
+    build_server_function,
+    disabled_plugins,
+    server_command_class,
+    server_layout,
+)
 from lmcache_core.errors import ConfigError, LMCacheError
+from lmcache_core.plugin.registry import PluginRegistry, PluginStatus
 
 CORE_COMMANDS = frozenset({"server", "plugins", "ping", "status", "quota", "cache"})
 
@@ -18,11 +24,18 @@ USAGE_EXIT = 2
 FAILURE_EXIT = 1
 
 
-def build_app(with_plugin_commands: bool) -> typer.Typer:
+def build_app(
+    with_plugin_commands: bool, server_registry: PluginRegistry | None = None
+) -> typer.Typer:
     """The typer app; plugin commands are added only when one may be invoked.
 
     Loading plugin commands imports every plugin, so it is skipped for core
     commands: ``lmcache server --disable-plugin X`` must not import X.
+
+    Args:
+        with_plugin_commands: Add the commands that plugins register.
+        server_registry: The plugins whose flags ``lmcache server`` takes (it
+            serves with them too); ``None``: the core's flags only.
     """
     app = typer.Typer(
         name="lmcache",
@@ -31,9 +44,10 @@ def build_app(with_plugin_commands: bool) -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
-    app.command("server", cls=ServerCommand, context_settings={"max_content_width": 120})(
-        build_server_function()
-    )
+    layout = server_layout(server_registry)
+    app.command(
+        "server", cls=server_command_class(layout), context_settings={"max_content_width": 120}
+    )(build_server_function(layout, server_registry))
     app.add_typer(plugins_command.app, name="plugins")
     admin_commands.register(app)
 
@@ -51,7 +65,6 @@ def build_app(with_plugin_commands: bool) -> typer.Typer:
 
 
 def _add_plugin_commands(app: typer.Typer) -> None:
-    from lmcache_core.plugin.registry import PluginRegistry
     from lmcache_core.plugin.specs import CliCommandSpec, PluginKind
 
     registry = PluginRegistry()
@@ -64,6 +77,14 @@ def _add_plugin_commands(app: typer.Typer) -> None:
             app.add_typer(command, name=spec.name, help=spec.description)
         else:
             app.command(spec.name, help=spec.description)(command)
+
+
+def _disabled_hint(registry: PluginRegistry) -> str:
+    """Why a flag may be missing: a plugin's flags vanish with it when it is disabled."""
+    names = sorted(r.name for r in registry.records if r.status is PluginStatus.DISABLED)
+    if not names:
+        return ""
+    return f" (the flags of disabled plugins do not exist: {', '.join(names)})"
 
 
 def _first_command(argv: list[str]) -> str | None:
@@ -85,8 +106,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: list[str]) -> int:
+    registry: PluginRegistry | None = None
     try:
-        app = build_app(with_plugin_commands=_first_command(args) not in CORE_COMMANDS)
+        command_name = _first_command(args)
+        if command_name == "server":
+            # The server's flags include the installed plugins' own: load them (minus
+            # the disabled ones, never imported) before the arguments are parsed.
+            registry = PluginRegistry(disabled=disabled_plugins(args))
+        app = build_app(command_name not in CORE_COMMANDS, server_registry=registry)
         command = typer.main.get_command(app)
         result: Any = command.main(args, prog_name="lmcache", standalone_mode=False)
         return result if isinstance(result, int) else 0
@@ -104,5 +131,7 @@ def _run(args: list[str]) -> int:
     except typer.TyperException as exc:  # click's usage errors
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         hint = " (see --help)"
+        if "No such option" in message and registry is not None:
+            hint += _disabled_hint(registry)
         typer.echo(f"error: {' '.join(message.split())}{hint}", err=True)
         return int(getattr(exc, "exit_code", USAGE_EXIT))

@@ -1,9 +1,10 @@
 """``lmcache server``: every flag of the configuration reference, generated from the models.
 
-The options are derived from the configuration group models, so the CLI, the
-environment variables and the docs share one source of truth. The CLI passes on
-only the flags actually given; pydantic-settings then fills the rest from
-``LMCACHE_<FLAG_NAME>`` and the defaults, and validates everything.
+The options are derived from a :class:`~lmcache_core.config.layout.FlagLayout`:
+the core's group models plus the settings models of the installed plugins, so
+the CLI, the environment variables and the docs share one source of truth. The
+CLI passes on only the flags actually given; pydantic-settings then fills the
+rest from ``LMCACHE_<FLAG_NAME>`` and the defaults, and validates everything.
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ from __future__ import annotations
 import inspect
 import json
 import sys
-from typing import Annotated, Any
+from collections.abc import Iterable
+from typing import Annotated, Any, ClassVar
 
 import typer
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from lmcache_core.config.base import CliMeta, cli_meta, env_name, flag_name
+from lmcache_core.config.layout import FlagLayout
 from lmcache_core.config.loading import load_config
+from lmcache_core.config.plugin_settings import settings_models
 from lmcache_core.config.resolution import resolve_plugins
-from lmcache_core.config.server import ServerConfig
 from lmcache_core.errors import StartupError
 from lmcache_core.log_setup import configure_logging
 from lmcache_core.plugin.registry import DISABLE_ENV, PluginRegistry
@@ -92,14 +95,28 @@ def _metavar(info: FieldInfo) -> str:
     return "TEXT"
 
 
-def variadic_flags() -> set[str]:
+def variadic_flags(layout: FlagLayout) -> set[str]:
     """Flags that take several space-separated values, as in the reference."""
-    return {
-        flag_name(name)
-        for group in ServerConfig.groups().values()
-        for name, info in group.model_fields.items()
-        if cli_meta(info).variadic
-    }
+    return {flag_name(f.name) for f in layout.fields() if cli_meta(f.info).variadic}
+
+
+def disabled_plugins(args: Iterable[str]) -> list[str]:
+    """The names given to ``--disable-plugin`` in raw arguments.
+
+    The plugins are loaded before the arguments are parsed (their flags are
+    options of the command), so a disabled one must be known first: it is then
+    never imported, and its flags do not exist.
+    """
+    names: list[str] = []
+    tokens = list(args)
+    for index, token in enumerate(tokens):
+        if token == "--":
+            break
+        if token == "--disable-plugin" and index + 1 < len(tokens):
+            names.append(tokens[index + 1])
+        elif token.startswith("--disable-plugin="):
+            names.append(token.partition("=")[2])
+    return names
 
 
 def expand_variadic(args: list[str], flags: set[str]) -> list[str]:
@@ -128,11 +145,21 @@ def expand_variadic(args: list[str], flags: set[str]) -> list[str]:
 
 
 class ServerCommand(typer.core.TyperCommand):
-    """Accepts the reference's space-separated list flags before normal parsing."""
+    """Accepts the reference's space-separated list flags before normal parsing.
+
+    Use :func:`server_command_class`, which sets :attr:`variadic` for one layout.
+    """
+
+    variadic: ClassVar[frozenset[str]] = frozenset()
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         """Expand variadic flags, then parse as usual."""
-        return super().parse_args(ctx, expand_variadic(list(args), variadic_flags()))
+        return super().parse_args(ctx, expand_variadic(list(args), set(self.variadic)))
+
+
+def server_command_class(layout: FlagLayout) -> type[ServerCommand]:
+    """A :class:`ServerCommand` that knows the variadic flags of ``layout``."""
+    return type("ServerCommand", (ServerCommand,), {"variadic": frozenset(variadic_flags(layout))})
 
 
 def _given(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
@@ -144,13 +171,22 @@ def _given(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
     return given
 
 
-def run_server_command(ctx: typer.Context, **values: Any) -> None:
-    """Validate the configuration, then print it (``--dry-run``) or run the server."""
+def run_server_command(ctx: typer.Context, registry: PluginRegistry | None, **values: Any) -> None:
+    """Validate the configuration, then print it (``--dry-run``) or run the server.
+
+    Args:
+        ctx: The click context (tells which flags were given).
+        registry: The plugins the command's flags were composed from; ``None``
+            loads them now (their flags were not options, so only the
+            environment and the defaults set them).
+        values: The parsed options.
+    """
     dry_run = values.pop("dry_run")
     disabled = values.pop("disable_plugin") or []
     configure_logging()
-    config = load_config(_given(ctx, values))
-    registry = PluginRegistry(disabled=disabled)
+    if registry is None:
+        registry = PluginRegistry(disabled=disabled)
+    config = load_config(_given(ctx, values), plugins=settings_models(registry))
     selection = resolve_plugins(config, registry)
     report = check_startup(config, selection)
     if dry_run:
@@ -169,14 +205,19 @@ def run_server_command(ctx: typer.Context, **values: Any) -> None:
     raise typer.Exit(serve(config, registry, selection, report))
 
 
-def build_server_function() -> Any:
-    """The ``server`` command's callback, with one typed parameter per flag."""
+def build_server_function(layout: FlagLayout, registry: PluginRegistry | None = None) -> Any:
+    """The ``server`` command's callback, with one typed parameter per flag of ``layout``.
+
+    Args:
+        layout: The flags: the core's, plus those of the plugins in ``registry``.
+        registry: The plugins ``layout`` was composed from, reused to serve.
+    """
     parameters = [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
     ]
-    for group in ServerConfig.groups().values():
-        for field_name, info in group.model_fields.items():
-            parameters.append(_parameter(field_name, info, group.panel))
+    for group in layout.groups:
+        for flag in group.fields:
+            parameters.append(_parameter(flag.name, flag.info, group.panel))
     parameters.append(
         inspect.Parameter(
             "disable_plugin",
@@ -213,7 +254,7 @@ def build_server_function() -> Any:
     )
 
     def server(ctx: typer.Context, **values: Any) -> None:
-        run_server_command(ctx, **values)
+        run_server_command(ctx, registry, **values)
 
     server.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     server.__annotations__ = {p.name: p.annotation for p in parameters}
@@ -222,3 +263,8 @@ def build_server_function() -> Any:
         "LMCACHE_<FLAG_NAME>; a flag on the command line wins."
     )
     return server
+
+
+def server_layout(registry: PluginRegistry | None) -> FlagLayout:
+    """The flags of ``lmcache server``: the core's, plus those of ``registry``'s plugins."""
+    return FlagLayout.compose(settings_models(registry) if registry is not None else ())

@@ -1,20 +1,24 @@
 """Build a :class:`ServerConfig` from command-line values and the environment.
 
-Precedence, highest first: a flag given on the command line, the environment
-variable ``LMCACHE_<FLAG_NAME>``, the documented default. Every validation error
-becomes a :class:`~lmcache_core.errors.ConfigError` naming the flag.
+The flags are the core's groups plus the settings models of the installed
+plugins (:class:`~lmcache_core.config.layout.FlagLayout`). Precedence, highest
+first: a flag given on the command line, the environment variable
+``LMCACHE_<FLAG_NAME>``, the documented default. Every validation error becomes a
+:class:`~lmcache_core.errors.ConfigError` naming the flag.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
-from lmcache_core.config.base import env_name, flag_name
+from lmcache_core.config.base import GroupSettings, env_name, flag_name
+from lmcache_core.config.layout import FlagLayout
+from lmcache_core.config.plugin_settings import PluginSettings, installed_settings_models
 from lmcache_core.config.server import ServerConfig
 from lmcache_core.errors import ConfigError
 
@@ -22,21 +26,19 @@ _MAX_SHOWN_INPUT = 80
 _FLAG_IN_MESSAGE = re.compile(r"--(?:no-)?([a-z0-9][a-z0-9-]*)")
 
 
-def field_groups() -> dict[str, str]:
-    """Flag field name -> the attribute of :class:`ServerConfig` holding its group."""
-    owners: dict[str, str] = {}
-    for group_attr, group in ServerConfig.groups().items():
-        for field_name in group.model_fields:
-            owners[field_name] = group_attr
-    return owners
-
-
-def load_config(cli_values: Mapping[str, Any] | None = None) -> ServerConfig:
+def load_config(
+    cli_values: Mapping[str, Any] | None = None,
+    *,
+    plugins: Sequence[type[PluginSettings]] | None = None,
+) -> ServerConfig:
     """Validate the configuration from flags (given as field names) and the environment.
 
     Args:
         cli_values: Values of the flags given on the command line, keyed by field
             name (``l1_size_gb``). Flags not given must be absent.
+        plugins: The plugins' settings models whose flags exist; ``None`` loads
+            them from the installed, enabled plugins (which imports their
+            registration modules). Pass ``()`` for the core's flags only.
 
     Returns:
         The validated configuration.
@@ -45,31 +47,37 @@ def load_config(cli_values: Mapping[str, Any] | None = None) -> ServerConfig:
         ConfigError: The first problem found, naming its flag.
     """
     cli_values = dict(cli_values or {})
-    owners = field_groups()
+    layout = FlagLayout.compose(installed_settings_models() if plugins is None else plugins)
+    owners = layout.owners()
     unknown = sorted(set(cli_values) - set(owners))
     if unknown:
         raise ConfigError(flag_name(unknown[0]), "no such flag")
-    per_group: dict[str, dict[str, Any]] = {attr: {} for attr in ServerConfig.groups()}
+    per_model: dict[type[GroupSettings], dict[str, Any]] = {}
     for field_name, value in cli_values.items():
-        per_group[owners[field_name]][field_name] = value
-    groups: dict[str, Any] = {}
-    for attr, group in ServerConfig.groups().items():
+        per_model.setdefault(owners[field_name], {})[field_name] = value
+    models: list[type[GroupSettings]] = [*ServerConfig.groups().values(), *layout.plugin_models]
+    built: dict[type[GroupSettings], GroupSettings] = {}
+    for model in models:
         try:
-            groups[attr] = group(**per_group[attr])
+            built[model] = model(**per_model.get(model, {}))
         except ValidationError as exc:
-            raise _to_config_error(exc, cli_values) from None
+            raise _to_config_error(exc, cli_values, owners) from None
+    core = {attr: built[group] for attr, group in ServerConfig.groups().items()}
+    plugin_settings = tuple(built[model] for model in layout.plugin_models)
     try:
-        return ServerConfig(**groups)
+        return ServerConfig(**core, plugins=plugin_settings)
     except ValidationError as exc:
-        raise _to_config_error(exc, cli_values) from None
+        raise _to_config_error(exc, cli_values, owners) from None
 
 
-def _to_config_error(exc: ValidationError, cli_values: Mapping[str, Any]) -> ConfigError:
+def _to_config_error(
+    exc: ValidationError, cli_values: Mapping[str, Any], owners: Mapping[str, object]
+) -> ConfigError:
     error = exc.errors(include_url=False)[0]
     message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     loc = [part for part in error["loc"] if isinstance(part, str)]
     if not loc:  # a rule across fields: its message starts with the flag it is about
-        from_env = _env_sources(message, cli_values)
+        from_env = _env_sources(message, cli_values, owners)
         if from_env:
             message += f" (from {', '.join(from_env)})"
         return ConfigError(None, message)
@@ -90,9 +98,10 @@ def _to_config_error(exc: ValidationError, cli_values: Mapping[str, Any]) -> Con
     return ConfigError(flag, problem)
 
 
-def _env_sources(message: str, cli_values: Mapping[str, Any]) -> list[str]:
+def _env_sources(
+    message: str, cli_values: Mapping[str, Any], owners: Mapping[str, object]
+) -> list[str]:
     """The environment variables that set the flags a cross-field message names."""
-    owners = field_groups()
     names: list[str] = []
     for match in _FLAG_IN_MESSAGE.finditer(message):
         field_name = match.group(1).replace("-", "_")

@@ -1,4 +1,8 @@
-"""The MP Server flag group (ZeroMQ server, workers, hashing, engine, liveness)."""
+"""The MP Server flag group (ZeroMQ server, workers, hashing, engine selection, sessions).
+
+An engine's own flags (the default engine's worker-reaping budgets, for example)
+are declared by its plugin and join this group's panel when it is installed.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,6 @@ from lmcache_core.config.base import CliMeta, GroupSettings, parse_json_object, 
 
 HashAlgorithm = Literal["builtin", "sha256_cbor", "blake3"]
 TransferMode = Literal["lmcache_driven", "engine_driven", "auto"]
-
-MIN_REAP_TIMEOUT_SECONDS = 30.0
-"""A non-zero reap timeout below this would reap live workers between heartbeats."""
 
 
 def _new_instance_id() -> str:
@@ -72,9 +73,9 @@ class MPServerConfig(GroupSettings):
     engine_type: Annotated[str, CliMeta(metavar="ENGINE")] = Field(
         default="default",
         description=(
-            "Cache engine plugin. default: standard prefix caching; blend: CacheBlend V3; "
-            "blend_legacy: the original CacheBlend. Both blend variants require "
-            "--supported-transfer-mode lmcache_driven or auto."
+            "Cache engine plugin, by name (`lmcache plugins list` shows the installed engines "
+            "and what each does). An engine may support only some --supported-transfer-mode "
+            "values; any other is refused at start-up."
         ),
     )
     supported_transfer_mode: TransferMode = Field(
@@ -115,22 +116,6 @@ class MPServerConfig(GroupSettings):
             '/dev/shm/lmcache_l1_pool_<uuid>; "" (empty): no shared pool, engine-driven bytes '
             "travel inline in the request (never pickled); NAME: the segment "
             "/dev/shm/lmcache_l1_pool_NAME (the prefix is added when missing)."
-        ),
-    )
-    worker_reap_timeout_seconds: float = Field(
-        default=120.0,
-        ge=0.0,
-        description=(
-            "Silence budget after which a worker that has pinged but gone quiet has its KV "
-            "cache registration reaped. 0 disables reaping; otherwise at least 30 s."
-        ),
-    )
-    worker_registration_grace_seconds: float = Field(
-        default=3600.0,
-        ge=0.0,
-        description=(
-            "Silence budget for a worker that registered but never pinged. Must be >= "
-            "--worker-reap-timeout-seconds."
         ),
     )
     session_ttl_seconds: float = Field(
@@ -178,22 +163,3 @@ class MPServerConfig(GroupSettings):
             if not all(part.isidentifier() and not keyword.iskeyword(part) for part in parts):
                 raise ValueError(f"{name!r} is not a Python module name")
         return value
-
-    @field_validator("worker_reap_timeout_seconds")
-    @classmethod
-    def _check_reap_timeout(cls, value: float) -> float:
-        if 0 < value < MIN_REAP_TIMEOUT_SECONDS:
-            raise ValueError(
-                f"must be 0 (reaping disabled) or at least {MIN_REAP_TIMEOUT_SECONDS:g} seconds, "
-                "so a few missed heartbeats never reap a live worker"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _check_grace(self) -> MPServerConfig:
-        if self.worker_registration_grace_seconds < self.worker_reap_timeout_seconds:
-            raise ValueError(
-                f"--worker-registration-grace-seconds ({self.worker_registration_grace_seconds:g}) "
-                f"must be >= --worker-reap-timeout-seconds ({self.worker_reap_timeout_seconds:g})"
-            )
-        return self

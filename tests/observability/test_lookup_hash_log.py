@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 from lmcache_obs_lookup_hash_log.plugin import build_lookup_hash_log
+from lmcache_obs_lookup_hash_log.settings import LookupHashLogSettings
 from lmcache_obs_lookup_hash_log.subscriber import LookupHashLogSubscriber
 from lmcache_obs_lookup_hash_log.writer import NAME_PATTERN, RotatingJsonlWriter, file_name
 
@@ -183,16 +184,13 @@ def test_a_full_disk_is_counted_not_raised(tmp_path: Path) -> None:
 def test_an_unwritable_directory_fails_start_up(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    context = SimpleNamespace(
-        config=SimpleNamespace(
-            lookup_hash_log=SimpleNamespace(
-                lookup_hash_log_dir=str(blocker / "sub"),
-                lookup_hash_log_rotation_interval=60.0,
-                lookup_hash_log_rotation_max_size=100,
-                lookup_hash_log_max_files=2,
-            )
-        )
+    settings = LookupHashLogSettings(
+        lookup_hash_log_dir=str(blocker / "sub"),
+        lookup_hash_log_rotation_interval=60.0,
+        lookup_hash_log_rotation_max_size=100,
+        lookup_hash_log_max_files=2,
     )
+    context = SimpleNamespace(config=SimpleNamespace(plugin_settings=lambda model: settings))
     with pytest.raises(StartupError, match="--lookup-hash-log-dir"):
         build_lookup_hash_log(context)  # type: ignore[arg-type]
 

@@ -5,6 +5,8 @@ Its behaviour is tested end to end against a real server in tests/data_path/.
 
 from __future__ import annotations
 
+from lmcache_engine_default.settings import DefaultEngineSettings
+
 from lmcache_core.plugin import EngineSpec, PluginKind
 from lmcache_core.plugin.registry import PluginRegistry
 
@@ -16,7 +18,7 @@ def test_registered_and_implemented() -> None:
     assert registry.owner(spec).distribution == "lmcache-engine-default"
     assert spec.not_implemented is None
     assert spec.transfer_modes == {"lmcache_driven", "engine_driven", "auto"}
-    assert spec.config_model is None
+    assert spec.config_model is DefaultEngineSettings
 
 
 def test_registering_does_not_import_the_engine() -> None:

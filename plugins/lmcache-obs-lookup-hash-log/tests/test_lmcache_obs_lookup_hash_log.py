@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 from lmcache_obs_lookup_hash_log.plugin import lookup_hash_log_enabled
+from lmcache_obs_lookup_hash_log.settings import LookupHashLogSettings
 
+from lmcache_core.config.loading import load_config
 from lmcache_core.plugin import PluginKind, SubscriberCategory, SubscriberSpec
 from lmcache_core.testing.plugin_checks import assert_registered_plugin
 
@@ -18,10 +18,13 @@ def test_registered() -> None:
     assert isinstance(spec, SubscriberSpec)
     assert spec.category is SubscriberCategory.LOGGING
     assert spec.enabled_when is lookup_hash_log_enabled
-    assert spec.config_model is None
+    assert spec.config_model is LookupHashLogSettings
 
 
 @pytest.mark.parametrize(("directory", "enabled"), [("", False), ("/data/lookup_hashes", True)])
 def test_enabled_only_with_a_directory(directory: str, enabled: bool) -> None:
-    config = SimpleNamespace(lookup_hash_log=SimpleNamespace(lookup_hash_log_dir=directory))
+    config = load_config(
+        {"l1_size_gb": 1, "eviction_policy": "LRU", "lookup_hash_log_dir": directory},
+        plugins=(LookupHashLogSettings,),
+    )
     assert lookup_hash_log_enabled(config) is enabled

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from lmcache_obs_metrics.settings import MetricsSettings
+
 from lmcache_core.plugin import HttpRouterSpec, PluginKind, SubscriberCategory, SubscriberSpec
 from lmcache_core.plugin.registry import PluginRegistry
 
@@ -24,7 +26,7 @@ def test_registers_the_subscriber_and_its_route() -> None:
     assert subscriber.not_implemented is None and router.not_implemented is None
     assert subscriber.category is SubscriberCategory.METRICS
     assert subscriber.enabled_when is None
-    assert subscriber.config_model is None
+    assert subscriber.config_model is MetricsSettings
     assert "Prometheus" in subscriber.description
     assert router.prefix == ""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from lmcache_obs_tracing.settings import TracingSettings
+
 from lmcache_core.plugin import PluginKind, SubscriberCategory, SubscriberSpec
 from lmcache_core.testing.plugin_checks import assert_registered_plugin
 
@@ -11,4 +13,4 @@ def test_registered() -> None:
     assert isinstance(spec, SubscriberSpec)
     assert spec.category is SubscriberCategory.TRACING
     assert spec.enabled_when is None
-    assert spec.config_model is None
+    assert spec.config_model is TracingSettings

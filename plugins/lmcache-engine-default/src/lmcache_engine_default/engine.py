@@ -31,6 +31,7 @@ from lmcache_core.engine.sessions import SessionTable
 from lmcache_core.lifecycle import Component
 from lmcache_engine_default.engine_driven import EngineDrivenTransfers
 from lmcache_engine_default.lmcache_driven import LmcacheDrivenTransfers
+from lmcache_engine_default.settings import DefaultEngineSettings
 from lmcache_engine_default.store_completion import StoreCompletion
 from lmcache_engine_default.transport import transport_for
 from lmcache_engine_default.workers import WorkerTable
@@ -53,7 +54,7 @@ class DefaultEngine(Engine):
         self.workers = WorkerTable()
         self.request_events = RequestEvents(context.events, self.chunk_size)
         self.liveness = Liveness(
-            mp.worker_reap_timeout_seconds, mp.worker_registration_grace_seconds, self._reap
+            *context.config.plugin_settings(DefaultEngineSettings).reap_budgets(), self._reap
         )
         self.prefetch_pool = PrefetchPool(context.config.l2_policies.l2_prefetch_max_in_flight)
         chunk_keys = ChunkKeys(self.tokens)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lmcache_core.plugin import EngineSpec, hookimpl
+from lmcache_engine_default.settings import DefaultEngineSettings
 
 if TYPE_CHECKING:
     from lmcache_core.engine import Engine, EngineContext
@@ -28,6 +29,7 @@ def lmcache_register_engines() -> list[EngineSpec]:
         EngineSpec(
             name="default",
             factory=_build,
+            config_model=DefaultEngineSettings,
             description="Prefix caching: lookup, prefetch, store and retrieve of full chunks.",
         )
     ]

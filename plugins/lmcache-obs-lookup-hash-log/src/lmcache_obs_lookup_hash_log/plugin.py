@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from lmcache_core.errors import StartupError
 from lmcache_core.observability.subscribers import SubscriberContext
 from lmcache_core.plugin import SubscriberCategory, SubscriberSpec, hookimpl
+from lmcache_obs_lookup_hash_log.settings import LookupHashLogSettings, lookup_hash_log_enabled
 from lmcache_obs_lookup_hash_log.subscriber import LookupHashLogSubscriber
 from lmcache_obs_lookup_hash_log.writer import RotatingJsonlWriter
-
-
-def lookup_hash_log_enabled(config: Any) -> bool:
-    """Whether the server configuration asks for the lookup-hash log.
-
-    Args:
-        config: The server configuration.
-
-    Returns:
-        True when ``--lookup-hash-log-dir`` is set (an empty directory means off).
-    """
-    return bool(config.lookup_hash_log.lookup_hash_log_dir)
 
 
 def build_lookup_hash_log(context: SubscriberContext) -> LookupHashLogSubscriber:
     """The factory: a subscriber writing to ``--lookup-hash-log-dir``.
 
     Args:
-        context: The subscriber context (its configuration's Lookup Hash Logging group).
+        context: The subscriber context (the plugin's Lookup Hash Logging settings).
 
     Returns:
         The subscriber, its directory created and checked.
@@ -35,7 +22,7 @@ def build_lookup_hash_log(context: SubscriberContext) -> LookupHashLogSubscriber
     Raises:
         StartupError: The directory cannot be created or written.
     """
-    options = context.config.lookup_hash_log
+    options = context.config.plugin_settings(LookupHashLogSettings)
     try:
         writer = RotatingJsonlWriter(
             options.lookup_hash_log_dir,
@@ -61,6 +48,7 @@ def lmcache_register_subscribers() -> list[SubscriberSpec]:
             factory=build_lookup_hash_log,
             category=SubscriberCategory.LOGGING,
             enabled_when=lookup_hash_log_enabled,
+            config_model=LookupHashLogSettings,
             description="Rotating JSONL files of the chunk hashes of every lookup.",
         )
     ]

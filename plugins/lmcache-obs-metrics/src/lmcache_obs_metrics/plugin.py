@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lmcache_core.plugin import HttpRouterSpec, SubscriberCategory, SubscriberSpec, hookimpl
+from lmcache_obs_metrics.settings import MetricsSettings
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -43,6 +44,7 @@ def lmcache_register_subscribers() -> list[SubscriberSpec]:
             name="metrics",
             factory=_build_subscriber,
             category=SubscriberCategory.METRICS,
+            config_model=MetricsSettings,
             description=(
                 "Prometheus metrics of cache events and server state, on /metrics and "
                 "--prometheus-port."

@@ -20,6 +20,7 @@ from lmcache_obs_metrics.exporter import PrometheusExporter
 from lmcache_obs_metrics.instruments import Instruments
 from lmcache_obs_metrics.labels import MAX_CACHE_SALTS, MAX_MODEL_NAMES, LabelCap
 from lmcache_obs_metrics.sampling import ChunkSampler, LifetimeTracker
+from lmcache_obs_metrics.settings import MetricsSettings
 
 if TYPE_CHECKING:
     from lmcache_core.observability.bus import EventBus
@@ -231,7 +232,7 @@ def build_metrics_subscriber(context: SubscriberContext) -> MetricsSubscriber:
     Raises:
         StartupError: The Prometheus port cannot be bound.
     """
-    observability = context.config.observability
+    observability = context.config.plugin_settings(MetricsSettings)
     subscriber = MetricsSubscriber(
         context.instance_id, observability.metrics_sample_rate, (context.server, context.bus)
     )
