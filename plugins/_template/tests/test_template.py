@@ -6,12 +6,13 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
-from lmcache_plugin_template.policy import FifoEvictionPolicy
+from lmcache_plugin_template.policy import FifoEvictionPolicy, build_fifo_policy
 
 from lmcache_core.plugin import EvictionPolicySpec, PluginKind
 from lmcache_core.plugin.registry import ENTRY_POINT_GROUP, PluginRegistry
 from lmcache_core.storage.eviction import EvictionPolicy, EvictionSettings
 from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.testing.eviction_conformance import EvictionPolicyConformance
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 SETTINGS = EvictionSettings(trigger_watermark=0.8, eviction_ratio=0.2, capacity_bytes=1 << 30)
@@ -49,26 +50,10 @@ def test_evicts_in_store_order_regardless_of_access() -> None:
     assert list(policy.candidates()) == [a, b, c]
 
 
-def test_candidates_are_kept_until_removed() -> None:
-    a, b = key("a"), key("b")
-    policy = FifoEvictionPolicy()
-    policy.on_stored([a, b])
-    assert next(policy.candidates()) == a
-    assert next(policy.candidates()) == a
-    policy.on_removed([a, key("unknown")])
-    assert list(policy.candidates()) == [b]
-    assert len(policy) == 1
-    assert a not in policy
+class TestFifoConformance(EvictionPolicyConformance):
+    """The shared rules of the eviction contract; FIFO evicts chunk 0 of a batch first."""
 
+    keeps_prefixes = False
 
-def test_candidates_survive_removal_during_iteration() -> None:
-    keys = [key(str(i)) for i in range(100)]
-    policy = FifoEvictionPolicy()
-    policy.on_stored(keys)
-    seen = []
-    for candidate in policy.candidates():
-        seen.append(candidate)
-        if int(candidate.chunk_hash) % 2 == 0:  # evict the even ones, skip the odd ones
-            policy.on_removed([candidate])
-    assert seen == keys
-    assert list(policy.candidates()) == keys[1::2]
+    def make_policy(self, settings: EvictionSettings) -> EvictionPolicy:
+        return build_fifo_policy(settings)
