@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.observability.otlp_receiver import otlp_trace_receiver
+from lmcache_core.testing.otlp_receiver import otlp_trace_receiver
 from tests.observability.request_flow import obs_server, run_request
 
 
