@@ -22,8 +22,9 @@ def names(keys: object) -> list[str]:
     return [k.chunk_hash.decode() for k in keys]  # type: ignore[attr-defined]
 
 
-def test_registered_and_built_through_the_registry() -> None:
-    registry = PluginRegistry(strict=True)
+def test_registered_and_built_through_the_registry(plugin_registry: PluginRegistry) -> None:
+    # plugin_registry: the strict registry fixture lmcache-core's pytest plugin provides.
+    registry = plugin_registry
     spec = registry.resolve(PluginKind.EVICTION_POLICY, "LRU")
     assert spec.name == "LRU"
     assert spec.not_implemented is None
