@@ -314,16 +314,21 @@ def _kv_segments() -> set[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the slow data-path tests last: their waiting overlaps the others."""
+    """Run the marked-slow data-path tests last, and mark every server-using one slow.
+
+    The ones marked in their module (reaping) go last: their waiting overlaps the
+    others. Every test that uses a server of the pool is then marked ``slow`` too,
+    so ``pytest -m "not slow"`` leaves the servers unstarted.
+    """
     here = Path(__file__).parent
-    slow = [
-        item
-        for item in items
-        if here in Path(str(item.path)).parents and item.get_closest_marker("slow") is not None
-    ]
+    ours = [item for item in items if here in Path(str(item.path)).parents]
+    slow = [item for item in ours if item.get_closest_marker("slow") is not None]
     if slow:
         chosen = set(map(id, slow))
         items[:] = [item for item in items if id(item) not in chosen] + slow
+    for item in ours:
+        if "server_pool" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
