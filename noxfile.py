@@ -1,8 +1,10 @@
-"""Development sessions.
+"""Development sessions: the one definition of how this tree is tested (``.ci/run`` runs them).
 
 ``nox`` runs tests, lint and typecheck. Others by name:
 
-* ``nox -s plugins`` (every plugin) or ``nox -s "plugins(lmcache-l2-fs)"`` (one);
+* ``nox -s fast``: the quick inner loop, every test not marked ``slow``;
+* ``nox -s plugins`` (every plugin) or ``nox -s "plugins(lmcache-l2-fs)"`` (one): each
+  plugin's tests with only the core, the plugin and what the plugin declares installed;
 * ``nox -s docs``: regenerate the configuration reference and build the site;
 * ``nox -s compat``: upstream LMCache 0.5.6's client against this server;
 * ``nox -s bench``: the benchmarks (run them on an otherwise idle machine).
@@ -12,9 +14,13 @@ Arguments after ``--`` go to pytest: ``nox -s tests -- -k registry -x``.
 
 from __future__ import annotations
 
+import shlex
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import nox
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent
 
@@ -31,6 +37,14 @@ PLUGINS = sorted(
     for path in ROOT.glob("plugins/*/pyproject.toml")
     if not path.parent.name.startswith("_")
 )
+# The README's test command, verbatim: the tests session runs it (tests/test_readme.py
+# checks the README against this line, and that .ci/run runs the tests session).
+README_TEST_COMMAND = (
+    "python3 -m venv .venv && .venv/bin/pip install -r requirements-dev.txt"
+    " && .venv/bin/python -m pytest"
+)
+TORCH = "torch==2.13.0"  # the CPU build requirements.txt pins (served from local disk here)
+
 # mypy's source roots: every plugin's src/ (the template's too: it is code people copy)
 # and the bundle's.
 SOURCE_DIRS = sorted(
@@ -41,21 +55,72 @@ SOURCE_DIRS = sorted(
 )
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
-    """The whole test suite (core, bundle and plugins), in strict plugin mode."""
-    session.install("-r", "requirements-dev.txt")
-    session.run("python", "-m", "pytest", *session.posargs, env=STRICT)
+    """The README's test command: the whole suite (core, bundle and plugins) in ``.venv``.
+
+    It builds the checkout's ``.venv`` exactly as the README says, so CI (``.ci/run``)
+    and a new contributor run the same thing. Arguments after ``--`` go to pytest.
+    """
+    command = " ".join([README_TEST_COMMAND, *map(shlex.quote, session.posargs)])
+    session.run("bash", "-c", command, env=STRICT, external=True)
 
 
 @nox.session
+def fast(session: nox.Session) -> None:
+    """The inner loop: every test not marked ``slow`` (no server-starting suites)."""
+    session.install("-r", "requirements-dev.txt")
+    session.run("python", "-m", "pytest", "-m", "not slow", *session.posargs, env=STRICT)
+
+
+def _project(folder: Path) -> dict[str, Any]:
+    """The ``[project]`` table of a folder's pyproject.toml."""
+    project: dict[str, Any] = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+    return project
+
+
+def _local_plugins(requirements: list[str]) -> list[str]:
+    """The plugin folders (distribution names) of this tree that ``requirements`` name."""
+    names = [Requirement(text).name for text in requirements]
+    return [name for name in names if name in PLUGINS]
+
+
+def _declared_plugins(plugin: str) -> list[str]:
+    """The plugins ``plugin`` declares (dependencies and its ``test`` extra), transitively.
+
+    They are installed from their folders: they are not on an index, and pip would
+    otherwise fail to find them by name.
+    """
+    project = _project(ROOT / "plugins" / plugin)
+    test_extra = project.get("optional-dependencies", {}).get("test", [])
+    pending = _local_plugins([*project.get("dependencies", []), *test_extra])
+    found: list[str] = []
+    while pending:
+        name = pending.pop()
+        if name in found or name == plugin:
+            continue
+        found.append(name)
+        pending += _local_plugins(_project(ROOT / "plugins" / name).get("dependencies", []))
+    return sorted(found)
+
+
+@nox.session(reuse_venv=False)
 @nox.parametrize("plugin", PLUGINS, ids=PLUGINS)
 def plugins(session: nox.Session, plugin: str) -> None:
-    """One plugin's own tests, against the installed default set."""
-    tests_dir = ROOT / "plugins" / plugin / "tests"
+    """One plugin's own tests, with only the core, the plugin and what it declares.
+
+    A fresh virtualenv (never reused) holds the core, the plugin with its ``test``
+    extra, and the plugins those name: a dependency the plugin forgot to declare is
+    missing here, so its tests fail.
+    """
+    folder = ROOT / "plugins" / plugin
+    tests_dir = folder / "tests"
     if not tests_dir.is_dir():
         session.error(f"plugins/{plugin} has no tests/ folder; every plugin needs tests")
-    session.install("-r", "requirements.txt", "pytest")
+    extras = _project(folder).get("optional-dependencies", {})
+    target = f"./plugins/{plugin}[test]" if "test" in extras else f"./plugins/{plugin}"
+    local = [arg for name in _declared_plugins(plugin) for arg in ("-e", f"./plugins/{name}")]
+    session.install(TORCH, "pytest", "-e", ".", *local, "-e", target)
     session.run(
         "python", "-m", "pytest", str(tests_dir.relative_to(ROOT)), *session.posargs, env=STRICT
     )

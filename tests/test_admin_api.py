@@ -33,6 +33,9 @@ from lmcache_core.state import ServerContext, ServerState
 from tests.data_path.kv import make_layout
 from tests.server_process import clean_env, server_on_free_ports
 
+# Starts real servers (seconds each): outside the quick loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 TOKEN = "admin-token-" + uuid.uuid4().hex
 CHUNK = 16
 MOCK_L2 = {"type": "mock", "max_size_gb": 0.05, "mock_bandwidth_gb": 10}

@@ -12,6 +12,9 @@ from tests.helpers import CliResult, invoke, run_subprocess
 from tests.server_process import free_port
 from tests.test_admin_api import AdminServer, admin_server, store_chunks
 
+# Starts real servers (seconds each): outside the quick loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 TOKEN = "cli-token-" + uuid.uuid4().hex
 
 

@@ -573,6 +573,7 @@ def test_unknown_adapter_type_lists_installed_types(capsys: pytest.CaptureFixtur
         assert re.search(rf"(?<![\w]){re.escape(adapter_type)}(?![\w])", line), (adapter_type, line)
 
 
+@pytest.mark.slow  # a real process: seconds of imports
 @pytest.mark.parametrize(
     ("args", "names"),
     [
@@ -593,6 +594,7 @@ def test_rejected_in_a_real_process(args: tuple[str, ...], names: tuple[str, ...
     assert_names(line, *names)
 
 
+@pytest.mark.slow  # a real process: seconds of imports
 def test_missing_required_flag_in_a_real_process() -> None:
     result = run_subprocess("server", "--eviction-policy", "LRU", "--dry-run")
     result.assert_usage_error("--l1-size-gb", "LMCACHE_L1_SIZE_GB")
@@ -751,6 +753,7 @@ def test_invalid_env_names_flag_and_variable(
     assert_names(line, flag)
 
 
+@pytest.mark.slow  # a real process: seconds of imports
 def test_invalid_env_in_a_real_process() -> None:
     result = run_subprocess(
         "server", "--eviction-policy", "LRU", "--dry-run", env={"LMCACHE_L1_SIZE_GB": "abc"}
@@ -864,6 +867,7 @@ def test_full_example_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert "tracing" in {s["name"] for s in plugins["subscribers"]}
 
 
+@pytest.mark.slow  # a real process: seconds of imports
 def test_full_example_in_a_real_process() -> None:
     result = run_subprocess(*full_example_args(), "--dry-run")
     assert result.code == 0, result.err
@@ -919,6 +923,7 @@ def test_help_shows_negative_switches_and_env_vars(help_text: str) -> None:
     assert missing == []
 
 
+@pytest.mark.slow  # a real process: seconds of imports
 def test_help_in_a_real_process() -> None:
     result = run_subprocess("server", "--help")
     assert result.code == 0, result.err

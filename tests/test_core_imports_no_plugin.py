@@ -9,6 +9,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
+
 import lmcache_core
 
 CORE_DIR = Path(lmcache_core.__file__).parent
@@ -28,6 +30,7 @@ def test_plugins_are_installed_so_this_test_means_something() -> None:
     assert len(plugin_packages()) > 20
 
 
+@pytest.mark.slow  # a fresh interpreter imports every core module
 def test_importing_every_core_module_imports_no_plugin() -> None:
     script = """
 import importlib, json, pkgutil, sys

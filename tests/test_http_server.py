@@ -15,6 +15,9 @@ import pytest
 
 from tests.server_process import clean_env, free_port, output_of, running_server, start_server
 
+# Starts real servers (seconds each): outside the quick loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 BASE = ("--l1-size-gb", "1", "--eviction-policy", "LRU")
 
 

@@ -50,6 +50,9 @@ from tests.server_process import (
     server_on_free_ports,
 )
 
+# Starts real servers (seconds each): outside the quick loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 HEARTBEAT = REPO / "examples" / "runtime_plugins" / "heartbeat.py"
 BASE = ("--l1-size-gb", "1", "--eviction-policy", "LRU")

@@ -84,6 +84,16 @@ def build_policy(settings: EvictionSettings) -> Policy:
 ''',
     test="""from lmcache_core.storage.eviction import EvictionPolicy, EvictionSettings
 from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.testing.eviction_conformance import EvictionPolicyConformance
+
+
+class TestContract(EvictionPolicyConformance):
+    \"\"\"The shared rules every eviction policy keeps (the core's conformance suite).\"\"\"
+
+    keeps_prefixes = False  # plain FIFO: a batch's first chunk is also its oldest
+
+    def make_policy(self, settings: EvictionSettings) -> EvictionPolicy:
+        return registry().builder.eviction_policy(registered_spec(), settings)
 
 
 def test_the_policy_is_built_and_evicts_oldest_first() -> None:

@@ -211,6 +211,7 @@ class UnavailableAdapterChecks:
             spec.factory(spec.config_model.model_construct(), DEFAULT_L2_ADAPTER_CONTEXT)
         assert module not in sys.modules
 
+    @pytest.mark.slow  # a real server process: seconds of imports
     def test_a_server_with_it_exits_with_one_error_line(self) -> None:
         """A real server started with :attr:`valid_config` exits 1 with the reason, once."""
         result = run_refused_server(self.valid_config)

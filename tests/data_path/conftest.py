@@ -4,8 +4,10 @@ Starting a server costs several seconds of CPU (imports), so every server
 configuration the selected tests need is launched at once, in parallel, when the
 first data-path test runs, and shared by all tests for the whole session. Tests
 get a server through a ``<name>_server`` fixture; :data:`SERVERS` lists the
-configurations. Each server's output is drained on a thread (a full pipe would
-block its logging) and kept for failure messages.
+configurations. Every server runs the engine that ``--engine-type NAME`` names
+(default ``default``), so an engine plugin runs this same suite
+(:mod:`lmcache_core.testing.engine_suite`). Each server's output is drained on a
+thread (a full pipe would block its logging) and kept for failure messages.
 
 The reaping test needs a worker that pinged once and then stayed silent for 30 s:
 :class:`SilentWorker` does that on a thread from the start of the session, and
@@ -32,6 +34,7 @@ import pytest
 from lmcache_core.client import MPClient
 from lmcache_core.client.cpu_worker import CpuKVWorker
 from lmcache_core.protocol.types import EngineDrivenRegistration
+from lmcache_core.testing.engine_suite import engine_server_args
 from lmcache_core.transfer.cpu_shm import SHM_DIR
 from lmcache_core.transfer.layout import KVLayout
 from tests.data_path.kv import CHUNK, make_layout
@@ -252,16 +255,23 @@ class SilentWorker:
 
 
 class ServerPool:
-    """The session's servers, launched together, stopped together."""
+    """The session's servers, launched together, stopped together.
 
-    def __init__(self) -> None:
+    Args:
+        engine: The engine every server runs (``--engine-type``; see
+            :mod:`lmcache_core.testing.engine_suite`).
+    """
+
+    def __init__(self, engine: str) -> None:
+        self.engine = engine
         self.servers: dict[str, Server] = {}
         self.silent_worker: SilentWorker | None = None
 
     def launch(self, name: str) -> Server:
         """Start the server ``name`` unless it runs already."""
         if name not in self.servers:
-            self.servers[name] = Server(name, SERVERS[name])
+            args = (*engine_server_args(self.engine), *SERVERS[name])
+            self.servers[name] = Server(name, args)
         return self.servers[name]
 
     def get(self, name: str) -> Server:
@@ -304,23 +314,28 @@ def _kv_segments() -> set[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the slow data-path tests last: their waiting overlaps the others."""
+    """Run the marked-slow data-path tests last, and mark every server-using one slow.
+
+    The ones marked in their module (reaping) go last: their waiting overlaps the
+    others. Every test that uses a server of the pool is then marked ``slow`` too,
+    so ``pytest -m "not slow"`` leaves the servers unstarted.
+    """
     here = Path(__file__).parent
-    slow = [
-        item
-        for item in items
-        if here in Path(str(item.path)).parents and item.get_closest_marker("slow") is not None
-    ]
+    ours = [item for item in items if here in Path(str(item.path)).parents]
+    slow = [item for item in ours if item.get_closest_marker("slow") is not None]
     if slow:
         chosen = set(map(id, slow))
         items[:] = [item for item in items if id(item) not in chosen] + slow
+    for item in ours:
+        if "server_pool" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
-def server_pool(request: pytest.FixtureRequest) -> Iterator[ServerPool]:
-    """Every server the selected tests use, launched in parallel up front."""
+def server_pool(request: pytest.FixtureRequest, engine_type: str) -> Iterator[ServerPool]:
+    """Every server the selected tests use, launched in parallel up front (``engine_type``)."""
     fixtures = {name for item in request.session.items for name in item.fixturenames}
-    pool = ServerPool()
+    pool = ServerPool(engine_type)
     for name in SERVERS:
         if f"{name}_server" in fixtures:
             pool.launch(name)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.server_process import running_server
+
+# Starts real servers (seconds each): outside the quick loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 BASE = ("--l1-size-gb", "0.25", "--eviction-policy", "LRU")
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.observability.request_flow import obs_server, run_request
+
+# Starts real servers (seconds each): outside the quick loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 def test_debug_level_logs_the_request_events() -> None:

@@ -6,10 +6,14 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 
 from lmcache_core.hashing import chunk_hashes, make_hasher
 from tests.data_path.kv import CHUNK
 from tests.observability.request_flow import obs_server, run_request
+
+# Starts real servers (seconds each): outside the quick loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 def test_lookups_are_logged_with_the_servers_chunk_hashes(tmp_path: Path) -> None:

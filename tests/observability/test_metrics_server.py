@@ -26,6 +26,9 @@ from lmcache_core.client.cpu_worker import CpuKVWorker
 from tests.data_path.kv import CHUNK, fresh_tokens, lookup, make_layout, randomize, request_id
 from tests.server_process import free_port, server_on_free_ports, start_server
 
+# Starts real servers (seconds each): outside the quick loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

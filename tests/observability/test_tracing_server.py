@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
-from tests.observability.otlp_receiver import otlp_trace_receiver
+from lmcache_core.testing.otlp_receiver import otlp_trace_receiver
 from tests.observability.request_flow import obs_server, run_request
+
+# Starts real servers (seconds each): outside the quick loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 def test_a_request_is_exported_as_a_span_tree() -> None:

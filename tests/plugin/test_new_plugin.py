@@ -102,7 +102,9 @@ def test_a_generated_plugin_passes_its_own_tests(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed" in result.stdout
+    # Its own test plus the core's eviction conformance suite, which the skeleton subclasses.
+    passed = int(result.stdout.rsplit(" passed", 1)[0].split()[-1])
+    assert passed > 10, result.stdout
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from lmcache_core.storage.eviction import (
 )
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.quota import GIB, QuotaManager
+from lmcache_core.testing.eviction_conformance import EvictionPolicyConformance
 from lmcache_core.testing.plugin_checks import assert_registered_plugin, readme_adapter_examples
 
 
@@ -107,16 +108,6 @@ def test_removal_forgets_keys_and_empty_salts() -> None:
     policy.on_removed(chunks("unknown", 2, "nope"))  # ignored
 
 
-def test_limits_come_from_the_quota_manager() -> None:
-    quotas = QuotaManager()
-    policy = IsolatedLRUEvictionPolicy(quotas)
-    assert policy.limit_bytes("alice") == 0  # no quota: allowlist semantics
-    quotas.set_limit("alice", 0.5)
-    assert policy.limit_bytes("alice") == GIB // 2
-    quotas.remove("alice")
-    assert policy.limit_bytes("alice") == 0
-
-
 def test_quota_targets_of_the_policy() -> None:
     quotas = QuotaManager()
     quotas.set_limit("big", 1.0)
@@ -142,3 +133,13 @@ def test_the_readme_example_is_a_valid_adapter_with_isolated_lru() -> None:
         eviction = config.eviction  # type: ignore[attr-defined]
         policy = registry.resolve(PluginKind.EVICTION_POLICY, eviction.eviction_policy)
         assert policy.name == "IsolatedLRU"
+
+
+class TestIsolatedLRUConformance(EvictionPolicyConformance):
+    """The shared rules of the eviction contract, the isolated ones included."""
+
+    def make_policy(self, settings: EvictionSettings) -> EvictionPolicy:
+        registry = PluginRegistry(strict=True)
+        policy = registry.build(PluginKind.EVICTION_POLICY, "IsolatedLRU", settings)
+        assert isinstance(policy, IsolatedEvictionPolicy)
+        return policy

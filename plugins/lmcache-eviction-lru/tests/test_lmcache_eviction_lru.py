@@ -8,6 +8,7 @@ from lmcache_core.plugin import PluginKind
 from lmcache_core.plugin.registry import PluginRegistry
 from lmcache_core.storage.eviction import EvictionPolicy, EvictionSettings
 from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.testing.eviction_conformance import EvictionPolicyConformance
 
 SETTINGS = EvictionSettings(trigger_watermark=0.8, eviction_ratio=0.2, capacity_bytes=1 << 30)
 
@@ -21,8 +22,9 @@ def names(keys: object) -> list[str]:
     return [k.chunk_hash.decode() for k in keys]  # type: ignore[attr-defined]
 
 
-def test_registered_and_built_through_the_registry() -> None:
-    registry = PluginRegistry(strict=True)
+def test_registered_and_built_through_the_registry(plugin_registry: PluginRegistry) -> None:
+    # plugin_registry: the strict registry fixture lmcache-core's pytest plugin provides.
+    registry = plugin_registry
     spec = registry.resolve(PluginKind.EVICTION_POLICY, "LRU")
     assert spec.name == "LRU"
     assert spec.not_implemented is None
@@ -39,12 +41,6 @@ def test_registered_and_built_through_the_registry() -> None:
 def test_resolves_in_other_spellings() -> None:
     spec = PluginRegistry(strict=True).resolve(PluginKind.EVICTION_POLICY, "lru")
     assert spec.name == "LRU"
-
-
-def test_later_chunks_of_a_batch_go_first() -> None:
-    policy = LRUEvictionPolicy()
-    policy.on_stored(chunks("c", 3))
-    assert names(policy.candidates()) == ["c2", "c1", "c0"]
 
 
 def test_least_recent_batch_goes_first() -> None:
@@ -73,58 +69,6 @@ def test_storing_a_tracked_key_again_refreshes_it() -> None:
     assert len(policy) == 3
 
 
-def test_unknown_keys_are_ignored() -> None:
-    policy = LRUEvictionPolicy()
-    policy.on_stored(chunks("a", 1))
-    policy.on_accessed(chunks("x", 2))  # not tracked: not started by an access
-    policy.on_removed(chunks("y", 2))
-    assert names(policy.candidates()) == ["a0"]
-    assert chunks("x", 1)[0] not in policy
-
-
-def test_removed_keys_are_no_longer_candidates() -> None:
-    policy = LRUEvictionPolicy()
-    a = chunks("a", 4)
-    policy.on_stored(a)
-    policy.on_removed([a[3], a[1]])
-    assert names(policy.candidates()) == ["a2", "a0"]
-
-
-def test_candidates_survive_removal_during_and_after_iteration() -> None:
-    policy = LRUEvictionPolicy()
-    keys = chunks("k", 200)
-    policy.on_stored(keys)
-    expected = list(reversed(keys))
-    # The controller's pattern: iterate, stop early, then remove what it took.
-    iterator = policy.candidates()
-    taken = [next(iterator) for _ in range(10)]
-    policy.on_removed(taken)
-    assert taken == expected[:10]
-    # Removing between next() calls (skipping every third key, as if locked).
-    seen = []
-    for index, candidate in enumerate(policy.candidates()):
-        seen.append(candidate)
-        if index % 3:
-            policy.on_removed([candidate])
-    assert seen == expected[10:]
-    assert list(policy.candidates()) == expected[10::3]
-
-
-def test_keys_moved_or_added_during_iteration_are_yielded_at_most_once() -> None:
-    policy = LRUEvictionPolicy()
-    a, b = chunks("a", 50), chunks("b", 50)
-    policy.on_stored(a)
-    seen = []
-    for candidate in policy.candidates():
-        seen.append(candidate)
-        if len(seen) == 5:
-            policy.on_accessed(a[:10])  # moves some unseen keys to the end
-            policy.on_stored(b)
-    assert len(seen) == len(set(seen))
-    assert set(seen) <= set(a) | set(b)
-    assert set(a) - set(seen) == set()
-
-
 def test_large_batches_stay_cheap() -> None:
     policy = LRUEvictionPolicy()
     keys = chunks("z", 50_000)
@@ -134,3 +78,12 @@ def test_large_batches_stay_cheap() -> None:
     assert first == keys[-1]
     policy.on_removed(keys)
     assert len(policy) == 0
+
+
+class TestLRUConformance(EvictionPolicyConformance):
+    """The shared rules of the eviction contract (lmcache_core.testing)."""
+
+    def make_policy(self, settings: EvictionSettings) -> EvictionPolicy:
+        policy = PluginRegistry(strict=True).build(PluginKind.EVICTION_POLICY, "LRU", settings)
+        assert isinstance(policy, EvictionPolicy)
+        return policy

@@ -7,7 +7,7 @@ from lmcache_eviction_noop.policy import NoopEvictionPolicy
 from lmcache_core.plugin import PluginKind
 from lmcache_core.plugin.registry import PluginRegistry
 from lmcache_core.storage.eviction import EvictionPolicy, EvictionSettings
-from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.testing.eviction_conformance import EvictionPolicyConformance
 
 SETTINGS = EvictionSettings(trigger_watermark=0.8, eviction_ratio=0.2, capacity_bytes=1 << 30)
 
@@ -30,12 +30,12 @@ def test_resolves_in_other_spellings() -> None:
     assert spec.name == "noop"
 
 
-def test_never_offers_a_candidate() -> None:
-    policy = NoopEvictionPolicy()
-    keys = [ObjectKey(bytes([i]), "model", 0) for i in range(10)]
-    assert list(policy.candidates()) == []
-    policy.on_stored(keys)
-    policy.on_accessed(keys[:3])
-    assert list(policy.candidates()) == []
-    policy.on_removed(keys)
-    assert list(policy.candidates()) == []
+class TestNoopConformance(EvictionPolicyConformance):
+    """The shared rules of the eviction contract, for a policy that never evicts."""
+
+    offers_candidates = False
+
+    def make_policy(self, settings: EvictionSettings) -> EvictionPolicy:
+        policy = PluginRegistry(strict=True).build(PluginKind.EVICTION_POLICY, "noop", settings)
+        assert isinstance(policy, EvictionPolicy)
+        return policy

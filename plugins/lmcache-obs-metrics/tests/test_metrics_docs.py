@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lmcache_core.observability.events import EventType
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]  # the checkout: plugins/<dist>/tests/<file>
 PAGE = ROOT / "docs" / "observability.md"
 DASHBOARD = ROOT / "docs" / "grafana" / "lmcache-dashboard.json"
 NAME = re.compile(r"^[a-z_][a-z0-9_]*$")

@@ -1,5 +1,8 @@
 """A real OTLP gRPC trace receiver for tests: collects the spans it is sent.
 
+Needs ``grpcio`` and ``opentelemetry-proto`` (test dependencies: declare them in the
+``test`` extra of a plugin whose tests use it).
+
 It implements ``opentelemetry.proto.collector.trace.v1.TraceService/Export`` with
 ``grpcio`` on a free local port, as a collector would, and keeps every span with
 its resource attributes so tests can check names, parents and attributes of what
@@ -59,6 +62,7 @@ class OtlpTraceReceiver:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
+        """Keep the spans of one export request."""
         received = []
         for resource_spans in request.resource_spans:
             resource = {a.key: plain(a.value) for a in resource_spans.resource.attributes}
@@ -98,7 +102,7 @@ class OtlpTraceReceiver:
         return self.snapshot()
 
 
-class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, receiver: OtlpTraceReceiver) -> None:
         self.receiver = receiver
 
@@ -114,7 +118,9 @@ def otlp_trace_receiver() -> Iterator[OtlpTraceReceiver]:
     """A running receiver on a free port of 127.0.0.1; ``endpoint`` is its ``http://`` URL."""
     receiver = OtlpTraceReceiver()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(receiver), server)
+    # The generated gRPC module has no annotations.
+    add_servicer = trace_service_pb2_grpc.add_TraceServiceServicer_to_server
+    add_servicer(_TraceService(receiver), server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     receiver.endpoint = f"http://127.0.0.1:{port}"

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from lmcache_core.observability.events import Event, EventType
-from tests.observability.otlp_receiver import otlp_trace_receiver
+from lmcache_core.testing.otlp_receiver import otlp_trace_receiver
 
 T0 = 1_700_000_000.0
 IDENT = {"request_id": "r1", "model_name": "m", "cache_salt": ""}
