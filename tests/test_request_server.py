@@ -11,6 +11,7 @@ import pytest
 import zmq
 
 from lmcache_core.client import AsyncMPClient, CallTimeout, MPClient
+from lmcache_core.engine.contract import RequestContext
 from lmcache_core.errors import StartupError
 from lmcache_core.protocol.errors import (
     BadRequestError,
@@ -19,7 +20,7 @@ from lmcache_core.protocol.errors import (
     ServerInternalError,
     UnknownOperationError,
 )
-from lmcache_core.server.request_server import RequestContext, RequestServer
+from lmcache_core.server.request_server import RequestServer
 from tests.server_process import free_port
 
 

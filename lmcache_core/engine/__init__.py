@@ -19,6 +19,6 @@ These are public: a second engine (the blend engines) builds on them.
 
 from __future__ import annotations
 
-from lmcache_core.engine.contract import Engine, EngineContext, Handler
+from lmcache_core.engine.contract import Engine, EngineContext, Handler, RequestContext
 
-__all__ = ["Engine", "EngineContext", "Handler"]
+__all__ = ["Engine", "EngineContext", "Handler", "RequestContext"]

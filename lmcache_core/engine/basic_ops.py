@@ -16,7 +16,7 @@ from lmcache_core.protocol.types import BlockAllocationRecord
 from lmcache_core.storage.l1 import L1Manager
 
 if TYPE_CHECKING:
-    from lmcache_core.server.request_server import RequestContext
+    from lmcache_core.engine.contract import RequestContext
 
 logger = logging.getLogger("lmcache.engine")
 

@@ -24,6 +24,20 @@ from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.tier import L2Tier
 
 Handler = Callable[..., Any]
+"""``handler(request_context, *args)``: one operation of an engine."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Who sent a request: handlers use it for affinity and bookkeeping.
+
+    Attributes:
+        client: The sender's ZeroMQ identity.
+        op: The operation's name.
+    """
+
+    client: bytes
+    op: str
 
 
 @dataclass

@@ -30,7 +30,7 @@ from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.tier import L2Tier, PrefetchResult
 
 if TYPE_CHECKING:
-    from lmcache_core.server.request_server import RequestContext
+    from lmcache_core.engine.contract import RequestContext
 
 MAX_WAIT_SECONDS = 60.0
 """The longest ``wait_prefetch_status`` waits, whatever the client asks."""

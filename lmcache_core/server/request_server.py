@@ -23,6 +23,7 @@ from typing import Any
 
 import zmq
 
+from lmcache_core.engine.contract import Handler, RequestContext
 from lmcache_core.errors import StartupError
 from lmcache_core.lifecycle import Health
 from lmcache_core.protocol.codec import ProtocolError, ServerCodec, decode_op
@@ -37,17 +38,6 @@ STUCK_AFTER_SECONDS = 5.0
 """The loop beats every poll interval; silence this long means it is stuck."""
 MAX_MESSAGE_BYTES = 2 << 30
 QUEUE_DEPTH = 1024
-
-
-@dataclass(frozen=True)
-class RequestContext:
-    """Who sent a request: handlers use it for affinity and bookkeeping."""
-
-    client: bytes
-    op: str
-
-
-Handler = Callable[..., Any]
 
 
 @dataclass

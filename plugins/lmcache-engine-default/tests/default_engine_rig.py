@@ -18,6 +18,7 @@ from lmcache_engine_default.engine import DefaultEngine, build_engine
 from lmcache_core.config.loading import load_config
 from lmcache_core.config.resolution import Selection
 from lmcache_core.engine import EngineContext
+from lmcache_core.engine.contract import RequestContext
 from lmcache_core.engine.token_cache import TokenHashCache
 from lmcache_core.hashing import make_hasher
 from lmcache_core.observability.bus import EventBus
@@ -29,7 +30,6 @@ from lmcache_core.plugin.specs import (
     StorePolicySpec,
 )
 from lmcache_core.protocol.types import EngineDrivenRegistration, WireCacheKey
-from lmcache_core.server.request_server import RequestContext
 from lmcache_core.storage.arena import Arena
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l1 import L1Manager

@@ -35,7 +35,7 @@ from lmcache_engine_default.transport import Transport
 from lmcache_engine_default.workers import EngineDrivenWorker, WorkerTable
 
 if TYPE_CHECKING:
-    from lmcache_core.server.request_server import RequestContext
+    from lmcache_core.engine.contract import RequestContext
 
 
 class EngineDrivenTransfers:

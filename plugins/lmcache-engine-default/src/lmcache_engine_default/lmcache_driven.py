@@ -28,7 +28,7 @@ from lmcache_engine_default.store_completion import StoreCompletion
 from lmcache_engine_default.workers import MappedWorker, WorkerTable, map_worker
 
 if TYPE_CHECKING:
-    from lmcache_core.server.request_server import RequestContext
+    from lmcache_core.engine.contract import RequestContext
 
 logger = logging.getLogger("lmcache.engine")
 
