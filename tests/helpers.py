@@ -266,3 +266,32 @@ def run_subprocess(*args: str, env: dict[str, str] | None = None, timeout: float
         check=False,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def app_without_data_path(values: dict[str, Any], registry: Any) -> Any:
+    """The HTTP app of a server whose data path is not built: its routes, nothing running.
+
+    Args:
+        values: ``load_config`` field values.
+        registry: The plugin registry to resolve the configuration against.
+    """
+    from lmcache_core.config.loading import load_config
+    from lmcache_core.config.resolution import resolve_plugins
+    from lmcache_core.http.app import create_app
+    from lmcache_core.lifecycle import Lifecycle
+    from lmcache_core.observability.bus import EventBus
+    from lmcache_core.server.startup import StartupReport
+    from lmcache_core.state import ServerContext, ServerState
+
+    config = load_config(values)
+    bus = EventBus(enabled=False)
+    context = ServerContext(
+        config=config,
+        registry=registry,
+        selection=resolve_plugins(config, registry),
+        report=StartupReport(),
+        bus=bus,
+        lifecycle=Lifecycle([]),
+        state=ServerState(config, bus, None),
+    )
+    return create_app(context)

@@ -21,16 +21,10 @@ import pytest
 
 from lmcache_core.client import MPClient
 from lmcache_core.client.cpu_worker import CpuKVWorker
-from lmcache_core.config.loading import load_config
-from lmcache_core.config.resolution import resolve_plugins
-from lmcache_core.http.app import create_app
-from lmcache_core.lifecycle import Lifecycle
-from lmcache_core.observability.bus import EventBus
 from lmcache_core.plugin.registry import PluginRegistry
 from lmcache_core.protocol.types import CacheKey
-from lmcache_core.server.startup import StartupReport
-from lmcache_core.state import ServerContext, ServerState
 from tests.data_path.kv import make_layout
+from tests.helpers import app_without_data_path
 from tests.server_process import clean_env, server_on_free_ports
 
 # Starts real servers (seconds each): outside the quick loop, `pytest -m "not slow"`.
@@ -500,19 +494,7 @@ PUT or DELETE."""
 def test_no_get_route_mutates(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("LMCACHE_HTTP_ADMIN_TOKEN", "LMCACHE_L2_ADAPTER"):
         monkeypatch.delenv(name, raising=False)
-    config = load_config({"l1_size_gb": 0.01, "eviction_policy": "LRU"})
-    registry = PluginRegistry()
-    bus = EventBus(enabled=False)
-    context = ServerContext(
-        config=config,
-        registry=registry,
-        selection=resolve_plugins(config, registry),
-        report=StartupReport(),
-        bus=bus,
-        lifecycle=Lifecycle([]),
-        state=ServerState(config, bus, None),
-    )
-    app = create_app(context)
+    app = app_without_data_path({"l1_size_gb": 0.01, "eviction_policy": "LRU"}, PluginRegistry())
     # Routes of included routers are only reachable through the OpenAPI description in
     # this FastAPI; the app's own routes (the docs pages) are listed directly.
     methods: dict[str, set[str]] = {}

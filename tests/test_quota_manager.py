@@ -281,27 +281,11 @@ def test_l2_quota_eviction_works_without_and_with_a_capacity() -> None:
 
 
 def test_the_quota_api_answers_503_before_the_data_path_runs() -> None:
-    from lmcache_core.config.loading import load_config
-    from lmcache_core.config.resolution import resolve_plugins
-    from lmcache_core.http.app import create_app
-    from lmcache_core.lifecycle import Lifecycle
-    from lmcache_core.observability.bus import EventBus
-    from lmcache_core.server.startup import StartupReport
-    from lmcache_core.state import ServerContext, ServerState
+    from tests.helpers import app_without_data_path
 
     registry = PluginRegistry(strict=True)
-    config = load_config({"l1_size_gb": 1, "eviction_policy": "IsolatedLRU"})
-    bus = EventBus(enabled=False)
-    context = ServerContext(
-        config=config,
-        registry=registry,
-        selection=resolve_plugins(config, registry),
-        report=StartupReport(),
-        bus=bus,
-        lifecycle=Lifecycle([]),
-        state=ServerState(config, bus, None),
-    )
-    with TestClient(create_app(context)) as client:
+    app = app_without_data_path({"l1_size_gb": 1, "eviction_policy": "IsolatedLRU"}, registry)
+    with TestClient(app) as client:
         for method, path in [("GET", "/quota"), ("GET", "/quota/a"), ("DELETE", "/quota/a")]:
             response = client.request(method, path)
             assert response.status_code == 503, (method, path)
