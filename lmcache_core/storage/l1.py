@@ -31,7 +31,6 @@ freed (until their TTL expires).
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -42,7 +41,7 @@ import torch
 from lmcache_core.observability.events import EventType, count_per_salt
 from lmcache_core.storage.allocator import Allocator, align_down
 from lmcache_core.storage.arena import Arena
-from lmcache_core.storage.errors import L1ClosedError, L1FullError, ReservationExpired
+from lmcache_core.storage.errors import L1ClosedError
 from lmcache_core.storage.eviction import EvictionPolicy, IsolatedEvictionPolicy
 from lmcache_core.storage.keys import ObjectKey, prefix_chunks
 from lmcache_core.storage.l1_controller import L1Controller
@@ -54,6 +53,7 @@ from lmcache_core.storage.l1_objects import (
     SharedSegment,
     Stage,
 )
+from lmcache_core.storage.l1_staging import Staging
 from lmcache_core.storage.read_grants import ReadGrants
 
 if TYPE_CHECKING:
@@ -128,11 +128,10 @@ class L1Manager:
         self._changed = threading.Condition(self._lock)  # see wait_resident
         self._waiters = 0  # threads in wait_resident: commits notify only when some wait
         self._resident: dict[ObjectKey, ResidentObject] = {}
-        self._staged: dict[ObjectKey, Stage] = {}
+        self._staging = Staging(write_ttl_s, self._base, self._stage_dropped)
+        self._staged = self._staging.staged  # the same table (tests check it)
         self._grants: ReadGrants[ObjectKey, ResidentObject] = ReadGrants(read_ttl_s)
         self._salt_bytes: dict[str, int] = {}  # resident bytes (aligned) per cache_salt
-        self._stage_deadline = math.inf  # lower bound of every stage deadline
-        self._serial = 0
         self._closed = False
         self._eviction = L1Eviction(
             policy,
@@ -176,28 +175,21 @@ class L1Manager:
             now = self._clock()
             fresh: list[int] = []
             seen: set[ObjectKey] = set()
+            staged = self._staged
             for index, key in enumerate(keys):
                 if key in seen or key in self._resident:
                     continue
-                stage = self._staged.get(key)
+                stage = staged.get(key)
                 if stage is not None:
                     if stage.deadline > now:
                         continue
                     # The writer is gone (its TTL ran out): reclaim for the new writer.
-                    self._drop_stage(key, stage)
+                    self._staging.drop(key, stage)
                 seen.add(key)
                 fresh.append(index)
-            if not fresh:
-                return result
-            offsets = self._allocate(len(fresh), nbytes, now)
-            deadline = now + self.write_ttl_s
-            for index, alloc_offset in zip(fresh, offsets, strict=True):
-                self._serial += 1
-                key = keys[index]
-                reservation = Reservation(key, self._base + alloc_offset, nbytes, self._serial)
-                self._staged[key] = Stage(reservation, alloc_offset, deadline)
-                result[index] = reservation
-            self._stage_deadline = min(self._stage_deadline, deadline)
+            if fresh:
+                offsets = self._eviction.allocate(self._allocator, len(fresh), nbytes, now)
+                self._staging.add(keys, fresh, offsets, nbytes, now, result)
         return result
 
     def renew(self, reservations: Sequence[Reservation]) -> bool:
@@ -211,19 +203,7 @@ class L1Manager:
             expired or was aborted (then none is renewed).
         """
         with self._lock:
-            now = self._clock()
-            stages = [self._staged.get(r.key) for r in reservations]
-            if any(
-                stage is None or stage.reservation.serial != r.serial or stage.deadline <= now
-                for stage, r in zip(stages, reservations, strict=True)
-            ):
-                return False
-            deadline = now + self.write_ttl_s
-            for stage in stages:
-                assert stage is not None
-                stage.deadline = deadline
-            self._stage_deadline = min(self._stage_deadline, deadline)
-            return True
+            return self._staging.renew(reservations, self._clock())
 
     def commit(
         self, reservations: Sequence[Reservation], *, readers: int = 0, temporary: bool = False
@@ -250,23 +230,12 @@ class L1Manager:
             raise ValueError("a temporary commit needs readers >= 1; readers must be >= 0")
         with self._lock:
             now = self._clock()
-            gone: list[ObjectKey] = []
-            batch: dict[ObjectKey, Stage] = {}
-            for reservation in reservations:
-                stage = self._staged.get(reservation.key)
-                if stage is None or stage.reservation.serial != reservation.serial:
-                    gone.append(reservation.key)
-                elif stage.deadline <= now:
-                    gone.append(reservation.key)
-                    self._drop_stage(reservation.key, stage)
-                else:
-                    batch[reservation.key] = stage
-            if gone:
-                raise ReservationExpired(gone)
+            batch = self._staging.committable(reservations, now)
             deadline = now + self.read_ttl_s
             grant = self._grants.grant
+            staged = self._staged
             for key, stage in batch.items():
-                del self._staged[key]
+                del staged[key]
                 obj = ResidentObject(
                     stage.reservation.offset, stage.alloc_offset, stage.reservation.nbytes
                 )
@@ -290,14 +259,8 @@ class L1Manager:
         Returns:
             How many were freed.
         """
-        freed = 0
         with self._lock:
-            for reservation in reservations:
-                stage = self._staged.get(reservation.key)
-                if stage is not None and stage.reservation.serial == reservation.serial:
-                    self._drop_stage(reservation.key, stage)
-                    freed += 1
-        return freed
+            return self._staging.abort(reservations)
 
     def buffer(self, res_or_offset: Reservation | int, nbytes: int | None = None) -> torch.Tensor:
         """The bytes of a reservation (or of ``nbytes`` at an arena offset), as a view.
@@ -549,11 +512,7 @@ class L1Manager:
         with self._lock:
             now = self._clock()
             count = self._delete_locked(list(self._resident), force)
-            for key, stage in list(self._staged.items()):
-                if stage.deadline <= now:
-                    self._drop_stage(key, stage)
-                    count += 1
-            return count
+            return count + self._staging.drop_expired(now)
 
     def expire(self, now: float | None = None) -> int:
         """Drop expired read-lock grants and expired reservations.
@@ -568,18 +527,9 @@ class L1Manager:
         """
         with self._lock:
             now = self._clock() if now is None else now
-            if now < self._stage_deadline and now < self._grants.next_deadline:
+            if now < self._staging.next_deadline and now < self._grants.next_deadline:
                 return 0  # the common case: nothing can have expired yet
-            expired = 0
-            stage_deadline = math.inf
-            for key, stage in list(self._staged.items()):
-                if stage.deadline <= now:
-                    logger.warning("L1 reservation of %r expired before commit", key)
-                    self._drop_stage(key, stage)
-                    expired += 1
-                else:
-                    stage_deadline = min(stage_deadline, stage.deadline)
-            self._stage_deadline = stage_deadline
+            expired = self._staging.drop_expired(now, warn=True)
             freed: list[ObjectKey] = []
 
             def free_temporary(key: ObjectKey, obj: ResidentObject) -> bool:
@@ -718,30 +668,6 @@ class L1Manager:
         if self._closed:
             raise L1ClosedError("the L1 manager is closed")
 
-    def _allocate(self, count: int, nbytes: int, now: float) -> list[int]:
-        """``count`` extents of ``nbytes``: allocate, else grow, else evict, else raise."""
-        allocator = self._allocator
-        sizes = [nbytes] * count
-        offsets = allocator.allocate_batch(sizes)
-        if offsets is not None:
-            return offsets
-        need = count * allocator.aligned(nbytes)
-        if need > allocator.capacity:
-            raise L1FullError(need, allocator.free_bytes, "larger than the whole L1")
-        if allocator.limit < allocator.capacity:
-            allocator.grow_to(allocator.limit + need)
-            offsets = allocator.allocate_batch(sizes)
-            if offsets is not None:
-                return offsets
-        offsets = self._eviction.make_room(allocator, sizes, now)
-        if offsets is None:
-            raise L1FullError(
-                need,
-                allocator.free_bytes,
-                "the rest is read-locked, staged, or not offered by the eviction policy",
-            )
-        return offsets
-
     def _evict(self, keys: list[ObjectKey]) -> None:
         if not keys:
             return
@@ -789,7 +715,6 @@ class L1Manager:
             del self._salt_bytes[salt]  # only salts present in L1 stay in the table
         self._allocator.free(obj.alloc_offset)
 
-    def _drop_stage(self, key: ObjectKey, stage: Stage) -> None:
-        del self._staged[key]
+    def _stage_dropped(self, stage: Stage) -> None:
         self._allocator.free(stage.alloc_offset)
         self._wake_waiters()  # a waiter for this key gives up: nobody writes it now

@@ -1,4 +1,4 @@
-"""Which L1 objects to evict: policy order, never a read-locked or staged one.
+"""Room for new L1 objects: allocate, grow, or evict (policy order, never a locked or staged one).
 
 :class:`L1Eviction` chooses victims for the three reasons L1 evicts (a batch
 that does not fit, usage above the watermark, a salt over its quota) and hands
@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterator
 
 from lmcache_core.storage.allocator import Allocator
+from lmcache_core.storage.errors import L1FullError
 from lmcache_core.storage.eviction import (
     EvictionPolicy,
     IsolatedEvictionPolicy,
@@ -59,6 +60,33 @@ class L1Eviction:
     def triggered(self, used_bytes: int) -> bool:
         """Whether usage is above the watermark."""
         return used_bytes > self.trigger_watermark * self.capacity_bytes
+
+    def allocate(self, allocator: Allocator, count: int, nbytes: int, now: float) -> list[int]:
+        """``count`` extents of ``nbytes``: allocate, else grow, else evict, else raise.
+
+        Raises:
+            L1FullError: They do not fit even after every eviction allowed.
+        """
+        sizes = [nbytes] * count
+        offsets = allocator.allocate_batch(sizes)
+        if offsets is not None:
+            return offsets
+        need = count * allocator.aligned(nbytes)
+        if need > allocator.capacity:
+            raise L1FullError(need, allocator.free_bytes, "larger than the whole L1")
+        if allocator.limit < allocator.capacity:
+            allocator.grow_to(allocator.limit + need)
+            offsets = allocator.allocate_batch(sizes)
+            if offsets is not None:
+                return offsets
+        offsets = self.make_room(allocator, sizes, now)
+        if offsets is None:
+            raise L1FullError(
+                need,
+                allocator.free_bytes,
+                "the rest is read-locked, staged, or not offered by the eviction policy",
+            )
+        return offsets
 
     def make_room(self, allocator: Allocator, sizes: list[int], now: float) -> list[int] | None:
         """Evict just enough, in policy order, for ``sizes`` to fit, and allocate them.
