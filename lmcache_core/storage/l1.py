@@ -30,13 +30,10 @@ freed (until their TTL expires).
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
-
-import torch
 
 from lmcache_core.observability.events import EventType, count_per_salt
 from lmcache_core.storage.allocator import Allocator, align_down
@@ -54,6 +51,7 @@ from lmcache_core.storage.l1_objects import (
     Stage,
 )
 from lmcache_core.storage.l1_staging import Staging
+from lmcache_core.storage.l1_views import ArenaViews
 from lmcache_core.storage.read_grants import ReadGrants
 
 if TYPE_CHECKING:
@@ -61,10 +59,8 @@ if TYPE_CHECKING:
 
 __all__ = ["L1Controller", "L1Manager", "L1Usage", "Reservation", "SharedSegment"]
 
-logger = logging.getLogger("lmcache.storage")
 
-
-class L1Manager:
+class L1Manager(ArenaViews):
     """The L1 memory tier: a thread-safe table of objects in one arena.
 
     Args:
@@ -262,18 +258,6 @@ class L1Manager:
         with self._lock:
             return self._staging.abort(reservations)
 
-    def buffer(self, res_or_offset: Reservation | int, nbytes: int | None = None) -> torch.Tensor:
-        """The bytes of a reservation (or of ``nbytes`` at an arena offset), as a view.
-
-        Raises:
-            ValueError: An offset without ``nbytes``, or a range outside the arena.
-        """
-        if isinstance(res_or_offset, Reservation):
-            return self.arena.view(res_or_offset.offset, res_or_offset.nbytes)
-        if nbytes is None:
-            raise ValueError("buffer(offset) needs nbytes")
-        return self.arena.view(res_or_offset, nbytes)
-
     # -- reads --------------------------------------------------------------------
 
     def contains(self, keys: Sequence[ObjectKey]) -> list[bool]:
@@ -383,50 +367,6 @@ class L1Manager:
                     self._changed.wait(left)
                 finally:
                     self._waiters -= 1
-
-    def shared_segment(self) -> SharedSegment | None:
-        """The shared-memory segment other processes map to reach L1 objects.
-
-        Returns:
-            Its name and size, or None when L1 is private memory (objects must
-            then travel inline).
-        """
-        name = self.arena.shm_name
-        return SharedSegment(name, self.arena.size_bytes) if name else None
-
-    def offsets(self, keys: Sequence[ObjectKey]) -> list[int]:
-        """Byte offsets of resident objects in the arena (in :meth:`shared_segment`).
-
-        Hold a read lock while another process uses them.
-
-        Raises:
-            KeyError: A key is not resident.
-        """
-        with self._lock:
-            return [obj.offset for obj in map(self._resident.__getitem__, keys)]
-
-    def read_view(self, key: ObjectKey) -> torch.Tensor:
-        """The bytes of a resident object, as a uint8 view (no copy).
-
-        Hold a read lock while using it, or it may be evicted under you.
-
-        Raises:
-            KeyError: The key is not resident.
-        """
-        with self._lock:
-            obj = self._resident[key]
-            offset, nbytes = obj.offset, obj.nbytes
-        return self.arena.view(offset, nbytes)
-
-    def read_views(self, keys: Sequence[ObjectKey]) -> list[torch.Tensor]:
-        """:meth:`read_view` for a batch, under one acquisition of the lock.
-
-        Raises:
-            KeyError: A key is not resident.
-        """
-        with self._lock:
-            extents = [(obj.offset, obj.nbytes) for obj in map(self._resident.__getitem__, keys)]
-        return [self.arena.view(offset, nbytes) for offset, nbytes in extents]
 
     def unlock(self, keys: Sequence[ObjectKey], readers: int = 1) -> None:
         """Release up to ``readers`` read locks on each key (never below zero).
