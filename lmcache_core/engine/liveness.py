@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lmcache_core.background import BackgroundLoop
 from lmcache_core.lifecycle import Health
 
 logger = logging.getLogger("lmcache.server")
@@ -58,8 +59,13 @@ class Liveness:
         self._workers: dict[int, WorkerState] = {}
         self._reaped: OrderedDict[int, bool] = OrderedDict()  # id -> told to re-register
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._reaper = BackgroundLoop(
+            "worker reaper",
+            self.reap,
+            interval_s=min(reap_timeout / 4, 5.0) if reap_timeout > 0 else 5.0,
+            thread_name="lmcache-reaper",
+            log=logger,
+        )
         self.reaped_total = 0
 
     def registered(self, instance_id: int) -> None:
@@ -145,25 +151,16 @@ class Liveness:
 
     def start(self) -> None:
         """Run the reaper every quarter of the reap timeout (at most every 5 s)."""
-        if self.reap_timeout <= 0:
-            return
-        interval = min(self.reap_timeout / 4, 5.0)
-
-        def loop() -> None:
-            while not self._stop.wait(interval):
-                self.reap()
-
-        self._thread = threading.Thread(target=loop, name="lmcache-reaper", daemon=True)
-        self._thread.start()
+        if self.reap_timeout > 0:
+            self._reaper.start()
 
     def stop(self, timeout: float) -> None:
         """Stop the reaper."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._reaper.stop(timeout)
 
     def health(self) -> Health:
         """Healthy while the reaper runs (or reaping is disabled)."""
-        if self.reap_timeout > 0 and (self._thread is None or not self._thread.is_alive()):
-            return Health(False, "reaper stopped")
-        return Health(True, f"{len(self._workers)} workers")
+        detail = f"{len(self._workers)} workers"
+        if self.reap_timeout <= 0:
+            return Health(True, detail)
+        return self._reaper.health(detail, stopped="reaper stopped")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmcache_core.background import BackgroundLoop
 from lmcache_core.hashing import RequestHashes
 from lmcache_core.lifecycle import Health
 from lmcache_core.storage.keys import ObjectKey
@@ -125,8 +126,12 @@ class SessionTable:
         self._on_end = on_end
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._expiry = BackgroundLoop(
+            "session expiry",
+            self.expire,
+            interval_s=max(0.05, min(ttl_seconds / 4, 10.0)),
+            thread_name="lmcache-sessions",
+        )
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -182,21 +187,12 @@ class SessionTable:
             self._on_end(session, reason)
 
     def start(self) -> None:
-        """Expire idle sessions in the background."""
-        interval = max(0.05, min(self.ttl_seconds / 4, 10.0))
-
-        def loop() -> None:
-            while not self._stop.wait(interval):
-                self.expire()
-
-        self._thread = threading.Thread(target=loop, name="lmcache-sessions", daemon=True)
-        self._thread.start()
+        """Expire idle sessions in the background (every quarter TTL, 50 ms to 10 s)."""
+        self._expiry.start()
 
     def stop(self, timeout: float) -> None:
         """Stop expiring; end every session."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._expiry.stop(timeout)
         with self._lock:
             sessions = list(self._sessions.values())
             self._sessions.clear()
@@ -205,5 +201,4 @@ class SessionTable:
 
     def health(self) -> Health:
         """Healthy while the expiry thread runs."""
-        alive = self._thread is not None and self._thread.is_alive()
-        return Health(alive, f"{len(self._sessions)} sessions" if alive else "expiry stopped")
+        return self._expiry.health(f"{len(self._sessions)} sessions", stopped="expiry stopped")

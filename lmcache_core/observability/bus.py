@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from lmcache_core.background import BackgroundLoop, Wakeup
 from lmcache_core.lifecycle import Health
 from lmcache_core.observability.events import Event
 
@@ -86,9 +87,15 @@ class EventBus:
         self.stats = BusStats()
         self._queue: deque[Event] = deque()
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._wake = Wakeup()  # a threading.Event: publish's wake-up is one Event.set
+        self._drainer = BackgroundLoop(
+            "event bus drain",
+            self.drain,
+            interval_s=DRAIN_INTERVAL_SECONDS,
+            thread_name="lmcache-event-bus",
+            trigger=self._wake,
+            log=logger,
+        )
         self._subscribers: list[Subscriber] = []
         self._wanted: frozenset[str] | None = frozenset()
         self._last_drop_warning = 0.0
@@ -160,19 +167,13 @@ class EventBus:
 
     def start(self) -> None:
         """Start the drain thread (nothing when the bus is disabled)."""
-        if not self.enabled or self._thread is not None:
+        if not self.enabled or self._drainer.started:
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="lmcache-event-bus", daemon=True)
-        self._thread.start()
+        self._drainer.start()
 
     def stop(self, timeout: float) -> None:
         """Deliver what is queued, then close every subscriber."""
-        if self._thread is not None:
-            self._stop.set()
-            self._wake.set()
-            self._thread.join(timeout)
-            self._thread = None
+        self._drainer.stop(timeout)
         self.drain()
         for subscriber in self._subscribers:
             try:
@@ -184,12 +185,11 @@ class EventBus:
         """Healthy while the drain thread runs (or when the bus is disabled)."""
         if not self.enabled:
             return Health(True, "disabled (--disable-observability)")
-        alive = self._thread is not None and self._thread.is_alive()
         detail = (
             f"{len(self._subscribers)} subscribers, {self.queue_depth()} queued, "
             f"{self.stats.dropped} dropped"
         )
-        return Health(alive, detail if alive else f"drain thread stopped; {detail}")
+        return self._drainer.health(detail, stopped=f"drain thread stopped; {detail}")
 
     def status(self) -> dict[str, Any]:
         """Counters and subscribers for ``/status``."""
@@ -251,15 +251,6 @@ class EventBus:
                 errors[name],
                 exc,
             )
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(DRAIN_INTERVAL_SECONDS)
-            self._wake.clear()
-            try:
-                self.drain()
-            except Exception:  # pragma: no cover - _deliver already isolates subscribers
-                logger.exception("event bus drain failed")
 
 
 def _union(types: Iterable[frozenset[str] | None]) -> frozenset[str] | None:

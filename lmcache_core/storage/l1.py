@@ -30,139 +30,37 @@ freed (until their TTL expires).
 
 from __future__ import annotations
 
-import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
-
-import torch
 
 from lmcache_core.observability.events import EventType, count_per_salt
 from lmcache_core.storage.allocator import Allocator, align_down
 from lmcache_core.storage.arena import Arena
-from lmcache_core.storage.errors import L1ClosedError, L1FullError, ReservationExpired
-from lmcache_core.storage.eviction import (
-    EvictionPolicy,
-    IsolatedEvictionPolicy,
-    quota_eviction_targets,
-)
+from lmcache_core.storage.errors import L1ClosedError
+from lmcache_core.storage.eviction import EvictionPolicy, IsolatedEvictionPolicy
 from lmcache_core.storage.keys import ObjectKey, prefix_chunks
+from lmcache_core.storage.l1_controller import L1Controller
+from lmcache_core.storage.l1_eviction import L1Eviction
+from lmcache_core.storage.l1_objects import (
+    L1Usage,
+    Reservation,
+    ResidentObject,
+    SharedSegment,
+    Stage,
+)
+from lmcache_core.storage.l1_staging import Staging
+from lmcache_core.storage.l1_views import ArenaViews
+from lmcache_core.storage.read_grants import ReadGrants
 
 if TYPE_CHECKING:
     from lmcache_core.observability.bus import EventBus
 
-logger = logging.getLogger("lmcache.storage")
-
-# Grants taken within this fraction of the TTL of each other share one deadline
-# (the earlier one), which bounds the grant list of a hot key to about 100
-# entries however many readers come and go within one TTL.
-_GRANT_MERGE_FRACTION = 0.01
+__all__ = ["L1Controller", "L1Manager", "L1Usage", "Reservation", "SharedSegment"]
 
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """A staged object a writer fills, then commits or aborts.
-
-    Attributes:
-        key: The object's key.
-        offset: Byte offset of the object in the arena (the same in every process
-            that maps a shared-memory arena).
-        nbytes: The object's size as requested (its extent is aligned up).
-        serial: Distinguishes this reservation from a later one of the same key
-            that reuses the same extent after this one expired.
-    """
-
-    key: ObjectKey
-    offset: int
-    nbytes: int
-    serial: int = field(default=0, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class L1Usage:
-    """A consistent snapshot of the L1 tier's occupancy.
-
-    Attributes:
-        used_bytes: Bytes allocated (resident and staged, aligned sizes).
-        capacity_bytes: The final size of L1 (``--l1-size-gb``).
-        limit_bytes: The part grown so far (lazy allocation).
-        resident_objects: Committed objects.
-        staged_objects: Reservations not committed yet.
-        locked_objects: Resident objects with a live read lock.
-        temporary_objects: Resident objects marked temporary.
-    """
-
-    used_bytes: int
-    capacity_bytes: int
-    limit_bytes: int
-    resident_objects: int
-    staged_objects: int
-    locked_objects: int
-    temporary_objects: int = 0
-
-    @property
-    def usage_ratio(self) -> float:
-        """``used_bytes / capacity_bytes`` (0 for an empty tier)."""
-        return self.used_bytes / self.capacity_bytes if self.capacity_bytes else 0.0
-
-    def as_dict(self) -> dict[str, int]:
-        """The counts ``/status``, ``/config/adapters`` and the admin CLI show."""
-        return {
-            "used_bytes": self.used_bytes,
-            "capacity_bytes": self.capacity_bytes,
-            "limit_bytes": self.limit_bytes,
-            "resident_objects": self.resident_objects,
-            "staged_objects": self.staged_objects,
-            "locked_objects": self.locked_objects,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class SharedSegment:
-    """The POSIX shared-memory segment holding L1, as another process maps it.
-
-    Attributes:
-        name: The segment's ``shm_open`` name.
-        size_bytes: Its size; object offsets (:meth:`L1Manager.offsets`,
-            :attr:`Reservation.offset`) are relative to its start.
-    """
-
-    name: str
-    size_bytes: int
-
-
-class _Stage:
-    __slots__ = ("alloc_offset", "deadline", "reservation")
-
-    def __init__(self, reservation: Reservation, alloc_offset: int, deadline: float) -> None:
-        self.reservation = reservation
-        self.alloc_offset = alloc_offset
-        self.deadline = deadline
-
-
-class _Object:
-    """A resident object.
-
-    ``grants`` and ``orphans`` are ``[deadline, count]`` lists in deadline order
-    (deadlines are appended from a monotonic clock).
-    """
-
-    __slots__ = ("alloc_offset", "grants", "nbytes", "offset", "orphans", "readers", "temporary")
-
-    def __init__(self, offset: int, alloc_offset: int, nbytes: int) -> None:
-        self.offset = offset
-        self.alloc_offset = alloc_offset
-        self.nbytes = nbytes
-        self.grants: list[list[float]] = []
-        self.orphans: list[list[float]] = []
-        self.readers = 0  # sum of the grants' counts
-        self.temporary = False
-
-
-class L1Manager:
+class L1Manager(ArenaViews):
     """The L1 memory tier: a thread-safe table of objects in one arena.
 
     Args:
@@ -225,14 +123,21 @@ class L1Manager:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # see wait_resident
         self._waiters = 0  # threads in wait_resident: commits notify only when some wait
-        self._resident: dict[ObjectKey, _Object] = {}
-        self._staged: dict[ObjectKey, _Stage] = {}
-        self._locked: dict[ObjectKey, _Object] = {}  # objects with grants or orphans
+        self._resident: dict[ObjectKey, ResidentObject] = {}
+        self._staging = Staging(write_ttl_s, self._base, self._stage_dropped)
+        self._staged = self._staging.staged  # the same table (tests check it)
+        self._grants: ReadGrants[ObjectKey, ResidentObject] = ReadGrants(read_ttl_s)
         self._salt_bytes: dict[str, int] = {}  # resident bytes (aligned) per cache_salt
-        self._next_deadline = math.inf  # lower bound of every stage/grant/orphan deadline
-        self._serial = 0
         self._closed = False
-        self._merge_window = read_ttl_s * _GRANT_MERGE_FRACTION
+        self._eviction = L1Eviction(
+            policy,
+            self._resident,
+            self._grants,
+            self._evict,
+            trigger_watermark=trigger_watermark,
+            eviction_ratio=eviction_ratio,
+            capacity_bytes=self.capacity_bytes,
+        )
         self.events: EventBus | None = None
         """Where evictions and eviction ticks are published (set by the server)."""
 
@@ -266,28 +171,21 @@ class L1Manager:
             now = self._clock()
             fresh: list[int] = []
             seen: set[ObjectKey] = set()
+            staged = self._staged
             for index, key in enumerate(keys):
                 if key in seen or key in self._resident:
                     continue
-                stage = self._staged.get(key)
+                stage = staged.get(key)
                 if stage is not None:
                     if stage.deadline > now:
                         continue
                     # The writer is gone (its TTL ran out): reclaim for the new writer.
-                    self._drop_stage(key, stage)
+                    self._staging.drop(key, stage)
                 seen.add(key)
                 fresh.append(index)
-            if not fresh:
-                return result
-            offsets = self._allocate(len(fresh), nbytes, now)
-            deadline = now + self.write_ttl_s
-            for index, alloc_offset in zip(fresh, offsets, strict=True):
-                self._serial += 1
-                key = keys[index]
-                reservation = Reservation(key, self._base + alloc_offset, nbytes, self._serial)
-                self._staged[key] = _Stage(reservation, alloc_offset, deadline)
-                result[index] = reservation
-            self._next_deadline = min(self._next_deadline, deadline)
+            if fresh:
+                offsets = self._eviction.allocate(self._allocator, len(fresh), nbytes, now)
+                self._staging.add(keys, fresh, offsets, nbytes, now, result)
         return result
 
     def renew(self, reservations: Sequence[Reservation]) -> bool:
@@ -301,19 +199,7 @@ class L1Manager:
             expired or was aborted (then none is renewed).
         """
         with self._lock:
-            now = self._clock()
-            stages = [self._staged.get(r.key) for r in reservations]
-            if any(
-                stage is None or stage.reservation.serial != r.serial or stage.deadline <= now
-                for stage, r in zip(stages, reservations, strict=True)
-            ):
-                return False
-            deadline = now + self.write_ttl_s
-            for stage in stages:
-                assert stage is not None
-                stage.deadline = deadline
-            self._next_deadline = min(self._next_deadline, deadline)
-            return True
+            return self._staging.renew(reservations, self._clock())
 
     def commit(
         self, reservations: Sequence[Reservation], *, readers: int = 0, temporary: bool = False
@@ -340,23 +226,13 @@ class L1Manager:
             raise ValueError("a temporary commit needs readers >= 1; readers must be >= 0")
         with self._lock:
             now = self._clock()
-            gone: list[ObjectKey] = []
-            batch: dict[ObjectKey, _Stage] = {}
-            for reservation in reservations:
-                stage = self._staged.get(reservation.key)
-                if stage is None or stage.reservation.serial != reservation.serial:
-                    gone.append(reservation.key)
-                elif stage.deadline <= now:
-                    gone.append(reservation.key)
-                    self._drop_stage(reservation.key, stage)
-                else:
-                    batch[reservation.key] = stage
-            if gone:
-                raise ReservationExpired(gone)
+            batch = self._staging.committable(reservations, now)
             deadline = now + self.read_ttl_s
+            grant = self._grants.grant
+            staged = self._staged
             for key, stage in batch.items():
-                del self._staged[key]
-                obj = _Object(
+                del staged[key]
+                obj = ResidentObject(
                     stage.reservation.offset, stage.alloc_offset, stage.reservation.nbytes
                 )
                 self._resident[key] = obj
@@ -365,7 +241,7 @@ class L1Manager:
                     stage.alloc_offset
                 )
                 if readers:
-                    self._grant(key, obj, readers, deadline)
+                    grant(key, obj, readers, deadline)
                     obj.temporary = temporary
             if batch:
                 self.policy.on_stored(list(batch))
@@ -379,26 +255,8 @@ class L1Manager:
         Returns:
             How many were freed.
         """
-        freed = 0
         with self._lock:
-            for reservation in reservations:
-                stage = self._staged.get(reservation.key)
-                if stage is not None and stage.reservation.serial == reservation.serial:
-                    self._drop_stage(reservation.key, stage)
-                    freed += 1
-        return freed
-
-    def buffer(self, res_or_offset: Reservation | int, nbytes: int | None = None) -> torch.Tensor:
-        """The bytes of a reservation (or of ``nbytes`` at an arena offset), as a view.
-
-        Raises:
-            ValueError: An offset without ``nbytes``, or a range outside the arena.
-        """
-        if isinstance(res_or_offset, Reservation):
-            return self.arena.view(res_or_offset.offset, res_or_offset.nbytes)
-        if nbytes is None:
-            raise ValueError("buffer(offset) needs nbytes")
-        return self.arena.view(res_or_offset, nbytes)
+            return self._staging.abort(reservations)
 
     # -- reads --------------------------------------------------------------------
 
@@ -468,8 +326,9 @@ class L1Manager:
             prefix = keys[: chunks * width]
             if prefix:
                 deadline = self._clock() + self.read_ttl_s
+                grant = self._grants.grant
                 for key in prefix:
-                    self._grant(key, resident[key], readers, deadline)
+                    grant(key, resident[key], readers, deadline)
                 self.policy.on_accessed(list(prefix))
         return chunks
 
@@ -509,50 +368,6 @@ class L1Manager:
                 finally:
                     self._waiters -= 1
 
-    def shared_segment(self) -> SharedSegment | None:
-        """The shared-memory segment other processes map to reach L1 objects.
-
-        Returns:
-            Its name and size, or None when L1 is private memory (objects must
-            then travel inline).
-        """
-        name = self.arena.shm_name
-        return SharedSegment(name, self.arena.size_bytes) if name else None
-
-    def offsets(self, keys: Sequence[ObjectKey]) -> list[int]:
-        """Byte offsets of resident objects in the arena (in :meth:`shared_segment`).
-
-        Hold a read lock while another process uses them.
-
-        Raises:
-            KeyError: A key is not resident.
-        """
-        with self._lock:
-            return [obj.offset for obj in map(self._resident.__getitem__, keys)]
-
-    def read_view(self, key: ObjectKey) -> torch.Tensor:
-        """The bytes of a resident object, as a uint8 view (no copy).
-
-        Hold a read lock while using it, or it may be evicted under you.
-
-        Raises:
-            KeyError: The key is not resident.
-        """
-        with self._lock:
-            obj = self._resident[key]
-            offset, nbytes = obj.offset, obj.nbytes
-        return self.arena.view(offset, nbytes)
-
-    def read_views(self, keys: Sequence[ObjectKey]) -> list[torch.Tensor]:
-        """:meth:`read_view` for a batch, under one acquisition of the lock.
-
-        Raises:
-            KeyError: A key is not resident.
-        """
-        with self._lock:
-            extents = [(obj.offset, obj.nbytes) for obj in map(self._resident.__getitem__, keys)]
-        return [self.arena.view(offset, nbytes) for offset, nbytes in extents]
-
     def unlock(self, keys: Sequence[ObjectKey], readers: int = 1) -> None:
         """Release up to ``readers`` read locks on each key (never below zero).
 
@@ -564,15 +379,13 @@ class L1Manager:
             raise ValueError(f"readers must be >= 1, not {readers}")
         with self._lock:
             now = self._clock()
+            release = self._grants.release
             freed: list[ObjectKey] = []
             for key in keys:
                 obj = self._resident.get(key)
                 if obj is None:
                     continue
-                self._prune(obj, now)
-                self._release(obj, readers)
-                if not obj.grants and not obj.orphans:
-                    self._locked.pop(key, None)
+                release(key, obj, readers, now)
                 if obj.temporary and obj.readers == 0:
                     self._drop_object(key, obj)
                     freed.append(key)
@@ -599,7 +412,7 @@ class L1Manager:
                     continue
                 marked += 1
                 obj.temporary = True
-                self._prune(obj, now)
+                self._grants.prune(obj, now)
                 if obj.readers == 0:
                     self._drop_object(key, obj)
                     freed.append(key)
@@ -639,11 +452,7 @@ class L1Manager:
         with self._lock:
             now = self._clock()
             count = self._delete_locked(list(self._resident), force)
-            for key, stage in list(self._staged.items()):
-                if stage.deadline <= now:
-                    self._drop_stage(key, stage)
-                    count += 1
-            return count
+            return count + self._staging.drop_expired(now)
 
     def expire(self, now: float | None = None) -> int:
         """Drop expired read-lock grants and expired reservations.
@@ -658,32 +467,19 @@ class L1Manager:
         """
         with self._lock:
             now = self._clock() if now is None else now
-            if now < self._next_deadline:
+            if now < self._staging.next_deadline and now < self._grants.next_deadline:
                 return 0  # the common case: nothing can have expired yet
-            expired = 0
-            next_deadline = math.inf
-            for key, stage in list(self._staged.items()):
-                if stage.deadline <= now:
-                    logger.warning("L1 reservation of %r expired before commit", key)
-                    self._drop_stage(key, stage)
-                    expired += 1
-                else:
-                    next_deadline = min(next_deadline, stage.deadline)
+            expired = self._staging.drop_expired(now, warn=True)
             freed: list[ObjectKey] = []
-            for key, obj in list(self._locked.items()):
-                expired += self._prune(obj, now)
-                if obj.temporary and obj.readers == 0:
-                    self._drop_object(key, obj)
-                    freed.append(key)
-                    continue
-                if not obj.grants and not obj.orphans:
-                    del self._locked[key]
-                    continue
-                if obj.grants:
-                    next_deadline = min(next_deadline, obj.grants[0][0])
-                if obj.orphans:
-                    next_deadline = min(next_deadline, obj.orphans[0][0])
-            self._next_deadline = next_deadline
+
+            def free_temporary(key: ObjectKey, obj: ResidentObject) -> bool:
+                if not obj.temporary:
+                    return False
+                self._drop_object(key, obj)
+                freed.append(key)
+                return True
+
+            expired += self._grants.expire(now, free_temporary)
             if freed:
                 self.policy.on_removed(freed)
             return expired
@@ -700,30 +496,10 @@ class L1Manager:
         Returns:
             Bytes freed.
         """
-        policy = self.policy
-        if not isinstance(policy, IsolatedEvictionPolicy):
+        if not isinstance(self.policy, IsolatedEvictionPolicy):
             return 0
         with self._lock:
-            now = self._clock()
-            targets = quota_eviction_targets(
-                policy, self._salt_bytes, self.trigger_watermark, self.eviction_ratio
-            )
-            freed = 0
-            for salt, target in targets.items():
-                victims: list[ObjectKey] = []
-                salt_freed = 0
-                evictable = self._evictable(now, policy.salt_candidates(salt))
-                for key, obj in evictable:
-                    if key.cache_salt != salt:
-                        continue  # a policy's mistake must not cost another salt its data
-                    victims.append(key)
-                    salt_freed += self._allocator.size_of(obj.alloc_offset)
-                    if salt_freed >= target:
-                        break
-                evictable.close()  # ends the policy's iteration before we change it
-                self._evict(victims)
-                freed += salt_freed
-            return freed
+            return self._eviction.over_quota(self._allocator, self._salt_bytes, self._clock())
 
     def bytes_by_salt(self) -> dict[str, int]:
         """Resident bytes (aligned sizes) per ``cache_salt``; staged objects not counted."""
@@ -742,7 +518,7 @@ class L1Manager:
         """
         with self._lock:
             used = self._allocator.used_bytes
-            triggered = used > self.trigger_watermark * self.capacity_bytes
+            triggered = self._eviction.triggered(used)
             if self.events is not None:
                 self.events.publish(
                     EventType.L1_EVICTION_LOOP_TICK,
@@ -752,31 +528,14 @@ class L1Manager:
                 )
             if not triggered:
                 return 0
-            target = self.eviction_ratio * self.capacity_bytes
-            if target <= 0:
-                return 0
-            now = self._clock()
-            victims: list[ObjectKey] = []
-            freed = 0
-            for key, obj in self._evictable(now):
-                victims.append(key)
-                freed += self._allocator.size_of(obj.alloc_offset)
-                if freed >= target:
-                    break
-            self._evict(victims)
-            return freed
+            return self._eviction.above_watermark(self._allocator, self._clock())
 
     # -- status and lifetime -----------------------------------------------------------
 
     def usage(self) -> L1Usage:
         """A snapshot of occupancy and object counts."""
         with self._lock:
-            now = self._clock()
-            locked = 0
-            for obj in self._locked.values():
-                self._prune(obj, now)
-                if obj.readers:
-                    locked += 1
+            locked = self._grants.locked_count(self._clock())
             return L1Usage(
                 used_bytes=self._allocator.used_bytes,
                 capacity_bytes=self.capacity_bytes,
@@ -800,7 +559,7 @@ class L1Manager:
             self._wake_waiters()
             self._resident.clear()
             self._staged.clear()
-            self._locked.clear()
+            self._grants.clear()
             self._salt_bytes.clear()
             self._allocator = Allocator(self.capacity_bytes, 0, self.align_bytes)
         self.arena.close()
@@ -826,13 +585,14 @@ class L1Manager:
         found: list[bool] = []
         with self._lock:
             deadline = self._clock() + self.read_ttl_s
+            grant = self._grants.grant
             hits: list[ObjectKey] = []
             for key in keys:
                 obj = self._resident.get(key)
                 if obj is None:
                     found.append(False)
                 else:
-                    self._grant(key, obj, readers, deadline)
+                    grant(key, obj, readers, deadline)
                     hits.append(key)
                     found.append(True)
             if hits and accessed:
@@ -847,76 +607,6 @@ class L1Manager:
     def _check_open(self) -> None:
         if self._closed:
             raise L1ClosedError("the L1 manager is closed")
-
-    def _allocate(self, count: int, nbytes: int, now: float) -> list[int]:
-        """``count`` extents of ``nbytes``: allocate, else grow, else evict, else raise."""
-        allocator = self._allocator
-        sizes = [nbytes] * count
-        offsets = allocator.allocate_batch(sizes)
-        if offsets is not None:
-            return offsets
-        need = count * allocator.aligned(nbytes)
-        if need > allocator.capacity:
-            raise L1FullError(need, allocator.free_bytes, "larger than the whole L1")
-        if allocator.limit < allocator.capacity:
-            allocator.grow_to(allocator.limit + need)
-            offsets = allocator.allocate_batch(sizes)
-            if offsets is not None:
-                return offsets
-        offsets = self._evict_for(sizes, now)
-        if offsets is None:
-            raise L1FullError(
-                need,
-                allocator.free_bytes,
-                "the rest is read-locked, staged, or not offered by the eviction policy",
-            )
-        return offsets
-
-    def _evict_for(self, sizes: list[int], now: float) -> list[int] | None:
-        """Evict just enough, in policy order, for ``sizes`` to fit.
-
-        The allocator simulates the frees first, so nothing is evicted when even
-        every evictable object would not make room (too few bytes, or the free
-        space stays fragmented around locked objects).
-        """
-        victims: list[ObjectKey] = []
-        evictable = self._evictable(now)
-
-        def offsets() -> Iterator[int]:
-            for key, obj in evictable:
-                victims.append(key)
-                yield obj.alloc_offset
-
-        count = self._allocator.frees_needed(sizes, offsets())
-        evictable.close()  # ends the policy's iteration before we change it
-        if count is None:
-            return None
-        self._evict(victims[:count])
-        offsets_ = self._allocator.allocate_batch(sizes)
-        assert offsets_ is not None, "the allocator's simulation and allocation disagree"
-        return offsets_
-
-    def _evictable(
-        self, now: float, candidates: Iterator[ObjectKey] | None = None
-    ) -> Generator[tuple[ObjectKey, _Object], None, None]:
-        """Candidates (by default the policy's global order) that may go.
-
-        That is: resident, and without a live read lock.
-        """
-        stale: list[ObjectKey] = []
-        try:
-            for key in self.policy.candidates() if candidates is None else candidates:
-                obj = self._resident.get(key)
-                if obj is None:
-                    stale.append(key)  # the policy tracks a key we do not have
-                    continue
-                if obj.grants:
-                    self._prune(obj, now)
-                if obj.readers == 0:
-                    yield key, obj
-        finally:
-            if stale:
-                self.policy.on_removed(stale)
 
     def _evict(self, keys: list[ObjectKey]) -> None:
         if not keys:
@@ -945,7 +635,7 @@ class L1Manager:
             if obj is None:
                 continue
             if not force:
-                self._prune(obj, now)
+                self._grants.prune(obj, now)
                 if obj.readers:
                     continue
             self._drop_object(key, obj)
@@ -954,9 +644,9 @@ class L1Manager:
             self.policy.on_removed(removed)
         return len(removed)
 
-    def _drop_object(self, key: ObjectKey, obj: _Object) -> None:
+    def _drop_object(self, key: ObjectKey, obj: ResidentObject) -> None:
         del self._resident[key]
-        self._locked.pop(key, None)
+        self._grants.forget(key)
         salt = key.cache_salt
         left = self._salt_bytes[salt] - self._allocator.size_of(obj.alloc_offset)
         if left:
@@ -965,126 +655,6 @@ class L1Manager:
             del self._salt_bytes[salt]  # only salts present in L1 stay in the table
         self._allocator.free(obj.alloc_offset)
 
-    def _drop_stage(self, key: ObjectKey, stage: _Stage) -> None:
-        del self._staged[key]
+    def _stage_dropped(self, stage: Stage) -> None:
         self._allocator.free(stage.alloc_offset)
         self._wake_waiters()  # a waiter for this key gives up: nobody writes it now
-
-    def _grant(self, key: ObjectKey, obj: _Object, readers: int, deadline: float) -> None:
-        grants = obj.grants
-        if grants and deadline - grants[-1][0] <= self._merge_window:
-            grants[-1][1] += readers
-        else:
-            grants.append([deadline, readers])
-        obj.readers += readers
-        self._locked[key] = obj
-        self._next_deadline = min(self._next_deadline, deadline)
-
-    def _prune(self, obj: _Object, now: float) -> int:
-        """Turn expired grants into orphans, forget old orphans; returns locks expired."""
-        expired = 0
-        grants = obj.grants
-        while grants and grants[0][0] <= now:
-            deadline, count = grants.pop(0)
-            obj.readers -= int(count)
-            expired += int(count)
-            # The holder gets one more TTL to send its late unlock.
-            orphans = obj.orphans
-            orphan_deadline = deadline + self.read_ttl_s
-            if orphans and orphan_deadline - orphans[-1][0] <= self._merge_window:
-                orphans[-1][1] += count
-            else:
-                orphans.append([orphan_deadline, count])
-        orphans = obj.orphans
-        while orphans and orphans[0][0] <= now:
-            orphans.pop(0)
-        return expired
-
-    def _release(self, obj: _Object, readers: int) -> None:
-        remaining = readers
-        for pool, live in ((obj.orphans, False), (obj.grants, True)):
-            while remaining and pool:
-                take = min(remaining, int(pool[0][1]))
-                pool[0][1] -= take
-                remaining -= take
-                if live:
-                    obj.readers -= take
-                if pool[0][1] == 0:
-                    pool.pop(0)
-
-
-class L1Controller:
-    """Background upkeep of one L1 manager: expiry, then watermark eviction.
-
-    A daemon thread calls :meth:`L1Manager.expire` and :meth:`L1Manager.maybe_evict`
-    every ``interval_s``. Each round is bounded (one eviction round frees about
-    ``eviction_ratio`` of the capacity), an error is logged and counted and never
-    kills the thread, and :meth:`stop` returns within one round.
-
-    Args:
-        manager: The L1 manager to keep.
-        interval_s: Pause between rounds.
-    """
-
-    def __init__(self, manager: L1Manager, interval_s: float = 0.1) -> None:
-        if interval_s <= 0:
-            raise ValueError(f"interval_s must be > 0, not {interval_s}")
-        self.manager = manager
-        self.interval_s = interval_s
-        self.rounds = 0
-        self.errors = 0
-        self.evicted_bytes = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._last_error_log = -math.inf
-
-    @property
-    def running(self) -> bool:
-        """Whether the thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> None:
-        """Start the thread (once).
-
-        Raises:
-            RuntimeError: It was started before.
-        """
-        if self._thread is not None:
-            raise RuntimeError("the L1 controller was already started")
-        self._thread = threading.Thread(target=self._run, name="lmcache-l1-controller", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> bool:
-        """Ask the thread to stop and wait for it.
-
-        Returns:
-            Whether it stopped within ``timeout`` (also true if never started).
-        """
-        self._stop.set()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def run_once(self) -> int:
-        """One round: expire, evict over quotas, then above the watermark; returns bytes evicted."""
-        self.manager.expire()
-        freed = self.manager.evict_over_quota() + self.manager.maybe_evict()
-        self.evicted_bytes += freed
-        self.rounds += 1
-        return freed
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            if self.manager.closed:
-                return
-            try:
-                self.run_once()
-            except L1ClosedError:
-                return
-            except Exception:  # the thread must survive a bad policy (upstream's died)
-                self.errors += 1
-                now = time.monotonic()
-                if now - self._last_error_log >= 10.0:  # at most one traceback per 10 s
-                    self._last_error_log = now
-                    logger.exception("L1 controller round failed (%d so far)", self.errors)

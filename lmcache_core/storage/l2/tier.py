@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from lmcache_core.background import BackgroundLoop, WorkQueue
 from lmcache_core.lifecycle import Health
 from lmcache_core.observability.events import EventType, count_per_salt
 from lmcache_core.storage.errors import L1FullError, ReservationExpired
@@ -206,10 +206,18 @@ class L2Tier:
         self._in_flight = threading.BoundedSemaphore(max_in_flight)
         self._prefetching = 0
         self._prefetch_count_lock = threading.Lock()
-        self._queue: queue.Queue[tuple[list[ObjectKey], int] | None] = queue.Queue(
-            STORE_QUEUE_DEPTH
+        self._queue: WorkQueue[tuple[list[ObjectKey], int]] = WorkQueue(STORE_QUEUE_DEPTH)
+        self._last_cycle = time.monotonic()
+        # Waits for store batches; with none, wakes every eviction interval anyway.
+        self._store_controller = BackgroundLoop(
+            "L2 store",
+            self._store_tick,
+            interval_s=EVICTION_INTERVAL_S,
+            thread_name="lmcache-l2-store",
+            trigger=self._queue,
+            error_log_interval_s=1.0,
+            log=logger,
         )
-        self._thread: threading.Thread | None = None
         self.events: EventBus | None = None
         """Where L2 store, load and eviction results are published (set by the server)."""
 
@@ -220,19 +228,13 @@ class L2Tier:
         for adapter, eviction in zip(self.adapters, self.evictions, strict=True):
             if eviction is not None:
                 eviction.stored(adapter.keys())
-        self._thread = threading.Thread(
-            target=self._store_loop, name="lmcache-l2-store", daemon=True
-        )
-        self._thread.start()
+        self._last_cycle = time.monotonic()
+        self._store_controller.start()
 
     def stop(self, timeout: float) -> None:
         """Finish queued stores (bounded), then close every adapter."""
-        if self._thread is not None:
-            try:
-                self._queue.put(None, timeout=timeout)
-            except queue.Full:
-                logger.warning("L2 store queue did not drain before shutdown")
-            self._thread.join(timeout)
+        if not self._store_controller.stop(timeout):
+            logger.warning("L2 store queue did not drain before shutdown")
         for adapter in self.adapters:
             try:
                 adapter.close()
@@ -241,10 +243,10 @@ class L2Tier:
 
     def health(self) -> Health:
         """Healthy while the store controller runs and every adapter says so."""
-        alive = self._thread is not None and self._thread.is_alive()
         sick = [a.name for a in self.adapters if not a.status().get("is_healthy", False)]
         detail = f"{len(self.adapters)} adapters" + (f"; unhealthy: {sick}" if sick else "")
-        return Health(alive and not sick, detail if alive else "store controller stopped")
+        health = self._store_controller.health(detail, stopped="store controller stopped")
+        return Health(health.ok and not sick, health.detail)
 
     def store_queue_depth(self) -> int:
         """Store batches waiting for the store controller (a metrics gauge)."""
@@ -264,28 +266,19 @@ class L2Tier:
         """Queue keys just committed to L1 for the L2 store (never blocks)."""
         if not keys:
             return
-        try:
-            self._queue.put_nowait((keys, nbytes))
-        except queue.Full:
+        if not self._queue.put_nowait((keys, nbytes)):
             self.stats.store_dropped += len(keys)
 
-    def _store_loop(self) -> None:
-        last_cycle = time.monotonic()
-        while True:
-            try:
-                item = self._queue.get(timeout=EVICTION_INTERVAL_S)
-            except queue.Empty:
-                pass
-            else:
-                if item is None:
-                    return
-                try:
-                    self.store_now(*item)
-                except Exception:
-                    logger.exception("L2 store failed")
+    def _store_tick(self) -> None:
+        """One batch from the queue (if any), then the eviction cycle when it is due."""
+        item = self._queue.get_nowait()
+        try:
+            if item is not None:
+                self.store_now(*item)
+        finally:
             # Quotas change at run time: eviction also runs without stores.
-            if time.monotonic() - last_cycle >= EVICTION_INTERVAL_S:
-                last_cycle = time.monotonic()
+            if time.monotonic() - self._last_cycle >= EVICTION_INTERVAL_S:
+                self._last_cycle = time.monotonic()
                 self.evict_cycle()
 
     def evict_cycle(self) -> int:
