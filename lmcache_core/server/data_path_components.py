@@ -26,12 +26,12 @@ class L1Component:
         self.manager.close()
 
     def health(self) -> Health:
-        """Healthy while upkeep runs."""
+        """Healthy while upkeep runs; a crash shows its error in ``/healthcheck``."""
         usage = self.manager.usage()
         detail = (
             f"{usage.used_bytes}/{usage.capacity_bytes} bytes in {usage.resident_objects} objects"
         )
-        return Health(self.controller.running, detail)
+        return self.controller.health(detail)  # a crashed controller names its error
 
 
 class EngineComponent:
