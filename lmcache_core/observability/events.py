@@ -15,7 +15,8 @@ lookup, store and retrieve (docs/benchmarks.md).
 
 The fields of each type are part of the subscriber contract: fields are only
 ever added. ``tests/observability/event_schema.json`` is the snapshot a test
-holds the records to (see :mod:`lmcache_core.observability.schema`).
+holds the records to; ``python -m tests.observability.event_schema`` records an
+added field and refuses a removed, renamed or retyped one.
 """
 
 from __future__ import annotations
