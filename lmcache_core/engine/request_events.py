@@ -14,13 +14,29 @@ from typing import Any
 
 from lmcache_core.engine.sessions import Session
 from lmcache_core.observability.bus import EventBus
-from lmcache_core.observability.events import EventType, count_per_salt
+from lmcache_core.observability.events import (
+    L1AllocationFailed,
+    L1WriteFinished,
+    L2HitSource,
+    MpLookup,
+    MpLookupPrefetchEnd,
+    MpLookupPrefetchStart,
+    MpRequestEnd,
+    MpRequestStart,
+    MpRetrieveEnd,
+    MpRetrieveStart,
+    MpStoreEnd,
+    MpStoreStart,
+    count_per_salt,
+)
 from lmcache_core.protocol.types import WireCacheKey
 from lmcache_core.storage.keys import ObjectKey
 
 
 class RequestEvents:
     """Publishes lookup, store, retrieve, request lifetime and L1 write events.
+
+    Each record is built only when some subscriber wants its type.
 
     Args:
         bus: The server's event bus.
@@ -31,14 +47,6 @@ class RequestEvents:
         self.bus = bus
         self.chunk_size = chunk_size
 
-    @staticmethod
-    def _identity(key: WireCacheKey) -> dict[str, Any]:
-        return {
-            "request_id": key.request_id,
-            "model_name": key.model_name,
-            "cache_salt": key.cache_salt,
-        }
-
     def lookup_started(self, key: WireCacheKey, session: Session, hashes: Sequence[bytes]) -> float:
         """Announce the request (first lookup only), the lookup and its hashes.
 
@@ -46,18 +54,42 @@ class RequestEvents:
             The start time to pass to :meth:`lookup_finished`.
         """
         now = time.time()
-        identity = self._identity(key)
+        bus = self.bus
         if session.announced is None:
-            session.announced = {**identity, "started": now}
-            self.bus.publish(EventType.MP_REQUEST_START, **identity)
-        self.bus.publish(EventType.MP_LOOKUP_PREFETCH_START, requested_tokens=key.end, **identity)
-        if self.bus.has_subscribers(EventType.MP_LOOKUP):
-            self.bus.publish(
-                EventType.MP_LOOKUP,
-                chunk_size=self.chunk_size,
-                seq_len=key.end,
-                chunk_hashes=["0x" + h.hex() for h in hashes],
-                **identity,
+            # Kept whether or not anyone listens: mp.request.end reports this identity.
+            session.announced = {
+                "request_id": key.request_id,
+                "model_name": key.model_name,
+                "cache_salt": key.cache_salt,
+                "started": now,
+            }
+            if bus.has_subscribers(MpRequestStart.type):
+                bus.publish(
+                    MpRequestStart(
+                        request_id=key.request_id,
+                        model_name=key.model_name,
+                        cache_salt=key.cache_salt,
+                    )
+                )
+        if bus.has_subscribers(MpLookupPrefetchStart.type):
+            bus.publish(
+                MpLookupPrefetchStart(
+                    request_id=key.request_id,
+                    model_name=key.model_name,
+                    cache_salt=key.cache_salt,
+                    requested_tokens=key.end,
+                )
+            )
+        if bus.has_subscribers(MpLookup.type):
+            bus.publish(
+                MpLookup(
+                    request_id=key.request_id,
+                    model_name=key.model_name,
+                    cache_salt=key.cache_salt,
+                    chunk_size=self.chunk_size,
+                    seq_len=key.end,
+                    chunk_hashes=tuple("0x" + h.hex() for h in hashes),
+                )
             )
         return now
 
@@ -77,35 +109,47 @@ class RequestEvents:
         the hit tokens (``keys * chunk_size / width``: the ranks of one chunk may
         come from different adapters).
         """
+        if not self.bus.has_subscribers(MpLookupPrefetchEnd.type):
+            return
         hit_tokens = min((l1_chunks + l2_chunks) * self.chunk_size, key.end)
         l1_tokens = min(l1_chunks * self.chunk_size, key.end)
         self.bus.publish(
-            EventType.MP_LOOKUP_PREFETCH_END,
-            requested_tokens=key.end,
-            hit_tokens=hit_tokens,
-            l1_hit_tokens=l1_tokens,
-            l2_hit_tokens=hit_tokens - l1_tokens,
-            l1_hit_keys=l1_chunks * width,
-            l2_hit_keys=l2_chunks * width,
-            l2_hit_sources=[
-                {**source, "tokens": source["keys"] * self.chunk_size / width}
-                for source in l2_sources
-            ],
-            duration_s=time.time() - started,
-            **self._identity(key),
+            MpLookupPrefetchEnd(
+                request_id=key.request_id,
+                model_name=key.model_name,
+                cache_salt=key.cache_salt,
+                requested_tokens=key.end,
+                hit_tokens=hit_tokens,
+                l1_hit_tokens=l1_tokens,
+                l2_hit_tokens=hit_tokens - l1_tokens,
+                l1_hit_keys=l1_chunks * width,
+                l2_hit_keys=l2_chunks * width,
+                l2_hit_sources=tuple(
+                    L2HitSource(
+                        l2_name=source["l2_name"],
+                        adapter_index=source["adapter_index"],
+                        keys=source["keys"],
+                        tokens=source["keys"] * self.chunk_size / width,
+                    )
+                    for source in l2_sources
+                ),
+                duration_s=time.time() - started,
+            )
         )
 
     def request_ended(self, session: Session, reason: str) -> None:
         """A session ended (``end_session``, idle expiry, ...): its lifetime, if announced."""
-        if session.announced is None:
+        announced = session.announced
+        if announced is None or not self.bus.has_subscribers(MpRequestEnd.type):
             return
-        identity = dict(session.announced)
-        started = identity.pop("started")
         self.bus.publish(
-            EventType.MP_REQUEST_END,
-            duration_s=time.time() - started,
-            end_reason=reason,
-            **identity,
+            MpRequestEnd(
+                request_id=announced["request_id"],
+                model_name=announced["model_name"],
+                cache_salt=announced["cache_salt"],
+                duration_s=time.time() - announced["started"],
+                end_reason=reason,
+            )
         )
 
     @contextmanager
@@ -117,42 +161,79 @@ class RequestEvents:
         Yields a dict the caller fills with ``done_chunks``, ``bytes`` and ``ok``;
         an exception ends the transfer as failed.
         """
-        start_type, end_type, done_name = (
-            (EventType.MP_STORE_START, EventType.MP_STORE_END, "stored_chunks")
-            if kind == "store"
-            else (EventType.MP_RETRIEVE_START, EventType.MP_RETRIEVE_END, "retrieved_chunks")
-        )
-        identity = {**self._identity(key), "instance_id": instance_id, "chunks": chunks}
-        self.bus.publish(start_type, **identity)
+        store = kind == "store"
+        start: type[MpStoreStart | MpRetrieveStart] = MpStoreStart if store else MpRetrieveStart
+        if self.bus.has_subscribers(start.type):
+            self.bus.publish(
+                start(
+                    request_id=key.request_id,
+                    model_name=key.model_name,
+                    cache_salt=key.cache_salt,
+                    instance_id=instance_id,
+                    chunks=chunks,
+                )
+            )
         outcome: dict[str, Any] = {"done_chunks": 0, "bytes": 0, "ok": False}
         started = time.monotonic()
         try:
             yield outcome
         finally:
+            self._transfer_ended(store, key, instance_id, chunks, outcome, started)
+
+    def _transfer_ended(
+        self,
+        store: bool,
+        key: WireCacheKey,
+        instance_id: int,
+        chunks: int,
+        outcome: dict[str, Any],
+        started: float,
+    ) -> None:
+        # Two constructors, not one with a branching field name: mypy checks each.
+        if store and self.bus.has_subscribers(MpStoreEnd.type):
             self.bus.publish(
-                end_type,
-                duration_s=time.monotonic() - started,
-                bytes=outcome["bytes"],
-                ok=outcome["ok"],
-                **{done_name: outcome["done_chunks"]},
-                **identity,
+                MpStoreEnd(
+                    request_id=key.request_id,
+                    model_name=key.model_name,
+                    cache_salt=key.cache_salt,
+                    instance_id=instance_id,
+                    chunks=chunks,
+                    stored_chunks=outcome["done_chunks"],
+                    bytes=outcome["bytes"],
+                    duration_s=time.monotonic() - started,
+                    ok=outcome["ok"],
+                )
+            )
+        elif not store and self.bus.has_subscribers(MpRetrieveEnd.type):
+            self.bus.publish(
+                MpRetrieveEnd(
+                    request_id=key.request_id,
+                    model_name=key.model_name,
+                    cache_salt=key.cache_salt,
+                    instance_id=instance_id,
+                    chunks=chunks,
+                    retrieved_chunks=outcome["done_chunks"],
+                    bytes=outcome["bytes"],
+                    duration_s=time.monotonic() - started,
+                    ok=outcome["ok"],
+                )
             )
 
     def l1_write_finished(self, keys: Sequence[ObjectKey], nbytes: int) -> None:
         """A store committed ``keys`` (objects of ``nbytes`` each) to L1."""
-        self.bus.publish(
-            EventType.L1_WRITE_FINISHED,
-            key_count=len(keys),
-            bytes=len(keys) * nbytes,
-            key_count_per_salt=count_per_salt(keys),
-            keys=tuple(keys),
-        )
+        if self.bus.has_subscribers(L1WriteFinished.type):
+            self.bus.publish(
+                L1WriteFinished(
+                    key_count=len(keys),
+                    bytes=len(keys) * nbytes,
+                    key_count_per_salt=count_per_salt(keys),
+                    keys=tuple(keys),
+                )
+            )
 
     def l1_allocation_failed(self, during: str, key_count: int, nbytes: int) -> None:
         """L1 could not reserve ``key_count`` objects of ``nbytes`` (``during``: which path)."""
-        self.bus.publish(
-            EventType.L1_ALLOCATION_FAILED,
-            during=during,
-            key_count=key_count,
-            bytes=key_count * nbytes,
-        )
+        if self.bus.has_subscribers(L1AllocationFailed.type):
+            self.bus.publish(
+                L1AllocationFailed(during=during, key_count=key_count, bytes=key_count * nbytes)
+            )

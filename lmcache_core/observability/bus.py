@@ -103,17 +103,20 @@ class EventBus:
 
     # -- producers ---------------------------------------------------------------
 
-    def publish(self, event_type: str, /, **data: Any) -> None:
-        """Queue one event; never blocks, never raises.
+    def publish(self, event: Event, /) -> None:
+        """Queue one event record; never blocks, never raises.
+
+        Producers whose record costs something to build (hex chunk hashes, per-salt
+        counts, key tuples) check :meth:`has_subscribers` with the record class's
+        ``type`` first, so an unwanted event costs no record at all.
 
         Args:
-            event_type: An :class:`~lmcache_core.observability.events.EventType`
-                value (or a plugin's own dotted name).
-            **data: The event's metadata (plain values only).
+            event: The record (an :mod:`~lmcache_core.observability.events` class,
+                or a plugin's own :class:`~lmcache_core.observability.events.Event`
+                subclass); its ``timestamp`` was stamped when it was built.
         """
-        if not self.enabled or not self.has_subscribers(event_type):
+        if not self.enabled or not self.has_subscribers(event.type):
             return
-        event = Event(event_type, time.time(), data)
         with self._lock:
             if len(self._queue) >= self.queue_size:
                 self.stats.dropped += 1
@@ -133,7 +136,7 @@ class EventBus:
             self._wake.set()
 
     def has_subscribers(self, event_type: str) -> bool:
-        """Whether any subscriber wants ``event_type`` (producers may skip costly metadata)."""
+        """Whether any subscriber wants ``event_type`` (producers skip unwanted records)."""
         wanted = self._wanted
         return self.enabled and (wanted is None or event_type in wanted)
 

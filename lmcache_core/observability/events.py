@@ -1,22 +1,38 @@
-"""The events the server publishes on its event bus, and what each one carries.
+"""The events the server publishes on its event bus: one frozen record per type.
 
-Producers publish a type and a few plain fields (numbers, strings, small dicts of
-counts, and for L1 writes and evictions a tuple of the immutable ``ObjectKey``
-values involved, for sampled per-chunk metrics); they never hand out live
-objects, so a subscriber cannot change or keep server state alive. Names follow
-upstream LMCache's dotted scheme so dashboards and logs read alike.
+Producers build a record of the event's own class (mypy checks that none omits
+a field) and publish it; subscribers read typed attributes. Records carry plain
+values (numbers, strings, small mappings of counts, nested frozen records, and
+for L1 writes and evictions a tuple of the immutable ``ObjectKey`` values
+involved, for sampled per-chunk metrics); they never hold live objects, so a
+subscriber cannot change or keep server state alive. Type names follow upstream
+LMCache's dotted scheme so dashboards and logs read alike.
 
-The metadata of each type is part of the subscriber contract: fields are only
-ever added. Each type's docstring-like entry in :data:`EVENT_FIELDS` lists them.
+The records are :class:`msgspec.Struct` subclasses, not dataclasses: building
+one costs about a fifth of a frozen slots dataclass (``__init__`` in C instead
+of one ``object.__setattr__`` per field), and the data path builds one per
+lookup, store and retrieve (docs/benchmarks.md).
+
+The fields of each type are part of the subscriber contract: fields are only
+ever added. ``tests/observability/event_schema.json`` is the snapshot a test
+holds the records to; ``python -m tests.observability.event_schema`` records an
+added field and refuses a removed, renamed or retyped one.
 """
 
 from __future__ import annotations
 
 import enum
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
+
+if TYPE_CHECKING:
+    # Not at run time: storage imports this module, and the packages must not form a cycle.
+    # msgspec resolves annotations only to encode or decode, which the bus never does.
+    from lmcache_core.storage.keys import ObjectKey
 
 
 class EventType(enum.StrEnum):
@@ -46,123 +62,254 @@ class EventType(enum.StrEnum):
     L2_KEYS_EVICTED = "l2.keys.evicted"
 
 
-EVENT_FIELDS: Mapping[EventType, tuple[str, ...]] = {
-    EventType.MP_REQUEST_START: ("request_id", "model_name", "cache_salt"),
-    EventType.MP_REQUEST_END: (
-        "request_id",
-        "model_name",
-        "cache_salt",
-        "duration_s",
-        "end_reason",
-    ),
-    EventType.MP_LOOKUP_PREFETCH_START: (
-        "request_id",
-        "model_name",
-        "cache_salt",
-        "requested_tokens",
-    ),
-    EventType.MP_LOOKUP_PREFETCH_END: (
-        "request_id",
-        "model_name",
-        "cache_salt",
-        "requested_tokens",
-        "hit_tokens",
-        "l1_hit_tokens",
-        "l2_hit_tokens",
-        "l1_hit_keys",
-        "l2_hit_keys",
-        "l2_hit_sources",
-        "duration_s",
-    ),
-    EventType.MP_LOOKUP: (
-        "request_id",
-        "model_name",
-        "cache_salt",
-        "chunk_size",
-        "seq_len",
-        "chunk_hashes",
-    ),
-    EventType.MP_STORE_START: ("request_id", "model_name", "cache_salt", "instance_id", "chunks"),
-    EventType.MP_STORE_END: (
-        "request_id",
-        "model_name",
-        "cache_salt",
-        "instance_id",
-        "chunks",
-        "stored_chunks",
-        "bytes",
-        "duration_s",
-        "ok",
-    ),
-    EventType.MP_RETRIEVE_START: (
-        "request_id",
-        "model_name",
-        "cache_salt",
-        "instance_id",
-        "chunks",
-    ),
-    EventType.MP_RETRIEVE_END: (
-        "request_id",
-        "model_name",
-        "cache_salt",
-        "instance_id",
-        "chunks",
-        "retrieved_chunks",
-        "bytes",
-        "duration_s",
-        "ok",
-    ),
-    EventType.L1_WRITE_FINISHED: ("key_count", "bytes", "key_count_per_salt", "keys"),
-    EventType.L1_KEYS_EVICTED: ("key_count", "bytes", "key_count_per_salt", "reason", "keys"),
-    EventType.L1_ALLOCATION_FAILED: ("during", "key_count", "bytes"),
-    EventType.L1_EVICTION_LOOP_TICK: ("usage", "watermark", "triggered"),
-    EventType.L2_STORE_SUBMITTED: (
-        "l2_name",
-        "adapter_index",
-        "key_count",
-        "total_bytes",
-        "key_count_per_salt",
-    ),
-    EventType.L2_STORE_COMPLETED: (
-        "l2_name",
-        "adapter_index",
-        "succeeded_count",
-        "failed_count",
-        "bytes_transferred",
-        "duration_s",
-    ),
-    EventType.L2_LOAD_COMPLETED: (
-        "l2_name",
-        "adapter_index",
-        "loaded_count",
-        "failed_count",
-        "bytes_transferred",
-        "duration_s",
-    ),
-    EventType.L2_PREFETCH_FAILED: ("reason", "key_count"),
-    EventType.L2_KEYS_EVICTED: ("l2_name", "adapter_index", "key_count"),
-}
-"""The metadata fields each event type carries (producers may add more, never fewer)."""
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """The base of every published event (a plugin's own events subclass it too).
 
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One published event.
+    Subclasses set the class attribute :attr:`type` to their dotted name; the bus
+    and :class:`~lmcache_core.observability.subscribers.BaseSubscriber` route by it.
 
     Attributes:
-        type: What happened (an :class:`EventType` value; plugins may publish
-            their own dotted names).
-        timestamp: ``time.time()`` when it was published.
-        data: Its metadata; see :data:`EVENT_FIELDS`.
+        type: What happened (an :class:`EventType` value, or a plugin's own
+            dotted name); a class attribute, not a field.
+        timestamp: ``time.time()`` when the record was built (at publish).
     """
 
-    type: str
-    timestamp: float
-    data: Mapping[str, Any] = field(default_factory=dict)
+    type: ClassVar[str]
+    timestamp: float = msgspec.field(default_factory=time.time)
 
-    def get(self, name: str, default: Any = None) -> Any:
-        """One metadata field, or ``default``."""
-        return self.data.get(name, default)
+
+class RequestEvent(Event, frozen=True, kw_only=True):
+    """An event of one engine request (the ``mp.*`` types)."""
+
+    request_id: str
+    model_name: str
+    cache_salt: str
+
+
+class MpRequestStart(RequestEvent, frozen=True, kw_only=True):
+    """A request's first lookup (its session was opened)."""
+
+    type: ClassVar[str] = EventType.MP_REQUEST_START
+
+
+class MpRequestEnd(RequestEvent, frozen=True, kw_only=True):
+    """A request's session ended (``end_reason``: ``end_session``, ``expired``, ...)."""
+
+    type: ClassVar[str] = EventType.MP_REQUEST_END
+    duration_s: float
+    end_reason: str
+
+
+class MpLookupPrefetchStart(RequestEvent, frozen=True, kw_only=True):
+    """A lookup (with its L2 prefetch) began for ``requested_tokens`` tokens."""
+
+    type: ClassVar[str] = EventType.MP_LOOKUP_PREFETCH_START
+    requested_tokens: int
+
+
+class L2HitSource(msgspec.Struct, frozen=True, kw_only=True):
+    """Which L2 adapter supplied part of a lookup's hit, and how much of it."""
+
+    l2_name: str
+    adapter_index: int
+    keys: int
+    tokens: float
+
+
+class MpLookupPrefetchEnd(RequestEvent, frozen=True, kw_only=True):
+    """A lookup's result: hit tokens and keys per tier, and the L2 adapters that supplied them."""
+
+    type: ClassVar[str] = EventType.MP_LOOKUP_PREFETCH_END
+    requested_tokens: int
+    hit_tokens: int
+    l1_hit_tokens: int
+    l2_hit_tokens: int
+    l1_hit_keys: int
+    l2_hit_keys: int
+    l2_hit_sources: tuple[L2HitSource, ...]
+    duration_s: float
+
+
+class MpLookup(RequestEvent, frozen=True, kw_only=True):
+    """The chunk hashes a lookup asked for (only built when a subscriber wants it)."""
+
+    type: ClassVar[str] = EventType.MP_LOOKUP
+    chunk_size: int
+    seq_len: int
+    chunk_hashes: tuple[str, ...]
+
+
+class TransferEvent(RequestEvent, frozen=True, kw_only=True):
+    """A store or retrieve of one worker (``instance_id``) over ``chunks`` chunks."""
+
+    instance_id: int
+    chunks: int
+
+
+class MpStoreStart(TransferEvent, frozen=True, kw_only=True):
+    """A store began."""
+
+    type: ClassVar[str] = EventType.MP_STORE_START
+
+
+class MpStoreEnd(TransferEvent, frozen=True, kw_only=True):
+    """A store ended: chunks written, bytes, duration and whether it succeeded."""
+
+    type: ClassVar[str] = EventType.MP_STORE_END
+    stored_chunks: int
+    bytes: int
+    duration_s: float
+    ok: bool
+
+
+class MpRetrieveStart(TransferEvent, frozen=True, kw_only=True):
+    """A retrieve began."""
+
+    type: ClassVar[str] = EventType.MP_RETRIEVE_START
+
+
+class MpRetrieveEnd(TransferEvent, frozen=True, kw_only=True):
+    """A retrieve ended: chunks copied, bytes, duration and whether it succeeded."""
+
+    type: ClassVar[str] = EventType.MP_RETRIEVE_END
+    retrieved_chunks: int
+    bytes: int
+    duration_s: float
+    ok: bool
+
+
+class L1WriteFinished(Event, frozen=True, kw_only=True):
+    """Objects were committed to L1."""
+
+    type: ClassVar[str] = EventType.L1_WRITE_FINISHED
+    key_count: int
+    bytes: int
+    key_count_per_salt: Mapping[str, int]
+    keys: tuple[ObjectKey, ...]
+
+
+class L1KeysEvicted(Event, frozen=True, kw_only=True):
+    """Objects left L1 (``reason``: why)."""
+
+    type: ClassVar[str] = EventType.L1_KEYS_EVICTED
+    key_count: int
+    bytes: int
+    key_count_per_salt: Mapping[str, int]
+    reason: str
+    keys: tuple[ObjectKey, ...]
+
+
+class L1AllocationFailed(Event, frozen=True, kw_only=True):
+    """L1 refused a reservation (``during``: which path asked)."""
+
+    type: ClassVar[str] = EventType.L1_ALLOCATION_FAILED
+    during: str
+    key_count: int
+    bytes: int
+
+
+class L1EvictionLoopTick(Event, frozen=True, kw_only=True):
+    """One watermark check of the L1 eviction loop (every 0.1 s: subscribers' clock)."""
+
+    type: ClassVar[str] = EventType.L1_EVICTION_LOOP_TICK
+    usage: float
+    watermark: float
+    triggered: bool
+
+
+class L2AdapterEvent(Event, frozen=True, kw_only=True):
+    """An event of one L2 adapter (its name and position in the tier)."""
+
+    l2_name: str
+    adapter_index: int
+
+
+class L2StoreSubmitted(L2AdapterEvent, frozen=True, kw_only=True):
+    """A store batch was handed to an adapter."""
+
+    type: ClassVar[str] = EventType.L2_STORE_SUBMITTED
+    key_count: int
+    total_bytes: int
+    key_count_per_salt: Mapping[str, int]
+
+
+class L2StoreCompleted(L2AdapterEvent, frozen=True, kw_only=True):
+    """An adapter finished a store batch."""
+
+    type: ClassVar[str] = EventType.L2_STORE_COMPLETED
+    succeeded_count: int
+    failed_count: int
+    bytes_transferred: int
+    duration_s: float
+
+
+class L2LoadCompleted(L2AdapterEvent, frozen=True, kw_only=True):
+    """An adapter finished a prefetch load."""
+
+    type: ClassVar[str] = EventType.L2_LOAD_COMPLETED
+    loaded_count: int
+    failed_count: int
+    bytes_transferred: int
+    duration_s: float
+
+
+class L2PrefetchFailed(Event, frozen=True, kw_only=True):
+    """A prefetch was abandoned (``reason``: e.g. ``l1_oom``)."""
+
+    type: ClassVar[str] = EventType.L2_PREFETCH_FAILED
+    reason: str
+    key_count: int
+
+
+class L2KeysEvicted(L2AdapterEvent, frozen=True, kw_only=True):
+    """An adapter's eviction deleted objects."""
+
+    type: ClassVar[str] = EventType.L2_KEYS_EVICTED
+    key_count: int
+
+
+EVENT_RECORDS: Mapping[EventType, type[Event]] = {
+    EventType(record.type): record
+    for record in (
+        MpRequestStart,
+        MpRequestEnd,
+        MpLookupPrefetchStart,
+        MpLookupPrefetchEnd,
+        MpLookup,
+        MpStoreStart,
+        MpStoreEnd,
+        MpRetrieveStart,
+        MpRetrieveEnd,
+        L1WriteFinished,
+        L1KeysEvicted,
+        L1AllocationFailed,
+        L1EvictionLoopTick,
+        L2StoreSubmitted,
+        L2StoreCompleted,
+        L2LoadCompleted,
+        L2PrefetchFailed,
+        L2KeysEvicted,
+    )
+}
+"""The record class of each documented event type, in documentation order."""
+
+
+def event_fields(record: type[Event]) -> tuple[str, ...]:
+    """The metadata fields of a record class, in order (``timestamp`` left out)."""
+    return tuple(name for name in record.__struct_fields__ if name != "timestamp")
+
+
+EVENT_FIELDS: Mapping[EventType, tuple[str, ...]] = {
+    event_type: event_fields(record) for event_type, record in EVENT_RECORDS.items()
+}
+"""The metadata fields each event type carries, derived from its record (only ever added)."""
+
+
+def as_builtins(value: Any) -> Any:
+    """A nested record (such as :class:`L2HitSource`) as a dict; anything else unchanged."""
+    if isinstance(value, msgspec.Struct):
+        return msgspec.structs.asdict(value)
+    return value
 
 
 def count_per_salt(keys: Iterable[Any]) -> dict[str, int]:

@@ -9,12 +9,13 @@ the bus (for its own statistics) and the running server's read-only
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lmcache_core.errors import StartupError
 from lmcache_core.observability.bus import EventBus
-from lmcache_core.observability.events import Event
+from lmcache_core.observability.events import EVENT_RECORDS, Event
 
 if TYPE_CHECKING:
     from lmcache_core.config.resolution import Selection
@@ -44,35 +45,39 @@ class SubscriberContext:
 
 
 class BaseSubscriber:
-    """Dispatches events to ``on_<type with dots as underscores>`` methods.
+    """Dispatches each event record to the ``on_<type with dots as underscores>`` method.
 
-    Subclasses set :attr:`name` and define handlers such as
-    ``on_l1_keys_evicted(self, event)``; :attr:`event_types` defaults to the types
-    that have a handler, so the bus skips the rest.
+    Subclasses set :attr:`name` and define handlers taking the record class of
+    their type, such as ``on_l1_keys_evicted(self, event: L1KeysEvicted)``;
+    :attr:`event_types` defaults to the types that have a handler, so the bus
+    skips the rest. Handlers are resolved once, per type, when the subscriber is
+    built; delivery is one dictionary lookup on ``event.type``.
     """
 
     name: str = "subscriber"
     event_types: frozenset[str] | None = None
 
     def __init__(self) -> None:
-        self._handlers: dict[str, Any] = {}
+        self._by_name: dict[str, Callable[[Any], None]] = {}
         for attribute in dir(type(self)):
-            if attribute.startswith("on_") and attribute not in ("on_event",):
-                self._handlers[attribute[3:]] = getattr(self, attribute)
+            if attribute.startswith("on_") and attribute != "on_event":
+                self._by_name[attribute[3:]] = getattr(self, attribute)
+        self._by_type: dict[str, Callable[[Any], None]] = {
+            event_type.value: self._by_name[_handler_name(event_type.value)]
+            for event_type in EVENT_RECORDS
+            if _handler_name(event_type.value) in self._by_name
+        }
         if self.event_types is None:
-            self.event_types = self._declared_types()
-
-    def _declared_types(self) -> frozenset[str] | None:
-        from lmcache_core.observability.events import EventType
-
-        declared = {t.value for t in EventType if _handler_name(t.value) in self._handlers}
-        return frozenset(declared)
+            self.event_types = frozenset(self._by_type)
 
     def on_event(self, event: Event) -> None:
-        """Call the handler of ``event.type``, if any."""
-        handler = self._handlers.get(_handler_name(event.type))
-        if handler is not None:
-            handler(event)
+        """Call the handler of ``event.type`` (a plugin's own type: by its name), if any."""
+        handler = self._by_type.get(event.type)
+        if handler is None:
+            handler = self._by_name.get(_handler_name(event.type))
+            if handler is None:
+                return
+        handler(event)
 
     def close(self) -> None:
         """Nothing to release by default."""

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from lmcache_core.observability.events import EventType, count_per_salt
+from lmcache_core.observability.events import L1EvictionLoopTick, L1KeysEvicted, count_per_salt
 from lmcache_core.storage.allocator import Allocator, align_down
 from lmcache_core.storage.arena import Arena
 from lmcache_core.storage.errors import L1ClosedError
@@ -519,12 +519,13 @@ class L1Manager(ArenaViews):
         with self._lock:
             used = self._allocator.used_bytes
             triggered = self._eviction.triggered(used)
-            if self.events is not None:
+            if self.events is not None and self.events.has_subscribers(L1EvictionLoopTick.type):
                 self.events.publish(
-                    EventType.L1_EVICTION_LOOP_TICK,
-                    usage=used / self.capacity_bytes,
-                    watermark=self.trigger_watermark,
-                    triggered=triggered,
+                    L1EvictionLoopTick(
+                        usage=used / self.capacity_bytes,
+                        watermark=self.trigger_watermark,
+                        triggered=triggered,
+                    )
                 )
             if not triggered:
                 return 0
@@ -617,14 +618,15 @@ class L1Manager(ArenaViews):
             freed += obj.nbytes
             self._drop_object(key, obj)
         self.policy.on_removed(keys)
-        if self.events is not None:
+        if self.events is not None and self.events.has_subscribers(L1KeysEvicted.type):
             self.events.publish(
-                EventType.L1_KEYS_EVICTED,
-                key_count=len(keys),
-                bytes=freed,
-                key_count_per_salt=count_per_salt(keys),
-                reason="eviction",
-                keys=tuple(keys),
+                L1KeysEvicted(
+                    key_count=len(keys),
+                    bytes=freed,
+                    key_count_per_salt=count_per_salt(keys),
+                    reason="eviction",
+                    keys=tuple(keys),
+                )
             )
 
     def _delete_locked(self, keys: Iterable[ObjectKey], force: bool) -> int:

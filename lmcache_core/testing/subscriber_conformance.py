@@ -25,12 +25,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, cast, get_type_hints
 
+import msgspec
 import pytest
 
 from lmcache_core.observability.bus import EventBus, Subscriber
-from lmcache_core.observability.events import EVENT_FIELDS, Event, EventType
+from lmcache_core.observability.events import (
+    EVENT_RECORDS,
+    Event,
+    EventType,
+    L2HitSource,
+    event_fields,
+)
 from lmcache_core.storage.keys import ObjectKey
 
 T0 = 1_700_000_000.0
@@ -50,10 +57,10 @@ SAMPLE_VALUES: dict[str, Any] = {
     "l2_hit_tokens": 16,
     "l1_hit_keys": 1,
     "l2_hit_keys": 1,
-    "l2_hit_sources": [{"l2_name": "fs", "adapter_index": 0, "keys": 1, "tokens": 16.0}],
+    "l2_hit_sources": (L2HitSource(l2_name="fs", adapter_index=0, keys=1, tokens=16.0),),
     "chunk_size": 16,
     "seq_len": 48,
-    "chunk_hashes": ["0x" + key.chunk_hash.hex() for key in _KEYS],
+    "chunk_hashes": tuple("0x" + key.chunk_hash.hex() for key in _KEYS),
     "instance_id": 7,
     "chunks": 3,
     "stored_chunks": 3,
@@ -99,17 +106,41 @@ REQUEST_SEQUENCE: tuple[EventType, ...] = (
 """One request's events in the order a server publishes them (failures excluded)."""
 
 
-def documented_event(event_type: EventType, timestamp: float = T0, **extra: Any) -> Event:
-    """An event of ``event_type`` carrying exactly its documented fields, plus ``extra``.
+def documented_event(event_type: EventType, timestamp: float = T0, **override: Any) -> Event:
+    """The record of ``event_type`` with a sample value in every field.
 
     Args:
-        event_type: The type (its fields: ``EVENT_FIELDS[event_type]``).
+        event_type: The type (its record: ``EVENT_RECORDS[event_type]``).
         timestamp: When it was published.
-        **extra: Fields to add or override.
+        **override: Fields whose sample value to replace.
     """
-    data = {name: SAMPLE_VALUES[name] for name in EVENT_FIELDS[event_type]}
-    data.update(extra)
-    return Event(event_type.value, timestamp, data)
+    record = EVENT_RECORDS[event_type]
+    values = {name: SAMPLE_VALUES[name] for name in event_fields(record)}
+    values.update(override)
+    return record(timestamp=timestamp, **values)
+
+
+def with_added_fields(event: Event, **added: Any) -> Event:
+    """``event`` as a newer producer would publish it: a subclass of its record with ``added``.
+
+    The subclass keeps the record's ``type``, so dispatch and ``isinstance`` still match.
+    """
+    record = type(event)
+    newer = msgspec.defstruct(
+        f"Newer{record.__name__}",
+        [(name, type(value), value) for name, value in added.items()],
+        bases=(record,),
+        frozen=True,
+        kw_only=True,
+    )
+    return cast(Event, newer(**msgspec.structs.asdict(event)))
+
+
+class PluginEvent(Event, frozen=True, kw_only=True):
+    """Another plugin's own event type, which no core subscriber asked for."""
+
+    type: ClassVar[str] = "conformance.plugin.event"
+    anything: int
 
 
 class SubscriberConformance:
@@ -157,6 +188,21 @@ class SubscriberConformance:
         """Each documented event, with its documented fields, is handled without raising."""
         subscriber.on_event(documented_event(event_type))
 
+    def test_handlers_take_their_record(self, subscriber: Subscriber) -> None:
+        """Each ``on_<type>`` handler is annotated with that type's record (or a base of it)."""
+        # Dispatch is by name, so only this check ties a handler's reads to its record's fields.
+        for event_type, record in EVENT_RECORDS.items():
+            handler = getattr(subscriber, "on_" + event_type.value.replace(".", "_"), None)
+            if handler is None:
+                continue
+            hints = get_type_hints(handler)
+            hints.pop("return", None)
+            assert len(hints) == 1, f"{handler.__qualname__} takes one annotated event"
+            (annotation,) = hints.values()
+            assert isinstance(annotation, type) and issubclass(record, annotation), (
+                f"{handler.__qualname__} takes {annotation}, not {record.__name__}"
+            )
+
     def test_handles_a_whole_request(self, subscriber: Subscriber) -> None:
         """One request's events in publishing order are handled without raising."""
         for step, event_type in enumerate(REQUEST_SEQUENCE):
@@ -166,13 +212,16 @@ class SubscriberConformance:
         """Fields a newer producer adds do not break it."""
         # "Fields are only ever added" (events.py): the subscriber must read what it knows.
         for event_type in self._wanted(subscriber):
-            subscriber.on_event(documented_event(event_type, added_field="new", added_count=1))
+            newer = with_added_fields(
+                documented_event(event_type), added_field="new", added_count=1
+            )
+            subscriber.on_event(newer)
 
     def test_tolerates_a_type_it_did_not_ask_for(self, subscriber: Subscriber) -> None:
         """An unknown dotted type (another plugin's) does not break it."""
         # The bus filters by event_types, but a subscriber wanting every type (None)
         # receives the dotted types other plugins publish.
-        subscriber.on_event(Event("conformance.plugin.event", T0, {"anything": 1}))
+        subscriber.on_event(PluginEvent(timestamp=T0, anything=1))
 
     def test_close_may_be_called_twice(self, subscriber: Subscriber) -> None:
         """``close()`` after events, twice, does not raise."""
@@ -188,8 +237,7 @@ class SubscriberConformance:
         bus.start()
         try:
             for event_type in REQUEST_SEQUENCE:
-                data = documented_event(event_type).data
-                bus.publish(event_type.value, **data)
+                bus.publish(documented_event(event_type))
         finally:
             bus.stop(timeout=10.0)  # delivers what is queued, then closes the subscriber
         expected = sum(1 for t in REQUEST_SEQUENCE if bus.has_subscribers(t.value))

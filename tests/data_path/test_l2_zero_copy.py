@@ -206,7 +206,13 @@ def test_prefetches_in_flight_count_while_a_load_runs() -> None:
 
 
 def test_the_tier_publishes_store_and_load_events_per_adapter() -> None:
-    from lmcache_core.observability import BaseSubscriber, Event, EventBus
+    from lmcache_core.observability import BaseSubscriber, EventBus
+    from lmcache_core.observability.events import (
+        L2AdapterEvent,
+        L2LoadCompleted,
+        L2StoreCompleted,
+        L2StoreSubmitted,
+    )
     from lmcache_core.storage.l2.tier import L2Tier
     from tests.storage.doubles import make_l1
 
@@ -215,15 +221,15 @@ def test_the_tier_publishes_store_and_load_events_per_adapter() -> None:
 
         def __init__(self) -> None:
             super().__init__()
-            self.seen: list[Event] = []
+            self.seen: list[L2AdapterEvent] = []
 
-        def on_l2_store_submitted(self, event: Event) -> None:
+        def on_l2_store_submitted(self, event: L2AdapterEvent) -> None:
             self.seen.append(event)
 
-        def on_l2_store_completed(self, event: Event) -> None:
+        def on_l2_store_completed(self, event: L2AdapterEvent) -> None:
             self.seen.append(event)
 
-        def on_l2_load_completed(self, event: Event) -> None:
+        def on_l2_load_completed(self, event: L2AdapterEvent) -> None:
             self.seen.append(event)
 
     bus, recorder = EventBus(100), Recorder()
@@ -242,7 +248,7 @@ def test_the_tier_publishes_store_and_load_events_per_adapter() -> None:
         l1.delete(stored)
         assert tier.prefetch([[k] for k in stored], 4096, readers=1).keys_by_adapter == (2, 0)
         bus.drain()
-        summary = [(e.type, e.get("adapter_index")) for e in recorder.seen]
+        summary = [(e.type, e.adapter_index) for e in recorder.seen]
         assert summary == [
             ("l2.store.submitted", 0),
             ("l2.store.submitted", 1),
@@ -250,11 +256,12 @@ def test_the_tier_publishes_store_and_load_events_per_adapter() -> None:
             ("l2.store.completed", 1),
             ("l2.load.completed", 0),
         ]
-        submitted = recorder.seen[0]
-        assert submitted.get("total_bytes") == 2 * 4096
-        assert submitted.get("key_count_per_salt") == {"t": 2}
-        assert recorder.seen[2].get("succeeded_count") == 2
-        assert recorder.seen[4].get("loaded_count") == 2
+        submitted, completed, loaded = recorder.seen[0], recorder.seen[2], recorder.seen[4]
+        assert isinstance(submitted, L2StoreSubmitted)
+        assert submitted.total_bytes == 2 * 4096
+        assert submitted.key_count_per_salt == {"t": 2}
+        assert isinstance(completed, L2StoreCompleted) and completed.succeeded_count == 2
+        assert isinstance(loaded, L2LoadCompleted) and loaded.loaded_count == 2
     finally:
         for adapter in adapters:
             adapter.close()

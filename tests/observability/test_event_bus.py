@@ -7,8 +7,16 @@ import time
 
 import pytest
 
-from lmcache_core.observability import BaseSubscriber, Event, EventBus, EventType
-from lmcache_core.observability.events import EVENT_FIELDS
+from lmcache_core.observability import BaseSubscriber, EventBus, EventType
+from lmcache_core.observability.events import EVENT_FIELDS, L1KeysEvicted, MpStoreEnd
+from lmcache_core.testing.subscriber_conformance import documented_event
+
+
+def evicted(key_count: int) -> L1KeysEvicted:
+    """An ``l1.keys.evicted`` record with ``key_count`` (sample values elsewhere)."""
+    event = documented_event(EventType.L1_KEYS_EVICTED, key_count=key_count)
+    assert isinstance(event, L1KeysEvicted)
+    return event
 
 
 class Recorder(BaseSubscriber):
@@ -18,15 +26,15 @@ class Recorder(BaseSubscriber):
 
     def __init__(self) -> None:
         super().__init__()
-        self.events: list[Event] = []
+        self.events: list[L1KeysEvicted | MpStoreEnd] = []
         self.threads: set[str] = set()
         self.closed = False
 
-    def on_l1_keys_evicted(self, event: Event) -> None:
+    def on_l1_keys_evicted(self, event: L1KeysEvicted) -> None:
         self.events.append(event)
         self.threads.add(threading.current_thread().name)
 
-    def on_mp_store_end(self, event: Event) -> None:
+    def on_mp_store_end(self, event: MpStoreEnd) -> None:
         self.events.append(event)
 
     def close(self) -> None:
@@ -36,7 +44,7 @@ class Recorder(BaseSubscriber):
 class Failing(BaseSubscriber):
     name = "failing"
 
-    def on_l1_keys_evicted(self, event: Event) -> None:
+    def on_l1_keys_evicted(self, event: L1KeysEvicted) -> None:
         raise RuntimeError("boom")
 
 
@@ -51,13 +59,13 @@ def test_events_reach_subscribers_on_the_drain_thread_in_order() -> None:
     bus.start()
     try:
         for i in range(10):
-            bus.publish(EventType.L1_KEYS_EVICTED, key_count=i)
+            bus.publish(evicted(key_count=i))
         deadline = time.monotonic() + 5
         while len(recorder.events) < 10 and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
         bus.stop(2)
-    assert [e.get("key_count") for e in recorder.events] == list(range(10))
+    assert [e.key_count for e in recorder.events] == list(range(10))
     assert recorder.threads == {"lmcache-event-bus"}
     assert recorder.closed
     assert bus.stats.delivered == 10
@@ -66,7 +74,7 @@ def test_events_reach_subscribers_on_the_drain_thread_in_order() -> None:
 def test_unwanted_types_are_not_even_queued() -> None:
     bus = EventBus(100)
     bus.subscribe(Recorder())
-    bus.publish(EventType.L2_STORE_COMPLETED, l2_name="x")
+    bus.publish(documented_event(EventType.L2_STORE_COMPLETED))
     assert bus.queue_depth() == 0
     assert not bus.has_subscribers(EventType.L2_STORE_COMPLETED)
     assert bus.has_subscribers(EventType.L1_KEYS_EVICTED)
@@ -77,11 +85,11 @@ def test_a_full_queue_drops_new_events_and_counts_them() -> None:
     recorder = Recorder()
     bus.subscribe(recorder)
     for i in range(5):
-        bus.publish(EventType.L1_KEYS_EVICTED, key_count=i)
+        bus.publish(evicted(key_count=i))
     assert bus.queue_depth() == 3
     assert bus.stats.dropped == 2
     assert bus.drain() == 3
-    assert [e.get("key_count") for e in recorder.events] == [0, 1, 2]  # tail drop keeps the old
+    assert [e.key_count for e in recorder.events] == [0, 1, 2]  # tail drop keeps the old
 
 
 def test_a_failing_subscriber_is_counted_and_isolated(caplog: pytest.LogCaptureFixture) -> None:
@@ -90,7 +98,7 @@ def test_a_failing_subscriber_is_counted_and_isolated(caplog: pytest.LogCaptureF
     bus.subscribe(Failing())
     bus.subscribe(recorder)
     for _ in range(3):
-        bus.publish(EventType.L1_KEYS_EVICTED, key_count=1)
+        bus.publish(evicted(key_count=1))
     bus.drain()
     assert len(recorder.events) == 3
     assert bus.stats.subscriber_errors == {"failing": 3, "recorder": 0}
@@ -102,7 +110,7 @@ def test_a_disabled_bus_publishes_nothing_and_runs_no_thread() -> None:
     bus = EventBus(10, enabled=False)
     bus.subscribe(Recorder())
     bus.start()
-    bus.publish(EventType.L1_KEYS_EVICTED, key_count=1)
+    bus.publish(evicted(key_count=1))
     assert bus.queue_depth() == 0 and bus.stats.published == 0
     assert bus.health().ok
     bus.stop(1)

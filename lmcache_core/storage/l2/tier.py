@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lmcache_core.background import BackgroundLoop, WorkQueue
 from lmcache_core.lifecycle import Health
-from lmcache_core.observability.events import EventType, count_per_salt
+from lmcache_core.observability.events import (
+    L2KeysEvicted,
+    L2LoadCompleted,
+    L2PrefetchFailed,
+    L2StoreCompleted,
+    L2StoreSubmitted,
+    count_per_salt,
+)
 from lmcache_core.storage.errors import L1FullError, ReservationExpired
 from lmcache_core.storage.eviction import (
     EvictionPolicy,
@@ -303,12 +310,9 @@ class L2Tier:
         adapter = self.adapters[index]
         evicted = eviction.enforce(adapter)
         self.stats.evicted_keys += evicted
-        if evicted and self.events is not None:
+        if evicted and self.events is not None and self.events.has_subscribers(L2KeysEvicted.type):
             self.events.publish(
-                EventType.L2_KEYS_EVICTED,
-                l2_name=adapter.name,
-                adapter_index=index,
-                key_count=evicted,
+                L2KeysEvicted(l2_name=adapter.name, adapter_index=index, key_count=evicted)
             )
         return evicted
 
@@ -326,22 +330,25 @@ class L2Tier:
             futures = [
                 (self.adapters[i], self.adapters[i].submit_store(held, views)) for i in targets
             ]
-            if self.events is not None and held:
+            if (
+                self.events is not None
+                and held
+                and self.events.has_subscribers(L2StoreSubmitted.type)
+            ):
                 per_salt = count_per_salt(held)
                 for index in targets:
                     self.events.publish(
-                        EventType.L2_STORE_SUBMITTED,
-                        l2_name=self.adapters[index].name,
-                        adapter_index=index,
-                        key_count=len(held),
-                        total_bytes=len(held) * nbytes,
-                        key_count_per_salt=per_salt,
+                        L2StoreSubmitted(
+                            l2_name=self.adapters[index].name,
+                            adapter_index=index,
+                            key_count=len(held),
+                            total_bytes=len(held) * nbytes,
+                            key_count_per_salt=per_salt,
+                        )
                     )
             for index, (_adapter, future) in zip(targets, futures, strict=True):
                 results = _results(future, len(held), self.timeout_s, self.stats)
-                self._publish_transfer(
-                    EventType.L2_STORE_COMPLETED, index, results, nbytes, started
-                )
+                self._publish_transfer(L2StoreCompleted, index, results, nbytes, started)
                 for key, ok in zip(held, results, strict=True):
                     stored[key] = stored[key] and ok
                 eviction = self.evictions[index]
@@ -359,26 +366,40 @@ class L2Tier:
         return [stored.get(k, False) for k in keys]
 
     def _publish_transfer(
-        self, event_type: EventType, index: int, results: list[bool], nbytes: int, started: float
+        self,
+        record: type[L2StoreCompleted | L2LoadCompleted],
+        index: int,
+        results: list[bool],
+        nbytes: int,
+        started: float,
     ) -> None:
         """One adapter's store or load result, with its duration since submit."""
-        if self.events is None:
+        if self.events is None or not self.events.has_subscribers(record.type):
             return
         succeeded = sum(results)
-        counts = (
-            {"succeeded_count": succeeded}
-            if event_type is EventType.L2_STORE_COMPLETED
-            else {"loaded_count": succeeded}
-        )
-        self.events.publish(
-            event_type,
-            l2_name=self.adapters[index].name,
-            adapter_index=index,
-            failed_count=len(results) - succeeded,
-            bytes_transferred=succeeded * nbytes,
-            duration_s=time.monotonic() - started,
-            **counts,
-        )
+        name, failed = self.adapters[index].name, len(results) - succeeded
+        duration = time.monotonic() - started
+        # One constructor per record (their count fields differ), so mypy checks both.
+        event: L2StoreCompleted | L2LoadCompleted
+        if record is L2StoreCompleted:
+            event = L2StoreCompleted(
+                l2_name=name,
+                adapter_index=index,
+                succeeded_count=succeeded,
+                failed_count=failed,
+                bytes_transferred=succeeded * nbytes,
+                duration_s=duration,
+            )
+        else:
+            event = L2LoadCompleted(
+                l2_name=name,
+                adapter_index=index,
+                loaded_count=succeeded,
+                failed_count=failed,
+                bytes_transferred=succeeded * nbytes,
+                duration_s=duration,
+            )
+        self.events.publish(event)
 
     # -- prefetch ---------------------------------------------------------------------------
 
@@ -460,10 +481,8 @@ class L2Tier:
             reservations = self.l1.reserve(wanted, nbytes)
         except L1FullError:
             self.stats.prefetch_failures += count
-            if self.events is not None:
-                self.events.publish(
-                    EventType.L2_PREFETCH_FAILED, reason="l1_oom", key_count=len(wanted)
-                )
+            if self.events is not None and self.events.has_subscribers(L2PrefetchFailed.type):
+                self.events.publish(L2PrefetchFailed(reason="l1_oom", key_count=len(wanted)))
             return nothing
         staged = {r.key: r for r in reservations if r is not None}
         by_adapter: dict[int, list[ObjectKey]] = {}
@@ -485,7 +504,7 @@ class L2Tier:
             results = _results(future, len(keys), self.timeout_s, self.stats)
             if not future.done():
                 late.append((future, keys))  # timed out: still writing into its buffers
-            self._publish_transfer(EventType.L2_LOAD_COMPLETED, index, results, nbytes, started)
+            self._publish_transfer(L2LoadCompleted, index, results, nbytes, started)
             loaded.update(zip(keys, results, strict=True))
             eviction = self.evictions[index]
             if eviction is not None:  # a hit keeps the key in the adapter's LRU

@@ -14,6 +14,7 @@ from lmcache_obs_logging.subscriber import (
 
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.observability.events import Event, EventType
+from lmcache_core.testing.subscriber_conformance import documented_event
 
 T0 = 1_700_000_000.0
 
@@ -31,7 +32,8 @@ def make(logger: logging.Logger, level: int, summary_s: float = 10.0) -> EventLo
 
 
 def ev(event_type: EventType, ts: float = T0, **data: object) -> Event:
-    return Event(event_type.value, ts, data)
+    """The record of ``event_type``: ``data``, and the suite's sample values elsewhere."""
+    return documented_event(event_type, ts, **data)
 
 
 def lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
@@ -93,9 +95,9 @@ def test_info_level_subscribes_only_to_rare_events(events_logger: logging.Logger
     # The bus then does not even queue per-request events.
     bus = EventBus(queue_size=10)
     bus.subscribe(sub)
-    bus.publish(EventType.MP_STORE_START, request_id="r")
+    bus.publish(ev(EventType.MP_STORE_START, request_id="r"))
     assert bus.queue_depth() == 0
-    bus.publish(EventType.L1_ALLOCATION_FAILED, during="l1_store", key_count=1, bytes=10)
+    bus.publish(ev(EventType.L1_ALLOCATION_FAILED, during="l1_store", key_count=1, bytes=10))
     assert bus.queue_depth() == 1
 
 

@@ -17,7 +17,7 @@ from lmcache_obs_lookup_hash_log.writer import NAME_PATTERN, RotatingJsonlWriter
 from lmcache_core.errors import StartupError
 from lmcache_core.hashing import chunk_hashes, make_hasher
 from lmcache_core.observability.bus import EventBus
-from lmcache_core.observability.events import Event, EventType
+from lmcache_core.observability.events import Event, EventType, MpLookup
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 
@@ -42,10 +42,10 @@ def lookup_event(ts: float = T0, **data: object) -> Event:
         "cache_salt": "",
         "chunk_size": 16,
         "seq_len": 40,
-        "chunk_hashes": ["0x01", "0x02"],
+        "chunk_hashes": ("0x01", "0x02"),
     }
     fields.update(data)
-    return Event(EventType.MP_LOOKUP.value, ts, fields)
+    return MpLookup(timestamp=ts, **fields)  # type: ignore[arg-type]
 
 
 def read_lines(path: Path) -> list[dict[str, object]]:

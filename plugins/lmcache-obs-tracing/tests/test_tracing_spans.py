@@ -21,6 +21,7 @@ from opentelemetry.trace import StatusCode
 
 from lmcache_core.observability.events import Event, EventType
 from lmcache_core.testing.otlp_receiver import otlp_trace_receiver
+from lmcache_core.testing.subscriber_conformance import documented_event
 
 T0 = 1_700_000_000.0
 IDENT = {"request_id": "r1", "model_name": "m", "cache_salt": ""}
@@ -36,7 +37,7 @@ def exported() -> Iterator[tuple[InMemorySpanExporter, TracerProvider]]:
 
 
 def ev(event_type: EventType, ts: float, **data: object) -> Event:
-    return Event(event_type.value, ts, {**IDENT, **data})
+    return documented_event(event_type, ts, **{**IDENT, **data})
 
 
 def by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
@@ -125,9 +126,9 @@ def test_idle_roots_and_abandoned_children_end_after_the_ttl(
     spans = RequestSpans(provider.get_tracer(TRACER_NAME), idle_ttl_s=10)
     spans.handle(ev(EventType.MP_REQUEST_START, T0))
     spans.handle(ev(EventType.MP_STORE_START, T0 + 1, instance_id=1, chunks=1))  # end lost
-    spans.handle(Event(EventType.L1_EVICTION_LOOP_TICK.value, T0 + 10.5, {}))
+    spans.handle(documented_event(EventType.L1_EVICTION_LOOP_TICK, T0 + 10.5))
     assert exporter.get_finished_spans() == ()
-    spans.handle(Event(EventType.L1_EVICTION_LOOP_TICK.value, T0 + 11.5, {}))
+    spans.handle(documented_event(EventType.L1_EVICTION_LOOP_TICK, T0 + 11.5))
     got = by_name(exporter.get_finished_spans())
     assert got["request"].attributes is not None and got["mp.store"].attributes is not None
     assert got["request"].attributes["lmcache.end_reason"] == "session_expired"

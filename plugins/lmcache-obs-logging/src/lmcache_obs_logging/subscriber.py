@@ -20,7 +20,14 @@ from __future__ import annotations
 import logging
 import time
 
-from lmcache_core.observability.events import Event, EventType
+from lmcache_core.observability.events import (
+    Event,
+    EventType,
+    L1KeysEvicted,
+    L2KeysEvicted,
+    L2LoadCompleted,
+    L2StoreCompleted,
+)
 from lmcache_core.observability.subscribers import BaseSubscriber
 from lmcache_obs_logging.lines import FORMATTERS
 from lmcache_obs_logging.ratelimit import LineRateLimiter
@@ -95,7 +102,7 @@ class EventLogSubscriber(BaseSubscriber):
     def _level(self, event: Event) -> int | None:
         if event.type in FAILURES:
             return logging.INFO
-        if event.type in PARTIAL_FAILURES and _int(event.get("failed_count")) > 0:
+        if isinstance(event, L2StoreCompleted | L2LoadCompleted) and event.failed_count > 0:
             return logging.INFO
         return logging.DEBUG if self.debug_enabled and event.type in FORMATTERS else None
 
@@ -110,16 +117,13 @@ class EventLogSubscriber(BaseSubscriber):
         self.logger.log(level, "%s", line)
 
     def _count_eviction(self, event: Event) -> None:
-        adapter = ""
-        if event.type == EventType.L2_KEYS_EVICTED:
-            adapter = f"{event.get('adapter_index', '?')}:{event.get('l2_name', '?')}"
-        self._summaries[event.type].add(
-            event.timestamp,
-            _int(event.get("key_count")),
-            _int(event.get("bytes")),
-            str(event.get("reason") or ""),
-            adapter,
-        )
+        summary = self._summaries[event.type]
+        if isinstance(event, L1KeysEvicted):
+            summary.add(event.timestamp, event.key_count, event.bytes, event.reason)
+        elif isinstance(event, L2KeysEvicted):
+            # L2 evictions report neither bytes nor a reason: the adapter is what varies.
+            adapter = f"{event.adapter_index}:{event.l2_name}"
+            summary.add(event.timestamp, event.key_count, adapter=adapter)
 
     def _flush_summaries(self, now: float, *, force: bool) -> None:
         for summary in self._summaries.values():
@@ -131,13 +135,3 @@ class EventLogSubscriber(BaseSubscriber):
     def close(self) -> None:
         """Log the evictions not summarised yet."""
         self._flush_summaries(time.time(), force=True)
-
-
-def _int(value: object) -> int:
-    """A count field as an int (0 when missing or malformed)."""
-    if isinstance(value, int | float | str):
-        try:
-            return int(value)
-        except ValueError:
-            return 0
-    return 0

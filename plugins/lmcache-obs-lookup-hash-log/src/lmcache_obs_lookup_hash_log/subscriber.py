@@ -17,20 +17,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lmcache_core.observability.events import Event
+from lmcache_core.observability.events import MpLookup
 from lmcache_core.observability.subscribers import BaseSubscriber
 from lmcache_obs_lookup_hash_log.writer import RotatingJsonlWriter
 
-FIELDS = ("request_id", "model_name", "chunk_size", "seq_len", "chunk_hashes")
-"""The event fields copied into each line, after ``timestamp``."""
 
-
-def lookup_record(event: Event) -> dict[str, Any]:
-    """The JSON object of one ``mp.lookup`` event."""
-    record: dict[str, Any] = {"timestamp": event.timestamp}
-    for name in FIELDS:
-        record[name] = event.get(name)
-    return record
+def lookup_record(event: MpLookup) -> dict[str, Any]:
+    """The JSON object of one ``mp.lookup`` event (upstream's keys, in upstream's order)."""
+    return {
+        "timestamp": event.timestamp,
+        "request_id": event.request_id,
+        "model_name": event.model_name,
+        "chunk_size": event.chunk_size,
+        "seq_len": event.seq_len,
+        "chunk_hashes": list(event.chunk_hashes),
+    }
 
 
 class LookupHashLogSubscriber(BaseSubscriber):
@@ -46,7 +47,7 @@ class LookupHashLogSubscriber(BaseSubscriber):
         super().__init__()
         self.writer = writer
 
-    def on_mp_lookup(self, event: Event) -> None:
+    def on_mp_lookup(self, event: MpLookup) -> None:
         """Append the lookup's line (a write error is counted by the writer)."""
         line = json.dumps(lookup_record(event), separators=(",", ":"), ensure_ascii=True)
         self.writer.write_line(line.encode() + b"\n")

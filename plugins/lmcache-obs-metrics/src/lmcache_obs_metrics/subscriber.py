@@ -13,7 +13,23 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from lmcache_core.observability.events import Event
+from lmcache_core.observability.events import (
+    L1AllocationFailed,
+    L1EvictionLoopTick,
+    L1KeysEvicted,
+    L1WriteFinished,
+    L2AdapterEvent,
+    L2KeysEvicted,
+    L2LoadCompleted,
+    L2PrefetchFailed,
+    L2StoreCompleted,
+    MpLookupPrefetchEnd,
+    MpRequestEnd,
+    MpRetrieveEnd,
+    MpStoreEnd,
+    RequestEvent,
+    TransferEvent,
+)
 from lmcache_core.observability.subscribers import BaseSubscriber
 from lmcache_obs_metrics.collector import ServerStateCollector
 from lmcache_obs_metrics.exporter import PrometheusExporter
@@ -34,12 +50,6 @@ NAME = "metrics"
 
 GB = 1e9
 """Throughput histograms are in GB/s (10^9 bytes), as upstream's."""
-
-
-def _number(event: Event, field: str) -> float:
-    """A numeric field of ``event`` (0 when missing or not a number)."""
-    value = event.get(field, 0)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 class MetricsSubscriber(BaseSubscriber):
@@ -88,142 +98,132 @@ class MetricsSubscriber(BaseSubscriber):
 
     # -- labels -------------------------------------------------------------------------------
 
-    def _model(self, event: Event) -> str:
-        return self.caps["model_name"](event.get("model_name"))
-
-    def _salt(self, value: object) -> str:
+    def _salt(self, value: str) -> str:
         return self.caps["cache_salt"](value)
 
-    def _request_labels(self, event: Event) -> tuple[str, str]:
-        return self._model(event), self._salt(event.get("cache_salt"))
+    def _request_labels(self, event: RequestEvent) -> tuple[str, str]:
+        return self.caps["model_name"](event.model_name), self._salt(event.cache_salt)
 
-    def _per_salt(self, name: str, counts: object) -> None:
-        if isinstance(counts, Mapping):
-            for salt, count in counts.items():
-                if isinstance(count, int):
-                    self.instruments.add(name, count, self._salt(salt))
+    def _per_salt(self, name: str, counts: Mapping[str, int]) -> None:
+        for salt, count in counts.items():
+            self.instruments.add(name, count, self._salt(salt))
 
     # -- requests and lookups -----------------------------------------------------------------
 
-    def on_mp_request_end(self, event: Event) -> None:
+    def on_mp_request_end(self, event: MpRequestEnd) -> None:
         """A request ended: count it and its lifetime."""
         model, salt = self._request_labels(event)
         self.instruments.add("requests", 1, model, salt)
-        self.instruments.observe("request_duration_seconds", _number(event, "duration_s"), model)
+        self.instruments.observe("request_duration_seconds", event.duration_s, model)
 
-    def on_mp_lookup_prefetch_end(self, event: Event) -> None:
+    def on_mp_lookup_prefetch_end(self, event: MpLookupPrefetchEnd) -> None:
         """A lookup's result: requested and hit tokens and keys per tier."""
         model, salt = self._request_labels(event)
         add = self.instruments.add
         add("lookups", 1, model, salt)
-        add("lookup_requested_tokens", _number(event, "requested_tokens"), model, salt)
-        for tier in ("l1", "l2"):
-            add("lookup_hit_tokens", _number(event, f"{tier}_hit_tokens"), model, salt, tier)
-            add("lookup_hit_keys", _number(event, f"{tier}_hit_keys"), model, salt, tier)
-        sources = event.get("l2_hit_sources") or ()
-        for source in sources if isinstance(sources, list | tuple) else ():
-            if not isinstance(source, Mapping):
-                continue
-            adapter = str(source.get("l2_name", "")), str(source.get("adapter_index", ""))
-            tokens, keys = source.get("tokens", 0), source.get("keys", 0)
-            if isinstance(tokens, int | float) and isinstance(keys, int):
-                add("lookup_l2_hit_tokens", tokens, model, salt, *adapter)
-                add("lookup_l2_hit_keys", keys, model, salt, *adapter)
-        self.instruments.observe("lookup_duration_seconds", _number(event, "duration_s"), model)
+        add("lookup_requested_tokens", event.requested_tokens, model, salt)
+        add("lookup_hit_tokens", event.l1_hit_tokens, model, salt, "l1")
+        add("lookup_hit_keys", event.l1_hit_keys, model, salt, "l1")
+        add("lookup_hit_tokens", event.l2_hit_tokens, model, salt, "l2")
+        add("lookup_hit_keys", event.l2_hit_keys, model, salt, "l2")
+        for source in event.l2_hit_sources:
+            adapter = source.l2_name, str(source.adapter_index)
+            add("lookup_l2_hit_tokens", source.tokens, model, salt, *adapter)
+            add("lookup_l2_hit_keys", source.keys, model, salt, *adapter)
+        self.instruments.observe("lookup_duration_seconds", event.duration_s, model)
 
     # -- store and retrieve -------------------------------------------------------------------
 
-    def _transfer(self, kind: str, done_field: str, event: Event) -> None:
+    def _transfer(
+        self, kind: str, event: TransferEvent, done: int, nbytes: int, duration: float, ok: bool
+    ) -> None:
         model, salt = self._request_labels(event)
         add = self.instruments.add
         add(f"{kind}s", 1, model, salt)
-        add(f"{kind}_chunks", _number(event, done_field), model, salt)
-        nbytes = _number(event, "bytes")
+        add(f"{kind}_chunks", done, model, salt)
         add(f"{kind}_bytes", nbytes, model, salt)
-        if not event.get("ok", False):
+        if not ok:
             add(f"{kind}_failures", 1, model, salt)
-        duration = _number(event, "duration_s")
         self.instruments.observe(f"{kind}_duration_seconds", duration, model)
         if nbytes > 0 and duration > 0:
             self.instruments.observe(
                 f"{kind}_throughput_gigabytes_per_second", nbytes / duration / GB, model
             )
 
-    def on_mp_store_end(self, event: Event) -> None:
+    def on_mp_store_end(self, event: MpStoreEnd) -> None:
         """A store finished: count, chunks written, bytes, failure, duration, throughput."""
-        self._transfer("store", "stored_chunks", event)
+        self._transfer("store", event, event.stored_chunks, event.bytes, event.duration_s, event.ok)
 
-    def on_mp_retrieve_end(self, event: Event) -> None:
+    def on_mp_retrieve_end(self, event: MpRetrieveEnd) -> None:
         """A retrieve finished: count, chunks copied, bytes, failure, duration, throughput."""
-        self._transfer("retrieve", "retrieved_chunks", event)
+        self._transfer(
+            "retrieve", event, event.retrieved_chunks, event.bytes, event.duration_s, event.ok
+        )
 
     # -- L1 -----------------------------------------------------------------------------------
 
-    def on_l1_write_finished(self, event: Event) -> None:
+    def on_l1_write_finished(self, event: L1WriteFinished) -> None:
         """Objects committed to L1: per-salt keys, bytes, and sampled write times."""
-        self._per_salt("l1_write_keys", event.get("key_count_per_salt"))
-        self.instruments.add("l1_write_bytes", _number(event, "bytes"))
-        keys = event.get("keys")
-        if keys:
-            self.lifetimes.written(keys, event.timestamp)
+        self._per_salt("l1_write_keys", event.key_count_per_salt)
+        self.instruments.add("l1_write_bytes", event.bytes)
+        if event.keys:
+            self.lifetimes.written(event.keys, event.timestamp)
 
-    def on_l1_keys_evicted(self, event: Event) -> None:
+    def on_l1_keys_evicted(self, event: L1KeysEvicted) -> None:
         """Objects evicted: per-salt keys, bytes by reason, sampled lifetimes."""
-        self._per_salt("l1_evicted_keys", event.get("key_count_per_salt"))
-        reason = str(event.get("reason", "eviction"))
-        self.instruments.add("l1_evicted_bytes", _number(event, "bytes"), reason)
-        keys = event.get("keys")
-        if keys:
-            for lifetime in self.lifetimes.removed(keys, event.timestamp):
+        self._per_salt("l1_evicted_keys", event.key_count_per_salt)
+        self.instruments.add("l1_evicted_bytes", event.bytes, event.reason)
+        if event.keys:
+            for lifetime in self.lifetimes.removed(event.keys, event.timestamp):
                 self.instruments.observe("l1_chunk_lifetime_seconds", lifetime)
 
-    def on_l1_allocation_failed(self, event: Event) -> None:
+    def on_l1_allocation_failed(self, event: L1AllocationFailed) -> None:
         """An L1 reservation was refused."""
-        self.instruments.add("l1_allocation_failures", 1, str(event.get("during", "unknown")))
+        self.instruments.add("l1_allocation_failures", 1, event.during)
 
-    def on_l1_eviction_loop_tick(self, event: Event) -> None:
+    def on_l1_eviction_loop_tick(self, event: L1EvictionLoopTick) -> None:
         """One watermark check of the L1 controller."""
         self.instruments.add("l1_eviction_loop_ticks", 1)
-        if event.get("triggered", False):
+        if event.triggered:
             self.instruments.add("l1_eviction_loop_triggered", 1)
 
     # -- L2 -----------------------------------------------------------------------------------
 
-    def _l2_labels(self, event: Event) -> tuple[str, str]:
-        return str(event.get("l2_name", "")), str(event.get("adapter_index", ""))
+    @staticmethod
+    def _l2_labels(event: L2AdapterEvent) -> tuple[str, str]:
+        return event.l2_name, str(event.adapter_index)
 
-    def _l2_transfer(self, kind: str, succeeded_field: str, event: Event) -> None:
+    def _l2_transfer(
+        self, kind: str, event: L2StoreCompleted | L2LoadCompleted, succeeded: int
+    ) -> None:
         labels = self._l2_labels(event)
         add = self.instruments.add
         add(f"l2_{kind}_completed", 1, *labels)
-        add(f"l2_{kind}_succeeded_objects", _number(event, succeeded_field), *labels)
-        add(f"l2_{kind}_failed_objects", _number(event, "failed_count"), *labels)
-        nbytes, duration = _number(event, "bytes_transferred"), _number(event, "duration_s")
+        add(f"l2_{kind}_succeeded_objects", succeeded, *labels)
+        add(f"l2_{kind}_failed_objects", event.failed_count, *labels)
+        nbytes, duration = event.bytes_transferred, event.duration_s
         add(f"l2_{kind}_bytes", nbytes, *labels)
         if nbytes > 0 and duration > 0:
             self.instruments.observe(
                 f"l2_{kind}_throughput_gigabytes_per_second", nbytes / duration / GB, *labels
             )
 
-    def on_l2_store_completed(self, event: Event) -> None:
+    def on_l2_store_completed(self, event: L2StoreCompleted) -> None:
         """One adapter finished a store batch."""
-        self._l2_transfer("store", "succeeded_count", event)
+        self._l2_transfer("store", event, event.succeeded_count)
 
-    def on_l2_load_completed(self, event: Event) -> None:
+    def on_l2_load_completed(self, event: L2LoadCompleted) -> None:
         """One adapter finished a prefetch load."""
-        self._l2_transfer("load", "loaded_count", event)
+        self._l2_transfer("load", event, event.loaded_count)
 
-    def on_l2_prefetch_failed(self, event: Event) -> None:
+    def on_l2_prefetch_failed(self, event: L2PrefetchFailed) -> None:
         """A prefetch was abandoned."""
-        reason = str(event.get("reason", "unknown"))
-        self.instruments.add("l2_prefetch_failures", 1, reason)
-        self.instruments.add("l2_prefetch_failed_keys", _number(event, "key_count"), reason)
+        self.instruments.add("l2_prefetch_failures", 1, event.reason)
+        self.instruments.add("l2_prefetch_failed_keys", event.key_count, event.reason)
 
-    def on_l2_keys_evicted(self, event: Event) -> None:
+    def on_l2_keys_evicted(self, event: L2KeysEvicted) -> None:
         """An adapter's eviction deleted objects."""
-        self.instruments.add(
-            "l2_evicted_keys", _number(event, "key_count"), *self._l2_labels(event)
-        )
+        self.instruments.add("l2_evicted_keys", event.key_count, *self._l2_labels(event))
 
 
 def build_metrics_subscriber(context: SubscriberContext) -> MetricsSubscriber:

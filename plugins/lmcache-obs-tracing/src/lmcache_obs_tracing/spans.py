@@ -28,7 +28,19 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from lmcache_core.observability.events import Event, EventType
+from lmcache_core.observability.events import (
+    Event,
+    EventType,
+    MpLookupPrefetchEnd,
+    MpRequestEnd,
+    MpRequestStart,
+    MpRetrieveEnd,
+    MpStoreEnd,
+    RequestEvent,
+    TransferEvent,
+    as_builtins,
+    event_fields,
+)
 
 ROOT_NAME = "request"
 
@@ -66,25 +78,35 @@ def to_attribute(value: Any) -> AttributeValue | None:
     if isinstance(value, int):
         # OTLP integers are 64-bit; a larger id would fail the whole export.
         return value if INT64_MIN <= value <= INT64_MAX else str(value)
-    return json.dumps(value, separators=(",", ":"), default=str, sort_keys=True)
+    return json.dumps(value, separators=(",", ":"), default=_json_default, sort_keys=True)
+
+
+def _json_default(value: Any) -> Any:
+    # Nested records (a lookup's L2 hit sources) export as the objects they always were.
+    built = as_builtins(value)
+    return built if built is not value else str(value)
 
 
 def attributes_of(event: Event) -> dict[str, AttributeValue]:
-    """Every metadata field of ``event`` as attributes, plus ``session_id``."""
+    """Every metadata field of ``event`` (not its timestamp) as attributes, plus ``session_id``."""
     attributes: dict[str, AttributeValue] = {}
-    for name, value in event.data.items():
-        converted = to_attribute(value)
+    for name in event_fields(type(event)):
+        converted = to_attribute(getattr(event, name))
         if converted is not None:
             attributes[name] = converted
-    request_id = event.get("request_id")
-    if request_id is not None:
-        attributes["session_id"] = str(request_id)
+    if isinstance(event, RequestEvent):
+        attributes["session_id"] = event.request_id
     return attributes
 
 
 def nanos(seconds: float) -> int:
     """Epoch seconds as the integer nanoseconds OpenTelemetry wants."""
     return int(seconds * 1_000_000_000)
+
+
+def _instance_of(event: RequestEvent) -> int | None:
+    """The worker of a store or retrieve (lookups have none: one per request at a time)."""
+    return event.instance_id if isinstance(event, TransferEvent) else None
 
 
 END_REASONS = {"end_session": "end", "expired": "session_expired"}
@@ -167,11 +189,11 @@ class RequestSpans:
 
     def handle(self, event: Event) -> None:
         """Apply one event (any type: others only advance the sweep clock)."""
-        if event.type == EventType.MP_REQUEST_START:
+        if isinstance(event, MpRequestStart):
             self._start_root(event)
-        elif event.type == EventType.MP_REQUEST_END:
+        elif isinstance(event, MpRequestEnd):
             self._end_root(event)
-        elif event.type in CHILDREN:
+        elif isinstance(event, RequestEvent) and event.type in CHILDREN:
             name, end = CHILDREN[event.type]
             if end == "start":
                 self._start_child(name, event)
@@ -179,8 +201,8 @@ class RequestSpans:
                 self._end_child(name, event)
         self.sweep(event.timestamp)
 
-    def _start_root(self, event: Event) -> None:
-        request_id = str(event.get("request_id"))
+    def _start_root(self, event: MpRequestStart) -> None:
+        request_id = event.request_id
         previous = self._roots.pop(request_id, None)
         if previous is not None:  # a reused request id: the old root is over
             self._finish(previous.span, previous.last_seen, "replaced")
@@ -196,14 +218,14 @@ class RequestSpans:
             _, oldest = self._roots.popitem(last=False)
             self._finish_root(oldest, oldest.last_seen, "evicted")
 
-    def _end_root(self, event: Event) -> None:
-        root = self._roots.pop(str(event.get("request_id")), None)
+    def _end_root(self, event: MpRequestEnd) -> None:
+        root = self._roots.pop(event.request_id, None)
         if root is None:
             self.stats.unmatched_ends += 1
             return
         root.span.set_attributes(attributes_of(event))
         # The server says why the session ended; a normal end_session is plain "end".
-        reason = str(event.get("end_reason", "end_session"))
+        reason = event.end_reason
         self._finish_root(root, event.timestamp, END_REASONS.get(reason, reason))
 
     def _finish_root(self, root: _Root, end: float, reason: str) -> None:
@@ -224,8 +246,8 @@ class RequestSpans:
             self._roots.move_to_end(request_id)
         return root
 
-    def _start_child(self, name: str, event: Event) -> None:
-        request_id = str(event.get("request_id"))
+    def _start_child(self, name: str, event: RequestEvent) -> None:
+        request_id = event.request_id
         root = self._touch(request_id, event.timestamp)
         # Without an open root (a store under its own request id, or a root already
         # ended) the span starts a trace of its own; session_id still links it.
@@ -233,7 +255,7 @@ class RequestSpans:
         span = self.tracer.start_span(
             name, context=parent, start_time=nanos(event.timestamp), attributes=attributes_of(event)
         )
-        key: ChildKey = (name, request_id, event.get("instance_id"))
+        key: ChildKey = (name, request_id, _instance_of(event))
         child = _Child(next(self._serials), key, span, event.timestamp)
         self._children[child.serial] = child
         self._pending.setdefault(key, deque()).append(child)
@@ -243,10 +265,10 @@ class RequestSpans:
             self._unlink(oldest)
             self._finish(oldest.span, oldest.started, "evicted")
 
-    def _end_child(self, name: str, event: Event) -> None:
-        request_id = str(event.get("request_id"))
+    def _end_child(self, name: str, event: RequestEvent) -> None:
+        request_id = event.request_id
         root = self._touch(request_id, event.timestamp)
-        key: ChildKey = (name, request_id, event.get("instance_id"))
+        key: ChildKey = (name, request_id, _instance_of(event))
         queue = self._pending.get(key)
         if not queue:
             self.stats.unmatched_ends += 1
@@ -256,13 +278,13 @@ class RequestSpans:
             del self._pending[key]
         del self._children[child.serial]
         child.span.set_attributes(attributes_of(event))
-        if event.get("ok") is False:
+        if isinstance(event, MpStoreEnd | MpRetrieveEnd) and not event.ok:
             child.span.set_status(Status(StatusCode.ERROR, f"{name} failed"))
-        if root is not None and event.type == EventType.MP_LOOKUP_PREFETCH_END:
+        if root is not None and isinstance(event, MpLookupPrefetchEnd):
             # The latest lookup of the request decides its hit rate (a new lookup
             # replaces the previous one on the server as well).
-            root.hit_tokens = int(event.get("hit_tokens") or 0)
-            root.requested_tokens = int(event.get("requested_tokens") or 0)
+            root.hit_tokens = event.hit_tokens
+            root.requested_tokens = event.requested_tokens
         self._finish(child.span, event.timestamp, "end")
 
     def _unlink(self, child: _Child) -> None:
