@@ -24,13 +24,13 @@ import torch
 from lmcache_core.client.cpu_worker import CpuKVWorker
 from lmcache_core.config.loading import load_config
 from lmcache_core.config.resolution import resolve_plugins
+from lmcache_core.engine.contract import RequestContext
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.observability.events import EVENT_RECORDS, Event, EventType
 from lmcache_core.plugin.registry import PluginRegistry
 from lmcache_core.protocol.codec import encode_device_handle
 from lmcache_core.protocol.types import WireCacheKey
 from lmcache_core.server.data_path import DataPath, build_data_path
-from lmcache_core.server.request_server import RequestContext
 from lmcache_core.transfer.layout import KVFormat, KVLayout
 from tests.observability.event_schema import _hints
 
@@ -38,14 +38,18 @@ CHUNK = 16
 LAYOUT = KVLayout(KVFormat.NHD, 2, 32, 4, 2, 16, torch.float16)  # 4 blocks per chunk
 CTX = RequestContext(b"client", "op")
 
-TRAFFIC_TYPES = frozenset(EventType) - {
-    # Failure and pressure paths this small traffic does not reach; the storage tests drive them.
-    EventType.L1_KEYS_EVICTED,
-    EventType.L1_ALLOCATION_FAILED,
-    EventType.L2_PREFETCH_FAILED,
-    EventType.L2_KEYS_EVICTED,
-}
-"""The types the traffic below must publish."""
+PRESSURE_TYPES = frozenset({EventType.L1_KEYS_EVICTED, EventType.L2_KEYS_EVICTED})
+"""Published by the pressure test: both tiers evict at once (watermark 0)."""
+TRAFFIC_TYPES = (
+    frozenset(EventType)
+    - PRESSURE_TYPES
+    - {
+        # Failure paths this traffic does not reach; the storage tests drive them.
+        EventType.L1_ALLOCATION_FAILED,
+        EventType.L2_PREFETCH_FAILED,
+    }
+)
+"""The types the normal traffic below must publish."""
 
 
 class Everything:
@@ -97,18 +101,29 @@ def key(ids: list[int], end: int, request_id: str, worker_id: int | None) -> Wir
     )
 
 
-@pytest.fixture
-def data_path(tmp_path: Path) -> Iterator[tuple[DataPath, EventBus, Everything]]:
-    adapter = {"type": "fs", "base_path": str(tmp_path / "l2"), "max_capacity_gb": 0.01}
-    config = load_config(
-        {
-            "l1_size_gb": 0.01,
-            "eviction_policy": "LRU",
-            "chunk_size": CHUNK,
-            "shm_name": f"lmcache-test-{uuid.uuid4().hex[:8]}",
-            "l2_adapter": [adapter],
-        }
-    )
+def assembled(
+    tmp_path: Path, watermark: float | None = None
+) -> Iterator[tuple[DataPath, EventBus, Everything]]:
+    """A started data path (no request server) whose bus records every event.
+
+    ``watermark``: when given, both L1 and the L2 adapter evict above it.
+    """
+    adapter: dict[str, Any] = {
+        "type": "fs",
+        "base_path": str(tmp_path / "l2"),
+        "max_capacity_gb": 0.01,
+    }
+    values: dict[str, Any] = {
+        "l1_size_gb": 0.01,
+        "eviction_policy": "LRU",
+        "chunk_size": CHUNK,
+        "shm_name": f"lmcache-test-{uuid.uuid4().hex[:8]}",
+        "l2_adapter": [adapter],
+    }
+    if watermark is not None:
+        values["eviction_trigger_watermark"] = watermark
+        adapter["eviction"] = {"eviction_policy": "LRU", "trigger_watermark": watermark}
+    config = load_config(values)
     registry = PluginRegistry(strict=True)
     bus, recorder = EventBus(100_000), Everything()
     bus.subscribe(recorder)
@@ -123,6 +138,16 @@ def data_path(tmp_path: Path) -> Iterator[tuple[DataPath, EventBus, Everything]]
         finally:
             for component in reversed(started):
                 component.stop(5.0)
+
+
+@pytest.fixture
+def data_path(tmp_path: Path) -> Iterator[tuple[DataPath, EventBus, Everything]]:
+    yield from assembled(tmp_path)
+
+
+@pytest.fixture
+def pressured(tmp_path: Path) -> Iterator[tuple[DataPath, EventBus, Everything]]:
+    yield from assembled(tmp_path, watermark=0.0)
 
 
 def wait_for(recorder: Everything, bus: EventBus, event_type: EventType, count: int) -> None:
@@ -164,7 +189,33 @@ def test_every_published_event_is_its_record_with_every_field_set(
     bus.drain()
     seen = {e.type for e in recorder.events}
     assert seen >= TRAFFIC_TYPES, f"not published: {sorted(TRAFFIC_TYPES - seen)}"
-    for event in recorder.events:
+    assert_records(recorder.events)
+
+
+def test_eviction_events_are_their_records_with_every_field_set(
+    pressured: tuple[DataPath, EventBus, Everything],
+) -> None:
+    path, bus, recorder = pressured
+    handlers = path.engine.handlers()
+    worker = CpuKVWorker(None, LAYOUT, instance_id=5)  # type: ignore[arg-type]  # no client
+    try:
+        handles = [encode_device_handle(h) for h in worker.handles]
+        handlers["register_kv_cache"](CTX, 5, handles, "model", 1, "vllm", {"kv_layout": "NHD"}, [])
+        ids = list(range(3 * CHUNK))
+        assert handlers["store"](CTX, key(ids, 3 * CHUNK, "w", 0), 5, [list(range(1, 13))], b"")[1]
+        # Watermark 0: the L1 controller and the L2 eviction cycle evict what was stored.
+        wait_for(recorder, bus, EventType.L1_KEYS_EVICTED, 1)
+        wait_for(recorder, bus, EventType.L2_KEYS_EVICTED, 1)
+    finally:
+        worker.close()
+    bus.drain()
+    assert {e.type for e in recorder.events} >= PRESSURE_TYPES
+    assert_records(recorder.events)
+
+
+def assert_records(events: list[Event]) -> None:
+    """Each event is exactly its type's record, every field of its documented type."""
+    for event in events:
         record = EVENT_RECORDS[EventType(event.type)]
         assert type(event) is record, f"{event.type} published as {type(event).__name__}"
         hints = _hints(record)
