@@ -115,8 +115,6 @@ class L1Manager(ArenaViews):
         self.align_bytes = align_bytes
         self.write_ttl_s = write_ttl_s
         self.read_ttl_s = read_ttl_s
-        self.trigger_watermark = trigger_watermark
-        self.eviction_ratio = eviction_ratio
         self._clock = clock
         self._allocator = Allocator(capacity_bytes, init_bytes, align_bytes)
         self.capacity_bytes = self._allocator.capacity
@@ -140,6 +138,16 @@ class L1Manager(ArenaViews):
         )
         self.events: EventBus | None = None
         """Where evictions and eviction ticks are published (set by the server)."""
+
+    @property
+    def trigger_watermark(self) -> float:
+        """Usage ratio above which :meth:`maybe_evict` acts (held by the eviction part)."""
+        return self._eviction.trigger_watermark
+
+    @property
+    def eviction_ratio(self) -> float:
+        """Fraction of ``capacity_bytes`` one :meth:`maybe_evict` round frees."""
+        return self._eviction.eviction_ratio
 
     # -- writes -------------------------------------------------------------------
 
