@@ -33,6 +33,7 @@ from lmcache_engine_default.engine_driven import EngineDrivenTransfers
 from lmcache_engine_default.lmcache_driven import LmcacheDrivenTransfers
 from lmcache_engine_default.settings import DefaultEngineSettings
 from lmcache_engine_default.store_completion import StoreCompletion
+from lmcache_engine_default.transfer_parts import TransferParts
 from lmcache_engine_default.transport import transport_for
 from lmcache_engine_default.workers import WorkerTable
 
@@ -70,24 +71,16 @@ class DefaultEngine(Engine):
         )
         self.sessions: SessionTable = self.lookups.sessions  # the server reports its size
         completion = StoreCompletion(self.l1, self.l2, self.request_events)
-        self.lmcache_driven = LmcacheDrivenTransfers(
-            l1=self.l1,
-            workers=self.workers,
-            liveness=self.liveness,
-            chunk_keys=chunk_keys,
-            lookups=self.lookups,
-            request_events=self.request_events,
-            completion=completion,
-        )
-        self.engine_driven = EngineDrivenTransfers(
+        parts = TransferParts(
             l1=self.l1,
             workers=self.workers,
             liveness=self.liveness,
             chunk_keys=chunk_keys,
             lookups=self.lookups,
             completion=completion,
-            transport=transport_for(self.l1, self.chunk_size),
         )
+        self.lmcache_driven = LmcacheDrivenTransfers(parts, self.request_events)
+        self.engine_driven = EngineDrivenTransfers(parts, transport_for(self.l1, self.chunk_size))
 
     # -- engine contract -------------------------------------------------------------
 

@@ -13,10 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from lmcache_core.engine.chunk_keys import ChunkKeys
 from lmcache_core.engine.contract import Handler
-from lmcache_core.engine.liveness import Liveness
-from lmcache_core.engine.lookup import LookupService
 from lmcache_core.protocol.errors import BadRequestError, NotRegisteredError, OutOfMemoryError
 from lmcache_core.protocol.types import (
     EngineDrivenRegistration,
@@ -27,48 +24,27 @@ from lmcache_core.protocol.types import (
 )
 from lmcache_core.storage.errors import L1FullError, ReservationExpired
 from lmcache_core.storage.keys import ObjectKey
-from lmcache_core.storage.l1 import L1Manager, Reservation
+from lmcache_core.storage.l1 import Reservation
 from lmcache_core.transfer.layout import layout_from_engine_driven
 from lmcache_engine_default.pending import Direction, Pending, PendingKey, PendingTransfers
-from lmcache_engine_default.store_completion import StoreCompletion
+from lmcache_engine_default.transfer_parts import TransferParts, WorkerTransfers
 from lmcache_engine_default.transport import Transport
-from lmcache_engine_default.workers import EngineDrivenWorker, WorkerTable
+from lmcache_engine_default.workers import EngineDrivenWorker
 
 if TYPE_CHECKING:
     from lmcache_core.engine.contract import RequestContext
 
 
-class EngineDrivenTransfers:
+class EngineDrivenTransfers(WorkerTransfers):
     """Registration, prepare and commit of ``engine_driven`` stores and retrieves.
 
     Args:
-        l1: The L1 tier.
-        workers: Registered workers (shared with the lmcache_driven side).
-        liveness: Worker liveness.
-        chunk_keys: Hashes and object keys of requests.
-        lookups: The lookup service (sessions, and the locks retrieves consume).
-        completion: What follows a commit to L1.
+        parts: L1, workers, liveness, chunk keys, lookups and store completion.
         transport: How object bytes move.
     """
 
-    def __init__(
-        self,
-        *,
-        l1: L1Manager,
-        workers: WorkerTable,
-        liveness: Liveness,
-        chunk_keys: ChunkKeys,
-        lookups: LookupService,
-        completion: StoreCompletion,
-        transport: Transport,
-    ) -> None:
-        self.l1 = l1
-        self.workers = workers
-        self.liveness = liveness
-        self.chunk_keys = chunk_keys
-        self.chunk_size = chunk_keys.chunk_size
-        self.lookups = lookups
-        self.completion = completion
+    def __init__(self, parts: TransferParts, transport: Transport) -> None:
+        super().__init__(parts)
         self.transport = transport
         self.pending = PendingTransfers()
 

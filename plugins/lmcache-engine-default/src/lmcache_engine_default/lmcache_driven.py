@@ -12,10 +12,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from lmcache_core.engine.chunk_keys import ChunkKeys, ChunkWindow
+from lmcache_core.engine.chunk_keys import ChunkWindow
 from lmcache_core.engine.contract import Handler
-from lmcache_core.engine.liveness import Liveness
-from lmcache_core.engine.lookup import LookupService
 from lmcache_core.engine.request_events import RequestEvents
 from lmcache_core.engine.sessions import Session
 from lmcache_core.protocol.codec import ProtocolError, decode_device_handles
@@ -23,9 +21,8 @@ from lmcache_core.protocol.errors import BadRequestError
 from lmcache_core.protocol.types import EngineGroupInfo, WireCacheKey
 from lmcache_core.storage.errors import L1FullError
 from lmcache_core.storage.keys import ObjectKey
-from lmcache_core.storage.l1 import L1Manager
-from lmcache_engine_default.store_completion import StoreCompletion
-from lmcache_engine_default.workers import MappedWorker, WorkerTable, map_worker
+from lmcache_engine_default.transfer_parts import TransferParts, WorkerTransfers
+from lmcache_engine_default.workers import MappedWorker, map_worker
 
 if TYPE_CHECKING:
     from lmcache_core.engine.contract import RequestContext
@@ -66,38 +63,17 @@ class TransferPlan:
     blocks_per_chunk: int
 
 
-class LmcacheDrivenTransfers:
+class LmcacheDrivenTransfers(WorkerTransfers):
     """``register_kv_cache``, ``unregister_kv_cache``, ``store`` and ``retrieve``.
 
     Args:
-        l1: The L1 tier.
-        workers: Registered workers (shared with the engine_driven side).
-        liveness: Worker liveness.
-        chunk_keys: Hashes and object keys of requests.
-        lookups: The lookup service (sessions, and the locks retrieves consume).
+        parts: L1, workers, liveness, chunk keys, lookups and store completion.
         request_events: Where ``mp.store.*`` / ``mp.retrieve.*`` events go.
-        completion: What follows a commit to L1.
     """
 
-    def __init__(
-        self,
-        *,
-        l1: L1Manager,
-        workers: WorkerTable,
-        liveness: Liveness,
-        chunk_keys: ChunkKeys,
-        lookups: LookupService,
-        request_events: RequestEvents,
-        completion: StoreCompletion,
-    ) -> None:
-        self.l1 = l1
-        self.workers = workers
-        self.liveness = liveness
-        self.chunk_keys = chunk_keys
-        self.chunk_size = chunk_keys.chunk_size
-        self.lookups = lookups
+    def __init__(self, parts: TransferParts, request_events: RequestEvents) -> None:
+        super().__init__(parts)
         self.request_events = request_events
-        self.completion = completion
 
     def handlers(self) -> dict[str, Handler]:
         """Operation name -> handler."""
