@@ -24,7 +24,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from lmcache_core.client import MPClient
 from lmcache_core.client.cpu_worker import CpuKVWorker
 from tests.data_path.kv import CHUNK, fresh_tokens, lookup, make_layout, randomize, request_id
-from tests.server_process import free_port, server_on_free_ports, start_server
+from tests.server_process import (
+    clean_env,
+    drain_output,
+    free_port,
+    output_of,
+    server_on_free_ports,
+    start_server,
+    stop_server,
+    wait_healthy,
+)
 
 # Starts real servers (seconds each): outside the quick loop, `pytest -m "not slow"`.
 pytestmark = pytest.mark.slow
@@ -254,6 +263,62 @@ def test_busy_prometheus_port_fails_start_up_with_one_line() -> None:
         "(use another --prometheus-port, or --disable-metrics)"
     ]
     assert "Traceback" not in output
+
+
+@contextmanager
+def default_prometheus_port_taken() -> Iterator[None]:
+    """Hold 127.0.0.1:9090 (or find it held already) for the block's duration."""
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 9090))
+        holder.listen()
+    except OSError:
+        pass  # someone else holds it: just as taken
+    try:
+        yield
+    finally:
+        holder.close()
+
+
+def test_two_servers_with_default_prometheus_port_share_the_node() -> None:
+    # Only --port and --http-port differ: the default 9090 is taken, so each server
+    # serves /metrics on its HTTP port and warns once, instead of dying.
+    env = clean_env()
+    del env["LMCACHE_PROMETHEUS_PORT"]
+    servers: list[tuple[subprocess.Popen[str], str]] = []
+    with default_prometheus_port_taken():
+        try:
+            for _ in range(2):
+                http_port = free_port()
+                args = ("--l1-size-gb", "0.01", "--eviction-policy", "LRU", "--http-host")
+                args += ("127.0.0.1", "--http-port", str(http_port))
+                process = start_server(*args, "--port", str(free_port()), env=env)
+                drain_output(process)
+                servers.append((process, f"http://127.0.0.1:{http_port}"))
+            for process, url in servers:
+                wait_healthy(process, url)
+                scrape = httpx.get(f"{url}/metrics", timeout=5.0)
+                assert scrape.status_code == 200
+                names = {family.name for family in text_string_to_metric_families(scrape.text)}
+                assert any(name.startswith("lmcache") for name in names), names
+        finally:
+            for process, _ in servers:
+                stop_server(process)
+    for process, url in servers:
+        warnings = [line for line in output_of(process).splitlines() if "is in use" in line]
+        assert len(warnings) == 1, output_of(process)
+        assert f"served at {url}/metrics only" in warnings[0]
+
+
+def test_explicit_default_prometheus_port_taken_still_fails() -> None:
+    env = clean_env(LMCACHE_PROMETHEUS_PORT="9090")
+    args = ("--l1-size-gb", "0.01", "--eviction-policy", "LRU", "--http-host", "127.0.0.1")
+    args += ("--http-port", str(free_port()))
+    with default_prometheus_port_taken():
+        process = start_server(*args, "--port", str(free_port()), env=env)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1, output
+    assert "error: --prometheus-port: cannot listen on 127.0.0.1:9090" in output
 
 
 def prefetched(client: MPClient, rid: str) -> int:

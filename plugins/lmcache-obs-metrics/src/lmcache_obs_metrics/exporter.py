@@ -8,6 +8,7 @@ socket timeout, so a slow or stuck scraper costs neither threads nor memory.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import threading
@@ -22,6 +23,10 @@ logger = logging.getLogger("lmcache.observability.metrics")
 
 REQUEST_TIMEOUT_SECONDS = 5.0
 """A scraper that sends nothing for this long is disconnected."""
+
+
+class PortInUse(StartupError):
+    """The Prometheus port is taken by another process (``EADDRINUSE``)."""
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -68,7 +73,8 @@ class PrometheusExporter:
         """Bind and serve on a thread.
 
         Raises:
-            StartupError: The address is in use, not local, or cannot be resolved.
+            PortInUse: Another process listens on the port.
+            StartupError: The address is not local or cannot be resolved.
         """
         server_class = _server_class(self.host, self.port)
         try:
@@ -80,7 +86,8 @@ class PrometheusExporter:
                 handler_class=_QuietHandler,
             )
         except OSError as exc:
-            raise StartupError(
+            error = PortInUse if exc.errno == errno.EADDRINUSE else StartupError
+            raise error(
                 f"--prometheus-port: cannot listen on {self.host}:{self.port}: "
                 f"{exc.strerror or exc} (use another --prometheus-port, or --disable-metrics)"
             ) from None

@@ -32,7 +32,7 @@ from lmcache_core.observability.events import (
 )
 from lmcache_core.observability.subscribers import BaseSubscriber
 from lmcache_obs_metrics.collector import ServerStateCollector
-from lmcache_obs_metrics.exporter import PrometheusExporter
+from lmcache_obs_metrics.exporter import PortInUse, PrometheusExporter
 from lmcache_obs_metrics.instruments import Instruments
 from lmcache_obs_metrics.labels import MAX_CACHE_SALTS, MAX_MODEL_NAMES, LabelCap
 from lmcache_obs_metrics.sampling import ChunkSampler, LifetimeTracker
@@ -229,15 +229,37 @@ class MetricsSubscriber(BaseSubscriber):
 def build_metrics_subscriber(context: SubscriberContext) -> MetricsSubscriber:
     """The factory of the ``metrics`` spec: the subscriber, serving ``--prometheus-port``.
 
+    When the port was left at its default and another process (typically a second
+    server on the same node) holds it, the subscriber serves ``/metrics`` on the HTTP
+    port only, as upstream does, and says so once: several servers per node then
+    need only ``--port`` and ``--http-port``. A port given explicitly (flag or
+    ``LMCACHE_PROMETHEUS_PORT``) that cannot be bound still fails start-up.
+
     Raises:
-        StartupError: The Prometheus port cannot be bound.
+        StartupError: The Prometheus port cannot be bound (and was given explicitly,
+            or the failure is not "address in use").
     """
     observability = context.config.plugin_settings(MetricsSettings)
     subscriber = MetricsSubscriber(
         context.instance_id, observability.metrics_sample_rate, (context.server, context.bus)
     )
-    subscriber.exporter = PrometheusExporter(
+    exporter = PrometheusExporter(
         subscriber.registry, context.config.http.http_host, observability.prometheus_port
     )
-    subscriber.exporter.start()
+    try:
+        exporter.start()
+    except PortInUse:
+        if "prometheus_port" in observability.model_fields_set:
+            raise
+        http = context.config.http
+        logger.warning(
+            "--prometheus-port %d (the default) is in use by another process: Prometheus "
+            "metrics are served at http://%s:%d/metrics only; pass --prometheus-port to "
+            "open a separate port",
+            observability.prometheus_port,
+            http.http_host,
+            http.http_port,
+        )
+        return subscriber
+    subscriber.exporter = exporter
     return subscriber
