@@ -1,10 +1,15 @@
-"""Worker liveness: heartbeats, the reaper, and telling a reaped worker to re-register.
+"""Worker liveness: heartbeats, the reaper, and telling a lost worker to re-register.
 
 Upstream reaped quiet workers into a dead state: pings kept succeeding while
-stores failed. Here a reaped worker's next ping answers False once, which makes
-upstream's vLLM adapter treat the server as unhealthy, and its recovery on the
-following successful ping re-registers the KV caches. Callers of our own client
-do the same: a False ping means "register again".
+stores failed, and a restarted server answered True to workers it had never
+heard of. Here the next ping of an instance the server does not know (reaped, or
+registered with an earlier incarnation of this server that was restarted)
+answers False once, which makes upstream's vLLM adapter treat the server as
+unhealthy, and its recovery on the following successful ping re-registers the
+KV caches. Callers of our own client do the same: a False ping means "register
+again". Only the ids already told are remembered (at most
+``MAX_REMEMBERED_UNKNOWN``), so a worker that never re-registers costs one
+entry, not a reply of False forever.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from lmcache_core.lifecycle import Health
 
 logger = logging.getLogger("lmcache.server")
 
-MAX_REMEMBERED_REAPED = 4096
+MAX_REMEMBERED_UNKNOWN = 4096
+"""Instance ids remembered as reaped or told to re-register (oldest forgotten first)."""
 
 
 @dataclass
@@ -57,7 +63,8 @@ class Liveness:
         self.on_reap = on_reap
         self.clock = clock
         self._workers: dict[int, WorkerState] = {}
-        self._reaped: OrderedDict[int, bool] = OrderedDict()  # id -> told to re-register
+        # Instances not registered here: id -> whether a ping already answered False.
+        self._reaped: OrderedDict[int, bool] = OrderedDict()
         self._lock = threading.Lock()
         self._reaper = BackgroundLoop(
             "worker reaper",
@@ -94,7 +101,7 @@ class Liveness:
             return True
 
     def ping(self, instance_id: int | None) -> bool:
-        """A heartbeat. False (once) tells a reaped worker to re-register."""
+        """A heartbeat. False (once) tells an unknown or reaped worker to re-register."""
         if instance_id is None:
             return True
         with self._lock:
@@ -103,15 +110,17 @@ class Liveness:
                 state.last_seen = self.clock()
                 state.pinged = True
                 return True
-            if self._reaped.get(instance_id) is False:
-                self._reaped[instance_id] = True
-                return False
-            return True
+            if self._reaped.get(instance_id):
+                return True
+            self._remember(instance_id, told=True)
+            return False
 
-    def is_reaped(self, instance_id: int) -> bool:
-        """Whether the instance was reaped and has not registered since."""
-        with self._lock:
-            return instance_id in self._reaped
+    def _remember(self, instance_id: int, *, told: bool) -> None:
+        """Record an unregistered instance (under the lock), within the bound."""
+        self._reaped[instance_id] = told
+        self._reaped.move_to_end(instance_id)
+        while len(self._reaped) > MAX_REMEMBERED_UNKNOWN:
+            self._reaped.popitem(last=False)
 
     def snapshot(self) -> dict[int, dict[str, float | bool]]:
         """Per-instance liveness for ``/status``."""
@@ -135,9 +144,7 @@ class Liveness:
             ]
             for iid in victims:
                 del self._workers[iid]
-                self._reaped[iid] = False
-                while len(self._reaped) > MAX_REMEMBERED_REAPED:
-                    self._reaped.popitem(last=False)
+                self._remember(iid, told=False)
         for iid in victims:
             logger.warning("reaping silent worker instance %d", iid)
             self.reaped_total += 1
