@@ -110,6 +110,8 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
             "--eviction-policy": REQUIRED,
             "--eviction-trigger-watermark": 0.8,
             "--eviction-ratio": 0.2,
+            # Not in the reference: quotas that survive a restart (issue #14).
+            "--quota-state-file": None,  # not set
         },
     ),
     "L2 Policies": (

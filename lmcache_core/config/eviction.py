@@ -36,3 +36,16 @@ class EvictionConfig(GroupSettings):
         le=1.0,
         description="Fraction of allocated memory to evict when triggered (0.0-1.0).",
     )
+    quota_state_file: Annotated[str | None, CliMeta(metavar="PATH", default_text="not set")] = (
+        Field(
+            default=None,
+            min_length=1,
+            description=(
+                "JSON file the per-cache_salt quota table is saved to after every change and "
+                "restored from at start-up, so a restart never makes IsolatedLRU evict a "
+                "tenant's data for want of its quota. Its directory must exist; an unreadable "
+                "or invalid file stops start-up. Not set: quotas live in memory only. Not in "
+                "the reference: upstream's quotas are lost on restart."
+            ),
+        )
+    )

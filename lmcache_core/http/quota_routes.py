@@ -108,6 +108,9 @@ class QuotaList(QuotaEnforcement):
     """Answer of ``GET /quota``: every salt with a quota."""
 
     users: dict[str, QuotaUser]
+    persisted: bool = Field(
+        description="Whether the table is saved to --quota-state-file (and survives a restart)."
+    )
     note: str | None = Field(
         default=None, description="Set when no tier enforces the limits, saying so."
     )
@@ -174,6 +177,7 @@ _PUT_BODY_DOC: dict[str, Any] = {
         },
         409: {"description": "The quota table is full"},
         413: {"description": "The body is too large"},
+        507: {"description": "--quota-state-file could not be written; nothing changed"},
         503: {"description": "The data path is not running"},
     },
     openapi_extra=_PUT_BODY_DOC,
@@ -187,9 +191,17 @@ async def put_quota(cache_salt: str, request: Request) -> QuotaSetResponse:
         entry = quotas.set_limit(salt, limit_gb)
     except QuotaTableFull as exc:
         raise HTTPException(409, str(exc)) from None
+    except OSError as exc:
+        raise _not_saved(exc) from None
     return QuotaSetResponse(
         cache_salt=salt_to_path(salt), limit_gb=entry.limit_gb, **_enforcement(quotas)
     )
+
+
+def _not_saved(exc: OSError) -> HTTPException:
+    """The answer when ``--quota-state-file`` could not be written (nothing changed)."""
+    detail = f"the quota table could not be saved ({exc.strerror or exc}); nothing changed"
+    return HTTPException(507, detail)
 
 
 @router.get(
@@ -220,12 +232,15 @@ def get_quota(cache_salt: str, request: Request) -> QuotaInfo:
     "/quota/{cache_salt:path}",
     summary="Remove a cache salt's quota (its limit becomes 0)",
     response_model=QuotaDeleteResponse,
-    responses=_SALT_ERRORS,
+    responses={**_SALT_ERRORS, 507: {"description": "--quota-state-file could not be written"}},
 )
 def delete_quota(cache_salt: str, request: Request) -> QuotaDeleteResponse:
     """Forget the salt's quota; an enforcing tier then evicts its data (allowlist)."""
     salt = _salt(cache_salt)
-    removed = _quotas(request).remove(salt)
+    try:
+        removed = _quotas(request).remove(salt)
+    except OSError as exc:
+        raise _not_saved(exc) from None
     return QuotaDeleteResponse(
         cache_salt=salt_to_path(salt), status="removed" if removed else "not_found"
     )
@@ -250,4 +265,4 @@ def list_quotas(request: Request) -> QuotaList:
         for salt, entry in sorted(quotas.limits().items())
     }
     note = None if enforcement["enforced"] else NOT_ENFORCED_NOTE
-    return QuotaList(users=users, note=note, **enforcement)
+    return QuotaList(users=users, persisted=quotas.persistent, note=note, **enforcement)

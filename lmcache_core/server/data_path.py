@@ -9,6 +9,7 @@ so a plugin factory that raises leaks no arena, adapter or engine.
 
 from __future__ import annotations
 
+import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,9 @@ from lmcache_core.storage.eviction import EvictionSettings, IsolatedEvictionPoli
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.tier import L2Tier
 from lmcache_core.storage.quota import QuotaManager
+from lmcache_core.storage.quota_state import QuotaStateFile
+
+logger = logging.getLogger("lmcache.server")
 
 GIB = 1 << 30
 
@@ -131,6 +135,25 @@ def build_l1(
     return l1
 
 
+def build_quotas(config: ServerConfig) -> QuotaManager:
+    """One quota table for every tier, restored from ``--quota-state-file`` when given.
+
+    Raises:
+        StartupError: The state file cannot be read or holds an invalid table.
+    """
+    path = config.eviction.quota_state_file
+    if path is None:
+        return QuotaManager()
+    store = QuotaStateFile(path)
+    quotas = QuotaManager(store=store)
+    try:
+        quotas.restore(store.load())
+    except ValueError as exc:  # QuotaStateError included
+        raise StartupError(f"--quota-state-file: {exc}") from None
+    logger.info("restored %d quotas from %s", len(quotas.limits()), path)
+    return quotas
+
+
 def build_data_path(
     config: ServerConfig,
     registry: PluginRegistry,
@@ -146,10 +169,15 @@ def build_data_path(
     Raises:
         StartupError: Memory for L1 cannot be had, or a plugin fails to build.
     """
-    # One quota table for every tier; in memory only (lost on restart), like upstream's.
-    quotas = QuotaManager()
+    quotas = build_quotas(config)
     l1 = build_l1(config, registry, selection, quotas, bus, cleanup)
     l2 = build_l2(config, registry, selection, l1, quotas, bus, cleanup)
+    if quotas.enforced_by and not quotas.persistent:
+        logger.warning(
+            "quotas live in memory only: after a restart the IsolatedLRU tiers (%s) evict "
+            "every cache_salt until its quota is set again; pass --quota-state-file to keep them",
+            ", ".join(quotas.enforced_by),
+        )
     token_cache = TokenHashCache(make_hasher(config.mp.hash_algorithm), config.mp.chunk_size)
     engine = registry.builder.engine(
         selection.engine, EngineContext(config, registry, selection, l1, token_cache, l2, bus)

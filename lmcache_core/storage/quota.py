@@ -1,10 +1,12 @@
 """Per-``cache_salt`` quotas: the limits the ``IsolatedLRU`` policy enforces.
 
-The :class:`QuotaManager` is a thread-safe table ``cache_salt -> limit`` kept in
-memory only: limits are set at run time over the HTTP quota API and are lost
-when the server restarts. A salt without an entry has an effective limit of
-0 bytes (allowlist semantics): a tier that enforces quotas evicts all of its
-data at its next eviction cycle.
+The :class:`QuotaManager` is a thread-safe table ``cache_salt -> limit``, set
+at run time over the HTTP quota API. It lives in memory and, with a
+:class:`QuotaStore` (``--quota-state-file``, see
+:mod:`lmcache_core.storage.quota_state`), is saved after every change and
+restored at start-up, so a restart keeps the limits. A salt without an entry has
+an effective limit of 0 bytes (allowlist semantics): a tier that enforces quotas
+evicts all of its data at its next eviction cycle.
 
 The manager also knows the tiers (L1, each L2 adapter), how many bytes each
 holds per salt, and whether each enforces the limits (its eviction policy is
@@ -18,6 +20,7 @@ import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from lmcache_core.storage.keys import validate_cache_salt
 
@@ -87,6 +90,11 @@ class QuotaLimit:
     limit_bytes: int
 
 
+def _entry(limit_gb: float) -> QuotaLimit:
+    """A validated limit as a table entry."""
+    return QuotaLimit(limit_gb, int(limit_gb * GIB))
+
+
 @dataclass(frozen=True)
 class QuotaTier:
     """A tier whose bytes the quota API reports.
@@ -102,6 +110,17 @@ class QuotaTier:
     enforcing: bool
 
 
+class QuotaStore(Protocol):
+    """Where the table is saved after each change (``--quota-state-file``)."""
+
+    def save(self, limits: Mapping[str, float]) -> None:
+        """Replace the saved table with ``limits`` (``salt -> limit_gb``).
+
+        Raises:
+            OSError: It could not be saved; the change is then not applied.
+        """
+
+
 class QuotaManager:
     """The in-memory quota table, and where to read per-salt usage.
 
@@ -111,15 +130,48 @@ class QuotaManager:
 
     Args:
         max_entries: Most salts the table holds.
+        store: Saves the table after each change; None keeps it in memory only.
     """
 
-    def __init__(self, max_entries: int = MAX_QUOTAS) -> None:
+    def __init__(self, max_entries: int = MAX_QUOTAS, store: QuotaStore | None = None) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, not {max_entries}")
         self.max_entries = max_entries
+        self.store = store
         self._lock = threading.Lock()
+        # Writers take this one first, so saves happen in the order of the changes.
+        self._write_lock = threading.Lock()
         self._limits: dict[str, QuotaLimit] = {}
         self._tiers: list[QuotaTier] = []
+
+    @property
+    def persistent(self) -> bool:
+        """Whether changes are saved (and survive a restart)."""
+        return self.store is not None
+
+    def restore(self, limits: Mapping[str, float]) -> None:
+        """Load a saved table (at start-up, before any tier evicts); nothing is saved.
+
+        Raises:
+            ValueError: An invalid salt or limit, or more salts than ``max_entries``.
+        """
+        restored = {validate_cache_salt(s): _entry(check_limit_gb(v)) for s, v in limits.items()}
+        if len(restored) > self.max_entries:
+            count, most = len(restored), self.max_entries
+            raise ValueError(f"{count} salts, more than the table holds ({most})")
+        with self._lock:
+            self._limits = restored
+
+    def _commit(self, limits: dict[str, QuotaLimit]) -> None:
+        """Save ``limits`` (when persistent), then make them the table (under the write lock).
+
+        Raises:
+            OSError: Saving failed; the table is unchanged.
+        """
+        if self.store is not None:
+            self.store.save({salt: entry.limit_gb for salt, entry in limits.items()})
+        with self._lock:
+            self._limits = limits
 
     # -- limits -------------------------------------------------------------------------
 
@@ -129,14 +181,16 @@ class QuotaManager:
         Raises:
             ValueError: Invalid salt or limit.
             QuotaTableFull: A new salt and the table is full.
+            OSError: The table could not be saved; nothing changed.
         """
         validate_cache_salt(cache_salt)
-        limit_gb = check_limit_gb(limit_gb)
-        entry = QuotaLimit(limit_gb, int(limit_gb * GIB))
-        with self._lock:
-            if cache_salt not in self._limits and len(self._limits) >= self.max_entries:
+        entry = _entry(check_limit_gb(limit_gb))
+        with self._write_lock:
+            limits = self.limits()
+            if cache_salt not in limits and len(limits) >= self.max_entries:
                 raise QuotaTableFull(f"the quota table is full ({self.max_entries} salts)")
-            self._limits[cache_salt] = entry
+            limits[cache_salt] = entry
+            self._commit(limits)
         return entry
 
     def get(self, cache_salt: str) -> QuotaLimit | None:
@@ -145,9 +199,17 @@ class QuotaManager:
             return self._limits.get(cache_salt)
 
     def remove(self, cache_salt: str) -> bool:
-        """Forget a salt's quota (its limit becomes 0); True if it had one."""
-        with self._lock:
-            return self._limits.pop(cache_salt, None) is not None
+        """Forget a salt's quota (its limit becomes 0); True if it had one.
+
+        Raises:
+            OSError: The table could not be saved; nothing changed.
+        """
+        with self._write_lock:
+            limits = self.limits()
+            if limits.pop(cache_salt, None) is None:
+                return False
+            self._commit(limits)
+            return True
 
     def limits(self) -> dict[str, QuotaLimit]:
         """A snapshot of every quota."""
