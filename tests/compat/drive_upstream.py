@@ -43,11 +43,12 @@ def wait_for(predicate, what, timeout=30.0):
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def main(url: str) -> None:
+def make_adapters(url: str, heartbeat_interval: float = 5.0):
+    """Upstream's scheduler and worker adapters for one server, as vLLM builds them."""
     extra = {
         "lmcache.mp.mp_transfer_mode": "lmcache_driven",
         "lmcache.mp.mq_timeout": 20.0,
-        "lmcache.mp.heartbeat_interval": 5.0,
+        "lmcache.mp.heartbeat_interval": heartbeat_interval,
     }
     strategy = ParallelStrategy(
         mla_only=False, vllm_world_size=1, vllm_worker_id=0, tp_size=1, pp_size=1, n_servers=1
@@ -57,6 +58,52 @@ def main(url: str) -> None:
         [url], context, MODEL, BLOCK, strategy, extra_config=extra
     )
     worker = LMCacheMPWorkerAdapter(url, context, MODEL, BLOCK, strategy, extra_config=extra)
+    return scheduler, worker
+
+
+def register(worker, seed: int = 1):
+    """Register random bf16 KV caches (the adapter moves them to shared memory)."""
+    kv = {
+        f"model.layers.{i}.attn": torch.zeros(2, BLOCKS, BLOCK, HEADS, DIM, dtype=torch.bfloat16)
+        for i in range(LAYERS)
+    }
+    worker.register_kv_caches(kv, layout_hints={"kv_layout": "NHD"})
+    generator = torch.Generator().manual_seed(seed)
+    for tensor in kv.values():  # the adapter moved their storage to shared memory
+        tensor.copy_(torch.randn(tensor.shape, generator=generator).to(torch.bfloat16))
+    return kv
+
+
+def round_trip(scheduler, worker, kv, chunk: int, name: str, seed: int = 7):
+    """Store 3 chunks, look them up, retrieve them into other blocks: (hit tokens, identical)."""
+    chunks = 3
+    tokens = [random.Random(seed).randrange(30000) for _ in range(chunks * chunk + 5)]
+    blocks_per_chunk = chunk // BLOCK
+    store_blocks = list(range(1, 1 + chunks * blocks_per_chunk))
+    store_id, load_id = f"{name}-store", f"{name}-load"
+    op = LoadStoreOp(token_ids=tokens, block_ids=[store_blocks], start=0, end=chunks * chunk)
+    worker.submit_store_request(store_id, op, worker.create_recorded_event())
+    wait_for(lambda: store_id in (worker.get_finished({store_id})[0] or set()), "the store")
+
+    scheduler.maybe_submit_lookup_request(load_id, tokens)
+    hit_tokens = wait_for(lambda: scheduler.check_lookup_result(load_id), "the lookup", 30)
+
+    originals = {name: t.clone() for name, t in kv.items()}
+    load_blocks = list(range(50, 50 + chunks * blocks_per_chunk))
+    for tensor in kv.values():
+        tensor[:, load_blocks] = 0
+    op = LoadStoreOp(token_ids=tokens, block_ids=[load_blocks], start=0, end=hit_tokens)
+    worker.submit_retrieve_request(load_id, op, worker.create_recorded_event())
+    wait_for(lambda: load_id in (worker.get_finished(set())[1] or set()), "the retrieve")
+    identical = all(
+        torch.equal(kv[name][:, load_blocks], originals[name][:, store_blocks]) for name in kv
+    )
+    scheduler.end_session(load_id)
+    return hit_tokens, identical
+
+
+def main(url: str) -> None:
+    scheduler, worker = make_adapters(url)
     report = {}
     client = worker.req_client
     report["noop"] = client.noop().result(timeout=10)
@@ -64,44 +111,15 @@ def main(url: str) -> None:
     chunk = client.get_chunk_size().result(timeout=10)
     report["chunk_size"] = chunk
 
-    kv = {
-        f"model.layers.{i}.attn": torch.zeros(2, BLOCKS, BLOCK, HEADS, DIM, dtype=torch.bfloat16)
-        for i in range(LAYERS)
-    }
-    worker.register_kv_caches(kv, layout_hints={"kv_layout": "NHD"})
-    generator = torch.Generator().manual_seed(1)
-    for tensor in kv.values():  # the adapter moved their storage to shared memory
-        tensor.copy_(torch.randn(tensor.shape, generator=generator).to(torch.bfloat16))
-
-    chunks = 3
-    tokens = [random.Random(7).randrange(30000) for _ in range(chunks * chunk + 5)]
-    blocks_per_chunk = chunk // BLOCK
-    store_blocks = list(range(1, 1 + chunks * blocks_per_chunk))
-    op = LoadStoreOp(token_ids=tokens, block_ids=[store_blocks], start=0, end=chunks * chunk)
-    worker.submit_store_request("req-store", op, worker.create_recorded_event())
-    wait_for(lambda: "req-store" in (worker.get_finished({"req-store"})[0] or set()), "the store")
-
-    scheduler.maybe_submit_lookup_request("req-load", tokens)
-    hit_tokens = wait_for(lambda: scheduler.check_lookup_result("req-load"), "the lookup", 30)
+    kv = register(worker)
+    hit_tokens, identical = round_trip(scheduler, worker, kv, chunk, "req")
     report["hit_tokens"] = hit_tokens
-
-    originals = {name: t.clone() for name, t in kv.items()}
-    load_blocks = list(range(50, 50 + chunks * blocks_per_chunk))
-    for tensor in kv.values():
-        tensor[:, load_blocks] = 0
-    op = LoadStoreOp(token_ids=tokens, block_ids=[load_blocks], start=0, end=hit_tokens)
-    worker.submit_retrieve_request("req-load", op, worker.create_recorded_event())
-    wait_for(lambda: "req-load" in (worker.get_finished(set())[1] or set()), "the retrieve")
-    identical = all(
-        torch.equal(kv[name][:, load_blocks], originals[name][:, store_blocks]) for name in kv
-    )
     report["bytes_identical"] = identical
-    scheduler.end_session("req-load")
     report["query_after_end"] = client.query_prefetch_status("req-load").result(timeout=10)
     worker.shutdown()
     scheduler.shutdown()
     print(json.dumps(report))
-    expected_hits = chunks * chunk
+    expected_hits = 3 * chunk
     if not identical or hit_tokens != expected_hits or report["noop"] != "OK":
         raise SystemExit(f"mismatch: {report}")
 
