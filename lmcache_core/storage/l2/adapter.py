@@ -83,11 +83,17 @@ class L2AdapterV1(abc.ABC):
         self._sizes: dict[ObjectKey, int] = {}
         self._used = 0  # sum of _sizes
         self._reserved = 0  # bytes of stores in flight, so concurrent stores cannot overshoot
+        # The same stores in the backend's allocation units, for the room check.
+        self._reserved_room = 0
+        self.room_unit = 1
+        """Allocation unit of the backend's room (a file system's block size): each
+        object in flight takes a whole number of them in :meth:`_room_bytes`."""
         self._pins: dict[ObjectKey, int] = {}
         self._closed = False
         self.errors = 0
         self.corrupt = 0
         self.refused_full = 0
+        self.refused_no_room = 0
         self.buffers_are_scratch = False
         """True: a failed load may leave partial bytes in its buffer (the caller discards
         it), so loads read straight into the buffer through :meth:`_get_into`. False
@@ -110,6 +116,16 @@ class L2AdapterV1(abc.ABC):
     @abc.abstractmethod
     def _remove(self, key: ObjectKey) -> bool:
         """Delete ``key``; True if it was there."""
+
+    def _room_bytes(self) -> int | None:
+        """Bytes the backend itself can still take, or None when it sets no limit.
+
+        Optional: a file-system adapter overrides it with its disk limits (a
+        watermark, a minimum free space), measured at admission. Stores in flight
+        are subtracted by the caller. Raise ``OSError`` when it cannot be measured:
+        the batch is then refused, since nothing says it fits.
+        """
+        return None
 
     def _get_into(self, key: ObjectKey, parts: Sequence[memoryview]) -> bool:
         """Read ``key``'s stored bytes straight into ``parts``, filled in order.
@@ -246,6 +262,7 @@ class L2AdapterV1(abc.ABC):
             "errors": self.errors,
             "corrupt_objects": self.corrupt,
             "refused_full": self.refused_full,
+            "refused_no_room": self.refused_no_room,
         }
 
     def close(self) -> None:
@@ -278,7 +295,18 @@ class L2AdapterV1(abc.ABC):
             self._used += size
 
     def _admit(self, keys: Sequence[ObjectKey], sizes: Sequence[int]) -> list[bool]:
-        """Reserve room for each key in order; False for a key that does not fit."""
+        """Reserve room for each key in order; False for a key that does not fit.
+
+        Two limits apply: the capacity (bytes this adapter indexes) and the
+        backend's own room (:meth:`_room_bytes`, measured once per batch outside the
+        lock, less the stores in flight).
+        """
+        try:
+            room = self._room_bytes()
+        except OSError:
+            logger.warning("%s: cannot measure the free space; refusing the stores", self.name)
+            self.errors += 1
+            room = 0
         admitted: list[bool] = []
         with self._lock:
             for key, size in zip(keys, sizes, strict=True):
@@ -290,10 +318,23 @@ class L2AdapterV1(abc.ABC):
                 ):
                     self.refused_full += 1
                     admitted.append(False)
+                elif room is not None and self._reserved_room + self._room_size(size) > room:
+                    self.refused_no_room += 1
+                    admitted.append(False)
                 else:
                     self._reserved += size
+                    self._reserved_room += self._room_size(size)
                     admitted.append(True)
         return admitted
+
+    def _room_size(self, size: int) -> int:
+        """``size`` in whole allocation units of the backend."""
+        return -(-size // self.room_unit) * self.room_unit
+
+    def _release(self, size: int) -> None:
+        """Give back an admitted store's reservation; the lock is held."""
+        self._reserved -= size
+        self._reserved_room -= self._room_size(size)
 
     def _submit_reserved(self, key: ObjectKey, payload: memoryview, size: int) -> Future[bool]:
         """Run :meth:`_put_reserved` on the pool (releasing the reservation if it cannot)."""
@@ -301,7 +342,7 @@ class L2AdapterV1(abc.ABC):
             return self._pool.submit(self._put_reserved, key, payload, size)
         except BaseException:
             with self._lock:
-                self._reserved -= size
+                self._release(size)
             raise
 
     def _store_one(self, key: ObjectKey, payload: bytes | bytearray | memoryview) -> bool:
@@ -328,7 +369,7 @@ class L2AdapterV1(abc.ABC):
             return True
         finally:
             with self._lock:
-                self._reserved -= size
+                self._release(size)
 
     def _lookup_one(self, key: ObjectKey) -> bool:
         try:

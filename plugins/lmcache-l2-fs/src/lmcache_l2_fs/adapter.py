@@ -30,6 +30,7 @@ import numpy as np
 from lmcache_core.storage.keys import ObjectKey, validate_cache_salt
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
 from lmcache_core.storage.l2.context import DEFAULT_L2_ADAPTER_CONTEXT, L2AdapterContext
+from lmcache_core.storage.l2.disk_limits import NO_DISK_LIMITS, DiskLimits
 from lmcache_l2_fs.config import FSAdapterConfig
 
 logger = logging.getLogger("lmcache.l2.fs")
@@ -152,6 +153,8 @@ class FsL2Adapter(L2AdapterV1):
         persist: Keep the files at close; False deletes the files this adapter indexes.
         stale_tmp_age_s: At start, delete leftover temporary files at least this old
             (0: all of them; use a grace period when several servers share the directory).
+        disk_limits: The file system's watermark and minimum free space, checked at
+            each admission (default: none).
     """
 
     def __init__(
@@ -166,6 +169,7 @@ class FsL2Adapter(L2AdapterV1):
         num_workers: int = 4,
         persist: bool = True,
         stale_tmp_age_s: float = 0.0,
+        disk_limits: DiskLimits = NO_DISK_LIMITS,
     ) -> None:
         if read_ahead_size is not None and read_ahead_size <= 0:
             raise ValueError("read_ahead_size must be > 0")
@@ -190,6 +194,16 @@ class FsL2Adapter(L2AdapterV1):
         if self.tmp_dir is not None:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.block_size = os.statvfs(self.tmp_dir or self.base_path).f_bsize
+        self.disk_limits = disk_limits
+        self.room_unit = os.statvfs(self.base_path).f_frsize  # files take whole blocks
+        room = disk_limits.room(self.base_path)
+        if room == 0:
+            logger.warning(
+                "fs: %s is at its disk limits already (%s); stores are refused until space "
+                "is freed",
+                self.base_path,
+                disk_limits,
+            )
 
     # -- paths -----------------------------------------------------------------------
 
@@ -226,6 +240,9 @@ class FsL2Adapter(L2AdapterV1):
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
+
+    def _room_bytes(self) -> int | None:
+        return self.disk_limits.room(self.base_path)
 
     def _exists(self, key: ObjectKey) -> bool:
         return self.path_of(key).is_file()
@@ -308,6 +325,8 @@ class FsL2Adapter(L2AdapterV1):
         status = super().status()
         status.update(
             base_path=str(self.base_path),
+            high_watermark=self.disk_limits.high_watermark,
+            min_free_bytes=self.disk_limits.min_free_bytes,
             odirect_writes=self.odirect_writes,
             buffered_writes=self.buffered_writes,
         )
@@ -394,4 +413,5 @@ def build_fs(
         object_format=config.format,
         persist=config.persist_enabled,
         stale_tmp_age_s=SHARED_TMP_GRACE_S if config.shared else 0.0,
+        disk_limits=config.disk_limits(),
     )

@@ -7,9 +7,10 @@ from pathlib import PurePath
 from pydantic import Field, field_validator
 
 from lmcache_core.config.l2_adapter import L2AdapterConfigBase
+from lmcache_core.storage.l2.disk_limits import DiskLimitsConfig
 
 
-class FSAdapterConfig(L2AdapterConfigBase):
+class FSAdapterConfig(L2AdapterConfigBase, DiskLimitsConfig):
     """The ``--l2-adapter`` JSON of ``{"type": "fs", ...}``."""
 
     base_path: str = Field(

@@ -158,7 +158,7 @@ class NativeClientAdapter(L2AdapterV1):
             result = [False] * len(keys)
             with self._lock:
                 for i, hit in zip(sent, hits, strict=True):
-                    self._reserved -= sizes[i]
+                    self._release(sizes[i])
                     if hit:
                         self._set_size(keys[i], sizes[i])
                         result[i] = True
