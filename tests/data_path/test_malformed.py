@@ -150,7 +150,8 @@ CASES: list[tuple[str, list[bytes], str, Any]] = [
     ("two-frames-noop", [E("noop")], OK, "OK"),
     ("two-frames-noop-id", [E(24)], OK, "OK"),
     ("extra-frame", [E("noop"), E(1)], BAD, None),
-    ("ping-huge-int", [E("ping"), E(2**64 - 1)], OK, True),
+    # An id the server never saw: its first ping says "register again" (False).
+    ("ping-huge-int", [E("ping"), E(2**64 - 1)], OK, False),
     ("ping-str", [E("ping"), E("x")], BAD, None),
     ("ping-trailing-bytes", [E("ping"), b"\x00\xff\xfe"], BAD, None),
     ("query-int", [E("query_prefetch_status"), E(5)], BAD, None),
