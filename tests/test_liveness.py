@@ -63,6 +63,6 @@ def test_remembered_ids_are_bounded() -> None:
     bound = liveness_module.MAX_REMEMBERED_UNKNOWN
     for instance in range(bound + 10):
         assert live.ping(instance) is False
-    assert len(live._reaped) == bound  # the oldest ids are forgotten first
+    assert len(live._unknown) == bound  # the oldest ids are forgotten first
     assert live.ping(bound + 9) is True  # still remembered as told
     assert live.ping(0) is False  # forgotten: told again, which costs one False

@@ -64,7 +64,7 @@ class Liveness:
         self.clock = clock
         self._workers: dict[int, WorkerState] = {}
         # Instances not registered here: id -> whether a ping already answered False.
-        self._reaped: OrderedDict[int, bool] = OrderedDict()
+        self._unknown: OrderedDict[int, bool] = OrderedDict()
         self._lock = threading.Lock()
         self._reaper = BackgroundLoop(
             "worker reaper",
@@ -79,7 +79,7 @@ class Liveness:
         """A worker (re-)registered: track it afresh."""
         now = self.clock()
         with self._lock:
-            self._reaped.pop(instance_id, None)
+            self._unknown.pop(instance_id, None)
             state = self._workers.get(instance_id)
             if state is None:
                 self._workers[instance_id] = WorkerState(now, now)
@@ -110,17 +110,17 @@ class Liveness:
                 state.last_seen = self.clock()
                 state.pinged = True
                 return True
-            if self._reaped.get(instance_id):
+            if self._unknown.get(instance_id):
                 return True
             self._remember(instance_id, told=True)
             return False
 
     def _remember(self, instance_id: int, *, told: bool) -> None:
         """Record an unregistered instance (under the lock), within the bound."""
-        self._reaped[instance_id] = told
-        self._reaped.move_to_end(instance_id)
-        while len(self._reaped) > MAX_REMEMBERED_UNKNOWN:
-            self._reaped.popitem(last=False)
+        self._unknown[instance_id] = told
+        self._unknown.move_to_end(instance_id)
+        while len(self._unknown) > MAX_REMEMBERED_UNKNOWN:
+            self._unknown.popitem(last=False)
 
     def snapshot(self) -> dict[int, dict[str, float | bool]]:
         """Per-instance liveness for ``/status``."""
