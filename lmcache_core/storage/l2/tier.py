@@ -33,6 +33,7 @@ from lmcache_core.observability.events import (
     L2StoreSubmitted,
     count_per_salt,
 )
+from lmcache_core.observability.miss_causes import MissCause
 from lmcache_core.storage.errors import L1FullError, ReservationExpired
 from lmcache_core.storage.eviction import (
     EvictionPolicy,
@@ -43,6 +44,8 @@ from lmcache_core.storage.keys import ObjectKey, prefix_chunks
 from lmcache_core.storage.l1 import L1Manager, Reservation
 from lmcache_core.storage.l2.adapter import L2AdapterV1
 from lmcache_core.storage.l2.policies import PrefetchPolicy, StorePolicy
+from lmcache_core.storage.namespace_index import NamespaceIndex
+from lmcache_core.storage.removal_history import RemovalHistory
 
 if TYPE_CHECKING:
     from lmcache_core.observability.bus import EventBus
@@ -75,15 +78,28 @@ def _bytes_of(tensor: Any) -> memoryview:
 
 
 def _results(future: Future[list[bool]], count: int, timeout: float, stats: L2Stats) -> list[bool]:
+    return _outcome(future, count, timeout, stats)[0]
+
+
+def _outcome(
+    future: Future[list[bool]], count: int, timeout: float, stats: L2Stats
+) -> tuple[list[bool], MissCause | None]:
+    """Per key, whether the call succeeded; and what went wrong with the call as a whole.
+
+    The second value is None when the adapter answered, ``l2_timeout`` when it did
+    not in time, ``l2_load_failed`` when it raised or answered nonsense.
+    """
     try:
         result = future.result(timeout=timeout)
     except FutureTimeout:
         stats.adapter_timeouts += 1
-        return [False] * count
+        return [False] * count, MissCause.L2_TIMEOUT
     except Exception:  # an adapter failure is a miss, logged
         logger.warning("L2 adapter call failed", exc_info=True)
-        return [False] * count
-    return result if len(result) == count else [False] * count
+        return [False] * count, MissCause.L2_LOAD_FAILED
+    if len(result) != count:
+        return [False] * count, MissCause.L2_LOAD_FAILED
+    return result, None
 
 
 class PrefetchResult(NamedTuple):
@@ -94,10 +110,23 @@ class PrefetchResult(NamedTuple):
         keys_by_adapter: Per adapter (cascade order), how many objects of those
             chunks it supplied (empty when nothing was loaded). Objects another
             writer put into L1 meanwhile count for no adapter.
+        misses: Per chunk asked for, None if it is among ``chunks``, else why it
+            is not when L2 knows (a failed, timed-out or corrupt load, no room in
+            L1, a gap before it), or ``None`` too when no adapter holds it (the
+            caller's history decides). Empty: nothing is known.
     """
 
     chunks: int
     keys_by_adapter: tuple[int, ...]
+    misses: tuple[MissCause | None, ...] = ()
+
+
+Removed = Callable[[list[ObjectKey], str], None]
+"""``removed(keys, reason)``: keys an adapter's eviction deleted, and why."""
+
+
+def _ignore(_keys: list[ObjectKey], _reason: str) -> None:
+    """The default :data:`Removed`: nobody keeps a history."""
 
 
 @dataclass
@@ -121,18 +150,19 @@ class AdapterEviction:
         with self.lock:
             self.policy.on_accessed(keys)
 
-    def enforce(self, adapter: L2AdapterV1) -> int:
+    def enforce(self, adapter: L2AdapterV1, removed: Removed | None = None) -> int:
         """Quotas first (isolated policies), then the capacity watermark.
 
         Above the watermark, delete ``eviction_ratio`` of the capacity in policy
         order. Pinned keys (being loaded) are skipped by the adapter. Returns
-        keys deleted.
+        keys deleted; ``removed(keys, reason)`` hears them (reason ``quota`` or
+        ``eviction``).
         """
         with self.lock:
-            return self._enforce(adapter)
+            return self._enforce(adapter, removed or _ignore)
 
-    def _enforce(self, adapter: L2AdapterV1) -> int:
-        quota_deleted = self._enforce_quotas(adapter)
+    def _enforce(self, adapter: L2AdapterV1, removed: Removed) -> int:
+        quota_deleted = self._enforce_quotas(adapter, removed)
         usage = adapter.usage()
         capacity = usage.capacity_bytes
         if not capacity or usage.used_bytes <= self.trigger_watermark * capacity:
@@ -145,9 +175,10 @@ class AdapterEviction:
             if adapter.delete([key]):
                 deleted.append(key)
         self.policy.on_removed(deleted)
+        removed(deleted, "eviction")
         return quota_deleted + len(deleted)
 
-    def _enforce_quotas(self, adapter: L2AdapterV1) -> int:
+    def _enforce_quotas(self, adapter: L2AdapterV1, removed: Removed) -> int:
         """Per-salt quota eviction of an isolated policy (even without a capacity)."""
         policy = self.policy
         if not isinstance(policy, IsolatedEvictionPolicy):
@@ -169,6 +200,7 @@ class AdapterEviction:
                     # Only this thread stores or deletes, so the drop is this key's size.
                     freed += max(before - adapter.used_bytes, 1)
         policy.on_removed(deleted)
+        removed(deleted, "quota")
         return len(deleted)
 
 
@@ -227,6 +259,11 @@ class L2Tier:
         )
         self.events: EventBus | None = None
         """Where L2 store, load and eviction results are published (set by the server)."""
+        self.removals: RemovalHistory | None = None
+        """Where L2 evictions are remembered, for miss explanations (set by the server);
+        adapter ``i`` is tier ``i + 1``."""
+        self.namespaces: NamespaceIndex | None = None
+        """Seeded with what the adapters hold at start (those with an eviction block)."""
 
     # -- component ---------------------------------------------------------------------
 
@@ -234,7 +271,10 @@ class L2Tier:
         """Seed the eviction policies with what the adapters hold; start the store controller."""
         for adapter, eviction in zip(self.adapters, self.evictions, strict=True):
             if eviction is not None:
-                eviction.stored(adapter.keys())
+                held = adapter.keys()
+                eviction.stored(held)
+                if self.namespaces is not None:
+                    self.namespaces.add(held)
         self._last_cycle = time.monotonic()
         self._store_controller.start()
 
@@ -308,7 +348,13 @@ class L2Tier:
     def _enforce_eviction(self, index: int, eviction: AdapterEviction) -> int:
         """Enforce one adapter's eviction block, count and publish it; returns keys deleted."""
         adapter = self.adapters[index]
-        evicted = eviction.enforce(adapter)
+        removals = self.removals
+        evicted = eviction.enforce(
+            adapter,
+            None
+            if removals is None
+            else lambda keys, reason: removals.record(keys, index + 1, reason, time.time()),
+        )
         self.stats.evicted_keys += evicted
         if evicted and self.events is not None and self.events.has_subscribers(L2KeysEvicted.type):
             self.events.publish(
@@ -420,12 +466,15 @@ class L2Tier:
             return PrefetchResult(0, ())
         flat = [k for chunk in chunks for k in chunk]
         with self._in_flight, self._counted_prefetch():
-            found = [
-                _results(a.submit_lookup_and_lock(flat), len(flat), self.timeout_s, self.stats)
+            outcomes = [
+                _outcome(a.submit_lookup_and_lock(flat), len(flat), self.timeout_s, self.stats)
                 for a in self.adapters
             ]
+            found = [hits for hits, _ in outcomes]
+            # A key no adapter reports may still be in one that could not answer.
+            trouble = next((cause for _, cause in outcomes if cause is not None), None)
             try:
-                return self._load_prefix(chunks, flat, found, nbytes, readers)
+                return self._load_prefix(chunks, flat, found, nbytes, readers, trouble)
             finally:
                 for adapter, hits in zip(self.adapters, found, strict=True):
                     adapter.unlock([k for k, hit in zip(flat, hits, strict=True) if hit])
@@ -460,6 +509,33 @@ class L2Tier:
 
         return abort
 
+    def _load_failures(
+        self,
+        chunks: Sequence[Sequence[ObjectKey]],
+        first: int,
+        loaded: dict[ObjectKey, bool],
+        by_adapter: dict[int, list[ObjectKey]],
+        trouble: dict[int, MissCause | None],
+    ) -> dict[int, MissCause]:
+        """Why each of ``chunks`` (positions from ``first``) with a failed load failed.
+
+        By the first failed key of the chunk: its adapter's call timed out or
+        failed as a whole, else the adapter says whether the object was corrupt.
+        Keys not loaded here (another writer put them in L1) count as loaded.
+        """
+        chooser = {k: i for i, keys in by_adapter.items() for k in keys}
+        failures: dict[int, MissCause] = {}
+        for position, chunk in enumerate(chunks, start=first):
+            failed = [k for k in chunk if not loaded.get(k, k not in chooser)]
+            if failed:
+                index = chooser[failed[0]]
+                failures[position] = trouble[index] or (
+                    MissCause.L2_CORRUPT
+                    if self.adapters[index].was_corrupt(failed[0])
+                    else MissCause.L2_LOAD_FAILED
+                )
+        return failures
+
     def _load_prefix(
         self,
         chunks: Sequence[Sequence[ObjectKey]],
@@ -467,15 +543,25 @@ class L2Tier:
         found: list[list[bool]],
         nbytes: int,
         readers: int,
+        trouble: MissCause | None,
     ) -> PrefetchResult:
-        nothing = PrefetchResult(0, ())
         holders = {
             key: [i for i in range(len(self.adapters)) if found[i][pos]]
             for pos, key in enumerate(flat)
         }
+        held = [all(holders[k] for k in chunk) for chunk in chunks]
+        failures: dict[int, MissCause] = {}
+
+        def result(
+            good: int, sources: tuple[int, ...] = (), lost: tuple[MissCause, int] | None = None
+        ) -> PrefetchResult:
+            if lost is not None:  # the first ``lost[1]`` chunks all failed for ``lost[0]``
+                failures.update(dict.fromkeys(range(lost[1]), lost[0]))
+            return PrefetchResult(good, sources, _chunk_misses(held, good, failures, trouble))
+
         count = prefix_chunks([bool(holders[k]) for k in flat], len(chunks[0]))
         if not count:
-            return nothing
+            return result(0)
         wanted = [k for chunk in chunks[:count] for k in chunk]
         try:
             reservations = self.l1.reserve(wanted, nbytes)
@@ -483,7 +569,7 @@ class L2Tier:
             self.stats.prefetch_failures += count
             if self.events is not None and self.events.has_subscribers(L2PrefetchFailed.type):
                 self.events.publish(L2PrefetchFailed(reason="l1_oom", key_count=len(wanted)))
-            return nothing
+            return result(0, lost=(MissCause.L1_FULL, count))
         staged = {r.key: r for r in reservations if r is not None}
         by_adapter: dict[int, list[ObjectKey]] = {}
         for key in staged:
@@ -500,8 +586,9 @@ class L2Tier:
             for i, keys in by_adapter.items()
         ]
         late: list[tuple[Future[list[bool]], list[ObjectKey]]] = []
+        load_trouble: dict[int, MissCause | None] = {}
         for index, (keys, future) in zip(by_adapter, futures, strict=True):
-            results = _results(future, len(keys), self.timeout_s, self.stats)
+            results, load_trouble[index] = _outcome(future, len(keys), self.timeout_s, self.stats)
             if not future.done():
                 late.append((future, keys))  # timed out: still writing into its buffers
             self._publish_transfer(L2LoadCompleted, index, results, nbytes, started)
@@ -514,21 +601,37 @@ class L2Tier:
             if not all(loaded.get(k, k not in staged) for k in chunk):
                 break
             good += 1
+        failures.update(
+            self._load_failures(chunks[good:count], good, loaded, by_adapter, load_trouble)
+        )
         keep = {k for chunk in chunks[:good] for k in chunk}
         commit = [staged[k] for k in wanted if k in staged and k in keep]
         self._abort_unkept(staged, keep, late)
         try:
             self.l1.commit(commit, readers=readers, temporary=self.prefetch_policy.temporary)
-        except ReservationExpired:
+        except ReservationExpired:  # the load outlived the write TTL
             self.stats.prefetch_failures += good
-            return nothing
+            return result(0, lost=(MissCause.L2_TIMEOUT, good))
         # Keys already in L1 (someone else stored them meanwhile) need their locks too.
         already = [k for k in keep if k not in staged]
         if already and not all(self.l1.lock_for_read(already, readers)):
             self.l1.unlock([r.key for r in commit], readers)  # another writer still holds one
             self.stats.prefetch_failures += good
-            return nothing
+            return result(0, lost=(MissCause.BEING_WRITTEN, good))
         self.stats.prefetched_chunks += good
         self.stats.prefetch_failures += count - good
         sources = {index: sum(1 for k in keys if k in keep) for index, keys in by_adapter.items()}
-        return PrefetchResult(good, tuple(sources.get(i, 0) for i in range(len(self.adapters))))
+        return result(good, tuple(sources.get(i, 0) for i in range(len(self.adapters))))
+
+
+def _chunk_misses(
+    held: list[bool], good: int, failures: dict[int, MissCause], trouble: MissCause | None
+) -> tuple[MissCause | None, ...]:
+    """Per chunk of a prefetch, what L2 knows of why it is not loaded (see PrefetchResult)."""
+    misses: list[MissCause | None] = [None] * len(held)
+    for position in range(good, len(held)):
+        cause = failures.get(position)
+        if cause is None and held[position]:
+            cause = MissCause.PREFIX_GAP  # held by L2, but behind a chunk that is not
+        misses[position] = cause if cause is not None else trouble
+    return tuple(misses)
