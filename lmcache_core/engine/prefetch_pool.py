@@ -2,7 +2,10 @@
 
 A lookup that misses part of its prefix in L1 answers at once and prefetches the
 rest from L2 in the background. At most ``max_in_flight`` prefetches run at a
-time (``--l2-prefetch-max-in-flight``); more wait in the pool's queue. The
+time (``--l2-prefetch-max-in-flight``); up to :data:`QUEUE_FACTOR` times as many
+more wait in the pool's queue (FIFO), and :meth:`PrefetchPool.try_submit` refuses
+beyond that, so a stalled L2 cannot pile up lookups without bound (the lookup then
+answers its L1 hit, and its miss cause is ``prefetch_limit``). The
 threads exist between :meth:`PrefetchPool.start` and :meth:`PrefetchPool.stop`,
 so the server's lifecycle starts, probes and stops them like any other.
 """
@@ -15,6 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lmcache_core.lifecycle import Health
+
+QUEUE_FACTOR = 4
+"""Prefetches that may wait per running one before :meth:`PrefetchPool.try_submit` refuses."""
 
 
 class PrefetchPool:
@@ -33,6 +39,9 @@ class PrefetchPool:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, not {max_in_flight}")
         self.max_in_flight = max_in_flight
+        self.max_pending = max_in_flight * (1 + QUEUE_FACTOR)
+        self._pending = 0  # submitted through try_submit and not finished
+        self.refused = 0
         self._executor: ThreadPoolExecutor | None = None
         self._stopped = False
         self._lock = threading.Lock()
@@ -60,6 +69,37 @@ class PrefetchPool:
         if executor is None or self._stopped:
             raise RuntimeError("the prefetch pool is not running")
         executor.submit(job, *args)
+
+    def try_submit(self, job: Callable[..., Any], *args: Any) -> bool:
+        """Like :meth:`submit`, unless :attr:`max_pending` jobs are running or waiting.
+
+        Returns:
+            Whether the job was queued (False: refused, and counted in :attr:`refused`).
+
+        Raises:
+            RuntimeError: The pool is not running.
+        """
+        with self._lock:
+            if self._pending >= self.max_pending:
+                self.refused += 1
+                return False
+            self._pending += 1
+        try:
+            self.submit(self._counted, job, *args)
+        except BaseException:
+            self._finished()
+            raise
+        return True
+
+    def _counted(self, job: Callable[..., Any], *args: Any) -> None:
+        try:
+            job(*args)
+        finally:
+            self._finished()
+
+    def _finished(self) -> None:
+        with self._lock:
+            self._pending -= 1
 
     def stop(self, timeout: float) -> None:
         """Drop queued jobs and wait for the running ones.
