@@ -1,4 +1,4 @@
-"""``lmcache ping``, ``status``, ``quota list|get|set|delete`` and ``cache clear``.
+"""``lmcache ping``, ``status``, ``explain``, ``quota list|get|set|delete`` and ``cache clear``.
 
 Each talks to a running server's HTTP API (``--url``, ``--token``); ``--json``
 prints the server's answer as it is, otherwise a readable summary.
@@ -24,6 +24,7 @@ from lmcache_core.cli.admin_client import (
     print_json,
     table,
 )
+from lmcache_core.cli.explain_command import explain
 
 DEFAULT_SALT_PATH = "_default"
 """The quota API's name of the empty salt."""
@@ -252,5 +253,6 @@ def register(app: typer.Typer) -> None:
     """Add the admin commands to the ``lmcache`` app."""
     app.command("ping")(ping)
     app.command("status")(status)
+    app.command("explain")(explain)
     app.add_typer(quota_app, name="quota")
     app.add_typer(cache_app, name="cache")

@@ -18,7 +18,7 @@ from lmcache_core.cli.server_command import (
 from lmcache_core.errors import ConfigError, LMCacheError
 from lmcache_core.plugin.registry import PluginRegistry, PluginStatus
 
-CORE_COMMANDS = frozenset({"server", "plugins", "ping", "status", "quota", "cache"})
+CORE_COMMANDS = frozenset({"server", "plugins", "ping", "status", "explain", "quota", "cache"})
 
 USAGE_EXIT = 2
 FAILURE_EXIT = 1

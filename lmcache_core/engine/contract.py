@@ -17,6 +17,7 @@ from typing import Any
 
 from lmcache_core.config.resolution import Selection
 from lmcache_core.config.server import ServerConfig
+from lmcache_core.engine.miss_explainer import MissExplainer
 from lmcache_core.engine.sessions import SessionTable
 from lmcache_core.engine.token_cache import TokenHashCache
 from lmcache_core.lifecycle import Component
@@ -67,6 +68,8 @@ class EngineContext:
         token_cache: Chunk hashes of token lists, by content.
         l2: The L2 tier, or None when no ``--l2-adapter`` is configured.
         events: The event bus to publish request events on.
+        explainer: Where lookups explain their misses (the server's, which L1
+            and L2 record removals into and ``GET /lookups`` reads).
     """
 
     config: ServerConfig
@@ -76,6 +79,7 @@ class EngineContext:
     token_cache: TokenHashCache
     l2: L2Tier | None = None
     events: EventBus = field(default_factory=lambda: EventBus(enabled=False))
+    explainer: MissExplainer = field(default_factory=MissExplainer)
 
 
 class Engine(abc.ABC):

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from lmcache_core.engine.chunk_keys import ChunkKeys
 from lmcache_core.engine.contract import Handler
+from lmcache_core.engine.miss_explainer import MissExplainer
 from lmcache_core.engine.prefetch_pool import PrefetchPool
 from lmcache_core.engine.request_events import RequestEvents
 from lmcache_core.engine.sessions import LookupJob, Session, SessionTable
+from lmcache_core.observability.miss_causes import MissCause
 from lmcache_core.protocol.types import WireCacheKey
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l1 import L1Manager
@@ -52,6 +54,8 @@ class LookupService:
         object_nbytes: The object size of a model and sharding (prefetching
             needs it; unknown means no prefetch).
         session_ttl_s: Idle time after which a request's session ends.
+        explainer: Explains each lookup's misses and keeps the recent ones
+            (the server's, so ``GET /lookups`` sees them; a private one if None).
     """
 
     def __init__(
@@ -64,8 +68,10 @@ class LookupService:
         prefetch_pool: PrefetchPool,
         object_nbytes: ObjectSize,
         session_ttl_s: float,
+        explainer: MissExplainer | None = None,
     ) -> None:
         self.l1 = l1
+        self.explainer = explainer if explainer is not None else MissExplainer()
         self.l2 = l2
         self.chunk_keys = chunk_keys
         self.chunk_size = chunk_keys.chunk_size
@@ -125,18 +131,52 @@ class LookupService:
             nbytes = self.object_nbytes(key.model_name, key.world_size)
             if hit == num_chunks or self.l2 is None or nbytes is None:
                 job.finish(hit, hit_keys)
-                self.request_events.lookup_finished(key, started, hit, 0, width)
+                not_asked = None if self.l2 is None or hit == num_chunks else MissCause.NO_WORKER
+                self._finished(key, started, flat, width, hit, not_asked=not_asked)
                 return
             rest = _rows(flat, width, hit, num_chunks)
             job.hit_keys = hit_keys  # what a job given up at its deadline reports
         # The ack goes out now; the job finishes when L2 has answered (queries say None),
         # or at its deadline with the L1 hits alone (see query_prefetch_status).
-        if not self.prefetch_pool.submit(
-            self._prefetch, session, job, hit_keys, rest, nbytes, readers, (key, started)
-        ):  # the pool's queue is full: L1 hits only, now
-            with session.mutex:
-                job.finish(hit, hit_keys)
-            self.request_events.lookup_finished(key, started, hit, 0, width)
+        if self.prefetch_pool.submit(
+            self._prefetch, session, job, hit_keys, rest, nbytes, readers, (key, started, flat)
+        ):
+            return
+        with session.mutex:  # the pool's queue is full: answer with the L1 hit, now
+            job.finish(hit, hit_keys)
+        self._finished(key, started, flat, width, hit, not_asked=MissCause.PREFETCH_LIMIT)
+
+    def _finished(
+        self,
+        key: WireCacheKey,
+        started: float,
+        flat: list[ObjectKey],
+        width: int,
+        l1_chunks: int,
+        result: PrefetchResult | None = None,
+        not_asked: MissCause | None = None,
+        record: bool = True,
+    ) -> None:
+        """Explain the lookup (``record``: for ``GET /lookups``) and publish its end event."""
+        l2_chunks = result.chunks if result is not None else 0
+        sources = self._sources(result) if result is not None and l2_chunks else []
+        explanation = self.explainer.explain(
+            key,
+            self.chunk_size,
+            flat,
+            width,
+            self.l1,
+            l1_chunks=l1_chunks,
+            l2_chunks=l2_chunks,
+            l2_sources=[(s["tier"], s["keys"] / width) for s in sources],
+            l2_misses=result.misses if result is not None else (),
+            not_asked=not_asked,
+            started=started,
+            record=record,
+        )
+        self.request_events.lookup_finished(
+            key, started, l1_chunks, l2_chunks, width, sources, explanation
+        )
 
     def _prefetch(
         self,
@@ -146,37 +186,46 @@ class LookupService:
         rest: list[list[ObjectKey]],
         nbytes: int,
         readers: int,
-        announced: tuple[WireCacheKey, float],
+        announced: tuple[WireCacheKey, float, list[ObjectKey]],
     ) -> None:
         assert self.l2 is not None
         deadline = self.sessions.clock() + self.l1.read_ttl_s
         result = PrefetchResult(0, ())
         try:
-            if time.monotonic() < job.deadline:  # else it waited in the queue past it
+            if time.monotonic() < job.deadline:
                 result = self.l2.prefetch(rest, nbytes, readers, job.deadline)
+            else:  # it waited in the queue past its deadline
+                result = PrefetchResult(0, (), (MissCause.L2_TIMEOUT,) * len(rest))
         finally:
             loaded = result.chunks
             keys = [k for row in rest[:loaded] for k in row]
             with session.mutex:
-                if session.job is job and not job.gave_up:
+                current = session.job is job  # else replaced: its explanation is not kept
+                if current and not job.gave_up:
                     session.take_locks(keys, readers, deadline)
                     job.finish(len(hit_keys) + loaded, hit_keys + rest[:loaded])
                 else:  # replaced, ended or given up meanwhile: nobody will read these
                     self.l1.unlock(keys, readers)
                     if not job.done.is_set():
                         job.finish(len(hit_keys), hit_keys)
-                    result = PrefetchResult(0, ())
-            key, started = announced
+                    # Given up at its deadline, or replaced by a newer lookup or the end.
+                    cause = MissCause.L2_TIMEOUT if job.gave_up else MissCause.SUPERSEDED
+                    result = PrefetchResult(0, (), (cause,) * len(rest))
+            key, started, flat = announced
             width = len(rest[0]) if rest else 1
-            self.request_events.lookup_finished(
-                key, started, len(hit_keys), result.chunks, width, self._sources(result)
-            )
+            # A superseded lookup's explanation must not replace its successor's.
+            self._finished(key, started, flat, width, len(hit_keys), result, record=current)
 
     def _sources(self, result: PrefetchResult) -> list[dict[str, Any]]:
         """Which L2 adapters supplied a prefetch's objects, for the lookup event."""
         assert self.l2 is not None
         return [
-            {"l2_name": adapter.name, "adapter_index": index, "keys": count}
+            {
+                "l2_name": adapter.name,
+                "adapter_index": index,
+                "tier": f"l2[{index + 1}]:{adapter.name}",
+                "keys": count,
+            }
             for index, (adapter, count) in enumerate(
                 zip(self.l2.adapters, result.keys_by_adapter, strict=True)
             )

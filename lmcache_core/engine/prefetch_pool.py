@@ -3,7 +3,8 @@
 A lookup that misses part of its prefix in L1 answers at once and prefetches the
 rest from L2 in the background. At most ``max_in_flight`` prefetches run at a
 time (``--l2-prefetch-max-in-flight``); more wait in the pool's queue, which is
-bounded (:data:`MAX_QUEUED`: a lookup finding it full answers its L1 hits). The
+bounded (:data:`MAX_QUEUED`: a lookup finding it full answers its L1 hits, and
+its miss cause is ``prefetch_limit``). The
 threads exist between :meth:`PrefetchPool.start` and :meth:`PrefetchPool.stop`,
 so the server's lifecycle starts, probes and stops them like any other.
 """

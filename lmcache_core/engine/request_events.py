@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcache_core.engine.sessions import Session
 from lmcache_core.observability.bus import EventBus
@@ -31,6 +31,9 @@ from lmcache_core.observability.events import (
 )
 from lmcache_core.protocol.types import WireCacheKey
 from lmcache_core.storage.keys import ObjectKey
+
+if TYPE_CHECKING:
+    from lmcache_core.engine.miss_explainer import LookupExplanation
 
 
 class RequestEvents:
@@ -101,13 +104,14 @@ class RequestEvents:
         l2_chunks: int,
         width: int,
         l2_sources: Sequence[dict[str, Any]] = (),
+        explanation: LookupExplanation | None = None,
     ) -> None:
-        """The lookup's result: hit tokens and keys per tier.
+        """The lookup's result: hit tokens and keys per tier, and why the rest missed.
 
         ``l2_sources`` says which adapters supplied the L2 part
         (``l2_name``, ``adapter_index``, ``keys``); each also gets its share of
         the hit tokens (``keys * chunk_size / width``: the ranks of one chunk may
-        come from different adapters).
+        come from different adapters). ``explanation`` fills the miss fields.
         """
         if not self.bus.has_subscribers(MpLookupPrefetchEnd.type):
             return
@@ -134,6 +138,10 @@ class RequestEvents:
                     for source in l2_sources
                 ),
                 duration_s=time.time() - started,
+                requested_chunks=key.end // self.chunk_size,
+                hit_chunks_by_tier=explanation.hit_chunks_by_tier if explanation else {},
+                first_miss=explanation.first_miss if explanation else None,
+                miss_chunks_by_cause=explanation.miss_chunks_by_cause if explanation else {},
             )
         )
 

@@ -11,6 +11,7 @@ from lmcache_core.errors import PluginError, PluginNotImplementedError
 from lmcache_core.http.admin_routes import router as admin_router
 from lmcache_core.http.auth import require_bearer_token
 from lmcache_core.http.core_routes import router as core_router
+from lmcache_core.http.lookup_routes import router as lookup_router
 from lmcache_core.http.quota_routes import router as quota_router
 from lmcache_core.http.run_script import router as run_script_router
 from lmcache_core.plugin.specs import HttpRouterSpec, PluginKind
@@ -41,6 +42,7 @@ def create_app(context: ServerContext) -> FastAPI:
         # Middleware wraps the whole app, so plugin routers below are covered too.
         require_bearer_token(app, context.config.http.http_admin_token)
     app.include_router(quota_router)
+    app.include_router(lookup_router)
     for spec in context.registry.specs(PluginKind.HTTP_ROUTER):
         assert isinstance(spec, HttpRouterSpec)
         try:

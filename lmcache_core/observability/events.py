@@ -116,8 +116,32 @@ class L2HitSource(msgspec.Struct, frozen=True, kw_only=True):
     tokens: float
 
 
+class FirstMiss(msgspec.Struct, frozen=True, kw_only=True):
+    """The first chunk of a lookup that is not a hit, and why.
+
+    Attributes:
+        chunk: Its index in the request (0-based; ``requested_tokens //
+            chunk_size`` for the partial chunk at the end).
+        cause: A :class:`~lmcache_core.observability.miss_causes.MissCause` value.
+        tier: For ``evicted``: the tier it left (``l1``, ``l2[1]:fs``, ...).
+        policy: For ``evicted``: that tier's eviction policy, when it has one.
+        reason: For ``evicted``: ``eviction``, ``quota`` or ``deleted``.
+        removed_at: For ``evicted``: when (seconds since the epoch).
+    """
+
+    chunk: int
+    cause: str
+    tier: str | None = None
+    policy: str | None = None
+    reason: str | None = None
+    removed_at: float | None = None
+
+
 class MpLookupPrefetchEnd(RequestEvent, frozen=True, kw_only=True):
-    """A lookup's result: hit tokens and keys per tier, and the L2 adapters that supplied them."""
+    """A lookup's result: hits per tier and adapter, and why the rest missed.
+
+    The miss fields carry the first missing chunk's cause and a count per cause.
+    """
 
     type: ClassVar[str] = EventType.MP_LOOKUP_PREFETCH_END
     requested_tokens: int
@@ -128,6 +152,15 @@ class MpLookupPrefetchEnd(RequestEvent, frozen=True, kw_only=True):
     l2_hit_keys: int
     l2_hit_sources: tuple[L2HitSource, ...]
     duration_s: float
+    requested_chunks: int = 0
+    """Full chunks the lookup asked for (the partial chunk at the end not counted)."""
+    hit_chunks_by_tier: Mapping[str, float] = msgspec.field(default_factory=dict)
+    """Hit chunks per tier: ``l1`` and each L2 adapter as ``l2[<index>]:<type>`` (a
+    chunk whose ranks came from several adapters counts for each by its share)."""
+    first_miss: FirstMiss | None = None
+    """The first chunk that is not a hit (None: a full hit with no partial chunk)."""
+    miss_chunks_by_cause: Mapping[str, int] = msgspec.field(default_factory=dict)
+    """Every chunk that is not a hit, counted by cause (the partial chunk included)."""
 
 
 class MpLookup(RequestEvent, frozen=True, kw_only=True):

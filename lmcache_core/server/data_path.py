@@ -19,6 +19,7 @@ import torch
 from lmcache_core.config.resolution import Selection
 from lmcache_core.config.server import ServerConfig
 from lmcache_core.engine import Engine, EngineContext
+from lmcache_core.engine.miss_explainer import MissExplainer
 from lmcache_core.engine.sessions import SessionTable
 from lmcache_core.engine.token_cache import TokenHashCache
 from lmcache_core.errors import StartupError
@@ -35,6 +36,7 @@ from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.tier import L2Tier
 from lmcache_core.storage.quota import QuotaManager
 from lmcache_core.storage.quota_state import QuotaStateFile
+from lmcache_core.storage.removal_history import L1_TIER
 
 logger = logging.getLogger("lmcache.server")
 
@@ -68,6 +70,8 @@ class DataPath:
         request_server: The ZeroMQ server dispatching to the engine.
         components: In start order (L1, L2, the engine's own, the engine, the
             request server).
+        explainer: The miss explanations' memories and the ring of recent
+            lookups (``GET /lookups``), shared by L1, L2 and the engine.
     """
 
     l1: L1Manager
@@ -77,6 +81,7 @@ class DataPath:
     quotas: QuotaManager
     request_server: RequestServer
     components: tuple[Component, ...]
+    explainer: MissExplainer | None = None
 
     def status(self) -> dict[str, Any]:
         """L1 usage, engine state and request counters, for ``/status``."""
@@ -178,9 +183,11 @@ def build_data_path(
             "every cache_salt until its quota is set again; pass --quota-state-file to keep them",
             ", ".join(quotas.enforced_by),
         )
+    explainer = attach_explainer(selection, l1, l2)
     token_cache = TokenHashCache(make_hasher(config.mp.hash_algorithm), config.mp.chunk_size)
     engine = registry.builder.engine(
-        selection.engine, EngineContext(config, registry, selection, l1, token_cache, l2, bus)
+        selection.engine,
+        EngineContext(config, registry, selection, l1, token_cache, l2, bus, explainer),
     )
     cleanup.callback(engine.close)
     server = RequestServer(
@@ -198,4 +205,26 @@ def build_data_path(
         EngineComponent(engine),
         server,
     )
-    return DataPath(l1, l2, engine.sessions, engine, quotas, server, components)
+    return DataPath(l1, l2, engine.sessions, engine, quotas, server, components, explainer)
+
+
+def attach_explainer(selection: Selection, l1: L1Manager, l2: L2Tier | None) -> MissExplainer:
+    """One miss explainer whose memories L1 and every L2 adapter record into.
+
+    Each tier is named (``l1``, ``l2[<index>]:<type>``) with its eviction
+    policy, so an explanation says which policy evicted a chunk.
+    """
+    explainer = MissExplainer()
+    removals = explainer.removals
+    removals.name_tier(L1_TIER, "l1", selection.eviction_policy.name)
+    l1.removals, l1.namespaces = removals, explainer.namespaces
+    if l2 is not None:
+        l2.removals, l2.namespaces = removals, explainer.namespaces
+        for resolved, adapter in zip(selection.adapters, l2.adapters, strict=True):
+            policy = resolved.eviction_policy
+            removals.name_tier(
+                resolved.index,
+                f"l2[{resolved.index}]:{adapter.name}",
+                policy.name if policy is not None else None,
+            )
+    return explainer

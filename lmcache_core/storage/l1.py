@@ -52,7 +52,9 @@ from lmcache_core.storage.l1_objects import (
 )
 from lmcache_core.storage.l1_staging import Staging
 from lmcache_core.storage.l1_views import ArenaViews
+from lmcache_core.storage.namespace_index import NamespaceIndex
 from lmcache_core.storage.read_grants import ReadGrants
+from lmcache_core.storage.removal_history import L1_TIER, RemovalHistory
 
 if TYPE_CHECKING:
     from lmcache_core.observability.bus import EventBus
@@ -138,6 +140,12 @@ class L1Manager(ArenaViews):
         )
         self.events: EventBus | None = None
         """Where evictions and eviction ticks are published (set by the server)."""
+        self.removals: RemovalHistory | None = None
+        """Where evictions and deletions are remembered, for miss explanations (set by
+        the server)."""
+        self.namespaces: NamespaceIndex | None = None
+        """Where the namespaces of committed keys are remembered, for miss explanations
+        (set by the server)."""
 
     @property
     def trigger_watermark(self) -> float:
@@ -252,7 +260,10 @@ class L1Manager(ArenaViews):
                     grant(key, obj, readers, deadline)
                     obj.temporary = temporary
             if batch:
-                self.policy.on_stored(list(batch))
+                committed = list(batch)
+                self.policy.on_stored(committed)
+                if self.namespaces is not None:
+                    self.namespaces.add(committed)
                 self._wake_waiters()
 
     def abort(self, reservations: Sequence[Reservation]) -> int:
@@ -273,6 +284,15 @@ class L1Manager(ArenaViews):
         with self._lock:
             resident = self._resident
             return [key in resident for key in keys]
+
+    def presence(self, keys: Sequence[ObjectKey]) -> list[int]:
+        """Per key: 1 resident, 2 staged (a writer is filling it), 0 neither.
+
+        For miss explanations: one lock round for the whole list.
+        """
+        with self._lock:
+            resident, staged = self._resident, self._staged
+            return [1 if key in resident else 2 if key in staged else 0 for key in keys]
 
     def keys(self) -> list[ObjectKey]:
         """A snapshot of every resident key (staged ones are not), for admin listings."""
@@ -617,9 +637,11 @@ class L1Manager(ArenaViews):
         if self._closed:
             raise L1ClosedError("the L1 manager is closed")
 
-    def _evict(self, keys: list[ObjectKey]) -> None:
+    def _evict(self, keys: list[ObjectKey], reason: str) -> None:
         if not keys:
             return
+        if self.removals is not None:
+            self.removals.record(keys, L1_TIER, reason, time.time())
         freed = 0
         for key in keys:
             obj = self._resident[key]
@@ -652,6 +674,8 @@ class L1Manager(ArenaViews):
             removed.append(key)
         if removed:
             self.policy.on_removed(removed)
+            if self.removals is not None:
+                self.removals.record(removed, L1_TIER, "deleted", time.time())
         return len(removed)
 
     def _drop_object(self, key: ObjectKey, obj: ResidentObject) -> None:

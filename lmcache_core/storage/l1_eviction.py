@@ -22,7 +22,8 @@ from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l1_objects import ResidentObject
 from lmcache_core.storage.read_grants import ReadGrants
 
-Evict = Callable[[list[ObjectKey]], None]
+Evict = Callable[[list[ObjectKey], str], None]
+"""``evict(victims, reason)``: ``reason`` is ``eviction`` or ``quota``."""
 
 
 class L1Eviction:
@@ -110,7 +111,7 @@ class L1Eviction:
         evictable.close()  # ends the policy's iteration before we change it
         if count is None:
             return None
-        self._evict(victims[:count])
+        self._evict(victims[:count], "eviction")
         offsets_ = allocator.allocate_batch(sizes)
         assert offsets_ is not None, "the allocator's simulation and allocation disagree"
         return offsets_
@@ -127,7 +128,7 @@ class L1Eviction:
             freed += allocator.size_of(obj.alloc_offset)
             if freed >= target:
                 break
-        self._evict(victims)
+        self._evict(victims, "eviction")
         return freed
 
     def over_quota(self, allocator: Allocator, salt_bytes: dict[str, int], now: float) -> int:
@@ -158,7 +159,7 @@ class L1Eviction:
                 if salt_freed >= target:
                     break
             evictable.close()  # ends the policy's iteration before we change it
-            self._evict(victims)
+            self._evict(victims, "quota")
             freed += salt_freed
         return freed
 

@@ -35,6 +35,7 @@ from lmcache_core.observability.events import (
     EVENT_RECORDS,
     Event,
     EventType,
+    FirstMiss,
     L2HitSource,
     event_fields,
 )
@@ -58,6 +59,10 @@ SAMPLE_VALUES: dict[str, Any] = {
     "l1_hit_keys": 1,
     "l2_hit_keys": 1,
     "l2_hit_sources": (L2HitSource(l2_name="fs", adapter_index=0, keys=1, tokens=16.0),),
+    "requested_chunks": 3,
+    "hit_chunks_by_tier": {"l1": 1.0, "l2[1]:fs": 1.0},
+    "first_miss": FirstMiss(chunk=2, cause="evicted", tier="l1", reason="eviction", removed_at=1.0),
+    "miss_chunks_by_cause": {"evicted": 1},
     "chunk_size": 16,
     "seq_len": 48,
     "chunk_hashes": tuple("0x" + key.chunk_hash.hex() for key in _KEYS),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +34,10 @@ from lmcache_core.storage.l2.object_format import HEADER_SIZE, CorruptObject, fr
 logger = logging.getLogger("lmcache.l2")
 
 T = TypeVar("T")
+
+CORRUPT_KEYS_KEPT = 256
+"""How many recently corrupt keys :meth:`L2AdapterV1.was_corrupt` remembers."""
+
 ObjectFormat = Literal["framed", "raw"]
 
 
@@ -92,6 +97,7 @@ class L2AdapterV1(abc.ABC):
         self._closed = False
         self.errors = 0
         self.corrupt = 0
+        self._corrupt_keys: OrderedDict[ObjectKey, None] = OrderedDict()  # see was_corrupt
         self.refused_full = 0
         self.refused_no_room = 0
         self.buffers_are_scratch = False
@@ -201,6 +207,21 @@ class L2AdapterV1(abc.ABC):
         return _gather(
             [self._pool.submit(self._load_one, k, v) for k, v in zip(keys, views, strict=True)]
         )
+
+    def was_corrupt(self, key: ObjectKey) -> bool:
+        """Whether a recent load of ``key`` failed its header check (forgets it once asked).
+
+        For miss explanations: the last :data:`CORRUPT_KEYS_KEPT` corrupt keys are kept.
+        """
+        with self._lock:
+            return self._corrupt_keys.pop(key, 0) is None
+
+    def _count_corrupt(self, key: ObjectKey) -> None:
+        with self._lock:
+            self.corrupt += 1
+            self._corrupt_keys[key] = None
+            if len(self._corrupt_keys) > CORRUPT_KEYS_KEPT:
+                self._corrupt_keys.popitem(last=False)
 
     def unlock(self, keys: Sequence[ObjectKey]) -> None:
         """Release one pin per key (extra releases are ignored)."""
@@ -402,7 +423,7 @@ class L2AdapterV1(abc.ABC):
             try:
                 verify(key, view[:HEADER_SIZE], view[HEADER_SIZE:])
             except CorruptObject as exc:
-                self.corrupt += 1
+                self._count_corrupt(key)
                 logger.warning("%s: %s: treated as a miss", self.name, exc)
                 return False
             view = view[HEADER_SIZE:]
@@ -426,7 +447,7 @@ class L2AdapterV1(abc.ABC):
             try:
                 verify(key, header, buffer)
             except CorruptObject as exc:
-                self.corrupt += 1
+                self._count_corrupt(key)
                 logger.warning("%s: %s: treated as a miss", self.name, exc)
                 return False
         return True

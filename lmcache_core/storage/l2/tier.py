@@ -34,6 +34,7 @@ from lmcache_core.observability.events import (
     L2StoreSubmitted,
     count_per_salt,
 )
+from lmcache_core.observability.miss_causes import MissCause
 from lmcache_core.storage.errors import L1FullError, ReservationExpired
 from lmcache_core.storage.eviction import (
     EvictionPolicy,
@@ -44,6 +45,8 @@ from lmcache_core.storage.keys import ObjectKey, prefix_chunks
 from lmcache_core.storage.l1 import L1Manager, Reservation
 from lmcache_core.storage.l2.adapter import L2AdapterV1
 from lmcache_core.storage.l2.policies import PrefetchPolicy, StorePolicy
+from lmcache_core.storage.namespace_index import NamespaceIndex
+from lmcache_core.storage.removal_history import RemovalHistory
 
 if TYPE_CHECKING:
     from lmcache_core.observability.bus import EventBus
@@ -84,22 +87,36 @@ def _left(deadline: float) -> float | None:
 
 def _answer(
     future: Future[list[bool]], count: int, timeout: float, stats: L2Stats
-) -> list[bool] | None:
-    """The adapter's answer, or None when it did not come within ``timeout``."""
+) -> tuple[list[bool] | None, MissCause | None]:
+    """The adapter's answer and what went wrong with the call as a whole.
+
+    The answer is None when it did not come within ``timeout`` (cause ``l2_timeout``);
+    all False with cause ``l2_load_failed`` when the adapter raised or answered
+    nonsense; the cause is None when it answered.
+    """
     try:
         result = future.result(timeout=timeout)
     except FutureTimeout:
         stats.adapter_timeouts += 1
-        return None
+        return None, MissCause.L2_TIMEOUT
     except Exception:  # an adapter failure is a miss, logged
         logger.warning("L2 adapter call failed", exc_info=True)
-        return [False] * count
-    return result if len(result) == count else [False] * count
+        return [False] * count, MissCause.L2_LOAD_FAILED
+    if len(result) != count:
+        return [False] * count, MissCause.L2_LOAD_FAILED
+    return result, None
+
+
+def _outcome(
+    future: Future[list[bool]], count: int, timeout: float, stats: L2Stats
+) -> tuple[list[bool], MissCause | None]:
+    """Per key, whether the call succeeded (all False when it timed out), and the cause."""
+    answer, cause = _answer(future, count, timeout, stats)
+    return ([False] * count if answer is None else answer), cause
 
 
 def _results(future: Future[list[bool]], count: int, timeout: float, stats: L2Stats) -> list[bool]:
-    answer = _answer(future, count, timeout, stats)
-    return [False] * count if answer is None else answer
+    return _outcome(future, count, timeout, stats)[0]
 
 
 def _unlock_when_done(
@@ -124,10 +141,23 @@ class PrefetchResult(NamedTuple):
         keys_by_adapter: Per adapter (cascade order), how many objects of those
             chunks it supplied (empty when nothing was loaded). Objects another
             writer put into L1 meanwhile count for no adapter.
+        misses: Per chunk asked for, None if it is among ``chunks``, else why it
+            is not when L2 knows (a failed, timed-out or corrupt load, no room in
+            L1, a gap before it), or ``None`` too when no adapter holds it (the
+            caller's history decides). Empty: nothing is known.
     """
 
     chunks: int
     keys_by_adapter: tuple[int, ...]
+    misses: tuple[MissCause | None, ...] = ()
+
+
+Removed = Callable[[list[ObjectKey], str], None]
+"""``removed(keys, reason)``: keys an adapter's eviction deleted, and why."""
+
+
+def _ignore(_keys: list[ObjectKey], _reason: str) -> None:
+    """The default :data:`Removed`: nobody keeps a history."""
 
 
 @dataclass
@@ -151,18 +181,19 @@ class AdapterEviction:
         with self.lock:
             self.policy.on_accessed(keys)
 
-    def enforce(self, adapter: L2AdapterV1) -> int:
+    def enforce(self, adapter: L2AdapterV1, removed: Removed | None = None) -> int:
         """Quotas first (isolated policies), then the capacity watermark.
 
         Above the watermark, delete ``eviction_ratio`` of the capacity in policy
         order. Pinned keys (being loaded) are skipped by the adapter. Returns
-        keys deleted.
+        keys deleted; ``removed(keys, reason)`` hears them (reason ``quota`` or
+        ``eviction``).
         """
         with self.lock:
-            return self._enforce(adapter)
+            return self._enforce(adapter, removed or _ignore)
 
-    def _enforce(self, adapter: L2AdapterV1) -> int:
-        quota_deleted = self._enforce_quotas(adapter)
+    def _enforce(self, adapter: L2AdapterV1, removed: Removed) -> int:
+        quota_deleted = self._enforce_quotas(adapter, removed)
         usage = adapter.usage()
         capacity = usage.capacity_bytes
         if not capacity or usage.used_bytes <= self.trigger_watermark * capacity:
@@ -175,9 +206,10 @@ class AdapterEviction:
             if adapter.delete([key]):
                 deleted.append(key)
         self.policy.on_removed(deleted)
+        removed(deleted, "eviction")
         return quota_deleted + len(deleted)
 
-    def _enforce_quotas(self, adapter: L2AdapterV1) -> int:
+    def _enforce_quotas(self, adapter: L2AdapterV1, removed: Removed) -> int:
         """Per-salt quota eviction of an isolated policy (even without a capacity)."""
         policy = self.policy
         if not isinstance(policy, IsolatedEvictionPolicy):
@@ -199,6 +231,7 @@ class AdapterEviction:
                     # Only this thread stores or deletes, so the drop is this key's size.
                     freed += max(before - adapter.used_bytes, 1)
         policy.on_removed(deleted)
+        removed(deleted, "quota")
         return len(deleted)
 
 
@@ -257,6 +290,11 @@ class L2Tier:
         )
         self.events: EventBus | None = None
         """Where L2 store, load and eviction results are published (set by the server)."""
+        self.removals: RemovalHistory | None = None
+        """Where L2 evictions are remembered, for miss explanations (set by the server);
+        adapter ``i`` is tier ``i + 1``."""
+        self.namespaces: NamespaceIndex | None = None
+        """Seeded with what the adapters hold at start (those with an eviction block)."""
 
     # -- component ---------------------------------------------------------------------
 
@@ -264,7 +302,10 @@ class L2Tier:
         """Seed the eviction policies with what the adapters hold; start the store controller."""
         for adapter, eviction in zip(self.adapters, self.evictions, strict=True):
             if eviction is not None:
-                eviction.stored(adapter.keys())
+                held = adapter.keys()
+                eviction.stored(held)
+                if self.namespaces is not None:
+                    self.namespaces.add(held)
         self._last_cycle = time.monotonic()
         self._store_controller.start()
 
@@ -338,7 +379,13 @@ class L2Tier:
     def _enforce_eviction(self, index: int, eviction: AdapterEviction) -> int:
         """Enforce one adapter's eviction block, count and publish it; returns keys deleted."""
         adapter = self.adapters[index]
-        evicted = eviction.enforce(adapter)
+        removals = self.removals
+        evicted = eviction.enforce(
+            adapter,
+            None
+            if removals is None
+            else lambda keys, reason: removals.record(keys, index + 1, reason, time.time()),
+        )
         self.stats.evicted_keys += evicted
         if evicted and self.events is not None and self.events.has_subscribers(L2KeysEvicted.type):
             self.events.publish(
@@ -463,7 +510,7 @@ class L2Tier:
             return PrefetchResult(0, ())
         if not self._in_flight.acquire(timeout=_left(deadline)):
             self.stats.prefetch_deadline_misses += 1
-            return PrefetchResult(0, ())
+            return PrefetchResult(0, (), (MissCause.L2_TIMEOUT,) * len(chunks))
         flat = [k for chunk in chunks for k in chunk]
         try:
             with self._counted_prefetch():
@@ -472,11 +519,15 @@ class L2Tier:
                 answers = [
                     _answer(f, len(flat), self._call_timeout(deadline), self.stats) for f in futures
                 ]
-                found = [[False] * len(flat) if a is None else a for a in answers]
+                found = [[False] * len(flat) if a is None else a for a, _ in answers]
+                # A key no adapter reports may still be in one that could not answer.
+                trouble = next((cause for _, cause in answers if cause is not None), None)
                 try:
-                    return self._load_prefix(chunks, flat, found, nbytes, readers, deadline)
+                    return self._load_prefix(
+                        chunks, flat, found, nbytes, readers, deadline, trouble
+                    )
                 finally:
-                    for adapter, future, answer in zip(
+                    for adapter, future, (answer, _) in zip(
                         self.adapters, futures, answers, strict=True
                     ):
                         if answer is not None:
@@ -520,6 +571,33 @@ class L2Tier:
 
         return abort
 
+    def _load_failures(
+        self,
+        chunks: Sequence[Sequence[ObjectKey]],
+        first: int,
+        loaded: dict[ObjectKey, bool],
+        by_adapter: dict[int, list[ObjectKey]],
+        trouble: dict[int, MissCause | None],
+    ) -> dict[int, MissCause]:
+        """Why each of ``chunks`` (positions from ``first``) with a failed load failed.
+
+        By the first failed key of the chunk: its adapter's call timed out or
+        failed as a whole, else the adapter says whether the object was corrupt.
+        Keys not loaded here (another writer put them in L1) count as loaded.
+        """
+        chooser = {k: i for i, keys in by_adapter.items() for k in keys}
+        failures: dict[int, MissCause] = {}
+        for position, chunk in enumerate(chunks, start=first):
+            failed = [k for k in chunk if not loaded.get(k, k not in chooser)]
+            if failed:
+                index = chooser[failed[0]]
+                failures[position] = trouble[index] or (
+                    MissCause.L2_CORRUPT
+                    if self.adapters[index].was_corrupt(failed[0])
+                    else MissCause.L2_LOAD_FAILED
+                )
+        return failures
+
     def _load_prefix(
         self,
         chunks: Sequence[Sequence[ObjectKey]],
@@ -528,15 +606,27 @@ class L2Tier:
         nbytes: int,
         readers: int,
         deadline: float,
+        trouble: MissCause | None,
     ) -> PrefetchResult:
-        nothing = PrefetchResult(0, ())
         holders = {
             key: [i for i in range(len(self.adapters)) if found[i][pos]]
             for pos, key in enumerate(flat)
         }
+        held = [all(holders[k] for k in chunk) for chunk in chunks]
+        failures: dict[int, MissCause] = {}
+
+        def result(
+            good: int, sources: tuple[int, ...] = (), lost: tuple[MissCause, int] | None = None
+        ) -> PrefetchResult:
+            if lost is not None:  # the first ``lost[1]`` chunks all failed for ``lost[0]``
+                failures.update(dict.fromkeys(range(lost[1]), lost[0]))
+            return PrefetchResult(good, sources, _chunk_misses(held, good, failures, trouble))
+
         count = prefix_chunks([bool(holders[k]) for k in flat], len(chunks[0]))
-        if not count or time.monotonic() >= deadline:  # nothing to load, or no time left
-            return nothing
+        if not count:
+            return result(0)
+        if time.monotonic() >= deadline:  # no time left to load what L2 holds
+            return result(0, lost=(MissCause.L2_TIMEOUT, count))
         wanted = [k for chunk in chunks[:count] for k in chunk]
         try:
             reservations = self.l1.reserve(wanted, nbytes)
@@ -544,7 +634,7 @@ class L2Tier:
             self.stats.prefetch_failures += count
             if self.events is not None and self.events.has_subscribers(L2PrefetchFailed.type):
                 self.events.publish(L2PrefetchFailed(reason="l1_oom", key_count=len(wanted)))
-            return nothing
+            return result(0, lost=(MissCause.L1_FULL, count))
         staged = {r.key: r for r in reservations if r is not None}
         by_adapter: dict[int, list[ObjectKey]] = {}
         for key in staged:
@@ -561,8 +651,11 @@ class L2Tier:
             for i, keys in by_adapter.items()
         ]
         late: list[tuple[Future[list[bool]], list[ObjectKey]]] = []
+        load_trouble: dict[int, MissCause | None] = {}
         for index, (keys, future) in zip(by_adapter, futures, strict=True):
-            results = _results(future, len(keys), self._call_timeout(deadline), self.stats)
+            results, load_trouble[index] = _outcome(
+                future, len(keys), self._call_timeout(deadline), self.stats
+            )
             if not future.done():
                 late.append((future, keys))  # timed out: still writing into its buffers
             self._publish_transfer(L2LoadCompleted, index, results, nbytes, started)
@@ -570,26 +663,52 @@ class L2Tier:
             eviction = self.evictions[index]
             if eviction is not None:  # a hit keeps the key in the adapter's LRU
                 eviction.accessed([k for k, ok in zip(keys, results, strict=True) if ok])
-        good = 0  # chunks, in order, whose every key is in L1 now
-        for chunk in chunks[:count]:
-            if not all(loaded.get(k, k not in staged) for k in chunk):
-                break
-            good += 1
+        good = _loaded_prefix(chunks[:count], loaded, staged)
+        failures.update(
+            self._load_failures(chunks[good:count], good, loaded, by_adapter, load_trouble)
+        )
         keep = {k for chunk in chunks[:good] for k in chunk}
         commit = [staged[k] for k in wanted if k in staged and k in keep]
         self._abort_unkept(staged, keep, late)
         try:
             self.l1.commit(commit, readers=readers, temporary=self.prefetch_policy.temporary)
-        except ReservationExpired:
+        except ReservationExpired:  # the load outlived the write TTL
             self.stats.prefetch_failures += good
-            return nothing
+            return result(0, lost=(MissCause.L2_TIMEOUT, good))
         # Keys already in L1 (someone else stored them meanwhile) need their locks too.
         already = [k for k in keep if k not in staged]
         if already and not all(self.l1.lock_for_read(already, readers)):
             self.l1.unlock([r.key for r in commit], readers)  # another writer still holds one
             self.stats.prefetch_failures += good
-            return nothing
+            return result(0, lost=(MissCause.BEING_WRITTEN, good))
         self.stats.prefetched_chunks += good
         self.stats.prefetch_failures += count - good
         sources = {index: sum(1 for k in keys if k in keep) for index, keys in by_adapter.items()}
-        return PrefetchResult(good, tuple(sources.get(i, 0) for i in range(len(self.adapters))))
+        return result(good, tuple(sources.get(i, 0) for i in range(len(self.adapters))))
+
+
+def _loaded_prefix(
+    chunks: Sequence[Sequence[ObjectKey]],
+    loaded: dict[ObjectKey, bool],
+    staged: dict[ObjectKey, Reservation],
+) -> int:
+    """Leading chunks whose every key is in L1 now (loaded here, or put there by another)."""
+    good = 0
+    for chunk in chunks:
+        if not all(loaded.get(k, k not in staged) for k in chunk):
+            break
+        good += 1
+    return good
+
+
+def _chunk_misses(
+    held: list[bool], good: int, failures: dict[int, MissCause], trouble: MissCause | None
+) -> tuple[MissCause | None, ...]:
+    """Per chunk of a prefetch, what L2 knows of why it is not loaded (see PrefetchResult)."""
+    misses: list[MissCause | None] = [None] * len(held)
+    for position in range(good, len(held)):
+        cause = failures.get(position)
+        if cause is None and held[position]:
+            cause = MissCause.PREFIX_GAP  # held by L2, but behind a chunk that is not
+        misses[position] = cause if cause is not None else trouble
+    return tuple(misses)

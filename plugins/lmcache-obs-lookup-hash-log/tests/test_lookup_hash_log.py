@@ -11,13 +11,19 @@ from types import SimpleNamespace
 import pytest
 from lmcache_obs_lookup_hash_log.plugin import build_lookup_hash_log
 from lmcache_obs_lookup_hash_log.settings import LookupHashLogSettings
-from lmcache_obs_lookup_hash_log.subscriber import LookupHashLogSubscriber
+from lmcache_obs_lookup_hash_log.subscriber import PENDING_MAX_AGE_S, LookupHashLogSubscriber
 from lmcache_obs_lookup_hash_log.writer import NAME_PATTERN, RotatingJsonlWriter, file_name
 
 from lmcache_core.errors import StartupError
 from lmcache_core.hashing import chunk_hashes, make_hasher
 from lmcache_core.observability.bus import EventBus
-from lmcache_core.observability.events import Event, EventType, MpLookup
+from lmcache_core.observability.events import (
+    Event,
+    EventType,
+    FirstMiss,
+    MpLookup,
+    MpLookupPrefetchEnd,
+)
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 
@@ -58,37 +64,96 @@ def test_file_names_are_utc_stamp_and_six_digit_sequence() -> None:
     assert file_name(T0, 1_000_000).endswith("_000000.jsonl")
 
 
-def test_one_json_object_per_line_with_upstreams_fields(tmp_path: Path) -> None:
+def lookup_end(ts: float, request_id: str, **miss: object) -> Event:
+    fields: dict[str, object] = {
+        "request_id": request_id,
+        "model_name": "m",
+        "cache_salt": "",
+        "requested_tokens": 40,
+        "hit_tokens": 16,
+        "l1_hit_tokens": 16,
+        "l2_hit_tokens": 0,
+        "l1_hit_keys": 1,
+        "l2_hit_keys": 0,
+        "l2_hit_sources": (),
+        "duration_s": 0.001,
+        "requested_chunks": 2,
+        "hit_chunks_by_tier": {"l1": 1.0},
+        **miss,
+    }
+    return MpLookupPrefetchEnd(timestamp=ts, **fields)  # type: ignore[arg-type]
+
+
+def test_one_json_object_per_lookup_with_upstreams_fields_then_its_result(tmp_path: Path) -> None:
     sub = LookupHashLogSubscriber(writer(tmp_path, Clock()))
     sub.on_event(lookup_event())
     sub.on_event(lookup_event(T0 + 1, request_id="r2", chunk_hashes=[]))
-    # Lines are flushed as written: readable before close.
+    assert not list(tmp_path.iterdir())  # both wait for their result
+    evicted = FirstMiss(chunk=1, cause="evicted", tier="l1", reason="eviction", removed_at=T0)
+    # r2's result first: lines follow the results, each flushed as written.
+    sub.on_event(lookup_end(T0 + 2, "r2", miss_chunks_by_cause={"never_stored": 2}))
+    sub.on_event(lookup_end(T0 + 3, "r1", first_miss=evicted, miss_chunks_by_cause={"evicted": 1}))
     (path,) = tmp_path.iterdir()
+    upstream = {"model_name": "m", "chunk_size": 16, "seq_len": 40}
     assert read_lines(path) == [
-        {
-            "timestamp": T0,
-            "request_id": "r1",
-            "model_name": "m",
-            "chunk_size": 16,
-            "seq_len": 40,
-            "chunk_hashes": ["0x01", "0x02"],
-        },
         {
             "timestamp": T0 + 1,
             "request_id": "r2",
-            "model_name": "m",
-            "chunk_size": 16,
-            "seq_len": 40,
+            **upstream,
             "chunk_hashes": [],
+            "hit_tokens": 16,
+            "hit_chunks_by_tier": {"l1": 1.0},
+            "first_miss": None,
+            "miss_chunks_by_cause": {"never_stored": 2},
+        },
+        {
+            "timestamp": T0,
+            "request_id": "r1",
+            **upstream,
+            "chunk_hashes": ["0x01", "0x02"],
+            "hit_tokens": 16,
+            "hit_chunks_by_tier": {"l1": 1.0},
+            "first_miss": {
+                "chunk": 1,
+                "cause": "evicted",
+                "tier": "l1",
+                "policy": None,
+                "reason": "eviction",
+                "removed_at": T0,
+            },
+            "miss_chunks_by_cause": {"evicted": 1},
         },
     ]
     assert path.name == "lookup_hashes_20231114_221320_000000.jsonl"
     sub.close()
 
 
-def test_only_lookup_events_are_wanted(tmp_path: Path) -> None:
+def test_a_lookup_without_its_result_is_written_when_bounds_or_close_say_so(
+    tmp_path: Path,
+) -> None:
     sub = LookupHashLogSubscriber(writer(tmp_path, Clock()))
-    assert sub.event_types == frozenset({EventType.MP_LOOKUP.value})
+    sub.on_event(lookup_event(T0, request_id="old"))
+    sub.on_event(lookup_event(T0 + 1, request_id="again"))
+    sub.on_event(lookup_event(T0 + 2, request_id="again"))  # the first never got its result
+    sub.on_event(lookup_event(T0 + PENDING_MAX_AGE_S + 1, request_id="late"))  # "old" too old
+    sub.on_event(lookup_end(T0 + 70, "nobody"))  # a result without its lookup: ignored
+    sub.close()  # "again" and "late" are still waiting
+    (path,) = tmp_path.iterdir()
+    lines = read_lines(path)
+    assert [(line["request_id"], line["timestamp"]) for line in lines] == [
+        ("again", T0 + 1),
+        ("old", T0),
+        ("again", T0 + 2),
+        ("late", T0 + PENDING_MAX_AGE_S + 1),
+    ]
+    assert all("miss_chunks_by_cause" not in line for line in lines)
+
+
+def test_only_lookup_events_and_results_are_wanted(tmp_path: Path) -> None:
+    sub = LookupHashLogSubscriber(writer(tmp_path, Clock()))
+    assert sub.event_types == frozenset(
+        {EventType.MP_LOOKUP.value, EventType.MP_LOOKUP_PREFETCH_END.value}
+    )
 
 
 def test_rotation_by_size_is_checked_before_each_write(tmp_path: Path) -> None:

@@ -68,6 +68,7 @@ class DefaultEngine(Engine):
             prefetch_pool=self.prefetch_pool,
             object_nbytes=self._object_nbytes,
             session_ttl_s=mp.session_ttl_seconds,
+            explainer=context.explainer,
         )
         self.sessions: SessionTable = self.lookups.sessions  # the server reports its size
         completion = StoreCompletion(self.l1, self.l2, self.request_events)

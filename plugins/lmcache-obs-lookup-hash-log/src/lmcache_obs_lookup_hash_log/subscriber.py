@@ -1,12 +1,22 @@
 """The ``lookup_hash_log`` subscriber: one JSON line per ``mp.lookup`` event.
 
 Each line records what a lookup asked for, in upstream's format, so the files
-can be replayed or compared across servers::
+can be replayed or compared across servers, followed by what it found and why
+the rest missed (keys upstream does not write; readers of upstream's format
+ignore them)::
 
     {"timestamp": 1700000000.5, "request_id": "r1", "model_name": "m",
-     "chunk_size": 256, "seq_len": 512, "chunk_hashes": ["0x1f...", "0x9a..."]}
+     "chunk_size": 256, "seq_len": 512, "chunk_hashes": ["0x1f...", "0x9a..."],
+     "hit_tokens": 256, "hit_chunks_by_tier": {"l1": 1.0},
+     "first_miss": {"chunk": 1, "cause": "evicted", "tier": "l1", ...},
+     "miss_chunks_by_cause": {"evicted": 1}}
 
-``timestamp`` is when the lookup was published (epoch seconds). Upstream also
+A lookup's line is written when its result (``mp.lookup_prefetch.end``)
+arrives, at once for an L1-only lookup and after the L2 prefetch otherwise. At
+most :data:`PENDING_LIMIT` lookups wait for their result, none longer than
+:data:`PENDING_MAX_AGE_S` of event time; past either bound, and at close, a line
+is written without the result keys (its result event was dropped or never
+came). ``timestamp`` is when the lookup was published (epoch seconds). Upstream also
 writes ``dtypes`` and ``shapes`` of the GPU KV caches; this server's lookup does
 not know them, so they are left out rather than guessed. The lines are written
 on the event bus's drain thread, never on the request path.
@@ -15,9 +25,12 @@ on the event bus's drain thread, never on the request path.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from typing import Any
 
-from lmcache_core.observability.events import MpLookup
+import msgspec
+
+from lmcache_core.observability.events import MpLookup, MpLookupPrefetchEnd
 from lmcache_core.observability.subscribers import BaseSubscriber
 from lmcache_obs_lookup_hash_log.writer import RotatingJsonlWriter
 
@@ -34,6 +47,23 @@ def lookup_record(event: MpLookup) -> dict[str, Any]:
     }
 
 
+PENDING_LIMIT = 1024
+"""Lookups that may wait for their result before their line is written without it."""
+PENDING_MAX_AGE_S = 60.0
+"""Event-time seconds a lookup waits for its result at most."""
+
+
+def result_fields(event: MpLookupPrefetchEnd) -> dict[str, Any]:
+    """The keys a lookup's result adds to its line."""
+    first = event.first_miss
+    return {
+        "hit_tokens": event.hit_tokens,
+        "hit_chunks_by_tier": dict(event.hit_chunks_by_tier),
+        "first_miss": msgspec.to_builtins(first) if first is not None else None,
+        "miss_chunks_by_cause": dict(event.miss_chunks_by_cause),
+    }
+
+
 class LookupHashLogSubscriber(BaseSubscriber):
     """Writes every ``mp.lookup`` event as a JSON line through a rotating writer.
 
@@ -46,12 +76,35 @@ class LookupHashLogSubscriber(BaseSubscriber):
     def __init__(self, writer: RotatingJsonlWriter) -> None:
         super().__init__()
         self.writer = writer
+        self._pending: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     def on_mp_lookup(self, event: MpLookup) -> None:
-        """Append the lookup's line (a write error is counted by the writer)."""
-        line = json.dumps(lookup_record(event), separators=(",", ":"), ensure_ascii=True)
+        """Hold the lookup's line until its result arrives (bounded in count and age)."""
+        earlier = self._pending.pop(event.request_id, None)
+        if earlier is not None:  # the request's previous lookup never got its result
+            self._write(earlier)
+        self._pending[event.request_id] = lookup_record(event)
+        oldest_allowed = event.timestamp - PENDING_MAX_AGE_S
+        while self._pending:
+            request_id, record = next(iter(self._pending.items()))
+            if len(self._pending) <= PENDING_LIMIT and record["timestamp"] >= oldest_allowed:
+                break
+            del self._pending[request_id]
+            self._write(record)
+
+    def on_mp_lookup_prefetch_end(self, event: MpLookupPrefetchEnd) -> None:
+        """Append the lookup's line with its result (a write error is counted by the writer)."""
+        record = self._pending.pop(event.request_id, None)
+        if record is not None:
+            record.update(result_fields(event))
+            self._write(record)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=True)
         self.writer.write_line(line.encode() + b"\n")
 
     def close(self) -> None:
-        """Close the current file."""
+        """Write the lookups still waiting for their result, close the current file."""
+        while self._pending:
+            self._write(self._pending.popitem(last=False)[1])
         self.writer.close()

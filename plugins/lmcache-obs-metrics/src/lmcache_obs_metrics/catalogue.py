@@ -215,6 +215,16 @@ METRICS: tuple[MetricDef, ...] = (
         _LOOKUP,
     ),
     MetricDef(
+        "lookup_miss_chunks",
+        "counter",
+        (*_REQ, "cause"),
+        "Chunks of lookups that were not hits, by cause (never_stored, evicted, "
+        "other_cache_salt, other_model, other_world_size, l2_timeout, l2_load_failed, "
+        "l2_corrupt, prefetch_limit, being_written, prefix_gap, partial_chunk, ...; "
+        "docs/observability.md lists them all).",
+        _LOOKUP,
+    ),
+    MetricDef(
         "lookup_duration_seconds",
         "histogram",
         ("model_name",),

@@ -117,7 +117,7 @@ class MetricsSubscriber(BaseSubscriber):
         self.instruments.observe("request_duration_seconds", event.duration_s, model)
 
     def on_mp_lookup_prefetch_end(self, event: MpLookupPrefetchEnd) -> None:
-        """A lookup's result: requested and hit tokens and keys per tier."""
+        """A lookup's result: requested and hit tokens and keys per tier, missed chunks by cause."""
         model, salt = self._request_labels(event)
         add = self.instruments.add
         add("lookups", 1, model, salt)
@@ -130,6 +130,8 @@ class MetricsSubscriber(BaseSubscriber):
             adapter = source.l2_name, str(source.adapter_index)
             add("lookup_l2_hit_tokens", source.tokens, model, salt, *adapter)
             add("lookup_l2_hit_keys", source.keys, model, salt, *adapter)
+        for cause, chunks in event.miss_chunks_by_cause.items():
+            add("lookup_miss_chunks", chunks, model, salt, cause)
         self.instruments.observe("lookup_duration_seconds", event.duration_s, model)
 
     # -- store and retrieve -------------------------------------------------------------------

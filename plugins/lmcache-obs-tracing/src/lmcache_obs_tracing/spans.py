@@ -280,6 +280,14 @@ class RequestSpans:
         child.span.set_attributes(attributes_of(event))
         if isinstance(event, MpStoreEnd | MpRetrieveEnd) and not event.ok:
             child.span.set_status(Status(StatusCode.ERROR, f"{name} failed"))
+        if isinstance(event, MpLookupPrefetchEnd) and event.first_miss is not None:
+            # Flat copies of the nested record, so a trace query can filter on them.
+            child.span.set_attributes(
+                {
+                    "first_miss_cause": event.first_miss.cause,
+                    "first_miss_chunk": event.first_miss.chunk,
+                }
+            )
         if root is not None and isinstance(event, MpLookupPrefetchEnd):
             # The latest lookup of the request decides its hit rate (a new lookup
             # replaces the previous one on the server as well).

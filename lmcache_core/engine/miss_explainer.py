@@ -1,0 +1,262 @@
+"""Why did this lookup miss? One explanation per lookup, from bounded memories.
+
+For every lookup the :class:`~lmcache_core.engine.lookup.LookupService` asks
+:meth:`MissExplainer.explain` for a :class:`LookupExplanation`: tokens and
+chunks requested, chunks hit per tier, the first chunk that is not a hit with
+its cause, and a count per cause for every chunk that is not. The causes
+(:class:`~lmcache_core.observability.miss_causes.MissCause`) are tried in this
+order for each such chunk:
+
+1. ``partial_chunk``: the tokens past the last full chunk (never cacheable);
+2. what L1 shows now: every rank resident (``prefix_gap``: an earlier chunk is
+   missing) or one staged (``being_written``);
+3. what the L2 prefetch saw (``l2_timeout``, ``l2_corrupt``, ``l2_load_failed``,
+   ``l1_full``, ``prefix_gap``), or why it did not run (``prefetch_limit``,
+   ``no_worker``);
+4. the removal history of the first missing rank's key: ``evicted`` (tier,
+   policy, reason, time);
+5. the namespace index of the chunk hash: ``other_cache_salt``,
+   ``other_model``, ``other_world_size``, or ``lost`` (stored under this very
+   namespace and gone without a record);
+6. ``never_stored``.
+
+A full hit costs one record and one ring insert; the per-chunk work runs only
+for chunks that missed, vectorised over them (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import msgspec
+
+from lmcache_core.engine.recent_lookups import RecentLookups
+from lmcache_core.observability.events import FirstMiss
+from lmcache_core.observability.miss_causes import MissCause
+from lmcache_core.protocol.types import WireCacheKey
+from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.storage.l1 import L1Manager
+from lmcache_core.storage.namespace_index import Namespace, NamespaceIndex
+from lmcache_core.storage.removal_history import Removal, RemovalHistory
+
+_BY_DIFFERENCE = {
+    "cache_salt": MissCause.OTHER_CACHE_SALT,
+    "model_name": MissCause.OTHER_MODEL,
+    "world_size": MissCause.OTHER_WORLD_SIZE,
+    "kv_rank": MissCause.NEVER_STORED,  # another worker of the same sharding stored it
+    None: MissCause.LOST,
+}
+
+
+class LookupExplanation(msgspec.Struct, frozen=True, kw_only=True):
+    """What one lookup asked for, what it hit, and why the rest missed.
+
+    Attributes:
+        request_id: The engine's request id.
+        model_name: The key's model name.
+        cache_salt: The key's cache salt.
+        world_size: The key's world size.
+        worker_id: The key's worker id (None: a lookup for every rank).
+        chunk_size: Tokens per chunk.
+        requested_tokens: Tokens asked for.
+        requested_chunks: Full chunks asked for.
+        hit_chunks: Leading chunks found (the lookup's answer).
+        hit_tokens: ``hit_chunks`` in tokens (at most ``requested_tokens``).
+        hit_chunks_by_tier: ``l1`` and ``l2[<index>]:<type>`` -> chunks.
+        first_miss: The first chunk not hit and its cause (None: a full hit).
+        miss_chunks_by_cause: Every chunk not hit, counted by cause.
+        at: When the lookup finished (seconds since the epoch).
+        duration_s: From the lookup's arrival to its result (L2 prefetch included).
+    """
+
+    request_id: str
+    model_name: str
+    cache_salt: str
+    world_size: int
+    worker_id: int | None
+    chunk_size: int
+    requested_tokens: int
+    requested_chunks: int
+    hit_chunks: int
+    hit_tokens: int
+    hit_chunks_by_tier: dict[str, float]
+    first_miss: FirstMiss | None
+    miss_chunks_by_cause: dict[str, int]
+    at: float
+    duration_s: float
+
+
+class MissExplainer:
+    """The server's memories for miss explanations, and the classification.
+
+    One per server: the data path attaches :attr:`removals` and
+    :attr:`namespaces` to L1 and the L2 tier (which record into them) and hands
+    the explainer to the engine; the HTTP API reads :attr:`recent`.
+
+    Args:
+        removals: The history of removed objects.
+        namespaces: The namespace-less chunk hash index.
+        recent: The ring of recent lookups.
+    """
+
+    def __init__(
+        self,
+        removals: RemovalHistory | None = None,
+        namespaces: NamespaceIndex | None = None,
+        recent: RecentLookups[LookupExplanation] | None = None,
+    ) -> None:
+        self.removals = removals if removals is not None else RemovalHistory()
+        self.namespaces = namespaces if namespaces is not None else NamespaceIndex()
+        self.recent: RecentLookups[LookupExplanation] = (
+            recent if recent is not None else RecentLookups()
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the two fixed tables (the ring is stated per entry in the docs)."""
+        return self.removals.nbytes + self.namespaces.nbytes
+
+    def explain(
+        self,
+        key: WireCacheKey,
+        chunk_size: int,
+        flat: Sequence[ObjectKey],
+        width: int,
+        l1: L1Manager,
+        *,
+        l1_chunks: int,
+        l2_chunks: int = 0,
+        l2_sources: Sequence[tuple[str, float]] = (),
+        l2_misses: Sequence[MissCause | None] = (),
+        not_asked: MissCause | None = None,
+        started: float,
+        record: bool = True,
+    ) -> LookupExplanation:
+        """Classify the lookup's missing chunks, record the explanation and return it.
+
+        Args:
+            key: The lookup's key.
+            chunk_size: Tokens per chunk.
+            flat: The object keys of every full chunk, chunk-major (``width``
+                ranks of chunk 0, then of chunk 1...).
+            width: Ranks per chunk.
+            l1: The L1 tier (asked what it holds of the missing chunks now).
+            l1_chunks: Leading chunks L1 held.
+            l2_chunks: Chunks after those that the L2 prefetch loaded.
+            l2_sources: Per L2 adapter that supplied chunks: its tier label and its
+                share of ``l2_chunks`` (ranks of one chunk may come from several).
+            l2_misses: Per chunk after ``l1_chunks``, the L2 tier's cause or None
+                (:attr:`~lmcache_core.storage.l2.tier.PrefetchResult.misses`).
+            not_asked: Why L2 was not asked although it might hold the rest
+                (``prefetch_limit``, ``no_worker``), or None.
+            started: ``time.time()`` when the lookup arrived.
+            record: Keep it in :attr:`recent` (False for a superseded lookup).
+        """
+        num_chunks = len(flat) // width if width else 0
+        hit = min(num_chunks, l1_chunks + l2_chunks)
+        by_tier: dict[str, float] = {"l1": float(l1_chunks)}
+        for label, count in l2_sources:
+            by_tier[label] = by_tier.get(label, 0.0) + count
+        counts: dict[str, int] = {}
+        first: FirstMiss | None = None
+        if hit < num_chunks:
+            first = self._classify(
+                key, flat[hit * width :], width, hit, l1, l1_chunks, l2_misses, not_asked, counts
+            )
+        if key.end > num_chunks * chunk_size:
+            counts[MissCause.PARTIAL_CHUNK] = 1
+            if first is None:
+                first = FirstMiss(chunk=num_chunks, cause=MissCause.PARTIAL_CHUNK)
+        now = time.time()
+        explanation = LookupExplanation(
+            request_id=key.request_id,
+            model_name=key.model_name,
+            cache_salt=key.cache_salt,
+            world_size=key.world_size,
+            worker_id=key.worker_id,
+            chunk_size=chunk_size,
+            requested_tokens=key.end,
+            requested_chunks=num_chunks,
+            hit_chunks=hit,
+            hit_tokens=min(hit * chunk_size, key.end),
+            hit_chunks_by_tier=by_tier,
+            first_miss=first,
+            miss_chunks_by_cause=counts,
+            at=now,
+            duration_s=max(0.0, now - started),
+        )
+        if record:
+            self.recent.add(key.request_id, explanation)
+        return explanation
+
+    def _classify(
+        self,
+        key: WireCacheKey,
+        missing: Sequence[ObjectKey],
+        width: int,
+        offset: int,
+        l1: L1Manager,
+        l1_chunks: int,
+        l2_misses: Sequence[MissCause | None],
+        not_asked: MissCause | None,
+        counts: dict[str, int],
+    ) -> FirstMiss:
+        """Count a cause per chunk of ``missing`` (chunks ``offset``...); detail the first."""
+        presence = l1.presence(missing)
+        chunks = len(missing) // width
+        causes: list[MissCause | None] = [None] * chunks
+        absent: list[int] = []  # chunks left to the history and the index
+        absent_keys: list[ObjectKey] = []
+        for chunk in range(chunks):
+            row = presence[chunk * width : (chunk + 1) * width]
+            l2_cause = _at(l2_misses, offset + chunk - l1_chunks)
+            if 2 in row:
+                causes[chunk] = MissCause.BEING_WRITTEN
+            elif 0 not in row:
+                causes[chunk] = MissCause.PREFIX_GAP
+            elif l2_cause is not None:
+                causes[chunk] = l2_cause
+            elif not_asked is not None:
+                causes[chunk] = not_asked
+            else:
+                absent.append(chunk)
+                absent_keys.append(missing[chunk * width + row.index(0)])
+        removals = self.removals.find_many(absent_keys)
+        namespaces = self.namespaces.find_many([k.chunk_hash for k in absent_keys])
+        first_removal: Removal | None = None
+        for chunk, removal, namespace, object_key in zip(
+            absent, removals, namespaces, absent_keys, strict=True
+        ):
+            if removal is not None:
+                causes[chunk] = MissCause.EVICTED
+                if chunk == 0:
+                    first_removal = removal
+            else:
+                causes[chunk] = _namespace_cause(namespace, object_key)
+        for cause in causes:
+            assert cause is not None
+            counts[cause] = counts.get(cause, 0) + 1
+        head = causes[0]
+        assert head is not None
+        if first_removal is None:
+            return FirstMiss(chunk=offset, cause=head)
+        return FirstMiss(
+            chunk=offset,
+            cause=head,
+            tier=first_removal.tier,
+            policy=first_removal.policy,
+            reason=first_removal.reason,
+            removed_at=first_removal.at,
+        )
+
+
+def _at(causes: Sequence[MissCause | None], index: int) -> MissCause | None:
+    return causes[index] if 0 <= index < len(causes) else None
+
+
+def _namespace_cause(namespace: Namespace | None, key: ObjectKey) -> MissCause:
+    """What the index says of a chunk hash the history does not know."""
+    if namespace is None:
+        return MissCause.NEVER_STORED
+    return _BY_DIFFERENCE[namespace.difference(Namespace.of(key))]
