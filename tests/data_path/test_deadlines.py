@@ -143,7 +143,8 @@ def test_slow_l2_prefetch_is_given_up_at_the_deadline(
 
     answer, took = _lookup_answer(client, worker, tokens)
     assert answer == 0, "nothing is in L1 and L2 did not answer in time"
-    assert DEADLINE_S - 0.1 <= took < DEADLINE_S + SLACK_S
+    # The adapter's lookup is waited for half the deadline (loads would get the rest).
+    assert DEADLINE_S / 2 - 0.1 <= took < DEADLINE_S + SLACK_S
     # The deadline cut the adapter's lookup short (or, had the prefetch not even
     # returned, the status query gave the job up).
     given_up = _engine(server)["engine"]["deadlines"]["lookups_given_up"]

@@ -516,8 +516,10 @@ class L2Tier:
             with self._counted_prefetch():
                 # Submitted together, so the adapters look up in parallel within the budget.
                 futures = [a.submit_lookup_and_lock(flat) for a in self.adapters]
+                answered_by = self._lookups_end(deadline)
                 answers = [
-                    _answer(f, len(flat), self._call_timeout(deadline), self.stats) for f in futures
+                    _answer(f, len(flat), max(0.0, answered_by - time.monotonic()), self.stats)
+                    for f in futures
                 ]
                 found = [[False] * len(flat) if a is None else a for a, _ in answers]
                 # A key no adapter reports may still be in one that could not answer.
@@ -536,6 +538,15 @@ class L2Tier:
                             future.add_done_callback(_unlock_when_done(adapter, flat))
         finally:
             self._in_flight.release()
+
+    def _lookups_end(self, deadline: float) -> float:
+        """When the adapters' lookups stop being waited for: half of what is left, at most.
+
+        A slow adapter must not spend the whole budget: the hits of the adapters
+        that answered in time still need the other half to load.
+        """
+        now = time.monotonic()
+        return now + min(self.timeout_s, max(0.0, (deadline - now) / 2))
 
     def _call_timeout(self, deadline: float) -> float:
         """How long the next adapter call may take: ``timeout_s``, cut at the deadline."""
