@@ -26,6 +26,7 @@ from lmcache_core.hashing import make_hasher
 from lmcache_core.lifecycle import Component
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.plugin.registry import PluginRegistry
+from lmcache_core.security.keyring import ApiKeyRing
 from lmcache_core.server.data_path_components import EngineComponent, L1Component
 from lmcache_core.server.l2_assembly import build_l2
 from lmcache_core.server.request_server import RequestServer
@@ -160,11 +161,13 @@ def build_data_path(
     selection: Selection,
     bus: EventBus,
     cleanup: ExitStack,
+    api_keys: ApiKeyRing | None = None,
 ) -> DataPath:
     """Create L1, L2, the engine and the request server from the resolved selection.
 
     Everything opened is registered on ``cleanup``, which the caller unwinds if
     assembly fails later and pops once the lifecycle owns the components.
+    ``api_keys`` are the keys every request must carry (none: no key needed).
 
     Raises:
         StartupError: Memory for L1 cannot be had, or a plugin fails to build.
@@ -189,6 +192,7 @@ def build_data_path(
         engine.handlers(),
         affinity_workers=config.mp.max_gpu_workers,
         cpu_workers=config.mp.max_cpu_workers,
+        api_keys=api_keys,
     )
     components: tuple[Component, ...] = (
         L1Component(l1),

@@ -26,9 +26,11 @@ import zmq
 from lmcache_core.engine.contract import Handler, RequestContext
 from lmcache_core.errors import StartupError
 from lmcache_core.lifecycle import Health
+from lmcache_core.protocol.api_key_frame import is_key_frame, presented_key
 from lmcache_core.protocol.codec import ProtocolError, ServerCodec, decode_op
 from lmcache_core.protocol.errors import ErrorCode, RemoteError
 from lmcache_core.protocol.ops import KNOWN_UNSUPPORTED, OPS, Execution, OpSpec
+from lmcache_core.security.keyring import ApiKeyRing
 from lmcache_core.server.affinity import AffinityPool, PoolFull, WorkerPool
 
 logger = logging.getLogger("lmcache.server")
@@ -38,6 +40,8 @@ STUCK_AFTER_SECONDS = 5.0
 """The loop beats every poll interval; silence this long means it is stuck."""
 MAX_MESSAGE_BYTES = 2 << 30
 QUEUE_DEPTH = 1024
+UNAUTHORIZED_MESSAGE = "Invalid or missing API key"
+"""The error reply's message, the same words as the HTTP API's 401."""
 
 
 @dataclass
@@ -48,6 +52,7 @@ class RequestStats:
     errors: int = 0
     undeliverable: int = 0
     malformed: int = 0
+    unauthorized: int = 0
 
 
 class RequestServer:
@@ -61,6 +66,9 @@ class RequestServer:
         cpu_workers: ``--max-cpu-workers``.
         queue_depth: Requests queued per pool thread before "overloaded".
         stuck_after: Seconds without a loop beat after which health fails.
+        api_keys: The keys a request must carry (see
+            :mod:`lmcache_core.protocol.api_key_frame`); ``None`` or a disabled
+            ring: no key is required.
     """
 
     name = "request_server"
@@ -75,6 +83,7 @@ class RequestServer:
         cpu_workers: int,
         queue_depth: int = QUEUE_DEPTH,
         stuck_after: float = STUCK_AFTER_SECONDS,
+        api_keys: ApiKeyRing | None = None,
     ) -> None:
         unknown = set(handlers) - set(OPS)
         if unknown:
@@ -82,6 +91,7 @@ class RequestServer:
         self.host, self.port = host, port
         self.handlers = dict(handlers)
         self.stats = RequestStats()
+        self._keys = api_keys if api_keys is not None else ApiKeyRing.disabled()
         self._codec = ServerCodec()
         self._affinity_workers, self._cpu_workers = affinity_workers, cpu_workers
         self._queue_depth, self._stuck_after = queue_depth, stuck_after
@@ -193,12 +203,9 @@ class RequestServer:
             logger.debug("reply dropped: %s", exc.strerror)
 
     def _handle(self, frames: list[bytes]) -> list[bytes] | None:
-        if len(frames) < 3:
-            # Without a uid frame there is nothing to address a reply to.
-            self.stats.malformed += 1
-            if len(frames) == 2:
-                return [*frames, *self._codec.error_frames(ErrorCode.BAD_REQUEST, "no op frame")]
-            return None
+        refused, refusal = self._screen(frames)
+        if refused:
+            return refusal
         client, uid, op_frame, *args = frames
         head = [client, uid]
         try:
@@ -225,6 +232,43 @@ class RequestServer:
                 ErrorCode.OVERLOADED, "the server's queue for this work is full; retry later", op
             )
         return None
+
+    def _screen(self, frames: list[bytes]) -> tuple[bool, list[bytes] | None]:
+        """Whether the request is refused before decoding, and the reply (``None``: none).
+
+        Too few frames, or (API keys configured) no accepted key; the key frame is
+        removed from ``frames``.
+        """
+        if len(frames) < 3:
+            # Without a uid frame there is nothing to address a reply to.
+            self.stats.malformed += 1
+            if len(frames) == 2:
+                return True, [
+                    *frames,
+                    *self._codec.error_frames(ErrorCode.BAD_REQUEST, "no op frame"),
+                ]
+            return True, None
+        refusal = self._authenticate(frames)
+        return refusal is not None, refusal
+
+    def _authenticate(self, frames: list[bytes]) -> list[bytes] | None:
+        """Check and strip the API key frame (in place); the refusal, or ``None`` to serve.
+
+        Checked before anything is decoded: an unauthenticated peer gets no further.
+        """
+        key = None
+        if is_key_frame(frames[2]):
+            key = presented_key(frames.pop(2))
+            if len(frames) < 3:
+                self.stats.malformed += 1
+                return frames[:2] + self._codec.error_frames(
+                    ErrorCode.BAD_REQUEST, "no op frame after the API key frame"
+                )
+        if self._keys.accepts(key):
+            return None
+        self._keys.reject("zmq")
+        self.stats.unauthorized += 1
+        return frames[:2] + self._codec.error_frames(ErrorCode.UNAUTHORIZED, UNAUTHORIZED_MESSAGE)
 
     def _internal_error(self, frames: list[bytes], exc: Exception) -> list[bytes] | None:
         if len(frames) < 2:
