@@ -59,6 +59,8 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
             # Not in the reference's table: upstream's flag, idle-based here (issue #3).
             "--session-ttl-seconds": 600.0,
             "--enable-segmented-prefix": False,
+            # Not in the reference table: upstream 0.5.6's KV event log (issue 14 item 5).
+            "--kv-event-log-size": 32768,
             # Not in the reference: upstream 0.5.7's API key files (issue 14 item 6).
             "--api-key-file": [],
         },

@@ -134,6 +134,15 @@ class MPServerConfig(GroupSettings):
             "the gap is recomputed. No effect for other engines."
         ),
     )
+    kv_event_log_size: int = Field(
+        default=32768,
+        ge=0,
+        description=(
+            "Cache changes (stores and removals in L1 and every L2 adapter) kept in the replay "
+            "log of the KV event stream (subscribe_kv_events); 0 disables the stream. Not in "
+            "the reference table: upstream 0.5.6's flag, which covers L1 only."
+        ),
+    )
     api_key_file: Annotated[
         list[str],
         NoDecode,

@@ -19,10 +19,15 @@ import torch
 from lmcache_core.config.resolution import Selection
 from lmcache_core.config.server import ServerConfig
 from lmcache_core.engine import Engine, EngineContext
+from lmcache_core.engine.contract import Handler, RequestContext
 from lmcache_core.engine.sessions import SessionTable
 from lmcache_core.engine.token_cache import TokenHashCache
 from lmcache_core.errors import StartupError
 from lmcache_core.hashing import make_hasher
+from lmcache_core.kv_events.log import KVEventLog
+from lmcache_core.kv_events.recorder import KVEventRecorder
+from lmcache_core.kv_events.records import KV_EVENT_CAPABILITY
+from lmcache_core.kv_events.service import KVEventService
 from lmcache_core.lifecycle import Component
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.plugin.registry import PluginRegistry
@@ -67,6 +72,8 @@ class DataPath:
         quotas: Per-salt limits (the HTTP quota API), enforced by tiers whose
             policy is isolated.
         request_server: The ZeroMQ server dispatching to the engine.
+        kv_events: The KV event stream's service, or ``None`` when disabled
+            (``--kv-event-log-size 0`` or ``--disable-observability``).
         components: In start order (L1, L2, the engine's own, the engine, the
             request server).
     """
@@ -78,6 +85,7 @@ class DataPath:
     quotas: QuotaManager
     request_server: RequestServer
     components: tuple[Component, ...]
+    kv_events: KVEventService | None = None
 
     def status(self) -> dict[str, Any]:
         """L1 usage, engine state and request counters, for ``/status``."""
@@ -91,6 +99,10 @@ class DataPath:
             },
             "engine": self.engine.status(),
             "requests": vars(self.request_server.stats),
+            "streams": self.request_server.streams_status(),
+            "kv_events": (
+                self.kv_events.status() if self.kv_events is not None else {"enabled": False}
+            ),
         }
 
 
@@ -182,14 +194,19 @@ def build_data_path(
             ", ".join(quotas.enforced_by),
         )
     token_cache = TokenHashCache(make_hasher(config.mp.hash_algorithm), config.mp.chunk_size)
+    kv_events = build_kv_events(config, bus, token_cache)
     engine = registry.builder.engine(
         selection.engine, EngineContext(config, registry, selection, l1, token_cache, l2, bus)
     )
     cleanup.callback(engine.close)
+    handlers = dict(engine.handlers())
+    if kv_events is not None:
+        handlers.update(kv_events.handlers())
+        handlers["get_experimental"] = with_capability(handlers["get_experimental"])
     server = RequestServer(
         config.mp.host,
         config.mp.port,
-        engine.handlers(),
+        handlers,
         affinity_workers=config.mp.max_gpu_workers,
         cpu_workers=config.mp.max_cpu_workers,
         api_keys=api_keys,
@@ -201,4 +218,30 @@ def build_data_path(
         EngineComponent(engine),
         server,
     )
-    return DataPath(l1, l2, engine.sessions, engine, quotas, server, components)
+    return DataPath(l1, l2, engine.sessions, engine, quotas, server, components, kv_events)
+
+
+def build_kv_events(
+    config: ServerConfig, bus: EventBus, token_cache: TokenHashCache
+) -> KVEventService | None:
+    """The KV event stream: its log fed from the bus, tokens bound as they are hashed.
+
+    ``None`` when ``--kv-event-log-size`` is 0 or the bus is off
+    (``--disable-observability``): the log's records come from the bus.
+    """
+    if config.mp.kv_event_log_size == 0 or not bus.enabled:
+        return None
+    log = KVEventLog(config.mp.kv_event_log_size)
+    bus.subscribe(KVEventRecorder(log, bus))
+    token_cache.binder = log
+    return KVEventService(log)
+
+
+def with_capability(handler: Handler) -> Handler:
+    """``get_experimental`` that also lists the KV event stream (upstream's clients check it)."""
+
+    def get_experimental(ctx: RequestContext) -> list[str]:
+        listed = list(handler(ctx))
+        return listed if KV_EVENT_CAPABILITY in listed else [*listed, KV_EVENT_CAPABILITY]
+
+    return get_experimental

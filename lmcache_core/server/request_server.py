@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import zmq
 
 from lmcache_core.engine.contract import Handler, RequestContext
@@ -32,6 +33,7 @@ from lmcache_core.protocol.errors import ErrorCode, RemoteError
 from lmcache_core.protocol.ops import KNOWN_UNSUPPORTED, OPS, Execution, OpSpec
 from lmcache_core.security.keyring import ApiKeyRing
 from lmcache_core.server.affinity import AffinityPool, PoolFull, WorkerPool
+from lmcache_core.server.streams import StreamSource, StreamTable
 
 logger = logging.getLogger("lmcache.server")
 
@@ -53,6 +55,7 @@ class RequestStats:
     undeliverable: int = 0
     malformed: int = 0
     unauthorized: int = 0
+    stream_controls_unknown: int = 0
 
 
 class RequestServer:
@@ -109,6 +112,10 @@ class RequestServer:
         self._pool: WorkerPool | None = None
         self._crash: BaseException | None = None
         self._ready = threading.Event()
+        self._batch_encoder = msgspec.msgpack.Encoder()
+        self._streams = StreamTable(
+            self._push, self._batch_encoder.encode, release=self._release_push
+        )
 
     @property
     def endpoint(self) -> str:
@@ -144,6 +151,7 @@ class RequestServer:
     def stop(self, timeout: float) -> None:
         """Stop the loop, drain the pools (bounded), close the sockets."""
         deadline = time.monotonic() + timeout
+        self._streams.close(timeout / 4)
         if self._affinity is not None:
             self._affinity.stop(max(0.1, (deadline - time.monotonic()) / 2))
         if self._pool is not None:
@@ -178,7 +186,14 @@ class RequestServer:
                     continue
                 sender = frames[0]
                 if len(sender) == id_length and sender.startswith(secret):
-                    self._send(router, frames[1:])  # a pool thread's reply
+                    # A pool thread's or a stream's reply; a stream whose client is gone ends.
+                    if not self._send(router, frames[1:]) and len(frames) > 2:
+                        self._streams.peer_gone(frames[1], frames[2])
+                    continue
+                if len(frames) == 4 and not frames[2]:
+                    refusal = self._stream_control(frames)
+                    if refusal is not None:
+                        self._send(router, refusal)
                     continue
                 self.stats.requests += 1
                 try:
@@ -195,12 +210,33 @@ class RequestServer:
         finally:
             router.close(linger=0)
 
-    def _send(self, router: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    def _send(self, router: zmq.Socket[bytes], frames: list[bytes]) -> bool:
         try:
             router.send_multipart(frames, copy=len(frames[-1]) < 65536)
         except zmq.ZMQError as exc:  # the peer went away (ROUTER_MANDATORY)
             self.stats.undeliverable += 1
             logger.debug("reply dropped: %s", exc.strerror)
+            return False
+        return True
+
+    def _stream_control(self, frames: list[bytes]) -> list[bytes] | None:
+        """``[client, uid, b"", b"ack" | b"cancel"]``: a credit or the end of a stream.
+
+        Not a request: an accepted one is not answered (upstream's clients expect
+        no reply). One for no open stream (it ended meanwhile, or never was), or
+        with another action, is counted and answered ``bad_request``; a client
+        whose stream just ended ignores it (its uid is done).
+        """
+        client, uid, _, action = frames
+        if self._streams.control(client, uid, action):
+            return None
+        self.stats.stream_controls_unknown += 1
+        message = f"no open stream for this uid to {action[:16]!r}"
+        return [client, uid, *self._codec.error_frames(ErrorCode.BAD_REQUEST, message)]
+
+    def streams_status(self) -> dict[str, int]:
+        """Open and opened streams, for ``/status``."""
+        return self._streams.status()
 
     def _handle(self, frames: list[bytes]) -> list[bytes] | None:
         refused, refusal = self._screen(frames)
@@ -217,7 +253,7 @@ class RequestServer:
             return head + self._codec.error_frames(exc.code, str(exc))
         context = RequestContext(client, op)
         reply_head = [client, uid, op_frame]
-        if spec.execution is Execution.INLINE:
+        if spec.execution in (Execution.INLINE, Execution.STREAM):
             return self._call(spec, context, decoded, reply_head)
         task = self._task(spec, context, decoded, reply_head)
         try:
@@ -288,7 +324,7 @@ class RequestServer:
 
     def _call(
         self, spec: OpSpec, context: RequestContext, args: list[Any], head: list[bytes]
-    ) -> list[bytes]:
+    ) -> list[bytes] | None:
         try:
             result = self.handlers[spec.name](context, *args)
         except RemoteError as exc:
@@ -300,13 +336,19 @@ class RequestServer:
             return head[:2] + self._codec.error_frames(
                 ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}", spec.name
             )
+        if spec.execution is Execution.STREAM:
+            source: StreamSource = result
+            self._streams.open(head, source)  # its sender sends the batches
+            return None
         return head + self._codec.result_frames(spec, result)
 
     def _task(
         self, spec: OpSpec, context: RequestContext, args: list[Any], head: list[bytes]
     ) -> Callable[[], None]:
         def run() -> None:
-            self._push(self._call(spec, context, args, head))
+            frames = self._call(spec, context, args, head)
+            if frames is not None:
+                self._push(frames)
 
         return run
 
@@ -322,3 +364,10 @@ class RequestServer:
             socket.connect(self._reply_address)
             self._local.push = socket
         socket.send_multipart(frames, copy=len(frames[-1]) < 65536)
+
+    def _release_push(self) -> None:
+        """Close this thread's reply socket (a stream's sender, before its thread ends)."""
+        socket = getattr(self._local, "push", None)
+        if socket is not None:
+            socket.close(linger=1000)
+            self._local.push = None
