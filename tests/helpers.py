@@ -58,6 +58,8 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
             "--worker-registration-grace-seconds": 3600.0,
             # Not in the reference's table: upstream's flag, idle-based here (issue #3).
             "--session-ttl-seconds": 600.0,
+            # Not in the reference's table: the bound of every server-side wait (issue 14).
+            "--request-deadline-seconds": 8.0,
             "--enable-segmented-prefix": False,
             # Not in the reference table: upstream 0.5.6's KV event log (issue 14 item 5).
             "--kv-event-log-size": 32768,

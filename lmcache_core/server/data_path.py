@@ -210,6 +210,7 @@ def build_data_path(
         affinity_workers=config.mp.max_gpu_workers,
         cpu_workers=config.mp.max_cpu_workers,
         api_keys=api_keys,
+        deadline_s=config.mp.request_deadline_seconds,
     )
     components: tuple[Component, ...] = (
         L1Component(l1),
