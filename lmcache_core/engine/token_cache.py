@@ -30,10 +30,8 @@ class TokenBinder(Protocol):
     def is_bound(self, chunk_hash: bytes) -> bool:
         """Whether ``chunk_hash``'s tokens are already known."""
 
-    def bind_tokens(
-        self, hashes: Sequence[bytes], tokens: Sequence[int], chunk_size: int, parent: bytes | None
-    ) -> None:
-        """Remember each chunk's tokens and its parent's hash."""
+    def bind_raw(self, hashes: Sequence[bytes], raw_tokens: bytes, chunk_size: int) -> None:
+        """Remember each chunk's place in ``raw_tokens`` (a prefix from its first chunk)."""
 
 
 class TokenHashCache:
@@ -82,10 +80,10 @@ class TokenHashCache:
             if cached is not None and len(cached) >= num_chunks:
                 self._cache.move_to_end(digest)
                 self.hits += 1
-                if binder is None or not cached or binder.is_bound(cached[-1]):
-                    return cached[:num_chunks]
-        if cached is None or len(cached) < num_chunks:
-            self.misses += 1
+                if binder is not None and cached and not binder.is_bound(cached[-1]):
+                    binder.bind_raw(cached, raw_tokens, self.chunk_size)  # bindings expired
+                return cached[:num_chunks]
+        self.misses += 1
         try:
             tokens = _tokens_decoder.decode(raw_tokens)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -94,7 +92,7 @@ class TokenHashCache:
         every = memo.hashes(tokens)
         if binder is not None:
             # Bound before the store that uses them commits, so its record has the tokens.
-            binder.bind_tokens(every, tokens, self.chunk_size, None)
+            binder.bind_raw(every, raw_tokens, self.chunk_size)
         with self._lock:
             self._cache[digest] = every
             self._cache.move_to_end(digest)

@@ -9,13 +9,17 @@ event bus was full): readers past it withdraw and start over. The incarnation
 
 A store record carries its chunk's tokens and parent hash. Those are known when
 the request's tokens are hashed, not when L1 commits the chunk, so the hashing
-path binds them here first (:meth:`KVEventLog.bind_tokens`, a bounded LRU map);
-a store whose chunk was never bound is still recorded, with no tokens.
+path binds them here first (:meth:`KVEventLog.bind_raw`, a bounded LRU map);
+a store whose chunk was never bound is still recorded, with no tokens. The
+hashing path only files the request's raw msgpack token array (shared by all
+its chunks) and each chunk's position: decoding and slicing happen when the
+store is recorded, on the event bus's thread, off the request path.
 
-Memory: tokens are kept packed (4 bytes each), in the bindings and in the log,
-and become lists only in the batches sent. With 256-token chunks the log holds
-at most about 1 KiB per record (32 MiB at the default 32768 records) and the
-bindings 8 MiB (:data:`MAX_BINDINGS`).
+Memory: the log keeps tokens packed (4 bytes each), which become lists only in
+the batches sent: with 256-token chunks at most about 1 KiB per record (32 MiB
+at the default 32768 records). A binding holds a reference to its request's
+raw tokens (about 5 bytes a token), so :data:`MAX_BINDINGS` bindings hold
+about ``MAX_BINDINGS * chunk_size * 5`` bytes (10 MiB with 256-token chunks).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
+
+import msgspec
 
 from lmcache_core.kv_events.records import (
     KIND_LOST,
@@ -42,6 +48,7 @@ MAX_BINDINGS = 8192
 """Chunks whose tokens are remembered for their store record (oldest forgotten first)."""
 TOKEN_TYPECODE = "I"
 """Token ids are uint32 (the request decoder checks it): packed 4 bytes each."""
+_tokens_decoder = msgspec.msgpack.Decoder(list[int])
 MAX_EVENTS_PER_BATCH = 1024
 
 
@@ -103,8 +110,10 @@ class KVEventLog:
         self.changed = threading.Condition()
         self._log: deque[_Entry] = deque(maxlen=capacity)
         self._next_seq = 1
-        self._bindings: OrderedDict[bytes, tuple[bytes, bytes | None]] = OrderedDict()
+        self._bindings: OrderedDict[bytes, tuple[bytes, int, bytes | None]] = OrderedDict()
+        self._decoded: tuple[bytes, list[int]] | None = None  # the last raw array decoded
         self._max_bindings = max_bindings
+        self._chunk_size = 1
         self._closed = False
 
     @property
@@ -114,29 +123,36 @@ class KVEventLog:
 
     # -- writers -------------------------------------------------------------------
 
-    def bind_tokens(
-        self, hashes: Sequence[bytes], tokens: Sequence[int], chunk_size: int, parent: bytes | None
-    ) -> None:
-        """Remember the tokens and parent of each chunk of one request's prefix.
+    def bind_raw(self, hashes: Sequence[bytes], raw_tokens: bytes, chunk_size: int) -> None:
+        """Remember where each chunk of one request's prefix finds its tokens and parent.
+
+        Cheap on purpose (it runs on the request path): a reference to the raw
+        array and a position per new chunk; nothing is decoded here.
 
         Args:
-            hashes: The chunk hashes, in prefix order.
-            tokens: The request's tokens (at least ``len(hashes) * chunk_size``).
+            hashes: The chunk hashes of the prefix, from its first chunk, in order.
+            raw_tokens: The request's tokens as received (a msgpack array of ints).
             chunk_size: Tokens per chunk.
-            parent: The hash of the chunk before ``hashes[0]`` (``None``: it is the first).
         """
+        self._chunk_size = chunk_size
         with self.changed:
             bindings = self._bindings
             for index, chunk_hash in enumerate(hashes):
                 if chunk_hash in bindings:
                     bindings.move_to_end(chunk_hash)
                 else:
-                    start = index * chunk_size
-                    before = hashes[index - 1] if index else parent
-                    packed = array(TOKEN_TYPECODE, tokens[start : start + chunk_size]).tobytes()
-                    bindings[chunk_hash] = (packed, before)
+                    bindings[chunk_hash] = (raw_tokens, index, hashes[index - 1] if index else None)
             while len(bindings) > self._max_bindings:
                 bindings.popitem(last=False)
+
+    def _tokens_of(self, raw: bytes, index: int) -> bytes:
+        """Chunk ``index``'s tokens, packed (the last raw array's decode is reused)."""
+        decoded = self._decoded
+        if decoded is None or decoded[0] is not raw:
+            decoded = (raw, _tokens_decoder.decode(raw))
+            self._decoded = decoded
+        start = index * self._chunk_size
+        return array(TOKEN_TYPECODE, decoded[1][start : start + self._chunk_size]).tobytes()
 
     def is_bound(self, chunk_hash: bytes) -> bool:
         """Whether ``chunk_hash``'s tokens are known (the hashing path skips those)."""
@@ -153,7 +169,8 @@ class KVEventLog:
                     self.stats.unbound_stores += 1
                     tokens, parent = b"", None
                 else:
-                    tokens, parent = binding
+                    raw, index, parent = binding
+                    tokens = self._tokens_of(raw, index)
                 self._append(KIND_STORED, medium, model_name, [chunk_hash], parent, tokens)
             self.changed.notify_all()
 
@@ -178,6 +195,8 @@ class KVEventLog:
         """Stop recording; waiting readers wake and see ``enabled`` false."""
         with self.changed:
             self._closed = True
+            self._bindings.clear()
+            self._decoded = None
             self.changed.notify_all()
 
     def _append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from lmcache_core.kv_events.log import KVEventLog
@@ -10,13 +11,18 @@ from lmcache_core.kv_events.records import MEDIUM_L1, KVEventBatch, l2_medium
 H = [bytes([i]) * 8 for i in range(10)]
 
 
+def raw(tokens: list[int]) -> bytes:
+    """Tokens as a request carries them (a msgpack array)."""
+    return msgspec.msgpack.encode(tokens)
+
+
 def seqs(batch: KVEventBatch) -> list[int]:
     return [record.seq for record in batch.events]
 
 
 def test_records_in_order_with_tokens_and_parents() -> None:
     log = KVEventLog(100)
-    log.bind_tokens(H[:3], list(range(12)), 4, None)
+    log.bind_raw(H[:3], raw([70000 + t for t in range(12)]), 4)
     log.stored(MEDIUM_L1, "m", H[:3])
     log.removed(l2_medium(0, "fs"), "m", H[:2])
     batch = log.read("m", 0, 10)
@@ -24,9 +30,9 @@ def test_records_in_order_with_tokens_and_parents() -> None:
     assert seqs(batch) == [1, 2, 3, 4]
     first, second, third, removed = batch.events
     assert (first.kind, first.medium, first.block_hashes) == ("stored", "CPU", [H[0]])
-    assert first.parent_block_hash is None and first.token_ids == [0, 1, 2, 3]
-    assert second.parent_block_hash == H[0] and second.token_ids == [4, 5, 6, 7]
-    assert third.parent_block_hash == H[1] and third.token_ids == [8, 9, 10, 11]
+    assert first.parent_block_hash is None and first.token_ids == [70000, 70001, 70002, 70003]
+    assert second.parent_block_hash == H[0] and second.token_ids == [70004, 70005, 70006, 70007]
+    assert third.parent_block_hash == H[1] and third.token_ids == [70008, 70009, 70010, 70011]
     assert (removed.kind, removed.medium) == ("removed", "L2:1:fs")
     assert removed.block_hashes == H[:2] and removed.token_ids == []
     assert removed.parent_block_hash is None
@@ -95,8 +101,19 @@ def test_bounds() -> None:
     for bad in ((-1, 1), (0, 0), (0, 1025)):
         with pytest.raises(ValueError, match="max_events"):
             log.read("m", *bad)
-    log.bind_tokens(H[:3], list(range(3)), 1, None)
+    log.bind_raw(H[:3], raw(list(range(3))), 1)
     assert log.status()["bound_chunks"] == 2 and not log.is_bound(H[0]) and log.is_bound(H[2])
     for index in range(10):
         log.stored(MEDIUM_L1, "m", [H[index]])
     assert log.status()["log_depth"] == 4
+
+
+def test_bindings_of_two_requests_decode_each_once() -> None:
+    log = KVEventLog(10)
+    first, second = raw([1, 2, 3, 4]), raw([1, 2, 9, 9])
+    log.bind_raw(H[:2], first, 2)
+    log.bind_raw([H[0], H[5]], second, 2)  # the shared first chunk keeps its binding
+    log.stored(MEDIUM_L1, "m", [H[0], H[1], H[5]])
+    records = log.read("m", 0, 10).events
+    assert [r.token_ids for r in records] == [[1, 2], [3, 4], [9, 9]]
+    assert [r.parent_block_hash for r in records] == [None, H[0], H[0]]

@@ -21,6 +21,7 @@ import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
+from lmcache_core.cli.admin_client import AdminClient, AdminError
 from lmcache_core.client import MPClient
 from lmcache_core.protocol.errors import ERROR_OP, ErrorInfo, UnauthorizedError
 from lmcache_core.protocol.ops import OPS
@@ -181,3 +182,13 @@ def test_rotation_without_restart_and_the_counters(server: KeyedServer) -> None:
     assert after["http"] >= before.get("http", 0) + 1
     auth = server.status()["auth"]
     assert auth["rejected"] == {k: int(v) for k, v in server.rejected().items()}  # type: ignore[index]
+
+
+def test_admin_cli_client_sends_a_key(server: KeyedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LMCACHE_API_KEY", raising=False)
+    monkeypatch.delenv("LMCACHE_API_KEY_FILE", raising=False)
+    with pytest.raises(AdminError, match=r"Invalid or missing API key \(HTTP 401\)"):
+        AdminClient(server.http_url, None, 10).call("GET", "/status")
+    assert AdminClient(server.http_url, FILE_KEY, 10).call("GET", "/status").status == 200
+    monkeypatch.setenv("LMCACHE_API_KEY", ENV_KEY)  # the environment's key, as our clients read it
+    assert AdminClient(server.http_url, None, 10).call("GET", "/status").status == 200
