@@ -174,6 +174,12 @@ def admin_api_advisories(config: ServerConfig) -> list[str]:
             "Set --api-key-file (or LMCACHE_API_KEY) or --http-admin-token, or bind "
             "--http-host 127.0.0.1"
         )
+    if not keys and not is_loopback(config.mp.host):
+        notes.append(
+            f"SECURITY: the ZeroMQ request server listens on {config.mp.host}:{config.mp.port}, "
+            "which is not a loopback address, with no API key: anyone who can reach it can read "
+            "and overwrite cached KV data. Set --api-key-file (or LMCACHE_API_KEY)"
+        )
     if http.run_script_api_enabled and not protected:
         notes.append(
             "--run-script-api-enabled without --http-admin-token or an API key: anyone who "

@@ -73,3 +73,13 @@ def test_an_unusable_key_file_stops_start_up(tmp_path: Path) -> None:
     (tmp_path / "k").write_text("ok-key")
     config = load_config({**REQUIRED_VALUES, "api_key_file": [str(tmp_path / "k")]})
     assert build_api_keys(config).key_count == 1
+
+
+def test_a_reachable_zmq_server_without_keys_warns(capsys: pytest.CaptureFixture[str]) -> None:
+    local = ("--http-host", "127.0.0.1")
+    warnings = dry_run(capsys, *local, "--host", "0.0.0.0")["startup"]["warnings"]
+    assert [w for w in warnings if w.startswith("SECURITY: the ZeroMQ")] != []
+    assert security_warnings(capsys, *local, "--host", "0.0.0.0") == []  # the HTTP one is not
+    warnings = dry_run(capsys, *local, "--host", "0.0.0.0", "--api-key-file", "/k")["startup"]
+    assert not any(w.startswith("SECURITY") for w in warnings["warnings"])
+    assert not any(w.startswith("SECURITY") for w in dry_run(capsys, *local)["startup"]["warnings"])
