@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lmcache_core.cli.admin_client import AdminClient, AdminError
 from lmcache_core.client import MPClient
+from lmcache_core.client.kv_events import KVEventSubscriber
 from lmcache_core.protocol.errors import ERROR_OP, ErrorInfo, UnauthorizedError
 from lmcache_core.protocol.ops import OPS
 from tests.server_process import clean_env, free_port, server_on_free_ports
@@ -192,3 +193,12 @@ def test_admin_cli_client_sends_a_key(server: KeyedServer, monkeypatch: pytest.M
     assert AdminClient(server.http_url, FILE_KEY, 10).call("GET", "/status").status == 200
     monkeypatch.setenv("LMCACHE_API_KEY", ENV_KEY)  # the environment's key, as our clients read it
     assert AdminClient(server.http_url, None, 10).call("GET", "/status").status == 200
+
+
+def test_kv_event_stream_needs_the_key(server: KeyedServer) -> None:
+    refused = KVEventSubscriber(server.zmq_url, 1, "model", timeout=10)
+    with refused, pytest.raises(UnauthorizedError):
+        refused.next_batch()
+    with KVEventSubscriber(server.zmq_url, 1, "model", timeout=10, api_key=FILE_KEY) as events:
+        first = events.next_batch()
+        assert first.enabled and not first.lost
