@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from lmcache_core.security.keyring import ApiKeyRing
+
 if TYPE_CHECKING:
     from lmcache_core.config.resolution import Selection
     from lmcache_core.config.server import ServerConfig
@@ -60,12 +62,24 @@ class ServerState:
         config: The validated configuration.
         bus: The event bus (only its subscribers are looked up here).
         data_path: The built data path, or ``None`` in a build without one.
+        api_keys: The server's API keys (their refusal counts are read here).
     """
 
-    def __init__(self, config: ServerConfig, bus: EventBus, data_path: DataPath | None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        bus: EventBus,
+        data_path: DataPath | None,
+        api_keys: ApiKeyRing | None = None,
+    ) -> None:
         self._config = config
         self._bus = bus
         self._data_path = data_path
+        self._api_keys = api_keys if api_keys is not None else ApiKeyRing.disabled()
+
+    def auth_rejections(self) -> dict[str, int]:
+        """Requests refused for a missing or invalid API key or token, by transport."""
+        return self._api_keys.rejections()
 
     @property
     def config(self) -> ServerConfig:
@@ -138,6 +152,7 @@ class ServerContext:
         data_path: L1, L2, sessions, engine and request server, or ``None`` in a
             build without an engine.
         runtime_plugins: The runtime plugin launcher, when plugins are configured.
+        api_keys: The API keys requests must carry (disabled: none configured).
         started_at: Wall-clock start time (seconds since the epoch).
     """
 
@@ -150,6 +165,7 @@ class ServerContext:
     state: ServerState
     data_path: DataPath | None = None
     runtime_plugins: RuntimePluginLauncher | None = None
+    api_keys: ApiKeyRing = field(default_factory=ApiKeyRing.disabled)
     started_at: float = field(default_factory=time.time)
 
     @property

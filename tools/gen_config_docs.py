@@ -206,7 +206,8 @@ def flag_text(field_name: str, info: FieldInfo) -> str:
     if meta.variadic:
         return code(f"{flag} {meta.metavar or 'VALUE...'}") + " (zero or more values)"
     if meta.repeatable:
-        return code(f"{flag} {meta.metavar or 'VALUE'}") + " (repeatable)"
+        text = code(f"{flag} {meta.metavar or 'VALUE'}") + " (repeatable)"
+        return text + "".join(f", alias {code(alias)}" for alias in meta.aliases)
     return code(flag)
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from lmcache_core.errors import LMCacheError
+from lmcache_core.security.key_sources import KeySourceError, client_api_key
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -30,7 +31,10 @@ TokenOption = Annotated[
     typer.Option(
         "--token",
         envvar="LMCACHE_HTTP_ADMIN_TOKEN",
-        help="Bearer token, when the server has --http-admin-token.",
+        help=(
+            "Bearer token, when the server has --http-admin-token or API keys (an API key "
+            "works here too). Not given: LMCACHE_API_KEY or LMCACHE_API_KEY_FILE, if set."
+        ),
         show_default=False,
     ),
 ]
@@ -42,6 +46,14 @@ TimeoutOption = Annotated[
 
 class AdminError(LMCacheError):
     """An admin command failed; the message is the one line to print."""
+
+
+def _environment_key() -> str | None:
+    """The API key of the environment (as our ZeroMQ clients read it), or ``None``."""
+    try:
+        return client_api_key()
+    except KeySourceError as exc:
+        raise AdminError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -75,8 +87,9 @@ class AdminClient:
         request.add_header("Accept", "application/json")
         if data is not None:
             request.add_header("Content-Type", "application/json")
-        if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
+        token = self.token or _environment_key()
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return Answer(response.status, _decode(response.read()))

@@ -71,12 +71,15 @@ def _parameter(field_name: str, info: FieldInfo, panel: str) -> inspect.Paramete
         default: Any = bool(info.default)
     elif meta.variadic or meta.repeatable:
         annotation = Annotated[
-            list[str] | None, typer.Option(flag, metavar=meta.metavar or "VALUE", **common)
+            list[str] | None,
+            typer.Option(flag, *meta.aliases, metavar=meta.metavar or "VALUE", **common),
         ]
         default = None
     else:
         metavar = meta.metavar or _metavar(info)
-        annotation = Annotated[str | None, typer.Option(flag, metavar=metavar, **common)]
+        annotation = Annotated[
+            str | None, typer.Option(flag, *meta.aliases, metavar=metavar, **common)
+        ]
         default = None
     return inspect.Parameter(
         field_name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation

@@ -19,6 +19,7 @@ from lmcache_core.client.api import (
     normalize_url,
 )
 from lmcache_core.protocol.codec import ClientCodec
+from lmcache_core.security.key_sources import client_api_key
 
 _uid_decoder = msgspec.msgpack.Decoder(int)
 
@@ -32,12 +33,21 @@ class AsyncMPClient(ClientMethods):
     Args:
         url: ``tcp://host:port`` or ``host:port``.
         timeout: Default per-call timeout in seconds.
+        api_key: The API key every request carries. ``None``: the environment's
+            (``LMCACHE_API_KEY`` or ``LMCACHE_API_KEY_FILE``, as upstream's
+            clients read them), else none.
+
+    Raises:
+        KeySourceError: ``api_key`` is empty, or the environment's key source
+            cannot be used.
     """
 
-    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS, api_key: str | None = None
+    ) -> None:
         self.url = normalize_url(url)
         self.timeout = timeout
-        self._codec = ClientCodec()
+        self._codec = ClientCodec(client_api_key(api_key))
         self._context = zmq.asyncio.Context()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)

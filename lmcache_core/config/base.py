@@ -32,6 +32,7 @@ class CliMeta:
         metavar: The placeholder shown in ``--help``.
         default_text: How ``--help`` shows the default, when the value is not
             the literal default (``inherits --max-workers``).
+        aliases: Other spellings of the flag (upstream's compatibility names).
     """
 
     negatable: bool = False
@@ -39,6 +40,7 @@ class CliMeta:
     repeatable: bool = False
     metavar: str | None = None
     default_text: str | None = None
+    aliases: tuple[str, ...] = ()
 
 
 def flag_name(field_name: str) -> str:
@@ -122,6 +124,11 @@ SECRET_MASK = "**********"
 _SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|credential|api_?key", re.IGNORECASE)
 
 
+def _is_secret_key(key: str) -> bool:
+    # A file's path is not its content: ``api_key_file`` names where a key is, not the key.
+    return bool(_SECRET_KEY.search(key)) and not key.endswith(("_file", "_path"))
+
+
 def mask_secrets(value: Any) -> Any:
     """A copy of JSON-like data with the values of secret-looking keys masked.
 
@@ -131,7 +138,7 @@ def mask_secrets(value: Any) -> Any:
     if isinstance(value, dict):
         return {
             key: SECRET_MASK
-            if isinstance(key, str) and _SECRET_KEY.search(key) and item is not None
+            if isinstance(key, str) and _is_secret_key(key) and item is not None
             else mask_secrets(item)
             for key, item in value.items()
         }

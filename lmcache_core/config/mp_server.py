@@ -148,6 +148,31 @@ class MPServerConfig(GroupSettings):
             "the gap is recomputed. No effect for other engines."
         ),
     )
+    kv_event_log_size: int = Field(
+        default=32768,
+        ge=0,
+        description=(
+            "Cache changes (stores and removals in L1 and every L2 adapter) kept in the replay "
+            "log of the KV event stream (subscribe_kv_events); 0 disables the stream. Not in "
+            "the reference table: upstream 0.5.6's flag, which covers L1 only."
+        ),
+    )
+    api_key_file: Annotated[
+        list[str],
+        NoDecode,
+        CliMeta(repeatable=True, metavar="PATH", aliases=("--http-api-key-file",)),
+    ] = Field(
+        default_factory=list,
+        description=(
+            "A file holding one API key that requests must carry, on the ZeroMQ transport and "
+            "the HTTP API (Authorization: Bearer KEY or X-LMCache-API-Key: KEY; /healthcheck "
+            "stays open). Repeat it to accept several keys during a rotation; the files are "
+            "read again when they change, no restart needed. LMCACHE_API_KEY (a key) and "
+            "LMCACHE_API_KEY_FILE (a file) add to it; LMCACHE_HTTP_API_KEY(_FILE) are their "
+            "older names. None configured: no key is needed. Not in the reference: upstream "
+            "0.5.7's flag (--http-api-key-file is its alias)."
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -163,6 +188,19 @@ class MPServerConfig(GroupSettings):
     @classmethod
     def _split_lists(cls, value: Any) -> Any:
         return parse_word_list(value)
+
+    @field_validator("api_key_file", mode="before")
+    @classmethod
+    def _one_path_from_env(cls, value: Any) -> Any:
+        # The environment names one file (a path may hold spaces): never split it.
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _no_empty_path(cls, value: list[str]) -> list[str]:
+        if any(not path.strip() for path in value):
+            raise ValueError("an API key file path must not be empty")
+        return value
 
     @field_validator("runtime_plugin_config", mode="before")
     @classmethod

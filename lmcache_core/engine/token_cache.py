@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Protocol
 
 import blake3
 import msgspec
@@ -20,6 +22,16 @@ from lmcache_core.hashing import ChunkHasher, RequestHashes
 
 DEFAULT_ENTRIES = 4096
 _tokens_decoder = msgspec.msgpack.Decoder(list[int])
+
+
+class TokenBinder(Protocol):
+    """Whoever wants the tokens behind chunk hashes (the KV event log)."""
+
+    def is_bound(self, chunk_hash: bytes) -> bool:
+        """Whether ``chunk_hash``'s tokens are already known."""
+
+    def bind_raw(self, hashes: Sequence[bytes], raw_tokens: bytes, chunk_size: int) -> None:
+        """Remember each chunk's place in ``raw_tokens`` (a prefix from its first chunk)."""
 
 
 class TokenHashCache:
@@ -41,6 +53,8 @@ class TokenHashCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.binder: TokenBinder | None = None
+        """Told every decoded prefix's tokens (the KV event log); ``None``: nobody asks."""
 
     def new_request(self) -> RequestHashes:
         """A per-request memo using this cache's hasher and chunk size."""
@@ -60,11 +74,14 @@ class TokenHashCache:
             ValueError: The tokens are not an array of uint32 values.
         """
         digest = blake3.blake3(raw_tokens).digest()
+        binder = self.binder
         with self._lock:
             cached = self._cache.get(digest)
             if cached is not None and len(cached) >= num_chunks:
                 self._cache.move_to_end(digest)
                 self.hits += 1
+                if binder is not None and cached and not binder.is_bound(cached[-1]):
+                    binder.bind_raw(cached, raw_tokens, self.chunk_size)  # bindings expired
                 return cached[:num_chunks]
         self.misses += 1
         try:
@@ -73,6 +90,9 @@ class TokenHashCache:
             raise ValueError(f"token_ids: {exc}") from None
         memo = memo or self.new_request()
         every = memo.hashes(tokens)
+        if binder is not None:
+            # Bound before the store that uses them commits, so its record has the tokens.
+            binder.bind_raw(every, raw_tokens, self.chunk_size)
         with self._lock:
             self._cache[digest] = every
             self._cache.move_to_end(digest)

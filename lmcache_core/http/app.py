@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from lmcache_core import __version__
 from lmcache_core.errors import PluginError, PluginNotImplementedError
 from lmcache_core.http.admin_routes import router as admin_router
-from lmcache_core.http.auth import require_bearer_token
+from lmcache_core.http.auth import require_credentials
 from lmcache_core.http.core_routes import router as core_router
 from lmcache_core.http.lookup_routes import router as lookup_router
 from lmcache_core.http.quota_routes import router as quota_router
@@ -38,9 +38,8 @@ def create_app(context: ServerContext) -> FastAPI:
     app.include_router(core_router)
     app.include_router(admin_router)
     app.include_router(run_script_router)
-    if context.config.http.http_admin_token is not None:
-        # Middleware wraps the whole app, so plugin routers below are covered too.
-        require_bearer_token(app, context.config.http.http_admin_token)
+    # Middleware wraps the whole app, so plugin routers below are covered too.
+    require_credentials(app, context.api_keys, context.config.http.http_admin_token)
     app.include_router(quota_router)
     app.include_router(lookup_router)
     for spec in context.registry.specs(PluginKind.HTTP_ROUTER):

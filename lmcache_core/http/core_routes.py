@@ -47,6 +47,7 @@ def status(request: Request) -> dict[str, Any]:
             context.runtime_plugins.status() if context.runtime_plugins is not None else []
         ),
         "event_bus": context.bus.status(),
+        "auth": context.api_keys.status(),
         "components": {
             name: {"ok": h.ok, "detail": h.detail} for name, h in context.lifecycle.health().items()
         },

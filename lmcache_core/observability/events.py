@@ -274,6 +274,8 @@ class L2StoreCompleted(L2AdapterEvent, frozen=True, kw_only=True):
     failed_count: int
     bytes_transferred: int
     duration_s: float
+    keys: tuple[ObjectKey, ...] = ()
+    """The keys stored (the KV event stream reports them)."""
 
 
 class L2LoadCompleted(L2AdapterEvent, frozen=True, kw_only=True):
@@ -299,6 +301,8 @@ class L2KeysEvicted(L2AdapterEvent, frozen=True, kw_only=True):
 
     type: ClassVar[str] = EventType.L2_KEYS_EVICTED
     key_count: int
+    keys: tuple[ObjectKey, ...] = ()
+    """The keys deleted (the KV event stream reports them)."""
 
 
 EVENT_RECORDS: Mapping[EventType, type[Event]] = {

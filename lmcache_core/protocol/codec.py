@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 import msgspec
 
+from lmcache_core.protocol.api_key_frame import key_frame
 from lmcache_core.protocol.errors import ERROR_OP, ErrorCode, ErrorInfo, exception_for
 from lmcache_core.protocol.ops import KNOWN_UNSUPPORTED, LEGACY_IDS, OPS, OpSpec
 from lmcache_core.protocol.types import (
@@ -176,9 +177,16 @@ class ServerCodec:
 
 
 class ClientCodec:
-    """Encodes requests and decodes replies (one instance per client)."""
+    """Encodes requests and decodes replies (one instance per client).
 
-    def __init__(self) -> None:
+    Args:
+        api_key: The key every request carries (a key frame after the uid, see
+            :mod:`lmcache_core.protocol.api_key_frame`), or ``None``: upstream
+            0.5.6's frames exactly.
+    """
+
+    def __init__(self, api_key: str | None = None) -> None:
+        self._key_frames = [key_frame(api_key)] if api_key is not None else []
         self._result_decoders = {
             name: msgspec.msgpack.Decoder(spec.result) if spec.result is not None else None
             for name, spec in OPS.items()
@@ -186,12 +194,17 @@ class ClientCodec:
         self._op_frames = {name: encode_op(name) for name in (*OPS, *KNOWN_UNSUPPORTED)}
 
     def request_frames(self, uid: int, op: str, args: Sequence[Any]) -> list[bytes]:
-        """``[uid, op, *args]`` for ``op``; raises ValueError on a wrong arg count."""
+        """``[uid, (key,) op, *args]`` for ``op``; raises ValueError on a wrong arg count."""
         spec = OPS.get(op)
         if spec is not None and len(args) != len(spec.server_args):
             raise ValueError(f"{op} takes {len(spec.server_args)} arguments, got {len(args)}")
         op_frame = self._op_frames.get(op) or _encoder.encode(op)
-        return [_encoder.encode(uid), op_frame, *(_encoder.encode(arg) for arg in args)]
+        return [
+            _encoder.encode(uid),
+            *self._key_frames,
+            op_frame,
+            *(_encoder.encode(arg) for arg in args),
+        ]
 
     def decode_reply(self, op: str, frames: Sequence[bytes]) -> Any:
         """The result of a reply ``[op, *result]`` (uid already stripped).

@@ -27,6 +27,7 @@ class ErrorCode(enum.StrEnum):
     OUT_OF_MEMORY = "out_of_memory"
     INTERNAL = "internal"
     OVERLOADED = "overloaded"
+    UNAUTHORIZED = "unauthorized"
 
 
 class ErrorInfo(msgspec.Struct):
@@ -95,6 +96,12 @@ class OverloadedError(RemoteError):
     code = ErrorCode.OVERLOADED
 
 
+class UnauthorizedError(RemoteError):
+    """The request carried no API key, or one the server does not accept."""
+
+    code = ErrorCode.UNAUTHORIZED
+
+
 ERROR_TYPES: dict[str, type[RemoteError]] = {
     cls.code.value: cls
     for cls in (
@@ -105,6 +112,7 @@ ERROR_TYPES: dict[str, type[RemoteError]] = {
         OutOfMemoryError,
         ServerInternalError,
         OverloadedError,
+        UnauthorizedError,
     )
 }
 

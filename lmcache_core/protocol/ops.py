@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from lmcache_core.kv_events.records import KVEventBatch
 from lmcache_core.protocol.types import (
     BlockAllocationRecord,
     CacheKey,
@@ -26,12 +27,14 @@ class Execution(enum.Enum):
     INLINE handlers are trivial and run on the ZeroMQ loop (so ``ping`` is never
     starved by other work); AFFINITY handlers run on the calling client's own
     thread of the transfer pool (one worker's transfers stay FIFO); POOL handlers
-    run on the CPU pool.
+    run on the CPU pool. A STREAM handler runs on the loop too and returns a
+    stream source whose batches a sender thread pushes, one per client credit.
     """
 
     INLINE = "inline"
     AFFINITY = "affinity"
     POOL = "pool"
+    STREAM = "stream"
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ OPS: dict[str, OpSpec] = {
         ),
         OpSpec("noop", 24, (), str, Execution.INLINE),
         OpSpec("get_experimental", 32, (), list[str], Execution.INLINE),
+        OpSpec("subscribe_kv_events", None, (int, str, int, int), KVEventBatch, Execution.STREAM),
     )
 }
 """The operations this server implements."""
@@ -156,7 +160,6 @@ KNOWN_UNSUPPORTED: dict[str, int | None] = {
     "p2p_unlock_objects": 31,
     "cb_protocol_handshake": 33,
     "cb_reorder_plan": None,
-    "subscribe_kv_events": None,
     "server_module_call": None,
 }
 """Upstream operations this server knows by name but does not serve (an error reply)."""

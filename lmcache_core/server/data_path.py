@@ -19,14 +19,20 @@ import torch
 from lmcache_core.config.resolution import Selection
 from lmcache_core.config.server import ServerConfig
 from lmcache_core.engine import Engine, EngineContext
+from lmcache_core.engine.contract import Handler, RequestContext
 from lmcache_core.engine.miss_explainer import MissExplainer
 from lmcache_core.engine.sessions import SessionTable
 from lmcache_core.engine.token_cache import TokenHashCache
 from lmcache_core.errors import StartupError
 from lmcache_core.hashing import make_hasher
+from lmcache_core.kv_events.log import KVEventLog
+from lmcache_core.kv_events.recorder import KVEventRecorder
+from lmcache_core.kv_events.records import KV_EVENT_CAPABILITY
+from lmcache_core.kv_events.service import KVEventService
 from lmcache_core.lifecycle import Component
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.plugin.registry import PluginRegistry
+from lmcache_core.security.keyring import ApiKeyRing
 from lmcache_core.server.data_path_components import EngineComponent, L1Component
 from lmcache_core.server.l2_assembly import build_l2
 from lmcache_core.server.request_server import RequestServer
@@ -68,6 +74,8 @@ class DataPath:
         quotas: Per-salt limits (the HTTP quota API), enforced by tiers whose
             policy is isolated.
         request_server: The ZeroMQ server dispatching to the engine.
+        kv_events: The KV event stream's service, or ``None`` when disabled
+            (``--kv-event-log-size 0`` or ``--disable-observability``).
         components: In start order (L1, L2, the engine's own, the engine, the
             request server).
         explainer: The miss explanations' memories and the ring of recent
@@ -82,6 +90,7 @@ class DataPath:
     request_server: RequestServer
     components: tuple[Component, ...]
     explainer: MissExplainer | None = None
+    kv_events: KVEventService | None = None
 
     def status(self) -> dict[str, Any]:
         """L1 usage, engine state and request counters, for ``/status``."""
@@ -95,6 +104,10 @@ class DataPath:
             },
             "engine": self.engine.status(),
             "requests": vars(self.request_server.stats),
+            "streams": self.request_server.streams_status(),
+            "kv_events": (
+                self.kv_events.status() if self.kv_events is not None else {"enabled": False}
+            ),
         }
 
 
@@ -165,11 +178,13 @@ def build_data_path(
     selection: Selection,
     bus: EventBus,
     cleanup: ExitStack,
+    api_keys: ApiKeyRing | None = None,
 ) -> DataPath:
     """Create L1, L2, the engine and the request server from the resolved selection.
 
     Everything opened is registered on ``cleanup``, which the caller unwinds if
     assembly fails later and pops once the lifecycle owns the components.
+    ``api_keys`` are the keys every request must carry (none: no key needed).
 
     Raises:
         StartupError: Memory for L1 cannot be had, or a plugin fails to build.
@@ -185,17 +200,23 @@ def build_data_path(
         )
     explainer = attach_explainer(selection, l1, l2)
     token_cache = TokenHashCache(make_hasher(config.mp.hash_algorithm), config.mp.chunk_size)
+    kv_events = build_kv_events(config, bus, token_cache)
     engine = registry.builder.engine(
         selection.engine,
         EngineContext(config, registry, selection, l1, token_cache, l2, bus, explainer),
     )
     cleanup.callback(engine.close)
+    handlers = dict(engine.handlers())
+    if kv_events is not None:
+        handlers.update(kv_events.handlers())
+        handlers["get_experimental"] = with_capability(handlers["get_experimental"])
     server = RequestServer(
         config.mp.host,
         config.mp.port,
-        engine.handlers(),
+        handlers,
         affinity_workers=config.mp.max_gpu_workers,
         cpu_workers=config.mp.max_cpu_workers,
+        api_keys=api_keys,
         deadline_s=config.mp.request_deadline_seconds,
     )
     components: tuple[Component, ...] = (
@@ -205,7 +226,9 @@ def build_data_path(
         EngineComponent(engine),
         server,
     )
-    return DataPath(l1, l2, engine.sessions, engine, quotas, server, components, explainer)
+    return DataPath(
+        l1, l2, engine.sessions, engine, quotas, server, components, explainer, kv_events
+    )
 
 
 def attach_explainer(selection: Selection, l1: L1Manager, l2: L2Tier | None) -> MissExplainer:
@@ -228,3 +251,29 @@ def attach_explainer(selection: Selection, l1: L1Manager, l2: L2Tier | None) -> 
                 policy.name if policy is not None else None,
             )
     return explainer
+
+
+def build_kv_events(
+    config: ServerConfig, bus: EventBus, token_cache: TokenHashCache
+) -> KVEventService | None:
+    """The KV event stream: its log fed from the bus, tokens bound as they are hashed.
+
+    ``None`` when ``--kv-event-log-size`` is 0 or the bus is off
+    (``--disable-observability``): the log's records come from the bus.
+    """
+    if config.mp.kv_event_log_size == 0 or not bus.enabled:
+        return None
+    log = KVEventLog(config.mp.kv_event_log_size)
+    bus.subscribe(KVEventRecorder(log, bus))
+    token_cache.binder = log
+    return KVEventService(log)
+
+
+def with_capability(handler: Handler) -> Handler:
+    """``get_experimental`` that also lists the KV event stream (upstream's clients check it)."""
+
+    def get_experimental(ctx: RequestContext) -> list[str]:
+        listed = list(handler(ctx))
+        return listed if KV_EVENT_CAPABILITY in listed else [*listed, KV_EVENT_CAPABILITY]
+
+    return get_experimental

@@ -22,15 +22,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import zmq
 
 from lmcache_core.engine.contract import Handler, RequestContext
 from lmcache_core.errors import StartupError
 from lmcache_core.lifecycle import Health
+from lmcache_core.protocol.api_key_frame import is_key_frame, presented_key
 from lmcache_core.protocol.codec import ProtocolError, ServerCodec, decode_op
 from lmcache_core.protocol.errors import ErrorCode, RemoteError
 from lmcache_core.protocol.ops import KNOWN_UNSUPPORTED, OPS, Execution, OpSpec
+from lmcache_core.security.keyring import ApiKeyRing
 from lmcache_core.server.affinity import AffinityPool, PoolFull, WorkerPool
+from lmcache_core.server.streams import StreamSource, StreamTable
 
 logger = logging.getLogger("lmcache.server")
 
@@ -39,6 +43,8 @@ STUCK_AFTER_SECONDS = 5.0
 """The loop beats every poll interval; silence this long means it is stuck."""
 MAX_MESSAGE_BYTES = 2 << 30
 QUEUE_DEPTH = 1024
+UNAUTHORIZED_MESSAGE = "Invalid or missing API key"
+"""The error reply's message, the same words as the HTTP API's 401."""
 
 
 @dataclass
@@ -49,6 +55,8 @@ class RequestStats:
     errors: int = 0
     undeliverable: int = 0
     malformed: int = 0
+    unauthorized: int = 0
+    stream_controls_unknown: int = 0
 
 
 class RequestServer:
@@ -62,6 +70,9 @@ class RequestServer:
         cpu_workers: ``--max-cpu-workers``.
         queue_depth: Requests queued per pool thread before "overloaded".
         stuck_after: Seconds without a loop beat after which health fails.
+        api_keys: The keys a request must carry (see
+            :mod:`lmcache_core.protocol.api_key_frame`); ``None`` or a disabled
+            ring: no key is required.
         deadline_s: ``--request-deadline-seconds``: each request's
             :attr:`RequestContext.deadline` is its arrival plus this (the
             handlers bound their waits by it; queue time counts).
@@ -79,6 +90,7 @@ class RequestServer:
         cpu_workers: int,
         queue_depth: int = QUEUE_DEPTH,
         stuck_after: float = STUCK_AFTER_SECONDS,
+        api_keys: ApiKeyRing | None = None,
         deadline_s: float = math.inf,
     ) -> None:
         unknown = set(handlers) - set(OPS)
@@ -87,6 +99,7 @@ class RequestServer:
         self.host, self.port = host, port
         self.handlers = dict(handlers)
         self.stats = RequestStats()
+        self._keys = api_keys if api_keys is not None else ApiKeyRing.disabled()
         self._codec = ServerCodec()
         self._affinity_workers, self._cpu_workers = affinity_workers, cpu_workers
         self._queue_depth, self._stuck_after = queue_depth, stuck_after
@@ -105,6 +118,10 @@ class RequestServer:
         self._pool: WorkerPool | None = None
         self._crash: BaseException | None = None
         self._ready = threading.Event()
+        self._batch_encoder = msgspec.msgpack.Encoder()
+        self._streams = StreamTable(
+            self._push, self._batch_encoder.encode, release=self._release_push
+        )
 
     @property
     def endpoint(self) -> str:
@@ -140,6 +157,7 @@ class RequestServer:
     def stop(self, timeout: float) -> None:
         """Stop the loop, drain the pools (bounded), close the sockets."""
         deadline = time.monotonic() + timeout
+        self._streams.close(timeout / 4)
         if self._affinity is not None:
             self._affinity.stop(max(0.1, (deadline - time.monotonic()) / 2))
         if self._pool is not None:
@@ -174,7 +192,14 @@ class RequestServer:
                     continue
                 sender = frames[0]
                 if len(sender) == id_length and sender.startswith(secret):
-                    self._send(router, frames[1:])  # a pool thread's reply
+                    # A pool thread's or a stream's reply; a stream whose client is gone ends.
+                    if not self._send(router, frames[1:]) and len(frames) > 2:
+                        self._streams.peer_gone(frames[1], frames[2])
+                    continue
+                if len(frames) == 4 and not frames[2]:
+                    refusal = self._stream_control(frames)
+                    if refusal is not None:
+                        self._send(router, refusal)
                     continue
                 self.stats.requests += 1
                 try:
@@ -191,20 +216,38 @@ class RequestServer:
         finally:
             router.close(linger=0)
 
-    def _send(self, router: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    def _send(self, router: zmq.Socket[bytes], frames: list[bytes]) -> bool:
         try:
             router.send_multipart(frames, copy=len(frames[-1]) < 65536)
         except zmq.ZMQError as exc:  # the peer went away (ROUTER_MANDATORY)
             self.stats.undeliverable += 1
             logger.debug("reply dropped: %s", exc.strerror)
+            return False
+        return True
+
+    def _stream_control(self, frames: list[bytes]) -> list[bytes] | None:
+        """``[client, uid, b"", b"ack" | b"cancel"]``: a credit or the end of a stream.
+
+        Not a request: an accepted one is not answered (upstream's clients expect
+        no reply). One for no open stream (it ended meanwhile, or never was), or
+        with another action, is counted and answered ``bad_request``; a client
+        whose stream just ended ignores it (its uid is done).
+        """
+        client, uid, _, action = frames
+        if self._streams.control(client, uid, action):
+            return None
+        self.stats.stream_controls_unknown += 1
+        message = f"no open stream for this uid to {action[:16]!r}"
+        return [client, uid, *self._codec.error_frames(ErrorCode.BAD_REQUEST, message)]
+
+    def streams_status(self) -> dict[str, int]:
+        """Open and opened streams, for ``/status``."""
+        return self._streams.status()
 
     def _handle(self, frames: list[bytes]) -> list[bytes] | None:
-        if len(frames) < 3:
-            # Without a uid frame there is nothing to address a reply to.
-            self.stats.malformed += 1
-            if len(frames) == 2:
-                return [*frames, *self._codec.error_frames(ErrorCode.BAD_REQUEST, "no op frame")]
-            return None
+        refused, refusal = self._screen(frames)
+        if refused:
+            return refusal
         client, uid, op_frame, *args = frames
         head = [client, uid]
         try:
@@ -217,7 +260,7 @@ class RequestServer:
         # Counted from arrival: time queued behind other work is part of the budget.
         context = RequestContext(client, op, time.monotonic() + self.deadline_s)
         reply_head = [client, uid, op_frame]
-        if spec.execution is Execution.INLINE:
+        if spec.execution in (Execution.INLINE, Execution.STREAM):
             return self._call(spec, context, decoded, reply_head)
         task = self._task(spec, context, decoded, reply_head)
         try:
@@ -232,6 +275,43 @@ class RequestServer:
                 ErrorCode.OVERLOADED, "the server's queue for this work is full; retry later", op
             )
         return None
+
+    def _screen(self, frames: list[bytes]) -> tuple[bool, list[bytes] | None]:
+        """Whether the request is refused before decoding, and the reply (``None``: none).
+
+        Too few frames, or (API keys configured) no accepted key; the key frame is
+        removed from ``frames``.
+        """
+        if len(frames) < 3:
+            # Without a uid frame there is nothing to address a reply to.
+            self.stats.malformed += 1
+            if len(frames) == 2:
+                return True, [
+                    *frames,
+                    *self._codec.error_frames(ErrorCode.BAD_REQUEST, "no op frame"),
+                ]
+            return True, None
+        refusal = self._authenticate(frames)
+        return refusal is not None, refusal
+
+    def _authenticate(self, frames: list[bytes]) -> list[bytes] | None:
+        """Check and strip the API key frame (in place); the refusal, or ``None`` to serve.
+
+        Checked before anything is decoded: an unauthenticated peer gets no further.
+        """
+        key = None
+        if is_key_frame(frames[2]):
+            key = presented_key(frames.pop(2))
+            if len(frames) < 3:
+                self.stats.malformed += 1
+                return frames[:2] + self._codec.error_frames(
+                    ErrorCode.BAD_REQUEST, "no op frame after the API key frame"
+                )
+        if self._keys.accepts(key):
+            return None
+        self._keys.reject("zmq")
+        self.stats.unauthorized += 1
+        return frames[:2] + self._codec.error_frames(ErrorCode.UNAUTHORIZED, UNAUTHORIZED_MESSAGE)
 
     def _internal_error(self, frames: list[bytes], exc: Exception) -> list[bytes] | None:
         if len(frames) < 2:
@@ -251,7 +331,7 @@ class RequestServer:
 
     def _call(
         self, spec: OpSpec, context: RequestContext, args: list[Any], head: list[bytes]
-    ) -> list[bytes]:
+    ) -> list[bytes] | None:
         try:
             result = self.handlers[spec.name](context, *args)
         except RemoteError as exc:
@@ -263,13 +343,19 @@ class RequestServer:
             return head[:2] + self._codec.error_frames(
                 ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}", spec.name
             )
+        if spec.execution is Execution.STREAM:
+            source: StreamSource = result
+            self._streams.open(head, source)  # its sender sends the batches
+            return None
         return head + self._codec.result_frames(spec, result)
 
     def _task(
         self, spec: OpSpec, context: RequestContext, args: list[Any], head: list[bytes]
     ) -> Callable[[], None]:
         def run() -> None:
-            self._push(self._call(spec, context, args, head))
+            frames = self._call(spec, context, args, head)
+            if frames is not None:
+                self._push(frames)
 
         return run
 
@@ -285,3 +371,10 @@ class RequestServer:
             socket.connect(self._reply_address)
             self._local.push = socket
         socket.send_multipart(frames, copy=len(frames[-1]) < 65536)
+
+    def _release_push(self) -> None:
+        """Close this thread's reply socket (a stream's sender, before its thread ends)."""
+        socket = getattr(self._local, "push", None)
+        if socket is not None:
+            socket.close(linger=1000)
+            self._local.push = None

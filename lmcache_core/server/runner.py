@@ -10,12 +10,15 @@ from types import FrameType
 
 from lmcache_core.config.resolution import Selection
 from lmcache_core.config.server import ServerConfig
+from lmcache_core.errors import StartupError
 from lmcache_core.http.app import create_app
 from lmcache_core.lifecycle import Component, Lifecycle
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.observability.subscribers import build_subscribers
 from lmcache_core.plugin.registry import PluginRegistry
 from lmcache_core.runtime_plugins.launcher import RuntimePluginLauncher
+from lmcache_core.security.key_sources import KeySourceError, KeySources
+from lmcache_core.security.keyring import ApiKeyRing
 from lmcache_core.server.http_frontend import HttpFrontend
 from lmcache_core.server.startup import StartupReport
 from lmcache_core.state import ServerContext, ServerState
@@ -24,6 +27,21 @@ logger = logging.getLogger("lmcache.server")
 
 SHUTDOWN_BUDGET_SECONDS = 4.0
 """Everything must be stopped within this time after a signal (the promise is 5 s)."""
+
+
+def build_api_keys(config: ServerConfig) -> ApiKeyRing:
+    """The keys of ``--api-key-file`` and the environment, loaded once at start-up.
+
+    Raises:
+        StartupError: A configured key file cannot be used.
+    """
+    try:
+        ring = ApiKeyRing(KeySources.gather(config.mp.api_key_file))
+    except KeySourceError as exc:
+        raise StartupError(f"--api-key-file: {exc}") from None
+    if ring.enabled:
+        logger.info("API keys required on ZeroMQ and HTTP: %d key(s)", ring.key_count)
+    return ring
 
 
 def assemble(
@@ -43,12 +61,13 @@ def assemble(
     bus = EventBus(
         observability.event_bus_queue_size, enabled=not observability.disable_observability
     )
+    api_keys = build_api_keys(config)
     with ExitStack() as cleanup:
         data_path = None
         if not selection.engine.not_implemented:
             from lmcache_core.server.data_path import build_data_path  # loads torch
 
-            data_path = build_data_path(config, registry, selection, bus, cleanup)
+            data_path = build_data_path(config, registry, selection, bus, cleanup, api_keys)
         # First to start and last to stop: every other component may publish until it stops.
         components: list[Component] = [bus, *(data_path.components if data_path else ())]
         runtime_plugins = None
@@ -56,7 +75,7 @@ def assemble(
             # After the data path, before HTTP: plugins stop before the data path they use.
             runtime_plugins = RuntimePluginLauncher(config)
             components.append(runtime_plugins)
-        state = ServerState(config, bus, data_path)
+        state = ServerState(config, bus, data_path, api_keys)
         build_subscribers(config, registry, selection, state, bus)
         frontend = HttpFrontend(config.http.http_host, config.http.http_port)
         context = ServerContext(
@@ -69,6 +88,7 @@ def assemble(
             state=state,
             data_path=data_path,
             runtime_plugins=runtime_plugins,
+            api_keys=api_keys,
         )
         frontend.mount(create_app(context))
         # Assembled: from here on the lifecycle owns every resource and releases it at stop.

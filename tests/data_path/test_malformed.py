@@ -135,7 +135,8 @@ CASES: list[tuple[str, list[bytes], str, Any]] = [
     ("huge-id", [E(2**64 - 1)], UNKNOWN, None),
     ("unsupported-name", [E("p2p_lookup_and_lock"), E([])], UNSUPPORTED, None),
     ("unsupported-id", [E(29), E([])], UNSUPPORTED, None),
-    ("unsupported-stream", [E("subscribe_kv_events"), E(1), E("m"), E(0), E(9)], UNSUPPORTED, None),
+    ("stream-bad-page", [E("subscribe_kv_events"), E(1), E("m"), E(0), E(0)], BAD, None),
+    ("stream-bad-cursor", [E("subscribe_kv_events"), E(1), E("m"), E(-1), E(9)], BAD, None),
     ("float-op", [E(8.0)], BAD, None),
     ("nil-op", [E(None)], BAD, None),
     ("bool-op", [E(True)], BAD, None),
@@ -468,6 +469,7 @@ ARGS: dict[str, list[st.SearchStrategy[Any]]] = {
     "report_block_allocation": [INTS, TEXT, st.lists(VALUES, max_size=3)],
     "noop": [],
     "get_experimental": [],
+    "subscribe_kv_events": [INTS, TEXT, INTS, INTS],
 }
 assert set(ARGS) == set(OPS)
 NAMES = sorted(OPS) + sorted(KNOWN_UNSUPPORTED)

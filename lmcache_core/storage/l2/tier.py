@@ -189,10 +189,14 @@ class AdapterEviction:
         keys deleted; ``removed(keys, reason)`` hears them (reason ``quota`` or
         ``eviction``).
         """
+        return len(self.enforce_keys(adapter, removed))
+
+    def enforce_keys(self, adapter: L2AdapterV1, removed: Removed | None = None) -> list[ObjectKey]:
+        """:meth:`enforce`, returning the keys deleted (the KV event stream reports them)."""
         with self.lock:
             return self._enforce(adapter, removed or _ignore)
 
-    def _enforce(self, adapter: L2AdapterV1, removed: Removed) -> int:
+    def _enforce(self, adapter: L2AdapterV1, removed: Removed) -> list[ObjectKey]:
         quota_deleted = self._enforce_quotas(adapter, removed)
         usage = adapter.usage()
         capacity = usage.capacity_bytes
@@ -207,13 +211,13 @@ class AdapterEviction:
                 deleted.append(key)
         self.policy.on_removed(deleted)
         removed(deleted, "eviction")
-        return quota_deleted + len(deleted)
+        return quota_deleted + deleted
 
-    def _enforce_quotas(self, adapter: L2AdapterV1, removed: Removed) -> int:
+    def _enforce_quotas(self, adapter: L2AdapterV1, removed: Removed) -> list[ObjectKey]:
         """Per-salt quota eviction of an isolated policy (even without a capacity)."""
         policy = self.policy
         if not isinstance(policy, IsolatedEvictionPolicy):
-            return 0
+            return []
         targets = quota_eviction_targets(
             policy, adapter.usage().by_salt, self.trigger_watermark, self.eviction_ratio
         )
@@ -232,7 +236,7 @@ class AdapterEviction:
                     freed += max(before - adapter.used_bytes, 1)
         policy.on_removed(deleted)
         removed(deleted, "quota")
-        return len(deleted)
+        return deleted
 
 
 class L2Tier:
@@ -380,16 +384,22 @@ class L2Tier:
         """Enforce one adapter's eviction block, count and publish it; returns keys deleted."""
         adapter = self.adapters[index]
         removals = self.removals
-        evicted = eviction.enforce(
+        deleted = eviction.enforce_keys(
             adapter,
             None
             if removals is None
             else lambda keys, reason: removals.record(keys, index + 1, reason, time.time()),
         )
+        evicted = len(deleted)
         self.stats.evicted_keys += evicted
         if evicted and self.events is not None and self.events.has_subscribers(L2KeysEvicted.type):
             self.events.publish(
-                L2KeysEvicted(l2_name=adapter.name, adapter_index=index, key_count=evicted)
+                L2KeysEvicted(
+                    l2_name=adapter.name,
+                    adapter_index=index,
+                    key_count=evicted,
+                    keys=tuple(deleted),
+                )
             )
         return evicted
 
@@ -425,7 +435,7 @@ class L2Tier:
                     )
             for index, (_adapter, future) in zip(targets, futures, strict=True):
                 results = _results(future, len(held), self.timeout_s, self.stats)
-                self._publish_transfer(L2StoreCompleted, index, results, nbytes, started)
+                self._publish_transfer(L2StoreCompleted, index, results, nbytes, started, held)
                 for key, ok in zip(held, results, strict=True):
                     stored[key] = stored[key] and ok
                 eviction = self.evictions[index]
@@ -449,8 +459,13 @@ class L2Tier:
         results: list[bool],
         nbytes: int,
         started: float,
+        keys: Sequence[ObjectKey] = (),
     ) -> None:
-        """One adapter's store or load result, with its duration since submit."""
+        """One adapter's store or load result, with its duration since submit.
+
+        A store's record lists the keys stored (``keys`` are the batch's, in
+        ``results`` order).
+        """
         if self.events is None or not self.events.has_subscribers(record.type):
             return
         succeeded = sum(results)
@@ -466,6 +481,7 @@ class L2Tier:
                 failed_count=failed,
                 bytes_transferred=succeeded * nbytes,
                 duration_s=duration,
+                keys=tuple(k for k, ok in zip(keys, results, strict=False) if ok),
             )
         else:
             event = L2LoadCompleted(

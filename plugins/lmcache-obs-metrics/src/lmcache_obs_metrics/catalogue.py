@@ -353,6 +353,14 @@ METRICS: tuple[MetricDef, ...] = (
         "Label values reported as _other because the label reached its cap.",
         SCRAPE,
     ),
+    MetricDef(
+        "auth_rejected_requests",
+        "counter",
+        ("transport",),
+        "Requests refused for a missing or invalid API key or admin token, by transport "
+        "(zmq, http).",
+        SCRAPE,
+    ),
 )
 """Every metric, in the order of the documentation."""
 

@@ -83,6 +83,10 @@ class ServerStateCollector(Collector):
         for label, cap in sorted(self.caps.items()):
             folded.add_metric([self.instance_id, label], cap.folded)
         yield folded
+        rejected = self._counter("auth_rejected_requests")
+        for transport, count in sorted(self.server.auth_rejections().items()):
+            rejected.add_metric([self.instance_id, transport], count)
+        yield rejected
 
     def _l1(self) -> Iterator[Metric]:
         usage = self.server.l1_usage()

@@ -1,0 +1,1 @@
+"""Tests of API keys: their sources, the key ring, and servers that require them."""
