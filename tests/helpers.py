@@ -59,6 +59,9 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
             # Not in the reference's table: upstream's flag, idle-based here (issue #3).
             "--session-ttl-seconds": 600.0,
             "--enable-segmented-prefix": False,
+            # Upstream 0.5.6's extra blend flags (the blend engine plugin's own).
+            "--enable-dedup-content": False,
+            "--enable-blend-reorder": False,
         },
     ),
     "Lookup Hash Logging": (
