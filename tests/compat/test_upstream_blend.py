@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import free_port, running_server
+from tests.server_process import free_port, server_on_free_ports
 
 COMPAT_PYTHON = os.environ.get("LMCACHE_COMPAT_PYTHON", "")
 DRIVER = Path(__file__).with_name("drive_upstream_blend.py")
@@ -44,16 +44,8 @@ DELIBERATE_DIFFERENCES = {
 
 def test_upstream_client_drives_the_blend_ops() -> None:
     port = free_port()
-    with running_server(
-        "--engine-type",
-        "blend",
-        "--l1-size-gb",
-        "1",
-        "--eviction-policy",
-        "LRU",
-        "--port",
-        str(port),
-    ):
+    args = ("--engine-type", "blend", "--l1-size-gb", "1", "--eviction-policy", "LRU")
+    with server_on_free_ports(*args, "--port", str(port), timeout=180.0):
         env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
         result = subprocess.run(
             [COMPAT_PYTHON, str(DRIVER), f"tcp://127.0.0.1:{port}"],
