@@ -295,9 +295,10 @@ class CbLookupEnd(RequestEvent, frozen=True, kw_only=True):
 
     Hit tokens are per class (prefix, non-prefix, segmented prefix); ``hit_tokens``
     is their union; ``requested_tokens`` the prompt rounded down to whole chunks.
-    ``fingerprint_hits`` counts candidate matches, ``storage_hits`` those whose KV
-    was found, ``stale_chunks`` those whose KV exists nowhere; ``segments`` lists
-    the non-prefix segments as ``(old_st, cur_st, chunk hash hex)``.
+    ``fingerprint_matches`` counts what the index matched, ``fingerprint_hits`` the
+    distinct candidates past the prefix, ``storage_hits`` those whose KV was found,
+    ``stale_chunks`` those whose KV exists nowhere; ``segments`` lists the non-prefix
+    segments as ``(old_st, cur_st, chunk hash hex)``.
     """
 
     type: ClassVar[str] = EventType.CB_LOOKUP_END
@@ -314,6 +315,7 @@ class CbLookupEnd(RequestEvent, frozen=True, kw_only=True):
     no_gpu_context: bool
     polls: int
     duration_s: float
+    fingerprint_matches: int = 0
     segments: tuple[tuple[int, int, str], ...] = ()
 
 

@@ -17,7 +17,7 @@ from lmcache_obs_lookup_hash_log.writer import NAME_PATTERN, RotatingJsonlWriter
 from lmcache_core.errors import StartupError
 from lmcache_core.hashing import chunk_hashes, make_hasher
 from lmcache_core.observability.bus import EventBus
-from lmcache_core.observability.events import Event, EventType, MpLookup
+from lmcache_core.observability.events import CbLookupEnd, Event, EventType, MpLookup
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 
@@ -88,7 +88,47 @@ def test_one_json_object_per_line_with_upstreams_fields(tmp_path: Path) -> None:
 
 def test_only_lookup_events_are_wanted(tmp_path: Path) -> None:
     sub = LookupHashLogSubscriber(writer(tmp_path, Clock()))
-    assert sub.event_types == frozenset({EventType.MP_LOOKUP.value})
+    assert sub.event_types == frozenset({EventType.MP_LOOKUP.value, EventType.CB_LOOKUP_END.value})
+
+
+def test_blend_lookups_log_their_hits_by_class_and_segments(tmp_path: Path) -> None:
+    w = writer(tmp_path, Clock())
+    sub = LookupHashLogSubscriber(w)
+    sub.on_event(
+        CbLookupEnd(
+            timestamp=5.0,
+            request_id="r",
+            model_name="m",
+            cache_salt="",
+            num_tokens=70,
+            requested_tokens=64,
+            hit_tokens=48,
+            prefix_hit_tokens=16,
+            non_prefix_hit_tokens=32,
+            segmented_prefix_hit_tokens=0,
+            prefix_chunks=1,
+            fingerprint_hits=2,
+            storage_hits=2,
+            stale_chunks=0,
+            no_gpu_context=False,
+            polls=1,
+            duration_s=0.001,
+            segments=((48, 16, "ab"), (16, 32, "cd")),
+        )
+    )
+    sub.close()
+    (line,) = w.files[0].read_text().splitlines()
+    assert json.loads(line) == {
+        "timestamp": 5.0,
+        "request_id": "r",
+        "model_name": "m",
+        "event": "cb.lookup.end",
+        "seq_len": 70,
+        "prefix_hit_tokens": 16,
+        "non_prefix_hit_tokens": 32,
+        "segmented_prefix_hit_tokens": 0,
+        "segments": [[48, 16, "0xab"], [16, 32, "0xcd"]],
+    }
 
 
 def test_rotation_by_size_is_checked_before_each_write(tmp_path: Path) -> None:

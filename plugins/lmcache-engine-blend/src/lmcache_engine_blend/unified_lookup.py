@@ -368,6 +368,7 @@ class UnifiedLookups:
                 no_gpu_context=no_context,
                 polls=job.polls,
                 duration_s=time.time() - job.started,
+                fingerprint_matches=len(job.matches),
                 segments=tuple((s.old_st, s.cur_st, s.hash.hex()) for s in segments),
             )
         )
