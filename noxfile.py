@@ -169,6 +169,25 @@ def compat(session: nox.Session) -> None:
 
 
 @nox.session
+def blend(session: nox.Session) -> None:
+    """The blend engine: the engine conformance (data-path) suite with every server on
+    ``--engine-type blend``, then its own end-to-end tests."""
+    session.install("-r", "requirements-dev.txt")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "tests/data_path",
+        "--engine-type",
+        "blend",
+        *session.posargs,
+        env=STRICT,
+    )
+    session.run("python", "-m", "pytest", "-q", "tests/blend", *session.posargs, env=STRICT)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks, each measuring its ceiling (memcpy) in the same run."""
     session.install("-r", "requirements-dev.txt")
