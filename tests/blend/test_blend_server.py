@@ -309,3 +309,28 @@ def test_no_worker_of_the_model_means_no_context(client: MPClient) -> None:
         key.model_name = "nobody-serves-this"
         result = unified_lookup(client, key)
         assert (result.prefix_coverage_tokens, result.non_prefix_segments) == (0, [])
+
+
+def test_num_kv_readers_locks_are_consumed_one_per_retrieve(
+    server: LiveServer, client: MPClient
+) -> None:
+    """MLA-style sharing: N readers lock each chunk N times; each retrieve consumes one."""
+    with rope_worker(client) as worker:
+        d1, d2 = docs(2)
+        stored = d1 + d2
+        src = blocks_for(len(stored), 1)
+        worker.write_prompt(stored, src)
+        assert worker.store(stored, src, request_id("store"))
+        before = locked_objects(server)
+        rid = request_id("readers")
+        query = docs(1)[0] + d2
+        key = worker.key(query, rid, worker=False)
+        key.num_kv_readers = 2
+        result = unified_lookup(client, key)
+        assert len(result.non_prefix_segments) == 1
+        assert locked_objects(server) == before + 1
+        dst = blocks_for(2 * CHUNK, 60)
+        assert worker.retrieve(client, query, rid, result.non_prefix_segments, dst)
+        assert locked_objects(server) == before + 1  # the second reader's lock is still held
+        client.end_session(rid)
+        assert locked_objects(server) == before
