@@ -14,6 +14,7 @@ Arguments after ``--`` go to pytest: ``nox -s tests -- -k registry -x``.
 
 from __future__ import annotations
 
+import os
 import shlex
 import tomllib
 from pathlib import Path
@@ -185,6 +186,18 @@ def blend(session: nox.Session) -> None:
         env=STRICT,
     )
     session.run("python", "-m", "pytest", "-q", "tests/blend", *session.posargs, env=STRICT)
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """The long chaos run: server, worker process and Redis killed and restarted for minutes.
+
+    ``LMCACHE_CHAOS_MINUTES`` (default 3) sets its length; the default suite runs
+    only the short version. Arguments after ``--`` go to pytest.
+    """
+    session.install("-r", "requirements-dev.txt")
+    env = {**STRICT, "LMCACHE_CHAOS_MINUTES": os.environ.get("LMCACHE_CHAOS_MINUTES", "3")}
+    session.run("python", "-m", "pytest", "-q", "-s", "tests/chaos", *session.posargs, env=env)
 
 
 @nox.session

@@ -58,6 +58,8 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
             "--worker-registration-grace-seconds": 3600.0,
             # Not in the reference's table: upstream's flag, idle-based here (issue #3).
             "--session-ttl-seconds": 600.0,
+            # Not in the reference's table: the bound of every server-side wait (issue 14).
+            "--request-deadline-seconds": 8.0,
             "--enable-segmented-prefix": False,
             # Upstream 0.5.6's extra blend flags (the blend engine plugin's own).
             "--enable-dedup-content": False,

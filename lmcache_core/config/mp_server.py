@@ -127,6 +127,20 @@ class MPServerConfig(GroupSettings):
             "measured from the last activity instead of creation."
         ),
     )
+    request_deadline_seconds: float = Field(
+        default=8.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description=(
+            "Longest a request's server-side work may take, counted from its arrival (queue "
+            "time included): every wait of a request (a concurrent store's chunks, an L2 "
+            "prefetch, a queued transfer) gives up at it, and a store or retrieve that cannot "
+            "finish in time answers ok=False without touching the worker's blocks afterwards. "
+            "Keep it below the clients' timeouts (upstream's ping 10 s, this project's client "
+            "30 s). Not in the reference table (see docs/operations.md)."
+        ),
+    )
     enable_segmented_prefix: bool = Field(
         default=False,
         description=(

@@ -9,6 +9,8 @@ around it.
 from __future__ import annotations
 
 import abc
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,15 +31,28 @@ Handler = Callable[..., Any]
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
-    """Who sent a request: handlers use it for affinity and bookkeeping.
+    """Who sent a request, and by when its answer is due.
 
     Attributes:
         client: The sender's ZeroMQ identity.
         op: The operation's name.
+        deadline: ``time.monotonic()`` by which the server-side work must be done:
+            arrival plus ``--request-deadline-seconds`` (infinite when a handler is
+            called outside the request server). Every wait of the request ends at
+            it; see docs/operations.md.
     """
 
     client: bytes
     op: str
+    deadline: float = math.inf
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (negative once past it)."""
+        return self.deadline - time.monotonic()
+
+    def expired(self) -> bool:
+        """Whether the deadline has passed."""
+        return time.monotonic() >= self.deadline
 
 
 @dataclass

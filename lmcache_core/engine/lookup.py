@@ -16,6 +16,7 @@ each retrieve.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,8 @@ class LookupService:
         self.request_events = request_events
         self.prefetch_pool = prefetch_pool
         self.object_nbytes = object_nbytes
+        self.given_up = 0
+        """Lookup jobs answered at their deadline without their prefetch (``/status``)."""
         self.sessions = SessionTable(
             session_ttl_s,
             chunk_keys.tokens.new_request,
@@ -90,7 +93,7 @@ class LookupService:
 
     # -- lookup ---------------------------------------------------------------------------
 
-    def lookup(self, _ctx: RequestContext, key: WireCacheKey, _tp_size: int) -> None:
+    def lookup(self, ctx: RequestContext, key: WireCacheKey, _tp_size: int) -> None:
         """Find the longest prefix present for every rank, read-lock it, record the job.
 
         The reply (the acknowledgement) is sent only after the job is recorded, so
@@ -105,7 +108,7 @@ class LookupService:
             hashes = self.chunk_keys.hashes(key, session, num_chunks)
             started = self.request_events.lookup_started(key, session, hashes)
             self._release_job(session)
-            job = LookupJob()
+            job = LookupJob(deadline=ctx.deadline)
             session.job = job
             per_rank = [self.chunk_keys.keys(key, hashes, rank) for rank in ranks]
             width = len(per_rank)
@@ -125,10 +128,15 @@ class LookupService:
                 self.request_events.lookup_finished(key, started, hit, 0, width)
                 return
             rest = _rows(flat, width, hit, num_chunks)
-        # The ack goes out now; the job finishes when L2 has answered (queries say None).
-        self.prefetch_pool.submit(
+            job.hit_keys = hit_keys  # what a job given up at its deadline reports
+        # The ack goes out now; the job finishes when L2 has answered (queries say None),
+        # or at its deadline with the L1 hits alone (see query_prefetch_status).
+        if not self.prefetch_pool.submit(
             self._prefetch, session, job, hit_keys, rest, nbytes, readers, (key, started)
-        )
+        ):  # the pool's queue is full: L1 hits only, now
+            with session.mutex:
+                job.finish(hit, hit_keys)
+            self.request_events.lookup_finished(key, started, hit, 0, width)
 
     def _prefetch(
         self,
@@ -144,17 +152,19 @@ class LookupService:
         deadline = self.sessions.clock() + self.l1.read_ttl_s
         result = PrefetchResult(0, ())
         try:
-            result = self.l2.prefetch(rest, nbytes, readers)
+            if time.monotonic() < job.deadline:  # else it waited in the queue past it
+                result = self.l2.prefetch(rest, nbytes, readers, job.deadline)
         finally:
             loaded = result.chunks
             keys = [k for row in rest[:loaded] for k in row]
             with session.mutex:
-                if session.job is job:
+                if session.job is job and not job.gave_up:
                     session.take_locks(keys, readers, deadline)
                     job.finish(len(hit_keys) + loaded, hit_keys + rest[:loaded])
-                else:  # replaced or ended meanwhile: nobody will read these
+                else:  # replaced, ended or given up meanwhile: nobody will read these
                     self.l1.unlock(keys, readers)
-                    job.finish(len(hit_keys), hit_keys)
+                    if not job.done.is_set():
+                        job.finish(len(hit_keys), hit_keys)
                     result = PrefetchResult(0, ())
             key, started = announced
             width = len(rest[0]) if rest else 1
@@ -176,25 +186,49 @@ class LookupService:
     # -- prefetch status ----------------------------------------------------------------
 
     def query_prefetch_status(self, _ctx: RequestContext, request_id: str) -> int | None:
-        """Hit chunks (once), None while running, 0 for an unknown request."""
+        """Hit chunks (once), None while running, 0 for an unknown request.
+
+        A job whose deadline has passed is given up: it reports its L1 hits, and
+        the prefetch, when it ends, releases what it loaded. So a client polling
+        for a lookup's result gets an answer within ``--request-deadline-seconds``.
+        """
         session = self.sessions.peek(request_id)
         job = session.job if session is not None else None
         if job is None or job.reported:
             return 0
         if job.hit_chunks is None:
-            return None
+            if time.monotonic() < job.deadline:
+                return None
+            assert session is not None
+            self._give_up(session, job)
         job.reported = True
         return job.hit_chunks
 
     def wait_prefetch_status(
         self, ctx: RequestContext, request_id: str, timeout: float
     ) -> int | None:
-        """Like :meth:`query_prefetch_status`, waiting up to ``timeout`` (at most 60 s)."""
+        """Like :meth:`query_prefetch_status`, waiting up to ``timeout``.
+
+        The wait also ends at the job's deadline (then the job is given up and
+        answers its L1 hits), at this request's own deadline, and after 60 s.
+        """
         session = self.sessions.peek(request_id)
         job = session.job if session is not None else None
-        if job is not None and not job.done.wait(min(max(timeout, 0.0), MAX_WAIT_SECONDS)):
-            return None
+        if job is not None:
+            now = time.monotonic()
+            wait = min(timeout, MAX_WAIT_SECONDS, job.deadline - now, ctx.deadline - now)
+            job.done.wait(max(wait, 0.0))
+            if not job.done.is_set() and time.monotonic() < job.deadline:
+                return None
         return self.query_prefetch_status(ctx, request_id)
+
+    def _give_up(self, session: Session, job: LookupJob) -> None:
+        """Finish a job at its deadline with the L1 hits it started with."""
+        with session.mutex:
+            if job.hit_chunks is None:
+                job.gave_up = True
+                job.finish(len(job.hit_keys), job.hit_keys)
+                self.given_up += 1
 
     # -- the locks a request holds ------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 A lookup that misses part of its prefix in L1 answers at once and prefetches the
 rest from L2 in the background. At most ``max_in_flight`` prefetches run at a
-time (``--l2-prefetch-max-in-flight``); more wait in the pool's queue. The
+time (``--l2-prefetch-max-in-flight``); more wait in the pool's queue, which is
+bounded (:data:`MAX_QUEUED`: a lookup finding it full answers its L1 hits). The
 threads exist between :meth:`PrefetchPool.start` and :meth:`PrefetchPool.stop`,
 so the server's lifecycle starts, probes and stops them like any other.
 """
@@ -15,6 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lmcache_core.lifecycle import Health
+
+MAX_QUEUED = 1024
+"""Prefetches waiting for a thread; more are refused (their lookups answer L1 hits only)."""
 
 
 class PrefetchPool:
@@ -33,6 +37,8 @@ class PrefetchPool:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, not {max_in_flight}")
         self.max_in_flight = max_in_flight
+        self.refused = 0
+        self._pending = 0
         self._executor: ThreadPoolExecutor | None = None
         self._stopped = False
         self._lock = threading.Lock()
@@ -50,8 +56,8 @@ class PrefetchPool:
                 self.max_in_flight, thread_name_prefix="lmcache-prefetch"
             )
 
-    def submit(self, job: Callable[..., Any], *args: Any) -> None:
-        """Run ``job(*args)`` on a pool thread.
+    def submit(self, job: Callable[..., Any], *args: Any) -> bool:
+        """Run ``job(*args)`` on a pool thread; False (not queued) when the queue is full.
 
         Raises:
             RuntimeError: The pool is not running (before :meth:`start`, after :meth:`stop`).
@@ -59,7 +65,20 @@ class PrefetchPool:
         executor = self._executor
         if executor is None or self._stopped:
             raise RuntimeError("the prefetch pool is not running")
-        executor.submit(job, *args)
+        with self._lock:
+            if self._pending >= self.max_in_flight + MAX_QUEUED:
+                self.refused += 1
+                return False
+            self._pending += 1
+        executor.submit(self._run, job, args)
+        return True
+
+    def _run(self, job: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            job(*args)
+        finally:
+            with self._lock:
+                self._pending -= 1
 
     def stop(self, timeout: float) -> None:
         """Drop queued jobs and wait for the running ones.

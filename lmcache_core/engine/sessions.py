@@ -8,6 +8,7 @@ through ``release``; nothing waits for a lock TTL.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -32,12 +33,18 @@ class LookupJob:
         hit_keys: The keys of those chunks, per chunk index, for every rank.
         done: Set once ``hit_chunks`` is known.
         reported: The hit count was returned by a status query (returned once).
+        deadline: ``time.monotonic()`` by which the job must be done (its lookup
+            request's deadline); a prefetch still running then is given up.
+        gave_up: The job was finished at its deadline with its L1 hits only; the
+            prefetch, when it ends, releases whatever it loaded.
     """
 
     hit_chunks: int | None = None
     hit_keys: list[list[ObjectKey]] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     reported: bool = False
+    deadline: float = math.inf
+    gave_up: bool = False
 
     def finish(self, hit_chunks: int, hit_keys: list[list[ObjectKey]]) -> None:
         """Record the result and wake waiters."""

@@ -189,6 +189,7 @@ def build_data_path(
         engine.handlers(),
         affinity_workers=config.mp.max_gpu_workers,
         cpu_workers=config.mp.max_cpu_workers,
+        deadline_s=config.mp.request_deadline_seconds,
     )
     components: tuple[Component, ...] = (
         L1Component(l1),

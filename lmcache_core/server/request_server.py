@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -61,6 +62,9 @@ class RequestServer:
         cpu_workers: ``--max-cpu-workers``.
         queue_depth: Requests queued per pool thread before "overloaded".
         stuck_after: Seconds without a loop beat after which health fails.
+        deadline_s: ``--request-deadline-seconds``: each request's
+            :attr:`RequestContext.deadline` is its arrival plus this (the
+            handlers bound their waits by it; queue time counts).
     """
 
     name = "request_server"
@@ -75,6 +79,7 @@ class RequestServer:
         cpu_workers: int,
         queue_depth: int = QUEUE_DEPTH,
         stuck_after: float = STUCK_AFTER_SECONDS,
+        deadline_s: float = math.inf,
     ) -> None:
         unknown = set(handlers) - set(OPS)
         if unknown:
@@ -85,6 +90,7 @@ class RequestServer:
         self._codec = ServerCodec()
         self._affinity_workers, self._cpu_workers = affinity_workers, cpu_workers
         self._queue_depth, self._stuck_after = queue_depth, stuck_after
+        self.deadline_s = deadline_s
         self._context: zmq.Context[Any] | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -208,7 +214,8 @@ class RequestServer:
         except ProtocolError as exc:
             self.stats.malformed += 1
             return head + self._codec.error_frames(exc.code, str(exc))
-        context = RequestContext(client, op)
+        # Counted from arrival: time queued behind other work is part of the budget.
+        context = RequestContext(client, op, time.monotonic() + self.deadline_s)
         reply_head = [client, uid, op_frame]
         if spec.execution is Execution.INLINE:
             return self._call(spec, context, decoded, reply_head)

@@ -235,6 +235,16 @@ class PagedKVCache:
 
     # ------------------------------------------------------------------ validation
 
+    def validate(
+        self, block_ids: Sequence[int], chunk_tokens: int, objects: Sequence[torch.Tensor]
+    ) -> None:
+        """Check a gather or scatter without copying (for callers that copy in slices).
+
+        Raises:
+            ValueError: What :meth:`gather` or :meth:`scatter` would raise.
+        """
+        self._validate(block_ids, chunk_tokens, objects)
+
     def _validate(
         self, block_ids: Sequence[int], chunk_tokens: int, objects: Sequence[torch.Tensor]
     ) -> tuple[int, torch.Tensor]:

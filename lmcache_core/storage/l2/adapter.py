@@ -263,6 +263,7 @@ class L2AdapterV1(abc.ABC):
             "corrupt_objects": self.corrupt,
             "refused_full": self.refused_full,
             "refused_no_room": self.refused_no_room,
+            "pinned_keys": len(self._pins),
         }
 
     def close(self) -> None:

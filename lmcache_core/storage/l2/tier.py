@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -66,6 +67,8 @@ class L2Stats:
     prefetched_chunks: int = 0
     prefetch_failures: int = 0
     adapter_timeouts: int = 0
+    prefetch_deadline_misses: int = 0
+    """Prefetches that found no in-flight slot before their request's deadline."""
     evicted_keys: int = 0
 
 
@@ -74,16 +77,43 @@ def _bytes_of(tensor: Any) -> memoryview:
     return memoryview(tensor.numpy())
 
 
-def _results(future: Future[list[bool]], count: int, timeout: float, stats: L2Stats) -> list[bool]:
+def _left(deadline: float) -> float | None:
+    """Seconds until ``deadline`` (``time.monotonic()``), at least 0; None (no bound) for inf."""
+    return None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+
+
+def _answer(
+    future: Future[list[bool]], count: int, timeout: float, stats: L2Stats
+) -> list[bool] | None:
+    """The adapter's answer, or None when it did not come within ``timeout``."""
     try:
         result = future.result(timeout=timeout)
     except FutureTimeout:
         stats.adapter_timeouts += 1
-        return [False] * count
+        return None
     except Exception:  # an adapter failure is a miss, logged
         logger.warning("L2 adapter call failed", exc_info=True)
         return [False] * count
     return result if len(result) == count else [False] * count
+
+
+def _results(future: Future[list[bool]], count: int, timeout: float, stats: L2Stats) -> list[bool]:
+    answer = _answer(future, count, timeout, stats)
+    return [False] * count if answer is None else answer
+
+
+def _unlock_when_done(
+    adapter: L2AdapterV1, keys: list[ObjectKey]
+) -> Callable[[Future[list[bool]]], None]:
+    """A done-callback releasing the pins a lookup that answered too late took."""
+
+    def unlock(future: Future[list[bool]]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        found = future.result()
+        adapter.unlock([k for k, hit in zip(keys, found, strict=False) if hit])
+
+    return unlock
 
 
 class PrefetchResult(NamedTuple):
@@ -404,7 +434,11 @@ class L2Tier:
     # -- prefetch ---------------------------------------------------------------------------
 
     def prefetch(
-        self, chunks: Sequence[Sequence[ObjectKey]], nbytes: int, readers: int
+        self,
+        chunks: Sequence[Sequence[ObjectKey]],
+        nbytes: int,
+        readers: int,
+        deadline: float = math.inf,
     ) -> PrefetchResult:
         """Load the longest prefix of ``chunks`` (each: its keys for every rank) into L1.
 
@@ -412,23 +446,49 @@ class L2Tier:
 
         The loaded objects are committed with ``readers`` read locks each.
 
+        Args:
+            chunks: The keys of each chunk, for every rank.
+            nbytes: Bytes of one object.
+            readers: Read locks each loaded object is committed with.
+            deadline: ``time.monotonic()`` at which every wait of this prefetch
+                ends (the lookup's request deadline): the in-flight slot, each
+                adapter's lookup and each load; what has not answered by then is a
+                miss. Each adapter call is also bounded by ``timeout_s``.
+
         Returns:
             How many leading chunks are now in L1 and locked, and which adapter
             each of their objects came from.
         """
         if not chunks or not self.adapters:
             return PrefetchResult(0, ())
+        if not self._in_flight.acquire(timeout=_left(deadline)):
+            self.stats.prefetch_deadline_misses += 1
+            return PrefetchResult(0, ())
         flat = [k for chunk in chunks for k in chunk]
-        with self._in_flight, self._counted_prefetch():
-            found = [
-                _results(a.submit_lookup_and_lock(flat), len(flat), self.timeout_s, self.stats)
-                for a in self.adapters
-            ]
-            try:
-                return self._load_prefix(chunks, flat, found, nbytes, readers)
-            finally:
-                for adapter, hits in zip(self.adapters, found, strict=True):
-                    adapter.unlock([k for k, hit in zip(flat, hits, strict=True) if hit])
+        try:
+            with self._counted_prefetch():
+                # Submitted together, so the adapters look up in parallel within the budget.
+                futures = [a.submit_lookup_and_lock(flat) for a in self.adapters]
+                answers = [
+                    _answer(f, len(flat), self._call_timeout(deadline), self.stats) for f in futures
+                ]
+                found = [[False] * len(flat) if a is None else a for a in answers]
+                try:
+                    return self._load_prefix(chunks, flat, found, nbytes, readers, deadline)
+                finally:
+                    for adapter, future, answer in zip(
+                        self.adapters, futures, answers, strict=True
+                    ):
+                        if answer is not None:
+                            adapter.unlock([k for k, hit in zip(flat, answer, strict=True) if hit])
+                        else:  # it may still pin what it finds: release that when it answers
+                            future.add_done_callback(_unlock_when_done(adapter, flat))
+        finally:
+            self._in_flight.release()
+
+    def _call_timeout(self, deadline: float) -> float:
+        """How long the next adapter call may take: ``timeout_s``, cut at the deadline."""
+        return max(0.0, min(self.timeout_s, deadline - time.monotonic()))
 
     @contextmanager
     def _counted_prefetch(self) -> Iterator[None]:
@@ -467,6 +527,7 @@ class L2Tier:
         found: list[list[bool]],
         nbytes: int,
         readers: int,
+        deadline: float,
     ) -> PrefetchResult:
         nothing = PrefetchResult(0, ())
         holders = {
@@ -474,7 +535,7 @@ class L2Tier:
             for pos, key in enumerate(flat)
         }
         count = prefix_chunks([bool(holders[k]) for k in flat], len(chunks[0]))
-        if not count:
+        if not count or time.monotonic() >= deadline:  # nothing to load, or no time left
             return nothing
         wanted = [k for chunk in chunks[:count] for k in chunk]
         try:
@@ -501,7 +562,7 @@ class L2Tier:
         ]
         late: list[tuple[Future[list[bool]], list[ObjectKey]]] = []
         for index, (keys, future) in zip(by_adapter, futures, strict=True):
-            results = _results(future, len(keys), self.timeout_s, self.stats)
+            results = _results(future, len(keys), self._call_timeout(deadline), self.stats)
             if not future.done():
                 late.append((future, keys))  # timed out: still writing into its buffers
             self._publish_transfer(L2LoadCompleted, index, results, nbytes, started)

@@ -21,12 +21,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from lmcache_engine_default.lmcache_driven import TransferResult
 from lmcache_engine_default.workers import MappedWorker, WorkerTable
 
+from lmcache_core.engine.contract import RequestContext
 from lmcache_core.engine.lookup import LookupService
 from lmcache_core.protocol.errors import BadRequestError
 from lmcache_core.protocol.types import CBMatchResult, WireCacheKey
@@ -37,9 +37,6 @@ from lmcache_engine_blend.events import BlendEvents
 from lmcache_engine_blend.registration import RopeRegistry
 from lmcache_engine_blend.rope import GroupRotation, RopeState, rerotate
 from lmcache_engine_blend.unified_lookup import UnifiedLookups
-
-if TYPE_CHECKING:
-    from lmcache_core.engine.contract import RequestContext
 
 logger = logging.getLogger("lmcache.engine.blend")
 
@@ -102,7 +99,7 @@ class BlendRetrieves:
 
     def cb_retrieve_pre_computed(
         self,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         key: WireCacheKey,
         match_results: list[CBMatchResult],
         block_ids: list[list[int]],
@@ -134,6 +131,9 @@ class BlendRetrieves:
         except ValueError as exc:
             logger.warning("cb_retrieve_pre_computed: %s", exc)
             self._ended(key, False, str(exc), fresh, 0, started)
+            return _FAILED
+        if ctx.expired():  # the worker may have given up and reused its blocks: write nothing
+            self._ended(key, False, "deadline", fresh, 0, started)
             return _FAILED
         outcome, rotated = self._locked_write(worker, plan, rope)
         if outcome:

@@ -108,6 +108,11 @@ class DefaultEngine(Engine):
             "reaped_workers": self.liveness.reaped_total,
             "token_hash_cache": {"hits": self.tokens.hits, "misses": self.tokens.misses},
             "block_allocation_reports": self.basic.block_reports,
+            "deadlines": {
+                "store_retrieve_misses": dict(self.lmcache_driven.deadline_misses),
+                "lookups_given_up": self.lookups.given_up,
+                "prefetches_refused": self.prefetch_pool.refused,
+            },
             "l2": self.l2.status() if self.l2 is not None else None,
         }
 

@@ -14,7 +14,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lmcache_core.engine.contract import Handler
-from lmcache_core.protocol.errors import BadRequestError, NotRegisteredError, OutOfMemoryError
+from lmcache_core.protocol.errors import (
+    BadRequestError,
+    NotRegisteredError,
+    OutOfMemoryError,
+    OverloadedError,
+)
 from lmcache_core.protocol.types import (
     EngineDrivenRegistration,
     EngineDrivenRegistrationReply,
@@ -98,9 +103,16 @@ class EngineDrivenTransfers(WorkerTransfers):
     # -- store ----------------------------------------------------------------------------
 
     def prepare_store(
-        self, _ctx: RequestContext, key: WireCacheKey, instance_id: int
+        self, ctx: RequestContext, key: WireCacheKey, instance_id: int
     ) -> PrepareStoreReply:
-        """Reserve L1 objects for the chunks not cached yet; return their slots."""
+        """Reserve L1 objects for the chunks not cached yet; return their slots.
+
+        Raises:
+            OverloadedError: It waited in the queue past its deadline (nothing
+                reserved; an empty reply would claim the chunks are cached).
+        """
+        if ctx.expired():
+            raise OverloadedError("prepare_store: its deadline passed while it was queued")
         worker, keys = self._window(key, instance_id)
         nbytes = worker.layout.object_nbytes(self.chunk_size)
         try:
@@ -120,7 +132,7 @@ class EngineDrivenTransfers(WorkerTransfers):
         return PrepareStoreReply({"chunk_indices": [i for i, _ in todo], **context})
 
     def commit_store(
-        self, _ctx: RequestContext, key: WireCacheKey, instance_id: int, data: bytes
+        self, ctx: RequestContext, key: WireCacheKey, instance_id: int, data: bytes
     ) -> bool:
         """Commit the prepared objects: written in the pool, or given inline in ``data``."""
         pending = self.pending.take(PendingKey.of(instance_id, key, Direction.STORE))
@@ -142,7 +154,7 @@ class EngineDrivenTransfers(WorkerTransfers):
             return False
         if staged:
             self.completion.committed(staged, staged[0].nbytes)
-        return self.completion.visible(pending.others)
+        return self.completion.visible(pending.others, ctx.deadline)
 
     def _write_inline(self, staged: list[Reservation], data: bytes) -> bool:
         """Copy inline objects into their reservations; False if they expired meanwhile.
@@ -170,10 +182,16 @@ class EngineDrivenTransfers(WorkerTransfers):
     # -- retrieve -------------------------------------------------------------------------
 
     def prepare_retrieve(
-        self, _ctx: RequestContext, key: WireCacheKey, instance_id: int
+        self, ctx: RequestContext, key: WireCacheKey, instance_id: int
     ) -> PrepareRetrieveReply:
-        """Lock the window's chunks; return their slots, or their bytes inline."""
+        """Lock the window's chunks; return their slots, or their bytes inline.
+
+        Past its deadline (it waited in the queue) it answers a failed retrieve.
+        """
         worker, keys = self._window(key, instance_id)
+        if ctx.expired():
+            self._consume_lookup_locks(key, keys)
+            return PrepareRetrieveReply(False)
         present = self.l1.lock_for_read(keys, 1)
         if not all(present):
             self.l1.unlock([k for k, ok in zip(keys, present, strict=True) if ok], 1)

@@ -21,6 +21,7 @@ from lmcache_core.protocol.errors import BadRequestError
 from lmcache_core.protocol.types import EngineGroupInfo, WireCacheKey
 from lmcache_core.storage.errors import L1FullError
 from lmcache_core.storage.keys import ObjectKey
+from lmcache_engine_default.deadline_fence import copy_until_deadline
 from lmcache_engine_default.transfer_parts import TransferParts, WorkerTransfers
 from lmcache_engine_default.workers import MappedWorker, map_worker
 
@@ -74,6 +75,8 @@ class LmcacheDrivenTransfers(WorkerTransfers):
     def __init__(self, parts: TransferParts, request_events: RequestEvents) -> None:
         super().__init__(parts)
         self.request_events = request_events
+        self.deadline_misses = {"store": 0, "retrieve": 0}
+        """Stores and retrieves answered ok=False because their deadline passed."""
 
     def handlers(self) -> dict[str, Handler]:
         """Operation name -> handler."""
@@ -124,7 +127,7 @@ class LmcacheDrivenTransfers(WorkerTransfers):
 
     def store(
         self,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         key: WireCacheKey,
         instance_id: int,
         block_ids: list[list[int]],
@@ -133,8 +136,12 @@ class LmcacheDrivenTransfers(WorkerTransfers):
         """Gather the window's chunks from the worker's blocks into L1.
 
         All or nothing: ``ok`` is true only if every chunk is in L1 afterwards
-        (stored now, or already there). Never true for data not kept.
+        (stored now, or already there). Never true for data not kept. A store
+        whose deadline passes (queued, copying, or waiting for chunks another
+        store writes) answers false and commits nothing it copied.
         """
+        if self._late("store", ctx):
+            return _FAILED
         worker = self._registered("store", instance_id)
         if worker is None:
             return _FAILED
@@ -145,11 +152,13 @@ class LmcacheDrivenTransfers(WorkerTransfers):
         if plan is None:
             return _FAILED
         with self.request_events.transfer("store", key, instance_id, len(plan.keys)) as outcome:
-            result = self._store(plan, outcome)
+            result = self._store(ctx, plan, outcome)
             outcome["ok"] = result.ok
             return result
 
-    def _store(self, plan: TransferPlan, outcome: dict[str, Any]) -> TransferResult:
+    def _store(
+        self, ctx: RequestContext, plan: TransferPlan, outcome: dict[str, Any]
+    ) -> TransferResult:
         keys, ids, per_chunk = plan.keys, plan.block_ids, plan.blocks_per_chunk
         wanted = [
             i
@@ -166,30 +175,51 @@ class LmcacheDrivenTransfers(WorkerTransfers):
         todo = [(i, r) for i, r in zip(wanted, reservations, strict=True) if r is not None]
         others = [keys[i] for i, r in zip(wanted, reservations, strict=True) if r is None]
         if not todo:
-            return TransferResult.of(self.completion.visible(others))
+            return self._visible(ctx, others)
         staged = [r for _, r in todo]
+        cache = plan.worker.cache
         try:
             chunk_ids = [b for i, _ in todo for b in ids[i * per_chunk : (i + 1) * per_chunk]]
-            plan.worker.cache.gather(
-                chunk_ids, self.chunk_size, [self.l1.buffer(r) for r in staged]
-            )
+            buffers = [self.l1.buffer(r) for r in staged]
+            cache.validate(chunk_ids, self.chunk_size, buffers)  # before any byte moves
+
+            def gather(first: int, last: int) -> None:
+                cache.gather(
+                    chunk_ids[first * per_chunk : last * per_chunk],
+                    self.chunk_size,
+                    buffers[first:last],
+                )
+
+            copied = copy_until_deadline(ctx, len(staged), nbytes, gather)
         except ValueError as exc:  # bad block ids: validated before any byte moved
             self.l1.abort(staged)
             raise BadRequestError(str(exc)) from None
         except Exception:
             self.l1.abort(staged)
             raise
+        if not copied:  # the worker may reuse its blocks now: keep nothing half-read
+            self.l1.abort(staged)
+            self._count_late("store", "while copying")
+            return _FAILED
         self.l1.commit(staged)
         outcome["done_chunks"] = len(staged)
         outcome["bytes"] = len(staged) * nbytes
         self.completion.committed(staged, nbytes)
-        return TransferResult.of(self.completion.visible(others))
+        return self._visible(ctx, others)
+
+    def _visible(self, ctx: RequestContext, others: list[ObjectKey]) -> TransferResult:
+        """The store's result once chunks other stores write are visible (by the deadline)."""
+        if self.completion.visible(others, ctx.deadline):
+            return _DONE
+        if ctx.expired():
+            self._count_late("store", "waiting for chunks another store writes")
+        return _FAILED
 
     # -- retrieve -------------------------------------------------------------------------
 
     def retrieve(
         self,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         key: WireCacheKey,
         instance_id: int,
         block_ids: list[list[int]],
@@ -199,10 +229,16 @@ class LmcacheDrivenTransfers(WorkerTransfers):
         """Scatter the window's chunks from L1 into the worker's blocks.
 
         Consumes one of the lookup's read locks per chunk, whether or not the
-        copy succeeds.
+        copy succeeds. A retrieve whose deadline passes before or during the copy
+        answers false, and nothing is written into the blocks after that reply
+        (see :mod:`~lmcache_engine_default.deadline_fence`).
         """
         if skip_first_n_tokens < 0:
             raise BadRequestError("skip_first_n_tokens must be >= 0")
+        if ctx.expired():
+            self._count_late("retrieve", "before it started")
+            self._consume_window_locks(key)
+            return _FAILED
         worker = self._registered("retrieve", instance_id)
         if worker is None:
             return _FAILED
@@ -215,7 +251,7 @@ class LmcacheDrivenTransfers(WorkerTransfers):
         keys = plan.keys
         try:
             with self.request_events.transfer("retrieve", key, instance_id, len(keys)) as outcome:
-                ok = self._copy_out(plan, skip_first_n_tokens)
+                ok = self._copy_out(ctx, plan, skip_first_n_tokens)
                 if ok:
                     nbytes = worker.layout.object_nbytes(self.chunk_size)
                     outcome.update(ok=True, done_chunks=len(keys), bytes=len(keys) * nbytes)
@@ -223,22 +259,58 @@ class LmcacheDrivenTransfers(WorkerTransfers):
         finally:
             self.lookups.consume_locks(plan.session, keys)
 
-    def _copy_out(self, plan: TransferPlan, skip: int) -> bool:
+    def _copy_out(self, ctx: RequestContext, plan: TransferPlan, skip: int) -> bool:
         keys = plan.keys
         present = self.l1.lock_for_read(keys, 1)  # held only for the copy
         held = [k for k, ok in zip(keys, present, strict=True) if ok]
         try:
             if len(held) != len(keys):
                 return False
+            cache, views, ids = plan.worker.cache, self.l1.read_views(keys), plan.block_ids
+            per_chunk, tokens = plan.blocks_per_chunk, self.chunk_size
             try:
-                plan.worker.cache.scatter(
-                    self.l1.read_views(keys), plan.block_ids, self.chunk_size, skip
-                )
-            except ValueError as exc:  # bad block ids: validated before any byte moved
+                cache.validate(ids, tokens, views)  # before any byte moves
+            except ValueError as exc:
                 raise BadRequestError(str(exc)) from None
-            return True
+
+            def scatter(first: int, last: int) -> None:
+                # ``skip`` counts from the window's first token; each slice starts later.
+                cache.scatter(
+                    views[first:last],
+                    ids[first * per_chunk : last * per_chunk],
+                    tokens,
+                    max(0, skip - first * tokens),
+                )
+
+            nbytes = plan.worker.layout.object_nbytes(tokens)
+            if copy_until_deadline(ctx, len(keys), nbytes, scatter):
+                return True
+            self._count_late("retrieve", "while copying")
+            return False
         finally:
             self.l1.unlock(held, 1)
+
+    # -- deadlines ------------------------------------------------------------------------
+
+    def _late(self, op: str, ctx: RequestContext) -> bool:
+        """Whether ``op`` starts past its deadline (then it is counted and logged)."""
+        if not ctx.expired():
+            return False
+        self._count_late(op, "before it started")
+        return True
+
+    def _count_late(self, op: str, when: str) -> None:
+        self.deadline_misses[op] += 1
+        logger.warning("%s answered ok=False: its deadline passed %s", op, when)
+
+    def _consume_window_locks(self, key: WireCacheKey) -> None:
+        """A retrieve refused before it started still consumes the lookup's locks."""
+        session = self.lookups.sessions.peek(key.request_id)
+        if session is None:
+            return
+        window = self.chunk_keys.window(key)
+        if window.chunks:
+            self.lookups.consume_locks(session, self.chunk_keys.window_keys(key, session, window))
 
     # -- checks ---------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 
 from lmcache_core.engine.request_events import RequestEvents
@@ -10,7 +12,8 @@ from lmcache_core.storage.l1 import L1Manager, Reservation
 from lmcache_core.storage.l2.tier import L2Tier
 
 VISIBILITY_WAIT_SECONDS = 5.0
-"""How long a store waits for chunks a concurrent store of the same prefix is writing."""
+"""How long a store waits for chunks a concurrent store of the same prefix is writing
+(cut at the store's own deadline when that comes first)."""
 
 
 class StoreCompletion:
@@ -34,14 +37,16 @@ class StoreCompletion:
         if self.l2 is not None:
             self.l2.submit_store(keys, nbytes)
 
-    def visible(self, others: Sequence[ObjectKey]) -> bool:
+    def visible(self, others: Sequence[ObjectKey], deadline: float = math.inf) -> bool:
         """Wait (bounded) until keys another writer is storing are resident.
 
         A store is acknowledged only once every chunk is visible to the next
         lookup; a chunk being written by a concurrent store of the same prefix is
         not, until that store commits. L1 wakes the wait on each commit (no poll);
-        a chunk nobody writes any more fails it at once.
+        a chunk nobody writes any more fails it at once. The wait ends at
+        ``deadline`` (``time.monotonic()``, the request's) if that comes first.
         """
         if not others:  # the common case: skip taking the L1 lock
             return True
-        return self.l1.wait_resident(others, VISIBILITY_WAIT_SECONDS)
+        wait = min(VISIBILITY_WAIT_SECONDS, deadline - time.monotonic())
+        return self.l1.wait_resident(others, max(0.0, wait))

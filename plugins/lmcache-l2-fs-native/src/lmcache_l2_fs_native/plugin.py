@@ -1,37 +1,41 @@
-"""Registers the L2 adapter ``fs_native`` with the LMCache server.
-
-The configuration model is complete, but this build has no binding to the library
-the adapter drives: it is listed as not implemented, with a reason that says
-whether the library is installed (see :mod:`lmcache_core.storage.l2.unavailable`).
-"""
+"""Registers the L2 adapter ``fs_native`` with the LMCache server."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from lmcache_core.plugin import L2AdapterSpec, hookimpl
-from lmcache_core.storage.l2.unavailable import NativeDependency, unavailable_adapter_spec
+from lmcache_core.storage.l2.context import DEFAULT_L2_ADAPTER_CONTEXT, L2AdapterContext
 from lmcache_l2_fs_native.config import FSNativeAdapterConfig
 
-DEPENDENCY = NativeDependency(
-    module="lmcache",
-    what="upstream LMCache's native file-system client (module 'lmcache.lmcache_fs')",
-    install="pip install lmcache",
-    alternative='the pure-Python "fs" adapter uses the same file names',
-)
-"""The library a binding would use; whether it is installed shapes the start-up error."""
+if TYPE_CHECKING:
+    from lmcache_core.storage.l2.adapter import L2AdapterV1
+
+
+def _build(
+    config: FSNativeAdapterConfig, context: L2AdapterContext = DEFAULT_L2_ADAPTER_CONTEXT
+) -> L2AdapterV1:
+    # Imported on use: registering the plugin stays cheap.
+    from lmcache_l2_fs_native.adapter import build_fs_native
+
+    return build_fs_native(config, context)
 
 
 @hookimpl
-def lmcache_register_l2_adapters() -> list[L2AdapterSpec]:
+def lmcache_register_l2_adapters() -> list[L2AdapterSpec[FSNativeAdapterConfig]]:
     """Register the L2 adapter ``fs_native``.
 
     Returns:
-        Its one spec, marked not implemented; building it raises with the reason.
+        Its one spec.
     """
     return [
-        unavailable_adapter_spec(
-            "fs_native",
+        L2AdapterSpec(
+            name="fs_native",
+            factory=_build,
             config_model=FSNativeAdapterConfig,
-            description="One file per key, through LMCache's native C++ file-system client.",
-            dependency=DEPENDENCY,
+            description=(
+                "One file per key, upstream's native file-system client semantics: batches on "
+                "a thread pool completing on an eventfd, tmp-then-rename, optional O_DIRECT."
+            ),
         )
     ]

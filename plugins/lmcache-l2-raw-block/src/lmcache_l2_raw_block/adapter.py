@@ -41,6 +41,7 @@ from typing import Any
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
 from lmcache_core.storage.l2.context import DEFAULT_L2_ADAPTER_CONTEXT, L2AdapterContext
+from lmcache_core.storage.l2.disk_limits import NO_DISK_LIMITS, DiskLimits
 from lmcache_core.storage.l2.object_format import (
     HEADER_SIZE,
     CorruptObject,
@@ -151,6 +152,10 @@ class RawBlockL2Adapter(L2AdapterV1):
             unaligned data).
         max_io_bytes: Largest single transfer (None: no limit).
         num_workers: Threads running the blocking I/O.
+        disk_limits: For a regular file: the watermark and minimum free space of
+            its file system, kept when the file is created or extended and, while
+            the file is sparse, at every store admission (a store may allocate a
+            whole slot). A block device refuses them.
 
     Raises:
         ValueError: A layout the device cannot hold, or a device that cannot be
@@ -168,6 +173,7 @@ class RawBlockL2Adapter(L2AdapterV1):
         use_odirect: bool = False,
         max_io_bytes: int | None = None,
         num_workers: int = 4,
+        disk_limits: DiskLimits = NO_DISK_LIMITS,
     ) -> None:
         _check_layout(layout, object_format, use_odirect)
         self.layout = layout
@@ -181,6 +187,7 @@ class RawBlockL2Adapter(L2AdapterV1):
             max_io=max_io_bytes,
             bounce_bytes=layout.slot_bytes,
             bounce_limit=num_workers,
+            disk_limits=disk_limits,
         )
         try:
             self.total_slots = (self.file.size_bytes - layout.meta_total_bytes) // layout.slot_bytes
@@ -209,6 +216,9 @@ class RawBlockL2Adapter(L2AdapterV1):
             object_format=object_format,
             num_workers=num_workers,
         )
+        self.disk_limits = disk_limits
+        # A store into a hole of a sparse file may allocate its whole slot.
+        self.room_unit = layout.slot_bytes
         self.recovery = Recovery(reason="not started")
         self.checkpoints_written = 0
         self.checkpoint_errors = 0
@@ -341,11 +351,32 @@ class RawBlockL2Adapter(L2AdapterV1):
         entry = self.slots.get(key)
         return None if entry is None else (self._offset(entry.slot), entry.length)
 
+    def _room_bytes(self) -> int | None:
+        """The file system's room within the disk limits; None when writes cannot grow the file.
+
+        A preallocated file (or a device) takes no further space when slots are
+        written, so only a sparse file is gated; its room is measured live at each
+        admission, so nothing needs rebuilding after a restart.
+        """
+        if not self.disk_limits.enabled or self.file.fully_allocated():
+            return None
+        return self.disk_limits.room(self.file.directory)
+
+    def _allocated_bytes(self) -> int | None:
+        """Disk space the file occupies now; None once it is closed."""
+        try:
+            return self.file.allocated_bytes()
+        except OSError:
+            return None
+
     def status(self) -> dict[str, Any]:
         """The base status plus the device, slot counts, checkpoints and recovery."""
         status = super().status()
         status.update(
             device_path=self.layout.device_path,
+            high_watermark=self.disk_limits.high_watermark,
+            min_free_bytes=self.disk_limits.min_free_bytes,
+            allocated_bytes=self._allocated_bytes(),
             slot_bytes=self.layout.slot_bytes,
             total_slots=self.total_slots,
             free_slots=self.free_slots,
@@ -552,4 +583,5 @@ def build_raw_block(
         use_odirect=config.use_odirect,
         max_io_bytes=config.max_data_transfer_size,
         num_workers=config.num_store_workers + config.num_lookup_workers + config.num_load_workers,
+        disk_limits=config.disk_limits(),
     )

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lmcache_core.storage.l2.disk_limits import NO_DISK_LIMITS, DiskLimits
+
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 IOV_MAX = 1024
 """The most buffers one ``preadv``/``pwritev`` call takes on Linux."""
@@ -68,11 +70,15 @@ class BlockFile:
         max_io: Largest single transfer in bytes (None: no limit).
         bounce_bytes: Size of the pooled bounce buffers (``direct`` only).
         bounce_limit: Most pooled bounce buffers at a time.
+        disk_limits: The watermark and minimum free space of the file system
+            holding a regular file: creating or extending the file must keep
+            them (checked before it is allocated). A block device refuses any.
 
     Raises:
         ValueError: The path is neither a block device nor a regular file, does not
             exist and no size is given, is smaller than ``size_bytes`` (a device),
-            refuses ``O_DIRECT``, or is locked by another process.
+            refuses ``O_DIRECT``, is locked by another process, is a block device
+            with disk limits, or cannot grow to ``size_bytes`` within them.
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class BlockFile:
         max_io: int | None = None,
         bounce_bytes: int = 0,
         bounce_limit: int = 1,
+        disk_limits: DiskLimits = NO_DISK_LIMITS,
     ) -> None:
         if direct and not O_DIRECT:
             raise ValueError("O_DIRECT is not available on this platform; set use_odirect false")
@@ -97,9 +104,16 @@ class BlockFile:
         self._idle_bounces: list[memoryview] = []
         self._bounce_lock = threading.Lock()
         self._created = False
+        self.disk_limits = disk_limits
         self.fd, self.is_block_device = self._open(Path(path), size_bytes)
         try:
             self._lock_exclusively()
+            if self.is_block_device and disk_limits.enabled:
+                raise ValueError(
+                    f"{path} is a block device: high_watermark and min_free_bytes limit the file "
+                    "system under a file, and a device's space is all the cache's; remove them "
+                    "and size the cache with capacity_bytes"
+                )
             self.size_bytes = self._size(size_bytes)
         except BaseException:
             os.close(self.fd)
@@ -153,8 +167,35 @@ class BlockFile:
             self._preallocate(size_bytes)
         return size_bytes
 
+    @property
+    def directory(self) -> Path:
+        """The directory holding the file (where the file system is measured)."""
+        return Path(self.path).resolve().parent
+
+    def allocated_bytes(self) -> int:
+        """Bytes of disk the file occupies now (a sparse file: fewer than its size)."""
+        return os.fstat(self.fd).st_blocks * 512
+
+    def fully_allocated(self) -> bool:
+        """Whether writing anywhere in the file can take no further disk space."""
+        return self.is_block_device or self.allocated_bytes() >= self.size_bytes
+
     def _preallocate(self, size_bytes: int) -> None:
-        """Reserve the file's blocks now, so a full disk fails here rather than mid-store."""
+        """Reserve the file's blocks now, so a full disk fails here rather than mid-store.
+
+        With disk limits, the growth must fit in their room first: a cache file
+        that would take the file system past its watermark or minimum free space
+        is refused, not created.
+        """
+        room = self.disk_limits.room(self.directory)
+        growth = size_bytes - self.allocated_bytes()
+        if room is not None and growth > room:
+            raise ValueError(
+                f"{self.path}: allocating {size_bytes} bytes needs {growth} more on its file "
+                f"system, which has {room} within its limits (high_watermark "
+                f"{self.disk_limits.high_watermark:g}, min_free_bytes "
+                f"{self.disk_limits.min_free_bytes}); lower capacity_bytes or free space"
+            )
         try:
             os.posix_fallocate(self.fd, 0, size_bytes)
         except OSError as exc:

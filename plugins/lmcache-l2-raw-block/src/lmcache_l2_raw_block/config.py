@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from lmcache_core.config.l2_adapter import L2AdapterConfigBase
+from lmcache_core.storage.l2.disk_limits import DiskLimitsConfig
 
 SLOT_HEADER_MIN_BYTES = 24
 """A slot header holds at least its magic, identity and payload length (8 bytes each)."""
@@ -14,12 +15,13 @@ FRAMED_SLOT_HEADER_MIN_BYTES = SLOT_HEADER_MIN_BYTES + 48
 """With format ``framed`` the slot header also holds the 48-byte object frame."""
 
 
-class RawBlockAdapterConfig(L2AdapterConfigBase):
+class RawBlockAdapterConfig(L2AdapterConfigBase, DiskLimitsConfig):
     """The ``--l2-adapter`` JSON of ``{"type": "raw_block", ...}``.
 
     The device starts with a metadata area of ``meta_total_bytes`` (two mirrored
     index checkpoints); fixed data slots of ``slot_bytes`` follow, each starting
-    with a ``header_bytes`` header.
+    with a ``header_bytes`` header. ``high_watermark`` and ``min_free_bytes``
+    apply when ``device_path`` is a file (a block device refuses them).
     """
 
     device_path: str = Field(

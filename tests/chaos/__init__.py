@@ -1,0 +1,1 @@
+"""Chaos tests: processes killed and restarted under load (see ``harness.py``)."""
