@@ -117,8 +117,8 @@ def bench_lookup(client: MPClient, sizes: list[int], rounds: int) -> dict[str, A
             hits = len(result.non_prefix_segments) + result.prefix_coverage_tokens // CHUNK
             assert hits == size, (size, hits)
             figures[str(size)] = {
-                "p50_ms": percentile(times, 50) * 1e3,
-                "p99_ms": percentile(times, 99) * 1e3,
+                "p50_ms": percentile(times, 0.5) * 1e3,
+                "p99_ms": percentile(times, 0.99) * 1e3,
                 "hit_chunks": hits,
             }
     return figures
@@ -126,8 +126,9 @@ def bench_lookup(client: MPClient, sizes: list[int], rounds: int) -> dict[str, A
 
 def bench_retrieve(client: MPClient, chunks: int, rounds: int) -> dict[str, Any]:
     """CPU retrieve of ``chunks`` reordered 32 MiB chunks, against memcpy of the same bytes."""
+    # Room for the stored prompt and, after it, the reordered one (block 0 is the null block).
     layout = KVLayout(
-        KVFormat.NHD, 32, chunks * 2 * CHUNK // BLOCK + 1, BLOCK, 8, 128, torch.bfloat16
+        KVFormat.NHD, 32, 2 * (chunks + 1) * CHUNK // BLOCK + 1, BLOCK, 8, 128, torch.bfloat16
     )
     with CpuKVWorker(client, layout, model_name="bench-retrieve") as worker:
         worker.register()

@@ -218,34 +218,33 @@ def rerotate(
     for positions in (old_positions, new_positions):
         if positions.numel() and (int(positions.max()) >= limit or int(positions.min()) < 0):
             raise ValueError(f"a position is outside the cos/sin cache's {limit} rows")
-    storage = keys.dtype
-    fp8 = KV_QUANTS.get(kv_quant) if storage == torch.uint8 else None
+    fp8 = KV_QUANTS.get(kv_quant) if keys.dtype == torch.uint8 else None
     values = keys.view(fp8) if fp8 is not None else keys
     layers, tokens, hidden = values.shape
-    heads = hidden // rotation.head_width
-    out = keys.clone()
-    view = (out.view(fp8) if fp8 is not None else out).view(
-        layers, tokens, heads, rotation.head_width
-    )
-    part = view[..., rotation.offset : rotation.offset + rotation.width].to(torch.float32)
+    # All of K in fp32, contiguous: the elementwise work runs on dense memory, and the
+    # round trip through fp32 is exact for fp16, bf16 and fp8, so the elements outside
+    # the rotary dims come back bit for bit.
+    work = values.to(torch.float32)
+    view = work.view(layers, tokens, hidden // rotation.head_width, rotation.head_width)
+    part = view[..., rotation.offset : rotation.offset + rotation.width]
     half = rotation.width // 2
-    if rotation.neox:
+    if rotation.neox:  # pairs (i, i + rot/2)
         x, y = part[..., :half], part[..., half:]
-    else:
+    else:  # pairs (2i, 2i + 1)
         x, y = part[..., 0::2], part[..., 1::2]
+    # Un-rotate by the old angle and rotate by the new one in one step: the difference
+    # rotation, from the cache's rows (cos_n cos_o + sin_n sin_o, sin_n cos_o - cos_n sin_o).
     cos_old, sin_old = _rows(cache, old_positions, half)
     cos_new, sin_new = _rows(cache, new_positions, half)
-    x1 = x * cos_old + y * sin_old
-    y1 = y * cos_old - x * sin_old
-    x2 = x1 * cos_new - y1 * sin_new
-    y2 = y1 * cos_new + x1 * sin_new
-    rotated = torch.empty_like(part)
-    if rotation.neox:
-        rotated[..., :half], rotated[..., half:] = x2, y2
-    else:
-        rotated[..., 0::2], rotated[..., 1::2] = x2, y2
-    view[..., rotation.offset : rotation.offset + rotation.width] = rotated.to(view.dtype)
-    return out
+    cos_d = cos_new * cos_old + sin_new * sin_old
+    sin_d = sin_new * cos_old - cos_new * sin_old
+    rotated_x = x * cos_d - y * sin_d
+    rotated_y = y * cos_d + x * sin_d
+    x.copy_(rotated_x)
+    y.copy_(rotated_y)
+    if fp8 is not None:
+        return work.to(fp8).view(torch.uint8)
+    return work.to(keys.dtype)
 
 
 def _rows(
