@@ -9,8 +9,10 @@ position (bf16 tolerance), V is bit-identical, no other slot was touched.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import torch
 
@@ -334,3 +336,31 @@ def test_num_kv_readers_locks_are_consumed_one_per_retrieve(
         assert locked_objects(server) == before + 1  # the second reader's lock is still held
         client.end_session(rid)
         assert locked_objects(server) == before
+
+
+def test_blend_metrics_are_exported(server: LiveServer, client: MPClient) -> None:
+    with rope_worker(client) as worker:
+        d1, d2 = docs(2)
+        stored = d1 + d2
+        src = blocks_for(len(stored), 1)
+        worker.write_prompt(stored, src)
+        assert worker.store(stored, src, request_id("store"))
+        rid = request_id("metrics")
+        query = docs(1)[0] + d2
+        result = unified_lookup(client, worker.key(query, rid, worker=False))
+        assert worker.retrieve(client, query, rid, result.non_prefix_segments, blocks_for(32, 70))
+        client.end_session(rid)
+    deadline = time.monotonic() + 20
+    wanted = (
+        "lmcache_blend_lookup_requests_total",
+        "lmcache_blend_lookup_non_prefix_hit_tokens_total",
+        "lmcache_blend_retrieve_chunks_total",
+        "lmcache_blend_fingerprints_registered_total",
+        "lmcache_blend_lookup_duration_bucket",
+    )
+    while True:  # the bus delivers events asynchronously
+        text = httpx.get(f"{server.http_url}/metrics", timeout=5.0).text
+        if all(name in text for name in wanted):
+            break
+        assert time.monotonic() < deadline, [n for n in wanted if n not in text]
+        time.sleep(0.1)
