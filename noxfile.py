@@ -170,6 +170,25 @@ def compat(session: nox.Session) -> None:
 
 
 @nox.session
+def blend(session: nox.Session) -> None:
+    """The blend engine: the engine conformance (data-path) suite with every server on
+    ``--engine-type blend``, then its own end-to-end tests."""
+    session.install("-r", "requirements-dev.txt")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "tests/data_path",
+        "--engine-type",
+        "blend",
+        *session.posargs,
+        env=STRICT,
+    )
+    session.run("python", "-m", "pytest", "-q", "tests/blend", *session.posargs, env=STRICT)
+
+
+@nox.session
 def chaos(session: nox.Session) -> None:
     """The long chaos run: server, worker process and Redis killed and restarted for minutes.
 

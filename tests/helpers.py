@@ -65,6 +65,9 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
             "--kv-event-log-size": 32768,
             # Not in the reference: upstream 0.5.7's API key files (issue 14 item 6).
             "--api-key-file": [],
+            # Upstream 0.5.6's extra blend flags (the blend engine plugin's own).
+            "--enable-dedup-content": False,
+            "--enable-blend-reorder": False,
         },
     ),
     "Lookup Hash Logging": (

@@ -55,8 +55,10 @@ DEFAULT_CASES = [
 def test_reference_lists_every_flag_once() -> None:
     flags = [flag for _, flag, _ in all_flags()]
     # the reference's 48 + --session-ttl-seconds, --http-admin-token, --run-script-api-enabled,
-    # --quota-state-file, --request-deadline-seconds, --kv-event-log-size, --api-key-file
-    assert len(flags) == len(set(flags)) == 55
+    # --quota-state-file, --request-deadline-seconds, --kv-event-log-size, --api-key-file, and
+    # upstream's extra blend flags --enable-dedup-content and --enable-blend-reorder (the blend
+    # engine plugin's)
+    assert len(flags) == len(set(flags)) == 57
 
 
 @pytest.mark.parametrize(("group", "flag", "default"), DEFAULT_CASES)

@@ -131,6 +131,7 @@ class SessionTable:
         self.clock = clock
         self.capacity = capacity
         self._on_end = on_end
+        self._end_listeners: list[OnEnd] = []
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
         self._expiry = BackgroundLoop(
@@ -192,6 +193,16 @@ class SessionTable:
             self._release(held)
         if self._on_end is not None:
             self._on_end(session, reason)
+        for listener in self._end_listeners:
+            listener(session, reason)
+
+    def add_end_listener(self, listener: OnEnd) -> None:
+        """Also tell ``listener`` of every session that ends (after ``on_end``).
+
+        For engines that keep more per-request state than the session (the blend
+        engine's stashes): they forget it when the request's session ends.
+        """
+        self._end_listeners.append(listener)
 
     def start(self) -> None:
         """Expire idle sessions in the background (every quarter TTL, 50 ms to 10 s)."""

@@ -60,6 +60,13 @@ class EventType(enum.StrEnum):
     L2_LOAD_COMPLETED = "l2.load.completed"
     L2_PREFETCH_FAILED = "l2.prefetch.failed"
     L2_KEYS_EVICTED = "l2.keys.evicted"
+    # CacheBlend (the ``blend`` engine).
+    CB_FINGERPRINTS_REGISTERED = "cb.fingerprints.registered"
+    CB_LOOKUP_START = "cb.lookup.start"
+    CB_LOOKUP_END = "cb.lookup.end"
+    CB_CHUNKS_EVICTED = "cb.chunks.evicted"
+    CB_RETRIEVE_END = "cb.retrieve.end"
+    CB_RETRIEVE_NOOP = "cb.retrieve.noop"
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
@@ -305,6 +312,78 @@ class L2KeysEvicted(L2AdapterEvent, frozen=True, kw_only=True):
     """The keys deleted (the KV event stream reports them)."""
 
 
+class CbFingerprintsRegistered(Event, frozen=True, kw_only=True):
+    """Stored chunks were newly indexed by content fingerprint (``blend`` engine)."""
+
+    type: ClassVar[str] = EventType.CB_FINGERPRINTS_REGISTERED
+    num_chunks: int
+    num_tokens: int
+
+
+class CbLookupStart(RequestEvent, frozen=True, kw_only=True):
+    """A ``cb_unified_lookup`` began (its first poll)."""
+
+    type: ClassVar[str] = EventType.CB_LOOKUP_START
+    num_tokens: int
+
+
+class CbLookupEnd(RequestEvent, frozen=True, kw_only=True):
+    """A ``cb_unified_lookup`` returned its result.
+
+    Hit tokens are per class (prefix, non-prefix, segmented prefix); ``hit_tokens``
+    is their union; ``requested_tokens`` the prompt rounded down to whole chunks.
+    ``fingerprint_matches`` counts what the index matched, ``fingerprint_hits`` the
+    distinct candidates past the prefix, ``storage_hits`` those whose KV was found,
+    ``stale_chunks`` those whose KV exists nowhere; ``segments`` lists the non-prefix
+    segments as ``(old_st, cur_st, chunk hash hex)``.
+    """
+
+    type: ClassVar[str] = EventType.CB_LOOKUP_END
+    num_tokens: int
+    requested_tokens: int
+    hit_tokens: int
+    prefix_hit_tokens: int
+    non_prefix_hit_tokens: int
+    segmented_prefix_hit_tokens: int
+    prefix_chunks: int
+    fingerprint_hits: int
+    storage_hits: int
+    stale_chunks: int
+    no_gpu_context: bool
+    polls: int
+    duration_s: float
+    fingerprint_matches: int = 0
+    segments: tuple[tuple[int, int, str], ...] = ()
+
+
+class CbChunksEvicted(RequestEvent, frozen=True, kw_only=True):
+    """A lookup found stale fingerprints: ``num_chunks`` struck, ``removed`` dropped."""
+
+    type: ClassVar[str] = EventType.CB_CHUNKS_EVICTED
+    num_chunks: int
+    removed: int
+
+
+class CbRetrieveEnd(RequestEvent, frozen=True, kw_only=True):
+    """A ``cb_retrieve_pre_computed`` wrote (``success``) or failed (``reason``)."""
+
+    type: ClassVar[str] = EventType.CB_RETRIEVE_END
+    success: bool
+    reason: str
+    num_chunks: int
+    num_tokens: int
+    rotated_tokens: int
+    duration_s: float
+
+
+class CbRetrieveNoop(RequestEvent, frozen=True, kw_only=True):
+    """A ``cb_retrieve_pre_computed`` wrote nothing, and why (``already_applied``, ...)."""
+
+    type: ClassVar[str] = EventType.CB_RETRIEVE_NOOP
+    reason: str
+    dropped_matches: int
+
+
 EVENT_RECORDS: Mapping[EventType, type[Event]] = {
     EventType(record.type): record
     for record in (
@@ -326,6 +405,12 @@ EVENT_RECORDS: Mapping[EventType, type[Event]] = {
         L2LoadCompleted,
         L2PrefetchFailed,
         L2KeysEvicted,
+        CbFingerprintsRegistered,
+        CbLookupStart,
+        CbLookupEnd,
+        CbChunksEvicted,
+        CbRetrieveEnd,
+        CbRetrieveNoop,
     )
 }
 """The record class of each documented event type, in documentation order."""

@@ -12,6 +12,8 @@ from lmcache_core.kv_events.records import KVEventBatch
 from lmcache_core.protocol.types import (
     BlockAllocationRecord,
     CacheKey,
+    CBMatchResult,
+    CBUnifiedLookupResult,
     EngineDrivenRegistration,
     EngineDrivenRegistrationReply,
     EngineGroupInfo,
@@ -143,6 +145,50 @@ OPS: dict[str, OpSpec] = {
         OpSpec("noop", 24, (), str, Execution.INLINE),
         OpSpec("get_experimental", 32, (), list[str], Execution.INLINE),
         OpSpec("subscribe_kv_events", None, (int, str, int, int), KVEventBatch, Execution.STREAM),
+        # CacheBlend V3 (served by the ``blend`` engine; the others answer "not supported").
+        # Rope registration runs on the worker's affinity thread, after its register_kv_cache.
+        OpSpec(
+            "cb_register_rope",
+            25,
+            (
+                int,
+                list[msgspec.msgpack.Ext],
+                int,
+                bool,
+                list[int],
+                list[list[int]],
+                list[int],
+                str,
+            ),
+            None,
+            Execution.AFFINITY,
+        ),
+        OpSpec("cb_unregister_rope", 26, (int,), None, Execution.AFFINITY),
+        OpSpec(
+            "cb_retrieve_pre_computed",
+            27,
+            (WireCacheKey, list[CBMatchResult], list[list[int]], int, bytes),
+            tuple[bytes, bool],
+            Execution.AFFINITY,
+            client_args=(CacheKey, list[CBMatchResult], list[list[int]], int, bytes),
+        ),
+        OpSpec(
+            "cb_unified_lookup",
+            28,
+            KEY_ARGS,
+            CBUnifiedLookupResult | None,
+            Execution.POOL,
+            client_args=KEY_CLIENT_ARGS,
+        ),
+        OpSpec("cb_protocol_handshake", 33, (int,), tuple[int, bool], Execution.INLINE),
+        OpSpec(
+            "cb_reorder_plan",
+            None,
+            (WireCacheKey, int, int),
+            list[int],
+            Execution.POOL,
+            client_args=(CacheKey, int, int),
+        ),
     )
 }
 """The operations this server implements."""
@@ -151,15 +197,9 @@ KNOWN_UNSUPPORTED: dict[str, int | None] = {
     "register_q_cache": 3,
     "unregister_q_cache": 4,
     "store_q": 5,
-    "cb_register_rope": 25,
-    "cb_unregister_rope": 26,
-    "cb_retrieve_pre_computed": 27,
-    "cb_unified_lookup": 28,
     "p2p_lookup_and_lock": 29,
     "p2p_query_lookup_results": 30,
     "p2p_unlock_objects": 31,
-    "cb_protocol_handshake": 33,
-    "cb_reorder_plan": None,
     "server_module_call": None,
 }
 """Upstream operations this server knows by name but does not serve (an error reply)."""

@@ -234,3 +234,33 @@ class PrepareRetrieveReply(msgspec.Struct):
     success: bool
     data: bytes = b""
     context: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class CBMatchResult(msgspec.Struct):
+    """One CacheBlend segment: stored tokens ``[old_st, old_ed)`` reused at ``[cur_st, cur_ed)``.
+
+    Encoded as upstream 0.5.6's dataclass: a map of these five keys in this order;
+    ``hash`` is the stored chunk's chain hash (the ``ObjectKey`` hash). Unknown
+    keys are ignored on decode, a missing one or a string hash is refused.
+    """
+
+    old_st: int
+    old_ed: int
+    cur_st: int
+    cur_ed: int
+    hash: bytes
+
+
+class CBUnifiedLookupResult(msgspec.Struct):
+    """The result of ``cb_unified_lookup`` (upstream's map of three keys).
+
+    Attributes:
+        prefix_coverage_tokens: Tokens of the exact prefix found (whole chunks).
+        non_prefix_segments: Chunks found by content fingerprint, in ``cur_st`` order.
+        segmented_prefix_segments: Post-gap prefix chunks kept at their own position
+            (``--enable-segmented-prefix``); absent in older servers' replies.
+    """
+
+    prefix_coverage_tokens: int
+    non_prefix_segments: list[CBMatchResult]
+    segmented_prefix_segments: list[CBMatchResult] = msgspec.field(default_factory=list)

@@ -87,6 +87,24 @@ SAMPLE_VALUES: dict[str, Any] = {
     "failed_count": 0,
     "loaded_count": 3,
     "bytes_transferred": 3072,
+    # The blend engine's cb.* events.
+    "num_chunks": 2,
+    "num_tokens": 48,
+    "prefix_hit_tokens": 16,
+    "non_prefix_hit_tokens": 16,
+    "segmented_prefix_hit_tokens": 0,
+    "prefix_chunks": 1,
+    "fingerprint_hits": 1,
+    "fingerprint_matches": 2,
+    "storage_hits": 1,
+    "stale_chunks": 0,
+    "no_gpu_context": False,
+    "polls": 1,
+    "segments": ((32, 16, _KEYS[0].chunk_hash.hex()),),
+    "removed": 0,
+    "success": True,
+    "rotated_tokens": 16,
+    "dropped_matches": 0,
 }
 """A plausible value of every documented event field, as producers publish them."""
 

@@ -33,6 +33,8 @@ import pytest
 
 from lmcache_core.client import MPClient
 from lmcache_core.client.cpu_worker import CpuKVWorker
+from lmcache_core.plugin import PluginKind
+from lmcache_core.plugin.registry import PluginRegistry
 from lmcache_core.protocol.types import EngineDrivenRegistration
 from lmcache_core.testing.engine_suite import engine_server_args
 from lmcache_core.transfer.cpu_shm import SHM_DIR
@@ -266,6 +268,18 @@ class ServerPool:
         self.engine = engine
         self.servers: dict[str, Server] = {}
         self.silent_worker: SilentWorker | None = None
+        spec = PluginRegistry(strict=True).resolve(PluginKind.ENGINE, engine)
+        self.transfer_modes = getattr(spec, "transfer_modes", frozenset())
+
+    def refused(self, name: str) -> str | None:
+        """Why the engine cannot run server ``name`` (a transfer mode it refuses), or None."""
+        args = SERVERS[name]
+        if "--supported-transfer-mode" not in args:
+            return None
+        mode = args[args.index("--supported-transfer-mode") + 1]
+        if mode in self.transfer_modes:
+            return None
+        return f"engine {self.engine!r} refuses --supported-transfer-mode {mode} by design"
 
     def launch(self, name: str) -> Server:
         """Start the server ``name`` unless it runs already."""
@@ -275,7 +289,10 @@ class ServerPool:
         return self.servers[name]
 
     def get(self, name: str) -> Server:
-        """The healthy server ``name``."""
+        """The healthy server ``name`` (the test is skipped if the engine refuses it)."""
+        reason = self.refused(name)
+        if reason is not None:
+            pytest.skip(reason)
         return self.launch(name).wait()
 
     def stop_all(self) -> list[str]:
@@ -337,7 +354,7 @@ def server_pool(request: pytest.FixtureRequest, engine_type: str) -> Iterator[Se
     fixtures = {name for item in request.session.items for name in item.fixturenames}
     pool = ServerPool(engine_type)
     for name in SERVERS:
-        if f"{name}_server" in fixtures:
+        if f"{name}_server" in fixtures and pool.refused(name) is None:
             pool.launch(name)
     if "silent_worker" in fixtures:
         pool.silent_worker = SilentWorker(pool.launch("reap"))

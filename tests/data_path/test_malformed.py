@@ -432,6 +432,21 @@ REGISTRATIONS = st.fixed_dictionaries(
     },
     optional={"num_physical_slots": st.none() | st.integers(-1, 64) | INTS},
 )
+MATCHES = (
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "old_st": st.integers(-2, 80) | INTS,
+                "old_ed": st.integers(-2, 96) | INTS,
+                "cur_st": st.integers(-2, 80) | INTS,
+                "cur_ed": st.integers(-2, 96) | INTS,
+                "hash": st.binary(max_size=40),
+            }
+        ),
+        max_size=3,
+    )
+    | VALUES
+)
 # The wait itself may take its timeout: keep it short so every reply is due within 2 s.
 WAIT_TIMEOUTS = (
     st.floats(-1.0, 0.3)
@@ -470,6 +485,21 @@ ARGS: dict[str, list[st.SearchStrategy[Any]]] = {
     "noop": [],
     "get_experimental": [],
     "subscribe_kv_events": [INTS, TEXT, INTS, INTS],
+    "cb_register_rope": [
+        INTS,
+        HANDLES,
+        INTS,
+        st.booleans() | VALUES,
+        st.lists(INTS, max_size=3),
+        st.lists(st.lists(INTS, max_size=3), max_size=2),
+        st.lists(INTS, max_size=2),
+        st.sampled_from(["", "fp8_e4m3", "int4"]) | TEXT,
+    ],
+    "cb_unregister_rope": [INTS],
+    "cb_retrieve_pre_computed": [KEYS, MATCHES, BLOCK_IDS, INTS, st.binary(max_size=16)],
+    "cb_unified_lookup": [KEYS, INTS],
+    "cb_protocol_handshake": [INTS],
+    "cb_reorder_plan": [KEYS, INTS, INTS],
 }
 assert set(ARGS) == set(OPS)
 NAMES = sorted(OPS) + sorted(KNOWN_UNSUPPORTED)

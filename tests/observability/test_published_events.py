@@ -38,6 +38,9 @@ CHUNK = 16
 LAYOUT = KVLayout(KVFormat.NHD, 2, 32, 4, 2, 16, torch.float16)  # 4 blocks per chunk
 CTX = RequestContext(b"client", "op")
 
+BLEND_TYPES = frozenset(t for t in EventType if t.value.startswith("cb."))
+"""Published by the blend engine only (the blend test below)."""
+
 PRESSURE_TYPES = frozenset({EventType.L1_KEYS_EVICTED, EventType.L2_KEYS_EVICTED})
 """Published by the pressure test: both tiers evict at once (watermark 0)."""
 TRAFFIC_TYPES = (
@@ -47,6 +50,8 @@ TRAFFIC_TYPES = (
         # Failure paths this traffic does not reach; the storage tests drive them.
         EventType.L1_ALLOCATION_FAILED,
         EventType.L2_PREFETCH_FAILED,
+        # The blend engine's: test_blend_events_are_their_records_with_every_field_set.
+        *BLEND_TYPES,
     }
 )
 """The types the normal traffic below must publish."""
@@ -79,6 +84,12 @@ def conforms(value: Any, annotation: Any) -> bool:
         return isinstance(value, annotation)
     if origin is types.UnionType or origin is typing.Union:
         return any(conforms(value, a) for a in arguments)
+    if origin is tuple and arguments[-1] is not Ellipsis:  # a fixed-length tuple
+        return (
+            isinstance(value, tuple)
+            and len(value) == len(arguments)
+            and all(conforms(v, a) for v, a in zip(value, arguments, strict=True))
+        )
     if origin is tuple:
         return isinstance(value, tuple) and all(conforms(v, arguments[0]) for v in value)
     if origin is Mapping or origin is dict:
@@ -102,7 +113,7 @@ def key(ids: list[int], end: int, request_id: str, worker_id: int | None) -> Wir
 
 
 def assembled(
-    tmp_path: Path, watermark: float | None = None
+    tmp_path: Path, watermark: float | None = None, engine: str = "default"
 ) -> Iterator[tuple[DataPath, EventBus, Everything]]:
     """A started data path (no request server) whose bus records every event.
 
@@ -119,6 +130,7 @@ def assembled(
         "chunk_size": CHUNK,
         "shm_name": f"lmcache-test-{uuid.uuid4().hex[:8]}",
         "l2_adapter": [adapter],
+        "engine_type": engine,
     }
     if watermark is not None:
         values["eviction_trigger_watermark"] = watermark
@@ -143,6 +155,11 @@ def assembled(
 @pytest.fixture
 def data_path(tmp_path: Path) -> Iterator[tuple[DataPath, EventBus, Everything]]:
     yield from assembled(tmp_path)
+
+
+@pytest.fixture
+def blend_path(tmp_path: Path) -> Iterator[tuple[DataPath, EventBus, Everything]]:
+    yield from assembled(tmp_path, engine="blend")
 
 
 @pytest.fixture
@@ -222,3 +239,49 @@ def assert_records(events: list[Event]) -> None:
         for name in record.__struct_fields__:
             value = getattr(event, name)
             assert conforms(value, hints[name]), f"{event.type}.{name} = {value!r}"
+
+
+def test_blend_events_are_their_records_with_every_field_set(
+    blend_path: tuple[DataPath, EventBus, Everything],
+) -> None:
+    from tests.blend.rig import shm_cache
+    from tests.blend.rope_math import cos_sin_cache
+
+    path, bus, recorder = blend_path
+    handlers = path.engine.handlers()
+    worker = CpuKVWorker(None, LAYOUT, instance_id=5)  # type: ignore[arg-type]  # no client
+    rope, keep = shm_cache(cos_sin_cache(1024, 16))
+    try:
+        handles = [encode_device_handle(h) for h in worker.handles]
+        handlers["register_kv_cache"](CTX, 5, handles, "model", 1, "vllm", {"kv_layout": "NHD"}, [])
+        handlers["cb_register_rope"](CTX, 5, [rope], 16, True, [], [], [], "")
+        docs = [list(range(i * 100, i * 100 + CHUNK)) for i in range(1, 4)]
+        stored = [t for d in docs for t in d]
+        blocks = list(range(1, 13))
+        assert handlers["store"](CTX, key(stored, 3 * CHUNK, "writer", 0), 5, [blocks], b"")[1]
+        wait_for(recorder, bus, EventType.L2_STORE_COMPLETED, 1)
+        # The last document only: stale once it is gone from both tiers.
+        gone = path.l1.keys()[2:]
+        assert path.l1.delete(gone) == 1
+        assert path.l2 is not None and path.l2.adapters[0].delete(gone, force=True) == 1
+        query = [7] * CHUNK + docs[2] + docs[1]
+        lookup_key = msgspec.structs.replace(
+            key(query, len(query), "reader", None), num_kv_readers=1
+        )
+        deadline = time.monotonic() + 20
+        while (result := handlers["cb_unified_lookup"](CTX, lookup_key, 1)) is None:
+            assert time.monotonic() < deadline, "the unified lookup never answered"
+            time.sleep(0.01)
+        assert len(result.non_prefix_segments) == 1
+        segments = result.non_prefix_segments
+        retrieve = handlers["cb_retrieve_pre_computed"]
+        assert retrieve(CTX, key(query, len(query), "reader", 0), segments, [blocks], 5, b"")[1]
+        assert retrieve(CTX, key(query, len(query), "reader", 0), segments, [blocks], 5, b"")[1]
+        handlers["end_session"](CTX, "reader")
+    finally:
+        keep[1]()
+        worker.close()
+    bus.drain()
+    seen = {e.type for e in recorder.events}
+    assert seen >= BLEND_TYPES, f"not published: {sorted(BLEND_TYPES - seen)}"
+    assert_records(recorder.events)

@@ -18,6 +18,7 @@ from lmcache_core.errors import StartupError
 from lmcache_core.hashing import chunk_hashes, make_hasher
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.observability.events import (
+    CbLookupEnd,
     Event,
     EventType,
     FirstMiss,
@@ -152,8 +153,52 @@ def test_a_lookup_without_its_result_is_written_when_bounds_or_close_say_so(
 def test_only_lookup_events_and_results_are_wanted(tmp_path: Path) -> None:
     sub = LookupHashLogSubscriber(writer(tmp_path, Clock()))
     assert sub.event_types == frozenset(
-        {EventType.MP_LOOKUP.value, EventType.MP_LOOKUP_PREFETCH_END.value}
+        {
+            EventType.MP_LOOKUP.value,
+            EventType.MP_LOOKUP_PREFETCH_END.value,
+            EventType.CB_LOOKUP_END.value,
+        }
     )
+
+
+def test_blend_lookups_log_their_hits_by_class_and_segments(tmp_path: Path) -> None:
+    w = writer(tmp_path, Clock())
+    sub = LookupHashLogSubscriber(w)
+    sub.on_event(
+        CbLookupEnd(
+            timestamp=5.0,
+            request_id="r",
+            model_name="m",
+            cache_salt="",
+            num_tokens=70,
+            requested_tokens=64,
+            hit_tokens=48,
+            prefix_hit_tokens=16,
+            non_prefix_hit_tokens=32,
+            segmented_prefix_hit_tokens=0,
+            prefix_chunks=1,
+            fingerprint_hits=2,
+            storage_hits=2,
+            stale_chunks=0,
+            no_gpu_context=False,
+            polls=1,
+            duration_s=0.001,
+            segments=((48, 16, "ab"), (16, 32, "cd")),
+        )
+    )
+    sub.close()
+    (line,) = w.files[0].read_text().splitlines()
+    assert json.loads(line) == {
+        "timestamp": 5.0,
+        "request_id": "r",
+        "model_name": "m",
+        "event": "cb.lookup.end",
+        "seq_len": 70,
+        "prefix_hit_tokens": 16,
+        "non_prefix_hit_tokens": 32,
+        "segmented_prefix_hit_tokens": 0,
+        "segments": [[48, 16, "0xab"], [16, 32, "0xcd"]],
+    }
 
 
 def test_rotation_by_size_is_checked_before_each_write(tmp_path: Path) -> None:

@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 from lmcache_obs_metrics import docs
-from lmcache_obs_metrics.catalogue import METRICS, PREFIX, SCRAPE, exported_sample_names
+from lmcache_obs_metrics.catalogue import (
+    BLEND_PREFIX,
+    METRICS,
+    PREFIX,
+    SCRAPE,
+    exported_sample_names,
+)
 from lmcache_obs_metrics.subscriber import MetricsSubscriber
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,7 +32,9 @@ def test_catalogue_names_are_unique_prometheus_names() -> None:
     assert len(names) == len(set(names))
     for metric in METRICS:
         assert NAME.match(metric.full_name), metric.name
-        assert metric.full_name.startswith(PREFIX)
+        assert metric.full_name.startswith(
+            BLEND_PREFIX if metric.source.startswith("cb.") else PREFIX
+        )
         assert not metric.name.endswith("_total"), "the client adds _total to counters"
         assert metric.help and metric.labels == tuple(dict.fromkeys(metric.labels))
         if metric.source == SCRAPE:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from lmcache_core.plugin import EngineSpec, hookimpl, pending_factory
+from typing import TYPE_CHECKING
 
-REASON = "CacheBlend V3 is not scheduled yet; use --engine-type default"
-"""Why it cannot be built yet."""
+from lmcache_core.plugin import EngineSpec, hookimpl
+from lmcache_engine_blend.settings import BlendEngineSettings
+
+if TYPE_CHECKING:
+    from lmcache_core.engine import Engine, EngineContext
+
+
+def _build(context: EngineContext) -> Engine:
+    # Imported on use: registering the plugin must not load torch and the engine.
+    from lmcache_engine_blend.engine import build_engine
+
+    return build_engine(context)
 
 
 @hookimpl
@@ -13,14 +23,14 @@ def lmcache_register_engines() -> list[EngineSpec]:
     """Register the engine ``blend``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec.
     """
     return [
         EngineSpec(
             name="blend",
-            factory=pending_factory("engine 'blend'", REASON),
+            factory=_build,
+            config_model=BlendEngineSettings,
             transfer_modes=frozenset({"lmcache_driven", "auto"}),
             description="CacheBlend V3: reuses cached KV chunks at any offset of a new prompt.",
-            not_implemented=REASON,
         )
     ]

@@ -1,4 +1,4 @@
-"""The ``lookup_hash_log`` subscriber: one JSON line per ``mp.lookup`` event.
+"""The ``lookup_hash_log`` subscriber: one JSON line per ``mp.lookup`` (and ``cb.lookup.end``).
 
 Each line records what a lookup asked for, in upstream's format, so the files
 can be replayed or compared across servers, followed by what it found and why
@@ -20,6 +20,16 @@ came). ``timestamp`` is when the lookup was published (epoch seconds). Upstream 
 writes ``dtypes`` and ``shapes`` of the GPU KV caches; this server's lookup does
 not know them, so they are left out rather than guessed. The lines are written
 on the event bus's drain thread, never on the request path.
+
+The blend engine's unified lookups add a line of their own (``cb.lookup.end``),
+after the prefix leg's ``mp.lookup`` line: the hit tokens per class (prefix,
+non-prefix, segmented prefix) and the non-prefix segments as
+``[old_st, cur_st, "0x<chunk hash>"]``::
+
+    {"timestamp": 1700000000.6, "request_id": "r1", "model_name": "m",
+     "event": "cb.lookup.end", "seq_len": 1064, "prefix_hit_tokens": 256,
+     "non_prefix_hit_tokens": 768, "segmented_prefix_hit_tokens": 0,
+     "segments": [[768, 256, "0x1f..."], ...]}
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from typing import Any
 
 import msgspec
 
-from lmcache_core.observability.events import MpLookup, MpLookupPrefetchEnd
+from lmcache_core.observability.events import CbLookupEnd, MpLookup, MpLookupPrefetchEnd
 from lmcache_core.observability.subscribers import BaseSubscriber
 from lmcache_obs_lookup_hash_log.writer import RotatingJsonlWriter
 
@@ -61,6 +71,21 @@ def result_fields(event: MpLookupPrefetchEnd) -> dict[str, Any]:
         "hit_chunks_by_tier": dict(event.hit_chunks_by_tier),
         "first_miss": msgspec.to_builtins(first) if first is not None else None,
         "miss_chunks_by_cause": dict(event.miss_chunks_by_cause),
+    }
+
+
+def blend_record(event: CbLookupEnd) -> dict[str, Any]:
+    """The JSON object of one ``cb.lookup.end`` event: blend hits by class, the segments."""
+    return {
+        "timestamp": event.timestamp,
+        "request_id": event.request_id,
+        "model_name": event.model_name,
+        "event": event.type,
+        "seq_len": event.num_tokens,
+        "prefix_hit_tokens": event.prefix_hit_tokens,
+        "non_prefix_hit_tokens": event.non_prefix_hit_tokens,
+        "segmented_prefix_hit_tokens": event.segmented_prefix_hit_tokens,
+        "segments": [[old, cur, "0x" + digest] for old, cur, digest in event.segments],
     }
 
 
@@ -98,6 +123,10 @@ class LookupHashLogSubscriber(BaseSubscriber):
         if record is not None:
             record.update(result_fields(event))
             self._write(record)
+
+    def on_cb_lookup_end(self, event: CbLookupEnd) -> None:
+        """Append a unified lookup's blend hits (written when the blend lookup ends)."""
+        self._write(blend_record(event))
 
     def _write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=True)

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 PREFIX = "lmcache_mp_"
-"""Every exported name starts with this."""
+"""Every exported name starts with this, except the blend engine's."""
+
+BLEND_PREFIX = "lmcache_blend_"
+"""The blend engine's metrics: upstream's OpenTelemetry names ``lmcache_blend.<name>``,
+exported with Prometheus's underscore."""
 
 INSTANCE_LABEL = "instance_id"
 """The label every series carries: ``--instance-id``."""
@@ -72,11 +76,12 @@ class MetricDef:
     source: str
     buckets: tuple[float, ...] = ()
     sampled: bool = False
+    prefix: str = PREFIX
 
     @property
     def full_name(self) -> str:
-        """The metric family's name (``lmcache_mp_<name>``)."""
-        return PREFIX + self.name
+        """The metric family's name (``lmcache_mp_<name>``, ``lmcache_blend_<name>``)."""
+        return self.prefix + self.name
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -168,6 +173,120 @@ def _l2_transfer(kind: str, source: str) -> tuple[MetricDef, ...]:
             THROUGHPUT_BUCKETS,
         ),
     )
+
+
+_CB_LOOKUP = "cb.lookup.end"
+_CB_RETRIEVE = "cb.retrieve.end"
+
+
+def _blend(
+    name: str, kind: Kind, help_text: str, source: str, buckets: tuple[float, ...] = ()
+) -> MetricDef:
+    labels: tuple[str, ...] = ("model_name",) if kind == "histogram" else _REQ
+    if source == "cb.fingerprints.registered":
+        labels = ()  # registration is per store, not per request
+    # Short names stay unique across the catalogue ("blend_lookup_hit_tokens" beside the default
+    # engine's "lookup_hit_tokens"); the full name is still lmcache_blend_<name>.
+    return MetricDef("blend_" + name, kind, labels, help_text, source, buckets, prefix="lmcache_")
+
+
+_BLEND: tuple[MetricDef, ...] = (
+    _blend("lookup_requests", "counter", "cb_unified_lookup results returned.", _CB_LOOKUP),
+    _blend(
+        "lookup_requested_tokens",
+        "counter",
+        "Tokens the unified lookups asked for (rounded down to whole chunks).",
+        _CB_LOOKUP,
+    ),
+    _blend(
+        "lookup_hit_tokens",
+        "counter",
+        "Tokens covered by a prefix, non-prefix or segmented-prefix hit.",
+        _CB_LOOKUP,
+    ),
+    _blend("lookup_prefix_hit_tokens", "counter", "Tokens of the exact prefix found.", _CB_LOOKUP),
+    _blend(
+        "lookup_non_prefix_hit_tokens",
+        "counter",
+        "Tokens of chunks found by content fingerprint past the prefix.",
+        _CB_LOOKUP,
+    ),
+    _blend(
+        "lookup_segmented_prefix_hit_tokens",
+        "counter",
+        "Tokens of post-gap prefix chunks kept at their own position.",
+        _CB_LOOKUP,
+    ),
+    _blend(
+        "lookup_fingerprint_hits",
+        "counter",
+        "Distinct stored chunks the fingerprint leg proposed past the prefix.",
+        _CB_LOOKUP,
+    ),
+    _blend(
+        "lookup_storage_hits",
+        "counter",
+        "Proposed chunks whose KV was found (L1 or L2) and locked.",
+        _CB_LOOKUP,
+    ),
+    _blend(
+        "lookup_stale_chunks",
+        "counter",
+        "Proposed chunks whose KV exists nowhere (struck in the index).",
+        _CB_LOOKUP,
+    ),
+    _blend(
+        "lookup_no_gpu_context_errors",
+        "counter",
+        "Unified lookups for a model and world size no worker registered.",
+        _CB_LOOKUP,
+    ),
+    _blend(
+        "fingerprint_matches",
+        "counter",
+        "Matches the fingerprint index returned (before the prefix filter).",
+        _CB_LOOKUP,
+    ),
+    _blend(
+        "lookup_duration",
+        "histogram",
+        "Time of a unified lookup, first poll to result, in seconds.",
+        _CB_LOOKUP,
+        DURATION_BUCKETS,
+    ),
+    _blend(
+        "retrieve_requests",
+        "counter",
+        "cb_retrieve_pre_computed calls that wrote KV or failed.",
+        _CB_RETRIEVE,
+    ),
+    _blend("retrieve_chunks", "counter", "Chunks written into workers' KV caches.", _CB_RETRIEVE),
+    _blend(
+        "retrieve_failures",
+        "counter",
+        "cb_retrieve_pre_computed calls that failed (nothing written).",
+        _CB_RETRIEVE,
+    ),
+    _blend(
+        "retrieve_duration",
+        "histogram",
+        "Time of a cb_retrieve_pre_computed that wrote KV or failed, in seconds.",
+        _CB_RETRIEVE,
+        DURATION_BUCKETS,
+    ),
+    _blend(
+        "fingerprints_registered",
+        "counter",
+        "Chunks newly indexed by content fingerprint.",
+        "cb.fingerprints.registered",
+    ),
+    _blend(
+        "chunks_evicted",
+        "counter",
+        "Stale fingerprints struck by lookups (removed at the second consecutive strike).",
+        "cb.chunks.evicted",
+    ),
+)
 
 
 METRICS: tuple[MetricDef, ...] = (
@@ -300,6 +419,8 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef(
         "l2_evicted_keys", "counter", _L2, "Objects evicted from the adapter.", "l2.keys.evicted"
     ),
+    # -- the blend engine ----------------------------------------------------------------------
+    *_BLEND,
     # -- read at scrape time ------------------------------------------------------------------
     MetricDef("l1_memory_usage_bytes", "gauge", (), "L1 bytes allocated (aligned).", SCRAPE),
     MetricDef("l1_capacity_bytes", "gauge", (), "L1 capacity (--l1-size-gb).", SCRAPE),

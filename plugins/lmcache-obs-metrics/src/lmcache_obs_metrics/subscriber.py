@@ -14,6 +14,10 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, generate_latest
 
 from lmcache_core.observability.events import (
+    CbChunksEvicted,
+    CbFingerprintsRegistered,
+    CbLookupEnd,
+    CbRetrieveEnd,
     L1AllocationFailed,
     L1EvictionLoopTick,
     L1KeysEvicted,
@@ -226,6 +230,43 @@ class MetricsSubscriber(BaseSubscriber):
     def on_l2_keys_evicted(self, event: L2KeysEvicted) -> None:
         """An adapter's eviction deleted objects."""
         self.instruments.add("l2_evicted_keys", event.key_count, *self._l2_labels(event))
+
+    # -- the blend engine (cb.*) ---------------------------------------------------------------
+
+    def on_cb_lookup_end(self, event: CbLookupEnd) -> None:
+        """A unified lookup's result: requested and hit tokens per class, its duration."""
+        labels = self._request_labels(event)
+        add = self.instruments.add
+        add("blend_lookup_requests", 1, *labels)
+        add("blend_lookup_requested_tokens", event.requested_tokens, *labels)
+        add("blend_lookup_hit_tokens", event.hit_tokens, *labels)
+        add("blend_lookup_prefix_hit_tokens", event.prefix_hit_tokens, *labels)
+        add("blend_lookup_non_prefix_hit_tokens", event.non_prefix_hit_tokens, *labels)
+        add("blend_lookup_segmented_prefix_hit_tokens", event.segmented_prefix_hit_tokens, *labels)
+        add("blend_lookup_fingerprint_hits", event.fingerprint_hits, *labels)
+        add("blend_lookup_storage_hits", event.storage_hits, *labels)
+        add("blend_lookup_stale_chunks", event.stale_chunks, *labels)
+        add("blend_lookup_no_gpu_context_errors", int(event.no_gpu_context), *labels)
+        add("blend_fingerprint_matches", event.fingerprint_matches, *labels)
+        self.instruments.observe("blend_lookup_duration", event.duration_s, labels[0])
+
+    def on_cb_retrieve_end(self, event: CbRetrieveEnd) -> None:
+        """A blend retrieve that wrote KV (chunks) or failed."""
+        labels = self._request_labels(event)
+        self.instruments.add("blend_retrieve_requests", 1, *labels)
+        if event.success:
+            self.instruments.add("blend_retrieve_chunks", event.num_chunks, *labels)
+        else:
+            self.instruments.add("blend_retrieve_failures", 1, *labels)
+        self.instruments.observe("blend_retrieve_duration", event.duration_s, labels[0])
+
+    def on_cb_fingerprints_registered(self, event: CbFingerprintsRegistered) -> None:
+        """Chunks newly fingerprinted by a store."""
+        self.instruments.add("blend_fingerprints_registered", event.num_chunks)
+
+    def on_cb_chunks_evicted(self, event: CbChunksEvicted) -> None:
+        """Stale fingerprints struck by a lookup."""
+        self.instruments.add("blend_chunks_evicted", event.num_chunks, *self._request_labels(event))
 
 
 def build_metrics_subscriber(context: SubscriberContext) -> MetricsSubscriber:

@@ -1,0 +1,311 @@
+"""The fingerprint index: finds stored chunks by content, at any token offset of a prompt.
+
+A chunk's fingerprint is upstream's position-independent polynomial hash of its
+token ids, ``h = sum(tok[j] * B**(C-1-j)) mod 2**64`` with ``B`` the 64-bit golden
+ratio constant and ``C`` the chunk size. Stored chunks are fingerprinted over
+their non-overlapping chunks; a query is hashed at *every* offset (a rolling
+window), so a document found at an unaligned position still matches.
+
+How this differs from upstream's matcher (deliberately):
+
+* **Namespaced** by ``(model_name, world_size, cache_salt)``: another tenant's or
+  model's lookups can neither see nor strike (and so erase) an owner's entries.
+* **Collision-safe**: a dict from the full 64-bit fingerprint to its entries, not a
+  direct-mapped table of 2**20 slots whose occupants overwrite each other; an
+  entry also keeps a second, independent digest of its tokens that a match must
+  agree with, so two different texts with the same fingerprint never match.
+* **Bounded**: at most ``capacity`` entries over all namespaces; registering past
+  it evicts the oldest-registered entries first, and counts them.
+
+The rolling hash is computed in closed form with numpy (no Python loop per
+token): with ``W[j] = tok[j] * B**-j`` (``B`` is odd, so invertible mod 2**64) and
+``S`` its prefix sums, the window at ``s`` is ``B**(s+C-1) * (S[s+C] - S[s])``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+BASE = 0x9E3779B97F4A7C15
+"""Upstream's polynomial base (the 64-bit golden-ratio constant)."""
+BASE_INVERSE = pow(BASE, -1, 1 << 64)
+"""``BASE**-1 mod 2**64`` (the base is odd)."""
+DEFAULT_CAPACITY = 1 << 20
+"""Entries kept over all namespaces (upstream's limit, but here entries are reclaimed)."""
+FILTER_BITS = 21
+"""A counting filter of ``2**FILTER_BITS`` buckets screens a query's offsets in one
+vectorised step; only the few offsets it passes reach the dicts."""
+STALE_STRIKES = 2
+"""Consecutive stale lookups after which an entry is removed (upstream's threshold)."""
+
+_FILTER_MASK = (1 << FILTER_BITS) - 1
+
+Namespace = tuple[str, int, str]
+"""``(model_name, world_size, cache_salt)``: whose chunks an entry describes."""
+Tokens = npt.NDArray[np.uint64]
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A stored chunk found in a query: its tokens ``[old_st, old_st + C)`` at ``cur_st``."""
+
+    old_st: int
+    cur_st: int
+    chain_hash: bytes
+
+
+@dataclass(slots=True)
+class _Entry:
+    chain_hash: bytes
+    poly: int
+    digest: bytes
+    old_st: int
+    namespace: Namespace
+
+
+@dataclass
+class _Space:
+    """One namespace's entries."""
+
+    by_poly: dict[int, list[_Entry]] = field(default_factory=dict)
+    by_hash: dict[bytes, _Entry] = field(default_factory=dict)
+    strikes: dict[bytes, int] = field(default_factory=dict)
+
+
+@dataclass
+class IndexStats:
+    """Counters for ``/status`` and the metrics."""
+
+    registered: int = 0
+    removed_stale: int = 0
+    evicted_capacity: int = 0
+    collisions_rejected: int = 0
+
+
+def _digest(tokens: Tokens) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(tokens).tobytes(), digest_size=8).digest()
+
+
+def _power_table(base: int, size: int) -> Tokens:
+    """``base**i mod 2**64`` for ``i < size`` (uint64 products wrap, which is the modulus)."""
+    table = np.full(size, base, dtype=np.uint64)
+    table[0] = 1
+    return np.cumprod(table, dtype=np.uint64)
+
+
+class _Powers:
+    """``B**i`` and ``B**-i`` mod 2**64 for ``i < n``, grown on demand."""
+
+    def __init__(self) -> None:
+        self.up = _power_table(BASE, 1)
+        self.down = _power_table(BASE_INVERSE, 1)
+
+    def upto(self, n: int) -> tuple[Tokens, Tokens]:
+        if len(self.up) < n:
+            size = max(n, 2 * len(self.up))
+            self.up = _power_table(BASE, size)
+            self.down = _power_table(BASE_INVERSE, size)
+        return self.up, self.down
+
+
+class FingerprintIndex:
+    """Stored chunks by content fingerprint, per namespace (thread-safe).
+
+    Args:
+        chunk_size: Tokens per chunk.
+        capacity: Most entries kept over all namespaces.
+        dedup_content: Index one entry per text and namespace (``--enable-dedup-content``):
+            the same chunk behind another prefix is not indexed again.
+    """
+
+    def __init__(
+        self, chunk_size: int, capacity: int = DEFAULT_CAPACITY, dedup_content: bool = False
+    ) -> None:
+        if chunk_size < 1 or capacity < 1:
+            raise ValueError("chunk_size and capacity must be >= 1")
+        self.chunk_size = chunk_size
+        self.capacity = capacity
+        self.dedup_content = dedup_content
+        self.stats = IndexStats()
+        self._spaces: dict[Namespace, _Space] = {}
+        self._order: OrderedDict[tuple[Namespace, bytes], None] = OrderedDict()
+        self._powers = _Powers()
+        self._filter = np.zeros(1 << FILTER_BITS, dtype=np.uint32)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    # -- hashing ----------------------------------------------------------------------------
+
+    def rolling(self, tokens: Tokens) -> Tokens:
+        """The fingerprint of the window at every offset ``s`` in ``[0, n - C]``."""
+        size, n = self.chunk_size, len(tokens)
+        if n < size:
+            return np.empty(0, dtype=np.uint64)
+        up, down = self._powers.upto(n)
+        with np.errstate(over="ignore"):
+            sums = np.concatenate(
+                (np.zeros(1, dtype=np.uint64), np.cumsum(tokens * down[:n], dtype=np.uint64))
+            )
+            return up[size - 1 : n] * (sums[size:] - sums[: n - size + 1])
+
+    def chunk_polys(self, tokens: Tokens) -> Tokens:
+        """The fingerprints of the non-overlapping full chunks of ``tokens``."""
+        return self.rolling(tokens)[:: self.chunk_size]
+
+    # -- registration -------------------------------------------------------------------------
+
+    def register(
+        self,
+        namespace: Namespace,
+        tokens: Tokens,
+        chain_hashes: Sequence[bytes],
+        first_chunk: int,
+        position: int,
+    ) -> int:
+        """Index chunks ``first_chunk..`` of ``tokens`` (which start at ``position``).
+
+        Args:
+            namespace: Whose chunks these are.
+            tokens: Whole chunks, ``len(chain_hashes) * C`` tokens.
+            chain_hashes: The chain hash (object key hash) of each chunk.
+            first_chunk: Chunks before it are not indexed (upstream's chunk-0 rule).
+            position: Absolute position of ``tokens[0]`` in its prompt.
+
+        Returns:
+            How many entries were newly indexed (a chunk already indexed under its chain
+            hash is kept; under ``dedup_content`` so is one whose text is).
+        """
+        size = self.chunk_size
+        polys = self.chunk_polys(tokens)
+        added = 0
+        with self._lock:
+            space = self._spaces.setdefault(namespace, _Space())
+            seen: set[int] = set()
+            for index in range(first_chunk, min(len(chain_hashes), len(polys))):
+                chain = bytes(chain_hashes[index])
+                poly = int(polys[index])
+                if chain in space.by_hash:
+                    space.strikes.pop(chain, None)
+                    continue
+                if self.dedup_content and (poly in seen or poly in space.by_poly):
+                    continue
+                seen.add(poly)
+                window = tokens[index * size : (index + 1) * size]
+                entry = _Entry(chain, poly, _digest(window), position + index * size, namespace)
+                space.by_poly.setdefault(poly, []).append(entry)
+                space.by_hash[chain] = entry
+                self._filter[poly & _FILTER_MASK] += 1
+                self._order[(namespace, chain)] = None
+                added += 1
+            self.stats.registered += added
+            self._evict_over_capacity()
+        return added
+
+    def _evict_over_capacity(self) -> None:
+        while len(self._order) > self.capacity:
+            (namespace, chain), _ = self._order.popitem(last=False)
+            self._drop(self._spaces[namespace], chain)
+            self.stats.evicted_capacity += 1
+
+    def _drop(self, space: _Space, chain: bytes) -> None:
+        entry = space.by_hash.pop(chain, None)
+        space.strikes.pop(chain, None)
+        if entry is None:
+            return
+        self._filter[entry.poly & _FILTER_MASK] -= 1
+        bucket = space.by_poly.get(entry.poly, [])
+        bucket[:] = [e for e in bucket if e is not entry]
+        if not bucket:
+            space.by_poly.pop(entry.poly, None)
+
+    # -- matching ---------------------------------------------------------------------------
+
+    def match(self, namespace: Namespace, tokens: Tokens) -> list[Match]:
+        """Stored chunks of ``namespace`` found anywhere in ``tokens``, in position order.
+
+        One match per distinct text, at its first occurrence; when several stored
+        chunks share the text (behind different prefixes), the newest is reported.
+        Matches may overlap each other.
+        """
+        size = self.chunk_size
+        with self._lock:
+            space = self._spaces.get(namespace)
+            if space is None or not space.by_poly or len(tokens) < size:
+                return []
+            polys = self.rolling(tokens)
+            # One vectorised screen, then Python only at the offsets it passes.
+            hits = np.flatnonzero(self._filter[polys & np.uint64(_FILTER_MASK)])
+            found: list[Match] = []
+            reported: set[int] = set()
+            for position in hits.tolist():
+                poly = int(polys[position])
+                if poly in reported or poly not in space.by_poly:
+                    continue
+                reported.add(poly)
+                digest = _digest(tokens[position : position + size])
+                for entry in reversed(space.by_poly[poly]):
+                    if entry.digest == digest:
+                        found.append(Match(entry.old_st, position, entry.chain_hash))
+                        break
+                else:
+                    self.stats.collisions_rejected += 1
+            return found
+
+    # -- evidence from lookups ----------------------------------------------------------------
+
+    def found(self, namespace: Namespace, chains: Sequence[bytes]) -> None:
+        """These entries' objects were loadable: reset their stale strikes."""
+        with self._lock:
+            space = self._spaces.get(namespace)
+            if space is not None:
+                for chain in chains:
+                    space.strikes.pop(chain, None)
+
+    def stale(self, namespace: Namespace, chains: Sequence[bytes]) -> int:
+        """These entries' objects exist nowhere: strike them; returns how many were removed.
+
+        An entry is removed at :data:`STALE_STRIKES` consecutive strikes (a
+        :meth:`found` in between resets the count).
+        """
+        removed = 0
+        with self._lock:
+            space = self._spaces.get(namespace)
+            if space is None:
+                return 0
+            for chain in chains:
+                if chain not in space.by_hash:
+                    continue
+                strikes = space.strikes.get(chain, 0) + 1
+                if strikes >= STALE_STRIKES:
+                    self._drop(space, chain)
+                    self._order.pop((namespace, chain), None)
+                    removed += 1
+                else:
+                    space.strikes[chain] = strikes
+            self.stats.removed_stale += removed
+        return removed
+
+    def contains(self, namespace: Namespace, chain: bytes) -> bool:
+        """Whether the chunk with this chain hash is indexed in ``namespace``."""
+        with self._lock:
+            space = self._spaces.get(namespace)
+            return space is not None and chain in space.by_hash
+
+    def status(self) -> dict[str, int]:
+        """Sizes and counters for ``/status``."""
+        with self._lock:
+            return {
+                "entries": len(self._order),
+                "namespaces": len(self._spaces),
+                "capacity": self.capacity,
+                **vars(self.stats),
+            }

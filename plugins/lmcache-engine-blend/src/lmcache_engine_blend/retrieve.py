@@ -1,0 +1,357 @@
+"""``cb_retrieve_pre_computed`` on CPU: reused chunks' KV written into the paged cache.
+
+For every matched token position ``p`` of ``[cur_st, cur_ed)`` the stored row of
+``old_st + (p - cur_st)`` goes to slot ``block_table[p // bs] * bs + p % bs`` of
+every layer, K re-rotated from its old position to ``p`` (chunks whose position
+did not change are copied as stored), V bit for bit. It is one batch: the
+chunks' rows are staged (and rotated) together, then each layer takes one
+indexed write per plane; there is no Python loop over tokens or blocks.
+
+The gates follow upstream's order (§7.1 of the reference), with every request
+answered: an unregistered worker or one without RoPE state gets ``(b"", False)``
+at once (upstream sent no reply). Everything is checked before the first byte is
+written, so a failure leaves every slot as it was (all or nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from lmcache_engine_default.lmcache_driven import TransferResult
+from lmcache_engine_default.workers import MappedWorker, WorkerTable
+
+from lmcache_core.engine.contract import RequestContext
+from lmcache_core.engine.lookup import LookupService
+from lmcache_core.protocol.errors import BadRequestError
+from lmcache_core.protocol.types import CBMatchResult, WireCacheKey
+from lmcache_core.storage.keys import ObjectKey, pack_kv_rank
+from lmcache_core.storage.l1 import L1Manager
+from lmcache_core.transfer.layout import KVFormat, KVLayout
+from lmcache_engine_blend.events import BlendEvents
+from lmcache_engine_blend.registration import RopeRegistry
+from lmcache_engine_blend.rope import GroupRotation, RopeState, rerotate
+from lmcache_engine_blend.unified_lookup import UnifiedLookups
+
+logger = logging.getLogger("lmcache.engine.blend")
+
+APPLIED_PER_WORKER = 4096
+"""Applied ranges remembered per ``(request, worker)`` (upstream's cap)."""
+APPLIED_REQUESTS = 65536
+"""``(request, worker)`` pairs remembered, the oldest forgotten first."""
+
+_DONE = TransferResult(b"", True)
+_FAILED = TransferResult(b"", False)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked retrieve: what to read, where to write it, how to rotate it."""
+
+    matches: list[CBMatchResult]
+    keys: list[ObjectKey]
+    slots_block: torch.Tensor
+    slots_offset: torch.Tensor
+    rotation: GroupRotation | None
+
+
+class BlendRetrieves:
+    """Serves ``cb_retrieve_pre_computed``.
+
+    Args:
+        workers: Registered workers (their mapped paged caches).
+        ropes: RoPE states.
+        lookups: The prefix lookup service (sessions, lock release).
+        unified: The unified lookups (their stashes).
+        l1: The L1 tier.
+        chunk_size: Tokens per chunk.
+        events: Blend events.
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: WorkerTable,
+        ropes: RopeRegistry,
+        lookups: LookupService,
+        unified: UnifiedLookups,
+        l1: L1Manager,
+        chunk_size: int,
+        events: BlendEvents,
+    ) -> None:
+        self.workers = workers
+        self.ropes = ropes
+        self.lookups = lookups
+        self.unified = unified
+        self.l1 = l1
+        self.chunk_size = chunk_size
+        self.events = events
+        self._applied: OrderedDict[tuple[str, int], OrderedDict[tuple[object, ...], None]] = (
+            OrderedDict()
+        )
+        self._applied_lock = threading.Lock()
+        self.written_chunks = 0
+
+    def cb_retrieve_pre_computed(
+        self,
+        ctx: RequestContext,
+        key: WireCacheKey,
+        match_results: list[CBMatchResult],
+        block_ids: list[list[int]],
+        instance_id: int,
+        _event: bytes,
+    ) -> TransferResult:
+        """Write the matched chunks' KV into the worker's blocks; ``ok`` = every row is backed."""
+        started = time.time()
+        if key.worker_id is None:
+            raise BadRequestError("cb_retrieve_pre_computed needs a key with worker_id set")
+        _check_matches(match_results, self.chunk_size)
+        worker = self.workers.mapped.get(instance_id)
+        rope = self.ropes.get(instance_id)
+        if worker is None or rope is None:
+            logger.warning(
+                "cb_retrieve_pre_computed: worker %d is %s",
+                instance_id,
+                "not registered" if worker is None else "without rope state",
+            )
+            return _FAILED
+        table = block_ids[0] if block_ids else []
+        gate = self._gate(key, worker, sorted(match_results, key=lambda m: m.cur_st), table)
+        if isinstance(gate, TransferResult):
+            return gate
+        fresh, signatures = gate
+        keys = self._keys(key, fresh)
+        try:
+            plan = self._plan(worker, rope, fresh, keys, table)
+        except ValueError as exc:
+            logger.warning("cb_retrieve_pre_computed: %s", exc)
+            self._ended(key, False, str(exc), fresh, 0, started)
+            return _FAILED
+        if ctx.expired():  # the worker may have given up and reused its blocks: write nothing
+            self._ended(key, False, "deadline", fresh, 0, started)
+            return _FAILED
+        outcome, rotated = self._locked_write(worker, plan, rope)
+        if outcome:
+            self._ended(key, False, outcome, fresh, 0, started)
+            return _FAILED
+        self.lookups.consume_locks(self.lookups.sessions.get(key.request_id), keys)
+        self._record((key.request_id, key.worker_id), signatures)
+        self.written_chunks += len(fresh)
+        self._ended(key, True, "", fresh, rotated, started)
+        return _DONE
+
+    def _gate(
+        self,
+        key: WireCacheKey,
+        worker: MappedWorker,
+        matches: list[CBMatchResult],
+        table: Sequence[int],
+    ) -> TransferResult | tuple[list[CBMatchResult], list[tuple[object, ...]]]:
+        """Upstream's gates: a reply now, or the matches to write and their signatures."""
+        assert key.worker_id is not None
+        layout = worker.layout
+        signature = {id(m): _signature(m, table, layout.block_size) for m in matches}
+        with self._applied_lock:
+            done = self._applied.get((key.request_id, key.worker_id), OrderedDict())
+            fresh = [m for m in matches if signature[id(m)] not in done]
+        if matches and not fresh:
+            self.events.retrieve_noop(key, "already_applied", 0)
+            return _DONE
+        bound = len(table) * layout.block_size
+        if any(m.cur_ed > bound for m in fresh):
+            if all(m.cur_st >= bound for m in fresh):
+                return _DONE  # beyond the blocks allocated so far: locks kept for the next call
+            self.events.retrieve_noop(key, "matches_straddle_alloc", len(fresh))
+            return _FAILED
+        if not fresh:
+            self.events.retrieve_noop(key, "no_object_keys", 0)
+            return _DONE
+        return fresh, [signature[id(m)] for m in fresh]
+
+    def _locked_write(self, worker: MappedWorker, plan: Plan, rope: RopeState) -> tuple[str, int]:
+        """Write under a read lock of every object: ``("", rotated)`` or ``(why it failed, 0)``."""
+        present = self.l1.lock_for_read(plan.keys, 1)  # held only for the copy
+        held = [k for k, ok in zip(plan.keys, present, strict=True) if ok]
+        try:
+            if len(held) != len(plan.keys):
+                return "missing_objects", 0
+            try:
+                return "", self._write(worker, plan, rope)
+            except ValueError as exc:
+                logger.warning("cb_retrieve_pre_computed: %s", exc)
+                return str(exc), 0
+        finally:
+            self.l1.unlock(held, 1)
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def _keys(self, key: WireCacheKey, matches: Sequence[CBMatchResult]) -> list[ObjectKey]:
+        """This worker's object key of each match: from the lookup's stash, else computed."""
+        assert key.worker_id is not None
+        stash = self.unified.take_stash(key.request_id)
+        rank = key.worker_id
+        keys = []
+        for m in matches:
+            stashed = stash.per_hash.get(m.hash) if stash is not None else None
+            if stashed is not None and rank < len(stashed):
+                keys.append(stashed[rank])
+            else:
+                kv_rank = pack_kv_rank(key.world_size, rank)
+                keys.append(ObjectKey(m.hash, key.model_name, kv_rank, 0, key.cache_salt))
+        return keys
+
+    def _plan(
+        self,
+        worker: MappedWorker,
+        rope: RopeState,
+        matches: list[CBMatchResult],
+        keys: list[ObjectKey],
+        table: Sequence[int],
+    ) -> Plan:
+        """Slots and rotation of every matched token; raises ValueError on anything unusable."""
+        layout = worker.layout
+        bs = layout.block_size
+        if self.chunk_size % bs:
+            raise ValueError(f"chunk size {self.chunk_size} is not a multiple of block size {bs}")
+        positions = torch.cat(
+            [torch.arange(m.cur_st, m.cur_ed, dtype=torch.int64) for m in matches]
+        )
+        blocks = torch.as_tensor(list(table), dtype=torch.int64)
+        block_index = positions // bs
+        slot_block = blocks[block_index]
+        if slot_block.numel() and (
+            int(slot_block.min()) < 0 or int(slot_block.max()) >= layout.num_blocks
+        ):
+            raise ValueError(f"a block id is outside [0, {layout.num_blocks})")
+        rotation = rope.rotation(0, layout.hidden, layout.kv_size, layout.dtype)
+        return Plan(matches, keys, slot_block, positions % bs, rotation)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _write(self, worker: MappedWorker, plan: Plan, rope: RopeState) -> int:
+        """Stage, rotate and scatter; returns the tokens rotated."""
+        layout = worker.layout
+        views = self.l1.read_views(plan.keys)
+        size = self.chunk_size
+        planes: list[list[torch.Tensor]] = [[] for _ in range(layout.kv_size)]
+        rotated = 0
+        for match, raw in zip(plan.matches, views, strict=True):
+            obj = _object_view(raw, layout, size)
+            count = match.cur_ed - match.cur_st
+            k = obj[0, :, :count]
+            if plan.rotation is not None and match.old_st != match.cur_st:
+                old = torch.arange(match.old_st, match.old_st + count, dtype=torch.int64)
+                new = torch.arange(match.cur_st, match.cur_st + count, dtype=torch.int64)
+                k = rerotate(k, plan.rotation, old, new, rope.kv_quant)
+                rotated += count
+            planes[0].append(k)
+            for plane in range(1, layout.kv_size):
+                planes[plane].append(obj[plane, :, :count])
+        staged = [torch.cat(parts, dim=1) for parts in planes]  # [layers, tokens, hidden]
+        blk, off = plan.slots_block, plan.slots_offset
+        slots = blk * layout.block_size + off
+        for layer_index, layer in enumerate(worker.cache.layers):
+            for plane, rows in enumerate(staged):
+                _scatter_rows(layer, plane, layout, rows[layer_index], slots, blk, off)
+        return rotated
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _record(self, applied_key: tuple[str, int], signatures: list[tuple[object, ...]]) -> None:
+        with self._applied_lock:
+            done = self._applied.setdefault(applied_key, OrderedDict())
+            self._applied.move_to_end(applied_key)
+            for sig in signatures:
+                done[sig] = None
+            while len(done) > APPLIED_PER_WORKER:
+                done.popitem(last=False)
+            while len(self._applied) > APPLIED_REQUESTS:
+                self._applied.popitem(last=False)
+
+    def forget(self, request_id: str) -> None:
+        """The request ended: forget its applied ranges."""
+        with self._applied_lock:
+            for applied_key in [k for k in self._applied if k[0] == request_id]:
+                del self._applied[applied_key]
+
+    def _ended(
+        self,
+        key: WireCacheKey,
+        success: bool,
+        reason: str,
+        matches: Sequence[CBMatchResult],
+        rotated: int,
+        started: float,
+    ) -> None:
+        self.events.retrieve_ended(
+            key,
+            success=success,
+            reason=reason,
+            num_chunks=len(matches),
+            num_tokens=sum(m.cur_ed - m.cur_st for m in matches),
+            rotated_tokens=rotated,
+            duration_s=time.time() - started,
+        )
+
+
+def _check_matches(matches: Sequence[CBMatchResult], size: int) -> None:
+    """Refuse segments that are not one chunk long at both positions, or negative."""
+    for m in matches:
+        if m.cur_ed - m.cur_st != m.old_ed - m.old_st or not 0 < m.cur_ed - m.cur_st <= size:
+            raise BadRequestError(f"match {m} does not span one chunk at both positions")
+        if m.cur_st < 0 or m.old_st < 0:
+            raise BadRequestError(f"match {m} has a negative position")
+
+
+def _signature(m: CBMatchResult, table: Sequence[int], block_size: int) -> tuple[object, ...]:
+    """What makes a write the same write: the chunk, its target range and target blocks."""
+    first, last = m.cur_st // block_size, -(-m.cur_ed // block_size)
+    return (m.hash, m.cur_st, m.cur_ed, tuple(table[first:last]))
+
+
+_UNITS = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
+
+
+def _scatter_rows(
+    layer: torch.Tensor,
+    plane: int,
+    layout: KVLayout,
+    rows: torch.Tensor,
+    slots: torch.Tensor,
+    blk: torch.Tensor,
+    off: torch.Tensor,
+) -> None:
+    """Write ``rows`` (``[tokens, hidden]``) into their slots of one plane of one layer.
+
+    NHD and MLA planes are ``[slots, hidden]`` rows in memory: one ``index_copy_`` of
+    the rows reinterpreted as 8-byte units (a bitwise copy, near memcpy speed). HND
+    (heads before tokens) takes an indexed write over two dimensions.
+    """
+    target = layer if layout.format is KVFormat.MLA else layer[plane]
+    row_bytes = layout.hidden * layout.itemsize
+    if layout.format is not KVFormat.HND and target.is_contiguous():
+        unit = next(u for u in (8, 4, 2, 1) if row_bytes % u == 0)
+        flat = target.view(-1, layout.hidden).view(_UNITS[unit])
+        flat.index_copy_(0, slots, rows.contiguous().view(_UNITS[unit]))
+        return
+    values = rows.reshape(-1, layout.num_heads, layout.head_dim)
+    if layout.format is KVFormat.MLA:
+        target[blk, off] = rows
+    elif layout.format is KVFormat.NHD:
+        target[blk, off] = values
+    else:  # HND: [blocks, heads, block_size, dim]; the indexed dims go first
+        target[blk, :, off] = values
+
+
+def _object_view(raw: torch.Tensor, layout: KVLayout, tokens: int) -> torch.Tensor:
+    """An L1 object's bytes as ``[kv_size, layers, tokens, hidden]`` in the KV dtype."""
+    shape = layout.object_shape(tokens)
+    try:
+        return raw.view(layout.dtype).view(shape)
+    except RuntimeError:  # an odd address: copy instead of reinterpreting in place
+        return raw.clone().view(layout.dtype).view(shape)

@@ -1,0 +1,417 @@
+"""``cb_unified_lookup``: the exact prefix, plus stored chunks found anywhere by content.
+
+One request id, polled until the result is ready (nil means "call again"):
+
+1. **Prefix leg** (first poll): the default engine's ``lookup`` of the prompt,
+   with its locks, session bookkeeping and L2 prefetch; the standard
+   ``retrieve``/``free_lookup_locks`` consume what it locked.
+2. **Fingerprint leg** (first poll): the prompt matched against the fingerprint
+   index of the requester's namespace.
+3. **Sparse leg** (once the prefix is known): candidates at or past the prefix,
+   one column per distinct chunk, read-locked in L1 in one batch; chunks only in
+   L2 are loaded in the background (each poll answers nil until they are).
+4. **Classification**: *found* (every rank locked) resets the chunk's strikes;
+   *partial* (some ranks only) is released and not struck; *stale* (nowhere) is
+   struck, and removed from the index at the second consecutive strike.
+5. **Overlap removal**: among found chunks past the prefix, by ``cur_st``, the
+   earliest wins; the losers' locks are released at once.
+
+The winners' locks are recorded in the request's session (so ``end_session``,
+session expiry or a newer lookup under the same id releases what no retrieve
+consumed) and stashed for ``cb_retrieve_pre_computed``. Jobs that nobody polls
+any more expire after ``job_ttl_s`` (upstream kept them forever), and the table
+is bounded.
+
+Differences from upstream, on purpose: ``key.end`` bounds the prompt (upstream
+used every token whatever ``start``/``end`` said); a chunk that exists in L2
+but fails to load counts as stale, not partial (the L2 tier reports loads, not
+existence).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
+
+from lmcache_core.engine.lookup import LookupService
+from lmcache_core.engine.prefetch_pool import PrefetchPool
+from lmcache_core.engine.sessions import LookupJob, Session
+from lmcache_core.observability.events import CbLookupEnd
+from lmcache_core.protocol.errors import BadRequestError
+from lmcache_core.protocol.types import CBMatchResult, CBUnifiedLookupResult, WireCacheKey
+from lmcache_core.storage.keys import ObjectKey, pack_kv_rank
+from lmcache_core.storage.l1 import L1Manager
+from lmcache_core.storage.l2.tier import L2Tier
+from lmcache_engine_blend.events import BlendEvents
+from lmcache_engine_blend.fingerprint import FingerprintIndex, Match
+from lmcache_engine_blend.fingerprinting_store import decode_tokens, namespace_of
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from lmcache_core.engine.contract import RequestContext
+
+MAX_JOBS = 65536
+"""Unified lookups polled at once, at most; the oldest is dropped first."""
+
+State = Literal["found", "partial", "stale", "loading"]
+
+
+@dataclass
+class Candidate:
+    """One distinct stored chunk the fingerprint leg found past the prefix."""
+
+    match: Match
+    keys: list[ObjectKey]
+    state: State = "loading"
+
+
+@dataclass
+class Stash:
+    """The sparse leg's locks for the retrieve: chain hash -> keys (every rank)."""
+
+    readers: int
+    per_hash: dict[bytes, list[ObjectKey]]
+
+
+@dataclass
+class BlendJob:
+    """One request's unified lookup, from its first poll to its result."""
+
+    key: WireCacheKey
+    session: Session
+    readers: int
+    matches: list[Match]
+    prefix: LookupJob | None
+    created: float
+    started: float
+    polls: int = 0
+    candidates: list[Candidate] | None = None
+    loading: threading.Event | None = None
+    result: CBUnifiedLookupResult | None = None
+    dropped: bool = False
+    mutex: threading.Lock = field(default_factory=threading.Lock)
+
+
+class UnifiedLookups:
+    """Serves ``cb_unified_lookup`` and keeps the stashes retrieves consume.
+
+    Args:
+        lookups: The prefix lookup service (its sessions too).
+        index: The fingerprint index.
+        l1: The L1 tier.
+        l2: The L2 tier, or None.
+        prefetch_pool: Where L2 loads of the sparse leg run.
+        object_nbytes: Object size of a model and world size (None: no worker registered).
+        events: Blend events.
+        job_ttl_s: Seconds after which a job nobody polls is dropped.
+    """
+
+    def __init__(
+        self,
+        *,
+        lookups: LookupService,
+        index: FingerprintIndex,
+        l1: L1Manager,
+        l2: L2Tier | None,
+        prefetch_pool: PrefetchPool,
+        object_nbytes: Callable[[str, int], int | None],
+        events: BlendEvents,
+        job_ttl_s: float,
+    ) -> None:
+        self.lookups = lookups
+        self.sessions = lookups.sessions
+        self.index = index
+        self.l1 = l1
+        self.l2 = l2
+        self.prefetch_pool = prefetch_pool
+        self.object_nbytes = object_nbytes
+        self.events = events
+        self.job_ttl_s = job_ttl_s
+        self.chunk_size = index.chunk_size
+        self._jobs: OrderedDict[str, BlendJob] = OrderedDict()
+        self._stashes: OrderedDict[str, Stash] = OrderedDict()
+        self._lock = threading.Lock()
+        self.expired_jobs = 0
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    # -- the operation -----------------------------------------------------------------------
+
+    def cb_unified_lookup(
+        self, ctx: RequestContext, key: WireCacheKey, tp_size: int
+    ) -> CBUnifiedLookupResult | None:
+        """The request's result once every leg is resident; None while loading."""
+        if key.num_kv_readers < 1:
+            raise BadRequestError("cb_unified_lookup needs num_kv_readers >= 1")
+        if tp_size < 0:
+            raise BadRequestError("tp_size must be >= 0")
+        self.expire()
+        with self._lock:
+            job = self._jobs.get(key.request_id)
+        if job is None:
+            job = self._start(ctx, key, tp_size)
+        result = self._advance(job)
+        if result is not None:
+            with self._lock:
+                if self._jobs.get(key.request_id) is job:
+                    del self._jobs[key.request_id]
+        return result
+
+    def _start(self, ctx: RequestContext, key: WireCacheKey, tp_size: int) -> BlendJob:
+        tokens = decode_tokens(bytes(key.token_ids))[: key.end]
+        session = self.sessions.get(key.request_id)
+        self._release_stash(key.request_id, session)
+        self.events.lookup_started(key, len(tokens))
+        now = time.monotonic()
+        if self.object_nbytes(key.model_name, key.world_size) is None:
+            # No worker of this model and world size: nothing could be retrieved.
+            job = BlendJob(key, session, key.num_kv_readers, [], None, now, time.time())
+            job.result = CBUnifiedLookupResult(0, [], [])
+            self._publish_end(job, 0, [], [], no_context=True)
+            return job
+        prefix_key = msgspec.structs.replace(key, worker_id=None)
+        self.lookups.lookup(ctx, prefix_key, tp_size)
+        matches = self.index.match(namespace_of(key), tokens)
+        job = BlendJob(key, session, key.num_kv_readers, matches, session.job, now, time.time())
+        displaced: list[BlendJob] = []
+        with self._lock:
+            old = self._jobs.pop(key.request_id, None)
+            if old is not None:
+                displaced.append(old)
+            self._jobs[key.request_id] = job
+            while len(self._jobs) > MAX_JOBS:
+                displaced.append(self._jobs.popitem(last=False)[1])
+        for stale_job in displaced:
+            self._drop(stale_job)
+        return job
+
+    def _advance(self, job: BlendJob) -> CBUnifiedLookupResult | None:
+        with job.mutex:
+            job.polls += 1
+            if job.result is not None:
+                return job.result
+            if job.prefix is None or job.prefix.hit_chunks is None:
+                return None
+            prefix_tokens = job.prefix.hit_chunks * self.chunk_size
+            if job.candidates is None:
+                self._submit_sparse(job, prefix_tokens)
+            if job.loading is not None and not job.loading.is_set():
+                return None
+            job.result = self._finish(job, prefix_tokens)
+            return job.result
+
+    # -- the sparse leg ----------------------------------------------------------------------
+
+    def _submit_sparse(self, job: BlendJob, prefix_tokens: int) -> None:
+        key, readers = job.key, job.readers
+        seen: set[bytes] = set()
+        candidates: list[Candidate] = []
+        for match in job.matches:
+            if match.cur_st < prefix_tokens or match.chain_hash in seen:
+                continue
+            seen.add(match.chain_hash)
+            keys = [
+                ObjectKey(
+                    match.chain_hash,
+                    key.model_name,
+                    pack_kv_rank(key.world_size, rank),
+                    0,
+                    key.cache_salt,
+                )
+                for rank in range(key.world_size)
+            ]
+            candidates.append(Candidate(match, keys))
+        job.candidates = candidates
+        if not candidates:
+            return
+        flat = [k for c in candidates for k in c.keys]
+        deadline = self.sessions.clock() + self.l1.read_ttl_s
+        present = self.l1.lock_for_read(flat, readers)
+        width = key.world_size
+        to_load: list[Candidate] = []
+        with job.session.mutex:
+            for index, candidate in enumerate(candidates):
+                got = present[index * width : (index + 1) * width]
+                if all(got):
+                    candidate.state = "found"
+                    job.session.take_locks(candidate.keys, readers, deadline)
+                    continue
+                held = [k for k, ok in zip(candidate.keys, got, strict=True) if ok]
+                if held:  # some ranks only: unusable, but not stale
+                    self.l1.unlock(held, readers)
+                    candidate.state = "partial"
+                else:
+                    candidate.state = "stale"
+                    to_load.append(candidate)
+        nbytes = self.object_nbytes(key.model_name, key.world_size)
+        if to_load and self.l2 is not None and nbytes is not None:
+            job.loading = threading.Event()
+            for candidate in to_load:
+                candidate.state = "loading"
+            self.prefetch_pool.submit(self._load, job, to_load, nbytes)
+
+    def _load(self, job: BlendJob, todo: list[Candidate], nbytes: int) -> None:
+        """Load the chunks only L2 has (a pool thread); a chunk is all its ranks or nothing."""
+        assert self.l2 is not None and job.loading is not None
+        try:
+            for candidate in todo:
+                deadline = self.sessions.clock() + self.l1.read_ttl_s
+                loaded = False
+                try:
+                    loaded = self.l2.prefetch([candidate.keys], nbytes, job.readers).chunks == 1
+                finally:
+                    with job.mutex, job.session.mutex:
+                        if loaded and job.dropped:
+                            self.l1.unlock(candidate.keys, job.readers)
+                        elif loaded:
+                            job.session.take_locks(candidate.keys, job.readers, deadline)
+                        candidate.state = "found" if loaded else "stale"
+        finally:
+            job.loading.set()
+
+    # -- the result --------------------------------------------------------------------------
+
+    def _finish(self, job: BlendJob, prefix_tokens: int) -> CBUnifiedLookupResult:
+        key, size = job.key, self.chunk_size
+        namespace = namespace_of(key)
+        candidates = job.candidates or []
+        found = [c for c in candidates if c.state == "found"]
+        stale = [c.match.chain_hash for c in candidates if c.state == "stale"]
+        self.index.found(namespace, [c.match.chain_hash for c in found])
+        if stale:
+            removed = self.index.stale(namespace, stale)
+            self.events.chunks_evicted(key, len(stale), removed)
+        kept: list[Candidate] = []
+        end = prefix_tokens
+        losers: list[ObjectKey] = []
+        for candidate in sorted(found, key=lambda c: c.match.cur_st):
+            if candidate.match.cur_st >= end:
+                kept.append(candidate)
+                end = candidate.match.cur_st + size
+            else:
+                losers.extend(candidate.keys)
+        if losers:
+            with job.session.mutex:
+                held = job.session.give_back(losers, job.readers, self.sessions.clock())
+            self.lookups.release(held)
+        if kept:
+            with self._lock:
+                self._stashes[key.request_id] = Stash(
+                    job.readers, {c.match.chain_hash: c.keys for c in kept}
+                )
+                self._stashes.move_to_end(key.request_id)
+                while len(self._stashes) > MAX_JOBS:
+                    self._stashes.popitem(last=False)
+        segments = [
+            CBMatchResult(
+                c.match.old_st,
+                c.match.old_st + size,
+                c.match.cur_st,
+                c.match.cur_st + size,
+                c.match.chain_hash,
+            )
+            for c in kept
+        ]
+        result = CBUnifiedLookupResult(prefix_tokens, segments, [])
+        self._publish_end(
+            job,
+            prefix_tokens,
+            segments,
+            [],
+            fingerprint_hits=len(candidates),
+            storage_hits=len(found),
+            stale=len(stale),
+        )
+        return result
+
+    def _publish_end(
+        self,
+        job: BlendJob,
+        prefix_tokens: int,
+        segments: list[CBMatchResult],
+        segmented: list[CBMatchResult],
+        *,
+        no_context: bool = False,
+        fingerprint_hits: int = 0,
+        storage_hits: int = 0,
+        stale: int = 0,
+    ) -> None:
+        if not self.events.wants_lookup_end():
+            return
+        key, size = job.key, self.chunk_size
+        requested = key.end // size * size
+        non_prefix = sum(s.cur_ed - s.cur_st for s in segments)
+        seg_tokens = sum(s.cur_ed - s.cur_st for s in segmented)
+        self.events.lookup_ended(
+            CbLookupEnd(
+                request_id=key.request_id,
+                model_name=key.model_name,
+                cache_salt=key.cache_salt,
+                num_tokens=key.end,
+                requested_tokens=requested,
+                # The classes never overlap: segments start at or past the prefix.
+                hit_tokens=min(requested, prefix_tokens + non_prefix + seg_tokens),
+                prefix_hit_tokens=prefix_tokens,
+                non_prefix_hit_tokens=non_prefix,
+                segmented_prefix_hit_tokens=seg_tokens,
+                prefix_chunks=prefix_tokens // size,
+                fingerprint_hits=fingerprint_hits,
+                storage_hits=storage_hits,
+                stale_chunks=stale,
+                no_gpu_context=no_context,
+                polls=job.polls,
+                duration_s=time.time() - job.started,
+                fingerprint_matches=len(job.matches),
+                segments=tuple((s.old_st, s.cur_st, s.hash.hex()) for s in segments),
+            )
+        )
+
+    # -- stashes and expiry ------------------------------------------------------------------
+
+    def take_stash(self, request_id: str) -> Stash | None:
+        """The sparse leg's locks of the request's last lookup (kept until replaced)."""
+        with self._lock:
+            return self._stashes.get(request_id)
+
+    def _release_stash(self, request_id: str, session: Session) -> None:
+        """A new lookup under the same id: release what the previous one still holds."""
+        with self._lock:
+            stash = self._stashes.pop(request_id, None)
+        if stash is None:
+            return
+        keys = [k for keys in stash.per_hash.values() for k in keys]
+        with session.mutex:
+            held = session.give_back(keys, stash.readers, self.sessions.clock())
+        self.lookups.release(held)
+
+    def forget(self, request_id: str) -> None:
+        """The request's session ended (its locks are released with it)."""
+        with self._lock:
+            self._stashes.pop(request_id, None)
+            job = self._jobs.pop(request_id, None)
+        if job is not None:
+            self._drop(job)
+
+    def expire(self) -> int:
+        """Drop jobs nobody polled for ``job_ttl_s``; returns how many."""
+        cutoff = time.monotonic() - self.job_ttl_s
+        jobs: list[BlendJob] = []
+        with self._lock:  # creation order: the expired ones are at the front
+            while self._jobs and next(iter(self._jobs.values())).created < cutoff:
+                jobs.append(self._jobs.popitem(last=False)[1])
+        for job in jobs:
+            self._drop(job)
+        self.expired_jobs += len(jobs)
+        return len(jobs)
+
+    def _drop(self, job: BlendJob) -> None:
+        """Forget a job: its locks stay in the session, which releases them when it ends."""
+        with job.mutex:
+            job.dropped = True

@@ -1,0 +1,62 @@
+"""Upstream LMCache 0.5.6's own client judges our blend server (``nox -s compat``).
+
+``drive_upstream_blend.py`` runs in the compat venv, drives a ``--engine-type
+blend`` server through upstream's ``LMCacheMPWorkerAdapter`` and its ZMQ client,
+and expects the results upstream's own server gives (the reference's lookups
+B-J, the retrieve gates, the wire encodings), except for two deliberate
+differences it names: errors are answered instead of dropped
+(``rope_invalid_*``, ``wire_*_answered_with_error``), and the full retrieve
+returns True on CPU with the KV written, K re-rotated
+(``cpu_retrieve_*``; upstream returns False on CPU and writes nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.server_process import free_port, server_on_free_ports
+
+COMPAT_PYTHON = os.environ.get("LMCACHE_COMPAT_PYTHON", "")
+DRIVER = Path(__file__).with_name("drive_upstream_blend.py")
+
+pytestmark = pytest.mark.skipif(
+    not COMPAT_PYTHON, reason="set LMCACHE_COMPAT_PYTHON (nox -s compat) to run it"
+)
+
+DELIBERATE_DIFFERENCES = {
+    "rope_invalid_kv_quant_int4": "answered with an error (upstream: no reply)",
+    "rope_invalid_group_rot_0_0": "answered with an error (upstream: no reply)",
+    "rope_invalid_group_to_cache_3": "answered with an error (upstream: no reply)",
+    "wire_num_kv_readers_0_answered_with_error": "upstream: no reply",
+    "wire_wrong_arg_count_answered_with_error": "upstream: no reply",
+    "cpu_retrieve_writes": "True with the KV written (upstream on CPU: False)",
+    "cpu_retrieve_k_rerotated": "upstream writes nothing on CPU",
+    "cpu_retrieve_v_identical": "upstream writes nothing on CPU",
+    "cpu_retrieve_prefix_untouched": "upstream writes nothing on CPU",
+    "retrieve_already_applied_true": "upstream never applies on CPU",
+}
+
+
+def test_upstream_client_drives_the_blend_ops() -> None:
+    port = free_port()
+    args = ("--engine-type", "blend", "--l1-size-gb", "1", "--eviction-policy", "LRU")
+    with server_on_free_ports(*args, "--port", str(port), timeout=180.0):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
+        result = subprocess.run(
+            [COMPAT_PYTHON, str(DRIVER), f"tcp://127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+            check=False,
+        )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    checks = json.loads(result.stdout.strip().splitlines()[-1])
+    assert all(outcome == "PASS" for outcome in checks.values()), checks
+    assert set(DELIBERATE_DIFFERENCES) <= set(checks)
+    assert len(checks) >= 30
