@@ -17,8 +17,8 @@ which it drives through the same calls the L1 manager makes, in the same order:
 
 Objects all have one size, so L1 holds ``capacity // aligned size`` of them.
 The server's controller runs every 0.1 s instead of after each request; the
-replay's ``--simulate`` parity mode waits for it so that both see the same
-order of events (see :mod:`lmcache_bench_trace.replay`).
+replay's ``--sync-eviction`` option waits for it so that both see the same
+order of events (see :mod:`lmcache_bench_trace.engine_client`).
 """
 
 from __future__ import annotations
