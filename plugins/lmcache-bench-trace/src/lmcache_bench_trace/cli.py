@@ -25,7 +25,7 @@ from lmcache_bench_trace.report import print_table
 from lmcache_bench_trace.servers import ServerProcess, start_server
 from lmcache_bench_trace.settings import KVShape, ReplaySettings
 from lmcache_bench_trace.simulator import SimSettings, Simulator, l1_capacity_bytes
-from lmcache_bench_trace.trace import load_trace
+from lmcache_bench_trace.trace import iter_trace, load_trace
 
 MAX_CONCURRENCY = 16
 
@@ -85,8 +85,13 @@ def parser() -> argparse.ArgumentParser:
         "needs --concurrency 1)",
     )
     p.add_argument("--json-out", type=Path, help="write the summary here")
-    p.add_argument("--quiet", action="store_true", help="no table")
+    p.add_argument("--quiet", action="store_true", help="no table, no progress bar")
     return p
+
+
+def count_requests(trace: Path, max_requests: int | None) -> int:
+    """How many requests the replay will issue (at most; a time budget may stop it sooner)."""
+    return sum(1 for _ in iter_trace(trace, max_requests))
 
 
 def server_flags(args: argparse.Namespace) -> list[str]:
@@ -187,11 +192,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 watermark=args.eviction_trigger_watermark,
             )
             python = args.compat_python if args.client == "upstream" else None
+            expected = None if args.quiet else count_requests(args.trace, args.max_requests)
             summary = replay(
                 settings,
                 server_pid=pid,
                 http_url=http_url if (server is None or server.kind == "ours") else None,
                 python=python,
+                progress=expected,
             )
         finally:
             if server is not None:

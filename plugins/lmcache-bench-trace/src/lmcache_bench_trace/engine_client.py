@@ -117,8 +117,20 @@ def max_chunks(settings: ReplaySettings) -> int:
     return max((r.full_chunks(settings.chunk_size) for r in requests), default=1) or 1
 
 
-def replay_shard(shard: int, settings: ReplaySettings, ops: EngineOps) -> dict[str, Any]:
-    """Replay this shard's requests through ``ops``; the report (``ops`` is closed)."""
+def write_progress(path: str | None, done: int) -> None:
+    """Tell the driver how many requests this client finished (for its progress bar)."""
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(str(done))
+
+
+def replay_shard(
+    shard: int, settings: ReplaySettings, ops: EngineOps, progress: str | None = None
+) -> dict[str, Any]:
+    """Replay this shard's requests through ``ops``; the report (``ops`` is closed).
+
+    ``progress`` names a file rewritten with the finished count every 10 requests.
+    """
     chunk = settings.chunk_size
     object_bytes = settings.kv.object_bytes(chunk)
     report = empty_report(shard)
@@ -151,6 +163,8 @@ def replay_shard(shard: int, settings: ReplaySettings, ops: EngineOps) -> dict[s
                     wait_for_eviction_round(settings.status_url, settings.watermark)
             except Exception as exc:  # noqa: BLE001 - every failure is counted and named
                 record_failure(report, request, f"{type(exc).__name__}: {exc}")
+            if report["requests"] % 10 == 0:
+                write_progress(progress, report["requests"])
     finally:
         report["wall_s"] = time.perf_counter() - started
         ops.close()
@@ -241,7 +255,7 @@ def main(
     args = sys.argv[1:] if argv is None else argv
     shard, settings, out = int(args[0]), ReplaySettings.from_json(args[1]), args[2]
     try:
-        report = replay_shard(shard, settings, make_ops(settings))
+        report = replay_shard(shard, settings, make_ops(settings), out + ".progress")
     except Exception:  # noqa: BLE001 - a client that cannot start reports why
         report = empty_report(shard)
         report["errors"].append(traceback.format_exc())

@@ -8,6 +8,7 @@ They exchange JSON files with this driver, nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -59,8 +60,32 @@ def l2_prefetched_chunks(status: dict[str, Any] | None) -> int | None:
     return int(l2["stats"]["prefetched_chunks"]) if l2 else 0
 
 
-def run_clients(settings: ReplaySettings, python: str | None = None) -> list[dict[str, Any]]:
+def watch_progress(
+    outs: list[Path], procs: list[subprocess.Popen[bytes]], total: int, width: int = 40
+) -> None:
+    """Draw a progress bar on stderr from the clients' progress files until they exit."""
+    while True:
+        running = any(proc.poll() is None for proc in procs)
+        done = 0
+        for out in outs:
+            # Not written yet, or caught mid-rewrite: that client counts 0 this round.
+            with contextlib.suppress(OSError, ValueError):
+                done += int(Path(f"{out}.progress").read_text() or 0)
+        filled = width * min(done, total) // max(1, total)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} requests")
+        sys.stderr.flush()
+        if not running:
+            sys.stderr.write("\n")
+            return
+        time.sleep(0.5)
+
+
+def run_clients(
+    settings: ReplaySettings, python: str | None = None, progress: int | None = None
+) -> list[dict[str, Any]]:
     """Start ``settings.concurrency`` engine clients and collect their reports.
+
+    With ``progress`` (the expected request count) a progress bar is drawn on stderr.
 
     Raises:
         RuntimeError: A client died without a report (its output is named).
@@ -85,6 +110,8 @@ def run_clients(settings: ReplaySettings, python: str | None = None) -> list[dic
                     ),
                 )
             )
+        if progress is not None:
+            watch_progress([out for out, _ in procs], [p for _, p in procs], progress)
         reports = []
         for out, proc in procs:
             output, _ = proc.communicate()
@@ -103,12 +130,13 @@ def replay(
     server_pid: int | None = None,
     http_url: str | None = None,
     python: str | None = None,
+    progress: int | None = None,
 ) -> dict[str, Any]:
-    """One replay and its summary (see :func:`summarize`)."""
+    """One replay and its summary (see :func:`summarize`); ``progress``: see :func:`run_clients`."""
     before = counters(server_pid) if server_pid else None
     status_before = server_status(http_url)
     started = time.time()
-    reports = run_clients(settings, python)
+    reports = run_clients(settings, python, progress)
     wall = time.time() - max(started, settings.start_at)
     after = counters(server_pid) if server_pid else None
     status_after = server_status(http_url)
