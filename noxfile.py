@@ -201,6 +201,24 @@ def chaos(session: nox.Session) -> None:
 
 
 @nox.session
+def trace(session: nox.Session) -> None:
+    """Longer trace parity runs: server and simulator on 1,000 requests, LRU and ARC.
+
+    ``tests/test_trace_parity.py`` with more requests than the default run's 80
+    (``-- -k ARC`` and the like pass through to pytest).
+    """
+    session.install("-r", "requirements-dev.txt")
+    env = {
+        **STRICT,
+        "LMCACHE_TRACE_PARITY_REQUESTS": "1000",
+        "LMCACHE_TRACE_PARITY_POLICIES": "LRU,ARC",
+    }
+    session.run(
+        "python", "-m", "pytest", "-q", "tests/test_trace_parity.py", *session.posargs, env=env
+    )
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks, each measuring its ceiling (memcpy) in the same run."""
     session.install("-r", "requirements-dev.txt")

@@ -686,6 +686,37 @@ def test_the_l2_store_thread_does_not_reorder_the_l1_lru() -> None:
         adapter.close()
 
 
+class EveryOther(EverywhereKept):
+    """An admitting store policy (a stand-in for ``frequency``): admits every other key."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[ObjectKey]] = []
+
+    def admit(self, keys: Sequence[ObjectKey]) -> list[bool]:
+        self.asked.append(list(keys))
+        return [index % 2 == 0 for index in range(len(keys))]
+
+
+def test_an_admitting_store_policy_decides_which_keys_reach_l2() -> None:
+    l1 = make_l1(policy=lru())
+    adapter = DictAdapter()
+    adapter.start()
+    policy = EveryOther()
+    tier = L2Tier([adapter], l1, policy, FirstHolder(), max_in_flight=1, timeout_s=5)
+    try:
+        a = chunks("a", 4)
+        store(l1, a, nbytes=OBJ)
+        assert tier.store_now(a, OBJ) == [True, False, True, False]
+        assert policy.asked == [a]
+        assert set(adapter.objects) == {a[0], a[2]}
+        assert tier.stats.not_admitted == 2
+        assert tier.stats.stored_keys == 2 and tier.stats.store_failures == 0
+        assert l1.contains(a) == [True] * 4  # L1 keeps every key
+        assert l1.usage().locked_objects == 0
+    finally:
+        adapter.close()
+
+
 def test_wait_resident_answers_at_once_for_resident_or_unwritten_keys() -> None:
     l1 = make_l1()
     a = chunks("a", 2)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import struct
 
+import blake3
 import pytest
+import xxhash
 
 from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.storage.l2 import object_format
 from lmcache_core.storage.l2.object_format import (
+    FLAG_XXH3,
     HEADER_SIZE,
     MAGIC,
     VERSION,
+    Checksum,
     CorruptObject,
     check_header,
     frame,
@@ -26,7 +31,7 @@ def test_header_layout_and_round_trip() -> None:
     header = frame(KEY, PAYLOAD)
     assert len(header) == HEADER_SIZE == 48
     magic, version, flags, digest, length = struct.unpack_from("<8sII16sQ", header)
-    assert (magic, version, flags) == (MAGIC, VERSION, 0)
+    assert (magic, version, flags) == (MAGIC, VERSION, FLAG_XXH3)  # new frames: XXH3
     assert digest == key_digest(KEY)
     assert length == len(PAYLOAD)
     check_header(KEY, header, len(PAYLOAD))
@@ -116,3 +121,41 @@ def test_flipped_checksum_byte() -> None:
 
 def test_corrupt_object_is_a_value_error() -> None:
     assert issubclass(CorruptObject, ValueError)
+
+
+def test_new_frames_carry_xxh3_of_the_payload() -> None:
+    header = frame(KEY, PAYLOAD)
+    assert header[40:] == xxhash.xxh3_64_intdigest(PAYLOAD).to_bytes(8, "little")
+
+
+def old_blake3_frame(payload: bytes) -> bytes:
+    """A frame as written before XXH3 (flags 0, blake3), built by hand from the layout."""
+    digest = blake3.blake3(payload).digest(length=8)
+    return struct.pack("<8sII16sQ8s", MAGIC, VERSION, 0, key_digest(KEY), len(payload), digest)
+
+
+def test_frames_written_before_xxh3_are_still_read() -> None:
+    old = old_blake3_frame(PAYLOAD)
+    assert frame(KEY, PAYLOAD, Checksum.BLAKE3) == old
+    verify(KEY, old, PAYLOAD)
+    with pytest.raises(CorruptObject, match="checksum"):
+        verify(KEY, old, flipped(PAYLOAD, 7))
+
+
+def test_the_flag_names_the_checksum_so_a_swapped_flag_fails() -> None:
+    header = bytearray(frame(KEY, PAYLOAD))
+    struct.pack_into("<I", header, 12, 0)  # claims blake3 over an XXH3 checksum
+    with pytest.raises(CorruptObject, match="checksum"):
+        verify(KEY, bytes(header), PAYLOAD)
+
+
+def test_unknown_flags_are_refused() -> None:
+    header = bytearray(frame(KEY, PAYLOAD))
+    struct.pack_into("<I", header, 12, 0x2 | FLAG_XXH3)
+    with pytest.raises(CorruptObject, match="flags"):
+        verify(KEY, bytes(header), PAYLOAD)
+
+
+def test_write_checksum_selects_the_format_of_new_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(object_format, "write_checksum", Checksum.BLAKE3)
+    assert frame(KEY, PAYLOAD) == old_blake3_frame(PAYLOAD)

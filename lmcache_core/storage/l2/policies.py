@@ -7,7 +7,10 @@ plugins a :class:`PrefetchPolicy`; the factories take no arguments.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from lmcache_core.storage.keys import ObjectKey
 
 
 @runtime_checkable
@@ -19,6 +22,20 @@ class StorePolicy(Protocol):
 
     def targets(self, adapter_count: int) -> Sequence[int]:
         """Indices (cascade order) of the adapters that receive every new key."""
+        ...
+
+
+@runtime_checkable
+class AdmittingStorePolicy(StorePolicy, Protocol):
+    """A :class:`StorePolicy` that also picks which new keys go to L2 at all.
+
+    The store controller calls :meth:`admit` (from its one thread) with each batch
+    of keys just committed to L1, before anything is written; only the admitted
+    keys are stored (the others stay in L1 only, counted as ``not_admitted``).
+    """
+
+    def admit(self, keys: Sequence[ObjectKey]) -> Sequence[bool]:
+        """One flag per key: True to store it to the target adapters."""
         ...
 
 

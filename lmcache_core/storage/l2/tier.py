@@ -44,7 +44,7 @@ from lmcache_core.storage.eviction import (
 from lmcache_core.storage.keys import ObjectKey, prefix_chunks
 from lmcache_core.storage.l1 import L1Manager, Reservation
 from lmcache_core.storage.l2.adapter import L2AdapterV1
-from lmcache_core.storage.l2.policies import PrefetchPolicy, StorePolicy
+from lmcache_core.storage.l2.policies import AdmittingStorePolicy, PrefetchPolicy, StorePolicy
 from lmcache_core.storage.namespace_index import NamespaceIndex
 from lmcache_core.storage.removal_history import RemovalHistory
 
@@ -69,6 +69,7 @@ class L2Stats:
     store_dropped: int = 0
     prefetched_chunks: int = 0
     prefetch_failures: int = 0
+    not_admitted: int = 0
     adapter_timeouts: int = 0
     prefetch_deadline_misses: int = 0
     """Prefetches that found no in-flight slot before their request's deadline."""
@@ -405,10 +406,15 @@ class L2Tier:
 
     def store_now(self, keys: list[ObjectKey], nbytes: int) -> list[bool]:
         """Write ``keys`` from L1 to the policy's adapters; per key, stored everywhere."""
+        wanted = keys
+        if isinstance(self.store_policy, AdmittingStorePolicy):
+            flags = self.store_policy.admit(keys)
+            wanted = [k for k, ok in zip(keys, flags, strict=True) if ok]
+            self.stats.not_admitted += len(keys) - len(wanted)
         # Pinned, not locked for read: copying to L2 is no use of the object, and
         # must not reorder the L1 eviction policy behind the engine's back.
-        present = self.l1.pin(keys)
-        held = [k for k, ok in zip(keys, present, strict=True) if ok]
+        present = self.l1.pin(wanted)
+        held = [k for k, ok in zip(wanted, present, strict=True) if ok]
         started = time.monotonic()
         try:
             views = [_bytes_of(self.l1.read_view(k)) for k in held]
