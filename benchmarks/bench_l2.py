@@ -57,6 +57,8 @@ from botocore.config import Config
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lmcache_l2_fs.adapter import FsL2Adapter
+from lmcache_l2_fs_native.adapter import FsNativeL2Adapter
+from lmcache_l2_fs_native.client import FsNativeClient
 from lmcache_l2_resp.adapter import RespL2Adapter
 from lmcache_l2_resp.testing import REDIS_SERVER, RedisServer
 from lmcache_l2_s3.adapter import S3L2Adapter
@@ -381,6 +383,13 @@ def bench_fs(stack: contextlib.ExitStack, count: int, size: int) -> dict[str, fl
     return measure("fs", adapter, {"raw": RawFs(base)}, count, size)
 
 
+def bench_fs_native(stack: contextlib.ExitStack, count: int, size: int) -> dict[str, float]:
+    base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-l2-fsn-")))
+    adapter = FsNativeL2Adapter(FsNativeClient(base), persist=False)
+    stack.enter_context(closing_adapter(adapter))
+    return measure("fs_native", adapter, {"raw": RawFs(base)}, count, size)
+
+
 def bench_resp(stack: contextlib.ExitStack, count: int, size: int) -> dict[str, float]:
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-l2-redis-")))
     server = stack.enter_context(redis_server(workdir))
@@ -438,7 +447,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="fs,resp,s3",
-        help="comma-separated adapters to measure (default: fs,resp,s3)",
+        help="comma-separated adapters to measure (default: fs,resp,s3; also fs_native)",
     )
     parser.add_argument(
         "--frame-checksum",
@@ -462,6 +471,9 @@ def main() -> None:
     if "fs" in only:
         with contextlib.ExitStack() as stack:
             report["fs"] = bench_fs(stack, *plan.fs)
+    if "fs_native" in only:
+        with contextlib.ExitStack() as stack:
+            report["fs_native"] = bench_fs_native(stack, *plan.fs)
     if "resp" in only and REDIS_SERVER is None:
         print("resp: skipped, redis-server is not installed", file=sys.stderr)
     elif "resp" in only:
@@ -480,12 +492,13 @@ def print_report(r: dict[str, Any]) -> None:
     """The figures as a Markdown table, each next to its raw ceiling and the ratio."""
     raw_names = {
         "fs": ("sequential write + rename", "sequential read"),
+        "fs_native": ("sequential write + rename", "sequential read"),
         "resp": ("redis-py SET", "redis-py GET"),
         "s3": ("boto3 put_object", "boto3 get_object"),
     }
     print("| measure | value | ceiling or target |")
     print("| --- | --- | --- |")
-    for name in ("fs", "resp", "s3"):
+    for name in ("fs", "fs_native", "resp", "s3"):
         if name not in r:
             continue
         result = r[name]
@@ -498,7 +511,7 @@ def print_report(r: dict[str, Any]) -> None:
                 f"| {name} {op} {batch} | {value:.2f} GB/s | {raw_name} {ceiling:.2f} GB/s, "
                 f"ratio {ratio:.2f} (target >= {TARGET}) |"
             )
-    for name in ("fs", "resp", "s3"):
+    for name in ("fs", "fs_native", "resp", "s3"):
         if name in r:
             print(
                 f"| blake3 / XXH3 of the {name} payloads (reference) | "

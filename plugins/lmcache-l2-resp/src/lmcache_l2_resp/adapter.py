@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -37,6 +37,9 @@ from lmcache_core.storage.l2.context import DEFAULT_L2_ADAPTER_CONTEXT, L2Adapte
 from lmcache_core.storage.l2.key_names import native_key_name, parse_native_key_name
 from lmcache_l2_resp.bulk import BulkConnection, BulkPool
 from lmcache_l2_resp.config import RespAdapterConfig
+
+if TYPE_CHECKING:
+    from lmcache_l2_resp.cluster_adapter import RespClusterL2Adapter
 
 logger = logging.getLogger("lmcache.l2.resp")
 
@@ -243,19 +246,37 @@ class RespL2Adapter(L2AdapterV1):
 
 def build_resp(
     config: RespAdapterConfig, context: L2AdapterContext = DEFAULT_L2_ADAPTER_CONTEXT
-) -> RespL2Adapter:
+) -> RespL2Adapter | RespClusterL2Adapter:
     """Build the ``resp`` adapter from its validated ``--l2-adapter`` JSON.
 
     Args:
         config: The adapter's configuration.
         context: The adapter context (unused: this adapter needs no server setting).
+
+    Returns:
+        A :class:`RespL2Adapter`, or with ``"cluster": true`` a
+        :class:`~lmcache_l2_resp.cluster_adapter.RespClusterL2Adapter`.
     """
     del context
+    password = config.password.get_secret_value() if config.password is not None else None
+    if config.cluster:
+        from lmcache_l2_resp.cluster_adapter import RespClusterL2Adapter
+
+        return RespClusterL2Adapter(
+            config.seeds(),
+            username=config.username,
+            password=password,
+            capacity_bytes=int(config.max_capacity_gb * GIB),
+            object_format=config.format,
+            num_workers=config.num_workers,
+            persist=config.persist_enabled,
+        )
+    assert config.host is not None and config.port is not None  # checked by the config
     return RespL2Adapter(
         config.host,
         config.port,
         username=config.username,
-        password=config.password.get_secret_value() if config.password is not None else None,
+        password=password,
         capacity_bytes=int(config.max_capacity_gb * GIB),
         object_format=config.format,
         num_workers=config.num_workers,

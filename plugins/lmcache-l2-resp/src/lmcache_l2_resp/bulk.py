@@ -118,6 +118,11 @@ class BulkConnection:
         self._send([memoryview(head), *parts, memoryview(b"\r\n")])
         self._expect_ok()
 
+    def asking(self) -> None:
+        """``ASKING``: the next command may touch a slot this Redis Cluster node is importing."""
+        self._send([memoryview(_command(b"ASKING"))])
+        self._expect_ok()
+
     def get_into(self, name: bytes, parts: Sequence[memoryview]) -> bool:
         """``GET name`` into ``parts``; False when missing or of another length.
 

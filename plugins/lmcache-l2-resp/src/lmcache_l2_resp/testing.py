@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -127,3 +128,118 @@ class RedisServer:
         """Delete every key."""
         with self.client() as client:
             client.flushall()
+
+
+CLUSTER_BUS_OFFSET = 10000
+"""A cluster node also listens on its port + 10000 (the cluster bus)."""
+
+
+def free_cluster_port() -> int:
+    """A port <= 55535 that is free, and whose cluster-bus port (+10000) is free too."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 55536)
+        try:
+            for candidate in (port, port + CLUSTER_BUS_OFFSET):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+
+
+CLUSTER_NODE_TIMEOUT_MS = 1000
+"""``cluster-node-timeout`` of the tests' clusters: a dead shard is noticed within seconds."""
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``shards`` primaries (no replicas), each a real ``redis-server``.
+
+    The slots are split evenly; ``cluster-require-full-coverage no`` keeps the other
+    shards serving while one is down, as a production cluster with a failed shard
+    and no replica would be configured to. Each node keeps its ``nodes.conf`` in
+    its own directory, so a killed shard restarted on its port rejoins with its
+    slots (and no data: nothing is saved).
+
+    Args:
+        workdir: Directory for the nodes' working directories.
+        shards: Number of primaries.
+    """
+
+    def __init__(self, workdir: Path, shards: int = 3) -> None:
+        self.nodes = [
+            RedisServer(
+                workdir / f"node-{i}",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                str(CLUSTER_NODE_TIMEOUT_MS),
+                "--cluster-require-full-coverage",
+                "no",
+            )
+            for i in range(shards)
+        ]
+        for node in self.nodes:
+            node.port = free_cluster_port()
+
+    @property
+    def seeds(self) -> list[str]:
+        """``host:port`` of every node."""
+        return [f"{node.host}:{node.port}" for node in self.nodes]
+
+    def start(self) -> None:
+        """Start the nodes, assign the slots, join them and wait until the cluster is ok."""
+        for node in self.nodes:
+            node.start()
+        share = 16384 // len(self.nodes)
+        first = self.nodes[0]
+        for i, node in enumerate(self.nodes):
+            start = i * share
+            end = 16383 if i == len(self.nodes) - 1 else start + share - 1
+            with node.client() as client:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", start, end)
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
+        with first.client() as client:
+            for node in self.nodes[1:]:
+                client.execute_command("CLUSTER", "MEET", node.host, node.port)
+        self.wait_ok()
+
+    def wait_ok(self, timeout_s: float = 20.0) -> None:
+        """Wait until every running node says ``cluster_state:ok`` and knows every slot."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            states = []
+            for node in self.nodes:
+                if node.process is None or node.process.poll() is not None:
+                    continue
+                with node.client(socket_timeout=1) as client:
+                    info = client.execute_command("CLUSTER", "INFO")
+                text = info.decode() if isinstance(info, bytes) else str(info)
+                states.append("cluster_state:ok" in text and "cluster_slots_assigned:16384" in text)
+            if states and all(states):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not become ok in time")
+            time.sleep(0.05)
+
+    def owner_of(self, name: bytes) -> RedisServer:
+        """The node that serves the key ``name``'s slot now."""
+        with self.nodes[0].client() as client:
+            slot = int(client.execute_command("CLUSTER", "KEYSLOT", name))
+            for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    port = int(primary[1])
+                    return next(node for node in self.nodes if node.port == port)
+        raise LookupError(f"no node serves slot {slot}")
+
+    def node_id(self, node: RedisServer) -> str:
+        """The cluster node id of ``node``."""
+        with node.client() as client:
+            return str(client.execute_command("CLUSTER", "MYID").decode())
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for node in self.nodes:
+            node.stop()

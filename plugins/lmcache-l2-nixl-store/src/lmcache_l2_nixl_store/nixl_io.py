@@ -1,0 +1,182 @@
+"""The NIXL calls both NIXL adapters make: one agent, one storage back end, bounded transfers.
+
+NIXL (``pip install --no-deps nixl==1.5.1 nixl-cu12==1.5.1`` plus numpy; a plain
+install drags in a CUDA torch) moves bytes between registered memory
+(``DRAM``) and a storage back end's segments (``FILE`` descriptors for POSIX,
+GDS, GDS_MT and HF3FS; ``OBJ`` keys for object stores). :class:`NixlStorage`
+wraps the few calls the adapters need:
+
+* :func:`open_storage` builds an agent without a listener thread (as upstream
+  does: no sockets) and creates the back end; a back end this NIXL build cannot
+  create (no plugin in the wheel, or a plugin that fails to start, such as GDS
+  without ``libcuda``) stops start-up with one line naming it and why;
+* :meth:`NixlStorage.transfer` registers the caller's memory and the segments,
+  runs one ``WRITE`` or ``READ`` of many descriptors, waits for it with a
+  bounded back-off (NIXL storage back ends have no completion fd), and always
+  releases the handle and the registrations.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lmcache_core.storage.l2.loading import AdapterLoadError
+
+INSTALL_HINT = "pip install --no-deps nixl==1.5.1 nixl-cu12==1.5.1 numpy"
+"""How to install NIXL without a CUDA torch."""
+FILE_BACKENDS = frozenset({"POSIX", "GDS", "GDS_MT", "HF3FS"})
+"""Back ends whose segments are files (``FILE`` memory)."""
+OBJECT_BACKENDS = frozenset({"OBJ"})
+"""Back ends whose segments are objects (``OBJ`` memory, keyed by name)."""
+POLL_MAX_SLEEP_S = 0.001
+"""Longest sleep between two polls of a transfer's state."""
+DEFAULT_TRANSFER_TIMEOUT_S = 30.0
+_agent_ids = itertools.count(1)
+
+Segment = tuple[int, int, int, str]
+"""A storage segment to register: ``(offset, length, fd or object index, object key)``."""
+Piece = tuple[int, int, int]
+"""One transfer descriptor: ``(offset or address, length, fd / object index / 0)``."""
+
+
+class NixlTransferError(OSError):
+    """A NIXL transfer failed or did not finish in time."""
+
+
+def address_of(view: memoryview) -> int:
+    """The address of a contiguous buffer's first byte."""
+    return int(np.frombuffer(view, dtype=np.uint8).ctypes.data)
+
+
+def import_nixl(adapter: str) -> Any:
+    """``nixl._api``, or a start-up error saying how to install it."""
+    try:
+        return importlib.import_module("nixl._api")
+    except ImportError as exc:
+        raise AdapterLoadError(
+            f"{adapter}: the NIXL library is not installed ({exc}); install it with {INSTALL_HINT}"
+        ) from exc
+
+
+class NixlStorage:
+    """One NIXL agent with one storage back end.
+
+    Args:
+        agent: The ``nixl_agent``.
+        backend: The back end's name (``POSIX``, ``OBJ``, ...).
+        transfer_timeout_s: Longest wait for one transfer.
+    """
+
+    def __init__(self, agent: Any, backend: str, transfer_timeout_s: float) -> None:
+        self.agent = agent
+        self.backend = backend
+        self.segment_type = "OBJ" if backend in OBJECT_BACKENDS else "FILE"
+        self.transfer_timeout_s = transfer_timeout_s
+
+    def register_segments(self, segments: Sequence[Segment]) -> Any:
+        """Register storage segments (kept by the caller; see :meth:`release`)."""
+        return self.agent.register_memory(list(segments), mem_type=self.segment_type)
+
+    def release(self, registration: Any) -> None:
+        """Deregister what :meth:`register_segments` or a transfer registered."""
+        self.agent.deregister_memory(registration)
+
+    def transfer(
+        self,
+        operation: str,
+        buffers: Sequence[memoryview],
+        pieces: Sequence[Piece],
+        *,
+        segments: Sequence[Segment] = (),
+    ) -> None:
+        """Move ``buffers[i]`` to (``WRITE``) or from (``READ``) the storage piece ``pieces[i]``.
+
+        Args:
+            operation: ``WRITE`` or ``READ``.
+            buffers: The memory side, one contiguous buffer per piece.
+            pieces: The storage side, as ``(offset, length, fd or object index)``.
+            segments: Storage segments to register for this transfer only (those
+                registered once, such as a pre-allocated pool, are left out).
+
+        Raises:
+            NixlTransferError: NIXL refused or failed the transfer, or it timed out.
+        """
+        agent = self.agent
+        memory = [(address_of(view), view.nbytes, 0) for view in buffers]
+        registered: list[Any] = []
+        handle = None
+        try:
+            registered.append(
+                agent.register_memory([(*piece, "") for piece in memory], mem_type="DRAM")
+            )
+            if segments:
+                registered.append(self.register_segments(segments))
+            local = agent.get_xfer_descs(memory, mem_type="DRAM")
+            remote = agent.get_xfer_descs(list(pieces), mem_type=self.segment_type)
+            handle = agent.initialize_xfer(operation, local, remote, agent.name)
+            state = agent.transfer(handle)
+            deadline = time.monotonic() + self.transfer_timeout_s
+            pause = 0.0
+            while state not in ("DONE", "ERR"):
+                if time.monotonic() > deadline:
+                    raise NixlTransferError(
+                        f"NIXL {self.backend} {operation} did not finish in "
+                        f"{self.transfer_timeout_s:.0f} s"
+                    )
+                if pause:
+                    time.sleep(pause)
+                pause = min(POLL_MAX_SLEEP_S, pause * 2 or 0.00005)
+                state = agent.check_xfer_state(handle)
+            if state == "ERR":
+                raise NixlTransferError(f"NIXL {self.backend} {operation} failed")
+        except NixlTransferError:
+            raise
+        except Exception as exc:  # nixlBackendError and friends: the library's own errors
+            raise NixlTransferError(f"NIXL {self.backend} {operation}: {exc}") from exc
+        finally:
+            if handle is not None:
+                agent.release_xfer_handle(handle)
+            for registration in registered:
+                agent.deregister_memory(registration)
+
+
+def open_storage(
+    adapter: str,
+    backend: str,
+    params: dict[str, str],
+    *,
+    transfer_timeout_s: float = DEFAULT_TRANSFER_TIMEOUT_S,
+) -> NixlStorage:
+    """An agent with ``backend`` created from ``params``, or a one-line start-up error.
+
+    Raises:
+        AdapterLoadError: NIXL is not installed, or it cannot create ``backend``
+            (the message names the back end and the reason).
+    """
+    api = import_nixl(adapter)
+    name = f"lmcache-{adapter}-{os.getpid()}-{next(_agent_ids)}"
+    agent = api.nixl_agent(name, api.nixl_agent_config(backends=[]))
+    plugins = list(agent.get_plugin_list())
+    if backend not in plugins:
+        raise AdapterLoadError(
+            f"{adapter}: NIXL back end {backend} is not available: this NIXL build has no "
+            f"{backend} plugin (it has {', '.join(sorted(plugins))})"
+        )
+    try:
+        agent.create_backend(backend, dict(params))
+    except Exception as exc:  # the library says NIXL_ERR_NOT_FOUND / NIXL_ERR_BACKEND
+        why = "its plugin failed to start"
+        if backend in ("GDS", "GDS_MT"):
+            why += " (GDS needs cuFile, libcuda.so.1 and the nvidia-fs driver)"
+        raise AdapterLoadError(
+            f"{adapter}: NIXL back end {backend} cannot be created: {why}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return NixlStorage(agent, backend, transfer_timeout_s)

@@ -1,0 +1,212 @@
+"""``RespClusterL2Adapter``: the ``resp`` adapter on a Redis Cluster (``"cluster": true``).
+
+The same values under the same key names as on one server (one string per key,
+upstream's native key string, ``framed`` or ``raw``), spread over the cluster's
+shards by hash slot. Every command goes to the primary of its key's slot through
+:class:`~lmcache_l2_resp.cluster.ClusterRouter`, which follows ``MOVED`` and
+``ASK`` and re-reads the slot map when a shard dies. Each operation touches one
+key, so no command ever spans two slots (a multi-key ``DEL`` would be refused
+with ``CROSSSLOT``). At start every primary is scanned to rebuild the index; a
+shard that cannot be reached is left out (its keys are counted once they are
+stored again), and an unreachable cluster starts the adapter degraded, with an
+empty index, working as soon as a seed answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, cast
+
+import redis
+
+from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
+from lmcache_core.storage.l2.key_names import native_key_name
+from lmcache_l2_resp.adapter import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_SOCKET_TIMEOUT_S,
+    SCAN_COUNT,
+    SCAN_PATTERN,
+    redis_key_to_object_key,
+)
+from lmcache_l2_resp.cluster import ClusterRouter, Node, NodeClients, format_node
+
+logger = logging.getLogger("lmcache.l2.resp")
+
+
+class RespClusterL2Adapter(L2AdapterV1):
+    """One Redis string per key on a Redis Cluster.
+
+    Args:
+        seeds: Nodes the slot map is first read from (any nodes of the cluster).
+        username: ACL user for ``AUTH`` (None: the default user).
+        password: Password for ``AUTH`` (None: no ``AUTH``).
+        capacity_bytes: Capacity to report and enforce (0: unlimited).
+        object_format: ``framed`` or ``raw`` (upstream-compatible values).
+        num_workers: Threads running the blocking calls, and connections per shard.
+        socket_timeout_s: Longest wait for one reply.
+        connect_timeout_s: Longest wait for a connection to open.
+        persist: False deletes the keys this adapter indexes when it closes.
+
+    Raises:
+        ValueError: No seed, a username without a password, or a non-positive timeout.
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[Node],
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        capacity_bytes: int = 0,
+        object_format: ObjectFormat = "framed",
+        num_workers: int = 8,
+        socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        persist: bool = True,
+    ) -> None:
+        if username is not None and password is None:
+            raise ValueError("username needs a password")
+        if socket_timeout_s <= 0 or connect_timeout_s <= 0:
+            raise ValueError("socket_timeout_s and connect_timeout_s must be > 0")
+        super().__init__(
+            "resp",
+            capacity_bytes=capacity_bytes,
+            object_format=object_format,
+            num_workers=num_workers,
+        )
+        self.username = username
+        self.persist = persist
+        self.router = ClusterRouter(
+            seeds,
+            username=username,
+            password=password,
+            pool_size=num_workers,
+            connect_timeout_s=connect_timeout_s,
+            socket_timeout_s=socket_timeout_s,
+        )
+
+    # -- the adapter -----------------------------------------------------------------
+
+    def _put(self, key: ObjectKey, parts: Sequence[bytes | memoryview]) -> None:
+        name = native_key_name(key).encode()
+        views = [memoryview(part).cast("B") for part in parts]
+
+        def put(node: NodeClients, asking: bool) -> None:
+            def send(connection: Any) -> None:
+                if asking:
+                    connection.asking()
+                connection.set(name, views)
+
+            node.bulk.run(send)
+
+        self.router.run(name, put)
+
+    def _exists(self, key: ObjectKey) -> bool:
+        name = native_key_name(key).encode()
+        return bool(self.router.run(name, lambda node, ask: node.command(ask, "EXISTS", name)))
+
+    def _get(self, key: ObjectKey, size: int) -> bytes | None:
+        buffer = bytearray(size)
+        if not self._get_into(key, [memoryview(buffer)]):
+            return None
+        return cast(bytes, buffer)
+
+    def _get_into(self, key: ObjectKey, parts: Sequence[memoryview]) -> bool:
+        name = native_key_name(key).encode()
+
+        def get(node: NodeClients, asking: bool) -> bool:
+            def receive(connection: Any) -> bool:
+                if asking:
+                    connection.asking()
+                return bool(connection.get_into(name, parts))
+
+            return node.bulk.run(receive)
+
+        return self.router.run(name, get)
+
+    def _remove(self, key: ObjectKey) -> bool:
+        name = native_key_name(key).encode()
+        return bool(self.router.run(name, lambda node, ask: node.command(ask, "DEL", name)))
+
+    def _known_objects(self) -> dict[ObjectKey, int]:
+        """The keys on every reachable primary, each with its value's length.
+
+        Raises:
+            RuntimeError: A node refused the credentials or the listing commands.
+        """
+        if not self.router.refresh(force=True):
+            self.errors += 1
+            logger.warning(
+                "resp cluster: no seed reachable at start (%s); starting with an empty index",
+                ", ".join(format_node(seed) for seed in self.router.seeds),
+            )
+            return {}
+        known: dict[ObjectKey, int] = {}
+        for node in self.router.primaries():
+            try:
+                known.update(self._scan(self.router.clients(node).client))
+            except redis.AuthenticationError as exc:
+                who = self.username or "default"
+                raise RuntimeError(
+                    f"resp: {format_node(node)} refused AUTH as user {who!r}: {exc}"
+                ) from exc
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self.errors += 1
+                logger.warning(
+                    "resp cluster: shard %s unreachable at start (%s); its keys are not indexed",
+                    format_node(node),
+                    exc,
+                )
+            except redis.RedisError as exc:
+                raise RuntimeError(
+                    f"resp: {format_node(node)} refused to list the keys: {exc}"
+                ) from exc
+        return known
+
+    @staticmethod
+    def _scan(client: redis.Redis) -> dict[ObjectKey, int]:
+        found: list[tuple[ObjectKey, bytes]] = []
+        for name in client.scan_iter(match=SCAN_PATTERN, count=SCAN_COUNT, _type="string"):
+            key = redis_key_to_object_key(name)
+            if key is not None:
+                found.append((key, name))
+        known: dict[ObjectKey, int] = {}
+        for start in range(0, len(found), SCAN_COUNT):
+            batch = found[start : start + SCAN_COUNT]
+            pipe = client.pipeline(transaction=False)
+            for _, name in batch:
+                pipe.strlen(name)
+            sizes = pipe.execute(raise_on_error=False)
+            for (key, _), size in zip(batch, sizes, strict=True):
+                if isinstance(size, int) and size > 0:
+                    known[key] = size
+        return known
+
+    def _close(self) -> None:
+        try:
+            if not self.persist:
+                for key in self.keys():
+                    try:
+                        self._remove(key)
+                    except (redis.RedisError, OSError):
+                        self.errors += 1
+                        logger.warning("resp cluster: could not delete %s at close", key)
+        finally:
+            self.router.close()
+
+    def status(self) -> dict[str, Any]:
+        """The base status, plus the shards and the redirects followed."""
+        router = self.router
+        return {
+            **super().status(),
+            "cluster": True,
+            "server": ",".join(format_node(node) for node in router.primaries())
+            or ",".join(format_node(seed) for seed in router.seeds),
+            "shards": len(router.primaries()),
+            "moved_redirects": router.moved,
+            "ask_redirects": router.asked,
+            "failovers_followed": router.failed_over,
+            "slot_map_reads": router.refreshes,
+        }
