@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 import msgspec
 import pytest
 
-from lmcache_core.engine.miss_explainer import LookupExplanation, MissExplainer
+from lmcache_core.engine.miss_explainer import MAX_KEPT_ID_CHARS, LookupExplanation, MissExplainer
 from lmcache_core.engine.recent_lookups import RecentLookups
 from lmcache_core.observability.miss_causes import DESCRIPTIONS, MissCause
 from lmcache_core.protocol.types import WireCacheKey
@@ -120,6 +120,9 @@ def test_a_full_hit_has_no_miss_and_a_partial_tail_is_named() -> None:
     assert tail.first_miss.chunk == 2 and tail.miss_chunks_by_cause == {"partial_chunk": 1}
     assert tail.requested_tokens == 2 * CHUNK + 5 and tail.hit_tokens == 2 * CHUNK
     assert explainer.recent.get("r") is tail  # the latest lookup of the request
+    long_id = "x" * (MAX_KEPT_ID_CHARS + 1)  # published, but not kept: the ring stays bounded
+    assert explain(explainer, l1, wire_key(long_id, CHUNK), flat[:1], 1).hit_chunks == 1
+    assert explainer.recent.get(long_id) is None and len(explainer.recent) == 1
 
 
 def test_never_stored_other_namespaces_gap_and_being_written() -> None:
