@@ -46,6 +46,9 @@ MAX_KEPT_ID_CHARS = 256
 :attr:`MissExplainer.recent` (they are still published and counted): ids come from
 clients, and the ring's memory must stay bounded."""
 
+# Module constants: an enum member's attribute lookup costs far more than a global's.
+_EVICTED = MissCause.EVICTED
+_NEVER_STORED = MissCause.NEVER_STORED
 _BY_STATE: tuple[MissCause | None, ...] = (None, MissCause.PREFIX_GAP, MissCause.BEING_WRITTEN)
 """A chunk's L1 state (0 absent, 1 every rank resident, 2 a rank staged) -> its cause."""
 
@@ -249,8 +252,12 @@ class MissExplainer:
                 ]
             )
             evicted = self.removals.matches(absent).tolist()
-            for chunk, gone in zip(undecided, evicted, strict=True):
-                causes[chunk] = MissCause.EVICTED if gone else MissCause.NEVER_STORED
+            decided = [_EVICTED if gone else _NEVER_STORED for gone in evicted]
+            if len(undecided) == chunks:  # the usual miss: nothing in L1, L2 said nothing
+                causes = list(decided)
+            else:
+                for chunk, cause in zip(undecided, decided, strict=True):
+                    causes[chunk] = cause
             others = [i for i, gone in enumerate(evicted) if not gone]
             if others:
                 namespaces = self.namespaces.find_many([absent[i].chunk_hash for i in others])
