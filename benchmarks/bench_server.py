@@ -1,12 +1,13 @@
 """Benchmarks of a real server process on the CPU data path (issue #3's targets).
 
-Run: ``.venv/bin/python benchmarks/bench_server.py [--quick]``
+Run: ``.venv/bin/python benchmarks/bench_server.py [--quick] [--parts lookups ...]``
 
 Measures, against a server started here: start-to-healthy time; idle RSS; store and
 retrieve of 16 x 32 MiB and 1 x 32 MiB chunks (Llama-3-8B layout: 32 layers, 8 KV
 heads, head dim 128, bf16, 256-token chunks, block size 16; lmcache_driven with
 cpu_shm KV caches) next to single-thread memcpy of the same size; lookup latency
-p50/p99 for 1 to 64-chunk prefixes; ping/noop rates from 1 and 8 clients; RSS after
+p50/p99 for 1 to 64-chunk prefixes, and for a 64-chunk prefix never stored (every
+chunk's miss cause classified); ping/noop rates from 1 and 8 clients; RSS after
 1,000 register/unregister cycles. Prints a Markdown report and one JSON line.
 """
 
@@ -41,6 +42,8 @@ from tests.server_process import drain_output, free_port, start_server, stop_ser
 CHUNK = 256
 LLAMA = {"num_layers": 32, "block_size": 16, "num_heads": 8, "head_dim": 128}
 MIB = 1 << 20
+PARTS = ("small_ops", "lookups", "transfer", "register")
+"""What ``--parts`` can pick."""
 
 
 def rss_mb(pid: int) -> dict[str, float]:
@@ -139,6 +142,18 @@ def lookups(client: MPClient, samples: int) -> dict[str, float]:
                 client.end_session(key.request_id)
             results[f"lookup_{n}_p50_ms"] = percentile(latencies, 0.5) * 1e3
             results[f"lookup_{n}_p99_ms"] = percentile(latencies, 0.99) * 1e3
+        # A full miss: every chunk goes through the miss classification.
+        cold = pack_token_ids(tokens(64, 7))
+        latencies = []
+        for i in range(samples):
+            key = worker.key(cold, 0, 64 * CHUNK, f"miss-{i}", worker=False)
+            start = time.perf_counter()
+            client.lookup(key)
+            latencies.append(time.perf_counter() - start)
+            assert client.query_prefetch_status(key.request_id) == 0
+            client.end_session(key.request_id)
+        results["lookup_64_miss_p50_ms"] = percentile(latencies, 0.5) * 1e3
+        results["lookup_64_miss_p99_ms"] = percentile(latencies, 0.99) * 1e3
         worker.unregister()
     return results
 
@@ -246,6 +261,13 @@ def main() -> None:
         metavar="ARG",
         help="an extra 'lmcache server' argument (repeat; e.g. --server-arg=--disable-metrics)",
     )
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="what to measure (default: everything)",
+    )
     args = parser.parse_args()
     repeat, samples, seconds, cycles = (2, 50, 1.0, 100) if args.quick else (5, 500, 3.0, 1000)
     port, http_port = free_port(), free_port()
@@ -273,10 +295,14 @@ def main() -> None:
         idle = rss_mb(process.pid)
         report["rss_idle_mb"] = idle["RssAnon"] + idle["RssFile"]
         client = MPClient(url, timeout=120)
-        report.update(small_ops(url, seconds))
-        report.update(lookups(client, samples))
-        report.update(transfer(client, repeat))
-        report.update(register_cycles(client, process.pid, cycles))
+        if "small_ops" in args.parts:
+            report.update(small_ops(url, seconds))
+        if "lookups" in args.parts:
+            report.update(lookups(client, samples))
+        if "transfer" in args.parts:
+            report.update(transfer(client, repeat))
+        if "register" in args.parts:
+            report.update(register_cycles(client, process.pid, cycles))
         report["status_requests"] = httpx.get(f"http://127.0.0.1:{http_port}/status").json()[
             "data_path"
         ]["requests"]
@@ -288,8 +314,31 @@ def main() -> None:
 
 
 def print_report(r: dict[str, Any]) -> None:
-    """The figures as a Markdown table, each next to its ceiling or target."""
-    rows = []
+    """The figures measured, as a Markdown table, each next to its ceiling or target."""
+    rows: list[tuple[str, str, str]] = []
+    if "store_16_gbps" in r:
+        _transfer_rows(r, rows)
+    if "lookup_64_p50_ms" in r:
+        _lookup_rows(r, rows)
+    if "noop_1_clients_per_s" in r:
+        _op_rows(r, rows)
+    rows.append(("start to healthy", f"{r['start_to_healthy_s']:.2f} s", "<= 2.5 s"))
+    rows.append(("RSS idle, beyond L1", f"{r['rss_idle_mb']:.0f} MB", "<= 300 MB"))
+    if "register_cycles" in r:
+        rows.append(
+            (
+                f"RSS before / after {r['register_cycles']} register cycles",
+                f"{r['rss_before_cycles_mb']:.0f} / {r['rss_after_cycles_mb']:.0f} MB",
+                "flat",
+            )
+        )
+    print("| measure | value | ceiling or target |")
+    print("| --- | --- | --- |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def _transfer_rows(r: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
     for n in (16, 1):
         ceiling = r[f"memcpy_{n}_gbps"]
         for kind in ("store", "retrieve"):
@@ -301,6 +350,9 @@ def print_report(r: dict[str, Any]) -> None:
                     f"memcpy {ceiling:.2f} GB/s, ratio {value / ceiling:.2f} (target >= 0.5)",
                 )
             )
+
+
+def _lookup_rows(r: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
     for n in (1, 4, 16, 64):
         p50, p99 = r[f"lookup_{n}_p50_ms"], r[f"lookup_{n}_p99_ms"]
         rows.append(
@@ -311,6 +363,18 @@ def print_report(r: dict[str, Any]) -> None:
                 f"{r[f'client_token_encode_{n}_ms']:.3f} ms (once per request)",
             )
         )
+    if "lookup_64_miss_p50_ms" in r:
+        p50, p99 = r["lookup_64_miss_p50_ms"], r["lookup_64_miss_p99_ms"]
+        rows.append(
+            (
+                "lookup, 64-chunk prefix never stored",
+                f"p50 {p50:.3f} ms, p99 {p99:.3f} ms",
+                "every chunk's miss cause classified (never_stored)",
+            )
+        )
+
+
+def _op_rows(r: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
     for op in ("noop", "ping"):
         for clients in (1, 8):
             rate = r[f"{op}_{clients}_clients_per_s"]
@@ -323,19 +387,6 @@ def print_report(r: dict[str, Any]) -> None:
                     "target >= 10,000/s from one client",
                 )
             )
-    rows.append(("start to healthy", f"{r['start_to_healthy_s']:.2f} s", "<= 2.5 s"))
-    rows.append(("RSS idle, beyond L1", f"{r['rss_idle_mb']:.0f} MB", "<= 300 MB"))
-    rows.append(
-        (
-            f"RSS before / after {r['register_cycles']} register cycles",
-            f"{r['rss_before_cycles_mb']:.0f} / {r['rss_after_cycles_mb']:.0f} MB",
-            "flat",
-        )
-    )
-    print("| measure | value | ceiling or target |")
-    print("| --- | --- | --- |")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

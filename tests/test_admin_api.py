@@ -479,6 +479,8 @@ READ_ONLY_GET_ROUTES = frozenset(
         "/cache/objects",
         "/quota",
         "/quota/{cache_salt}",
+        "/lookups",
+        "/lookups/{request_id}",
         "/metrics",
         "/openapi.json",
         "/docs",

@@ -16,7 +16,8 @@ from collections.abc import Iterator, Sequence
 import msgspec
 import pytest
 
-from lmcache_core.engine.miss_explainer import LookupExplanation, MissExplainer
+from lmcache_core.engine.miss_explainer import MAX_KEPT_ID_CHARS, LookupExplanation, MissExplainer
+from lmcache_core.engine.prefetch_pool import QUEUE_FACTOR, PrefetchPool
 from lmcache_core.engine.recent_lookups import RecentLookups
 from lmcache_core.observability.miss_causes import DESCRIPTIONS, MissCause
 from lmcache_core.protocol.types import WireCacheKey
@@ -120,6 +121,9 @@ def test_a_full_hit_has_no_miss_and_a_partial_tail_is_named() -> None:
     assert tail.first_miss.chunk == 2 and tail.miss_chunks_by_cause == {"partial_chunk": 1}
     assert tail.requested_tokens == 2 * CHUNK + 5 and tail.hit_tokens == 2 * CHUNK
     assert explainer.recent.get("r") is tail  # the latest lookup of the request
+    long_id = "x" * (MAX_KEPT_ID_CHARS + 1)  # published, but not kept: the ring stays bounded
+    assert explain(explainer, l1, wire_key(long_id, CHUNK), flat[:1], 1).hit_chunks == 1
+    assert explainer.recent.get(long_id) is None and len(explainer.recent) == 1
 
 
 def test_never_stored_other_namespaces_gap_and_being_written() -> None:
@@ -297,3 +301,22 @@ def test_every_cause_is_described_and_the_ring_is_bounded() -> None:
     assert ring.newest(10) == [22, 4, 3]
     with pytest.raises(ValueError):
         RecentLookups(0)
+
+
+def test_the_prefetch_queue_is_bounded_and_refusals_are_counted() -> None:
+    pool = PrefetchPool(1)  # one running, QUEUE_FACTOR waiting
+    pool.start()
+    gate = threading.Event()
+    try:
+        accepted = [pool.try_submit(gate.wait, 10) for _ in range(pool.max_pending + 2)]
+        assert accepted == [True] * pool.max_pending + [False, False]
+        assert pool.max_pending == 1 + QUEUE_FACTOR and pool.refused == 2
+        gate.set()
+        deadline, again = time.monotonic() + 10, False
+        while not again and time.monotonic() < deadline:
+            again = pool.try_submit(lambda: None)  # room again once the queued jobs ran
+            time.sleep(0.01)
+        assert again
+    finally:
+        gate.set()
+        pool.stop(5)

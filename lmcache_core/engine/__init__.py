@@ -10,6 +10,10 @@
 * :mod:`lmcache_core.engine.lookup`: the lookup service (lookup with L2 prefetch,
   prefetch status, the read locks a request holds).
 * :mod:`lmcache_core.engine.prefetch_pool`: the prefetch threads, as a component.
+* :mod:`lmcache_core.engine.miss_explainer`: why each lookup missed (the cause of
+  every chunk that is not a hit), from the bounded removal and namespace memories.
+* :mod:`lmcache_core.engine.recent_lookups`: the ring of recent explanations that
+  ``GET /lookups/{request_id}`` reads.
 * :mod:`lmcache_core.engine.basic_ops`: ``ping``, ``noop``, ``clear`` and the other
   small operations.
 * :mod:`lmcache_core.engine.request_events`: the ``mp.*`` events an engine publishes.

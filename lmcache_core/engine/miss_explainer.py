@@ -27,6 +27,7 @@ for chunks that missed, vectorised over them (docs/benchmarks.md).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 import msgspec
@@ -39,6 +40,17 @@ from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.namespace_index import Namespace, NamespaceIndex
 from lmcache_core.storage.removal_history import Removal, RemovalHistory
+
+MAX_KEPT_ID_CHARS = 256
+"""Explanations of requests with a longer request id or model name are not kept in
+:attr:`MissExplainer.recent` (they are still published and counted): ids come from
+clients, and the ring's memory must stay bounded."""
+
+# Module constants: an enum member's attribute lookup costs far more than a global's.
+_EVICTED = MissCause.EVICTED
+_NEVER_STORED = MissCause.NEVER_STORED
+_BY_STATE: tuple[MissCause | None, ...] = (None, MissCause.PREFIX_GAP, MissCause.BEING_WRITTEN)
+"""A chunk's L1 state (0 absent, 1 every rank resident, 2 a rank staged) -> its cause."""
 
 _BY_DIFFERENCE = {
     "cache_salt": MissCause.OTHER_CACHE_SALT,
@@ -151,7 +163,8 @@ class MissExplainer:
             not_asked: Why L2 was not asked although it might hold the rest
                 (``prefetch_limit``, ``no_worker``), or None.
             started: ``time.time()`` when the lookup arrived.
-            record: Keep it in :attr:`recent` (False for a superseded lookup).
+            record: Keep it in :attr:`recent` (False for a superseded lookup;
+                ignored for ids longer than :data:`MAX_KEPT_ID_CHARS`).
         """
         num_chunks = len(flat) // width if width else 0
         hit = min(num_chunks, l1_chunks + l2_chunks)
@@ -162,7 +175,7 @@ class MissExplainer:
         first: FirstMiss | None = None
         if hit < num_chunks:
             first = self._classify(
-                key, flat[hit * width :], width, hit, l1, l1_chunks, l2_misses, not_asked, counts
+                flat[hit * width :], width, hit, l1, l1_chunks, l2_misses, not_asked, counts
             )
         if key.end > num_chunks * chunk_size:
             counts[MissCause.PARTIAL_CHUNK] = 1
@@ -186,13 +199,16 @@ class MissExplainer:
             at=now,
             duration_s=max(0.0, now - started),
         )
-        if record:
+        if (
+            record
+            and len(key.request_id) <= MAX_KEPT_ID_CHARS
+            and len(key.model_name) <= MAX_KEPT_ID_CHARS
+        ):
             self.recent.add(key.request_id, explanation)
         return explanation
 
     def _classify(
         self,
-        key: WireCacheKey,
         missing: Sequence[ObjectKey],
         width: int,
         offset: int,
@@ -202,41 +218,55 @@ class MissExplainer:
         not_asked: MissCause | None,
         counts: dict[str, int],
     ) -> FirstMiss:
-        """Count a cause per chunk of ``missing`` (chunks ``offset``...); detail the first."""
-        presence = l1.presence(missing)
+        """Count a cause per chunk of ``missing`` (chunks ``offset``...); detail the first.
+
+        Each step is one comprehension over the chunks (or one vectorised table
+        lookup), never a Python loop with branches per chunk and rank: numpy on
+        arrays this small costs more than it saves (docs/benchmarks.md).
+        """
         chunks = len(missing) // width
-        causes: list[MissCause | None] = [None] * chunks
-        absent: list[int] = []  # chunks left to the history and the index
-        absent_keys: list[ObjectKey] = []
-        for chunk in range(chunks):
-            row = presence[chunk * width : (chunk + 1) * width]
-            l2_cause = _at(l2_misses, offset + chunk - l1_chunks)
-            if 2 in row:
-                causes[chunk] = MissCause.BEING_WRITTEN
-            elif 0 not in row:
-                causes[chunk] = MissCause.PREFIX_GAP
-            elif l2_cause is not None:
-                causes[chunk] = l2_cause
-            elif not_asked is not None:
-                causes[chunk] = not_asked
-            else:
-                absent.append(chunk)
-                absent_keys.append(missing[chunk * width + row.index(0)])
-        removals = self.removals.find_many(absent_keys)
-        namespaces = self.namespaces.find_many([k.chunk_hash for k in absent_keys])
+        presence = l1.presence(missing)
+        rows = (
+            presence
+            if width == 1
+            else [_row_state(presence[c * width : (c + 1) * width]) for c in range(chunks)]
+        )
+        causes: list[MissCause | None] = [_BY_STATE[state] for state in rows]
+        if l2_misses:
+            start = offset - l1_chunks  # the first of these chunks in l2_misses
+            seen = list(l2_misses[start : start + chunks])
+            seen += [None] * (chunks - len(seen))
+            causes = [c if c is not None else s for c, s in zip(causes, seen, strict=True)]
+        if not_asked is not None:
+            causes = [c if c is not None else not_asked for c in causes]
+        undecided = [chunk for chunk, cause in enumerate(causes) if cause is None]
         first_removal: Removal | None = None
-        for chunk, removal, namespace, object_key in zip(
-            absent, removals, namespaces, absent_keys, strict=True
-        ):
-            if removal is not None:
-                causes[chunk] = MissCause.EVICTED
-                if chunk == 0:
-                    first_removal = removal
+        if undecided:
+            # The first absent rank of each chunk left stands for the chunk.
+            absent = (
+                [missing[c] for c in undecided]
+                if width == 1
+                else [
+                    missing[c * width + presence[c * width : (c + 1) * width].index(0)]
+                    for c in undecided
+                ]
+            )
+            evicted = self.removals.matches(absent).tolist()
+            decided = [_EVICTED if gone else _NEVER_STORED for gone in evicted]
+            if len(undecided) == chunks:  # the usual miss: nothing in L1, L2 said nothing
+                causes = list(decided)
             else:
-                causes[chunk] = _namespace_cause(namespace, object_key)
-        for cause in causes:
-            assert cause is not None
-            counts[cause] = counts.get(cause, 0) + 1
+                for chunk, cause in zip(undecided, decided, strict=True):
+                    causes[chunk] = cause
+            others = [i for i, gone in enumerate(evicted) if not gone]
+            if others:
+                namespaces = self.namespaces.find_many([absent[i].chunk_hash for i in others])
+                for i, namespace in zip(others, namespaces, strict=True):
+                    if namespace is not None:
+                        causes[undecided[i]] = _namespace_cause(namespace, absent[i])
+            if undecided[0] == 0 and evicted[0]:
+                first_removal = self.removals.find(absent[0])
+        counts.update(Counter(causes))  # type: ignore[arg-type]  # every cause is decided now
         head = causes[0]
         assert head is not None
         if first_removal is None:
@@ -251,8 +281,9 @@ class MissExplainer:
         )
 
 
-def _at(causes: Sequence[MissCause | None], index: int) -> MissCause | None:
-    return causes[index] if 0 <= index < len(causes) else None
+def _row_state(row: Sequence[int]) -> int:
+    """One chunk's L1 state from its ranks' presence: 2 if one is staged, 1 if all resident."""
+    return 2 if 2 in row else 0 if 0 in row else 1
 
 
 def _namespace_cause(namespace: Namespace | None, key: ObjectKey) -> MissCause:

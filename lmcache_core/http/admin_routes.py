@@ -8,6 +8,7 @@ given, and the answers say what was kept and why.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -143,10 +144,20 @@ def _clear_l1(l1: L1Manager, force: bool) -> dict[str, Any]:
     }
 
 
-def _clear_adapter(index: int, adapter: L2AdapterV1, force: bool) -> dict[str, Any]:
+def _l2_removed(data_path: DataPath, index: int, keys: list[ObjectKey]) -> None:
+    """Remember what an admin call deleted from adapter #``index``, for miss explanations."""
+    removals = data_path.l2.removals if data_path.l2 is not None else None
+    if removals is not None and keys:
+        removals.record(keys, index, "deleted", time.time())
+
+
+def _clear_adapter(
+    data_path: DataPath, index: int, adapter: L2AdapterV1, force: bool
+) -> dict[str, Any]:
     keys = adapter.keys()
     removed = adapter.delete(keys, force=force)
     still = set(adapter.keys()).intersection(keys)
+    _l2_removed(data_path, index, [k for k in keys if k not in still])
     return {
         "tier": "l2",
         "adapter": index,
@@ -172,7 +183,7 @@ async def clear(request: Request) -> dict[str, Any]:
             results.append(_clear_l1(data_path.l1, body.force))
         if body.tier in ("l2", "all"):
             for index, adapter in _select_adapters(_l2_adapters(data_path), None):
-                results.append(_clear_adapter(index, adapter, body.force))
+                results.append(_clear_adapter(data_path, index, adapter, body.force))
         return results
 
     return {"tier": body.tier, "force": body.force, "results": await run_in_threadpool(work)}
@@ -237,11 +248,12 @@ def _delete_l1(l1: L1Manager, keys: list[ObjectKey], force: bool) -> dict[str, A
 
 
 def _delete_l2(
-    index: int, adapter: L2AdapterV1, keys: list[ObjectKey], force: bool
+    data_path: DataPath, index: int, adapter: L2AdapterV1, keys: list[ObjectKey], force: bool
 ) -> dict[str, Any]:
     known = set(adapter.keys())
     removed = adapter.delete(keys, force=force)
     remaining = set(adapter.keys())
+    _l2_removed(data_path, index, [k for k in keys if k in known and k not in remaining])
     kept = [key_document(k) for k in keys if k in known and k in remaining]
     return {
         "tier": "l2",
@@ -279,7 +291,7 @@ async def delete_objects(request: Request) -> dict[str, Any]:
         if body.tier in ("l1", "all"):
             results.append(_delete_l1(data_path.l1, keys, body.force))
         for index, adapter in targets:
-            results.append(_delete_l2(index, adapter, keys, body.force))
+            results.append(_delete_l2(data_path, index, adapter, keys, body.force))
         return results
 
     return {"tier": body.tier, "force": body.force, "results": await run_in_threadpool(work)}

@@ -101,7 +101,7 @@ class NamespaceIndex:
         if not keys:
             return
         count = len(keys)
-        fps = np.fromiter((hash(k.chunk_hash) or 1 for k in keys), dtype=np.int64, count=count)
+        fps = np.array([hash(k.chunk_hash) or 1 for k in keys], dtype=np.int64)
         first = keys[0]
         if all(k.cache_salt == first.cache_salt and k.model_name == first.model_name for k in keys):
             # The usual batch: one request, one namespace (ranks may differ).
@@ -115,7 +115,7 @@ class NamespaceIndex:
             models = np.fromiter(
                 (hash(k.model_name) & _LOW32 for k in keys), dtype=np.uint32, count=count
             )
-        ranks = np.fromiter((k.kv_rank for k in keys), dtype=np.uint32, count=count)
+        ranks = np.array([k.kv_rank for k in keys], dtype=np.uint32)
         slots = fps & self._mask
         with self._lock:
             self._fingerprints[slots] = fps
@@ -139,7 +139,7 @@ class NamespaceIndex:
         if not chunk_hashes:
             return []
         count = len(chunk_hashes)
-        fps = np.fromiter((hash(h) or 1 for h in chunk_hashes), dtype=np.int64, count=count)
+        fps = np.array([hash(h) or 1 for h in chunk_hashes], dtype=np.int64)
         slots = fps & self._mask
         with self._lock:
             match = self._fingerprints[slots] == fps

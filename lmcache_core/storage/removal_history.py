@@ -109,7 +109,7 @@ class RemovalHistory:
         if not keys:
             return
         code = REASONS.index(reason)
-        fps = np.fromiter((hash(k) or 1 for k in keys), dtype=np.int64, count=len(keys))
+        fps = np.array([hash(k) or 1 for k in keys], dtype=np.int64)
         slots = fps & self._mask
         with self._lock:
             self._fingerprints[slots] = fps
@@ -133,7 +133,7 @@ class RemovalHistory:
         """:meth:`find` for many keys at once (one lock round, vectorised)."""
         if not keys:
             return []
-        fps = np.fromiter((hash(k) or 1 for k in keys), dtype=np.int64, count=len(keys))
+        fps = np.array([hash(k) or 1 for k in keys], dtype=np.int64)
         slots = fps & self._mask
         with self._lock:
             match = self._fingerprints[slots] == fps
@@ -148,4 +148,14 @@ class RemovalHistory:
             found[position] = Removal(
                 label, policy, REASONS[int(codes[position])], float(times[position])
             )
+        return found
+
+    def matches(self, keys: Sequence[ObjectKey]) -> np.ndarray:
+        """Per key, whether a removal of it is remembered (a bool array; details: :meth:`find`)."""
+        if not keys:
+            return np.zeros(0, dtype=bool)
+        fps = np.array([hash(k) or 1 for k in keys], dtype=np.int64)
+        slots = fps & self._mask
+        with self._lock:
+            found: np.ndarray = self._fingerprints[slots] == fps
         return found

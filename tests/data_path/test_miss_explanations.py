@@ -192,6 +192,19 @@ def test_the_miss_counter_counts_by_cause(session: Session) -> None:
     assert _miss_counter(session.url, "partial_chunk") >= 1
 
 
+def test_an_admin_clear_of_both_tiers_is_a_deletion(session: Session) -> None:
+    tokens = random_tokens(7, 1)
+    before = set(session.directory.glob("*.data"))
+    session.store(tokens, "store-7")
+    wait_for(lambda: len(set(session.directory.glob("*.data")) - before) == 1)
+    cleared = httpx.post(f"{session.url}/cache/clear", json={"tier": "all"}, timeout=30)
+    assert cleared.status_code == 200, cleared.text
+    assert session.lookup(tokens, "cleared") == 0
+    first = session.explanation("cleared")["first_miss"]
+    # L1 is cleared first, then L2: the last removal is the one remembered.
+    assert (first["cause"], first["tier"], first["reason"]) == ("evicted", "l2[1]:fs", "deleted")
+
+
 def test_a_chunk_evicted_from_both_tiers_names_its_eviction(session: Session) -> None:
     victim = random_tokens(6, 1)
     session.store(victim, "victim")

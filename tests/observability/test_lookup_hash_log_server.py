@@ -45,7 +45,16 @@ def test_lookups_are_logged_with_the_servers_chunk_hashes(tmp_path: Path) -> Non
             "chunk_size",
             "seq_len",
             "chunk_hashes",
+            # The lookup's result and miss explanation (keys upstream does not write).
+            "hit_tokens",
+            "hit_chunks_by_tier",
+            "first_miss",
+            "miss_chunks_by_cause",
         }
+        # The flow stored every chunk before looking it up: a full L1 hit, nothing missed.
+        assert record["hit_tokens"] == len(flow.tokens)
+        assert record["hit_chunks_by_tier"] == {"l1": float(len(flow.tokens) // CHUNK)}
+        assert record["first_miss"] is None and record["miss_chunks_by_cause"] == {}
         assert record["model_name"] == "model"
         assert record["chunk_size"] == CHUNK
         assert record["seq_len"] == len(flow.tokens)

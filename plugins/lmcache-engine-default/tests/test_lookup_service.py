@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 
@@ -91,6 +92,24 @@ def test_a_partial_hit_prefetches_the_rest_from_l2() -> None:
         rig.call("lookup", wire_key(ids, 0, 3 * CHUNK, "r", worker_id=None), 1)
         assert rig.call("wait_prefetch_status", "r", 10.0) == 3
         assert rig.l1.usage().locked_objects == 3  # the prefetched chunks are locked too
+        explained = rig.engine.lookups.explainer.recent.get("r")
+        assert explained is not None and explained.first_miss is None
+        assert explained.hit_chunks_by_tier == {"l1": 1.0, "l2[1]:dict": 2.0}
+        # A full prefetch queue: the lookup answers its L1 hit, the rest is prefetch_limit.
+        rig.call("end_session", "r")
+        assert rig.l1.delete(rig.l1.keys()[1:]) == 2
+        pool, gate = rig.engine.prefetch_pool, threading.Event()
+        try:
+            while pool.try_submit(gate.wait, 10):
+                pass
+            rig.call("lookup", wire_key(ids, 0, 3 * CHUNK, "busy", worker_id=None), 1)
+            assert rig.call("query_prefetch_status", "busy") == 1
+        finally:
+            gate.set()
+        busy = rig.engine.lookups.explainer.recent.get("busy")
+        assert busy is not None and busy.first_miss is not None
+        assert (busy.first_miss.chunk, busy.first_miss.cause) == (1, "prefetch_limit")
+        assert busy.miss_chunks_by_cause == {"prefetch_limit": 2}
     finally:
         close_rig(rig)
 

@@ -86,6 +86,12 @@ def test_a_request_becomes_a_root_with_children(
     assert root.attributes["session_id"] == "r1"
     assert "lmcache.end_reason" not in root.attributes
     assert spans.open_roots == spans.open_children == 0
+    # The lookup's miss explanation: the nested fields as JSON, the first miss also flat.
+    lookup = got["mp.lookup_prefetch"].attributes
+    assert lookup is not None
+    assert (lookup["first_miss_cause"], lookup["first_miss_chunk"]) == ("evicted", 2)
+    assert lookup["miss_chunks_by_cause"] == '{"evicted":1}'
+    assert '"tier":"l1"' in str(lookup["first_miss"])
 
 
 def test_concurrent_workers_pair_their_own_start_and_end(
