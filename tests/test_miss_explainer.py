@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from lmcache_core.engine.miss_explainer import MAX_KEPT_ID_CHARS, LookupExplanation, MissExplainer
-from lmcache_core.engine.prefetch_pool import QUEUE_FACTOR, PrefetchPool
+from lmcache_core.engine.prefetch_pool import MAX_QUEUED, PrefetchPool
 from lmcache_core.engine.recent_lookups import RecentLookups
 from lmcache_core.observability.miss_causes import DESCRIPTIONS, MissCause
 from lmcache_core.protocol.types import WireCacheKey
@@ -304,17 +304,18 @@ def test_every_cause_is_described_and_the_ring_is_bounded() -> None:
 
 
 def test_the_prefetch_queue_is_bounded_and_refusals_are_counted() -> None:
-    pool = PrefetchPool(1)  # one running, QUEUE_FACTOR waiting
+    pool = PrefetchPool(1)  # one running, MAX_QUEUED waiting
     pool.start()
     gate = threading.Event()
+    bound = 1 + MAX_QUEUED
     try:
-        accepted = [pool.try_submit(gate.wait, 10) for _ in range(pool.max_pending + 2)]
-        assert accepted == [True] * pool.max_pending + [False, False]
-        assert pool.max_pending == 1 + QUEUE_FACTOR and pool.refused == 2
+        accepted = [pool.submit(gate.wait, 10) for _ in range(bound + 2)]
+        assert accepted == [True] * bound + [False, False]
+        assert pool.refused == 2
         gate.set()
         deadline, again = time.monotonic() + 10, False
         while not again and time.monotonic() < deadline:
-            again = pool.try_submit(lambda: None)  # room again once the queued jobs ran
+            again = pool.submit(lambda: None)  # room again once the queued jobs ran
             time.sleep(0.01)
         assert again
     finally:

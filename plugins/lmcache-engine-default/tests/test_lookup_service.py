@@ -100,7 +100,7 @@ def test_a_partial_hit_prefetches_the_rest_from_l2() -> None:
         assert rig.l1.delete(rig.l1.keys()[1:]) == 2
         pool, gate = rig.engine.prefetch_pool, threading.Event()
         try:
-            while pool.try_submit(gate.wait, 10):
+            while pool.submit(gate.wait, 10):
                 pass
             rig.call("lookup", wire_key(ids, 0, 3 * CHUNK, "busy", worker_id=None), 1)
             assert rig.call("query_prefetch_status", "busy") == 1
