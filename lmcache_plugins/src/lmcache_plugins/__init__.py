@@ -37,6 +37,7 @@ DEFAULT_DISTRIBUTIONS: tuple[str, ...] = (
     "lmcache-prefetch-policy-retain",
     "lmcache-store-policy-default",
     "lmcache-store-policy-skip-l1",
+    "lmcache-vllm",
 )
 """The default plugin distributions, sorted by name."""
 # END GENERATED
