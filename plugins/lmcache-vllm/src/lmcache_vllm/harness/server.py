@@ -12,6 +12,9 @@ import time
 
 import httpx
 
+SERVER_PYTHON_ENV = "LMCACHE_VLLM_SERVER_PYTHON"
+"""The interpreter that runs ``lmcache server`` (default: the current one)."""
+
 
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
@@ -45,8 +48,11 @@ class ServerProcess:
         http_port = free_port()
         self.http_url = f"http://127.0.0.1:{http_port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
+        env.pop("PYTHONPATH", None)
         env["LMCACHE_PROMETHEUS_PORT"] = str(free_port())
-        command = [sys.executable, "-c", "from lmcache_core.cli.main import main; main()"]
+        # The server may run from another environment than the harness (one with vLLM).
+        python = os.environ.get(SERVER_PYTHON_ENV) or sys.executable
+        command = [python, "-c", "from lmcache_core.cli.main import main; main()"]
         started = time.monotonic()
         self.process = subprocess.Popen(
             [
