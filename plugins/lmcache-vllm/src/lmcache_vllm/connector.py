@@ -153,8 +153,10 @@ class LMCacheMPConnector(KVConnectorBase_V1, SupportsHMA):
         return self._worker_side().get_block_ids_with_load_errors()
 
     def get_kv_connector_stats(self) -> KVConnectorStats | None:
-        """Transfer counters since the last call."""
-        stats = self._worker_side().stats
+        """Transfer counters since the last call (vLLM asks both roles; None on the scheduler)."""
+        if self._worker is None:
+            return None
+        stats = self._worker.stats
         delta = {}
         for name in _COUNTERS:
             value = int(getattr(stats, name))
