@@ -61,13 +61,13 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
             # Not in the reference's table: the bound of every server-side wait (issue 14).
             "--request-deadline-seconds": 8.0,
             "--enable-segmented-prefix": False,
+            # Upstream 0.5.6's extra blend flags (the blend engine plugin's own).
+            "--enable-dedup-content": False,
+            "--enable-blend-reorder": False,
             # Not in the reference table: upstream 0.5.6's KV event log (issue 14 item 5).
             "--kv-event-log-size": 32768,
             # Not in the reference: upstream 0.5.7's API key files (issue 14 item 6).
             "--api-key-file": [],
-            # Upstream 0.5.6's extra blend flags (the blend engine plugin's own).
-            "--enable-dedup-content": False,
-            "--enable-blend-reorder": False,
         },
     ),
     "Lookup Hash Logging": (

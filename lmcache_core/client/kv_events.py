@@ -13,9 +13,9 @@ import msgspec
 import zmq
 
 from lmcache_core.client.api import DEFAULT_TIMEOUT_SECONDS, CallTimeout, normalize_url
-from lmcache_core.kv_events.records import KVEventBatch
 from lmcache_core.protocol.codec import ClientCodec
 from lmcache_core.protocol.errors import ERROR_OP, ErrorInfo, exception_for
+from lmcache_core.protocol.kv_event_records import KVEventBatch
 from lmcache_core.security.key_sources import client_api_key
 
 OP = "subscribe_kv_events"

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from lmcache_core.config.resolution import Selection
 from lmcache_core.config.server import ServerConfig
@@ -110,3 +110,25 @@ class Engine(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
         """Release everything the engine holds (mappings, registrations)."""
+
+
+class StreamEnded(Exception):
+    """Raised by a :class:`StreamSource` when it has nothing more to send, ever."""
+
+
+class StreamSource(Protocol):
+    """What a streamed operation's handler returns."""
+
+    def next_batch(self, timeout: float) -> Any | None:
+        """The next batch to send, or ``None`` when none came within ``timeout``.
+
+        Raises:
+            StreamEnded: The stream is over (the client then gets its end reply).
+        """
+
+    @property
+    def ended(self) -> bool:
+        """Whether the source is over (looked at while the stream waits for a credit)."""
+
+    def close(self) -> None:
+        """Release the source (called once, when the stream ends for any reason)."""

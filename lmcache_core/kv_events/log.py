@@ -34,7 +34,7 @@ from itertools import islice
 
 import msgspec
 
-from lmcache_core.kv_events.records import (
+from lmcache_core.protocol.kv_event_records import (
     KIND_LOST,
     KIND_REMOVED,
     KIND_STORED,

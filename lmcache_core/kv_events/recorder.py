@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from lmcache_core.kv_events.log import KVEventLog
-from lmcache_core.kv_events.records import MEDIUM_L1, l2_medium
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.observability.events import (
     Event,
@@ -22,6 +21,7 @@ from lmcache_core.observability.events import (
     L2KeysEvicted,
     L2StoreCompleted,
 )
+from lmcache_core.protocol.kv_event_records import MEDIUM_L1, l2_medium
 from lmcache_core.storage.keys import ObjectKey
 
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import threading
 
-from lmcache_core.engine.contract import Handler, RequestContext
+from lmcache_core.engine.contract import Handler, RequestContext, StreamEnded
 from lmcache_core.kv_events.log import MAX_EVENTS_PER_BATCH, KVEventLog
-from lmcache_core.kv_events.records import KVEventBatch
 from lmcache_core.protocol.errors import BadRequestError
-from lmcache_core.server.streams import StreamEnded
+from lmcache_core.protocol.kv_event_records import KVEventBatch
 
 
 class KVEventSubscription:

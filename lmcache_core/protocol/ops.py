@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from lmcache_core.kv_events.records import KVEventBatch
+from lmcache_core.protocol.kv_event_records import KVEventBatch
 from lmcache_core.protocol.types import (
     BlockAllocationRecord,
     CacheKey,

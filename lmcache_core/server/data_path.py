@@ -27,11 +27,11 @@ from lmcache_core.errors import StartupError
 from lmcache_core.hashing import make_hasher
 from lmcache_core.kv_events.log import KVEventLog
 from lmcache_core.kv_events.recorder import KVEventRecorder
-from lmcache_core.kv_events.records import KV_EVENT_CAPABILITY
 from lmcache_core.kv_events.service import KVEventService
 from lmcache_core.lifecycle import Component
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.plugin.registry import PluginRegistry
+from lmcache_core.protocol.kv_event_records import KV_EVENT_CAPABILITY
 from lmcache_core.security.keyring import ApiKeyRing
 from lmcache_core.server.data_path_components import EngineComponent, L1Component
 from lmcache_core.server.l2_assembly import build_l2

@@ -20,7 +20,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
+
+from lmcache_core.engine.contract import StreamEnded, StreamSource
 
 logger = logging.getLogger("lmcache.server")
 
@@ -29,28 +31,6 @@ CANCEL = b"cancel"
 MAX_STREAMS = 64
 POLL_SECONDS = 0.25
 """How often a waiting sender looks whether its stream was ended meanwhile."""
-
-
-class StreamEnded(Exception):
-    """Raised by a :class:`StreamSource` when it has nothing more to send, ever."""
-
-
-class StreamSource(Protocol):
-    """What a streamed operation's handler returns."""
-
-    def next_batch(self, timeout: float) -> Any | None:
-        """The next batch to send, or ``None`` when none came within ``timeout``.
-
-        Raises:
-            StreamEnded: The stream is over (the client then gets its end reply).
-        """
-
-    @property
-    def ended(self) -> bool:
-        """Whether the source is over (looked at while the stream waits for a credit)."""
-
-    def close(self) -> None:
-        """Release the source (called once, when the stream ends for any reason)."""
 
 
 Push = Callable[[list[bytes]], None]

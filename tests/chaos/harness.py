@@ -284,6 +284,20 @@ def misses(journals: Journals) -> list[dict[str, Any]]:
     return [r for r in journals.reads if r["hits"] < r.get("chunks", r["hits"])]
 
 
+def unexplained(missed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Missed read-backs the server did not explain, although it was reachable to ask.
+
+    A miss whose explanation could not be asked for because the server was down
+    (``explain_error`` starting with ``unreachable``: it was being restarted, and
+    a restarted server has no record of the lookups of its predecessor) is excused.
+    """
+    return [
+        r
+        for r in missed
+        if not r.get("cause") and not str(r.get("explain_error", "")).startswith("unreachable")
+    ]
+
+
 def verify(cluster: ChaosCluster, durable: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Every durable store, read back from ``fs`` by a fresh client; returns those lost."""
     client = MPClient(cluster.url, timeout=20)

@@ -38,6 +38,8 @@ from tests.data_path.l2_helpers import BPC, CHUNK, small_layout
 
 LAYOUT = small_layout(128)
 READ_BLOCKS_FROM = 64
+EXPLAIN_WAIT_S = 1.0
+"""How long a missed read-back waits for its explanation to be recorded."""
 """Read-backs land in blocks 64.. (stores use 1..48), so each checks its own copy."""
 DURABLE_WAIT_S = 5.0
 
@@ -158,9 +160,12 @@ class LoadWorker:
             return
         hits = self.call("prefetch_status", self.client.wait_prefetch_status, request, 5.0)
         if not hits:
-            self.journal.write(read=[self.seed, n], request=request, hits=0, chunks=chunks)
+            self.journal.write(
+                read=[self.seed, n], request=request, hits=0, chunks=chunks, **self.explain(request)
+            )
             return
         got = min(int(hits), chunks)
+        why = self.explain(request) if got < chunks else {}
         dst = list(range(READ_BLOCKS_FROM, READ_BLOCKS_FROM + got * BPC))
         for layer in self.worker.layers:
             layer[:, dst] = 0
@@ -181,7 +186,29 @@ class LoadWorker:
             chunks=chunks,
             ok=bool(ok),
             identical=identical,
+            **why,
         )
+
+    def explain(self, request: str) -> dict[str, Any]:
+        """Why a read-back missed, asked of the server at once (``GET /lookups/{id}``).
+
+        The explanation is recorded just after the lookup's result, so a 404 is
+        retried briefly; an unreachable server (being restarted) is journalled as
+        ``explain_error``, which the test excuses only for that reason.
+        """
+        deadline = time.monotonic() + EXPLAIN_WAIT_S
+        while True:
+            try:
+                reply = self.http.get(f"/lookups/{request}")
+                if reply.status_code == 200:
+                    first = reply.json().get("first_miss") or {}
+                    return {"cause": first.get("cause")}
+                error = f"HTTP {reply.status_code}"
+            except (httpx.HTTPError, ValueError) as exc:
+                error = f"unreachable: {type(exc).__name__}"
+            if time.monotonic() >= deadline:
+                return {"explain_error": error}
+            time.sleep(0.05)
 
     def run(self) -> None:
         n = 0

@@ -12,6 +12,7 @@ from tests.chaos.harness import (
     misses,
     read_journals,
     rss_growth,
+    unexplained,
 )
 
 
@@ -48,3 +49,16 @@ def test_a_torn_last_line_of_a_killed_worker_is_skipped(tmp_path: Path) -> None:
     journal.write_text('{"durable": [1, 4]}\n{"op": "store", "t": 1.0, "dt": 0.1, "r": "ok"}\n{"op')
     read = read_journals([journal, tmp_path / "missing.jsonl"])
     assert read.durable == [(1, 4)] and len(read.requests) == 1
+
+
+def test_a_miss_without_a_cause_is_unexplained_unless_the_server_was_down() -> None:
+    explained = {"read": [1, 2], "hits": 0, "chunks": 2, "cause": "evicted"}
+    server_down = {
+        "read": [1, 3],
+        "hits": 1,
+        "chunks": 2,
+        "explain_error": "unreachable: ConnectError",
+    }
+    not_recorded = {"read": [1, 4], "hits": 0, "chunks": 1, "explain_error": "HTTP 404"}
+    silent = {"read": [1, 5], "hits": 0, "chunks": 1, "cause": None}
+    assert unexplained([explained, server_down, not_recorded, silent]) == [not_recorded, silent]

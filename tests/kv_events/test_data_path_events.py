@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from lmcache_core.client.cpu_worker import CpuKVWorker
-from lmcache_core.kv_events.records import KVEventRecord
 from lmcache_core.observability.events import EventType
 from lmcache_core.protocol.codec import encode_device_handle
+from lmcache_core.protocol.kv_event_records import KVEventRecord
 from lmcache_core.server.data_path import DataPath
 from tests.observability.test_published_events import (
     CHUNK,

@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from lmcache_core.kv_events.log import KVEventLog
-from lmcache_core.kv_events.records import MEDIUM_L1, KVEventBatch, l2_medium
+from lmcache_core.protocol.kv_event_records import MEDIUM_L1, KVEventBatch, l2_medium
 
 H = [bytes([i]) * 8 for i in range(10)]
 

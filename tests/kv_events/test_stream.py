@@ -16,9 +16,9 @@ import zmq
 
 from lmcache_core.client.kv_events import KVEventSubscriber, StreamClosed
 from lmcache_core.kv_events.log import KVEventLog
-from lmcache_core.kv_events.records import MEDIUM_L1, KVEventBatch
 from lmcache_core.kv_events.service import KVEventService
 from lmcache_core.protocol.errors import BadRequestError
+from lmcache_core.protocol.kv_event_records import MEDIUM_L1, KVEventBatch
 from lmcache_core.server.request_server import RequestServer
 from tests.server_process import free_port
 
