@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from lmcache_core.engine.contract import Handler, RequestContext
+from lmcache_core.engine.contract import Handler, RequestContext, StreamSource
 from lmcache_core.errors import StartupError
 from lmcache_core.lifecycle import Health
 from lmcache_core.protocol.api_key_frame import is_key_frame, presented_key
@@ -34,7 +34,7 @@ from lmcache_core.protocol.errors import ErrorCode, RemoteError
 from lmcache_core.protocol.ops import KNOWN_UNSUPPORTED, OPS, Execution, OpSpec
 from lmcache_core.security.keyring import ApiKeyRing
 from lmcache_core.server.affinity import AffinityPool, PoolFull, WorkerPool
-from lmcache_core.server.streams import StreamSource, StreamTable
+from lmcache_core.server.streams import StreamTable
 
 logger = logging.getLogger("lmcache.server")
 
