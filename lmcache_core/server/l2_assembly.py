@@ -41,7 +41,10 @@ def build_l2(
         return None
     adapters = [
         _start_adapter(
-            resolved, registry, L2AdapterContext.from_config(config, resolved.index), cleanup
+            resolved,
+            registry,
+            L2AdapterContext.from_config(config, resolved.index, registry),
+            cleanup,
         )
         for resolved in selection.adapters
     ]

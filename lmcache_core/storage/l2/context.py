@@ -8,11 +8,12 @@ into the server configuration or the server's shared state.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lmcache_core.config.server import ServerConfig
+    from lmcache_core.plugin.registry import PluginRegistry
 
 DEFAULT_PERIODIC_NOTIFIER_INTERVAL_MS = 5
 """``--periodic-notifier-interval-ms``'s default (kept equal by a test)."""
@@ -30,10 +31,14 @@ class L2AdapterContext:
             (for messages and names).
         periodic_notifier_interval_ms: ``--periodic-notifier-interval-ms``: how
             often an adapter without native completion signalling is polled.
+        registry: The server's plugin registry, for an adapter that wraps another
+            one it must build by type name (``fault_inject``); None outside a
+            server, where such an adapter refuses to build.
     """
 
     index: int = 1
     periodic_notifier_interval_ms: int = DEFAULT_PERIODIC_NOTIFIER_INTERVAL_MS
+    registry: PluginRegistry | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.index < 1:
@@ -45,11 +50,14 @@ class L2AdapterContext:
             )
 
     @classmethod
-    def from_config(cls, config: ServerConfig, index: int) -> L2AdapterContext:
+    def from_config(
+        cls, config: ServerConfig, index: int, registry: PluginRegistry | None = None
+    ) -> L2AdapterContext:
         """The context of the ``index``-th ``--l2-adapter`` of a server configuration."""
         return cls(
             index=index,
             periodic_notifier_interval_ms=config.l2_policies.periodic_notifier_interval_ms,
+            registry=registry,
         )
 
 

@@ -20,6 +20,7 @@ DEFAULT_DISTRIBUTIONS: tuple[str, ...] = (
     "lmcache-eviction-noop",
     "lmcache-l2-aerospike",
     "lmcache-l2-dax",
+    "lmcache-l2-fault-inject",
     "lmcache-l2-fs",
     "lmcache-l2-fs-native",
     "lmcache-l2-mock",
