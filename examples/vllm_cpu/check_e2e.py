@@ -53,9 +53,13 @@ def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return bool(a["tokens"] == b["tokens"] and a["logprobs"] == b["logprobs"])
 
 
-def check_reuse(none: dict[str, Any], ours: dict[str, Any]) -> list[str]:
-    """Check the reuse scenario of a connector; the failed checks."""
-    runs, base = ours["runs"], none["runs"]
+def check_reuse(none: dict[str, Any], prefix: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    """Check the reuse scenario of a connector; the failed checks.
+
+    ``prefix`` is vLLM's own prefix cache (no connector): a connector's hit must equal
+    vLLM's own hit of the same prefix bit for bit, and in float32 also the miss.
+    """
+    runs, base, own = ours["runs"], none["runs"], prefix["runs"]
     failures = []
 
     def expect(condition: bool, what: str) -> None:
@@ -68,6 +72,7 @@ def check_reuse(none: dict[str, Any], ours: dict[str, Any]) -> list[str]:
     expect(same(runs["hit"], runs["miss"]), "hit == miss (tokens and logprobs)")
     expect(same(runs["miss"], base["miss"]), "miss == no connector")
     expect(same(runs["hit"], base["miss"]), "hit == no connector")
+    expect(same(runs["hit"], own["hit"]), "hit == vLLM's own prefix-cache hit")
     corrupt_hit = (runs["corrupt"]["stats"] or {}).get("hit_tokens", 0)
     expect(corrupt_hit > 0, "the corrupted run loaded from the cache")
     expect(not same(runs["corrupt"], runs["miss"]), "zeroed KV changes the output (sensitive)")
@@ -78,6 +83,10 @@ def check_reuse(none: dict[str, Any], ours: dict[str, Any]) -> list[str]:
     late_hit = (runs["hit_after_restart"]["stats"] or {}).get("hit_tokens", 0)
     expect(late_hit > 0, f"after restart: hits resume ({late_hit} tokens)")
     expect(same(runs["hit_after_restart"], base["second"]), "after restart: hit == no connector")
+    expect(
+        same(runs["hit_after_restart"], own["second_hit"]),
+        "after restart: hit == vLLM's own prefix-cache hit",
+    )
     return failures
 
 
@@ -98,10 +107,15 @@ def main() -> None:
                 [args.vllm_python, str(HERE / "make_model.py"), str(path), shape], check=True
             )
     connectors = ["none", "ours"] + (["upstream"] if args.upstream else [])
-    reuse = {c: engine(args.vllm_python, work, "reuse", c, small) for c in connectors}
-    failures = check_reuse(reuse["none"], reuse["ours"])
+    reuse = {
+        c: engine(args.vllm_python, work, "reuse", c, small) for c in ["vllm_prefix", *connectors]
+    }
+    failures = check_reuse(reuse["none"], reuse["vllm_prefix"], reuse["ours"])
     if args.upstream:
-        failures += [f"upstream: {f}" for f in check_reuse(reuse["none"], reuse["upstream"])]
+        failures += [
+            f"upstream: {f}"
+            for f in check_reuse(reuse["none"], reuse["vllm_prefix"], reuse["upstream"])
+        ]
     if not args.skip_timing:
         print("\nTTFT (s, median of rounds; 2048-token prompt, 144M-param Llama, bf16)")
         for connector in connectors:

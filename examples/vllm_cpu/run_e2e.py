@@ -9,11 +9,16 @@ Usage::
 (it runs ``lmcache server``); this script starts the server on loopback, kills and
 restarts it by PID, and stops it at the end.
 
-``reuse`` (small model): run 0 stores the prompt's chunks, run 1 must hit and give the
-same tokens and logprobs; then the server's L1 pool is zeroed and run 2 (a hit on
-garbage) must differ; then the server is SIGKILLed: run 3 recomputes (degraded mode);
-after a restart run 4 stores again and run 5 hits. ``timing``: time to first token on a
-miss and on a hit (``max_tokens=1``), several rounds with fresh prompts.
+``reuse`` (small model, run in float32: vLLM's CPU backend downcasts a float32 model to
+bfloat16 by default, and in bfloat16 vLLM's own prefix-cache hit already gives logprobs a
+little different from a full prefill, so "hit == miss" would test vLLM's kernels, not the
+connector; ``--connector vllm_prefix`` runs no connector with vLLM's prefix cache on, the
+reference a connector's hit must equal bit for bit in either dtype): run 0 stores the
+prompt's chunks, run 1 must hit and give the same tokens and logprobs; then the server's L1
+pool is zeroed and run 2 (a hit on garbage) must differ; then the server is SIGKILLed: run 3
+recomputes (degraded mode); after a restart run 4 stores again and run 5 hits. ``timing``:
+time to first token on a miss and on a hit (``max_tokens=1``), several rounds with fresh
+prompts.
 """
 
 from __future__ import annotations
@@ -127,7 +132,7 @@ def kv_transfer_config(connector: str, server: Server) -> dict[str, Any] | None:
         "lmcache.mp.mq_timeout": 30,
         "lmcache.mp.heartbeat_interval": 1,
     }
-    if connector == "none":
+    if connector in ("none", "vllm_prefix"):
         return None
     config: dict[str, Any] = {
         "kv_connector": "LMCacheMPConnector",
@@ -168,12 +173,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario", choices=["reuse", "timing"])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--connector", choices=["ours", "upstream", "none"], required=True)
+    parser.add_argument(
+        "--connector", choices=["ours", "upstream", "none", "vllm_prefix"], required=True
+    )
     parser.add_argument("--server-python", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--vocab", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompt-tokens", type=int, default=600)
+    parser.add_argument(
+        "--dtype",
+        default="",
+        help="vLLM's dtype (default: float32 for reuse, the model's own for timing)",
+    )
     args = parser.parse_args()
 
     from vllm import LLM
@@ -188,7 +200,8 @@ def main() -> None:
             skip_tokenizer_init=True,
             max_model_len=4096,
             enforce_eager=True,
-            enable_prefix_caching=False,
+            enable_prefix_caching=args.connector == "vllm_prefix",
+            dtype=args.dtype or ("float32" if args.scenario == "reuse" else "auto"),
             max_num_seqs=4,
             gpu_memory_utilization=0.3,
             kv_transfer_config=kv_transfer_config(args.connector, server),
@@ -215,8 +228,9 @@ def reuse(llm: Any, server: Server, args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     runs["miss"] = run(llm, first, 8)
     runs["hit"] = run(llm, first, 8)
-    if args.connector == "none":
+    if args.connector in ("none", "vllm_prefix"):
         runs["second"] = run(llm, second, 8)
+        runs["second_hit"] = run(llm, second, 8)
         return runs
     server.corrupt_pool()
     runs["corrupt"] = run(llm, first, 8)
