@@ -69,9 +69,17 @@ class Session:
 
     def take_locks(self, keys: Iterable[ObjectKey], count: int, deadline: float) -> None:
         """Record ``count`` read locks taken on each key, expiring at ``deadline``."""
+        locks = self.locks
+        if not locks:  # the usual case: a fresh lookup (the previous job was released)
+            keys = keys if isinstance(keys, list) else list(keys)
+            locks.update(dict.fromkeys(keys, (count, deadline)))  # one C-level pass
+            if len(locks) == len(keys):
+                return
+            locks.clear()  # a key repeats: count it per occurrence below
+        get = locks.get
         for key in keys:
-            held, expires = self.locks.get(key, (0, deadline))
-            self.locks[key] = (held + count, min(expires, deadline))
+            held, expires = get(key, (0, deadline))
+            locks[key] = (held + count, min(expires, deadline))
 
     def give_back(
         self, keys: Iterable[ObjectKey], count: int | None = None, now: float | None = None
@@ -83,15 +91,19 @@ class Session:
         reader's lock.
         """
         released: dict[ObjectKey, int] = {}
+        locks = self.locks
         for key in keys:
-            held, expires = self.locks.get(key, (0, 0.0))
-            n = held if count is None else min(count, held)
+            entry = locks.get(key)
+            if entry is None:
+                continue
+            held, expires = entry
+            n = held if count is None or count >= held else count
             if n <= 0:
                 continue
-            if held - n:
-                self.locks[key] = (held - n, expires)
+            if held > n:
+                locks[key] = (held - n, expires)
             else:
-                del self.locks[key]
+                del locks[key]
             if now is None or now < expires:
                 released[key] = n
         return released

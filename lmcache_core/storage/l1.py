@@ -354,9 +354,7 @@ class L1Manager(ArenaViews):
             prefix = keys[: chunks * width]
             if prefix:
                 deadline = self._clock() + self.read_ttl_s
-                grant = self._grants.grant
-                for key in prefix:
-                    grant(key, resident[key], readers, deadline)
+                self._grants.grant_many(prefix, resident, readers, deadline)
                 self.policy.on_accessed(list(prefix))
         return chunks
 

@@ -83,6 +83,18 @@ class ReadGrantsMachine(RuleBasedStateMachine):
         model.live += [deadline] * count
         self.grants.grant(key, self.ledgers[key], count, self.now + TTL)
 
+    @rule(keys=st.lists(st.sampled_from(KEYS), unique=True), count=st.integers(1, 3))
+    def grant_many(self, keys: list[str], count: int) -> None:
+        """The batched grant (a lookup's prefix) does what one grant per key does."""
+        deadline = self.now + TTL
+        for key in keys:
+            model = self.models[key]
+            merged = deadline
+            if model.live and deadline - max(model.live) <= self.grants.merge_window:
+                merged = max(model.live)
+            model.live += [merged] * count
+        self.grants.grant_many(keys, self.ledgers, count, deadline)
+
     @rule(key=st.sampled_from(KEYS), count=st.integers(1, 4))
     def release(self, key: str, count: int) -> None:
         self.grants.release(key, self.ledgers[key], count, self.now)
