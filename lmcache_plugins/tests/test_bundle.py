@@ -50,7 +50,7 @@ def test_default_distributions_are_the_plugin_folders() -> None:
         if p.parent.name[0] != "_"
     )
     assert list(DEFAULT_DISTRIBUTIONS) == folders
-    assert len(DEFAULT_DISTRIBUTIONS) == 31
+    assert len(DEFAULT_DISTRIBUTIONS) == 32
     assert "lmcache-example-eviction" not in DEFAULT_DISTRIBUTIONS
 
 
