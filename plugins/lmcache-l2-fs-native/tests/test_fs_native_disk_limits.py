@@ -8,7 +8,6 @@ allowed), so ``statvfs`` reports real usage and the refused stores really did no
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from lmcache_l2_fs_native.adapter import FsNativeL2Adapter, build_fs_native
 from lmcache_l2_fs_native.config import FSNativeAdapterConfig
 
 from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.testing.small_disk import available_bytes, mounted_tmpfs
 
 KIB = 1024
 SIZE = 4 * 1024 * KIB  # the tmpfs
@@ -26,29 +26,12 @@ OBJECT = 64 * KIB
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={SIZE}", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", SIZE) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def keys(n: int) -> list[ObjectKey]:
     return [ObjectKey(uuid.uuid4().bytes * 2, "model", 0, 0, "") for _ in range(n)]
-
-
-def available(path: Path) -> int:
-    stat = os.statvfs(path)
-    return stat.f_bavail * stat.f_frsize
 
 
 def build(disk: Path, **limits: object) -> FsNativeL2Adapter:
@@ -67,7 +50,7 @@ def test_min_free_bytes_is_kept(small_disk: Path) -> None:
             results += adapter.submit_store([key], [bytes(OBJECT)]).result(30)
         stored = sum(results)
         assert 0 < stored < 80 and results == [True] * stored + [False] * (80 - stored)
-        assert keep <= available(small_disk) < keep + 2 * (OBJECT + 4 * KIB)
+        assert keep <= available_bytes(small_disk) < keep + 2 * (OBJECT + 4 * KIB)
         status = adapter.status()
         assert status["refused_no_room"] == 80 - stored and status["errors"] == 0
         adapter.delete(adapter.keys()[:4])  # room comes back when objects go

@@ -9,7 +9,6 @@ fit.
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from lmcache_l2_fs.config import FSAdapterConfig
 
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.disk_limits import DiskLimits
+from lmcache_core.testing.small_disk import available_bytes, mounted_tmpfs
 
 KIB = 1024
 SIZE = 4 * 1024 * KIB  # the tmpfs
@@ -28,29 +28,12 @@ OBJECT = 64 * KIB
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={SIZE}", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", SIZE) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def keys(n: int) -> list[ObjectKey]:
     return [ObjectKey(uuid.uuid4().bytes * 2, "model", 0, 0, "") for _ in range(n)]
-
-
-def available(path: Path) -> int:
-    stat = os.statvfs(path)
-    return stat.f_bavail * stat.f_frsize
 
 
 def fill(adapter: FsL2Adapter, count: int) -> list[bool]:
@@ -71,8 +54,8 @@ def test_min_free_bytes_is_kept(small_disk: Path) -> None:
         results = fill(adapter, 80)  # 5 MiB offered to a 4 MiB disk
         stored = sum(results)
         assert 0 < stored < 80 and results == [True] * stored + [False] * (80 - stored)
-        assert available(small_disk) >= keep
-        assert available(small_disk) < keep + 2 * (OBJECT + 4 * KIB)  # it used the rest
+        assert available_bytes(small_disk) >= keep
+        assert available_bytes(small_disk) < keep + 2 * (OBJECT + 4 * KIB)  # it used the rest
         status = adapter.status()
         assert status["refused_no_room"] == 80 - stored and status["errors"] == 0
         assert status["min_free_bytes"] == keep
@@ -104,7 +87,7 @@ def test_a_batch_is_admitted_in_order_within_the_room(small_disk: Path) -> None:
         stored = sum(results)
         # Stores in flight count against the room: the first ones fit, the rest are refused.
         assert 0 < stored < 60 and results == [True] * stored + [False] * (60 - stored)
-        assert available(small_disk) >= SIZE // 2
+        assert available_bytes(small_disk) >= SIZE // 2
     finally:
         adapter.close()
 

@@ -25,6 +25,7 @@ from lmcache_l2_raw_block.config import RawBlockAdapterConfig
 
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.disk_limits import DiskLimits
+from lmcache_core.testing.small_disk import available_bytes, mounted_tmpfs
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -38,25 +39,8 @@ MANUAL = CheckpointPolicy(periodic=False)
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK}", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", DISK) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def _available(path: Path) -> int:
-    stat = os.statvfs(path)
-    return stat.f_bavail * stat.f_frsize
 
 
 def _open(path: Path, size: int, limits: DiskLimits) -> RawBlockL2Adapter:
@@ -107,7 +91,7 @@ def test_a_sparse_file_is_gated_at_every_admission(small_disk: Path) -> None:
         results = _fill(adapter, 40)
         stored = sum(results)
         assert 0 < stored < 40 and results == [True] * stored + [False] * (40 - stored)
-        assert _available(small_disk) >= keep
+        assert available_bytes(small_disk) >= keep
         status = adapter.status()
         assert status["refused_no_room"] == 40 - stored and status["min_free_bytes"] == keep
         # After a restart the index comes back from the checkpoint and the room is
@@ -116,7 +100,7 @@ def test_a_sparse_file_is_gated_at_every_admission(small_disk: Path) -> None:
         adapter = _open(path, 0, DiskLimits(min_free_bytes=keep))
         assert len(adapter.keys()) == stored
         assert not any(_fill(adapter, 10))
-        assert _available(small_disk) >= keep
+        assert available_bytes(small_disk) >= keep
     finally:
         adapter.close()
 
