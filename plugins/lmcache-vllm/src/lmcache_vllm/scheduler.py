@@ -139,13 +139,7 @@ class SchedulerSide:
         self.world_size = world_size
         self.block_size = block_size
         self._owns_client = client is None
-        self.client = client or BackgroundClient(settings.server_url, name="scheduler")
-        try:
-            self.chunk_size = fetch_chunk_size(self.client, settings, block_size)
-        except BaseException:
-            if self._owns_client:
-                self.client.close()
-            raise
+        self.client, self.chunk_size = connect(settings, block_size, client, "scheduler")
         self.health = Health()
         self.stats = ConnectorStats()
         self.trackers: dict[str, RequestTracker] = {}
@@ -463,6 +457,27 @@ class SchedulerSide:
             request_id=tracker.request_id,
             cache_salt=tracker.cache_salt,
         )
+
+
+def connect(
+    settings: ConnectorSettings, block_size: int, client: BackgroundClient | None, name: str
+) -> tuple[BackgroundClient, int]:
+    """A background client (``client``, or a new one named ``name``) and the chunk size.
+
+    A client made here is closed again when the server does not answer or its
+    chunk size does not fit; a given one is the caller's.
+
+    Raises:
+        ConnectionError: No answer within ``mq_timeout``.
+        ValueError: The chunk size is not a multiple of ``block_size``.
+    """
+    connected = client or BackgroundClient(settings.server_url, name=name)
+    try:
+        return connected, fetch_chunk_size(connected, settings, block_size)
+    except BaseException:
+        if client is None:
+            connected.close()
+        raise
 
 
 def fetch_chunk_size(client: BackgroundClient, settings: ConnectorSettings, block_size: int) -> int:

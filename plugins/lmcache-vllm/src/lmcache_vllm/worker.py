@@ -40,7 +40,7 @@ from lmcache_vllm.kv_copy import PagedGeometry, gather_chunk, geometry_of, scatt
 from lmcache_vllm.metadata import StepPlan, TransferOp
 from lmcache_vllm.pool import SharedPool
 from lmcache_vllm.rpc import BackgroundClient
-from lmcache_vllm.scheduler import fetch_chunk_size
+from lmcache_vllm.scheduler import connect
 from lmcache_vllm.settings import ConnectorSettings, TransferMode
 from lmcache_vllm.stats import ConnectorStats
 
@@ -90,13 +90,7 @@ class WorkerSide:
         self.worker_id = worker_id
         self.block_size = block_size
         self._owns_client = client is None
-        self.client = client or BackgroundClient(settings.server_url, name="worker")
-        try:
-            self.chunk_size = fetch_chunk_size(self.client, settings, block_size)
-        except BaseException:
-            if self._owns_client:
-                self.client.close()
-            raise
+        self.client, self.chunk_size = connect(settings, block_size, client, "worker")
         self.instance_id = uuid.uuid4().int >> 65
         self.health = Health()
         self.stats = ConnectorStats()
