@@ -8,7 +8,10 @@
 * Prefetch: :meth:`L2Tier.prefetch` finds the longest run of chunks every rank of
   which some adapter holds, reserves L1 for them, loads them, and commits them
   read-locked (temporary or kept, per the prefetch policy). Every adapter call is
-  bounded by ``timeout_s``: a slow or hung adapter counts as a miss.
+  bounded by ``timeout_s``: a slow or hung adapter counts as a miss. With
+  :attr:`Retention.SEGMENTED` it also keeps the chunks past a gap (a lookup miss
+  or a failed load), read-locked, for an engine that reuses them in place
+  (the blend engine's segmented prefix, ``docs/segmented-prefix.md``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lmcache_core.background import BackgroundLoop, WorkQueue
@@ -134,23 +138,59 @@ def _unlock_when_done(
     return unlock
 
 
+class Retention(Enum):
+    """Which loaded chunks :meth:`L2Tier.prefetch` keeps in L1 (read-locked).
+
+    Attributes:
+        PREFIX: Only the leading run: a chunk is worthless past a gap, so the
+            chunks after the first one missing in L2 are not loaded, and those
+            after the first failed load are loaded but dropped (the default).
+        SEGMENTED: Every chunk whose every rank loaded (or was already in L1),
+            gaps and all: an engine that reuses a chunk at its own position
+            (the blend engine's ``--enable-segmented-prefix``) recomputes only
+            the gap. The hit count stays the leading run.
+    """
+
+    PREFIX = "prefix"
+    SEGMENTED = "segmented"
+
+
 class PrefetchResult(NamedTuple):
     """What :meth:`L2Tier.prefetch` brought into L1.
 
     Attributes:
-        chunks: Leading chunks now in L1 and read-locked.
-        keys_by_adapter: Per adapter (cascade order), how many objects of those
-            chunks it supplied (empty when nothing was loaded). Objects another
-            writer put into L1 meanwhile count for no adapter.
+        chunks: Leading chunks now in L1 and read-locked (the hit count, also
+            with :attr:`Retention.SEGMENTED`).
+        keys_by_adapter: Per adapter (cascade order), how many objects of the
+            retained chunks it supplied (empty when nothing was loaded). Objects
+            another writer put into L1 meanwhile count for no adapter.
         misses: Per chunk asked for, None if it is among ``chunks``, else why it
             is not when L2 knows (a failed, timed-out or corrupt load, no room in
-            L1, a gap before it), or ``None`` too when no adapter holds it (the
-            caller's history decides). Empty: nothing is known.
+            L1, a gap before it: also a chunk retained past a gap), or ``None``
+            too when no adapter holds it (the caller's history decides). Empty:
+            nothing is known.
+        found: Per chunk asked for, whether every one of its ranks is now in L1
+            and read-locked by this prefetch (``readers`` locks each), which the
+            caller must release; empty when nothing was retained. With
+            ``PREFIX`` it is the leading run only; with ``SEGMENTED`` it may be
+            gapped (``True, True, False, True``).
     """
 
     chunks: int
     keys_by_adapter: tuple[int, ...]
     misses: tuple[MissCause | None, ...] = ()
+    found: tuple[bool, ...] = ()
+
+    @property
+    def post_gap(self) -> tuple[int, ...]:
+        """Indices of the retained chunks past the leading run (``SEGMENTED`` only)."""
+        return tuple(i for i in range(self.chunks, len(self.found)) if self.found[i])
+
+    def retained_keys(self, chunks: Sequence[Sequence[ObjectKey]]) -> list[ObjectKey]:
+        """The keys of every retained chunk of ``chunks`` (the prefetch's argument)."""
+        return [
+            key for chunk, kept in zip(chunks, self.found, strict=False) if kept for key in chunk
+        ]
 
 
 Removed = Callable[[list[ObjectKey], str], None]
@@ -508,12 +548,20 @@ class L2Tier:
         nbytes: int,
         readers: int,
         deadline: float = math.inf,
+        *,
+        retention: Retention = Retention.PREFIX,
     ) -> PrefetchResult:
         """Load the longest prefix of ``chunks`` (each: its keys for every rank) into L1.
 
         Every chunk lists the same number of ranks (at least one).
 
-        The loaded objects are committed with ``readers`` read locks each.
+        The loaded objects are committed with ``readers`` read locks each. With
+        ``retention=Retention.SEGMENTED`` every chunk found for every rank (in
+        an adapter, or already in L1) is loaded, and each one whose every rank
+        loaded is kept and locked too, past any gap; :attr:`PrefetchResult.found`
+        says which. Either way the caller owns the locks of the retained chunks
+        (:meth:`PrefetchResult.retained_keys`, ``readers`` each) and releases
+        them with :meth:`L1Manager.unlock`, or they expire after the read TTL.
 
         Args:
             chunks: The keys of each chunk, for every rank.
@@ -523,10 +571,12 @@ class L2Tier:
                 ends (the lookup's request deadline): the in-flight slot, each
                 adapter's lookup and each load; what has not answered by then is a
                 miss. Each adapter call is also bounded by ``timeout_s``.
+            retention: Which loaded chunks to keep: the leading run, or
+                (segmented) every one, past any gap.
 
         Returns:
-            How many leading chunks are now in L1 and locked, and which adapter
-            each of their objects came from.
+            How many leading chunks are now in L1 and locked, which adapter
+            each of their objects came from, and which chunks were retained.
         """
         if not chunks or not self.adapters:
             return PrefetchResult(0, ())
@@ -548,7 +598,7 @@ class L2Tier:
                 trouble = next((cause for _, cause in answers if cause is not None), None)
                 try:
                     return self._load_prefix(
-                        chunks, flat, found, nbytes, readers, deadline, trouble
+                        chunks, flat, found, nbytes, readers, deadline, trouble, retention
                     )
                 finally:
                     for adapter, future, (answer, _) in zip(
@@ -607,72 +657,62 @@ class L2Tier:
     def _load_failures(
         self,
         chunks: Sequence[Sequence[ObjectKey]],
-        first: int,
+        positions: Sequence[int],
         loaded: dict[ObjectKey, bool],
         by_adapter: dict[int, list[ObjectKey]],
         trouble: dict[int, MissCause | None],
     ) -> dict[int, MissCause]:
-        """Why each of ``chunks`` (positions from ``first``) with a failed load failed.
+        """Why each chunk of ``chunks`` at ``positions`` with a failed load failed.
 
         By the first failed key of the chunk: its adapter's call timed out or
         failed as a whole, else the adapter says whether the object was corrupt.
-        Keys not loaded here (another writer put them in L1) count as loaded.
+        Keys not loaded here (another writer put them in L1) count as loaded; a
+        key found only in L1 that left it before its reservation (segmented
+        retention) was evicted.
         """
         chooser = {k: i for i, keys in by_adapter.items() for k in keys}
         failures: dict[int, MissCause] = {}
-        for position, chunk in enumerate(chunks, start=first):
-            failed = [k for k in chunk if not loaded.get(k, k not in chooser)]
-            if failed:
-                index = chooser[failed[0]]
-                failures[position] = trouble[index] or (
-                    MissCause.L2_CORRUPT
-                    if self.adapters[index].was_corrupt(failed[0])
-                    else MissCause.L2_LOAD_FAILED
-                )
+        for position in positions:
+            failed = [k for k in chunks[position] if not loaded.get(k, k not in chooser)]
+            if not failed:
+                continue
+            index = chooser.get(failed[0])
+            if index is None:
+                failures[position] = MissCause.EVICTED
+                continue
+            failures[position] = trouble[index] or (
+                MissCause.L2_CORRUPT
+                if self.adapters[index].was_corrupt(failed[0])
+                else MissCause.L2_LOAD_FAILED
+            )
         return failures
 
-    def _load_prefix(
+    def _load_staged(
         self,
-        chunks: Sequence[Sequence[ObjectKey]],
-        flat: list[ObjectKey],
-        found: list[list[bool]],
+        staged: dict[ObjectKey, Reservation],
+        holders: dict[ObjectKey, list[int]],
         nbytes: int,
-        readers: int,
         deadline: float,
-        trouble: MissCause | None,
-    ) -> PrefetchResult:
-        holders = {
-            key: [i for i in range(len(self.adapters)) if found[i][pos]]
-            for pos, key in enumerate(flat)
-        }
-        held = [all(holders[k] for k in chunk) for chunk in chunks]
-        failures: dict[int, MissCause] = {}
+    ) -> tuple[
+        dict[ObjectKey, bool],
+        dict[int, list[ObjectKey]],
+        list[tuple[Future[list[bool]], list[ObjectKey]]],
+        dict[int, MissCause | None],
+    ]:
+        """Load the reserved keys, each from one adapter that holds it, within the deadline.
 
-        def result(
-            good: int, sources: tuple[int, ...] = (), lost: tuple[MissCause, int] | None = None
-        ) -> PrefetchResult:
-            if lost is not None:  # the first ``lost[1]`` chunks all failed for ``lost[0]``
-                failures.update(dict.fromkeys(range(lost[1]), lost[0]))
-            return PrefetchResult(good, sources, _chunk_misses(held, good, failures, trouble))
-
-        count = prefix_chunks([bool(holders[k]) for k in flat], len(chunks[0]))
-        if not count:
-            return result(0)
-        if time.monotonic() >= deadline:  # no time left to load what L2 holds
-            return result(0, lost=(MissCause.L2_TIMEOUT, count))
-        wanted = [k for chunk in chunks[:count] for k in chunk]
-        try:
-            reservations = self.l1.reserve(wanted, nbytes)
-        except L1FullError:
-            self.stats.prefetch_failures += count
-            if self.events is not None and self.events.has_subscribers(L2PrefetchFailed.type):
-                self.events.publish(L2PrefetchFailed(reason="l1_oom", key_count=len(wanted)))
-            return result(0, lost=(MissCause.L1_FULL, count))
-        staged = {r.key: r for r in reservations if r is not None}
+        Returns:
+            Per key whether it loaded, the keys each adapter was asked for, the
+            loads still running past their wait (writing into their buffers), and
+            per adapter what went wrong with its call as a whole.
+        """
         by_adapter: dict[int, list[ObjectKey]] = {}
-        for key in staged:
-            by_adapter.setdefault(self.prefetch_policy.choose(holders[key]), []).append(key)
         loaded: dict[ObjectKey, bool] = {}
+        for key in staged:
+            if holders[key]:
+                by_adapter.setdefault(self.prefetch_policy.choose(holders[key]), []).append(key)
+            else:  # segmented: it was in L1 only, and left it before the reservation
+                loaded[key] = False
         started = time.monotonic()
         futures = [
             (
@@ -696,42 +736,127 @@ class L2Tier:
             eviction = self.evictions[index]
             if eviction is not None:  # a hit keeps the key in the adapter's LRU
                 eviction.accessed([k for k, ok in zip(keys, results, strict=True) if ok])
-        good = _loaded_prefix(chunks[:count], loaded, staged)
-        failures.update(
-            self._load_failures(chunks[good:count], good, loaded, by_adapter, load_trouble)
+        return loaded, by_adapter, late, load_trouble
+
+    def _load_prefix(
+        self,
+        chunks: Sequence[Sequence[ObjectKey]],
+        flat: list[ObjectKey],
+        found: list[list[bool]],
+        nbytes: int,
+        readers: int,
+        deadline: float,
+        trouble: MissCause | None,
+        retention: Retention,
+    ) -> PrefetchResult:
+        holders = {
+            key: [i for i in range(len(self.adapters)) if found[i][pos]]
+            for pos, key in enumerate(flat)
+        }
+        candidates = self._candidates(chunks, flat, holders, retention)
+        count = len(candidates)
+        # A chunk L2 holds, or (segmented) one found in L1 past the gap.
+        held = [all(holders[k] for k in chunk) for chunk in chunks]
+        for index in candidates:
+            held[index] = True
+        failures: dict[int, MissCause] = {}
+
+        def result(
+            good: int,
+            sources: tuple[int, ...] = (),
+            lost: tuple[MissCause, Sequence[int]] | None = None,
+            found: tuple[bool, ...] = (),
+        ) -> PrefetchResult:
+            if lost is not None:  # the chunks ``lost[1]`` all failed for ``lost[0]``
+                failures.update(dict.fromkeys(lost[1], lost[0]))
+            return PrefetchResult(
+                good, sources, _chunk_misses(held, good, failures, trouble), found
+            )
+
+        if not count:
+            return result(0)
+        if time.monotonic() >= deadline:  # no time left to load what L2 holds
+            return result(0, lost=(MissCause.L2_TIMEOUT, candidates))
+        wanted = [k for i in candidates for k in chunks[i]]
+        try:
+            reservations = self.l1.reserve(wanted, nbytes)
+        except L1FullError:
+            self.stats.prefetch_failures += count
+            if self.events is not None and self.events.has_subscribers(L2PrefetchFailed.type):
+                self.events.publish(L2PrefetchFailed(reason="l1_oom", key_count=len(wanted)))
+            return result(0, lost=(MissCause.L1_FULL, candidates))
+        staged = {r.key: r for r in reservations if r is not None}
+        loaded, by_adapter, late, load_trouble = self._load_staged(
+            staged, holders, nbytes, deadline
         )
-        keep = {k for chunk in chunks[:good] for k in chunk}
+        # Chunks whose every key is in L1 now (a key not staged was there already).
+        complete = [all(loaded.get(k, k not in staged) for k in chunks[i]) for i in candidates]
+        kept = _kept(candidates, complete, retention)
+        good = _leading_run(kept)
+        failures.update(
+            self._load_failures(
+                chunks, [i for i in candidates if i >= good], loaded, by_adapter, load_trouble
+            )
+        )
+        keep = {k for i in kept for k in chunks[i]}
         commit = [staged[k] for k in wanted if k in staged and k in keep]
         self._abort_unkept(staged, keep, late)
         try:
             self.l1.commit(commit, readers=readers, temporary=self.prefetch_policy.temporary)
         except ReservationExpired:  # the load outlived the write TTL
-            self.stats.prefetch_failures += good
-            return result(0, lost=(MissCause.L2_TIMEOUT, good))
+            self.stats.prefetch_failures += len(kept)
+            return result(0, lost=(MissCause.L2_TIMEOUT, kept))
         # Keys already in L1 (someone else stored them meanwhile) need their locks too.
-        already = [k for k in keep if k not in staged]
+        already = [k for i in kept for k in chunks[i] if k not in staged]
         if already and not all(self.l1.lock_for_read(already, readers)):
             self.l1.unlock([r.key for r in commit], readers)  # another writer still holds one
-            self.stats.prefetch_failures += good
-            return result(0, lost=(MissCause.BEING_WRITTEN, good))
-        self.stats.prefetched_chunks += good
-        self.stats.prefetch_failures += count - good
+            self.stats.prefetch_failures += len(kept)
+            return result(0, lost=(MissCause.BEING_WRITTEN, kept))
+        self.stats.prefetched_chunks += len(kept)
+        self.stats.prefetch_failures += count - len(kept)
         sources = {index: sum(1 for k in keys if k in keep) for index, keys in by_adapter.items()}
-        return result(good, tuple(sources.get(i, 0) for i in range(len(self.adapters))))
+        kept_set = set(kept)
+        return result(
+            good,
+            tuple(sources.get(i, 0) for i in range(len(self.adapters))),
+            found=tuple(i in kept_set for i in range(len(chunks))) if kept else (),
+        )
+
+    def _candidates(
+        self,
+        chunks: Sequence[Sequence[ObjectKey]],
+        flat: list[ObjectKey],
+        holders: dict[ObjectKey, list[int]],
+        retention: Retention,
+    ) -> list[int]:
+        """Indices of the chunks to load: the leading run found, or (segmented) every one."""
+        width = len(chunks[0])
+        if retention is Retention.PREFIX:
+            return list(range(prefix_chunks([bool(holders[k]) for k in flat], width)))
+        # Past a gap, a chunk another writer already put in L1 is as good as a loaded one.
+        in_l1 = self.l1.contains(flat)
+        present = [bool(holders[k]) or resident for k, resident in zip(flat, in_l1, strict=True)]
+        return [i for i in range(len(chunks)) if all(present[i * width : (i + 1) * width])]
 
 
-def _loaded_prefix(
-    chunks: Sequence[Sequence[ObjectKey]],
-    loaded: dict[ObjectKey, bool],
-    staged: dict[ObjectKey, Reservation],
-) -> int:
-    """Leading chunks whose every key is in L1 now (loaded here, or put there by another)."""
-    good = 0
-    for chunk in chunks:
-        if not all(loaded.get(k, k not in staged) for k in chunk):
+def _kept(candidates: list[int], complete: list[bool], retention: Retention) -> list[int]:
+    """The candidate chunks to keep: the loaded leading run, or (segmented) every loaded one."""
+    if retention is Retention.SEGMENTED:
+        return [i for i, ok in zip(candidates, complete, strict=True) if ok]
+    try:
+        return candidates[: complete.index(False)]
+    except ValueError:
+        return candidates
+
+
+def _leading_run(kept: list[int]) -> int:
+    """How many chunks from index 0 are kept without a gap (``kept`` is ascending)."""
+    run = 0
+    for index in kept:
+        if index != run:
             break
-        good += 1
-    return good
+        run += 1
+    return run
 
 
 def _chunk_misses(
