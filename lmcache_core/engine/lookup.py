@@ -30,7 +30,7 @@ from lmcache_core.observability.miss_causes import MissCause
 from lmcache_core.protocol.types import WireCacheKey
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l1 import L1Manager
-from lmcache_core.storage.l2.tier import L2Tier, PrefetchResult
+from lmcache_core.storage.l2.tier import L2Tier, PrefetchResult, Retention
 
 if TYPE_CHECKING:
     from lmcache_core.engine.contract import RequestContext
@@ -99,11 +99,21 @@ class LookupService:
 
     # -- lookup ---------------------------------------------------------------------------
 
-    def lookup(self, ctx: RequestContext, key: WireCacheKey, _tp_size: int) -> None:
+    def lookup(
+        self,
+        ctx: RequestContext,
+        key: WireCacheKey,
+        _tp_size: int,
+        *,
+        retention: Retention = Retention.PREFIX,
+    ) -> None:
         """Find the longest prefix present for every rank, read-lock it, record the job.
 
         The reply (the acknowledgement) is sent only after the job is recorded, so
-        a status query that follows the ack always sees it.
+        a status query that follows the ack always sees it. With
+        ``retention=Retention.SEGMENTED`` (an engine's call, never the wire's) the
+        L2 prefetch also keeps the chunks past a gap, read-locked for the request
+        in :attr:`LookupJob.post_gap`; the hit count is the leading run still.
         """
         readers = max(1, key.num_kv_readers)
         num_chunks = key.end // self.chunk_size
@@ -139,7 +149,15 @@ class LookupService:
         # The ack goes out now; the job finishes when L2 has answered (queries say None),
         # or at its deadline with the L1 hits alone (see query_prefetch_status).
         if self.prefetch_pool.submit(
-            self._prefetch, session, job, hit_keys, rest, nbytes, readers, (key, started, flat)
+            self._prefetch,
+            session,
+            job,
+            hit_keys,
+            rest,
+            nbytes,
+            readers,
+            (key, started, flat),
+            retention,
         ):
             return
         with session.mutex:  # the pool's queue is full: answer with the L1 hit, now
@@ -187,22 +205,26 @@ class LookupService:
         nbytes: int,
         readers: int,
         announced: tuple[WireCacheKey, float, list[ObjectKey]],
+        retention: Retention = Retention.PREFIX,
     ) -> None:
         assert self.l2 is not None
         deadline = self.sessions.clock() + self.l1.read_ttl_s
         result = PrefetchResult(0, ())
         try:
             if time.monotonic() < job.deadline:
-                result = self.l2.prefetch(rest, nbytes, readers, job.deadline)
+                result = self.l2.prefetch(rest, nbytes, readers, job.deadline, retention=retention)
             else:  # it waited in the queue past its deadline
                 result = PrefetchResult(0, (), (MissCause.L2_TIMEOUT,) * len(rest))
         finally:
             loaded = result.chunks
+            post_gap = {len(hit_keys) + i: rest[i] for i in result.post_gap}
             keys = [k for row in rest[:loaded] for k in row]
+            keys += [k for row in post_gap.values() for k in row]
             with session.mutex:
                 current = session.job is job  # else replaced: its explanation is not kept
                 if current and not job.gave_up:
                     session.take_locks(keys, readers, deadline)
+                    job.post_gap = post_gap
                     job.finish(len(hit_keys) + loaded, hit_keys + rest[:loaded])
                 else:  # replaced, ended or given up meanwhile: nobody will read these
                     self.l1.unlock(keys, readers)
@@ -291,8 +313,10 @@ class LookupService:
             if job is None or job.hit_chunks is None:
                 return
             first = key.start // self.chunk_size
-            last = min(-(-key.end // self.chunk_size), job.hit_chunks)
+            end = -(-key.end // self.chunk_size)
+            last = min(end, job.hit_chunks)
             keys = [k for row in job.hit_keys[first:last] for k in row]
+            keys += [k for i, row in job.post_gap.items() if first <= i < end for k in row]
             self.release(session.give_back(keys, now=self.sessions.clock()))
 
     def end_session(self, _ctx: RequestContext, request_id: str) -> None:
@@ -319,6 +343,7 @@ class LookupService:
         if session.job is None:
             return
         keys = [k for row in session.job.hit_keys for k in row]
+        keys += [k for row in session.job.post_gap.values() for k in row]
         self.release(session.give_back(keys, now=self.sessions.clock()))
         session.job = None
 

@@ -37,6 +37,9 @@ class LookupJob:
             request's deadline); a prefetch still running then is given up.
         gave_up: The job was finished at its deadline with its L1 hits only; the
             prefetch, when it ends, releases whatever it loaded.
+        post_gap: Chunks past the first gap that a segmented lookup kept
+            read-locked for the request (chunk index -> keys for every rank);
+            empty for a prefix lookup.
     """
 
     hit_chunks: int | None = None
@@ -45,6 +48,7 @@ class LookupJob:
     reported: bool = False
     deadline: float = math.inf
     gave_up: bool = False
+    post_gap: dict[int, list[ObjectKey]] = field(default_factory=dict)
 
     def finish(self, hit_chunks: int, hit_keys: list[list[ObjectKey]]) -> None:
         """Record the result and wake waiters."""

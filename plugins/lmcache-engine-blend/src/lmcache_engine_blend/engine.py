@@ -7,7 +7,8 @@ what it stored, plus the blend operations:
 * ``cb_register_rope`` / ``cb_unregister_rope``: the worker's RoPE state
   (:mod:`~lmcache_engine_blend.registration`);
 * ``cb_unified_lookup``: prefix + fingerprint + sparse legs
-  (:mod:`~lmcache_engine_blend.unified_lookup`);
+  (:mod:`~lmcache_engine_blend.unified_lookup`), and with
+  ``--enable-segmented-prefix`` the chunks past a gap of the prefix;
 * ``cb_retrieve_pre_computed``: the reused chunks' KV written into the worker's
   paged cache, K re-rotated (:mod:`~lmcache_engine_blend.retrieve`), on CPU
   through ``cpu_shm`` caches;
@@ -47,8 +48,8 @@ class BlendEngine(DefaultEngine):
         context: What the core provides.
 
     Raises:
-        PluginNotImplementedError: ``--enable-blend-reorder`` or
-            ``--enable-segmented-prefix``, which this build does not implement.
+        PluginNotImplementedError: ``--enable-blend-reorder``, which this build
+            does not implement.
     """
 
     def __init__(self, context: EngineContext) -> None:
@@ -57,11 +58,6 @@ class BlendEngine(DefaultEngine):
             raise PluginNotImplementedError(
                 "--enable-blend-reorder: the CacheBlend reorder planner is not implemented in "
                 "this build; run without it (cb_reorder_plan then answers [], keep the prompt)"
-            )
-        if context.config.mp.enable_segmented_prefix:
-            raise PluginNotImplementedError(
-                "--enable-segmented-prefix: segmented prefix retention is not implemented in "
-                "this build yet; run without it (a gapped prefix is truncated at the gap)"
             )
         super().__init__(context)
         self.blend_events = BlendEvents(context.events)
@@ -84,6 +80,7 @@ class BlendEngine(DefaultEngine):
             object_nbytes=self._object_nbytes,
             events=self.blend_events,
             job_ttl_s=context.config.mp.session_ttl_seconds,
+            segmented=context.config.mp.enable_segmented_prefix,
         )
         self.retrieves = BlendRetrieves(
             workers=self.workers,

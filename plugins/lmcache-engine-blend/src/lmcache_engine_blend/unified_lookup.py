@@ -16,6 +16,16 @@ One request id, polled until the result is ready (nil means "call again"):
 5. **Overlap removal**: among found chunks past the prefix, by ``cur_st``, the
    earliest wins; the losers' locks are released at once.
 
+With ``--enable-segmented-prefix`` the prefix leg's L2 prefetch keeps the
+chunks past a gap (a chunk missing everywhere, or whose load failed) resident
+and read-locked (:attr:`~lmcache_core.storage.l2.tier.Retention.SEGMENTED`);
+they come back as ``segmented_prefix_segments`` at their own positions with the
+request's own chain hashes, so only the gap is recomputed. Same-position
+fingerprint matches of those chunks are dropped before the sparse leg, and a
+non-prefix match overlapping one loses to it (it would write the same slots).
+The post-gap locks are the session's: a retrieve of those segments consumes
+them, ``end_session``, session expiry or a newer lookup releases the rest.
+
 The winners' locks are recorded in the request's session (so ``end_session``,
 session expiry or a newer lookup under the same id releases what no retrieve
 consumed) and stashed for ``cb_retrieve_pre_computed``. Jobs that nobody polls
@@ -46,7 +56,7 @@ from lmcache_core.protocol.errors import BadRequestError
 from lmcache_core.protocol.types import CBMatchResult, CBUnifiedLookupResult, WireCacheKey
 from lmcache_core.storage.keys import ObjectKey, pack_kv_rank
 from lmcache_core.storage.l1 import L1Manager
-from lmcache_core.storage.l2.tier import L2Tier
+from lmcache_core.storage.l2.tier import L2Tier, Retention
 from lmcache_engine_blend.events import BlendEvents
 from lmcache_engine_blend.fingerprint import FingerprintIndex, Match
 from lmcache_engine_blend.fingerprinting_store import decode_tokens, namespace_of
@@ -110,6 +120,8 @@ class UnifiedLookups:
         object_nbytes: Object size of a model and world size (None: no worker registered).
         events: Blend events.
         job_ttl_s: Seconds after which a job nobody polls is dropped.
+        segmented: ``--enable-segmented-prefix``: keep and report the chunks past
+            a gap of the prefix.
     """
 
     def __init__(
@@ -123,8 +135,10 @@ class UnifiedLookups:
         object_nbytes: Callable[[str, int], int | None],
         events: BlendEvents,
         job_ttl_s: float,
+        segmented: bool = False,
     ) -> None:
         self.lookups = lookups
+        self.retention = Retention.SEGMENTED if segmented else Retention.PREFIX
         self.sessions = lookups.sessions
         self.index = index
         self.l1 = l1
@@ -177,7 +191,7 @@ class UnifiedLookups:
             self._publish_end(job, 0, [], [], no_context=True)
             return job
         prefix_key = msgspec.structs.replace(key, worker_id=None)
-        self.lookups.lookup(ctx, prefix_key, tp_size)
+        self.lookups.lookup(ctx, prefix_key, tp_size, retention=self.retention)
         matches = self.index.match(namespace_of(key), tokens)
         job = BlendJob(key, session, key.num_kv_readers, matches, session.job, now, time.time())
         displaced: list[BlendJob] = []
@@ -213,9 +227,13 @@ class UnifiedLookups:
         key, readers = job.key, job.readers
         seen: set[bytes] = set()
         candidates: list[Candidate] = []
+        retained = _post_gap(job)
+        size = self.chunk_size
         for match in job.matches:
             if match.cur_st < prefix_tokens or match.chain_hash in seen:
                 continue
+            if match.old_st == match.cur_st and match.cur_st // size in retained:
+                continue  # the segmented prefix has this chunk at this place already
             seen.add(match.chain_hash)
             keys = [
                 ObjectKey(
@@ -288,24 +306,28 @@ class UnifiedLookups:
         if stale:
             removed = self.index.stale(namespace, stale)
             self.events.chunks_evicted(key, len(stale), removed)
+        retained = _post_gap(job)
         kept: list[Candidate] = []
         end = prefix_tokens
         losers: list[ObjectKey] = []
         for candidate in sorted(found, key=lambda c: c.match.cur_st):
-            if candidate.match.cur_st >= end:
+            first, last = candidate.match.cur_st, candidate.match.cur_st + size
+            # A retained post-gap chunk is the request's own KV at its own place: it wins.
+            clash = any(i in retained for i in range(first // size, -(-last // size)))
+            if first >= end and not clash:
                 kept.append(candidate)
-                end = candidate.match.cur_st + size
+                end = last
             else:
                 losers.extend(candidate.keys)
         if losers:
             with job.session.mutex:
                 held = job.session.give_back(losers, job.readers, self.sessions.clock())
             self.lookups.release(held)
-        if kept:
+        per_hash = {c.match.chain_hash: c.keys for c in kept}
+        per_hash.update({keys[0].chunk_hash: keys for keys in retained.values()})
+        if per_hash:
             with self._lock:
-                self._stashes[key.request_id] = Stash(
-                    job.readers, {c.match.chain_hash: c.keys for c in kept}
-                )
+                self._stashes[key.request_id] = Stash(job.readers, per_hash)
                 self._stashes.move_to_end(key.request_id)
                 while len(self._stashes) > MAX_JOBS:
                     self._stashes.popitem(last=False)
@@ -319,12 +341,16 @@ class UnifiedLookups:
             )
             for c in kept
         ]
-        result = CBUnifiedLookupResult(prefix_tokens, segments, [])
+        segmented = [
+            CBMatchResult(i * size, (i + 1) * size, i * size, (i + 1) * size, keys[0].chunk_hash)
+            for i, keys in sorted(retained.items())
+        ]
+        result = CBUnifiedLookupResult(prefix_tokens, segments, segmented)
         self._publish_end(
             job,
             prefix_tokens,
             segments,
-            [],
+            segmented,
             fingerprint_hits=len(candidates),
             storage_hits=len(found),
             stale=len(stale),
@@ -415,3 +441,8 @@ class UnifiedLookups:
         """Forget a job: its locks stay in the session, which releases them when it ends."""
         with job.mutex:
             job.dropped = True
+
+
+def _post_gap(job: BlendJob) -> dict[int, list[ObjectKey]]:
+    """The prefix leg's chunks kept past its gap (segmented mode), by chunk index."""
+    return job.prefix.post_gap if job.prefix is not None else {}
