@@ -102,12 +102,8 @@ def test_busy_http_port_fails_with_one_line() -> None:
             "--l2-adapter #1: l2_adapter 'aerospike' is not implemented yet: needs the Python "
             "package 'aerospike'",
         ),
-        (
-            ("--engine-type", "blend", "--enable-blend-reorder"),
-            "--enable-blend-reorder: the CacheBlend reorder planner is not implemented",
-        ),
     ],
-    ids=["l2-adapter", "blend-reorder"],
+    ids=["l2-adapter"],
 )
 def test_explicitly_enabled_pending_features_refuse_to_start(
     extra: tuple[str, ...], expected: str

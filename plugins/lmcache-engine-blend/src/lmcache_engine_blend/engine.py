@@ -12,23 +12,26 @@ what it stored, plus the blend operations:
 * ``cb_retrieve_pre_computed``: the reused chunks' KV written into the worker's
   paged cache, K re-rotated (:mod:`~lmcache_engine_blend.retrieve`), on CPU
   through ``cpu_shm`` caches;
-* ``cb_reorder_plan``: ``[]`` ("keep the prompt"), as upstream answers without
-  ``--enable-blend-reorder`` (the planner is not built; the flag is refused).
+* ``cb_reorder_plan``: with ``--enable-blend-reorder`` a reordering of the
+  prompt that starts with a stored one (:mod:`~lmcache_engine_blend.reorder`),
+  else ``[]`` ("keep the prompt"), as upstream answers without the flag.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from lmcache_engine_default.engine import DefaultEngine
 
 from lmcache_core.engine import EngineContext, Handler
-from lmcache_core.errors import PluginNotImplementedError
+from lmcache_core.protocol.errors import BadRequestError
 from lmcache_core.protocol.types import WireCacheKey
 from lmcache_engine_blend.events import BlendEvents
 from lmcache_engine_blend.fingerprint import FingerprintIndex
-from lmcache_engine_blend.fingerprinting_store import FingerprintingStore
+from lmcache_engine_blend.fingerprinting_store import FingerprintingStore, decode_tokens
 from lmcache_engine_blend.registration import RopeRegistry
+from lmcache_engine_blend.reorder import PromptStore, plan
 from lmcache_engine_blend.retrieve import BlendRetrieves
 from lmcache_engine_blend.settings import BlendEngineSettings
 from lmcache_engine_blend.unified_lookup import UnifiedLookups
@@ -46,23 +49,15 @@ class BlendEngine(DefaultEngine):
 
     Args:
         context: What the core provides.
-
-    Raises:
-        PluginNotImplementedError: ``--enable-blend-reorder``, which this build
-            does not implement.
     """
 
     def __init__(self, context: EngineContext) -> None:
         settings = context.config.plugin_settings(BlendEngineSettings)
-        if settings.enable_blend_reorder:
-            raise PluginNotImplementedError(
-                "--enable-blend-reorder: the CacheBlend reorder planner is not implemented in "
-                "this build; run without it (cb_reorder_plan then answers [], keep the prompt)"
-            )
         super().__init__(context)
         self.blend_events = BlendEvents(context.events)
         self.index = FingerprintIndex(self.chunk_size, dedup_content=settings.enable_dedup_content)
         self.ropes = RopeRegistry(lambda instance_id: instance_id in self.workers.mapped)
+        self.prompts = PromptStore(self.chunk_size) if settings.enable_blend_reorder else None
         self.fingerprinting = FingerprintingStore(
             self.lmcache_driven.store,
             self.index,
@@ -70,6 +65,7 @@ class BlendEngine(DefaultEngine):
             self.lookups.chunk_keys,
             self.lookups.sessions,
             self.blend_events,
+            self.prompts,
         )
         self.unified = UnifiedLookups(
             lookups=self.lookups,
@@ -126,6 +122,7 @@ class BlendEngine(DefaultEngine):
             "active_cb_lookups": len(self.unified),
             "expired_cb_lookups": self.unified.expired_jobs,
             "retrieved_chunks": self.retrieves.written_chunks,
+            "reorder": self.prompts.status() if self.prompts is not None else None,
         }
         return status
 
@@ -169,10 +166,35 @@ class BlendEngine(DefaultEngine):
         self.ropes.drop(instance_id)
 
     def cb_reorder_plan(
-        self, _ctx: RequestContext, _key: WireCacheKey, _keep_prefix: int, _budget_ms: int
+        self, _ctx: RequestContext, key: WireCacheKey, keep_prefix: int, budget_ms: int
     ) -> list[int]:
-        """``[]``: keep the prompt (the reorder planner is off, as upstream without the flag)."""
-        return []
+        """The prompt reordered to start with a stored one, or ``[]``: keep it.
+
+        ``[]`` also when the planner is off (as upstream without the flag), when
+        the key's namespace does not name exactly one recorded namespace, and for
+        a zero budget. The whole token list is planned (``start``/``end`` are not
+        a window of a prompt to reorder).
+
+        Raises:
+            BadRequestError: A negative ``keep_prefix`` or ``budget_ms``, or
+                tokens that are not a list of uint32.
+        """
+        if keep_prefix < 0 or budget_ms < 0:
+            raise BadRequestError("cb_reorder_plan needs keep_prefix >= 0 and budget_ms >= 0")
+        if self.prompts is None or budget_ms == 0:
+            return []
+        raw = bytes(key.token_ids)
+        try:
+            tokens = decode_tokens(raw)
+            own = self.lookups.chunk_keys.tokens.hashes(raw, len(tokens) // self.chunk_size)
+        except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise BadRequestError(f"token_ids: {exc}") from None
+        namespace = self.prompts.resolve(key.model_name, key.world_size, key.cache_salt)
+        if namespace is None:
+            return []
+        return plan(
+            self.prompts, self.index, namespace, tokens.tolist(), own, keep_prefix, budget_ms
+        )
 
     def _reap(self, instance_id: int) -> None:
         super()._reap(instance_id)

@@ -29,6 +29,7 @@ from lmcache_core.protocol.types import WireCacheKey
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_engine_blend.events import BlendEvents
 from lmcache_engine_blend.fingerprint import FingerprintIndex, Tokens
+from lmcache_engine_blend.reorder import PromptStore
 
 if TYPE_CHECKING:
     from lmcache_core.engine.contract import RequestContext
@@ -60,6 +61,8 @@ class FingerprintingStore:
         chunk_keys: Hashes and keys of requests.
         sessions: The lookup service's sessions (their hash memos).
         events: Blend events.
+        prompts: Where stored prompts are recorded for the reorder planner
+            (``--enable-blend-reorder``), or None.
     """
 
     def __init__(
@@ -70,8 +73,10 @@ class FingerprintingStore:
         chunk_keys: ChunkKeys,
         sessions: SessionTable,
         events: BlendEvents,
+        prompts: PromptStore | None = None,
     ) -> None:
         self._store = store
+        self.prompts = prompts
         self.index = index
         self.l1 = l1
         self.chunk_keys = chunk_keys
@@ -103,6 +108,9 @@ class FingerprintingStore:
         keys = self.chunk_keys.window_keys(key, session, window)
         resident = self.l1.contains(keys)
         tokens = decode_tokens(bytes(key.token_ids))
+        if self.prompts is not None:
+            committed = {window.first + i: k.chunk_hash for i, k in enumerate(keys) if resident[i]}
+            self.prompts.record(namespace_of(key), key.request_id, tokens, committed)
         size = self.chunk_size
         added = 0
         run_start: int | None = None

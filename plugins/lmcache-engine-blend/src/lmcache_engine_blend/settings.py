@@ -30,8 +30,7 @@ class BlendEngineSettings(PluginSettings):
     enable_blend_reorder: bool = Field(
         default=False,
         description=(
-            "CacheBlend only: record stored prompts so cb_reorder_plan can propose a reordered "
-            "prompt that starts with a cached one. Not implemented in this build: the blend "
-            "engine refuses to start with it."
+            "CacheBlend only: record stored prompts (in memory, at most 2**24 tokens) so "
+            "cb_reorder_plan can propose a reordered prompt that starts with a cached one."
         ),
     )
