@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 from lmcache_engine_blend.fingerprint import BASE, STALE_STRIKES, FingerprintIndex, Match
+from lmcache_engine_blend.fingerprinting_store import decode_tokens
 
 C = 16
 NS = ("model", 1, "")
@@ -124,3 +126,14 @@ def test_same_fingerprint_different_text_never_matches() -> None:
 def test_bad_sizes_are_refused() -> None:
     with pytest.raises(ValueError):
         FingerprintIndex(0)
+
+
+def test_decode_tokens_gives_uint64_and_refuses_what_is_not_uint32() -> None:
+    decoded = decode_tokens(msgspec.msgpack.encode([0, 1, 127, 128, 65536, (1 << 32) - 1]))
+    assert decoded.dtype == np.uint64
+    assert decoded.tolist() == [0, 1, 127, 128, 65536, (1 << 32) - 1]
+    for bad in ([-1], [1 << 32], ["a"], {"a": 1}):
+        with pytest.raises(ValueError, match="uint32"):
+            decode_tokens(msgspec.msgpack.encode(bad))
+    with pytest.raises(ValueError, match="uint32"):
+        decode_tokens(b"\xc1")  # not msgpack

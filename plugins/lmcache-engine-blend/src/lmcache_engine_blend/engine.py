@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from lmcache_engine_default.engine import DefaultEngine
 
 from lmcache_core.engine import EngineContext, Handler
@@ -187,7 +186,7 @@ class BlendEngine(DefaultEngine):
         try:
             tokens = decode_tokens(raw)
             own = self.lookups.chunk_keys.tokens.hashes(raw, len(tokens) // self.chunk_size)
-        except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except ValueError as exc:  # decode_tokens' and the hasher's bad-token error
             raise BadRequestError(f"token_ids: {exc}") from None
         namespace = self.prompts.resolve(key.model_name, key.world_size, key.cache_salt)
         if namespace is None:

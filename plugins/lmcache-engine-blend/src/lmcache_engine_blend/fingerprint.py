@@ -90,7 +90,8 @@ class IndexStats:
 
 
 def _digest(tokens: Tokens) -> bytes:
-    return hashlib.blake2b(np.ascontiguousarray(tokens).tobytes(), digest_size=8).digest()
+    # Hashes the array's buffer in place (a slice of a contiguous array is contiguous).
+    return hashlib.blake2b(np.ascontiguousarray(tokens).data, digest_size=8).digest()
 
 
 def _power_table(base: int, size: int) -> Tokens:
@@ -246,13 +247,14 @@ class FingerprintIndex:
             hits = np.flatnonzero(self._filter[polys & np.uint64(_FILTER_MASK)])
             found: list[Match] = []
             reported: set[int] = set()
-            for position in hits.tolist():
-                poly = int(polys[position])
-                if poly in reported or poly not in space.by_poly:
+            by_poly = space.by_poly
+            # Python ints once, in one call (indexing numpy scalars one by one is slower).
+            for position, poly in zip(hits.tolist(), polys[hits].tolist(), strict=True):
+                if poly in reported or poly not in by_poly:
                     continue
                 reported.add(poly)
                 digest = _digest(tokens[position : position + size])
-                for entry in reversed(space.by_poly[poly]):
+                for entry in reversed(by_poly[poly]):
                     if entry.digest == digest:
                         found.append(Match(entry.old_st, position, entry.chain_hash))
                         break

@@ -179,7 +179,10 @@ class UnifiedLookups:
         return result
 
     def _start(self, ctx: RequestContext, key: WireCacheKey, tp_size: int) -> BlendJob:
-        tokens = decode_tokens(bytes(key.token_ids))[: key.end]
+        try:
+            tokens = decode_tokens(bytes(key.token_ids))[: key.end]
+        except ValueError as exc:
+            raise BadRequestError(str(exc)) from None
         session = self.sessions.get(key.request_id)
         self._release_stash(key.request_id, session)
         self.events.lookup_started(key, len(tokens))
