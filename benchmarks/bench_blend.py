@@ -1,6 +1,6 @@
 """Benchmarks of the blend engine against a real server process (issue 11's targets).
 
-Run: ``.venv/bin/python benchmarks/bench_blend.py [--quick]``
+Run: ``.venv/bin/python benchmarks/bench_blend.py [--quick] [--lookup-only] [--rounds N]``
 
 * ``cb_unified_lookup`` latency p50/p99 over ZeroMQ for prompts of 5 to 64 chunks
   whose documents are all in L1, stored in another order (so every chunk but the
@@ -180,9 +180,13 @@ def bench_retrieve(client: MPClient, chunks: int, rounds: int) -> dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and sizes")
+    parser.add_argument(
+        "--lookup-only", action="store_true", help="only cb_unified_lookup (no retrieve)"
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="lookups per size")
     args = parser.parse_args()
     sizes = [5, 17, 29, 64] if not args.quick else [5, 29]
-    rounds = 200 if not args.quick else 40
+    rounds = args.rounds or (200 if not args.quick else 40)
     report: dict[str, Any] = {"machine": machine_info()}
     with (
         server_on_free_ports(
@@ -200,22 +204,24 @@ def main() -> None:
         MPClient(server.zmq_url, timeout=120.0) as client,
     ):
         report["unified_lookup"] = bench_lookup(client, sizes, rounds)
-        report["retrieve"] = bench_retrieve(
-            client, 16 if not args.quick else 4, 5 if not args.quick else 3
-        )
+        if not args.lookup_only:
+            report["retrieve"] = bench_retrieve(
+                client, 16 if not args.quick else 4, 5 if not args.quick else 3
+            )
     print("## cb_unified_lookup (documents in L1)\n")
     print("| chunks | p50 ms | p99 ms | upstream p50 ms |")
     print("| --- | --- | --- | --- |")
     upstream = {"5": "1.46", "17": "1.63", "29": "2.02"}
     for size, row in report["unified_lookup"].items():
         print(f"| {size} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {upstream.get(size, '-')} |")
-    r = report["retrieve"]
-    print("\n## cb_retrieve_pre_computed on CPU\n")
-    print(
-        f"{r['chunks']} chunks, {r['bytes'] / 2**20:.0f} MiB: {r['median_s'] * 1e3:.1f} ms, "
-        f"{r['gbps']:.2f} GB/s; memcpy {r['memcpy_gbps']:.2f} GB/s; "
-        f"ratio {r['ratio_to_memcpy']:.2f}"
-    )
+    if "retrieve" in report:
+        r = report["retrieve"]
+        print("\n## cb_retrieve_pre_computed on CPU\n")
+        print(
+            f"{r['chunks']} chunks, {r['bytes'] / 2**20:.0f} MiB: {r['median_s'] * 1e3:.1f} ms, "
+            f"{r['gbps']:.2f} GB/s; memcpy {r['memcpy_gbps']:.2f} GB/s; "
+            f"ratio {r['ratio_to_memcpy']:.2f}"
+        )
     print(json.dumps(report))
 
 
