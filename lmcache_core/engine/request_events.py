@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from lmcache_core.engine.sessions import Session
 from lmcache_core.observability.bus import EventBus
@@ -34,6 +34,23 @@ from lmcache_core.storage.keys import ObjectKey
 
 if TYPE_CHECKING:
     from lmcache_core.engine.miss_explainer import LookupExplanation
+
+
+class RequestIdentity(TypedDict):
+    """The fields every request event carries (``RequestEvent``), as keyword arguments."""
+
+    request_id: str
+    model_name: str
+    cache_salt: str
+
+
+def identity(key: WireCacheKey) -> RequestIdentity:
+    """Whose request an event is about, from its key: ``Event(**identity(key), ...)``."""
+    return {
+        "request_id": key.request_id,
+        "model_name": key.model_name,
+        "cache_salt": key.cache_salt,
+    }
 
 
 class RequestEvents:
@@ -69,26 +86,20 @@ class RequestEvents:
             if bus.has_subscribers(MpRequestStart.type):
                 bus.publish(
                     MpRequestStart(
-                        request_id=key.request_id,
-                        model_name=key.model_name,
-                        cache_salt=key.cache_salt,
+                        **identity(key),
                     )
                 )
         if bus.has_subscribers(MpLookupPrefetchStart.type):
             bus.publish(
                 MpLookupPrefetchStart(
-                    request_id=key.request_id,
-                    model_name=key.model_name,
-                    cache_salt=key.cache_salt,
+                    **identity(key),
                     requested_tokens=key.end,
                 )
             )
         if bus.has_subscribers(MpLookup.type):
             bus.publish(
                 MpLookup(
-                    request_id=key.request_id,
-                    model_name=key.model_name,
-                    cache_salt=key.cache_salt,
+                    **identity(key),
                     chunk_size=self.chunk_size,
                     seq_len=key.end,
                     chunk_hashes=tuple("0x" + h.hex() for h in hashes),
@@ -119,9 +130,7 @@ class RequestEvents:
         l1_tokens = min(l1_chunks * self.chunk_size, key.end)
         self.bus.publish(
             MpLookupPrefetchEnd(
-                request_id=key.request_id,
-                model_name=key.model_name,
-                cache_salt=key.cache_salt,
+                **identity(key),
                 requested_tokens=key.end,
                 hit_tokens=hit_tokens,
                 l1_hit_tokens=l1_tokens,
@@ -174,9 +183,7 @@ class RequestEvents:
         if self.bus.has_subscribers(start.type):
             self.bus.publish(
                 start(
-                    request_id=key.request_id,
-                    model_name=key.model_name,
-                    cache_salt=key.cache_salt,
+                    **identity(key),
                     instance_id=instance_id,
                     chunks=chunks,
                 )
@@ -201,9 +208,7 @@ class RequestEvents:
         if store and self.bus.has_subscribers(MpStoreEnd.type):
             self.bus.publish(
                 MpStoreEnd(
-                    request_id=key.request_id,
-                    model_name=key.model_name,
-                    cache_salt=key.cache_salt,
+                    **identity(key),
                     instance_id=instance_id,
                     chunks=chunks,
                     stored_chunks=outcome["done_chunks"],
@@ -215,9 +220,7 @@ class RequestEvents:
         elif not store and self.bus.has_subscribers(MpRetrieveEnd.type):
             self.bus.publish(
                 MpRetrieveEnd(
-                    request_id=key.request_id,
-                    model_name=key.model_name,
-                    cache_salt=key.cache_salt,
+                    **identity(key),
                     instance_id=instance_id,
                     chunks=chunks,
                     retrieved_chunks=outcome["done_chunks"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lmcache_core.engine.request_events import identity
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.observability.events import (
     CbChunksEvicted,
@@ -34,9 +35,7 @@ class BlendEvents:
         if self.bus.has_subscribers(CbLookupStart.type):
             self.bus.publish(
                 CbLookupStart(
-                    request_id=key.request_id,
-                    model_name=key.model_name,
-                    cache_salt=key.cache_salt,
+                    **identity(key),
                     num_tokens=num_tokens,
                 )
             )
@@ -54,9 +53,7 @@ class BlendEvents:
         if self.bus.has_subscribers(CbChunksEvicted.type):
             self.bus.publish(
                 CbChunksEvicted(
-                    request_id=key.request_id,
-                    model_name=key.model_name,
-                    cache_salt=key.cache_salt,
+                    **identity(key),
                     num_chunks=num_chunks,
                     removed=removed,
                 )
@@ -77,9 +74,7 @@ class BlendEvents:
         if self.bus.has_subscribers(CbRetrieveEnd.type):
             self.bus.publish(
                 CbRetrieveEnd(
-                    request_id=key.request_id,
-                    model_name=key.model_name,
-                    cache_salt=key.cache_salt,
+                    **identity(key),
                     success=success,
                     reason=reason,
                     num_chunks=num_chunks,
@@ -94,9 +89,7 @@ class BlendEvents:
         if self.bus.has_subscribers(CbRetrieveNoop.type):
             self.bus.publish(
                 CbRetrieveNoop(
-                    request_id=key.request_id,
-                    model_name=key.model_name,
-                    cache_salt=key.cache_salt,
+                    **identity(key),
                     reason=reason,
                     dropped_matches=dropped,
                 )

@@ -50,6 +50,7 @@ import msgspec
 
 from lmcache_core.engine.lookup import LookupService
 from lmcache_core.engine.prefetch_pool import PrefetchPool
+from lmcache_core.engine.request_events import identity
 from lmcache_core.engine.sessions import LookupJob, Session
 from lmcache_core.observability.events import CbLookupEnd
 from lmcache_core.protocol.errors import BadRequestError
@@ -380,9 +381,7 @@ class UnifiedLookups:
         seg_tokens = sum(s.cur_ed - s.cur_st for s in segmented)
         self.events.lookup_ended(
             CbLookupEnd(
-                request_id=key.request_id,
-                model_name=key.model_name,
-                cache_salt=key.cache_salt,
+                **identity(key),
                 num_tokens=key.end,
                 requested_tokens=requested,
                 # The classes never overlap: segments start at or past the prefix.
