@@ -335,7 +335,8 @@ class CbLookupEnd(RequestEvent, frozen=True, kw_only=True):
     ``fingerprint_matches`` counts what the index matched, ``fingerprint_hits`` the
     distinct candidates past the prefix, ``storage_hits`` those whose KV was found,
     ``stale_chunks`` those whose KV exists nowhere; ``segments`` lists the non-prefix
-    segments as ``(old_st, cur_st, chunk hash hex)``.
+    segments as ``(old_st, cur_st, chunk hash hex)``, ``segmented_segments`` the
+    segmented-prefix ones (post-gap chunks at their own place) the same way.
     """
 
     type: ClassVar[str] = EventType.CB_LOOKUP_END
@@ -354,6 +355,7 @@ class CbLookupEnd(RequestEvent, frozen=True, kw_only=True):
     duration_s: float
     fingerprint_matches: int = 0
     segments: tuple[tuple[int, int, str], ...] = ()
+    segmented_segments: tuple[tuple[int, int, str], ...] = ()
 
 
 class CbChunksEvicted(RequestEvent, frozen=True, kw_only=True):

@@ -101,6 +101,7 @@ SAMPLE_VALUES: dict[str, Any] = {
     "no_gpu_context": False,
     "polls": 1,
     "segments": ((32, 16, _KEYS[0].chunk_hash.hex()),),
+    "segmented_segments": ((32, 32, _KEYS[1].chunk_hash.hex()),),
     "removed": 0,
     "success": True,
     "rotated_tokens": 16,

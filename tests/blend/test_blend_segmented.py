@@ -218,6 +218,12 @@ def test_segmented_prefix_returns_the_post_gap_chunks_and_the_retrieve_writes_th
     assert blend[0]["prefix_hit_tokens"] == CHUNK
     assert blend[0]["segmented_prefix_hit_tokens"] == 2 * CHUNK
     assert blend[0]["non_prefix_hit_tokens"] == 0
+    hashes = ["0x" + scenario.keys[i].chunk_hash.hex() for i in (2, 3)]
+    assert blend[0]["segments"] == []
+    assert blend[0]["segmented_segments"] == [
+        [2 * CHUNK, 2 * CHUNK, hashes[0]],
+        [3 * CHUNK, 3 * CHUNK, hashes[1]],
+    ]
 
 
 def test_segmented_locks_are_replaced_by_a_newer_lookup_and_released_at_end_session(

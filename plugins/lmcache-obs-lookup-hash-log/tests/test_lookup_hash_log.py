@@ -184,6 +184,7 @@ def test_blend_lookups_log_their_hits_by_class_and_segments(tmp_path: Path) -> N
             polls=1,
             duration_s=0.001,
             segments=((48, 16, "ab"), (16, 32, "cd")),
+            segmented_segments=((64, 64, "ef"),),
         )
     )
     sub.close()
@@ -198,6 +199,7 @@ def test_blend_lookups_log_their_hits_by_class_and_segments(tmp_path: Path) -> N
         "non_prefix_hit_tokens": 32,
         "segmented_prefix_hit_tokens": 0,
         "segments": [[48, 16, "0xab"], [16, 32, "0xcd"]],
+        "segmented_segments": [[64, 64, "0xef"]],
     }
 
 

@@ -398,6 +398,7 @@ class UnifiedLookups:
                 duration_s=time.time() - job.started,
                 fingerprint_matches=len(job.matches),
                 segments=tuple((s.old_st, s.cur_st, s.hash.hex()) for s in segments),
+                segmented_segments=tuple((s.old_st, s.cur_st, s.hash.hex()) for s in segmented),
             )
         )
 

@@ -23,13 +23,13 @@ on the event bus's drain thread, never on the request path.
 
 The blend engine's unified lookups add a line of their own (``cb.lookup.end``),
 after the prefix leg's ``mp.lookup`` line: the hit tokens per class (prefix,
-non-prefix, segmented prefix) and the non-prefix segments as
-``[old_st, cur_st, "0x<chunk hash>"]``::
+non-prefix, segmented prefix), the non-prefix segments as
+``[old_st, cur_st, "0x<chunk hash>"]`` and the segmented-prefix ones alike::
 
     {"timestamp": 1700000000.6, "request_id": "r1", "model_name": "m",
      "event": "cb.lookup.end", "seq_len": 1064, "prefix_hit_tokens": 256,
      "non_prefix_hit_tokens": 768, "segmented_prefix_hit_tokens": 0,
-     "segments": [[768, 256, "0x1f..."], ...]}
+     "segments": [[768, 256, "0x1f..."], ...], "segmented_segments": []}
 """
 
 from __future__ import annotations
@@ -86,6 +86,9 @@ def blend_record(event: CbLookupEnd) -> dict[str, Any]:
         "non_prefix_hit_tokens": event.non_prefix_hit_tokens,
         "segmented_prefix_hit_tokens": event.segmented_prefix_hit_tokens,
         "segments": [[old, cur, "0x" + digest] for old, cur, digest in event.segments],
+        "segmented_segments": [
+            [old, cur, "0x" + digest] for old, cur, digest in event.segmented_segments
+        ],
     }
 
 
