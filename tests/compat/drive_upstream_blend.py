@@ -1,6 +1,9 @@
 """Drive our blend server with upstream LMCache 0.5.6's own client (run in the compat venv).
 
-Usage: python drive_upstream_blend.py tcp://127.0.0.1:PORT
+Usage: python drive_upstream_blend.py tcp://127.0.0.1:PORT [main|reorder]
+
+``reorder`` (a server with ``--enable-blend-reorder``) checks ``cb_reorder_plan``
+against upstream's measured rows (reference §10) instead of the main checks.
 
 Upstream's ``LMCacheMPWorkerAdapter`` (lmcache_driven, KV moved to POSIX shared
 memory by the adapter) stores a prompt [SYS | D1 | D2 | D3] whose K carries real
@@ -124,7 +127,44 @@ def raw_call(url: str, op_frame: bytes, *args: bytes) -> list[bytes]:
         sock.close()
 
 
-def main(url: str) -> None:
+def reorder_checks(client, sys_, d1, d2, d3, q40) -> None:
+    """Upstream's measured reorder rows: [SYS | D3 | D1 | D2 | q40] -> the stored order."""
+    stored = sys_ + d1 + d2 + d3
+    asked = sys_ + d3 + d1 + d2 + q40
+    plan = list(client.cb_reorder_plan(key(asked, "req-R1"), 0, 1000).result(timeout=TIMEOUT))
+    check("reorder_stored_order", plan == stored + q40, len(plan))
+    plan = list(client.cb_reorder_plan(key(asked, "req-R2"), 256, 1000).result(timeout=TIMEOUT))
+    check("reorder_keep_prefix_256", plan == stored + q40, len(plan))
+    exact = key(stored + q40, "req-R3")
+    check("reorder_exact_empty", list(client.cb_reorder_plan(exact, 0, 1000).result(TIMEOUT)) == [])
+    salted = key(asked, "req-R4", salt="other")
+    check(
+        "reorder_other_salt_empty",
+        list(client.cb_reorder_plan(salted, 0, 1000).result(TIMEOUT)) == [],
+    )
+    check(
+        "reorder_budget_0_empty",
+        list(client.cb_reorder_plan(key(asked, "req-R5"), 0, 0).result(timeout=TIMEOUT)) == [],
+    )
+    sys2 = [t + 1 for t in sys_]
+    other_head = key(sys2 + d3 + d1 + d2 + q40, "req-R6")
+    check(
+        "reorder_absent_head_empty",
+        list(client.cb_reorder_plan(other_head, 0, 1000).result(timeout=TIMEOUT)) == [],
+    )
+    result = unified(client, key(stored + q40, "req-R1"))
+    check("reorder_plan_is_a_prefix_hit", result.prefix_coverage_tokens == 1024, segs(result))
+    client.end_session("req-R1").result(timeout=TIMEOUT)
+
+
+def finish() -> None:
+    print(json.dumps(checks))
+    failed = [name for name, outcome in checks.items() if outcome != "PASS"]
+    if failed:
+        raise SystemExit(f"FAILED: {failed}")
+
+
+def main(url: str, scenario: str = "main") -> None:
     strategy = ParallelStrategy(
         mla_only=False, vllm_world_size=1, vllm_worker_id=0, tp_size=1, pp_size=1, n_servers=1
     )
@@ -202,8 +242,14 @@ def main(url: str) -> None:
             raise SystemExit("the store never finished")
         time.sleep(0.01)
 
-    # -- lookups (upstream's B-J) -----------------------------------------------------------
     q40 = [rng.randrange(1, 30000) for _ in range(40)]
+    if scenario == "reorder":
+        reorder_checks(client, sys_, d1, d2, d3, q40)
+        worker.shutdown()
+        finish()
+        return
+
+    # -- lookups (upstream's B-J) -----------------------------------------------------------
     b_tokens = sys_ + d3 + d1 + d2 + q40
     b_expected = (256, [(768, 1024, 256, 512), (256, 512, 512, 768), (512, 768, 768, 1024)], [])
     c_tokens = d2 + d1 + q40  # nothing is prefix, both found
@@ -324,11 +370,8 @@ def main(url: str) -> None:
     )
 
     worker.shutdown()
-    print(json.dumps(checks))
-    failed = [name for name, outcome in checks.items() if outcome != "PASS"]
-    if failed:
-        raise SystemExit(f"FAILED: {failed}")
+    finish()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

@@ -60,3 +60,25 @@ def test_upstream_client_drives_the_blend_ops() -> None:
     assert all(outcome == "PASS" for outcome in checks.values()), checks
     assert set(DELIBERATE_DIFFERENCES) <= set(checks)
     assert len(checks) >= 30
+
+
+def test_upstream_client_gets_upstreams_reorder_plans() -> None:
+    # Upstream's measured rows (reference §10); ours is our own planner with its parameters.
+    port = free_port()
+    args = ("--engine-type", "blend", "--enable-blend-reorder", "--l1-size-gb", "1")
+    with server_on_free_ports(
+        *args, "--eviction-policy", "LRU", "--port", str(port), timeout=180.0
+    ):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
+        result = subprocess.run(
+            [COMPAT_PYTHON, str(DRIVER), f"tcp://127.0.0.1:{port}", "reorder"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+            check=False,
+        )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    checks = json.loads(result.stdout.strip().splitlines()[-1])
+    assert all(outcome == "PASS" for outcome in checks.values()), checks
+    assert len([name for name in checks if name.startswith("reorder")]) == 7, checks
