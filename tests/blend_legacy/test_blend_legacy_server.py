@@ -172,6 +172,71 @@ def test_lookup_locks_hold_until_the_retrieve_and_gone_chunks_leave_the_index(
         buffer.close()
 
 
+def locked_objects(url: str) -> int:
+    return int(httpx.get(f"{url}/status").json()["data_path"]["l1"]["locked_objects"])
+
+
+def test_end_session_releases_the_locks_no_retrieve_consumed(
+    client: MPClient, server: tuple[int, str]
+) -> None:
+    buffer = cb_buffer(client, seed=8)
+    try:
+        document = doc(80, 3)
+        assert buffer.store_pre_computed(document, 0, "s")
+        before = locked_objects(server[1])
+        matches = buffer.lookup([3] * 5 + document, "held")
+        assert len(matches) == 3
+        assert locked_objects(server[1]) == before + 3
+        assert buffer.retrieve([3] * 5 + document, matches[:1], 0, "held")  # consumes one
+        assert locked_objects(server[1]) == before + 2
+        client.end_session("held")
+        assert locked_objects(server[1]) == before
+    finally:
+        buffer.unregister()
+        buffer.close()
+
+
+def test_every_rank_must_have_a_chunk_and_a_missing_rank_is_not_stale(
+    client: MPClient, server: tuple[int, str]
+) -> None:
+    ranks = [
+        CpuCBBuffer(client, LAYERS, TOKENS, HIDDEN, model_name=MODEL, world_size=2, worker_id=r)
+        for r in range(2)
+    ]
+    try:
+        for rank, buffer in enumerate(ranks):
+            generator = torch.Generator().manual_seed(90 + rank)
+            buffer.tensor.copy_(torch.randn(buffer.tensor.shape, generator=generator))
+            buffer.register()
+        document = doc(90, 2)
+        assert ranks[0].store_pre_computed(document, 0, "s0")  # rank 1's store not yet here
+        assert ranks[0].lookup(document, "early") == []
+        client.end_session("early")
+        assert ranks[1].store_pre_computed(document, 512, "s1")
+        matches = ranks[0].lookup(document, "r")  # the fingerprints survived the early lookup
+        assert [(m.old_st, m.cur_st) for m in matches] == [(0, 0), (256, 256)]
+        readers = [
+            CpuCBBuffer(client, LAYERS, TOKENS, HIDDEN, model_name=MODEL, world_size=2, worker_id=r)
+            for r in range(2)
+        ]
+        try:
+            for reader in readers:
+                reader.register()
+                assert reader.retrieve(document, matches, 100, "r")
+            # Each rank gets its own shard back.
+            assert torch.equal(readers[0].tensor[:, :, 100:612], ranks[0].tensor[:, :, 0:512])
+            assert torch.equal(readers[1].tensor[:, :, 100:612], ranks[1].tensor[:, :, 512:1024])
+        finally:
+            for reader in readers:
+                reader.unregister()
+                reader.close()
+        client.end_session("r")
+    finally:
+        for buffer in ranks:
+            buffer.unregister()
+            buffer.close()
+
+
 def legacy_status(url: str) -> dict[str, object]:
     status: dict[str, object] = httpx.get(f"{url}/status").json()["data_path"]["engine"][
         "blend_legacy"

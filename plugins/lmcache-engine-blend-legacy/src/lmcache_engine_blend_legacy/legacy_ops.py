@@ -286,8 +286,8 @@ class LegacyBlendOps:
 
         Returns:
             How many leading chunks are held, and for each later chunk whether it
-            is still there (in L1, or loaded from L2): False is the evidence that
-            makes it stale.
+            may still be there (some rank in L1, or L2 not known to lack it): False
+            is the evidence that makes it stale.
         """
         width = len(rows[0])
         flat = [k for row in rows for k in row]
@@ -299,18 +299,19 @@ class LegacyBlendOps:
         rest = rows[hit:]
         if not rest:
             return hit, []
-        rest_keys = [k for row in rest for k in row]
-        present = self.l1.contains(rest_keys)
-        in_l1 = [all(present[i * width : (i + 1) * width]) for i in range(len(rest))]
+        present = self.l1.contains([k for row in rest for k in row])
+        # A chunk some rank still has in L1 is not stale: the other ranks' stores may
+        # simply not have arrived yet (each rank stores its own shard).
+        in_l1 = [any(present[i * width : (i + 1) * width]) for i in range(len(rest))]
         if self.l2 is None:
             return hit, in_l1
         result = self.l2.prefetch(rest, nbytes, readers, request_deadline)
         lead = result.chunks
         with session.mutex:
             session.take_locks([k for row in rest[:lead] for k in row], readers, deadline)
-        # Past the leading run a chunk is gone only if L2 says it holds none of it (no
-        # miss cause: every adapter answered, none has it) and L1 has not all of it
-        # either; a failed load, a timeout or a gap before it is no evidence.
+        # Past the leading run a chunk is gone only if L2 says it does not hold it (no
+        # miss cause: every adapter answered) and no rank of it is in L1 either; a failed
+        # load, a timeout or a gap before it is no evidence.
         gone = [
             not there and bool(result.misses) and result.misses[lead + i] is None
             for i, there in enumerate(in_l1[lead:])
