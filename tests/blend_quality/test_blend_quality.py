@@ -35,15 +35,13 @@ from typing import Any
 import pytest
 import torch
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        os.environ.get("LMCACHE_BLEND_QUALITY") != "1",
-        reason="needs transformers and a minute: nox -s blend_quality (sets LMCACHE_BLEND_QUALITY)",
-    ),
-]
-
-transformers = pytest.importorskip("transformers", reason="nox -s blend_quality installs it")
+if os.environ.get("LMCACHE_BLEND_QUALITY") != "1":  # before importing transformers: seconds
+    pytest.skip(
+        "needs transformers and a minute: nox -s blend_quality (sets LMCACHE_BLEND_QUALITY)",
+        allow_module_level=True,
+    )
+pytest.importorskip("transformers", reason="nox -s blend_quality installs it")
+pytestmark = pytest.mark.slow
 
 from lmcache_core.client import MPClient  # noqa: E402
 from lmcache_core.client.cpu_worker import CpuKVWorker  # noqa: E402
