@@ -112,7 +112,7 @@ def reference_kv(
     """
     with torch.no_grad():
         out = model(torch.tensor([list(tokens)]), use_cache=True)
-    cache = out.past_key_values
+    cache = out.cache  # transformers 5 (formerly past_key_values)
     keys = [layer.keys[0].clone() for layer in cache.layers]
     values = [layer.values[0].clone() for layer in cache.layers]
     return out.logits[0], keys, values
