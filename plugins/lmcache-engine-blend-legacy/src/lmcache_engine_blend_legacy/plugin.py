@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from lmcache_core.plugin import EngineSpec, hookimpl, pending_factory
+from typing import TYPE_CHECKING
 
-REASON = "the original CacheBlend is not scheduled yet; use --engine-type default"
-"""Why it cannot be built yet."""
+from lmcache_core.plugin import EngineSpec, hookimpl
+
+if TYPE_CHECKING:
+    from lmcache_core.engine import Engine, EngineContext
+
+
+def _build(context: EngineContext) -> Engine:
+    # Imported on use: registering the plugin must not load torch and the engine.
+    from lmcache_engine_blend_legacy.engine import build_engine
+
+    return build_engine(context)
 
 
 @hookimpl
@@ -13,14 +22,16 @@ def lmcache_register_engines() -> list[EngineSpec]:
     """Register the engine ``blend_legacy``.
 
     Returns:
-        Its one spec; building it raises until its behaviour lands.
+        Its one spec.
     """
     return [
         EngineSpec(
             name="blend_legacy",
-            factory=pending_factory("engine 'blend_legacy'", REASON),
+            factory=_build,
             transfer_modes=frozenset({"lmcache_driven", "auto"}),
-            description="The original CacheBlend (V1/V2) over a contiguous KV buffer.",
-            not_implemented=REASON,
+            description=(
+                "The original CacheBlend (V1/V2) over a contiguous [2, L, T, D] KV buffer "
+                "(cpu_shm), beside the default engine's operations."
+            ),
         )
     ]
