@@ -117,7 +117,7 @@ def main() -> None:
             for f in check_reuse(reuse["none"], reuse["vllm_prefix"], reuse["upstream"])
         ]
     if not args.skip_timing:
-        print("\nTTFT (s, median of rounds; 2048-token prompt, 144M-param Llama, bf16)")
+        print("\nTTFT (s, median of rounds; 2048-token prompt, 32M-param Llama, bf16)")
         for connector in connectors:
             runs = engine(args.vllm_python, work, "timing", connector, big)["runs"]
             miss, hit = statistics.median(runs["miss_s"]), statistics.median(runs["hit_s"])
