@@ -138,6 +138,28 @@ def test_decode_chunks_are_not_stored_unless_asked(
     assert stores(sched, "q")[-1][1] == 512
 
 
+def test_whole_prompt_hit_computes_only_the_last_token(
+    server: ServerProcess, make_pair: PairFactory
+) -> None:
+    """A chunk-aligned prompt held entirely: vLLM computes its last token, not a chunk."""
+    sched = make_pair(server)
+    prompt = tokens(2 * CHUNK, 14)
+    sched.add(FakeRequest("whole", prompt))
+    sched.run_until_idle()
+    assert stores(sched, "whole") == [(0, 2 * CHUNK)]
+    before = len(sched.steps)
+    sched.add(FakeRequest("again", prompt, max_tokens=4))
+    sched.run_until_idle()
+    stats = stats_of(sched.finished["again"])
+    assert stats["hit_tokens"] == 2 * CHUNK
+    assert stats["loaded_tokens"] == 2 * CHUNK - 1, "the last token is vLLM's to compute"
+    # Every token of the last chunk loaded and checked, the last one included.
+    assert loads(sched)["again"] == 0
+    # One prompt token computed, then three decode steps: four tokens in all.
+    assert sum(step.scheduled for step in sched.steps[before:]) == 4
+    assert not sched.held and len(sched.free_blocks) == 47
+
+
 def test_repeated_lookups_never_count_a_chunk_twice(
     server: ServerProcess, make_pair: PairFactory
 ) -> None:
