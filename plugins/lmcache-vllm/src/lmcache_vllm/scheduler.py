@@ -169,13 +169,14 @@ class SchedulerSide:
             self._submit_lookup(tracker, request)
         if tracker.lookup is LookupState.PENDING and not self._collect_lookup(tracker):
             return None, False
-        need = max(0, tracker.hit_tokens - num_computed_tokens)
+        need = max(0, _offered(tracker) - num_computed_tokens)
         return need, need > 0
 
     def _submit_lookup(self, tracker: RequestTracker, request: Any) -> None:
         params = request_params(request)
-        # The last prompt token is always computed (vLLM needs its logits).
-        end = (len(tracker.prompt) - 1) // self.chunk_size * self.chunk_size
+        # Every whole chunk, the last one too: a prompt the server holds entirely is
+        # offered minus its last token (_offered), so vLLM computes one token, not a chunk.
+        end = len(tracker.prompt) // self.chunk_size * self.chunk_size
         tracker.lookup_end = end
         tracker.lookup_started = time.monotonic()
         self.stats.lookups += 1
@@ -257,11 +258,12 @@ class SchedulerSide:
                 self._free_locks(tracker, tracker.hit_tokens)
             return
         hit = tracker.hit_tokens
-        local = hit - num_external_tokens  # tokens vLLM's own prefix cache holds
-        if local < 0 or num_external_tokens > hit:
+        offered = _offered(tracker)
+        local = offered - num_external_tokens  # tokens vLLM's own prefix cache holds
+        if local < 0 or num_external_tokens > offered:
             raise ValueError(
                 f"request {tracker.request_id}: vLLM allocated {num_external_tokens} external "
-                f"tokens but the lookup found {hit}"
+                f"tokens but the connector offered {offered}"
             )
         start = local // self.chunk_size * self.chunk_size
         if start > 0:
@@ -501,3 +503,14 @@ def fetch_chunk_size(client: BackgroundClient, settings: ConnectorSettings, bloc
             f"{block_size} (vLLM's CPU backend uses 128)"
         )
     return chunk
+
+
+def _offered(tracker: RequestTracker) -> int:
+    """Tokens of the hit vLLM may take as computed.
+
+    vLLM computes at least the last prompt token (it needs its logits): a hit covering the
+    whole prompt is offered minus that token, and the load still writes the whole last
+    chunk (vLLM then recomputes that one token's KV over it, to the same values). A prompt
+    of 2048 tokens fully cached thus computes 1 token, not the last 256-token chunk.
+    """
+    return min(tracker.hit_tokens, len(tracker.prompt) - 1)
