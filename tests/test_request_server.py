@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from lmcache_core.client import AsyncMPClient, CallTimeout, MPClient
-from lmcache_core.engine.contract import RequestContext
+from lmcache_core.engine.contract import RequestContext, WouldBlock
 from lmcache_core.errors import StartupError
 from lmcache_core.protocol.errors import (
     BadRequestError,
@@ -198,3 +198,39 @@ def test_a_busy_port_is_a_clear_startup_error(served: tuple[RequestServer, Handl
     other = RequestServer("127.0.0.1", server.port, {}, affinity_workers=1, cpu_workers=1)
     with pytest.raises(StartupError, match=f"--port: cannot bind tcp://127.0.0.1:{server.port}"):
         other.start()
+
+
+class InlineFirst:
+    """A pool handler double with ``try_inline`` (named as such): serves even ids inline."""
+
+    def __init__(self) -> None:
+        self.threads: list[tuple[str, str]] = []
+
+    def __call__(self, ctx: RequestContext, request_id: str) -> None:
+        self.threads.append(("pool", threading.current_thread().name))
+
+    def try_inline(self, ctx: RequestContext, request_id: str) -> None:
+        if request_id == "fails":
+            raise BadRequestError("bad inline")
+        if request_id.endswith("odd"):
+            raise WouldBlock
+        self.threads.append(("inline", threading.current_thread().name))
+
+
+def test_a_pool_op_is_served_inline_when_it_can_and_on_the_pool_when_it_would_block() -> None:
+    handler = InlineFirst()
+    port = free_port()
+    server = RequestServer(
+        "127.0.0.1", port, {"end_session": handler}, affinity_workers=1, cpu_workers=1
+    )
+    server.start()
+    try:
+        with MPClient(f"127.0.0.1:{port}", timeout=5) as client:
+            assert client.end_session("even") is None
+            assert client.end_session("odd") is None
+            with pytest.raises(BadRequestError, match="bad inline"):
+                client.end_session("fails")  # an inline error is the request's answer
+    finally:
+        server.stop(2.0)
+    assert handler.threads == [("inline", "lmcache-zmq"), ("pool", "lmcache-cpu-0")]
+    assert server.stats.served_inline == 2  # the error reply too: answered on the loop

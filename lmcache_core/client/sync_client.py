@@ -17,6 +17,7 @@ from lmcache_core.client.api import (
     normalize_url,
 )
 from lmcache_core.protocol.codec import ClientCodec
+from lmcache_core.protocol.multipart import recv_frames, send_frames
 from lmcache_core.security.key_sources import client_api_key
 
 
@@ -66,7 +67,7 @@ class MPClient(ClientMethods):
         with self._lock:
             uid = next(self._uids)
             frames = self._codec.request_frames(uid, op, args)
-            self._socket.send_multipart(frames, copy=len(frames[-1]) < 65536)
+            send_frames(self._socket, frames)
             uid_frame = frames[0]
             deadline = time.monotonic() + budget
             while True:
@@ -76,7 +77,7 @@ class MPClient(ClientMethods):
                 # A blocking receive with a timeout is faster than poll + receive.
                 self._socket.setsockopt(zmq.RCVTIMEO, max(1, int(remaining * 1000)))
                 try:
-                    reply = self._socket.recv_multipart()
+                    reply = recv_frames(self._socket)
                 except zmq.Again:
                     continue
                 if reply[0] == uid_frame:  # else: the late reply of an earlier, timed-out call

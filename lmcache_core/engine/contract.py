@@ -112,6 +112,16 @@ class Engine(abc.ABC):
         """Release everything the engine holds (mappings, registrations)."""
 
 
+class WouldBlock(Exception):
+    """Raised by a handler's ``try_inline``: it cannot finish now without waiting.
+
+    A pool operation's handler may offer ``try_inline(context, *args)``, which the
+    request loop calls first: it either serves the request at once, without
+    waiting on any lock or I/O and within a small work budget, or raises this
+    before changing any state, and the request goes to its pool as usual.
+    """
+
+
 class StreamEnded(Exception):
     """Raised by a :class:`StreamSource` when it has nothing more to send, ever."""
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lmcache_core.engine.chunk_keys import ChunkKeys
-from lmcache_core.engine.contract import Handler
+from lmcache_core.engine.contract import Handler, WouldBlock
 from lmcache_core.engine.miss_explainer import MissExplainer
 from lmcache_core.engine.prefetch_pool import PrefetchPool
 from lmcache_core.engine.request_events import RequestEvents
@@ -37,6 +37,14 @@ if TYPE_CHECKING:
 
 MAX_WAIT_SECONDS = 60.0
 """The longest ``wait_prefetch_status`` waits, whatever the client asks."""
+
+INLINE_MAX_KEYS = 128
+"""Object keys (chunks x ranks) up to which a full L1 hit is served on the request loop.
+
+About 100 us of work at 64 (docs/benchmarks.md, "Where a 64-chunk lookup's time
+goes"): less than the pool hop it saves, and no longer than the loop waits for
+the GIL behind a pool thread anyway.
+"""
 
 ObjectSize = Callable[[str, int], int | None]
 """``(model_name, world_size) -> bytes of one object``, None while no worker told us."""
@@ -90,7 +98,7 @@ class LookupService:
     def handlers(self) -> dict[str, Handler]:
         """Operation name -> handler."""
         return {
-            "lookup": self.lookup,
+            "lookup": _LookupHandler(self),
             "query_prefetch_status": self.query_prefetch_status,
             "wait_prefetch_status": self.wait_prefetch_status,
             "free_lookup_locks": self.free_lookup_locks,
@@ -163,6 +171,52 @@ class LookupService:
         with session.mutex:  # the pool's queue is full: answer with the L1 hit, now
             job.finish(hit, hit_keys)
         self._finished(key, started, flat, width, hit, not_asked=MissCause.PREFETCH_LIMIT)
+
+    def try_lookup_inline(self, ctx: RequestContext, key: WireCacheKey, _tp_size: int) -> None:
+        """:meth:`lookup` of a full L1 hit, on the request loop, without waiting.
+
+        Served only when nothing can make it wait: at most :data:`INLINE_MAX_KEYS`
+        keys, a session that exists or has room, its mutex free, no earlier job
+        to release (that unlocks L1), the L1 lock free right now, and every
+        chunk resident for every rank (so no L2 prefetch and no miss to explain
+        against L1). Otherwise :class:`WouldBlock` is raised before any state
+        changes (the token hashes it computed stay cached) and the request goes
+        to the CPU pool as before. The result is :meth:`lookup`'s, event included.
+
+        Raises:
+            WouldBlock: Not served; run :meth:`lookup` on the pool.
+            BadRequestError: The tokens cannot be decoded, or are too few.
+        """
+        num_chunks = key.end // self.chunk_size
+        width = 1 if key.worker_id is not None else key.world_size
+        if num_chunks * width > INLINE_MAX_KEYS:
+            raise WouldBlock
+        session = self.sessions.get_if_room(key.request_id)
+        if session is None or not session.mutex.acquire(blocking=False):
+            raise WouldBlock
+        try:
+            if session.job is not None:
+                raise WouldBlock
+            hashes = self.chunk_keys.hashes(key, session, num_chunks)
+            ranks = [key.worker_id] if key.worker_id is not None else range(width)
+            per_rank = [self.chunk_keys.keys(key, hashes, rank) for rank in ranks]
+            flat = (
+                per_rank[0]
+                if width == 1
+                else [per_rank[r][i] for i in range(num_chunks) for r in range(width)]
+            )
+            readers = max(1, key.num_kv_readers)
+            lock_deadline = self.sessions.clock() + self.l1.read_ttl_s
+            if not self.l1.try_lock_all(flat, readers):
+                raise WouldBlock
+            started = self.request_events.lookup_started(key, session, hashes)
+            job = LookupJob(deadline=ctx.deadline)
+            session.job = job
+            session.take_locks(flat, readers, lock_deadline)
+            job.finish(num_chunks, _rows(flat, width, 0, num_chunks))
+            self._finished(key, started, flat, width, num_chunks)
+        finally:
+            session.mutex.release()
 
     def _finished(
         self,
@@ -351,3 +405,20 @@ class LookupService:
 def _rows(flat: list[ObjectKey], width: int, first: int, last: int) -> list[list[ObjectKey]]:
     """Chunks ``[first, last)`` of chunk-major keys, one row (every rank) per chunk."""
     return [flat[i * width : (i + 1) * width] for i in range(first, last)]
+
+
+class _LookupHandler:
+    """The ``lookup`` handler: :meth:`LookupService.lookup`, with an inline attempt.
+
+    The request server calls ``try_inline`` on its loop first and, when that
+    raises :class:`WouldBlock`, the handler itself on the CPU pool.
+    """
+
+    def __init__(self, service: LookupService) -> None:
+        self._service = service
+
+    def __call__(self, ctx: RequestContext, key: WireCacheKey, tp_size: int) -> None:
+        self._service.lookup(ctx, key, tp_size)
+
+    def try_inline(self, ctx: RequestContext, key: WireCacheKey, tp_size: int) -> None:
+        self._service.try_lookup_inline(ctx, key, tp_size)

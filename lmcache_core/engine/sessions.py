@@ -178,6 +178,25 @@ class SessionTable:
             self._finish(old, "displaced")
         return session
 
+    def get_if_room(self, request_id: str) -> Session | None:
+        """Like :meth:`get`, but ``None`` where creating the session would displace one.
+
+        Displacing ends a session and releases its locks, which can wait on L1:
+        the request loop, which must not wait, leaves that case to a pool thread.
+        """
+        now = self.clock()
+        with self._lock:
+            session = self._sessions.get(request_id)
+            if session is None:
+                if len(self._sessions) >= self.capacity:
+                    return None
+                session = Session(request_id, self._new_hashes(), now)
+                self._sessions[request_id] = session
+            else:
+                session.last_active = now
+                self._sessions.move_to_end(request_id)
+        return session
+
     def peek(self, request_id: str) -> Session | None:
         """The session if it exists (does not create or refresh it)."""
         with self._lock:

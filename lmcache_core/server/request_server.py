@@ -1,7 +1,10 @@
 """The ZeroMQ request server: decode, dispatch, reply — every request answered.
 
 One loop thread owns the ROUTER socket. It decodes each request, runs trivial
-handlers inline and hands the others to the affinity or CPU pool. ZeroMQ sockets
+handlers inline and hands the others to the affinity or CPU pool. A pool
+handler that offers ``try_inline`` (a lookup that is a full L1 hit) is tried on
+the loop first: it serves the request without waiting on anything, or raises
+:class:`~lmcache_core.engine.contract.WouldBlock` untouched and goes to the pool. ZeroMQ sockets
 must not be shared between threads, so a pool thread sends its reply through its
 own inproc DEALER connected to the same ROUTER; the loop recognizes those peers
 by a secret identity prefix and forwards their frames to the client. One socket
@@ -25,12 +28,13 @@ from typing import Any
 import msgspec
 import zmq
 
-from lmcache_core.engine.contract import Handler, RequestContext, StreamSource
+from lmcache_core.engine.contract import Handler, RequestContext, StreamSource, WouldBlock
 from lmcache_core.errors import StartupError
 from lmcache_core.lifecycle import Health
 from lmcache_core.protocol.api_key_frame import is_key_frame, presented_key
 from lmcache_core.protocol.codec import ProtocolError, ServerCodec, decode_op
 from lmcache_core.protocol.errors import ErrorCode, RemoteError
+from lmcache_core.protocol.multipart import recv_frames, send_frames
 from lmcache_core.protocol.ops import KNOWN_UNSUPPORTED, OPS, Execution, OpSpec
 from lmcache_core.security.keyring import ApiKeyRing
 from lmcache_core.server.affinity import AffinityPool, PoolFull, WorkerPool
@@ -57,6 +61,8 @@ class RequestStats:
     malformed: int = 0
     unauthorized: int = 0
     stream_controls_unknown: int = 0
+    served_inline: int = 0
+    """Pool requests whose handler's ``try_inline`` served them on the loop."""
 
 
 class RequestServer:
@@ -98,6 +104,13 @@ class RequestServer:
             raise ValueError(f"handlers for unknown operations: {sorted(unknown)}")
         self.host, self.port = host, port
         self.handlers = dict(handlers)
+        # Pool handlers that may serve a request on the loop first (see WouldBlock).
+        self._inline_first: dict[str, Handler] = {
+            name: handler.try_inline  # type: ignore[attr-defined]
+            for name, handler in self.handlers.items()
+            if OPS[name].execution is Execution.POOL
+            and callable(getattr(handler, "try_inline", None))
+        }
         self.stats = RequestStats()
         self._keys = api_keys if api_keys is not None else ApiKeyRing.disabled()
         self._codec = ServerCodec()
@@ -187,7 +200,7 @@ class RequestServer:
             while not self._stop.is_set():
                 self._beat = time.monotonic()
                 try:
-                    frames = router.recv_multipart(copy=True)
+                    frames = recv_frames(router)
                 except zmq.Again:
                     continue
                 sender = frames[0]
@@ -218,7 +231,7 @@ class RequestServer:
 
     def _send(self, router: zmq.Socket[bytes], frames: list[bytes]) -> bool:
         try:
-            router.send_multipart(frames, copy=len(frames[-1]) < 65536)
+            send_frames(router, frames)
         except zmq.ZMQError as exc:  # the peer went away (ROUTER_MANDATORY)
             self.stats.undeliverable += 1
             logger.debug("reply dropped: %s", exc.strerror)
@@ -262,6 +275,17 @@ class RequestServer:
         reply_head = [client, uid, op_frame]
         if spec.execution in (Execution.INLINE, Execution.STREAM):
             return self._call(spec, context, decoded, reply_head)
+        attempt = self._inline_first.get(spec.name)
+        if attempt is not None:
+            # Served now when it needs no wait (a full L1 hit): no hand-off to a pool
+            # thread and back, about a third of a small lookup's round trip.
+            try:
+                reply = self._call(spec, context, decoded, reply_head, attempt)
+            except WouldBlock:
+                pass
+            else:
+                self.stats.served_inline += 1
+                return reply
         task = self._task(spec, context, decoded, reply_head)
         try:
             if spec.execution is Execution.AFFINITY:
@@ -330,10 +354,18 @@ class RequestServer:
         raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown operation {op!r}")
 
     def _call(
-        self, spec: OpSpec, context: RequestContext, args: list[Any], head: list[bytes]
+        self,
+        spec: OpSpec,
+        context: RequestContext,
+        args: list[Any],
+        head: list[bytes],
+        handler: Handler | None = None,
     ) -> list[bytes] | None:
+        """Run the handler (or ``handler``) and build the reply; WouldBlock passes through."""
         try:
-            result = self.handlers[spec.name](context, *args)
+            result = (handler or self.handlers[spec.name])(context, *args)
+        except WouldBlock:
+            raise
         except RemoteError as exc:
             self.stats.errors += 1
             return head[:2] + self._codec.error_frames(exc.code, exc.message, spec.name)
@@ -370,7 +402,7 @@ class RequestServer:
             socket.setsockopt(zmq.LINGER, 1000)
             socket.connect(self._reply_address)
             self._local.push = socket
-        socket.send_multipart(frames, copy=len(frames[-1]) < 65536)
+        send_frames(socket, frames)
 
     def _release_push(self) -> None:
         """Close this thread's reply socket (a stream's sender, before its thread ends)."""

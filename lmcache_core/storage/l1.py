@@ -358,6 +358,33 @@ class L1Manager(ArenaViews):
                 self.policy.on_accessed(list(prefix))
         return chunks
 
+    def try_lock_all(self, keys: Sequence[ObjectKey], readers: int = 1) -> bool | None:
+        """Read-lock every one of ``keys`` if all are resident, without waiting.
+
+        For a lookup served on the request loop, which must not wait: ``None``
+        when another thread holds the manager's lock right now, False (nothing
+        locked) when a key is not resident, True when all are locked (the policy
+        hears ``on_accessed`` for them, in order, as with :meth:`lock_prefix`).
+
+        Raises:
+            ValueError: ``readers`` < 1.
+        """
+        if readers < 1:
+            raise ValueError(f"readers must be >= 1, not {readers}")
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            resident = self._resident
+            if not all(key in resident for key in keys):
+                return False
+            if keys:
+                deadline = self._clock() + self.read_ttl_s
+                self._grants.grant_many(keys, resident, readers, deadline)
+                self.policy.on_accessed(list(keys))
+            return True
+        finally:
+            self._lock.release()
+
     def wait_resident(self, keys: Sequence[ObjectKey], timeout: float) -> bool:
         """Wait (bounded) until every key has been resident, for keys another writer stages.
 

@@ -96,6 +96,18 @@ def lookup_frames(**changes: Any) -> list[bytes]:
     return [E("lookup"), E(key_dict(**changes)), E(1)]
 
 
+def tokens_last(**changes: Any) -> bytes:
+    """A key with the tokens as its map's last entry (our client's order), encoded."""
+    key = key_dict(**changes)
+    key["token_ids"] = key.pop("token_ids")
+    return E(key)
+
+
+def tokens_last_lookup(tail: bytes = b"", **changes: Any) -> list[bytes]:
+    """A lookup whose key has the tokens last; ``tail``: bytes after the key."""
+    return [E("lookup"), tokens_last(**changes) + tail, E(1)]
+
+
 META = TensorMetadata("float16", (2, 4, 4, 2, 16), (2048, 512, 128, 16, 1), 0, "cpu")
 
 
@@ -167,6 +179,15 @@ CASES: list[tuple[str, list[bytes], str, Any]] = [
     ("lookup-token-negative", lookup_frames(token_ids=[-1] * 2 * CHUNK), BAD, None),
     ("lookup-token-str", lookup_frames(token_ids=["a"] * 2 * CHUNK), BAD, None),
     ("lookup-tokens-map", lookup_frames(token_ids={"a": 1}, end=0), BAD, None),
+    # Tokens last: the server does not walk them at decode; they are checked when hashed.
+    ("lookup-tokens-last-ok", tokens_last_lookup(), OK, None),
+    ("lookup-tokens-last-trailing-bytes", tokens_last_lookup(b"\x01"), BAD, None),
+    ("lookup-tokens-last-trailing-garbage", tokens_last_lookup(b"\xc1\xc1"), BAD, None),
+    ("lookup-tokens-last-truncated", [E("lookup"), tokens_last()[:-3], E(1)], BAD, None),
+    ("lookup-tokens-last-token-2^32", tokens_last_lookup(token_ids=[2**32] * 2 * CHUNK), BAD, None),
+    ("lookup-tokens-last-token-str", tokens_last_lookup(token_ids=["a"] * 2 * CHUNK), BAD, None),
+    ("lookup-tokens-last-map", tokens_last_lookup(token_ids={"a": 1}, end=0), BAD, None),
+    ("lookup-tokens-last-end-past", tokens_last_lookup(end=2 * CHUNK + 1), BAD, None),
     ("lookup-salt-at", lookup_frames(cache_salt="a@b"), BAD, None),
     ("lookup-salt-slash", lookup_frames(cache_salt="a/b"), BAD, None),
     ("lookup-salt-nul", lookup_frames(cache_salt="a\x00"), BAD, None),
@@ -276,6 +297,17 @@ def test_window_errors_of_a_registered_worker(
         (store(key_dict(worker_id=0, token_ids=tokens), [["a"]]), BAD),
         (store(key_dict(worker_id=0, token_ids=tokens), [[1, 2]]), [b"", False]),  # too few ids
         (store(key_dict(worker_id=0, token_ids=tokens), []), [b"", False]),
+        # The tokens last (not walked at decode), bytes after them: refused when hashed.
+        (
+            [
+                E("store"),
+                tokens_last(worker_id=0, token_ids=tokens) + b"\x00",
+                E(iid),
+                E([[1] * 8]),
+                E(b""),
+            ],
+            BAD,
+        ),
         (
             [
                 E("retrieve"),

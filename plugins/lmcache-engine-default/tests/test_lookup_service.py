@@ -7,9 +7,21 @@ import time
 from collections.abc import Sequence
 
 import pytest
-from default_engine_rig import CHUNK, Rig, close_rig, make_rig, registration, tokens, wire_key
+from default_engine_rig import (
+    CHUNK,
+    CTX,
+    Rig,
+    close_rig,
+    make_rig,
+    registration,
+    tokens,
+    wire_key,
+)
 
+from lmcache_core.engine.contract import WouldBlock
+from lmcache_core.engine.lookup import INLINE_MAX_KEYS
 from lmcache_core.engine.prefetch_pool import PrefetchPool
+from lmcache_core.protocol.types import WireCacheKey
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1
 
@@ -129,3 +141,79 @@ def test_the_prefetch_pool_is_a_component() -> None:
         pool.start()
     with pytest.raises(ValueError):
         PrefetchPool(0)
+
+
+# -- the inline attempt the request loop makes first -------------------------------------
+
+
+def inline(rig: Rig, key: WireCacheKey) -> None:
+    """The request loop's first try at a lookup (``WouldBlock``: it goes to the pool)."""
+    rig.engine.handlers()["lookup"].try_inline(CTX, key, 1)
+
+
+def test_an_inline_lookup_of_a_full_hit_leaves_what_the_pool_lookup_leaves(rig: Rig) -> None:
+    rig.call("register_kv_cache_engine_driven_context", registration(2, world_size=2))
+    rig.call("register_kv_cache_engine_driven_context", registration(3, world_size=2))
+    ids = tokens(3, seed=20)
+    store(rig, 2, ids, range(3), rank=0, world_size=2)
+    store(rig, 3, ids, range(3), rank=1, world_size=2)
+    for request, attempt in (("pool", rig.call), ("inline", None)):
+        key = wire_key(ids, 0, 3 * CHUNK, request, worker_id=None, world_size=2)
+        rig.policy.accessed.clear()
+        if attempt is None:
+            inline(rig, key)
+        else:
+            attempt("lookup", key, 1)
+        assert rig.call("query_prefetch_status", request) == 3
+        assert rig.l1.usage().locked_objects == 6
+        (accessed,) = rig.policy.accessed
+        assert len(accessed) == 6
+        rig.call("end_session", request)
+        assert rig.l1.usage().locked_objects == 0
+
+
+def test_an_inline_lookup_that_could_wait_or_miss_changes_nothing(rig: Rig) -> None:
+    rig.call("register_kv_cache_engine_driven_context", registration(1))
+    ids = tokens(3, seed=21)
+    store(rig, 1, ids, range(2))  # chunk 2 is missing
+    miss = wire_key(ids, 0, 3 * CHUNK, "r", worker_id=None)
+    hit = wire_key(ids, 0, 2 * CHUNK, "r", worker_id=None)
+    with pytest.raises(WouldBlock):
+        inline(rig, miss)  # a partial hit: its misses are explained against L1, on the pool
+    assert rig.l1.usage().locked_objects == 0
+    session = rig.engine.lookups.sessions.peek("r")
+    assert session is not None and session.job is None
+    with rig.l1._lock, pytest.raises(WouldBlock):  # L1 busy on another thread right now
+        inline(rig, hit)
+    with session.mutex, pytest.raises(WouldBlock):  # the session is busy
+        inline(rig, hit)
+    over = wire_key(tokens(INLINE_MAX_KEYS + 1, seed=22), 0, (INLINE_MAX_KEYS + 1) * CHUNK, "b")
+    with pytest.raises(WouldBlock):  # over the work budget (a miss too, but not looked at)
+        inline(rig, over)
+    assert rig.engine.lookups.sessions.peek("b") is None
+    assert rig.l1.usage().locked_objects == 0
+    inline(rig, hit)  # now nothing is in the way
+    assert rig.l1.usage().locked_objects == 2
+    with pytest.raises(WouldBlock):  # an earlier job to release: that unlocks L1, on the pool
+        inline(rig, hit)
+    rig.call("lookup", hit, 1)  # the pool does it
+    assert rig.call("query_prefetch_status", "r") == 2
+    assert rig.l1.usage().locked_objects == 2
+    rig.call("end_session", "r")
+    assert rig.l1.usage().locked_objects == 0
+
+
+def test_an_inline_lookup_never_displaces_a_session(rig: Rig) -> None:
+    rig.call("register_kv_cache_engine_driven_context", registration(1))
+    ids = tokens(1, seed=23)
+    store(rig, 1, ids, range(1))
+    sessions = rig.engine.lookups.sessions
+    capacity, sessions.capacity = sessions.capacity, len(sessions) + 1
+    try:
+        inline(rig, wire_key(ids, 0, CHUNK, "first", worker_id=None))
+        with pytest.raises(WouldBlock):  # the table is full: a new one would displace one
+            inline(rig, wire_key(ids, 0, CHUNK, "second", worker_id=None))
+        assert sessions.peek("second") is None and sessions.peek("first") is not None
+    finally:
+        sessions.capacity = capacity
+        rig.call("end_session", "first")

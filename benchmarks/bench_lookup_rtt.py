@@ -1,0 +1,286 @@
+"""A 64-chunk lookup's round trip through our client, A/B between trees, with its ceiling.
+
+Run::
+
+    .venv/bin/python benchmarks/bench_lookup_rtt.py [--tree LABEL=PATH ...] [--rounds N]
+        [--samples N] [--stages] [--server-arg ARG ...]
+
+For each tree (default: this one, labelled ``this``) a real ``lmcache server`` and
+a client process run with ``PYTHONPATH=PATH``, so both ends are that tree's code.
+A client stores a 64-chunk prefix once, then each round times, one call at a
+time: ``noop`` (the ceiling: ZeroMQ, the request loop, the client, nothing
+else), a 1-chunk and a 64-chunk full-hit ``lookup`` (each followed, untimed, by
+its status query and ``end_session``). Rounds alternate between the trees, so a
+neighbour's load hits every tree alike; the report gives each figure's median
+over the rounds of the per-round p50, and the ratio lookup / noop (which moves
+much less with load than either figure).
+
+``--stages`` loads ``lookup_stage_probe.py`` into the servers and splits the
+64-chunk lookup into its stages (client send, loop receive and hand-off, pool
+wake-up, handler, reply push, loop forward, client receive), medians in us.
+Prints a Markdown table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import itertools
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CHUNK = 256
+PROBE = HERE / "lookup_stage_probe.py"
+
+
+# -- the client process (one per tree) ---------------------------------------------------
+
+
+def client_main(url: str, samples: int) -> None:
+    """Serve rounds on request: read a line from stdin, answer one JSON line."""
+    import msgspec
+    import torch
+
+    from lmcache_core.client import MPClient
+    from lmcache_core.client.cpu_worker import CpuKVWorker
+    from lmcache_core.protocol.types import pack_token_ids
+    from lmcache_core.transfer.layout import KVFormat, KVLayout
+
+    client = MPClient(url, timeout=60)
+    layout = KVLayout(
+        KVFormat.NHD,
+        num_layers=2,
+        num_blocks=64 * 16,
+        block_size=16,
+        num_heads=1,
+        head_dim=8,
+        dtype=torch.bfloat16,
+    )
+    rng = random.Random(99)
+    toks = [rng.randrange(128000) for _ in range(64 * CHUNK)]
+    with CpuKVWorker(client, layout) as worker:
+        worker.register()
+        assert worker.store(worker.key(toks, 0, 64 * CHUNK, "fill"), list(range(64 * 16)))
+        packed: dict[int, msgspec.Raw] = {n: pack_token_ids(toks[: n * CHUNK]) for n in (1, 64)}
+        print(json.dumps({"ready": True}), flush=True)
+        counter = 0
+        for line in sys.stdin:
+            if line.strip() == "stop":
+                break
+            result: dict[str, Any] = {"noop": [], "lookup_1": [], "lookup_64": [], "calls": []}
+            for _ in range(samples):
+                start = time.perf_counter_ns()
+                client.noop()
+                result["noop"].append(time.perf_counter_ns() - start)
+            for n in (1, 64):
+                for _ in range(samples):
+                    counter += 1
+                    key = worker.key(packed[n], 0, n * CHUNK, f"r{counter}", worker=False)
+                    start = time.perf_counter_ns()
+                    client.lookup(key)
+                    end = time.perf_counter_ns()
+                    result[f"lookup_{n}"].append(end - start)
+                    if n == 64:
+                        result["calls"].append((start, end))
+                    assert client.query_prefetch_status(key.request_id) == n
+                    client.end_session(key.request_id)
+            print(json.dumps(result), flush=True)
+        worker.unregister()
+    client.close()
+
+
+# -- the coordinator ---------------------------------------------------------------------
+
+
+class Tree:
+    """One tree's server and client processes."""
+
+    def __init__(self, label: str, path: Path, server_args: list[str], stages: bool) -> None:
+        sys.path.insert(0, str(ROOT))
+        from tests.server_process import clean_env, free_port
+
+        self.label, self.path = label, path
+        port, http_port = free_port(), free_port()
+        self.url = f"127.0.0.1:{port}"
+        self.http = f"http://127.0.0.1:{http_port}"
+        env = clean_env(PYTHONPATH=str(path))
+        self.stage_file = None
+        boot = "from lmcache_core.cli.main import main; main()"
+        if stages:
+            self.stage_file = tempfile.mktemp(prefix=f"stages-{label}-", suffix=".json")
+            env["LMCACHE_BENCH_STAGES"] = self.stage_file
+            boot = (
+                "import importlib.util as u; "
+                f"s = u.spec_from_file_location('lookup_stage_probe', {str(PROBE)!r}); "
+                "m = u.module_from_spec(s); s.loader.exec_module(m); m.install(); " + boot
+            )
+        self.server = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                boot,
+                "server",
+                "--l1-size-gb",
+                "0.25",
+                "--eviction-policy",
+                "LRU",
+                "--port",
+                str(port),
+                "--http-host",
+                "127.0.0.1",
+                "--http-port",
+                str(http_port),
+                *server_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        self.env = env
+
+    def start_client(self, samples: int) -> None:
+        from tests.server_process import wait_healthy
+
+        wait_healthy(self.server, self.http)  # type: ignore[arg-type]
+        self.client = subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "bench_lookup_rtt.py"),
+                "--client",
+                self.url,
+                "--samples",
+                str(samples),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+        assert self.client.stdout is not None
+        json.loads(self.client.stdout.readline())
+
+    def round(self) -> dict[str, Any]:
+        assert self.client.stdin is not None and self.client.stdout is not None
+        self.client.stdin.write("go\n")
+        self.client.stdin.flush()
+        return json.loads(self.client.stdout.readline())  # type: ignore[no-any-return]
+
+    def requests_status(self) -> Any:
+        """The server's request counters (``/status``), e.g. how many were served inline."""
+        import httpx
+
+        return httpx.get(f"{self.http}/status", timeout=10).json()["data_path"]["requests"]
+
+    def stop(self) -> list[tuple[str, int]]:
+        from tests.server_process import stop_server
+
+        if getattr(self, "client", None) is not None:
+            assert self.client.stdin is not None
+            self.client.stdin.write("stop\n")
+            self.client.stdin.close()
+            self.client.wait(30)
+        stop_server(self.server)  # type: ignore[arg-type]
+        if self.stage_file and os.path.exists(self.stage_file):
+            stamps = json.loads(Path(self.stage_file).read_text())
+            os.unlink(self.stage_file)
+            return [(s, int(t)) for s, t in stamps]
+        return []
+
+
+def split_stages(
+    calls: list[tuple[int, int]], stamps: list[tuple[str, int]]
+) -> dict[str, tuple[float, int]]:
+    """Median us between consecutive stamps of the timed 64-chunk lookups, and how many.
+
+    One request is in flight at a time, so the stamps inside a call's window are
+    that request's (a pool hop's stages appear only when it took one).
+    """
+    stamps.sort(key=lambda item: item[1])
+    times = [t for _, t in stamps]
+    parts: dict[str, list[float]] = {}
+    for start, end in calls:
+        lo, hi = bisect.bisect_left(times, start), bisect.bisect_right(times, end)
+        points = [("client_send", start), *stamps[lo:hi], ("client_recv", end)]
+        for (a, ta), (b, tb) in itertools.pairwise(points):
+            parts.setdefault(f"{a} -> {b}", []).append((tb - ta) / 1e3)
+    # Only intervals a quarter of the calls have (a stray stamp of another thread: noise).
+    return {
+        name: (statistics.median(values), len(values))
+        for name, values in parts.items()
+        if len(values) >= len(calls) // 4
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=300, help="calls per figure per round")
+    parser.add_argument("--stages", action="store_true", help="split the lookup into stages")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG")
+    parser.add_argument("--client", help=argparse.SUPPRESS)  # the client process's mode
+    args = parser.parse_args()
+    if args.client:
+        client_main(args.client, args.samples)
+        return
+    specs = [t.split("=", 1) for t in args.tree] or [["this", str(ROOT)]]
+    trees = [Tree(label, Path(path), args.server_arg, args.stages) for label, path in specs]
+    p50s: dict[str, dict[str, list[float]]] = {t.label: {} for t in trees}
+    calls: dict[str, list[tuple[int, int]]] = {t.label: [] for t in trees}
+    stamps: dict[str, list[tuple[str, int]]] = {}
+    loads = []
+    try:
+        for tree in trees:
+            tree.start_client(args.samples)
+        for _ in range(args.rounds):
+            loads.append(os.getloadavg()[0])
+            for tree in trees:
+                result = tree.round()
+                for name in ("noop", "lookup_1", "lookup_64"):
+                    p50 = statistics.median(result[name]) / 1e6
+                    p50s[tree.label].setdefault(name, []).append(p50)
+                calls[tree.label] += [tuple(c) for c in result["calls"]]  # type: ignore[misc]
+        for tree in trees:
+            p50s[tree.label]["status"] = tree.requests_status()
+    finally:
+        for tree in trees:
+            stamps[tree.label] = tree.stop()
+    report: dict[str, Any] = {"load_avg_1m": loads, "samples": args.samples, "trees": {}}
+    print(f"load average (1 min) during the rounds: {min(loads):.2f} - {max(loads):.2f}")
+    print("| tree | noop p50 | lookup 1 p50 | lookup 64 p50 | lookup 64 / noop |")
+    print("| --- | --- | --- | --- | --- |")
+    for tree in trees:
+        rounds = p50s[tree.label]
+        status = rounds.pop("status", None)
+        med = {name: statistics.median(values) for name, values in rounds.items()}
+        ratios = [a / b for a, b in zip(rounds["lookup_64"], rounds["noop"], strict=True)]
+        entry: dict[str, Any] = {"median_p50_ms": med, "rounds_p50_ms": rounds}
+        entry["server_requests"] = status
+        entry["lookup_64_over_noop"] = statistics.median(ratios)
+        print(
+            f"| {tree.label} | {med['noop']:.3f} ms | {med['lookup_1']:.3f} ms "
+            f"| {med['lookup_64']:.3f} ms | {entry['lookup_64_over_noop']:.2f} |"
+        )
+        if stamps.get(tree.label):
+            entry["stages_us"] = split_stages(calls[tree.label], stamps[tree.label])
+        report["trees"][tree.label] = entry
+    for label, entry in report["trees"].items():
+        if "stages_us" in entry:
+            print(f"\nstages of the 64-chunk lookup, {label} (median us):")
+            for name, (value, count) in entry["stages_us"].items():
+                print(f"  {name:28s} {value:8.1f}  ({count} calls)")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
