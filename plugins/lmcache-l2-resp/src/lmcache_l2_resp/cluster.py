@@ -241,6 +241,9 @@ class ClusterRouter:
             password=self._password,
             socket_timeout=self._socket_timeout_s,
             socket_connect_timeout=self._connect_timeout_s,
+            # redis-py's default retries a refused connection with backoff for about 4 s
+            # per node: a cluster down at start-up then held start() for 4 s per seed.
+            retry=Retry(NoBackoff(), 0),
         ) as client:
             reply = client.execute_command("CLUSTER SLOTS")
         layout: list[Node | None] = [None] * SLOTS
