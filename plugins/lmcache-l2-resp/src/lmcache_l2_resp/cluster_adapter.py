@@ -23,14 +23,9 @@ import redis
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
 from lmcache_core.storage.l2.key_names import native_key_name
-from lmcache_l2_resp.adapter import (
-    DEFAULT_CONNECT_TIMEOUT_S,
-    DEFAULT_SOCKET_TIMEOUT_S,
-    SCAN_COUNT,
-    SCAN_PATTERN,
-    redis_key_to_object_key,
-)
-from lmcache_l2_resp.cluster import ClusterRouter, Node, NodeClients, format_node
+from lmcache_l2_resp.adapter import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_SOCKET_TIMEOUT_S
+from lmcache_l2_resp.cluster import ClusterRouter, Node, format_node
+from lmcache_l2_resp.node_clients import NodeClients, check_settings, scan_sizes
 
 logger = logging.getLogger("lmcache.l2.resp")
 
@@ -66,10 +61,7 @@ class RespClusterL2Adapter(L2AdapterV1):
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         persist: bool = True,
     ) -> None:
-        if username is not None and password is None:
-            raise ValueError("username needs a password")
-        if socket_timeout_s <= 0 or connect_timeout_s <= 0:
-            raise ValueError("socket_timeout_s and connect_timeout_s must be > 0")
+        check_settings(username, password, socket_timeout_s, connect_timeout_s)
         super().__init__(
             "resp",
             capacity_bytes=capacity_bytes,
@@ -146,7 +138,7 @@ class RespClusterL2Adapter(L2AdapterV1):
         known: dict[ObjectKey, int] = {}
         for node in self.router.primaries():
             try:
-                known.update(self._scan(self.router.clients(node).client))
+                known.update(scan_sizes(self.router.clients(node).client))
             except redis.AuthenticationError as exc:
                 who = self.username or "default"
                 raise RuntimeError(
@@ -163,25 +155,6 @@ class RespClusterL2Adapter(L2AdapterV1):
                 raise RuntimeError(
                     f"resp: {format_node(node)} refused to list the keys: {exc}"
                 ) from exc
-        return known
-
-    @staticmethod
-    def _scan(client: redis.Redis) -> dict[ObjectKey, int]:
-        found: list[tuple[ObjectKey, bytes]] = []
-        for name in client.scan_iter(match=SCAN_PATTERN, count=SCAN_COUNT, _type="string"):
-            key = redis_key_to_object_key(name)
-            if key is not None:
-                found.append((key, name))
-        known: dict[ObjectKey, int] = {}
-        for start in range(0, len(found), SCAN_COUNT):
-            batch = found[start : start + SCAN_COUNT]
-            pipe = client.pipeline(transaction=False)
-            for _, name in batch:
-                pipe.strlen(name)
-            sizes = pipe.execute(raise_on_error=False)
-            for (key, _), size in zip(batch, sizes, strict=True):
-                if isinstance(size, int) and size > 0:
-                    known[key] = size
         return known
 
     def _close(self) -> None:
