@@ -128,3 +128,35 @@ def test_rdma_without_an_arena_is_refused() -> None:
     config = MooncakeStoreAdapterConfig.model_validate({**MINIMAL, "protocol": "rdma"})
     with pytest.raises(MooncakeUnavailable, match="registers the L1 arena"):
         MooncakeStoreAdapter(config)
+
+
+@needs_mooncake
+def test_server_start_up_with_an_unreachable_master_is_one_line(tmp_path: Any) -> None:
+    """``lmcache server`` exits 1 within seconds, one error line naming the master."""
+    import json
+    import subprocess
+    import sys
+
+    port = free_port()
+    adapter = {**MINIMAL, "master_server_addr": f"127.0.0.1:{port}", "connect_timeout_s": 1}
+    command = "from lmcache_core.cli.main import main; main()"
+    args = ["server", "--l1-size-gb", "0.01", "--eviction-policy", "LRU", "--host", "127.0.0.1"]
+    args += ["--port", str(free_port()), "--http-host", "127.0.0.1"]
+    args += ["--http-port", str(free_port())]
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", command, *args, "--l2-adapter", json.dumps(adapter)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: --l2-adapter #1: cannot start: master_server_addr 127.0.0.1:{port} is not "
+        "reachable within 1 s (Connection refused)"
+    ], output
+    assert "Traceback" not in output
+    assert time.monotonic() - started < 30.0
