@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -111,6 +112,21 @@ def test_unreachable_master_fails_fast_naming_it() -> None:
     message = str(failure.value)
     assert "\n" not in message
     assert f"master_server_addr 127.0.0.1:{port} is not reachable" in message
+
+
+@needs_mooncake
+def test_a_misspelt_master_host_fails_fast_naming_it() -> None:
+    from lmcache_l2_mooncake_store.adapter import MooncakeStoreAdapter
+
+    config = MooncakeStoreAdapterConfig.model_validate(
+        {**MINIMAL, "master_server_addr": "mooncake-mastr.invalid:50051"}
+    )
+    started = time.monotonic()
+    with pytest.raises(
+        MooncakeUnavailable, match=re.escape("master_server_addr mooncake-mastr.invalid:50051")
+    ):
+        MooncakeStoreAdapter(config)
+    assert time.monotonic() - started < 3.0
 
 
 @needs_mooncake

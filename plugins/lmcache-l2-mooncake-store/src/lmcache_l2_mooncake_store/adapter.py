@@ -34,6 +34,7 @@ import numpy as np
 
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1
+from lmcache_core.storage.l2.adapter import _byte_view as byte_view
 from lmcache_core.storage.l2.key_names import native_key_name
 from lmcache_core.storage.l2.object_format import HEADER_SIZE, CorruptObject, frame, verify
 from lmcache_l2_mooncake_store.client import (
@@ -57,18 +58,6 @@ INVALID_PARAMS = -600  # what Mooncake answers a load whose buffer is smaller th
 def address_of(view: memoryview) -> int:
     """The address of a contiguous buffer's first byte (read-only buffers too)."""
     return int(np.frombuffer(view, dtype=np.uint8).ctypes.data)
-
-
-def byte_view(buffer: bytes | bytearray | memoryview) -> memoryview:
-    """A flat, contiguous byte view of ``buffer``.
-
-    Raises:
-        ValueError: ``buffer`` is not contiguous.
-    """
-    view = memoryview(buffer)
-    if not view.c_contiguous:
-        raise ValueError("L2 payloads and buffers must be contiguous")
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 class MooncakeStoreAdapter(L2AdapterV1):
