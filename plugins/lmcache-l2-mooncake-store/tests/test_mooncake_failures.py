@@ -151,3 +151,32 @@ def test_the_storing_client_dies(own_cluster: MooncakeCluster) -> None:
             os.kill(storer.pid, signal.SIGKILL)
             storer.wait(timeout=10)
         reader.close()
+
+
+def test_replica_num_keeps_objects_when_a_store_node_dies(own_cluster: MooncakeCluster) -> None:
+    nodes = [own_cluster.add_store_node(64 << 20) for _ in range(2)]
+    adapter = adapter_of(own_cluster, replica_num=2, per_op_workers={"lookup": 2})
+    single = adapter_of(own_cluster)  # the control: one replica each
+    try:
+        assert adapter._pools["lookup"]._max_workers == 2
+        assert adapter._pools["store"]._max_workers == adapter.config.num_workers
+        keys = make_keys(4, seed=71)
+        payloads = make_payloads([16384] * 4, seed=7)
+        assert wait(adapter.submit_store(keys, payloads)) == [True] * 4
+        control = make_keys(16, seed=72)
+        assert wait(single.submit_store(control, make_payloads([16384] * 16))) == [True] * 16
+        own_cluster.kill_node(nodes[0])
+        # Every object has a replica on the surviving node (a transfer from the dead one
+        # may fail first; the read then goes to the other replica, or fails and is counted).
+        buffers = empty_buffers([16384] * 4)
+        assert eventually(
+            lambda: wait(adapter.submit_load(keys, buffers)) == [True] * 4,
+            timeout_s=own_cluster.client_ttl_s + 10,
+        )
+        assert [bytes(b) for b in buffers] == payloads
+        # With one replica, the objects placed on the dead node are gone (1 in 65536 that
+        # all 16 landed on the survivor).
+        assert not all(wait(single.submit_load(control, empty_buffers([16384] * 16))))
+    finally:
+        single.close()
+        adapter.close()
