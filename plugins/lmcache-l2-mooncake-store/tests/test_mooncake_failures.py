@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 from lmcache_l2_mooncake_store.adapter import MooncakeStoreAdapter
 from lmcache_l2_mooncake_store.config import MooncakeStoreAdapterConfig
-from lmcache_l2_mooncake_store.testing import MooncakeCluster, needs_mooncake
+from lmcache_l2_mooncake_store.testing import MooncakeCluster, listening_addresses, needs_mooncake
 
 from lmcache_core.testing.l2_conformance import empty_buffers, make_keys, make_payloads, wait
 
@@ -39,6 +39,16 @@ def eventually(check: Callable[[], bool], timeout_s: float) -> bool:
             return False
         time.sleep(0.2)
     return True
+
+
+def test_the_master_listens_on_loopback_only(own_cluster: MooncakeCluster) -> None:
+    """No HTTP metadata server (clients use P2PHANDSHAKE): nothing of the master binds 0.0.0.0."""
+    assert own_cluster.master is not None
+    bound = listening_addresses(own_cluster.master.pid)
+    assert bound == {
+        ("127.0.0.1", own_cluster.rpc_port),
+        ("127.0.0.1", own_cluster.metrics_port),
+    }
 
 
 def test_l1_arena_is_registered_once_and_moves_without_a_copy(

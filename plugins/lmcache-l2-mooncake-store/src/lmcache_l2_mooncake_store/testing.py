@@ -73,6 +73,33 @@ def _stop(process: subprocess.Popen[bytes] | None, signum: int = signal.SIGTERM)
         process.wait(timeout=5)
 
 
+def listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """The TCP ``(address, port)`` pairs process ``pid`` listens on (Linux ``/proc``).
+
+    IPv4 addresses are dotted quads; an IPv6 one is its 32 hex digits (``0`` * 32 is
+    every interface).
+    """
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found: set[tuple[str, int]] = set()
+    for table in ("tcp", "tcp6"):
+        lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A: LISTEN
+                continue
+            address, port = local.split(":")
+            if table == "tcp":
+                address = socket.inet_ntoa(bytes.fromhex(address)[::-1])
+            found.add((address, int(port, 16)))
+    return found
+
+
 class MooncakeCluster:
     """``mooncake_master`` plus standalone store nodes on 127.0.0.1, stopped by PID.
 
