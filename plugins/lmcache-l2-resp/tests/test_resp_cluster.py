@@ -180,8 +180,12 @@ def test_moved_is_followed_after_a_reshard(cluster: RedisClusterServers, make: A
     assert adapter.submit_store([key], [b"before"]).result(TIMEOUT_S) == [True]
     source, target, slot = _move_slot(cluster, name, finish=True)
     try:
+        # The adapter's map still names the source: it answers MOVED to the batched
+        # lookup, whose key is then looked up again through the router, following it.
+        assert adapter.submit_lookup_and_lock([key]).result(TIMEOUT_S) == [True]
+        adapter.unlock([key])
+        assert adapter.status()["moved_redirects"] >= 1
         buffer = bytearray(6)
-        # The adapter's map still names the source: it answers MOVED, the load follows it.
         assert adapter.submit_load([key], [memoryview(buffer)]).result(TIMEOUT_S) == [True]
         assert bytes(buffer) == b"before"
         assert adapter.status()["moved_redirects"] >= 1
@@ -293,3 +297,41 @@ class TestRespClusterConformance(L2AdapterConformance):
 
     def reopen(self, adapter: Any, tmp_path: Path) -> RespClusterL2Adapter | None:
         return self._build(adapter.capacity_bytes, adapter.object_format)
+
+
+@needs_redis
+def test_a_cluster_down_at_start_up_gives_a_degraded_adapter_that_recovers(
+    tmp_path: Path,
+) -> None:
+    """Decided: degraded, not a start-up error (a fleet's servers must not wait for Redis).
+
+    With no node up, start() and every call fail fast (no connection retries with
+    backoff: this once held start() for about 4 s per seed); once the cluster is up,
+    the next calls read the slot map and work, with no restart of the adapter.
+    """
+    servers = RedisClusterServers(tmp_path / "late-cluster")  # ports chosen, not started
+    adapter = RespClusterL2Adapter([(n.host, n.port) for n in servers.nodes], **FAST)
+    try:
+        started = time.monotonic()
+        adapter.start()
+        assert adapter.keys() == []
+        batch = keys(2, seed=77)
+        assert adapter.submit_lookup_and_lock(batch).result(TIMEOUT_S) == [False, False]
+        assert adapter.submit_store(batch, [b"v1", b"v2"]).result(TIMEOUT_S) == [False, False]
+        assert time.monotonic() - started < 3.0
+        status = adapter.status()
+        assert status["is_healthy"] is True
+        assert status["shards"] == 0
+        assert status["errors"] >= 2
+
+        servers.start()
+        deadline = time.monotonic() + TIMEOUT_S
+        while adapter.submit_store(batch, [b"v1", b"v2"]).result(TIMEOUT_S) != [True, True]:
+            assert time.monotonic() < deadline, "the adapter never used the cluster once it was up"
+            time.sleep(0.2)
+        assert adapter.submit_lookup_and_lock(batch).result(TIMEOUT_S) == [True, True]
+        adapter.unlock(batch)
+        assert adapter.status()["shards"] == 3
+    finally:
+        adapter.close()
+        servers.stop()

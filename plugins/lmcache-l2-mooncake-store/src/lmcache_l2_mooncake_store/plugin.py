@@ -1,36 +1,38 @@
-"""Registers the L2 adapter ``mooncake_store`` with the LMCache server.
-
-The configuration model is complete, but this build has no binding to the library
-the adapter drives: it is listed as not implemented, with a reason that says
-whether the library is installed (see :mod:`lmcache_core.storage.l2.unavailable`).
-"""
+"""Registers the L2 adapter ``mooncake_store`` with the LMCache server."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from lmcache_core.plugin import L2AdapterSpec, hookimpl
-from lmcache_core.storage.l2.unavailable import NativeDependency, unavailable_adapter_spec
+from lmcache_core.storage.l2.context import DEFAULT_L2_ADAPTER_CONTEXT, L2AdapterContext
 from lmcache_l2_mooncake_store.config import MooncakeStoreAdapterConfig
 
-DEPENDENCY = NativeDependency(
-    module="mooncake",
-    what="the Mooncake transfer engine (Python package 'mooncake-transfer-engine')",
-    install="pip install mooncake-transfer-engine",
-)
-"""The library a binding would use; whether it is installed shapes the start-up error."""
+if TYPE_CHECKING:
+    from lmcache_core.storage.l2.adapter import L2AdapterV1
+
+
+def _build(
+    config: MooncakeStoreAdapterConfig, context: L2AdapterContext = DEFAULT_L2_ADAPTER_CONTEXT
+) -> L2AdapterV1:
+    # Imported on use: registering the plugin imports neither numpy nor Mooncake.
+    from lmcache_l2_mooncake_store.adapter import MooncakeStoreAdapter
+
+    return MooncakeStoreAdapter(config, l1_region=context.l1_region)
 
 
 @hookimpl
-def lmcache_register_l2_adapters() -> list[L2AdapterSpec]:
+def lmcache_register_l2_adapters() -> list[L2AdapterSpec[MooncakeStoreAdapterConfig]]:
     """Register the L2 adapter ``mooncake_store``.
 
     Returns:
-        Its one spec, marked not implemented; building it raises with the reason.
+        Its one spec.
     """
     return [
-        unavailable_adapter_spec(
-            "mooncake_store",
+        L2AdapterSpec(
+            name="mooncake_store",
+            factory=_build,
             config_model=MooncakeStoreAdapterConfig,
-            description="A Mooncake distributed KV store.",
-            dependency=DEPENDENCY,
+            description="A Mooncake Store cluster (zero-copy batches from the L1 arena).",
         )
     ]

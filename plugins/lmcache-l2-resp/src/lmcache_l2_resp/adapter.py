@@ -25,18 +25,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
 from lmcache_core.storage.l2.context import DEFAULT_L2_ADAPTER_CONTEXT, L2AdapterContext
-from lmcache_core.storage.l2.key_names import native_key_name, parse_native_key_name
-from lmcache_l2_resp.bulk import BulkConnection, BulkPool
+from lmcache_core.storage.l2.key_names import native_key_name
 from lmcache_l2_resp.config import RespAdapterConfig
+from lmcache_l2_resp.node_clients import (
+    SCAN_COUNT,
+    NodeClients,
+    check_settings,
+    scan_sizes,
+)
 
 if TYPE_CHECKING:
     from lmcache_l2_resp.cluster_adapter import RespClusterL2Adapter
@@ -44,26 +48,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("lmcache.l2.resp")
 
 GIB = 1 << 30
-SCAN_PATTERN = "*@" + "[0-9a-f]" * 8 + "@*@*"
-"""``SCAN MATCH`` pattern of the names this adapter writes (narrowed again by parsing)."""
-SCAN_COUNT = 1000
-"""``SCAN COUNT`` hint: keys examined per round trip while rebuilding the index."""
 DEFAULT_SOCKET_TIMEOUT_S = 5.0
 DEFAULT_CONNECT_TIMEOUT_S = 2.0
-
-
-def redis_key_to_object_key(name: str | bytes) -> ObjectKey | None:
-    """Parse a Redis key (as SCAN returns it, bytes) back to its object key.
-
-    None unless ``name`` is UTF-8 and exactly some key's native key string
-    (:func:`~lmcache_core.storage.l2.key_names.parse_native_key_name`).
-    """
-    if isinstance(name, bytes):
-        try:
-            name = name.decode()
-        except UnicodeDecodeError:
-            return None
-    return parse_native_key_name(name)
 
 
 class RespL2Adapter(L2AdapterV1):
@@ -101,10 +87,7 @@ class RespL2Adapter(L2AdapterV1):
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         persist: bool = True,
     ) -> None:
-        if username is not None and password is None:
-            raise ValueError("username needs a password")
-        if socket_timeout_s <= 0 or connect_timeout_s <= 0:
-            raise ValueError("socket_timeout_s and connect_timeout_s must be > 0")
+        check_settings(username, password, socket_timeout_s, connect_timeout_s)
         super().__init__(
             "resp",
             capacity_bytes=capacity_bytes,
@@ -115,35 +98,17 @@ class RespL2Adapter(L2AdapterV1):
         self.port = port
         self.username = username
         self.persist = persist
-        # One reconnect, without back-off, when a pooled connection turns out to be
-        # broken (the server restarted); never a retry after a timeout, so a hung
-        # server costs one socket timeout per call.
-        retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
-        self._connections = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
-            max_connections=num_workers,
-            timeout=connect_timeout_s + socket_timeout_s,  # waiting for a free connection
-            host=host,
-            port=port,
+        self._node = NodeClients(
+            (host, port),
             username=username,
             password=password,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=connect_timeout_s,
-            socket_keepalive=True,
-            retry=retry,
+            pool_size=num_workers,
+            connect_timeout_s=connect_timeout_s,
+            socket_timeout_s=socket_timeout_s,
         )
-        self._client = redis.Redis(connection_pool=self._connections)
-
-        def connect() -> BulkConnection:
-            return BulkConnection(
-                host,
-                port,
-                username=username,
-                password=password,
-                connect_timeout_s=connect_timeout_s,
-                socket_timeout_s=socket_timeout_s,
-            )
-
-        self._bulk = BulkPool(connect, num_workers, wait_s=connect_timeout_s + socket_timeout_s)
+        self._connections = self._node.connections
+        self._client = self._node.client
+        self._bulk = self._node.bulk
 
     @property
     def server(self) -> str:
@@ -156,6 +121,35 @@ class RespL2Adapter(L2AdapterV1):
         name = native_key_name(key).encode()
         views = [memoryview(part).cast("B") for part in parts]
         self._bulk.run(lambda connection: connection.set(name, views))
+
+    def submit_lookup_and_lock(self, keys: Sequence[ObjectKey]) -> Future[list[bool]]:
+        """Which keys the server holds, in one pipelined round trip of ``EXISTS``.
+
+        One round trip per batch instead of one per key (64 keys: one instead of 64
+        network round trips); each hit is pinned, each failure counted per key.
+        """
+        self._check(keys)
+        batch = list(keys)
+        return self._submit(lambda: self._lookup_batch(batch))
+
+    def _lookup_batch(self, keys: list[ObjectKey]) -> list[bool]:
+        if not keys:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(native_key_name(key))
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except redis.RedisError:
+            logger.warning("resp: lookup failed", exc_info=True)
+            replies = [None] * len(keys)
+        found = [isinstance(reply, int) and reply > 0 for reply in replies]
+        with self._lock:
+            self.errors += sum(1 for reply in replies if not isinstance(reply, int))
+            for key, hit in zip(keys, found, strict=True):
+                if hit:
+                    self._pins[key] = self._pins.get(key, 0) + 1
+        return found
 
     def _exists(self, key: ObjectKey) -> bool:
         return bool(self._client.exists(native_key_name(key)))
@@ -184,19 +178,8 @@ class RespL2Adapter(L2AdapterV1):
             RuntimeError: The server refused the credentials, or the commands that
                 list the keys (an ACL user needs ``SCAN`` and ``STRLEN``).
         """
-        known: dict[ObjectKey, int] = {}
         try:
-            batch: list[tuple[ObjectKey, bytes]] = []
-            for name in self._client.scan_iter(
-                match=SCAN_PATTERN, count=SCAN_COUNT, _type="string"
-            ):
-                key = redis_key_to_object_key(name)
-                if key is not None:
-                    batch.append((key, name))
-                if len(batch) >= SCAN_COUNT:
-                    known.update(self._sizes_of(batch))
-                    batch = []
-            known.update(self._sizes_of(batch))
+            return scan_sizes(self._client)
         except redis.AuthenticationError as exc:
             who = self.username or "default"
             raise RuntimeError(f"resp: {self.server} refused AUTH as user {who!r}: {exc}") from exc
@@ -210,21 +193,6 @@ class RespL2Adapter(L2AdapterV1):
             return {}
         except redis.RedisError as exc:  # e.g. NOPERM: an ACL user without SCAN or STRLEN
             raise RuntimeError(f"resp: {self.server} refused to list the keys: {exc}") from exc
-        return known
-
-    def _sizes_of(self, batch: list[tuple[ObjectKey, bytes]]) -> dict[ObjectKey, int]:
-        """``STRLEN`` of each key in one round trip; keys deleted meanwhile are left out."""
-        if not batch:
-            return {}
-        pipe = self._client.pipeline(transaction=False)
-        for _, name in batch:
-            pipe.strlen(name)
-        sizes = pipe.execute(raise_on_error=False)
-        return {
-            key: size
-            for (key, _), size in zip(batch, sizes, strict=True)
-            if isinstance(size, int) and size > 0
-        }
 
     def _close(self) -> None:
         try:
@@ -236,8 +204,7 @@ class RespL2Adapter(L2AdapterV1):
             self.errors += 1
             logger.warning("resp: could not delete the keys at close", exc_info=True)
         finally:
-            self._bulk.close()
-            self._connections.disconnect()
+            self._node.close()
 
     def status(self) -> dict[str, Any]:
         """The base status, plus the server's address."""

@@ -37,7 +37,8 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from lmcache_l2_resp.bulk import BulkConnection, BulkPool, RespServerError
+from lmcache_l2_resp.bulk import RespServerError
+from lmcache_l2_resp.node_clients import NodeClients
 
 logger = logging.getLogger("lmcache.l2.resp")
 
@@ -96,63 +97,6 @@ def format_node(node: Node) -> str:
     """``host:port`` (``[v6]:port`` for an IPv6 address)."""
     host, port = node
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class NodeClients:
-    """The connections to one primary: bulk values and a ``redis`` client for the rest."""
-
-    def __init__(
-        self,
-        node: Node,
-        *,
-        username: str | None,
-        password: str | None,
-        pool_size: int,
-        connect_timeout_s: float,
-        socket_timeout_s: float,
-    ) -> None:
-        host, port = node
-        self.node = node
-        retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
-        self.connections = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
-            max_connections=pool_size,
-            timeout=connect_timeout_s + socket_timeout_s,
-            host=host,
-            port=port,
-            username=username,
-            password=password,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=connect_timeout_s,
-            socket_keepalive=True,
-            retry=retry,
-        )
-        self.client = redis.Redis(connection_pool=self.connections)
-
-        def connect() -> BulkConnection:
-            return BulkConnection(
-                host,
-                port,
-                username=username,
-                password=password,
-                connect_timeout_s=connect_timeout_s,
-                socket_timeout_s=socket_timeout_s,
-            )
-
-        self.bulk = BulkPool(connect, pool_size, wait_s=connect_timeout_s + socket_timeout_s)
-
-    def command(self, asking: bool, name: str, *args: Any) -> Any:
-        """Run one command on this node (after ``ASKING`` when redirected by ``ASK``)."""
-        if not asking:
-            return self.client.execute_command(name, *args)  # type: ignore[no-untyped-call]
-        pipe = self.client.pipeline(transaction=False)
-        pipe.execute_command("ASKING")  # type: ignore[no-untyped-call]
-        pipe.execute_command(name, *args)  # type: ignore[no-untyped-call]
-        return pipe.execute()[1]
-
-    def close(self) -> None:
-        """Close every connection."""
-        self.bulk.close()
-        self.connections.disconnect()
 
 
 class ClusterRouter:
@@ -241,6 +185,9 @@ class ClusterRouter:
             password=self._password,
             socket_timeout=self._socket_timeout_s,
             socket_connect_timeout=self._connect_timeout_s,
+            # redis-py's default retries a refused connection with backoff for about 4 s
+            # per node: a cluster down at start-up then held start() for 4 s per seed.
+            retry=Retry(NoBackoff(), 0),
         ) as client:
             reply = client.execute_command("CLUSTER SLOTS")
         layout: list[Node | None] = [None] * SLOTS

@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any, cast
 
 import redis
+from redis.crc import key_slot
 
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
 from lmcache_core.storage.l2.key_names import native_key_name
-from lmcache_l2_resp.adapter import (
-    DEFAULT_CONNECT_TIMEOUT_S,
-    DEFAULT_SOCKET_TIMEOUT_S,
-    SCAN_COUNT,
-    SCAN_PATTERN,
-    redis_key_to_object_key,
-)
-from lmcache_l2_resp.cluster import ClusterRouter, Node, NodeClients, format_node
+from lmcache_l2_resp.adapter import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_SOCKET_TIMEOUT_S
+from lmcache_l2_resp.cluster import ClusterRouter, ClusterUnavailable, Node, format_node
+from lmcache_l2_resp.node_clients import NodeClients, check_settings, scan_sizes
 
 logger = logging.getLogger("lmcache.l2.resp")
 
@@ -66,10 +63,7 @@ class RespClusterL2Adapter(L2AdapterV1):
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         persist: bool = True,
     ) -> None:
-        if username is not None and password is None:
-            raise ValueError("username needs a password")
-        if socket_timeout_s <= 0 or connect_timeout_s <= 0:
-            raise ValueError("socket_timeout_s and connect_timeout_s must be > 0")
+        check_settings(username, password, socket_timeout_s, connect_timeout_s)
         super().__init__(
             "resp",
             capacity_bytes=capacity_bytes,
@@ -102,6 +96,49 @@ class RespClusterL2Adapter(L2AdapterV1):
             node.bulk.run(send)
 
         self.router.run(name, put)
+
+    def submit_lookup_and_lock(self, keys: Sequence[ObjectKey]) -> Future[list[bool]]:
+        """Which keys the cluster holds: one pipelined ``EXISTS`` round trip per shard.
+
+        Keys are grouped by their slot's primary in the current slot map. A key whose
+        group fails, or whose reply is a redirect (``MOVED``, ``ASK``), is looked up
+        again on its own through the router, which follows redirects and failovers.
+        """
+        self._check(keys)
+        batch = list(keys)
+        return self._submit(lambda: self._lookup_batch(batch))
+
+    def _lookup_batch(self, keys: list[ObjectKey]) -> list[bool]:
+        names = [native_key_name(key).encode() for key in keys]
+        groups: dict[Node, list[int]] = {}
+        again: list[int] = []
+        for index, name in enumerate(names):
+            try:
+                groups.setdefault(self.router.owner(key_slot(name)), []).append(index)
+            except ClusterUnavailable:
+                again.append(index)  # the router's own path counts the failure
+        found = [False] * len(keys)
+        for node, indices in groups.items():
+            try:
+                pipe = self.router.clients(node).client.pipeline(transaction=False)
+                for index in indices:
+                    pipe.exists(names[index])
+                replies = pipe.execute(raise_on_error=False)
+            except (redis.RedisError, OSError):
+                again.extend(indices)
+                continue
+            for index, reply in zip(indices, replies, strict=True):
+                if isinstance(reply, int):
+                    found[index] = reply > 0
+                else:
+                    again.append(index)
+        with self._lock:
+            for index, hit in enumerate(found):
+                if hit:
+                    self._pins[keys[index]] = self._pins.get(keys[index], 0) + 1
+        for index in again:
+            found[index] = self._lookup_one(keys[index])  # pins and counts by itself
+        return found
 
     def _exists(self, key: ObjectKey) -> bool:
         name = native_key_name(key).encode()
@@ -146,7 +183,7 @@ class RespClusterL2Adapter(L2AdapterV1):
         known: dict[ObjectKey, int] = {}
         for node in self.router.primaries():
             try:
-                known.update(self._scan(self.router.clients(node).client))
+                known.update(scan_sizes(self.router.clients(node).client))
             except redis.AuthenticationError as exc:
                 who = self.username or "default"
                 raise RuntimeError(
@@ -163,25 +200,6 @@ class RespClusterL2Adapter(L2AdapterV1):
                 raise RuntimeError(
                     f"resp: {format_node(node)} refused to list the keys: {exc}"
                 ) from exc
-        return known
-
-    @staticmethod
-    def _scan(client: redis.Redis) -> dict[ObjectKey, int]:
-        found: list[tuple[ObjectKey, bytes]] = []
-        for name in client.scan_iter(match=SCAN_PATTERN, count=SCAN_COUNT, _type="string"):
-            key = redis_key_to_object_key(name)
-            if key is not None:
-                found.append((key, name))
-        known: dict[ObjectKey, int] = {}
-        for start in range(0, len(found), SCAN_COUNT):
-            batch = found[start : start + SCAN_COUNT]
-            pipe = client.pipeline(transaction=False)
-            for _, name in batch:
-                pipe.strlen(name)
-            sizes = pipe.execute(raise_on_error=False)
-            for (key, _), size in zip(batch, sizes, strict=True):
-                if isinstance(size, int) and size > 0:
-                    known[key] = size
         return known
 
     def _close(self) -> None:
