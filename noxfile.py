@@ -1,6 +1,7 @@
 """Development sessions: the one definition of how this tree is tested (``.ci/run`` runs them).
 
-``nox`` runs tests, lint and typecheck. Others by name:
+``nox`` runs tests, lint, typecheck and mooncake (skipped, saying why, without libibverbs1).
+Others by name:
 
 * ``nox -s fast``: the quick inner loop, every test not marked ``slow``;
 * ``nox -s plugins`` (every plugin) or ``nox -s "plugins(lmcache-l2-fs)"`` (one): each
@@ -32,7 +33,7 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "mooncake"]
 nox.options.reuse_existing_virtualenvs = True
 
 # Tests and CI load plugins strictly: a broken plugin is an error, not a warning.
@@ -177,42 +178,25 @@ def compat(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", "-q", "tests/compat", *session.posargs, env=env)
 
 
+def _engine_suite(session: nox.Session, engine: str, own_tests: str) -> None:
+    """The engine conformance (data-path) suite with every server on ``--engine-type
+    engine``, then the engine's own end-to-end tests."""
+    session.install("-r", "requirements-dev.txt")
+    data_path = ("tests/data_path", "--engine-type", engine)
+    session.run("python", "-m", "pytest", "-q", *data_path, *session.posargs, env=STRICT)
+    session.run("python", "-m", "pytest", "-q", own_tests, *session.posargs, env=STRICT)
+
+
 @nox.session
 def blend(session: nox.Session) -> None:
-    """The blend engine: the engine conformance (data-path) suite with every server on
-    ``--engine-type blend``, then its own end-to-end tests."""
-    session.install("-r", "requirements-dev.txt")
-    session.run(
-        "python",
-        "-m",
-        "pytest",
-        "-q",
-        "tests/data_path",
-        "--engine-type",
-        "blend",
-        *session.posargs,
-        env=STRICT,
-    )
-    session.run("python", "-m", "pytest", "-q", "tests/blend", *session.posargs, env=STRICT)
+    """The blend engine: the data-path suite on ``--engine-type blend``, then tests/blend."""
+    _engine_suite(session, "blend", "tests/blend")
 
 
 @nox.session
 def blend_legacy(session: nox.Session) -> None:
-    """The legacy CacheBlend engine: the engine conformance (data-path) suite with every
-    server on ``--engine-type blend_legacy``, then its own end-to-end tests."""
-    session.install("-r", "requirements-dev.txt")
-    session.run(
-        "python",
-        "-m",
-        "pytest",
-        "-q",
-        "tests/data_path",
-        "--engine-type",
-        "blend_legacy",
-        *session.posargs,
-        env=STRICT,
-    )
-    session.run("python", "-m", "pytest", "-q", "tests/blend_legacy", *session.posargs, env=STRICT)
+    """The legacy CacheBlend engine: the data-path suite, then tests/blend_legacy."""
+    _engine_suite(session, "blend_legacy", "tests/blend_legacy")
 
 
 @nox.session
@@ -335,13 +319,14 @@ MOONCAKE_TESTS = (
 def mooncake(session: nox.Session) -> None:
     """mooncake_store on a real Mooncake cluster (master + store nodes on loopback).
 
-    The default run skips these tests where the library is absent (CI installs
-    neither it nor libibverbs1: the conformance suite alone spends about 30 s in
-    Mooncake's one-second client shutdowns). Arguments after ``--`` go to pytest.
+    A default session (CI runs it; ``.ci/run`` installs libibverbs1), kept out of the
+    tests session: the conformance suite alone spends about 30 s in Mooncake's one-second
+    client shutdowns, and the tests session skips these tests where the library is absent.
+    Arguments after ``--`` go to pytest.
     """
     ldconfig = session.run("ldconfig", "-p", silent=True, external=True) or ""
     if "libibverbs.so.1" not in str(ldconfig):
-        session.error("Mooncake needs libibverbs.so.1: apt-get install -y libibverbs1")
+        session.skip("Mooncake needs libibverbs.so.1: apt-get install -y libibverbs1")
     session.install(TORCH)
     session.install("-r", "requirements-dev.txt", MOONCAKE)
     session.run("python", "-m", "pytest", "-q", *MOONCAKE_TESTS, *session.posargs, env=STRICT)

@@ -49,4 +49,5 @@ def test_ci_runs_the_default_sessions_of_the_noxfile() -> None:
     assert nox_sessions_of_ci() == list(module.nox.options.sessions)
     ci = (ROOT / ".ci" / "run").read_text()
     assert "redis-server" in ci  # the L2 tests' real backend is installed by CI
+    assert "libibverbs1" in ci  # and Mooncake's native dependency
     assert "mypy" not in ci and "ruff" not in ci and "pytest" not in ci
