@@ -205,11 +205,27 @@ CASES: list[tuple[str, list[bytes], str, Any]] = [
     ("register-ext-type-2", register_frames([msgspec.msgpack.Ext(2, b"x")]), BAD, None),
     ("register-ext-garbage", register_frames([msgspec.msgpack.Ext(1, b"\xc1")]), BAD, None),
     (
-        "register-cuda-handle",
+        "register-cuda-handle-malformed",  # the event-sync flag is an int, not a bool
         register_frames(
             [
                 encode_device_handle(
                     CudaHandle(version=1, metadata=META, handle=(0, b"h", 1, 0, b"", 0, b"", 0))
+                )
+            ]
+        ),
+        BAD,
+        None,
+    ),
+    (
+        "register-cuda-handle-without-cuda",  # well formed; this host has no CUDA device
+        register_frames(
+            [
+                encode_device_handle(
+                    CudaHandle(
+                        version=1,
+                        metadata=META,
+                        handle=(0, b"h" * 64, 8192, 0, b"/ref", 0, b"e" * 64, True),
+                    )
                 )
             ]
         ),

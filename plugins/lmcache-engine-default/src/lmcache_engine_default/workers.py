@@ -11,6 +11,12 @@ from typing import Any
 from lmcache_core.protocol.errors import BadRequestError, NotSupportedError
 from lmcache_core.protocol.types import AnyDeviceHandle, CpuShmHandle, EngineGroupInfo
 from lmcache_core.transfer.cpu_shm import MappedShmTensor, ShmTensorSpec
+from lmcache_core.transfer.cuda_devices import cuda_available
+from lmcache_core.transfer.cuda_handles import (
+    NO_CUDA_MESSAGE,
+    CudaTensorRecord,
+    parse_cuda_handles,
+)
 from lmcache_core.transfer.layout import KVLayout, detect_layout
 from lmcache_core.transfer.paged import PagedKVCache
 
@@ -63,11 +69,11 @@ def map_worker(
     """
     if not handles:
         raise BadRequestError("register_kv_cache: kv_cache holds no tensors")
-    foreign = sorted({type(h).__name__ for h in handles if not isinstance(h, CpuShmHandle)})
-    if foreign:
+    if not all(isinstance(h, CpuShmHandle) for h in handles):
+        records = check_cuda_registration(handles)
         raise NotSupportedError(
-            f"device handles {foreign} need a CUDA-capable server build; this server maps "
-            "cpu_shm KV caches only"
+            f"register_kv_cache: {len(records)} CUDA tensors are well formed, but this "
+            "build has no CUDA transfer engine yet"
         )
     if len(groups) > 1:
         raise NotSupportedError("hybrid models with several KV groups are not supported yet")
@@ -96,6 +102,28 @@ def map_worker(
             mapping.close()
         raise BadRequestError(f"register_kv_cache: {exc}") from None
     return MappedWorker(instance_id, model_name, world_size, layout, cache, mappings)
+
+
+def check_cuda_registration(handles: Sequence[AnyDeviceHandle]) -> list[CudaTensorRecord]:
+    """Parse a registration's CUDA handles; refuse it at once on a server without CUDA.
+
+    Raises:
+        NotSupportedError: ``cuda_vmm``/``musa``/``npu`` handles (named), or a server
+            without a CUDA device (:data:`NO_CUDA_MESSAGE`, one clear answer, never a hang).
+        BadRequestError: A malformed handle.
+    """
+    try:
+        records = parse_cuda_handles(handles)
+    except ValueError as exc:
+        raise BadRequestError(f"register_kv_cache: {exc}") from None
+    if not cuda_available():
+        # Logged here too: upstream's client cannot show our error frame's text (it fails
+        # the call at once with an operation mismatch), so the operator reads it here.
+        logger.warning(
+            "register_kv_cache with %d CUDA tensors refused: %s", len(records), NO_CUDA_MESSAGE
+        )
+        raise NotSupportedError(f"register_kv_cache: {NO_CUDA_MESSAGE}")
+    return records
 
 
 class WorkerTable:
