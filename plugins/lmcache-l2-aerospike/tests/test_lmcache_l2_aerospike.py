@@ -80,3 +80,24 @@ class TestAerospikeUnavailable(UnavailableAdapterChecks):
         ({**MINIMAL, "username": "admin"}, "password"),
         ({**MINIMAL, "password": "secret"}, "username"),
     ]
+
+
+def test_the_refusal_says_why_there_is_no_binding() -> None:
+    [spec] = lmcache_l2_aerospike.plugin.lmcache_register_l2_adapters()
+    reason = spec.not_implemented or ""
+    assert "\n" not in reason
+    assert reason.endswith(
+        "no Aerospike server can run where this project is tested, so no binding ships "
+        "(see the lmcache-l2-aerospike README); use resp or s3 for a shared L2"
+    ), reason
+
+
+def test_readme_quotes_the_refusal_line_and_claims_no_data_path() -> None:
+    [spec] = lmcache_l2_aerospike.plugin.lmcache_register_l2_adapters()
+    text = README.read_text()
+    if spec.not_implemented and "which is not installed" in spec.not_implemented:
+        prefix = "error: --l2-adapter #1: l2_adapter 'aerospike' is not implemented yet: "
+        line = prefix + spec.not_implemented
+        assert line in text.splitlines()
+    assert "it stores nothing" in text
+    assert "## What is missing, and why" in text
