@@ -143,3 +143,18 @@ def test_invalid_registrations_are_refused(kwargs: dict, message: str) -> None:
             args["kv_quant"],
             1,
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_rerotate_leaves_its_input_untouched(dtype: torch.dtype) -> None:
+    # fp32 K once came back as the input itself, rotated in place (the L1 object).
+    head, heads = 64, 2
+    cache = cos_sin_cache(4096, head)
+    stored = torch.randn(LAYERS, TOKENS, heads * head).to(dtype)
+    before = stored.clone()
+    rotation = state(cache, neox=True, head=head).rotation(0, heads * head, 2, dtype)
+    assert rotation is not None
+    got = rerotate(stored, rotation, torch.arange(100, 100 + TOKENS), torch.arange(TOKENS))
+    assert torch.equal(stored, before)
+    assert got.data_ptr() != stored.data_ptr()
+    assert not torch.equal(got, stored)

@@ -1,17 +1,11 @@
-"""A known bug of the ``blend`` engine found by the quality demonstration: fp32 K rotated in L1.
+"""fp32 K reused twice: each retrieve rotates from the stored position, not the last one.
 
-With an fp32 paged cache, ``cb_retrieve_pre_computed`` re-rotates a shifted chunk's
-K **in place in its L1 object**: ``rope.rerotate`` works on
-``values.to(torch.float32)``, which for fp32 K is the object's own memory (no
-copy), then ``copy_``s the rotated pairs into it. The first retrieve is right;
-the stored chunk is then rotated to that request's positions, so every later
-reuse (and the L2 copy, if written after) is wrong. fp16 and bf16 caches are not
-affected (the ``to`` copies), which is why the blend tests, all bf16, pass.
-
-Marked ``xfail`` (not strict, so the fix landing elsewhere cannot break the run:
-the test then reports XPASS and the marker should go). The fix is in the blend
-plugin (``plugins/lmcache-engine-blend``, not this test's area): make the working
-copy unconditional, e.g. ``values.to(torch.float32, copy=True)``.
+With an fp32 paged cache ``rope.rerotate`` once worked on ``values.to(torch.float32)``,
+which for fp32 K is the L1 object's own memory: the first retrieve was right, and
+the stored chunk was left rotated to that request's positions, so every later reuse
+(and the L2 copy, if written after) was wrong. bf16 and fp16 caches were not
+affected (``to`` copies), which is why the bf16 blend tests did not see it. The
+working copy is now unconditional; this test keeps it so on a real server.
 """
 
 from __future__ import annotations
@@ -46,10 +40,6 @@ def _blocks(tokens: int, first: int) -> list[int]:
     return list(range(first, first + -(-tokens // BLOCK)))
 
 
-@pytest.mark.xfail(
-    reason="blend plugin bug: fp32 K is re-rotated in place in the L1 object (rope.rerotate)",
-    strict=False,
-)
 def test_a_second_reuse_of_an_fp32_chunk_is_rotated_from_its_stored_position(
     server: LiveServer,
 ) -> None:

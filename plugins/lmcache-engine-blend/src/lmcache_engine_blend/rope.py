@@ -223,8 +223,10 @@ def rerotate(
     layers, tokens, hidden = values.shape
     # All of K in fp32, contiguous: the elementwise work runs on dense memory, and the
     # round trip through fp32 is exact for fp16, bf16 and fp8, so the elements outside
-    # the rotary dims come back bit for bit.
-    work = values.to(torch.float32)
+    # the rotary dims come back bit for bit. Always a copy: for fp32 K a plain ``to``
+    # returns ``keys`` itself, and the rotation below would write into the caller's
+    # tensor (the L1 object).
+    work = values.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
     view = work.view(layers, tokens, hidden // rotation.head_width, rotation.head_width)
     part = view[..., rotation.offset : rotation.offset + rotation.width]
     half = rotation.width // 2
