@@ -1,7 +1,7 @@
 """Development sessions: the one definition of how this tree is tested (``.ci/run`` runs them).
 
-``nox`` runs tests, lint, typecheck and mooncake (skipped, saying why, without libibverbs1).
-Others by name:
+``nox`` runs tests, lint, typecheck, mooncake (skipped, saying why, without libibverbs1) and
+nixl. Others by name:
 
 * ``nox -s fast``: the quick inner loop, every test not marked ``slow``;
 * ``nox -s plugins`` (every plugin) or ``nox -s "plugins(lmcache-l2-fs)"`` (one): each
@@ -15,7 +15,8 @@ Others by name:
 * ``nox -s blend_legacy``: the data-path suite on ``--engine-type blend_legacy``, then its tests;
 * ``nox -s blend_quality``: CacheBlend's output agreement with full recompute (transformers);
 * ``nox -s mooncake``: the ``mooncake_store`` adapter and the Mooncake scale-out tests on a
-  real Mooncake cluster (needs the Debian package ``libibverbs1``).
+  real Mooncake cluster (needs the Debian package ``libibverbs1``);
+* ``nox -s nixl``: the two NIXL adapters on the real NIXL 1.5.1 library.
 
 Arguments after ``--`` go to pytest: ``nox -s tests -- -k registry -x``.
 """
@@ -33,7 +34,7 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent
 
-nox.options.sessions = ["tests", "lint", "typecheck", "mooncake"]
+nox.options.sessions = ["tests", "lint", "typecheck", "mooncake", "nixl"]
 nox.options.reuse_existing_virtualenvs = True
 
 # Tests and CI load plugins strictly: a broken plugin is an error, not a warning.
@@ -330,6 +331,25 @@ def mooncake(session: nox.Session) -> None:
     session.install(TORCH)
     session.install("-r", "requirements-dev.txt", MOONCAKE)
     session.run("python", "-m", "pytest", "-q", *MOONCAKE_TESTS, *session.posargs, env=STRICT)
+
+
+NIXL = ("nixl==1.5.1", "nixl-cu12==1.5.1")
+"""NIXL's CPU-capable build; installed with ``--no-deps`` (its plain install pulls a CUDA torch)."""
+
+
+@nox.session
+def nixl(session: nox.Session) -> None:
+    """``nixl_store`` and ``nixl_store_dynamic`` on the real NIXL library (POSIX and OBJ).
+
+    A default session (CI runs it): the tests session skips these tests where NIXL is
+    absent, because NIXL cannot be a requirement of ``requirements-dev.txt`` (it must be
+    installed without its dependencies). Arguments after ``--`` go to pytest.
+    """
+    session.install(TORCH)
+    session.install("-r", "requirements-dev.txt")
+    session.install("--no-deps", *NIXL)
+    tests = sorted(str(path) for path in ROOT.glob("plugins/lmcache-l2-nixl-store*/tests"))
+    session.run("python", "-m", "pytest", "-q", *tests, *session.posargs, env=STRICT)
 
 
 @nox.session
