@@ -79,13 +79,15 @@ class PagedKVCache:
     """A worker's paged KV cache, one tensor per layer, as a copy source and target.
 
     Args:
-        layers: One tensor per layer in ``layout``'s per-layer shape and dtype, on the CPU
-            (typically :class:`~lmcache_core.transfer.cpu_shm.MappedShmTensor` tensors). Any
-            strides are accepted; contiguous ones are fastest.
+        layers: One tensor per layer in ``layout``'s per-layer shape and dtype, all on one
+            device: the CPU (typically
+            :class:`~lmcache_core.transfer.cpu_shm.MappedShmTensor` tensors), or a CUDA device
+            (imported KV caches; the objects are then slices of a device staging buffer).
+            Any strides are accepted; contiguous ones are fastest.
         layout: The cache's layout (see :func:`~lmcache_core.transfer.layout.detect_layout`).
 
     Raises:
-        ValueError: The layers do not match the layout or are not CPU tensors.
+        ValueError: The layers do not match the layout or are on different devices.
     """
 
     def __init__(self, layers: Sequence[torch.Tensor], layout: KVLayout) -> None:
@@ -96,8 +98,8 @@ class PagedKVCache:
         for i, layer in enumerate(layers):
             if not isinstance(layer, torch.Tensor):
                 raise ValueError(f"layer {i} is a {type(layer).__name__}, not a tensor")
-            if layer.device.type != "cpu":
-                raise ValueError(f"layer {i} is on {layer.device}, expected the CPU")
+            if layer.device != layers[0].device:
+                raise ValueError(f"layer {i} is on {layer.device}, layer 0 on {layers[0].device}")
             if tuple(layer.shape) != expected or layer.dtype != layout.dtype:
                 raise ValueError(
                     f"layer {i} is {list(layer.shape)} {layer.dtype}, the {layout.format} "
@@ -105,6 +107,9 @@ class PagedKVCache:
                 )
             unit = min(unit, self._layer_unit(layer, layout))
         self._layout = layout
+        # CPU (shared memory) or one CUDA device (the staged GPU path, where the objects are
+        # slices of a device staging buffer); objects must be on the layers' device.
+        self._device = layers[0].device if layers else torch.device("cpu")
         # Whether the layers can be viewed in units narrower than their dtype (needs a
         # contiguous last dim); only matters for objects at odd addresses.
         self._reinterpretable = all(layer.stride(-1) == 1 for layer in layers)
@@ -167,6 +172,7 @@ class PagedKVCache:
         bpc, ids = self._validate(block_ids, chunk_tokens, objects)
         if not objects:
             return
+        ids = self._on_device(ids)
         unit = self._unit_for(objects)
         src = self._layer_views(unit)
         for run in self._runs(objects, chunk_tokens):
@@ -207,6 +213,7 @@ class PagedKVCache:
         bpc, ids = self._validate(block_ids, chunk_tokens, objects)
         if not objects:
             return
+        cpu_ids, ids = ids, self._on_device(ids)
         block_size = self._layout.block_size
         skip = min(skip, len(objects) * chunk_tokens)
         skipped_blocks, partial = divmod(skip, block_size)
@@ -221,7 +228,7 @@ class PagedKVCache:
             src = self._layer_object_views(objects, _Run(head_chunk, 1, 0), chunk_tokens, unit)
             first_whole = head_block + (1 if partial else 0)
             rest = ids[head_chunk * bpc + first_whole : (head_chunk + 1) * bpc]
-            partial_block = int(ids[skipped_blocks]) if partial else -1
+            partial_block = int(cpu_ids[skipped_blocks]) if partial else -1
             for dst_layer, obj in zip(dst, src, strict=True):  # obj: [kv, bpc, bs, heads, units]
                 if partial:
                     dst_layer[:, partial_block, partial:].copy_(obj[:, head_block, partial:])
@@ -269,10 +276,10 @@ class PagedKVCache:
         for i, obj in enumerate(objects):
             if not isinstance(obj, torch.Tensor):
                 raise ValueError(f"object {i} is a {type(obj).__name__}, not a tensor")
-            if obj.dtype != torch.uint8 or obj.dim() != 1 or obj.device.type != "cpu":
+            if obj.dtype != torch.uint8 or obj.dim() != 1 or obj.device != self._device:
                 raise ValueError(
-                    f"object {i} must be a 1-D uint8 CPU tensor, got {obj.dim()}-D {obj.dtype} "
-                    f"on {obj.device}"
+                    f"object {i} must be a 1-D uint8 tensor on {self._device}, got "
+                    f"{obj.dim()}-D {obj.dtype} on {obj.device}"
                 )
             if obj.numel() != nbytes:
                 raise ValueError(
@@ -282,6 +289,10 @@ class PagedKVCache:
             if obj.stride(0) != 1:
                 raise ValueError(f"object {i} is not contiguous (stride {obj.stride(0)})")
         return bpc, ids
+
+    def _on_device(self, ids: torch.Tensor) -> torch.Tensor:
+        """The (checked, CPU) block ids on the layers' device."""
+        return ids if self._device.type == "cpu" else ids.to(self._device)
 
     @staticmethod
     def _block_id_tensor(block_ids: Sequence[int], need: int) -> torch.Tensor:
