@@ -42,7 +42,8 @@ class L1MemoryConfig(GroupSettings):
         default=None,
         description=(
             "Optional /dev/dax* device or mmap-able file backing the L1 arena. Needs "
-            '--no-l1-use-lazy and --shm-name "".'
+            '--no-l1-use-lazy and --shm-name "". A dax --l2-adapter with the same '
+            "device_path lends its max_dax_size_gb as L1 overflow after --l1-size-gb of DRAM."
         ),
     )
 

@@ -34,6 +34,7 @@ from lmcache_core.plugin.registry import PluginRegistry
 from lmcache_core.protocol.kv_event_records import KV_EVENT_CAPABILITY
 from lmcache_core.security.keyring import ApiKeyRing
 from lmcache_core.server.data_path_components import EngineComponent, L1Component
+from lmcache_core.server.devdax_l1 import DevdaxPlan, plan_devdax_l1, without_lender
 from lmcache_core.server.l2_assembly import build_l2
 from lmcache_core.server.request_server import RequestServer
 from lmcache_core.storage.arena import Arena, ArenaError, ArenaKind
@@ -100,6 +101,11 @@ class DataPath:
             "l1": {
                 "kind": segment.kind,
                 "shm_name": segment.shm_name,
+                **(
+                    {"devdax_path": str(segment.devdax_path), "dram_bytes": segment.dram_bytes}
+                    if segment.devdax_path is not None
+                    else {}
+                ),
                 **self.l1.usage().as_dict(),
             },
             "engine": self.engine.status(),
@@ -118,8 +124,13 @@ def build_l1(
     quotas: QuotaManager,
     bus: EventBus,
     cleanup: ExitStack,
+    devdax: DevdaxPlan | None = None,
 ) -> L1Manager:
     """The L1 arena, its eviction policy and manager; registered as quota tier ``l1``.
+
+    With ``--l1-devdax-path`` the arena is the DAX mapping (behind ``--l1-size-gb``
+    of DRAM when a ``dax`` adapter lends the device; see :mod:`.devdax_l1`), and L1's
+    capacity is the whole arena.
 
     Raises:
         StartupError: The arena's memory cannot be had.
@@ -128,11 +139,27 @@ def build_l1(
     capacity = int(l1_config.l1_size_gb * GIB)
     lazy = l1_config.l1_use_lazy
     init = min(int(l1_config.l1_init_size_gb * GIB), capacity) if lazy else capacity
-    kind, name = arena_plan(config.mp.shm_name, torch.cuda.is_available())
+    if devdax is None:
+        devdax = plan_devdax_l1(config, selection)
     try:
-        arena = Arena(capacity + l1_config.l1_align_bytes, kind=kind, name=name, populate=not lazy)
+        if devdax is not None:
+            # Lazy is refused with a DAX L1: every page is committed now.
+            arena = Arena(
+                devdax.total_bytes,
+                kind="devdax",
+                path=devdax.path,
+                dram_bytes=devdax.dram_bytes,
+                populate=True,
+            )
+            capacity = init = arena.size_bytes - l1_config.l1_align_bytes
+        else:
+            kind, name = arena_plan(config.mp.shm_name, torch.cuda.is_available())
+            arena = Arena(
+                capacity + l1_config.l1_align_bytes, kind=kind, name=name, populate=not lazy
+            )
     except (ArenaError, OSError) as exc:
-        raise StartupError(f"--l1-size-gb: cannot allocate the L1 arena: {exc}") from None
+        flag = "--l1-devdax-path" if devdax is not None else "--l1-size-gb"
+        raise StartupError(f"{flag}: cannot allocate the L1 arena: {exc}") from None
     cleanup.callback(arena.close)  # L1Manager.close closes it too; closing is idempotent
     policy = registry.builder.eviction_policy(
         selection.eviction_policy, EvictionSettings.from_config(config.eviction, capacity, quotas)
@@ -190,7 +217,17 @@ def build_data_path(
         StartupError: Memory for L1 cannot be had, or a plugin fails to build.
     """
     quotas = build_quotas(config)
-    l1 = build_l1(config, registry, selection, quotas, bus, cleanup)
+    devdax = plan_devdax_l1(config, selection)
+    if devdax is not None and devdax.lender is not None:
+        logger.info(
+            "--l1-devdax-path: --l2-adapter #%d (dax) lends %d bytes of %s to L1 as overflow "
+            "and is not built",
+            devdax.lender.index,
+            devdax.dax_bytes,
+            devdax.path,
+        )
+    selection = without_lender(selection, devdax)
+    l1 = build_l1(config, registry, selection, quotas, bus, cleanup, devdax)
     l2 = build_l2(config, registry, selection, l1, quotas, bus, cleanup)
     if quotas.enforced_by and not quotas.persistent:
         logger.warning(

@@ -102,11 +102,6 @@ def _unavailable_features(config: ServerConfig) -> list[str]:
         errors.append(
             "--gds-l1-path: the GDS L1 tier needs CUDA and cuFile and is not implemented yet"
         )
-    if config.l1.l1_devdax_path is not None:
-        errors.append(
-            "--l1-devdax-path: a DAX-backed L1 is not implemented yet (not scheduled; "
-            "the L2 adapter 'dax' keeps chunks in a DAX device)"
-        )
     return errors
 
 

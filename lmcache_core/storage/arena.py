@@ -1,12 +1,17 @@
 """One contiguous host-memory region backing the L1 tier.
 
-Three backings:
+Four backings:
 
 * ``shm``: a POSIX shared-memory segment, ``/dev/shm/lmcache_l1_pool_<name>``, that
   engine processes on the same host map by name (the CPU transfer path).
 * ``anonymous``: private anonymous memory, for ``--shm-name ""``.
 * ``pinned``: private memory registered with CUDA (page-locked), for DMA to and
   from a GPU; every page is committed at start.
+* ``devdax``: a Device-DAX character device (``/dev/daxX.Y``) or a file mapped
+  shared (``--l1-devdax-path``), optionally behind a front of private DRAM (the
+  reference's hybrid L1: DRAM first, the DAX mapping as overflow). Both parts are
+  one contiguous address range, the DAX mapping placed at a fixed address right
+  after the DRAM, so the first-fit allocator fills the DRAM before the DAX.
 
 ``shm`` and ``anonymous`` are lazy by nature: the kernel commits a page when it is
 first touched, so a 100 GiB arena costs nothing until objects land in it. With
@@ -21,9 +26,11 @@ merely attached exits.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import mmap
 import os
+import stat
 import uuid
 import weakref
 from pathlib import Path
@@ -35,7 +42,7 @@ from lmcache_core.storage.errors import ArenaError, L1ClosedError
 
 __all__ = ["SHM_PREFIX", "Arena", "ArenaError", "ArenaKind", "shm_segment_name"]
 
-ArenaKind = Literal["shm", "anonymous", "pinned"]
+ArenaKind = Literal["shm", "anonymous", "pinned", "devdax"]
 
 SHM_PREFIX = "lmcache_l1_pool_"
 """Every segment we create is named with this prefix; only such stale segments are unlinked."""
@@ -47,6 +54,10 @@ PAGE_SIZE = mmap.PAGESIZE
 # Not exported by Python 3.11's mmap module; the values are Linux's.
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+_MAP_FIXED = 0x10
+DAX_ALIGN = 2 << 20
+"""Device-DAX maps in multiples of its alignment (2 MiB unless the device says otherwise):
+the DAX part of a hybrid arena starts on such a boundary."""
 
 logger = logging.getLogger("lmcache.storage")
 
@@ -104,6 +115,13 @@ class Arena:
             added when missing; ``None`` picks a unique one. A stale segment of
             that name (left by a crashed server) is unlinked first.
         populate: Commit every page now instead of on first touch.
+        path: ``devdax`` only: the Device-DAX device or file to map. A file is
+            created if missing and grown (allocated, not sparse) to the size it
+            must hold; it is never deleted.
+        dram_bytes: ``devdax`` only: bytes of private DRAM before the DAX part
+            (0: the whole arena is the DAX mapping). The DAX part is then
+            ``size_bytes - dram_bytes``; the DRAM part may grow by less than
+            :data:`DAX_ALIGN` so that the DAX part starts aligned.
 
     Attributes:
         size_bytes: Size of the region.
@@ -112,8 +130,8 @@ class Arena:
         populated: Whether the pages were committed at start.
 
     Raises:
-        ArenaError: Bad size or name, /dev/shm too small, or ``pinned`` without
-            CUDA.
+        ArenaError: Bad size or name, /dev/shm too small, ``pinned`` without
+            CUDA, or a DAX path that cannot be opened, grown or mapped (named).
         OSError: The kernel refused the mapping.
     """
 
@@ -124,14 +142,20 @@ class Arena:
         kind: ArenaKind = "shm",
         name: str | None = None,
         populate: bool = False,
+        path: str | os.PathLike[str] | None = None,
+        dram_bytes: int = 0,
     ) -> None:
         if size_bytes <= 0:
             raise ArenaError(f"arena size must be > 0, not {size_bytes}")
         if name is not None and kind != "shm":
             raise ArenaError(f"a name is only meaningful for kind 'shm', not {kind!r}")
+        if (path is not None or dram_bytes) and kind != "devdax":
+            raise ArenaError(f"a path is only meaningful for kind 'devdax', not {kind!r}")
         self.size_bytes = size_bytes
         self.kind: ArenaKind = kind
         self.shm_name: str | None = None
+        self.devdax_path: Path | None = None
+        self.dram_bytes = 0
         self.populated = False
         self._mmap: mmap.mmap | None = None
         self._tensor: torch.Tensor | None = None
@@ -146,8 +170,16 @@ class Arena:
                 self._populate()
         elif kind == "pinned":
             self._open_pinned()
+        elif kind == "devdax":
+            if path is None:
+                raise ArenaError("a devdax arena needs the path of its device or file")
+            if not 0 <= dram_bytes < size_bytes:
+                raise ArenaError(f"dram_bytes must be in [0, {size_bytes}) bytes, not {dram_bytes}")
+            self._open_devdax(Path(path), dram_bytes, populate)
         else:
-            raise ArenaError(f"unknown arena kind {kind!r}; expected shm, anonymous or pinned")
+            raise ArenaError(
+                f"unknown arena kind {kind!r}; expected shm, anonymous, pinned or devdax"
+            )
 
     def _open_shm(self, segment: str, populate: bool) -> None:
         path = SHM_DIR / segment
@@ -207,6 +239,84 @@ class Arena:
             raise ArenaError(f"cudaHostRegister of {self.size_bytes} bytes failed: error {code}")
         self._finalizer = weakref.finalize(self, _unpin, pointer, os.getpid())
         self.populated = True
+
+    def _open_devdax(self, path: Path, dram_bytes: int, populate: bool) -> None:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ArenaError(f"cannot open the DAX path {path}: {exc.strerror}") from None
+        try:
+            device = stat.S_ISCHR(os.fstat(fd).st_mode)
+            if dram_bytes:
+                self._map_hybrid(fd, path, dram_bytes, device)
+            else:
+                self._grow_file(fd, path, self.size_bytes, device)
+                self._mmap = self._map_dax(fd, path, self.size_bytes)
+        finally:
+            os.close(fd)  # the mapping keeps the device or file open
+        self.devdax_path = path
+        assert self._mmap is not None
+        self._tensor = torch.frombuffer(self._mmap, dtype=torch.uint8)[: self.size_bytes]
+        if populate:
+            self._populate()
+
+    @staticmethod
+    def _grow_file(fd: int, path: Path, size: int, device: bool) -> None:
+        """Allocate ``size`` bytes of a regular file (a device keeps its own size)."""
+        if device or os.fstat(fd).st_size >= size:
+            return
+        try:
+            # Allocated, not sparse: ENOSPC now instead of SIGBUS on first touch.
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            raise ArenaError(
+                f"cannot allocate {size} bytes in the DAX file {path}: {exc.strerror}"
+            ) from None
+
+    @staticmethod
+    def _map_dax(fd: int, path: Path, size: int) -> mmap.mmap:
+        try:
+            return mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+        except OSError as exc:
+            raise ArenaError(
+                f"cannot map {size} bytes of the DAX path {path}: {exc.strerror} (a Device-DAX "
+                f"device maps in multiples of its alignment, usually {DAX_ALIGN >> 20} MiB)"
+            ) from None
+
+    def _map_hybrid(self, fd: int, path: Path, dram_bytes: int, device: bool) -> None:
+        """DRAM, then the DAX mapping at a fixed address right after it: one range."""
+        dax_bytes = self.size_bytes - dram_bytes
+        # Reserve the whole range as private memory (with room to align the DAX part),
+        # then map the DAX over its tail with MAP_FIXED. Unmapping the reservation
+        # (when the last tensor goes) unmaps both.
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
+        reservation = mmap.mmap(-1, self.size_bytes + DAX_ALIGN, flags=flags)
+        probe = ctypes.c_char.from_buffer(reservation)
+        base = ctypes.addressof(probe)
+        del probe  # releases the buffer export
+        front = -(-(base + dram_bytes) // DAX_ALIGN) * DAX_ALIGN - base
+        self._grow_file(fd, path, dax_bytes, device)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_long,
+        ]
+        protection = mmap.PROT_READ | mmap.PROT_WRITE
+        placed = libc.mmap(base + front, dax_bytes, protection, mmap.MAP_SHARED | _MAP_FIXED, fd, 0)
+        if placed != base + front:
+            error = ctypes.get_errno()
+            raise ArenaError(
+                f"cannot map {dax_bytes} bytes of the DAX path {path} after {front} bytes of "
+                f"DRAM: {os.strerror(error)}"
+            )
+        self._mmap = reservation
+        self.dram_bytes = front
+        self.size_bytes = front + dax_bytes
 
     def _populate(self) -> None:
         """Commit every page now: MADV_POPULATE_WRITE, else write one byte per page."""
@@ -282,6 +392,6 @@ class Arena:
         self.close()
 
     def __repr__(self) -> str:
-        where = f" {self.shm_name}" if self.shm_name else ""
+        where = f" {self.shm_name or self.devdax_path or ''}".rstrip()
         state = " closed" if self.closed else ""
         return f"<Arena {self.kind}{where} {self.size_bytes} bytes{state}>"

@@ -37,12 +37,15 @@ class L2AdapterContext:
         l1_region: ``(address, size)`` of the L1 arena in this process, for an
             adapter that registers it once with its library (``mooncake_store``);
             None outside a server.
+        l1_align_bytes: ``--l1-align-bytes``: the L1 page, which an adapter with
+            a pool of fixed pages uses as its page size (``nixl_store``, as upstream).
     """
 
     index: int = 1
     periodic_notifier_interval_ms: int = DEFAULT_PERIODIC_NOTIFIER_INTERVAL_MS
     registry: PluginRegistry | None = field(default=None, compare=False, repr=False)
     l1_region: tuple[int, int] | None = None
+    l1_align_bytes: int = 4096
 
     def __post_init__(self) -> None:
         if self.index < 1:
@@ -52,6 +55,8 @@ class L2AdapterContext:
                 "periodic_notifier_interval_ms must be >= 1, "
                 f"not {self.periodic_notifier_interval_ms}"
             )
+        if self.l1_align_bytes < 1 or self.l1_align_bytes & (self.l1_align_bytes - 1):
+            raise ValueError(f"l1_align_bytes must be a power of two, not {self.l1_align_bytes}")
 
     @classmethod
     def from_config(
@@ -67,6 +72,7 @@ class L2AdapterContext:
             periodic_notifier_interval_ms=config.l2_policies.periodic_notifier_interval_ms,
             registry=registry,
             l1_region=l1_region,
+            l1_align_bytes=config.l1.l1_align_bytes,
         )
 
 

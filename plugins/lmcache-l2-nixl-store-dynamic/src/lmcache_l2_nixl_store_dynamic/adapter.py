@@ -22,18 +22,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mmap
 import os
 import re
 import stat
-import threading
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lmcache_l2_nixl_store.nixl_io import NixlStorage, address_of, open_storage
+from lmcache_l2_nixl_store.nixl_io import (
+    BounceBuffers,
+    NixlStorage,
+    address_of,
+    open_storage,
+)
+from lmcache_l2_nixl_store.params import parse_flag
 
 from lmcache_core.storage.keys import ObjectKey, validate_cache_salt
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
@@ -141,7 +145,7 @@ class NixlDynamicL2Adapter(L2AdapterV1):
         self.block_size = os.statvfs(self.file_path).f_bsize
         self.direct_transfers = 0
         self.bounced_transfers = 0
-        self._local = threading.local()
+        self._bounce = BounceBuffers(self.block_size)
 
     def path_of(self, key: ObjectKey) -> Path:
         """The final path of ``key``'s file."""
@@ -230,6 +234,7 @@ class NixlDynamicL2Adapter(L2AdapterV1):
         return known
 
     def _close(self) -> None:
+        self.storage.close()
         if not self.persist:
             for key in self.keys():
                 with contextlib.suppress(OSError):
@@ -253,13 +258,6 @@ class NixlDynamicL2Adapter(L2AdapterV1):
         block = self.block_size
         return all(v.nbytes % block == 0 and address_of(v) % block == 0 for v in views if v.nbytes)
 
-    def _bounce(self, size: int) -> memoryview:
-        current: mmap.mmap | None = getattr(self._local, "bounce", None)
-        if current is None or len(current) < size:
-            current = mmap.mmap(-1, max(size, self.block_size))  # page-aligned
-            self._local.bounce = current
-        return memoryview(current)[:size]
-
     def _move(self, operation: str, fd: int, views: Sequence[memoryview]) -> None:
         """One NIXL transfer between ``views`` (laid end to end) and the file ``fd``."""
         views = [view for view in views if view.nbytes]
@@ -277,7 +275,7 @@ class NixlDynamicL2Adapter(L2AdapterV1):
         # O_DIRECT wants whole aligned blocks: go through this thread's bounce buffer.
         self.bounced_transfers += 1
         padded = -(-size // self.block_size) * self.block_size
-        bounce = self._bounce(padded)
+        bounce = self._bounce.get(padded)
         if operation == "WRITE":
             offset = 0
             for view in views:
@@ -303,10 +301,6 @@ class NixlDynamicL2Adapter(L2AdapterV1):
             offset += view.nbytes
 
 
-def _true(value: str) -> bool:
-    return value.strip().lower() in ("true", "1")
-
-
 def build_nixl_store_dynamic(
     config: NixlStoreDynamicAdapterConfig, context: L2AdapterContext = DEFAULT_L2_ADAPTER_CONTEXT
 ) -> NixlDynamicL2Adapter:
@@ -327,8 +321,8 @@ def build_nixl_store_dynamic(
         storage,
         params["file_path"],
         capacity_bytes=int(float(params["max_capacity_gb"]) * GIB),
-        use_direct_io=_true(params["use_direct_io"]),
-        shard_dirs=_true(params.get("shard_dirs", "false")),
+        use_direct_io=parse_flag(params["use_direct_io"]),
+        shard_dirs=parse_flag(params.get("shard_dirs", "false")),
         object_format=config.format,
         persist=config.persist_enabled,
         stale_tmp_age_s=SHARED_TMP_GRACE_S if config.shared else 0.0,

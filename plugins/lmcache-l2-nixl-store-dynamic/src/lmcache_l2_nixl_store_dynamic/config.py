@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from lmcache_l2_nixl_store.params import FLAG_STRINGS
 from pydantic import Field, field_validator
 
 from lmcache_core.config.l2_adapter import L2AdapterConfigBase
@@ -14,9 +15,6 @@ NixlFileBackend = Literal["GDS", "GDS_MT", "POSIX", "HF3FS"]
 
 REQUIRED_BACKEND_PARAMS = ("file_path", "use_direct_io", "max_capacity_gb")
 """Keys that ``backend_params`` must contain."""
-
-BOOLEAN_STRINGS = frozenset({"true", "false", "1", "0"})
-"""Accepted spellings of ``use_direct_io`` (case-insensitive)."""
 
 
 class NixlStoreDynamicAdapterConfig(L2AdapterConfigBase):
@@ -40,7 +38,7 @@ class NixlStoreDynamicAdapterConfig(L2AdapterConfigBase):
             raise ValueError(f"backend_params is missing {', '.join(missing)}")
         if not params["file_path"]:
             raise ValueError("backend_params file_path must not be empty")
-        if params["use_direct_io"].strip().lower() not in BOOLEAN_STRINGS:
+        if params["use_direct_io"].strip().lower() not in FLAG_STRINGS:
             raise ValueError("backend_params use_direct_io must be 'true' or 'false'")
         try:
             capacity = float(params["max_capacity_gb"])

@@ -1,34 +1,44 @@
 """Registers the L2 adapter ``nixl_store`` with the LMCache server.
 
-The configuration model is complete, but this build has no binding to the library
-the adapter drives: it is listed as not implemented, with a reason that says
-whether the library is installed (see :mod:`lmcache_core.storage.l2.unavailable`).
+The adapter needs NIXL (``pip install --no-deps nixl==1.5.1 nixl-cu12==1.5.1 numpy``);
+without it, or with a back end this NIXL build cannot create, start-up fails with
+one line naming what is missing.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from lmcache_core.plugin import L2AdapterSpec, hookimpl
-from lmcache_core.storage.l2.unavailable import NativeDependency, unavailable_adapter_spec
+from lmcache_core.storage.l2.context import DEFAULT_L2_ADAPTER_CONTEXT, L2AdapterContext
 from lmcache_l2_nixl_store.config import NixlStoreAdapterConfig
 
-DEPENDENCY = NativeDependency(
-    module="nixl", what="the NIXL library (Python package 'nixl')", install="pip install nixl"
-)
-"""The library a binding would use; whether it is installed shapes the start-up error."""
+if TYPE_CHECKING:
+    from lmcache_core.storage.l2.adapter import L2AdapterV1
+
+
+def _build(
+    config: NixlStoreAdapterConfig,
+    context: L2AdapterContext = DEFAULT_L2_ADAPTER_CONTEXT,
+) -> L2AdapterV1:
+    # Imported on use: registering the plugin imports no NIXL.
+    from lmcache_l2_nixl_store.adapter import build_nixl_store
+
+    return build_nixl_store(config, context)
 
 
 @hookimpl
-def lmcache_register_l2_adapters() -> list[L2AdapterSpec]:
+def lmcache_register_l2_adapters() -> list[L2AdapterSpec[NixlStoreAdapterConfig]]:
     """Register the L2 adapter ``nixl_store``.
 
     Returns:
-        Its one spec, marked not implemented; building it raises with the reason.
+        Its one spec.
     """
     return [
-        unavailable_adapter_spec(
-            "nixl_store",
+        L2AdapterSpec(
+            name="nixl_store",
+            factory=_build,
             config_model=NixlStoreAdapterConfig,
             description="A pre-allocated pool of files or objects written by DMA through NIXL.",
-            dependency=DEPENDENCY,
         )
     ]
