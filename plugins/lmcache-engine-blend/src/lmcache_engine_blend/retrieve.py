@@ -35,7 +35,8 @@ from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.transfer.layout import KVFormat, KVLayout
 from lmcache_engine_blend.events import BlendEvents
 from lmcache_engine_blend.registration import RopeRegistry
-from lmcache_engine_blend.rope import GroupRotation, RopeState, rerotate
+from lmcache_engine_blend.rerope import RequestRotation
+from lmcache_engine_blend.rope import GroupRotation, RopeState
 from lmcache_engine_blend.unified_lookup import UnifiedLookups
 
 logger = logging.getLogger("lmcache.engine.blend")
@@ -234,30 +235,44 @@ class BlendRetrieves:
     # -- writing -----------------------------------------------------------------------------
 
     def _write(self, worker: MappedWorker, plan: Plan, rope: RopeState) -> int:
-        """Stage, rotate and scatter; returns the tokens rotated."""
+        """Rotate and scatter chunk by chunk; returns the tokens rotated.
+
+        Each plane of each layer of a chunk is one indexed write straight from
+        the L1 object (V, and K at an unchanged position) or from the chunk's
+        re-rotated K; nothing is staged, so every byte of V is copied once.
+        """
         layout = worker.layout
         views = self.l1.read_views(plan.keys)
-        size = self.chunk_size
-        planes: list[list[torch.Tensor]] = [[] for _ in range(layout.kv_size)]
-        rotated = 0
-        for match, raw in zip(plan.matches, views, strict=True):
-            obj = _object_view(raw, layout, size)
-            count = match.cur_ed - match.cur_st
-            k = obj[0, :, :count]
-            if plan.rotation is not None and match.old_st != match.cur_st:
-                old = torch.arange(match.old_st, match.old_st + count, dtype=torch.int64)
-                new = torch.arange(match.cur_st, match.cur_st + count, dtype=torch.int64)
-                k = rerotate(k, plan.rotation, old, new, rope.kv_quant)
-                rotated += count
-            planes[0].append(k)
-            for plane in range(1, layout.kv_size):
-                planes[plane].append(obj[plane, :, :count])
-        staged = [torch.cat(parts, dim=1) for parts in planes]  # [layers, tokens, hidden]
-        blk, off = plan.slots_block, plan.slots_offset
-        slots = blk * layout.block_size + off
-        for layer_index, layer in enumerate(worker.cache.layers):
-            for plane, rows in enumerate(staged):
-                _scatter_rows(layer, plane, layout, rows[layer_index], slots, blk, off)
+        counts = [m.cur_ed - m.cur_st for m in plan.matches]
+        moved = [plan.rotation is not None and m.old_st != m.cur_st for m in plan.matches]
+        rotation = None
+        if plan.rotation is not None and any(moved):
+            # Every moved token's tables in one gather for the whole request.
+            shifted = [m for m, is_moved in zip(plan.matches, moved, strict=True) if is_moved]
+            rotation = RequestRotation(
+                plan.rotation,
+                torch.cat([torch.arange(m.old_st, m.old_ed, dtype=torch.int64) for m in shifted]),
+                torch.cat([torch.arange(m.cur_st, m.cur_ed, dtype=torch.int64) for m in shifted]),
+                rope.kv_quant,
+            )
+        slots = plan.slots_block * layout.block_size + plan.slots_offset
+        rotated_buffer: torch.Tensor | None = None
+        start = rotated = 0
+        for raw, count, is_moved in zip(views, counts, moved, strict=True):
+            obj = _object_view(raw, layout, self.chunk_size)
+            where = slice(start, start + count)
+            chunk_slots, blk, off = slots[where], plan.slots_block[where], plan.slots_offset[where]
+            for plane in range(layout.kv_size):
+                rows = obj[plane, :, :count]  # [layers, tokens, hidden]
+                if plane == 0 and is_moved:
+                    assert rotation is not None
+                    if rotated_buffer is None or rotated_buffer.shape != rows.shape:
+                        rotated_buffer = torch.empty_like(rows)
+                    rows = rotation.rotate(rows, rotated, rotated_buffer)
+                    rotated += count
+                for layer_index, layer in enumerate(worker.cache.layers):
+                    _scatter_rows(layer, plane, layout, rows[layer_index], chunk_slots, blk, off)
+            start += count
         return rotated
 
     # -- bookkeeping -------------------------------------------------------------------------

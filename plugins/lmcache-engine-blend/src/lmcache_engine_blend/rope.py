@@ -213,45 +213,6 @@ def rerotate(
     Raises:
         ValueError: A position beyond the cache.
     """
-    cache = rotation.cache
-    limit = int(cache.shape[0])
-    for positions in (old_positions, new_positions):
-        if positions.numel() and (int(positions.max()) >= limit or int(positions.min()) < 0):
-            raise ValueError(f"a position is outside the cos/sin cache's {limit} rows")
-    fp8 = KV_QUANTS.get(kv_quant) if keys.dtype == torch.uint8 else None
-    values = keys.view(fp8) if fp8 is not None else keys
-    layers, tokens, hidden = values.shape
-    # All of K in fp32, contiguous: the elementwise work runs on dense memory, and the
-    # round trip through fp32 is exact for fp16, bf16 and fp8, so the elements outside
-    # the rotary dims come back bit for bit. Always a copy: for fp32 K a plain ``to``
-    # returns ``keys`` itself, and the rotation below would write into the caller's
-    # tensor (the L1 object).
-    work = values.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-    view = work.view(layers, tokens, hidden // rotation.head_width, rotation.head_width)
-    part = view[..., rotation.offset : rotation.offset + rotation.width]
-    half = rotation.width // 2
-    if rotation.neox:  # pairs (i, i + rot/2)
-        x, y = part[..., :half], part[..., half:]
-    else:  # pairs (2i, 2i + 1)
-        x, y = part[..., 0::2], part[..., 1::2]
-    # Un-rotate by the old angle and rotate by the new one in one step: the difference
-    # rotation, from the cache's rows (cos_n cos_o + sin_n sin_o, sin_n cos_o - cos_n sin_o).
-    cos_old, sin_old = _rows(cache, old_positions, half)
-    cos_new, sin_new = _rows(cache, new_positions, half)
-    cos_d = cos_new * cos_old + sin_new * sin_old
-    sin_d = sin_new * cos_old - cos_new * sin_old
-    rotated_x = x * cos_d - y * sin_d
-    rotated_y = y * cos_d + x * sin_d
-    x.copy_(rotated_x)
-    y.copy_(rotated_y)
-    if fp8 is not None:
-        return work.to(fp8).view(torch.uint8)
-    return work.to(keys.dtype)
+    from lmcache_engine_blend.rerope import RequestRotation  # it builds on this module
 
-
-def _rows(
-    cache: torch.Tensor, positions: torch.Tensor, half: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cos and sin rows for ``positions``, shaped to broadcast over ``[L, T, heads, half]``."""
-    rows = cache.index_select(0, positions.to(torch.int64))
-    return rows[:, :half].view(1, -1, 1, half), rows[:, half:].view(1, -1, 1, half)
+    return RequestRotation(rotation, old_positions, new_positions, kv_quant).rotate(keys, 0)

@@ -1,0 +1,131 @@
+"""Where a ``cb_unified_lookup``'s server-side time goes: the handler in-process.
+
+Run: ``.venv/bin/python benchmarks/profile_blend_lookup.py [--chunks N] [--lookups N] [--profile]``
+
+Assembles the real data path with ``--engine-type blend`` (real L1, token hash
+cache, lookup service, fingerprint index; no request server, no socket), stores
+``--chunks`` 256-token documents through a CPU worker, and calls the
+``cb_unified_lookup`` handler with them reordered (the first kept, the others
+reversed: one prefix chunk, the rest non-prefix hits), then ``end_session``, as
+``bench_blend.py`` does over ZeroMQ. Prints the median of the lookup alone; with
+``--profile`` the functions by own time under cProfile (which inflates small
+calls: use it to find what to optimise, the median to measure it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+
+import msgspec
+import torch
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from lmcache_core.client.cpu_worker import CpuKVWorker
+from lmcache_core.config.loading import load_config
+from lmcache_core.config.resolution import resolve_plugins
+from lmcache_core.engine.contract import RequestContext
+from lmcache_core.observability.bus import EventBus
+from lmcache_core.plugin.registry import PluginRegistry
+from lmcache_core.protocol.codec import encode_device_handle
+from lmcache_core.protocol.types import WireCacheKey
+from lmcache_core.server.data_path import build_data_path
+from lmcache_core.transfer.layout import KVFormat, KVLayout
+
+CHUNK = 256
+BLOCK = 16
+CTX = RequestContext(b"client", "cb_unified_lookup")
+
+
+def wire_key(tokens: list[int], rid: str, worker_id: int | None) -> WireCacheKey:
+    return WireCacheKey(
+        model_name="profile",
+        world_size=1,
+        worker_id=worker_id,
+        token_ids=msgspec.Raw(msgspec.msgpack.encode(tokens)),
+        start=0,
+        end=len(tokens),
+        request_id=rid,
+        num_kv_readers=1,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, nargs="+", default=[5, 17, 29, 64])
+    parser.add_argument("--lookups", type=int, default=500)
+    parser.add_argument("--profile", action="store_true", help="cProfile the largest size")
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    values = {
+        "l1_size_gb": 0.2,
+        "eviction_policy": "LRU",
+        "chunk_size": CHUNK,
+        "shm_name": f"lmcache-prof-{uuid.uuid4().hex[:8]}",
+        "engine_type": "blend",
+    }
+    config = load_config(values)
+    registry = PluginRegistry(strict=True)
+    layout = KVLayout(KVFormat.NHD, 1, 64 * 16 * 2 + 1, BLOCK, 1, 8, torch.bfloat16)
+    with ExitStack() as cleanup, tempfile.TemporaryDirectory():
+        bus = EventBus(enabled=False)
+        built = build_data_path(config, registry, resolve_plugins(config, registry), bus, cleanup)
+        started = [c for c in built.components if c is not built.request_server]
+        for component in started:
+            component.start()
+        handlers = built.engine.handlers()
+        worker = CpuKVWorker(None, layout, instance_id=7)  # type: ignore[arg-type]  # no client
+        try:
+            handles = [encode_device_handle(h) for h in worker.handles]
+            handlers["register_kv_cache"](
+                CTX, 7, handles, "profile", 1, "vllm", {"kv_layout": "NHD"}, []
+            )
+            rng = random.Random(5)
+            for size in args.chunks:
+                docs = [[rng.randrange(128000) for _ in range(CHUNK)] for _ in range(size)]
+                stored = [t for d in docs for t in d]
+                blocks = list(range(1, 1 + len(stored) // BLOCK))
+                ok = handlers["store"](CTX, wire_key(stored, f"s{size}", 0), 7, [blocks], b"")
+                assert ok[1]
+                query = docs[0] + [t for d in reversed(docs[1:]) for t in d] + docs[0][:40]
+                lookup, end = handlers["cb_unified_lookup"], handlers["end_session"]
+                times = []
+                for i in range(args.lookups):
+                    rid = f"l{size}-{i}"
+                    key = wire_key(query, rid, None)
+                    begin = time.perf_counter()
+                    result = lookup(CTX, key, 1)
+                    times.append(time.perf_counter() - begin)
+                    assert result is not None
+                    end(CTX, rid)
+                hits = len(result.non_prefix_segments) + result.prefix_coverage_tokens // CHUNK
+                assert hits == size, (size, hits)
+                print(f"{size} chunks: median {statistics.median(times) * 1e6:.0f} us")
+            if args.profile:
+                profile = cProfile.Profile()
+                for i in range(args.lookups):
+                    rid = f"p-{i}"
+                    key = wire_key(query, rid, None)
+                    profile.enable()
+                    lookup(CTX, key, 1)
+                    profile.disable()
+                    end(CTX, rid)
+                pstats.Stats(profile).sort_stats("tottime").print_stats(args.top)
+        finally:
+            worker.close()
+            for component in reversed(started):
+                component.stop(5.0)
+
+
+if __name__ == "__main__":
+    main()
