@@ -18,11 +18,30 @@ from typing import Any
 import pytest
 from lmcache_vllm.harness.replay import WAITING_FOR_REMOTE_KVS, FakeRequest, MiniScheduler
 from lmcache_vllm.harness.server import ServerProcess
-from lmcache_vllm.harness.setup import BLOCK, CHUNK, SERVER_ARGS
+from lmcache_vllm.harness.setup import BLOCK, CHUNK, GEOMETRY, SERVER_ARGS
 from lmcache_vllm.scheduler import STATS_KEY
 from lmcache_vllm.settings import ConnectorSettings
 
 PairFactory = Callable[..., MiniScheduler]
+
+COUNTED = (
+    "lookups",
+    "lookup_tokens",
+    "hit_tokens",
+    "planned_load_tokens",
+    "planned_store_tokens",
+    "loads_ok",
+    "loads_failed",
+    "loaded_tokens",
+    "loaded_bytes",
+    "stores_ok",
+    "stores_dropped",
+    "stored_tokens",
+    "stored_bytes",
+    "server_down_events",
+    "worker_down_events",
+)
+"""The logged counters the replay tests pin exactly."""
 
 # The tests wait on state, never on a clock: HANG_GUARD only stops a test that would
 # otherwise wait forever (a lost wake-up, a connector blocked on a stopped server). It is
@@ -105,6 +124,29 @@ def test_prefix_reuse_loads_identical_kv(
     # The store is planned over the loaded chunks too; the server skips what it holds.
     assert stores(sched, "r1") == [(0, 512)]
     assert not sched.held and len(sched.free_blocks) == 47, "blocks leaked"
+    # vLLM's "KV Transfer metrics" for the interval: both roles' payloads, as it adds them.
+    logged = sched.take_logged_stats()
+    token_bytes = 2 * GEOMETRY["layers"] * GEOMETRY["heads"] * GEOMETRY["head"] * 4  # fp32
+    assert {k: v for k, v in logged.items() if k in COUNTED} == {
+        "lookups": 2,
+        "lookup_tokens": 1024,
+        "hit_tokens": 512,
+        "planned_load_tokens": 512,
+        "planned_store_tokens": 1024,
+        "loads_ok": 1,
+        "loads_failed": 0,
+        "loaded_tokens": 512,
+        "loaded_bytes": 512 * token_bytes,
+        "stores_ok": 2,
+        "stores_dropped": 0,
+        "stored_tokens": 512,  # r1's chunks were held already: nothing copied
+        "stored_bytes": 512 * token_bytes,
+        "server_down_events": 0,
+        "worker_down_events": 0,
+    }
+    assert logged["hit_rate"] == 0.5
+    assert 0 < logged["lookup_p50_ms"] <= logged["lookup_max_ms"]
+    assert sched.take_logged_stats()["lookups"] == 0, "the interval was not reset"
 
 
 def test_partial_hit_then_longer_hit(server: ServerProcess, make_pair: PairFactory) -> None:
@@ -264,6 +306,14 @@ def test_failed_load_is_reported_and_recomputed(
     assert stats_of(sched.finished["z"])["hit_tokens"] == 512
     assert loads(sched)["z"] == 0
     assert not sched.held and len(sched.free_blocks) == 47
+    logged = sched.take_logged_stats()
+    # x stored, y's load failed (4 blocks recomputed) and y stored again, z loaded (its
+    # store committed nothing new: the server held both chunks).
+    assert logged["loads_failed"] == 1 and logged["load_failed_blocks"] == 512 // BLOCK
+    assert logged["loads_ok"] == 1 and logged["loaded_tokens"] == 512
+    assert logged["stores_ok"] == 3 and logged["stored_tokens"] == 1024
+    assert logged["lookups"] == 3 and logged["hit_tokens"] == 1024
+    assert logged["stores_dropped"] == 0 and logged["worker_down_events"] == 0
 
 
 def test_skip_lookup_and_skip_store(server: ServerProcess, make_pair: PairFactory) -> None:
@@ -379,6 +429,15 @@ def test_server_killed_and_restarted(make_pair: PairFactory) -> None:
         sched.run_until_idle()
         assert stats_of(sched.finished["hit"])["hit_tokens"] == 512
         assert loads(sched).get("hit") == 0
+        logged = sched.take_logged_stats()
+        # Both roles saw the outage; "during" was answered in degraded mode, not stored.
+        assert logged["server_down_events"] >= 1 and logged["worker_down_events"] >= 1
+        assert logged["degraded_seconds"] > 0 and logged["worker_degraded_seconds"] > 0
+        assert logged["reregistrations"] >= 1
+        assert logged["lookups"] == 4 and logged["lookups_degraded"] >= 1
+        assert logged["hit_tokens"] == 512 and logged["loads_ok"] == 1
+        # "before" and "after" copied their chunks; "hit"'s store found them held.
+        assert logged["stores_ok"] == 3 and logged["stored_tokens"] == 1024
     finally:
         target.stop()
         _remove_pool(pool)
