@@ -166,3 +166,12 @@ def test_prometheus_series_follow_the_payloads() -> None:
     assert value(f"{LOOKUP_HISTOGRAM}_sum", "0") == pytest.approx(3.007)
     with pytest.raises(KeyError):
         recorder.observe(payload(lookups=1), 7)
+
+
+def test_every_metric_is_documented() -> None:
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "vllm.md").read_text()
+    missing = [m.name for m in METRICS if f"| `{m.name}` |" not in docs]
+    assert not missing, f"docs/vllm.md's metrics table lacks {missing}"
+    assert LOOKUP_HISTOGRAM in docs
