@@ -413,14 +413,15 @@ class MiniScheduler:
                     self.running.remove(request)
                     self._finish(request)
 
-    def run_until_idle(self, timeout: float = 30.0) -> int:
+    def run_until_idle(self, timeout: float = 60.0) -> int:
         """Step until nothing waits or runs and no finish is pending; the steps taken.
 
         A step that scheduled nothing (lookups or loads pending) is followed by a short
         sleep, as vLLM's engine loop polls: the bound is on time, not steps.
 
         Raises:
-            RuntimeError: Still busy after ``timeout`` seconds.
+            RuntimeError: Still busy after ``timeout`` seconds (a hang guard, not a
+                timing check).
         """
         deadline = time.monotonic() + timeout
         taken = 0
