@@ -31,7 +31,8 @@ def main() -> None:
     server.start()
     worker = WorkerProcess()
     try:
-        sched = make_pair(server, worker, geometry={"blocks": 160})
+        # A 1 s heartbeat: the dead-server detection time below is measured against it.
+        sched = make_pair(server, worker, geometry={"blocks": 160}, heartbeat_interval=1.0)
         side = sched.connector
         floor = []
         for _ in range(50):

@@ -18,11 +18,30 @@ from typing import Any
 import pytest
 from lmcache_vllm.harness.replay import WAITING_FOR_REMOTE_KVS, FakeRequest, MiniScheduler
 from lmcache_vllm.harness.server import ServerProcess
-from lmcache_vllm.harness.setup import BLOCK, CHUNK, SERVER_ARGS
+from lmcache_vllm.harness.setup import BLOCK, CHUNK, GEOMETRY, SERVER_ARGS, extra_config
 from lmcache_vllm.scheduler import STATS_KEY
 from lmcache_vllm.settings import ConnectorSettings
 
 PairFactory = Callable[..., MiniScheduler]
+
+COUNTED = (
+    "lookups",
+    "lookup_tokens",
+    "hit_tokens",
+    "planned_load_tokens",
+    "planned_store_tokens",
+    "loads_ok",
+    "loads_failed",
+    "loaded_tokens",
+    "loaded_bytes",
+    "stores_ok",
+    "stores_dropped",
+    "stored_tokens",
+    "stored_bytes",
+    "server_down_events",
+    "worker_down_events",
+)
+"""The logged counters the replay tests pin exactly."""
 
 # The tests wait on state, never on a clock: HANG_GUARD only stops a test that would
 # otherwise wait forever (a lost wake-up, a connector blocked on a stopped server). It is
@@ -105,6 +124,29 @@ def test_prefix_reuse_loads_identical_kv(
     # The store is planned over the loaded chunks too; the server skips what it holds.
     assert stores(sched, "r1") == [(0, 512)]
     assert not sched.held and len(sched.free_blocks) == 47, "blocks leaked"
+    # vLLM's "KV Transfer metrics" for the interval: both roles' payloads, as it adds them.
+    logged = sched.take_logged_stats()
+    token_bytes = 2 * GEOMETRY["layers"] * GEOMETRY["heads"] * GEOMETRY["head"] * 4  # fp32
+    assert {k: v for k, v in logged.items() if k in COUNTED} == {
+        "lookups": 2,
+        "lookup_tokens": 1024,
+        "hit_tokens": 512,
+        "planned_load_tokens": 512,
+        "planned_store_tokens": 1024,
+        "loads_ok": 1,
+        "loads_failed": 0,
+        "loaded_tokens": 512,
+        "loaded_bytes": 512 * token_bytes,
+        "stores_ok": 2,
+        "stores_dropped": 0,
+        "stored_tokens": 512,  # r1's chunks were held already: nothing copied
+        "stored_bytes": 512 * token_bytes,
+        "server_down_events": 0,
+        "worker_down_events": 0,
+    }
+    assert logged["hit_rate"] == 0.5
+    assert 0 < logged["lookup_p50_ms"] <= logged["lookup_max_ms"]
+    assert sched.take_logged_stats()["lookups"] == 0, "the interval was not reset"
 
 
 def test_partial_hit_then_longer_hit(server: ServerProcess, make_pair: PairFactory) -> None:
@@ -264,6 +306,14 @@ def test_failed_load_is_reported_and_recomputed(
     assert stats_of(sched.finished["z"])["hit_tokens"] == 512
     assert loads(sched)["z"] == 0
     assert not sched.held and len(sched.free_blocks) == 47
+    logged = sched.take_logged_stats()
+    # x stored, y's load failed (4 blocks recomputed) and y stored again, z loaded (its
+    # store committed nothing new: the server held both chunks).
+    assert logged["loads_failed"] == 1 and logged["load_failed_blocks"] == 512 // BLOCK
+    assert logged["loads_ok"] == 1 and logged["loaded_tokens"] == 512
+    assert logged["stores_ok"] == 3 and logged["stored_tokens"] == 1024
+    assert logged["lookups"] == 3 and logged["hit_tokens"] == 1024
+    assert logged["stores_dropped"] == 0 and logged["worker_down_events"] == 0
 
 
 def test_skip_lookup_and_skip_store(server: ServerProcess, make_pair: PairFactory) -> None:
@@ -301,18 +351,46 @@ def test_unreachable_server_fails_start_up_quickly() -> None:
 
 def test_slow_server_lookup_is_bounded(server: ServerProcess, make_pair: PairFactory) -> None:
     """A stalled server (SIGSTOP): the request is scheduled as a miss after lookup_timeout."""
+    from lmcache_vllm.scheduler import SchedulerSide
+
     stalled = ServerProcess(*SERVER_ARGS)
     stalled.start()
+    probe: SchedulerSide | None = None
     try:
-        sched = make_pair(stalled, lookup_timeout=0.5, heartbeat_interval=5)
+        # The prefix is stored with the harness's long timeouts: a fresh server on a loaded
+        # machine may well take longer than 0.5 s over its first lookup, which would make
+        # the warm-up itself a timeout (and the connector degraded before the stall).
+        sched = make_pair(stalled, heartbeat_interval=5)
         prompt = tokens(600, 12)
         sched.add(FakeRequest("warm", prompt))
         sched.run_until_idle()
+        assert stats_of(sched.finished["warm"])["hit_tokens"] == 0
+        assert stores(sched, "warm") == [(0, 512)]
+        # The short lookup_timeout is the probe's, a scheduler side of its own, made while
+        # the server answers (its start-up fetches the chunk size).
+        probe = SchedulerSide(
+            ConnectorSettings.from_extra_config(
+                extra_config(stalled, lookup_timeout=0.5, heartbeat_interval=5)
+            ),
+            model_name=sched.connector.model_name,
+            world_size=1,
+            block_size=BLOCK,
+        )
+        side = probe
+        check = FakeRequest("check", prompt)
+        wait_until(
+            lambda: side.get_num_new_matched_tokens(check, 0)[0] is not None,
+            "the probe's lookup answered while the server runs",
+        )
+        # A hit: what the stalled lookup below misses is there, the miss is the stall's.
+        assert side.get_num_new_matched_tokens(check, 0) == (512, True)
+        side.update_state_after_alloc(check, ([],), 0)  # no load: its locks are freed
+        side.request_finished(check)
+        assert side.health.healthy, "the probe is degraded before the stall"
         assert stalled.process is not None
         os.kill(stalled.process.pid, signal.SIGSTOP)
         try:
             request = FakeRequest("stuck", prompt)
-            side = sched.connector
 
             # Either clock may fire first: the connector's lookup_timeout, or the client
             # call's timeout (the same value), which ends the lookup with an error.
@@ -334,9 +412,45 @@ def test_slow_server_lookup_is_bounded(server: ServerProcess, make_pair: PairFac
             assert not side.health.healthy
         finally:
             os.kill(stalled.process.pid, signal.SIGCONT)
-        wait_until(lambda: sched.connector.health.healthy, "healthy after the server resumed")
+        wait_until(lambda: side.health.healthy, "healthy after the server resumed")
     finally:
+        if probe is not None:
+            probe.shutdown()
         stalled.stop()
+
+
+def outages(sched: MiniScheduler) -> int:
+    """Switches to degraded mode so far, the scheduler's and the worker's."""
+    worker = sched.worker.request("health")["health"]
+    return int(sched.connector.health.stats.went_down) + int(worker["went_down"])
+
+
+def both_healthy(sched: MiniScheduler) -> bool:
+    return sched.connector.health.healthy and bool(sched.worker.request("health")["healthy"])
+
+
+def until_it_happens(
+    sched: MiniScheduler, prompt: list[int], name: str, happened: Callable[[str], bool]
+) -> str:
+    """Fresh requests for ``prompt`` until ``happened(request_id)``; the request's id.
+
+    With a 1 s heartbeat a loaded machine can fake a short outage (a ping answered late);
+    the connector then rightly skips that request's lookup or store. A retry is allowed only
+    after such an outage was seen: a request that fails with none fails the test.
+    """
+    deadline = time.monotonic() + HANG_GUARD
+    for number in range(1000):
+        wait_until(lambda: both_healthy(sched), "the scheduler and the worker are healthy")
+        before = outages(sched)
+        rid = f"{name}{number}"
+        sched.add(FakeRequest(rid, prompt))
+        sched.run_until_idle()
+        if happened(rid):
+            return rid
+        assert outages(sched) > before, f"{rid}: not the case, and no outage explains it"
+        if time.monotonic() > deadline:
+            break
+    pytest.fail(f"{name}: still not the case after {HANG_GUARD:g} s")
 
 
 def test_server_killed_and_restarted(make_pair: PairFactory) -> None:
@@ -345,7 +459,8 @@ def test_server_killed_and_restarted(make_pair: PairFactory) -> None:
     target.start()
     pool = str(target.metrics()["l1"].get("shm_name") or "")
     try:
-        sched = make_pair(target)
+        # A short heartbeat: the outage must be noticed within a second or two.
+        sched = make_pair(target, heartbeat_interval=1.0)
         prompt = tokens(600, 13)
         sched.add(FakeRequest("before", prompt))
         sched.run_until_idle()
@@ -372,13 +487,27 @@ def test_server_killed_and_restarted(make_pair: PairFactory) -> None:
             ),
             "the worker re-registered and the scheduler is healthy again",
         )
-        sched.add(FakeRequest("after", prompt))
-        sched.run_until_idle()
-        assert stores(sched, "after") == [(0, 512)], "stores did not resume"
-        sched.add(FakeRequest("hit", prompt))
-        sched.run_until_idle()
-        assert stats_of(sched.finished["hit"])["hit_tokens"] == 512
-        assert loads(sched).get("hit") == 0
+        until_it_happens(
+            sched, prompt, "after", lambda rid: stores(sched, rid) == [(0, 512)]
+        )  # stores resumed
+        hit = until_it_happens(
+            sched, prompt, "hit", lambda rid: stats_of(sched.finished[rid])["hit_tokens"] == 512
+        )
+        assert loads(sched).get(hit) == 0, "the KV loaded after the restart differs"
+        logged = sched.take_logged_stats()
+        # Both roles saw the outage; "during" was answered in degraded mode, not stored.
+        assert logged["server_down_events"] >= 1 and logged["worker_down_events"] >= 1
+        assert logged["degraded_seconds"] > 0 and logged["worker_degraded_seconds"] > 0
+        assert logged["reregistrations"] >= 1 and logged["lookups_degraded"] >= 1
+        # The logged counts are those of the requests and of the steps' plans.
+        finished = sched.finished.values()
+        assert logged["lookups"] == len(sched.finished)
+        assert logged["hit_tokens"] == sum(stats_of(r)["hit_tokens"] for r in finished)
+        planned_stores = sum(len(step.plan_stores) for step in sched.steps)
+        assert logged["stores_ok"] + logged["stores_dropped"] == planned_stores
+        planned_loads = sum(len(step.plan_loads) for step in sched.steps)
+        assert logged["loads_ok"] + logged["loads_failed"] == planned_loads
+        assert logged["loads_ok"] >= 1 and logged["stored_tokens"] >= 1024
     finally:
         target.stop()
         _remove_pool(pool)

@@ -162,9 +162,96 @@ def test_both_roles_with_vllms_real_data_structures(server: ServerProcess) -> No
         assert worker.get_block_ids_with_load_errors() == set()
         assert kv.mismatches(prompt, target, 0, 512) == 0, "loaded KV differs"
         stats = worker.get_kv_connector_stats()
-        assert stats is not None and stats.reduce()["loads_ok"] == 1
+        assert stats is not None
+        reduced = stats.reduce()
+        assert reduced["loads_ok"] == 1 and reduced["loaded_tokens"] == 512
+        assert reduced["stores_ok"] == 1 and reduced["stored_tokens"] == 512
+        assert worker.get_kv_connector_stats() is None, "an interval reported twice"
+        own = sched.get_kv_connector_stats()  # vLLM asks the scheduler connector too
+        assert own is not None
+        assert own.reduce()["lookups"] == 2 and own.reduce()["hit_tokens"] == 512
         _, params = sched.request_finished_all_groups(second, (target,))
         assert params is not None and params[STATS_KEY]["hit_tokens"] == 512
     finally:
         worker.shutdown()
         sched.shutdown()
+
+
+def test_stats_class_implements_vllms_stats_interface() -> None:
+    from lmcache_vllm.connector import LMCacheConnectorStats, LMCachePromMetrics
+    from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
+        KVConnectorPromMetrics,
+        KVConnectorStats,
+    )
+
+    assert issubclass(LMCacheConnectorStats, KVConnectorStats)
+    assert issubclass(LMCachePromMetrics, KVConnectorPromMetrics)
+    for name in ("reset", "aggregate", "reduce", "is_empty"):
+        assert getattr(LMCacheConnectorStats, name) is not getattr(KVConnectorStats, name), name
+    assert LMCachePromMetrics.observe is not KVConnectorPromMetrics.observe
+    built = LMCacheMPConnector.build_kv_connector_stats(None)
+    assert isinstance(built, LMCacheConnectorStats) and built.is_empty()
+
+
+def test_stats_flow_through_vllms_aggregator_logger_and_prometheus() -> None:
+    """Two workers' payloads, the scheduler's on top, then vLLM's log line and metrics."""
+    from lmcache_vllm.connector import LMCacheConnectorStats
+    from lmcache_vllm.stats import LOOKUP_SECONDS, empty_payload
+    from prometheus_client import REGISTRY
+    from vllm.distributed.kv_transfer.kv_connector.utils import KVOutputAggregator
+    from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
+        KVConnectorLogging,
+        KVConnectorProm,
+    )
+    from vllm.v1.outputs import KVConnectorOutput, ModelRunnerOutput
+
+    def stats(**values: Any) -> LMCacheConnectorStats:
+        data = empty_payload()
+        data.update(values)
+        return LMCacheConnectorStats(data=data)
+
+    def output(worker_stats: LMCacheConnectorStats) -> Any:
+        return ModelRunnerOutput(
+            req_ids=[],
+            req_id_to_index={},
+            kv_connector_output=KVConnectorOutput(kv_connector_stats=worker_stats),
+        )
+
+    merged = KVOutputAggregator(2).aggregate(
+        [output(stats(loads_ok=1, loaded_tokens=512)), output(stats(loads_ok=1, loaded_tokens=512))]
+    )
+    assert merged is not None and merged.kv_connector_output is not None
+    step = merged.kv_connector_output.kv_connector_stats
+    assert step is not None
+    # Scheduler.update_from_output adds the scheduler connector's stats.
+    step = step.aggregate(
+        stats(lookups=2, lookup_tokens=1024, hit_tokens=512, **{LOOKUP_SECONDS: [0.004, 0.006]})
+    )
+    payload = step.to_dict()  # what SchedulerStats carries to the logger process
+
+    transfer = KVTransferConfig(
+        kv_connector="LMCacheMPConnector",
+        kv_role="kv_both",
+        kv_connector_module_path="lmcache_vllm.connector",
+    )
+    logging_ = KVConnectorLogging(transfer)
+    labels = {0: ["tiny", "0"]}
+    prom = KVConnectorProm(
+        SimpleNamespace(kv_transfer_config=transfer), ["model_name", "engine"], labels
+    )
+    for _ in range(2):  # two steps in one logging interval
+        logging_.observe(payload)
+        prom.observe(payload, 0)
+    lines: list[str] = []
+    logging_.log(log_fn=lambda fmt, *args: lines.append(fmt % args))
+    assert len(lines) == 1 and lines[0].startswith("KV Transfer metrics: lookups=4,")
+    for part in ("loads_ok=4", "loaded_tokens=2048", "hit_rate=0.5", "lookup_avg_ms=5.0"):
+        assert part in lines[0], lines[0]
+    assert payload["loads_ok"] == 2, "vLLM's payload was modified while logging"
+
+    def value(name: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"model_name": "tiny", "engine": "0"})
+
+    assert value("vllm:lmcache_mp_loaded_tokens_total") == 2048
+    assert value("vllm:lmcache_mp_lookups_total") == 4
+    assert value("vllm:lmcache_mp_lookup_duration_seconds_count") == 4

@@ -18,19 +18,22 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorRole,
     SupportsHMA,
 )
-from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStats
+from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
+    KVConnectorPromMetrics,
+    KVConnectorStats,
+)
 
 from lmcache_vllm.metadata import StepPlan
+from lmcache_vllm.prom import PromRecorder
 from lmcache_vllm.scheduler import SchedulerSide
 from lmcache_vllm.settings import ConnectorSettings
+from lmcache_vllm.stats import StatsPayload, normalise_payload
 from lmcache_vllm.worker import WorkerSide
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
-
-_COUNTERS = ("loads_ok", "loads_failed", "stores_ok", "stores_dropped")
 
 
 class LMCacheStepMetadata(KVConnectorMetadata):
@@ -40,26 +43,33 @@ class LMCacheStepMetadata(KVConnectorMetadata):
         self.plan = plan
 
 
-class LMCacheConnectorStats(KVConnectorStats):
-    """Worker transfer counters of one logging interval (summed across workers)."""
+class LMCacheConnectorStats(StatsPayload, KVConnectorStats):
+    """One interval's payload (:mod:`lmcache_vllm.stats`), as vLLM aggregates and logs it.
 
-    def reset(self) -> None:
-        """Zero the counters."""
-        self.data = dict.fromkeys(_COUNTERS, 0)
+    Both roles report: the workers their loads, stores and health (summed over workers by
+    vLLM's ``KVOutputAggregator``), the scheduler its lookups and health (added in
+    ``Scheduler.update_from_output``).
+    """
 
-    def aggregate(self, other: KVConnectorStats) -> KVConnectorStats:
-        """Add another worker's (or interval's) counters."""
-        for name in _COUNTERS:
-            self.data[name] = int(self.data.get(name, 0)) + int(other.data.get(name, 0))
-        return self
 
-    def reduce(self) -> dict[str, int | float]:
-        """The counters, for vLLM's "KV Transfer metrics" log line."""
-        return {name: int(self.data.get(name, 0)) for name in _COUNTERS}
+class LMCachePromMetrics(KVConnectorPromMetrics):
+    """The payload's Prometheus series (:mod:`lmcache_vllm.prom`)."""
 
-    def is_empty(self) -> bool:
-        """No transfer happened."""
-        return not any(int(self.data.get(name, 0)) for name in _COUNTERS)
+    def __init__(
+        self,
+        vllm_config: Any,
+        metric_types: dict[type[Any], type[Any]],
+        labelnames: list[str],
+        per_engine_labelvalues: dict[int, list[object]],
+    ) -> None:
+        super().__init__(vllm_config, metric_types, labelnames, per_engine_labelvalues)
+        self._recorder = PromRecorder(
+            self._counter_cls, self._histogram_cls, labelnames, per_engine_labelvalues
+        )
+
+    def observe(self, transfer_stats_data: dict[str, Any], engine_idx: int = 0) -> None:
+        """Record one step's payload."""
+        self._recorder.observe(transfer_stats_data, engine_idx)
 
 
 class LMCacheMPConnector(KVConnectorBase_V1, SupportsHMA):
@@ -90,7 +100,6 @@ class LMCacheMPConnector(KVConnectorBase_V1, SupportsHMA):
         world_size = int(getattr(parallel, "world_size", 1) or 1)
         self._scheduler: SchedulerSide | None = None
         self._worker: WorkerSide | None = None
-        self._reported: dict[str, int] = {}
         if role == KVConnectorRole.SCHEDULER:
             self._scheduler = SchedulerSide(
                 settings, model_name=model, world_size=world_size, block_size=block_size
@@ -153,22 +162,33 @@ class LMCacheMPConnector(KVConnectorBase_V1, SupportsHMA):
         return self._worker_side().get_block_ids_with_load_errors()
 
     def get_kv_connector_stats(self) -> KVConnectorStats | None:
-        """Transfer counters since the last call (vLLM asks both roles; None on the scheduler)."""
-        if self._worker is None:
+        """This role's stats since the last call; None when nothing happened.
+
+        vLLM calls it every step in each worker and in the scheduler (``kv_role`` aside).
+        """
+        side = self._worker if self._worker is not None else self._scheduler
+        if side is None:
             return None
-        stats = self._worker.stats
-        delta = {}
-        for name in _COUNTERS:
-            value = int(getattr(stats, name))
-            delta[name] = value - self._reported.get(name, 0)
-            self._reported[name] = value
-        result = LMCacheConnectorStats(data=delta)
-        return None if result.is_empty() else result
+        stats = LMCacheConnectorStats(data=side.take_interval_stats())
+        return None if stats.is_empty() else stats
 
     @classmethod
-    def build_kv_connector_stats(cls, data: dict[str, Any] | None = None) -> KVConnectorStats:
-        """Our stats class, for vLLM's logger."""
-        return LMCacheConnectorStats(data=dict(data) if data else dict.fromkeys(_COUNTERS, 0))
+    def build_kv_connector_stats(
+        cls, data: dict[str, Any] | None = None
+    ) -> KVConnectorStats | None:
+        """Our stats class around a payload (a private copy: vLLM reuses its dict)."""
+        return LMCacheConnectorStats(data=normalise_payload(data))
+
+    @classmethod
+    def build_prom_metrics(
+        cls,
+        vllm_config: Any,
+        metric_types: dict[type[Any], type[Any]],
+        labelnames: list[str],
+        per_engine_labelvalues: dict[int, list[object]],
+    ) -> KVConnectorPromMetrics | None:
+        """The connector's Prometheus series (``vllm:lmcache_mp_*``)."""
+        return LMCachePromMetrics(vllm_config, metric_types, labelnames, per_engine_labelvalues)
 
     def shutdown(self) -> None:
         """Stop heartbeats, unregister, close the client."""

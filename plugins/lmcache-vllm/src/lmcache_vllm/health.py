@@ -37,6 +37,7 @@ class HealthStats:
         reregistrations: Successful re-registrations.
         last_down_at: ``time.monotonic()`` of the last transition to degraded (0: never).
         last_up_at: ``time.monotonic()`` of the last recovery (0: never).
+        degraded_seconds: Seconds spent in degraded mode by the outages that ended.
     """
 
     pings: int = 0
@@ -46,6 +47,7 @@ class HealthStats:
     reregistrations: int = 0
     last_down_at: float = 0.0
     last_up_at: float = 0.0
+    degraded_seconds: float = 0.0
 
 
 @dataclass
@@ -79,7 +81,17 @@ class Health:
             self.healthy = True
             self.stats.recovered += 1
             self.stats.last_up_at = time.monotonic()
+            self.stats.degraded_seconds += self.stats.last_up_at - self.stats.last_down_at
         logger.warning("LMCache server healthy again: KV caching resumes")
+
+    def degraded_seconds(self, now: float | None = None) -> float:
+        """Seconds spent in degraded mode so far, the current outage included."""
+        with self._lock:
+            total = self.stats.degraded_seconds
+            if not self.healthy:
+                current = (time.monotonic() if now is None else now) - self.stats.last_down_at
+                total += max(0.0, current)
+            return total
 
 
 class Heartbeat:

@@ -36,7 +36,7 @@ from lmcache_vllm.health import Health, Heartbeat
 from lmcache_vllm.metadata import OpKind, StepPlan, TransferOp
 from lmcache_vllm.rpc import BackgroundClient
 from lmcache_vllm.settings import ConnectorSettings
-from lmcache_vllm.stats import ConnectorStats
+from lmcache_vllm.stats import ConnectorStats, IntervalReporter, Role
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ class SchedulerSide:
         self.client, self.chunk_size = connect(settings, block_size, client, "scheduler")
         self.health = Health()
         self.stats = ConnectorStats()
+        self._reporter = IntervalReporter(Role.SCHEDULER, self.stats, self.health)
         self.trackers: dict[str, RequestTracker] = {}
         self._pending_loads: list[TransferOp] = []
         self.heartbeat = Heartbeat(self.client, self.health, settings.heartbeat_interval)
@@ -283,7 +284,7 @@ class SchedulerSide:
                 cache_salt=tracker.cache_salt,
             )
         )
-        self.stats.load_tokens += num_external_tokens
+        self.stats.planned_load_tokens += num_external_tokens
 
     def _free_locks(self, tracker: RequestTracker, end: int) -> None:
         """Release the lookup's read locks on ``[0, end)`` (fire and forget)."""
@@ -354,7 +355,7 @@ class SchedulerSide:
         )
         tracker.stored_until = end
         tracker.stores_planned += 1
-        self.stats.store_tokens += end - op.start
+        self.stats.planned_store_tokens += end - op.start
         return op
 
     def _preempted(self, rid: str) -> None:
@@ -420,6 +421,10 @@ class SchedulerSide:
             logger.warning("reset_cache failed: %s", exc)
             return False
         return True
+
+    def take_interval_stats(self) -> dict[str, Any]:
+        """The scheduler's stats payload since the last call (:mod:`lmcache_vllm.stats`)."""
+        return self._reporter.take()
 
     def shutdown(self) -> None:
         """Stop the heartbeat and close the client."""

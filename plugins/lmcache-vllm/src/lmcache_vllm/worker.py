@@ -21,6 +21,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -42,7 +43,7 @@ from lmcache_vllm.pool import SharedPool
 from lmcache_vllm.rpc import BackgroundClient
 from lmcache_vllm.scheduler import connect
 from lmcache_vllm.settings import ConnectorSettings, TransferMode
-from lmcache_vllm.stats import ConnectorStats
+from lmcache_vllm.stats import ConnectorStats, IntervalReporter, Role
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class WorkerSide:
         self.instance_id = uuid.uuid4().int >> 65
         self.health = Health()
         self.stats = ConnectorStats()
+        self._reporter = IntervalReporter(Role.WORKER, self.stats, self.health)
         self.mode: TransferMode | None = None
         self.layers: list[torch.Tensor] = []
         self.geometry: PagedGeometry | None = None
@@ -177,20 +179,28 @@ class WorkerSide:
         """Run the plan's loads; each is reported by the next :meth:`get_finished`."""
         for op in plan.loads:
             try:
-                self._load(op)
+                written = self._load(op)
                 self.stats.loads_ok += 1
+                self.stats.loaded_tokens += written
+                self.stats.loaded_bytes += written * self._token_nbytes()
             except TransferFailed as exc:
                 logger.warning("load of %s failed, vLLM recomputes it: %s", op.request_id, exc)
+                blocks = self._load_blocks(op)
                 self.stats.loads_failed += 1
+                self.stats.load_failed_blocks += len(blocks)
                 self._failed_requests.add(op.request_id)
-                self._load_errors.update(self._load_blocks(op))
+                self._load_errors.update(blocks)
             self._recving.add(op.request_id)
 
     def _load_blocks(self, op: TransferOp) -> list[int]:
         first = (op.start + op.skip_first_n_tokens) // self.block_size
         return list(op.block_ids[0][first : op.end // self.block_size]) if op.block_ids else []
 
-    def _load(self, op: TransferOp) -> None:
+    def _token_nbytes(self) -> int:
+        return self.geometry.object_nbytes(1) if self.geometry is not None else 0
+
+    def _load(self, op: TransferOp) -> int:
+        """Copy the op's chunks into vLLM's blocks; the tokens written."""
         geometry, pool = self._ready()
         key = self._key(op)
         chunks = self._chunk_blocks(op)
@@ -205,6 +215,8 @@ class WorkerSide:
         finally:
             if pool is not None:
                 self._call("commit_retrieve", key, self.instance_id)
+        # The blocks of the first chunk vLLM's prefix cache held were left alone.
+        return len(chunks) * self.chunk_size - (skip * self.block_size if chunks else 0)
 
     def _objects(
         self,
@@ -232,13 +244,16 @@ class WorkerSide:
         for op in plan.stores:
             self._stored_requests.add(op.request_id)
             try:
-                self._store(op)
+                copied = self._store(op)
                 self.stats.stores_ok += 1
+                self.stats.stored_tokens += copied * self.chunk_size
+                self.stats.stored_bytes += copied * self.chunk_size * self._token_nbytes()
             except TransferFailed as exc:
                 logger.info("store of %s dropped: %s", op.request_id, exc)
                 self.stats.stores_dropped += 1
 
-    def _store(self, op: TransferOp) -> None:
+    def _store(self, op: TransferOp) -> int:
+        """Copy the chunks the server asks for; how many (it skips those it holds)."""
         geometry, pool = self._ready()
         key = self._key(op)
         reply = self._call("prepare_store", key, self.instance_id)
@@ -263,6 +278,7 @@ class WorkerSide:
             data = buffer.view(torch.uint8).numpy().tobytes()
         if self._call("commit_store", key, self.instance_id, data) is not True:
             raise TransferFailed("the server did not commit every chunk")
+        return len(indices)
 
     # -- completion -----------------------------------------------------------------------
 
@@ -284,6 +300,10 @@ class WorkerSide:
         """Blocks of failed loads since the last call (vLLM recomputes them)."""
         errors, self._load_errors = self._load_errors, set()
         return errors
+
+    def take_interval_stats(self) -> dict[str, Any]:
+        """This worker's stats payload since the last call (:mod:`lmcache_vllm.stats`)."""
+        return self._reporter.take()
 
     def take_failed_requests(self) -> set[str]:
         """Requests with a failed load since the last call (``failed_recving``)."""

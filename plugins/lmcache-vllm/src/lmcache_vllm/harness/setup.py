@@ -20,17 +20,21 @@ SERVER_ARGS = ("--chunk-size", str(CHUNK), "--l1-size-gb", "0.1", "--eviction-po
 
 
 def extra_config(server: ServerProcess, **overrides: Any) -> dict[str, Any]:
-    """The connector's ``kv_connector_extra_config`` for ``server`` (short timeouts).
+    """The connector's ``kv_connector_extra_config`` for ``server``.
 
-    ``overrides`` are ``lmcache.mp.*`` keys without the prefix.
+    The timeouts are the connector's defaults (a 10 s heartbeat, 30 s lookups and
+    transfers), far above what a loaded machine needs: each of them, when it fires, puts
+    the connector in degraded mode, and a test of hits or stores must not fail because a
+    2-core machine answered a ping late. Tests of outages and stalls set short ones
+    themselves. ``overrides`` are ``lmcache.mp.*`` keys without the prefix.
     """
     config: dict[str, Any] = {
         "lmcache.mp.host": "tcp://127.0.0.1",
         "lmcache.mp.port": server.port,
-        "lmcache.mp.mq_timeout": 10,
-        "lmcache.mp.heartbeat_interval": 1.0,
-        "lmcache.mp.lookup_timeout": 2.0,
-        "lmcache.mp.transfer_timeout": 2.0,
+        "lmcache.mp.mq_timeout": 30,
+        "lmcache.mp.heartbeat_interval": 10.0,
+        "lmcache.mp.lookup_timeout": 30.0,
+        "lmcache.mp.transfer_timeout": 30.0,
     }
     config.update({f"lmcache.mp.{k}": v for k, v in overrides.items()})
     return config

@@ -9,8 +9,8 @@ msgpack commands on stdin and answers each on stdout (logs go to stderr):
   register;
 * ``step``: one engine step: ``start_load_kv`` with the scheduler's plan, check the
   loaded tokens against the values a forward pass would have written, "forward" (write
-  deterministic KV for the scheduled tokens), ``wait_for_save``, ``get_finished`` and
-  ``get_block_ids_with_load_errors``;
+  deterministic KV for the scheduled tokens), ``wait_for_save``, ``get_finished``,
+  ``get_block_ids_with_load_errors`` and the step's connector stats payload;
 * ``health``, ``shutdown_side`` (the process stays), ``shutdown``.
 
 The KV value of a token depends only on its id, its position, the layer and the head,
@@ -29,6 +29,7 @@ import torch
 
 from lmcache_vllm.metadata import decode_plan
 from lmcache_vllm.settings import ConnectorSettings
+from lmcache_vllm.stats import IntervalStats
 from lmcache_vllm.worker import WorkerSide
 
 _HEADER = struct.Struct("!I")
@@ -152,7 +153,10 @@ class HarnessWorker:
             self.forward(item["tokens"], item["blocks"], item["start"], item["end"])
         side.wait_for_save(plan)
         sending, recving = side.get_finished(msg["finished"])
+        # What vLLM's model runner sends each step: get_kv_connector_stats (None if empty).
+        kv_stats = IntervalStats(side.take_interval_stats())
         return {
+            "kv_stats": None if kv_stats.is_empty() else kv_stats.data,
             "sending": sorted(sending or ()),
             "recving": sorted(recving or ()),
             "errors": sorted(errors),
