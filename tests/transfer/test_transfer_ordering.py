@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from lmcache_core.testing.thread_stream import ThreadStream, WorkerEvents
 from lmcache_core.transfer.transfer_ordering import (
     DeferredCompletions,
     OrderedTransfers,
     TransferSteps,
 )
-from tests.transfer.thread_stream import ThreadStream, WorkerEvents
 
 
 @dataclass

@@ -9,16 +9,23 @@ with its CUDA stream and staging buffer (:meth:`CudaWorker.ready`). See
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from lmcache_core.protocol.errors import BadRequestError, NotSupportedError
 from lmcache_core.transfer.cuda_devices import local_device_uuids, ordinal_for_uuid
 from lmcache_core.transfer.cuda_handles import CudaTensorRecord
-from lmcache_core.transfer.cuda_mappings import MappingReleaser, MappingTable, WorkerMappings
+from lmcache_core.transfer.cuda_mappings import (
+    AllocationImporter,
+    MappingReleaser,
+    MappingTable,
+    WorkerMappings,
+)
 from lmcache_core.transfer.device_layout import (
     DeviceKVGeometry,
     canonical_layer_views,
@@ -50,16 +57,30 @@ class CudaRuntime:
         failures: Failed device transfers by operation (for ``/status``).
     """
 
-    def __init__(self) -> None:
-        from lmcache_core.transfer.cuda_import import CudaIpcImporter
+    def __init__(
+        self,
+        importer: AllocationImporter | None = None,
+        stream_factory: Callable[[int], TransferStream] | None = None,
+        device_uuids: Sequence[str] | None = None,
+    ) -> None:
+        """Args: the importer, a stream per ordinal, the visible GPUs' UUIDs.
 
-        self.table = MappingTable(CudaIpcImporter())
+        The defaults are the real CUDA ones; the CPU tests pass FAKES (a CPU-tensor importer,
+        a thread as the stream) to run the engine's CUDA path without a GPU.
+        """
+        if importer is None:
+            from lmcache_core.transfer.cuda_import import CudaIpcImporter
+
+            importer = CudaIpcImporter()
+        self.table = MappingTable(importer)
+        self._stream_factory = stream_factory
+        self.on_cuda = stream_factory is None
         self.releaser = MappingReleaser()
         self.failures: dict[str, int] = {"store": 0, "retrieve": 0}
         self._lock = threading.Lock()
         self.deferred = DeferredCompletions(self._failed)
         self.transfers = OrderedTransfers(self.deferred, self._failed)
-        self._uuids: list[str] | None = None
+        self._uuids: list[str] | None = None if device_uuids is None else list(device_uuids)
 
     def _failed(self, op: str, _reason: str) -> None:
         with self._lock:
@@ -70,6 +91,22 @@ class CudaRuntime:
         if self._uuids is None:
             self._uuids = local_device_uuids()
         return ordinal_for_uuid(device_uuid, self._uuids)
+
+    def stream(self, ordinal: int) -> TransferStream:
+        """A new transfer stream on ``ordinal``."""
+        if self._stream_factory is not None:
+            return self._stream_factory(ordinal)
+        from lmcache_core.transfer.cuda_stream import CudaTransferStream
+
+        return CudaTransferStream(ordinal)
+
+    def device(self, ordinal: int) -> AbstractContextManager[object]:
+        """``torch.cuda.device(ordinal)`` on CUDA; nothing with a FAKE stream."""
+        if not self.on_cuda:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.cuda.device(ordinal)
 
     def close(self) -> None:
         """Finish deferred transfers and queued releases (shutdown)."""
@@ -111,14 +148,13 @@ class CudaWorker:
         the import fails (the worker's GPU is not visible, a stale handle).
         """
         if self._ready is None:
-            from lmcache_core.transfer.cuda_stream import CudaTransferStream
-
             tensors = self.mappings.tensors()
-            assert self.mappings.ordinal is not None
+            ordinal = self.mappings.ordinal
+            assert ordinal is not None
             views = canonical_layer_views(tensors, self.geometry)
             cache = PagedKVCache(views, self.layout)
-            stream = CudaTransferStream(self.mappings.ordinal)
-            with stream_device(self.mappings.ordinal):
+            stream = self.runtime.stream(ordinal)
+            with self.runtime.device(ordinal):
                 copier = StagedCopier(cache, self.chunk_size, STAGING_CHUNKS)
             self._ready = _Ready(stream, copier, cache)
             logger.info(
@@ -152,13 +188,6 @@ class CudaWorker:
         self.runtime.releaser.release(self.mappings, self.drained, "unregistered")
 
 
-def stream_device(ordinal: int) -> Any:
-    """``torch.cuda.device(ordinal)`` (imported here: only CUDA hosts get this far)."""
-    import torch
-
-    return torch.cuda.device(ordinal)
-
-
 def register_cuda_worker(
     instance_id: int,
     records: Sequence[CudaTensorRecord],
@@ -177,7 +206,8 @@ def register_cuda_worker(
     """
     from lmcache_core.transfer.cuda_import import raw_ipc_available
 
-    if any(r.tag == "cuda_raw" for r in records) and not raw_ipc_available():
+    raw = any(r.tag == "cuda_raw" for r in records)
+    if raw and runtime.on_cuda and not raw_ipc_available():
         raise NotSupportedError(
             "register_kv_cache: cuda_raw handles need NVIDIA's cuda-bindings package "
             "(pip install cuda-bindings) on the server"
