@@ -9,8 +9,8 @@ affinity thread, so one worker's transfers stay in order.
 from __future__ import annotations
 
 import logging
-import math
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -482,9 +482,15 @@ class LmcacheDrivenTransfers(WorkerTransfers):
         return TransferPlan(worker, session, keys, ids[: window.chunks * per_chunk], per_chunk)
 
 
-def _deadline(ctx: RequestContext) -> float | None:
-    """The request's deadline for a device transfer (None: none)."""
-    return None if math.isinf(ctx.deadline) else ctx.deadline
+DEVICE_WAIT_CAP_S = 30.0
+"""The longest a device transfer's reply waits for its copy, whatever the request deadline:
+a stream stuck on a dead worker's event must not hold the worker's thread forever (the
+transfer then finishes in the background once the copy completed)."""
+
+
+def _deadline(ctx: RequestContext) -> float:
+    """When a device transfer's reply stops waiting for its copy."""
+    return min(ctx.deadline, time.monotonic() + DEVICE_WAIT_CAP_S)
 
 
 def _discard(_value: object) -> None:
