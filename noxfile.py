@@ -179,6 +179,15 @@ def compat(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", "-q", "tests/compat", *session.posargs, env=env)
 
 
+@nox.session(venv_backend="none")
+def gpu(session: nox.Session) -> None:
+    """The GPU data path on a CUDA host, in the host's own Python (its CUDA torch): the
+    ``gpu`` tests, then ``benchmarks/bench_gpu.py``. ``tools/device_check.sh`` is the same
+    run for the device machine (it installs carried wheels first)."""
+    session.run("python", "-m", "pytest", "-q", "-m", "gpu", "tests/gpu", *session.posargs)
+    session.run("python", "-m", "benchmarks.bench_gpu")
+
+
 def _engine_suite(session: nox.Session, engine: str, own_tests: str) -> None:
     """The engine conformance (data-path) suite with every server on ``--engine-type
     engine``, then the engine's own end-to-end tests."""

@@ -78,7 +78,12 @@ class StagedCopier:
         n = self._nbytes
         return [self._staging[i * n : (i + 1) * n] for i in range(count)]
 
-    def _check(self, objects: Sequence[torch.Tensor], block_ids: Sequence[int]) -> None:
+    def check(self, objects: Sequence[torch.Tensor], block_ids: Sequence[int]) -> None:
+        """Check a store or retrieve before anything is enqueued.
+
+        Raises:
+            ValueError: Objects of the wrong size or type, too few or out-of-range ids.
+        """
         for i, obj in enumerate(objects):
             if obj.dtype != torch.uint8 or obj.dim() != 1 or obj.numel() != self._nbytes:
                 raise ValueError(f"host object {i} is not a {self._nbytes}-byte uint8 vector")
@@ -98,7 +103,7 @@ class StagedCopier:
         Raises:
             ValueError: Bad ids or objects, before anything is enqueued.
         """
-        self._check(objects, block_ids)
+        self.check(objects, block_ids)
         ids = list(block_ids[: len(objects) * self._bpc])
         self._cache.validate(ids, self._tokens, self._staged(min(len(objects), self._max)))
         n = self._nbytes
@@ -126,7 +131,7 @@ class StagedCopier:
         """
         if skip_first_n_tokens < 0:
             raise ValueError(f"skip_first_n_tokens must be >= 0, got {skip_first_n_tokens}")
-        self._check(objects, block_ids)
+        self.check(objects, block_ids)
         ids = list(block_ids[: len(objects) * self._bpc])
         self._cache.validate(ids, self._tokens, self._staged(min(len(objects), self._max)))
         n = self._nbytes

@@ -119,13 +119,19 @@ def _finish(steps: TransferSteps, ok: bool) -> None:
 class DeferredCompletions:
     """Finishes transfers whose reply went out before their copy completed.
 
-    One background thread: for each deferred transfer it waits (without a deadline) for the
-    event, then commits or aborts and releases. Bounded by the number of transfers in flight
-    (every deferred entry is a copy already enqueued on a stream).
+    One background thread sweeps the deferred transfers, so one copy that never completes
+    (a stream stuck on a dead worker's event) cannot hold up the others. A transfer is
+    finished (aborted, released) only once its copy completed: its objects stay reserved and
+    its locks held until then, because a late DMA into memory handed out again would corrupt
+    it. One still waiting after :data:`STUCK_WARNING_S` is logged once. Bounded by the
+    transfers in flight (every entry is a copy already enqueued on a stream).
 
     Args:
         on_failure: Called with ``(op, reason)`` for each copy that failed.
     """
+
+    STUCK_WARNING_S = 60.0
+    _SWEEP_S = 0.002
 
     def __init__(self, on_failure: Callable[[str, str], None]) -> None:
         self._on_failure = on_failure
@@ -170,26 +176,48 @@ class DeferredCompletions:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        waiting: list[tuple[CompletionEvent, TransferSteps, float, bool]] = []
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            event, steps = item
             try:
-                event.wait(None)
-                error = event.error()
-                if error is not None:
-                    self._on_failure(steps.op, f"copy failed after the reply: {error}")
-                    logger.warning("%s copy failed after its reply: %s", steps.op, error)
-                # The reply already said ok=False: never commit what the worker was told
-                # failed, even when the copy did complete.
-                _finish(steps, ok=False)
-            except Exception:
-                logger.exception("finishing a deferred %s failed", steps.op)
-            finally:
-                with self._idle:
-                    self._pending -= 1
-                    self._idle.notify_all()
+                # Block only when nothing is waiting; else pick up new entries between sweeps.
+                item = self._queue.get(timeout=None if not waiting else self._SWEEP_S)
+            except queue.Empty:
+                pass
+            else:
+                if item is None:
+                    return
+                waiting.append((item[0], item[1], time.monotonic(), False))
+            still: list[tuple[CompletionEvent, TransferSteps, float, bool]] = []
+            for event, steps, since, warned in waiting:
+                if event.wait(0):
+                    self._finish_deferred(event, steps)
+                    continue
+                stuck = time.monotonic() - since > self.STUCK_WARNING_S
+                if stuck and not warned:
+                    logger.error(
+                        "a %s copy has not completed after %.0f s; its L1 objects stay "
+                        "reserved or locked until it does",
+                        steps.op,
+                        self.STUCK_WARNING_S,
+                    )
+                still.append((event, steps, since, warned or stuck))
+            waiting = still
+
+    def _finish_deferred(self, event: CompletionEvent, steps: TransferSteps) -> None:
+        try:
+            error = event.error()
+            if error is not None:
+                self._on_failure(steps.op, f"copy failed after the reply: {error}")
+                logger.warning("%s copy failed after its reply: %s", steps.op, error)
+            # The reply already said ok=False: never commit what the worker was told
+            # failed, even when the copy did complete.
+            _finish(steps, ok=False)
+        except Exception:
+            logger.exception("finishing a deferred %s failed", steps.op)
+        finally:
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
 
 
 class OrderedTransfers:

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from lmcache_core.testing.thread_stream import ThreadStream, WorkerEvents
 from lmcache_core.transfer.transfer_ordering import (
     DeferredCompletions,
     OrderedTransfers,
     TransferSteps,
 )
-from tests.transfer.thread_stream import ThreadStream, WorkerEvents
 
 
 @dataclass
@@ -152,3 +152,29 @@ def test_transfers_on_one_stream_stay_in_order(rig) -> None:  # type: ignore[no-
     assert deferred.drain(10)
     assert rec.log[0] == "copy" and rec.log.count("copy") == 2
     assert rec.log.index("commit") > rec.log.index("copy")
+
+
+def test_a_stuck_copy_does_not_hold_up_other_deferred_transfers(rig) -> None:  # type: ignore[no-untyped-def]
+    transfers, deferred, stream, events, rec = rig
+    other = ThreadStream(events)
+    try:
+        stuck, late = threading.Event(), threading.Event()
+        soon = time.monotonic() + 0.05
+        assert not transfers.run(
+            stream, events.make(fired=True), rec.steps("store", stuck), soon
+        ).ok
+        assert not transfers.run(
+            other, events.make(fired=True), rec.steps("retrieve", late), soon
+        ).ok
+        assert deferred.pending == 2
+        late.set()
+        deadline = time.monotonic() + 10
+        while deferred.pending != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert deferred.pending == 1  # the retrieve finished while the store is still stuck
+        assert rec.log == ["copy", "abort", "release"]
+        stuck.set()
+        assert deferred.drain(10)
+        assert rec.log.count("release") == 2
+    finally:
+        other.close()

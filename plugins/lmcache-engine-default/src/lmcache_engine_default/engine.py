@@ -115,12 +115,14 @@ class DefaultEngine(Engine):
                 "prefetches_refused": self.prefetch_pool.refused,
             },
             "l2": self.l2.status() if self.l2 is not None else None,
+            "cuda": self.lmcache_driven.cuda_status(),
         }
 
     def close(self) -> None:
         """Release pending reservations and locks, unmap every worker."""
         self.engine_driven.close()
         self.workers.close()
+        self.lmcache_driven.close()  # after the workers: finishes their CUDA releases
 
     # -- wiring -----------------------------------------------------------------------
 

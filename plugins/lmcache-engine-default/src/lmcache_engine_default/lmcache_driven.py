@@ -9,6 +9,8 @@ affinity thread, so one worker's transfers stay in order.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -17,13 +19,15 @@ from lmcache_core.engine.contract import Handler
 from lmcache_core.engine.request_events import RequestEvents
 from lmcache_core.engine.sessions import Session
 from lmcache_core.protocol.codec import ProtocolError, decode_device_handles
-from lmcache_core.protocol.errors import BadRequestError
-from lmcache_core.protocol.types import EngineGroupInfo, WireCacheKey
+from lmcache_core.protocol.errors import BadRequestError, NotSupportedError
+from lmcache_core.protocol.types import CpuShmHandle, EngineGroupInfo, WireCacheKey
 from lmcache_core.storage.errors import L1FullError
 from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.transfer.transfer_ordering import TransferSteps
+from lmcache_engine_default.cuda_workers import CudaRuntime, CudaWorker, register_cuda_worker
 from lmcache_engine_default.deadline_fence import copy_until_deadline
 from lmcache_engine_default.transfer_parts import TransferParts, WorkerTransfers
-from lmcache_engine_default.workers import MappedWorker, map_worker
+from lmcache_engine_default.workers import MappedWorker, check_cuda_registration, map_worker
 
 if TYPE_CHECKING:
     from lmcache_core.engine.contract import RequestContext
@@ -57,7 +61,7 @@ _FAILED = TransferResult(b"", False)
 class TransferPlan:
     """A checked store or retrieve: whose cache, which objects, which blocks."""
 
-    worker: MappedWorker
+    worker: MappedWorker | CudaWorker
     session: Session
     keys: list[ObjectKey]
     block_ids: list[int]
@@ -77,6 +81,32 @@ class LmcacheDrivenTransfers(WorkerTransfers):
         self.request_events = request_events
         self.deadline_misses = {"store": 0, "retrieve": 0}
         """Stores and retrieves answered ok=False because their deadline passed."""
+        self._cuda: CudaRuntime | None = None
+        self._cuda_lock = threading.Lock()
+
+    def cuda_runtime(self) -> CudaRuntime:
+        """The CUDA side, built at the first CUDA registration (never on a CPU host)."""
+        with self._cuda_lock:
+            if self._cuda is None:
+                self._cuda = CudaRuntime()
+            return self._cuda
+
+    def cuda_status(self) -> dict[str, Any] | None:
+        """Imported allocations and failed device transfers, or None before any CUDA use."""
+        runtime = self._cuda
+        if runtime is None:
+            return None
+        return {
+            "imported_allocations": len(runtime.table),
+            "references": runtime.table.references(),
+            "deferred_transfers": runtime.deferred.pending,
+            "failed_transfers": dict(runtime.failures),
+        }
+
+    def close(self) -> None:
+        """Finish deferred device transfers and mapping releases (after workers.close())."""
+        if self._cuda is not None:
+            self._cuda.close()
 
     def handlers(self) -> dict[str, Handler]:
         """Operation name -> handler."""
@@ -103,9 +133,26 @@ class LmcacheDrivenTransfers(WorkerTransfers):
             handles = decode_device_handles(kv_cache)
         except ProtocolError as exc:
             raise BadRequestError(str(exc)) from None
-        worker = map_worker(
-            instance_id, handles, model_name, world_size, layout_hints, groups, self.chunk_size
-        )
+        worker: MappedWorker | CudaWorker
+        if handles and not all(isinstance(h, CpuShmHandle) for h in handles):
+            records = check_cuda_registration(handles)  # answers at once on a CPU-only host
+            if len(groups) > 1:
+                raise NotSupportedError(
+                    "hybrid models with several KV groups are not supported yet"
+                )
+            worker = register_cuda_worker(
+                instance_id,
+                records,
+                model_name,
+                world_size,
+                layout_hints,
+                self.chunk_size,
+                self.cuda_runtime(),
+            )
+        else:
+            worker = map_worker(
+                instance_id, handles, model_name, world_size, layout_hints, groups, self.chunk_size
+            )
         self.workers.add_mapped(worker)
         self.liveness.registered(instance_id)
         logger.info(
@@ -131,7 +178,7 @@ class LmcacheDrivenTransfers(WorkerTransfers):
         key: WireCacheKey,
         instance_id: int,
         block_ids: list[list[int]],
-        _event: bytes,
+        event: bytes,
     ) -> TransferResult:
         """Gather the window's chunks from the worker's blocks into L1.
 
@@ -152,12 +199,12 @@ class LmcacheDrivenTransfers(WorkerTransfers):
         if plan is None:
             return _FAILED
         with self.request_events.transfer("store", key, instance_id, len(plan.keys)) as outcome:
-            result = self._store(ctx, plan, outcome)
+            result = self._store(ctx, plan, outcome, event)
             outcome["ok"] = result.ok
             return result
 
     def _store(
-        self, ctx: RequestContext, plan: TransferPlan, outcome: dict[str, Any]
+        self, ctx: RequestContext, plan: TransferPlan, outcome: dict[str, Any], event: bytes
     ) -> TransferResult:
         keys, ids, per_chunk = plan.keys, plan.block_ids, plan.blocks_per_chunk
         wanted = [
@@ -177,6 +224,8 @@ class LmcacheDrivenTransfers(WorkerTransfers):
         if not todo:
             return self._visible(ctx, others)
         staged = [r for _, r in todo]
+        if isinstance(plan.worker, CudaWorker):
+            return self._store_cuda(ctx, plan, outcome, event, todo, others)
         cache = plan.worker.cache
         try:
             chunk_ids = [b for i, _ in todo for b in ids[i * per_chunk : (i + 1) * per_chunk]]
@@ -207,6 +256,52 @@ class LmcacheDrivenTransfers(WorkerTransfers):
         self.completion.committed(staged, nbytes)
         return self._visible(ctx, others)
 
+    def _store_cuda(
+        self,
+        ctx: RequestContext,
+        plan: TransferPlan,
+        outcome: dict[str, Any],
+        event: bytes,
+        todo: list[tuple[int, Any]],
+        others: list[ObjectKey],
+    ) -> TransferResult:
+        """The store on the worker's CUDA stream: commit only after the copy completed."""
+        worker = plan.worker
+        assert isinstance(worker, CudaWorker)
+        ids, per_chunk = plan.block_ids, plan.blocks_per_chunk
+        staged = [r for _, r in todo]
+        nbytes = worker.layout.object_nbytes(self.chunk_size)
+        chunk_ids = [b for i, _ in todo for b in ids[i * per_chunk : (i + 1) * per_chunk]]
+        buffers = [self.l1.buffer(r) for r in staged]
+        try:
+            ready = worker.ready()
+            ready.copier.check(buffers, chunk_ids)  # before anything is enqueued
+        except ValueError as exc:
+            self.l1.abort(staged)
+            raise BadRequestError(str(exc)) from None
+        except Exception:
+            self.l1.abort(staged)
+            raise
+
+        def commit() -> None:
+            self.l1.commit(staged)
+            outcome["done_chunks"] = len(staged)
+            outcome["bytes"] = len(staged) * nbytes
+            self.completion.committed(staged, nbytes)
+
+        steps = TransferSteps(
+            op="store",
+            copy=lambda: ready.copier.store(chunk_ids, buffers),
+            commit=commit,
+            abort=lambda: _discard(self.l1.abort(staged)),
+            release=worker.end,
+        )
+        worker.begin()
+        result = worker.runtime.transfers.run(ready.stream, event, steps, _deadline(ctx))
+        if not result.ok:
+            return TransferResult(result.event, False)
+        return TransferResult(result.event, self._visible(ctx, others).ok)
+
     def _visible(self, ctx: RequestContext, others: list[ObjectKey]) -> TransferResult:
         """The store's result once chunks other stores write are visible (by the deadline)."""
         if self.completion.visible(others, ctx.deadline):
@@ -223,7 +318,7 @@ class LmcacheDrivenTransfers(WorkerTransfers):
         key: WireCacheKey,
         instance_id: int,
         block_ids: list[list[int]],
-        _event: bytes,
+        event: bytes,
         skip_first_n_tokens: int,
     ) -> TransferResult:
         """Scatter the window's chunks from L1 into the worker's blocks.
@@ -251,6 +346,12 @@ class LmcacheDrivenTransfers(WorkerTransfers):
         keys = plan.keys
         try:
             with self.request_events.transfer("retrieve", key, instance_id, len(keys)) as outcome:
+                if isinstance(worker, CudaWorker):
+                    result = self._copy_out_cuda(ctx, plan, skip_first_n_tokens, event)
+                    if result.ok:
+                        nbytes = worker.layout.object_nbytes(self.chunk_size)
+                        outcome.update(ok=True, done_chunks=len(keys), bytes=len(keys) * nbytes)
+                    return result
                 ok = self._copy_out(ctx, plan, skip_first_n_tokens)
                 if ok:
                     nbytes = worker.layout.object_nbytes(self.chunk_size)
@@ -259,14 +360,54 @@ class LmcacheDrivenTransfers(WorkerTransfers):
         finally:
             self.lookups.consume_locks(plan.session, keys)
 
+    def _copy_out_cuda(
+        self, ctx: RequestContext, plan: TransferPlan, skip: int, event: bytes
+    ) -> TransferResult:
+        """The retrieve on the worker's CUDA stream: read locks held until the copy completed."""
+        worker = plan.worker
+        assert isinstance(worker, CudaWorker)
+        keys = plan.keys
+        present = self.l1.lock_for_read(keys, 1)
+        held = [k for k, ok in zip(keys, present, strict=True) if ok]
+        if len(held) != len(keys):
+            self.l1.unlock(held, 1)
+            return _FAILED
+        views, ids = self.l1.read_views(keys), plan.block_ids
+        try:
+            ready = worker.ready()
+            ready.copier.check(views, ids)
+        except ValueError as exc:
+            self.l1.unlock(held, 1)
+            raise BadRequestError(str(exc)) from None
+        except Exception:
+            self.l1.unlock(held, 1)
+            raise
+
+        def release() -> None:
+            self.l1.unlock(held, 1)
+            worker.end()
+
+        steps = TransferSteps(
+            op="retrieve",
+            copy=lambda: ready.copier.retrieve(views, ids, skip),
+            commit=lambda: None,
+            abort=lambda: None,
+            release=release,
+        )
+        worker.begin()
+        result = worker.runtime.transfers.run(ready.stream, event, steps, _deadline(ctx))
+        return TransferResult(result.event, result.ok)
+
     def _copy_out(self, ctx: RequestContext, plan: TransferPlan, skip: int) -> bool:
         keys = plan.keys
+        worker = plan.worker
+        assert isinstance(worker, MappedWorker)
         present = self.l1.lock_for_read(keys, 1)  # held only for the copy
         held = [k for k, ok in zip(keys, present, strict=True) if ok]
         try:
             if len(held) != len(keys):
                 return False
-            cache, views, ids = plan.worker.cache, self.l1.read_views(keys), plan.block_ids
+            cache, views, ids = worker.cache, self.l1.read_views(keys), plan.block_ids
             per_chunk, tokens = plan.blocks_per_chunk, self.chunk_size
             try:
                 cache.validate(ids, tokens, views)  # before any byte moves
@@ -314,9 +455,9 @@ class LmcacheDrivenTransfers(WorkerTransfers):
 
     # -- checks ---------------------------------------------------------------------------
 
-    def _registered(self, op: str, instance_id: int) -> MappedWorker | None:
+    def _registered(self, op: str, instance_id: int) -> MappedWorker | CudaWorker | None:
         """The worker, if registered and not reaped (a refusal is logged)."""
-        worker = self.workers.mapped.get(instance_id)
+        worker = self.workers.lmcache_driven(instance_id)
         if worker is None or not self.liveness.seen(instance_id):
             logger.warning("%s from unregistered worker %d refused", op, instance_id)
             return None
@@ -326,7 +467,7 @@ class LmcacheDrivenTransfers(WorkerTransfers):
         self,
         op: str,
         key: WireCacheKey,
-        worker: MappedWorker,
+        worker: MappedWorker | CudaWorker,
         window: ChunkWindow,
         block_ids: list[list[int]],
     ) -> TransferPlan | None:
@@ -339,3 +480,18 @@ class LmcacheDrivenTransfers(WorkerTransfers):
         session = self.lookups.sessions.get(key.request_id)
         keys = self.chunk_keys.window_keys(key, session, window)
         return TransferPlan(worker, session, keys, ids[: window.chunks * per_chunk], per_chunk)
+
+
+DEVICE_WAIT_CAP_S = 30.0
+"""The longest a device transfer's reply waits for its copy, whatever the request deadline:
+a stream stuck on a dead worker's event must not hold the worker's thread forever (the
+transfer then finishes in the background once the copy completed)."""
+
+
+def _deadline(ctx: RequestContext) -> float:
+    """When a device transfer's reply stops waiting for its copy."""
+    return min(ctx.deadline, time.monotonic() + DEVICE_WAIT_CAP_S)
+
+
+def _discard(_value: object) -> None:
+    """Drop a return value (the steps' callables return nothing)."""

@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcache_core.protocol.errors import BadRequestError, NotSupportedError
 from lmcache_core.protocol.types import AnyDeviceHandle, CpuShmHandle, EngineGroupInfo
@@ -19,6 +19,9 @@ from lmcache_core.transfer.cuda_handles import (
 )
 from lmcache_core.transfer.layout import KVLayout, detect_layout
 from lmcache_core.transfer.paged import PagedKVCache
+
+if TYPE_CHECKING:
+    from lmcache_engine_default.cuda_workers import CudaWorker
 
 logger = logging.getLogger("lmcache.engine")
 
@@ -70,11 +73,9 @@ def map_worker(
     if not handles:
         raise BadRequestError("register_kv_cache: kv_cache holds no tensors")
     if not all(isinstance(h, CpuShmHandle) for h in handles):
-        records = check_cuda_registration(handles)
-        raise NotSupportedError(
-            f"register_kv_cache: {len(records)} CUDA tensors are well formed, but this "
-            "build has no CUDA transfer engine yet"
-        )
+        # A programming guard: CUDA registrations go through check_cuda_registration and
+        # cuda_workers.register_cuda_worker (lmcache_driven.register_kv_cache dispatches).
+        raise NotSupportedError("register_kv_cache: map_worker maps cpu_shm handles only")
     if len(groups) > 1:
         raise NotSupportedError("hybrid models with several KV groups are not supported yet")
     mappings: list[MappedShmTensor] = []
@@ -131,16 +132,29 @@ class WorkerTable:
 
     def __init__(self) -> None:
         self.mapped: dict[int, MappedWorker] = {}
+        self.cuda: dict[int, CudaWorker] = {}
+        """lmcache_driven workers whose KV cache is on a GPU (kept apart from ``mapped``:
+        code that copies with CPU tensors, such as the blend engine, never sees them)."""
         self.engine_driven: dict[int, EngineDrivenWorker] = {}
         self._lock = threading.Lock()
 
-    def add_mapped(self, worker: MappedWorker) -> None:
-        """Register (or replace) an lmcache_driven worker."""
+    def add_mapped(self, worker: MappedWorker | CudaWorker) -> None:
+        """Register (or replace) an lmcache_driven worker (CPU or CUDA)."""
         with self._lock:
-            old = self.mapped.pop(worker.instance_id, None)
-            self.mapped[worker.instance_id] = worker
-        if old is not None:
-            old.close()
+            old: MappedWorker | CudaWorker | None = self.mapped.pop(worker.instance_id, None)
+            old_cuda = self.cuda.pop(worker.instance_id, None)
+            if isinstance(worker, MappedWorker):
+                self.mapped[worker.instance_id] = worker
+            else:
+                self.cuda[worker.instance_id] = worker
+        for previous in (old, old_cuda):
+            if previous is not None:
+                previous.close()
+
+    def lmcache_driven(self, instance_id: int) -> MappedWorker | CudaWorker | None:
+        """The lmcache_driven worker of this instance, CPU or CUDA."""
+        with self._lock:
+            return self.mapped.get(instance_id) or self.cuda.get(instance_id)
 
     def add_engine_driven(self, worker: EngineDrivenWorker) -> None:
         """Register (or replace) an engine_driven worker."""
@@ -151,16 +165,20 @@ class WorkerTable:
         """Forget the instance in both modes; True if it was known."""
         with self._lock:
             mapped = self.mapped.pop(instance_id, None)
+            cuda = self.cuda.pop(instance_id, None)
             driven = self.engine_driven.pop(instance_id, None)
         if mapped is not None:
             mapped.close()
-        return mapped is not None or driven is not None
+        if cuda is not None:
+            cuda.close()  # queues the release on a background thread: returns at once
+        return mapped is not None or cuda is not None or driven is not None
 
     def object_nbytes(self, model_name: str, world_size: int, chunk_size: int) -> int | None:
         """Object size for this model and sharding, from any registered worker (None: none)."""
         with self._lock:
-            workers: list[MappedWorker | EngineDrivenWorker] = [
+            workers: list[MappedWorker | CudaWorker | EngineDrivenWorker] = [
                 *self.mapped.values(),
+                *self.cuda.values(),
                 *self.engine_driven.values(),
             ]
         for worker in workers:
@@ -171,8 +189,9 @@ class WorkerTable:
     def close(self) -> None:
         """Unmap everything."""
         with self._lock:
-            workers = list(self.mapped.values())
+            workers: list[MappedWorker | CudaWorker] = [*self.mapped.values(), *self.cuda.values()]
             self.mapped.clear()
+            self.cuda.clear()
             self.engine_driven.clear()
         for worker in workers:
             worker.close()
@@ -180,6 +199,10 @@ class WorkerTable:
     def summary(self) -> dict[str, Any]:
         """Registered workers for ``/status``."""
         with self._lock:
+            lmcache_driven: list[MappedWorker | CudaWorker] = [
+                *self.mapped.values(),
+                *self.cuda.values(),
+            ]
             return {
                 "lmcache_driven": {
                     str(w.instance_id): {
@@ -189,7 +212,7 @@ class WorkerTable:
                         "num_layers": w.layout.num_layers,
                         "num_blocks": w.layout.num_blocks,
                     }
-                    for w in self.mapped.values()
+                    for w in lmcache_driven
                 },
                 "engine_driven": {
                     str(w.instance_id): {"model_name": w.model_name, "world_size": w.world_size}
