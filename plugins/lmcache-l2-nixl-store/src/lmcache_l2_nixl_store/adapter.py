@@ -95,6 +95,7 @@ class NixlStoreL2Adapter(L2AdapterV1):
         self.use_direct_io = use_direct_io and _O_DIRECT != 0 and not self.objects
         self.block_size = 1
         self.paths: list[Path] = []
+        self.object_keys: list[str] = []
         self._fds: list[int] = []
         self._registration: Any = None
         self._pages: dict[ObjectKey, tuple[list[int], int]] = {}  # pages, stored bytes
