@@ -5,6 +5,7 @@ Skipped, saying why, where NIXL or moto is not installed.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -20,9 +21,16 @@ from lmcache_l2_nixl_store.nixl_io import open_storage
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1, ObjectFormat
 from lmcache_core.storage.l2.context import L2AdapterContext
-from lmcache_core.testing.l2_conformance import L2AdapterConformance, make_keys, make_payloads, wait
+from lmcache_core.testing.l2_conformance import (
+    L2AdapterConformance,
+    empty_buffers,
+    make_keys,
+    make_payloads,
+    wait,
+)
 
 PAGE = 4096
+TIMEOUT_S = 2.0
 POOL = 160  # pages (objects): the largest conformance test stores a few 128 KiB objects
 
 
@@ -97,5 +105,43 @@ def test_a_missing_bucket_fails_the_store_not_the_server(moto_s3: Any) -> None:
         assert adapter.status()["errors"] == 1
         assert adapter.status()["pool_free_pages"] == 4  # the pages went back
         assert wait(adapter.submit_lookup_and_lock(keys)) == [False]
+    finally:
+        adapter.close()
+
+
+def test_a_server_that_dies_fails_transfers_within_the_timeout_and_recovery_needs_no_restart(
+    own_moto_s3: Any,
+) -> None:
+    bucket = own_moto_s3.make_bucket()
+    # With the server gone, NIXL's OBJ plugin (aws-sdk-cpp) retries inside the transfer
+    # for longer than 20 s: the adapter's own bound is what answers.
+    storage = open_storage(
+        "nixl_store", "OBJ", own_moto_s3.obj_params(bucket), transfer_timeout_s=TIMEOUT_S
+    )
+    adapter = NixlStoreL2Adapter(storage, pool_size=16, page_size=PAGE)
+    adapter.start()
+    try:
+        keys = make_keys(3)
+        payloads = make_payloads([PAGE, PAGE, PAGE])
+        assert wait(adapter.submit_store(keys[:1], payloads[:1])) == [True]
+        own_moto_s3.stop()
+        started = time.monotonic()
+        assert adapter.submit_store(keys[1:2], payloads[1:2]).result(3 * TIMEOUT_S) == [False]
+        assert time.monotonic() - started < 2 * TIMEOUT_S
+        assert wait(adapter.submit_lookup_and_lock(keys[:1])) == [True]  # the index is local
+        started = time.monotonic()
+        assert adapter.submit_load(keys[:1], empty_buffers([PAGE])).result(3 * TIMEOUT_S) == [
+            False
+        ]  # a miss, not a hang
+        assert time.monotonic() - started < 2 * TIMEOUT_S
+        adapter.unlock(keys[:1])
+        own_moto_s3.start()  # moto keeps nothing: the bucket and the first object are gone
+        own_moto_s3.client().create_bucket(Bucket=bucket)
+        assert wait(adapter.submit_load(keys[:1], empty_buffers([PAGE]))) == [False]
+        assert wait(adapter.submit_store(keys[2:], payloads[2:])) == [True]
+        buffers = empty_buffers([PAGE])
+        assert wait(adapter.submit_load(keys[2:], buffers)) == [True]
+        assert bytes(buffers[0]) == payloads[2]
+        assert adapter.status()["is_healthy"] is True
     finally:
         adapter.close()

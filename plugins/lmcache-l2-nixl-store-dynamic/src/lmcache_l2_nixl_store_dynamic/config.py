@@ -30,6 +30,16 @@ class NixlStoreDynamicAdapterConfig(L2AdapterConfigBase):
         ),
     )
 
+    transfer_timeout_s: float = Field(
+        default=30.0,
+        gt=0.0,
+        allow_inf_nan=False,
+        description=(
+            "Longest wait for one NIXL transfer; past it the store or load fails (not in "
+            "upstream: NIXL's OBJ plugin retries for longer than that while S3 is down)."
+        ),
+    )
+
     @field_validator("backend", mode="before")
     @classmethod
     def _no_object_store(cls, value: object) -> object:

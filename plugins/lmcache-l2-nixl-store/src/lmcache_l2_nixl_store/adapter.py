@@ -325,7 +325,9 @@ def build_nixl_store(
     """
     params = config.backend_params
     # Upstream hands the whole dict to createBackend; the plugins ignore keys they do not know.
-    storage = open_storage("nixl_store", config.backend, dict(params))
+    storage = open_storage(
+        "nixl_store", config.backend, dict(params), transfer_timeout_s=config.transfer_timeout_s
+    )
     try:
         if context.l1_region is not None:
             storage.register_region(*context.l1_region)
