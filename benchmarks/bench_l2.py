@@ -452,7 +452,7 @@ def main() -> None:
         default="fs,resp,s3",
         help=(
             "comma-separated adapters to measure (default: fs,resp,s3; also fs_native, "
-            "mooncake_store)"
+            "mooncake_store, nixl_store, nixl_store_dynamic)"
         ),
     )
     parser.add_argument(
@@ -490,6 +490,7 @@ def main() -> None:
             report["s3"] = bench_s3(stack, *plan.s3)
     if "mooncake_store" in only:
         _run_mooncake(report, plan)
+    _run_nixl(report, plan, only)
     report["wall_s"] = time.perf_counter() - started
     report["loadavg_after"] = os.getloadavg()[0]
     print_report(report)
@@ -497,6 +498,10 @@ def main() -> None:
         from benchmarks.bench_l2_mooncake import print_mooncake_report
 
         print_mooncake_report(report["mooncake_store"], TARGET)
+    if "nixl_store" in report or "nixl_store_dynamic" in report:
+        from benchmarks.bench_l2_nixl import print_nixl_report
+
+        print_nixl_report(report, TARGET)
     print(json.dumps(report))
 
 
@@ -513,6 +518,21 @@ def _run_mooncake(report: dict[str, Any], plan: Plan) -> None:
         report["mooncake_store"] = bench_mooncake(
             stack, *MOONCAKE_QUICK if plan is QUICK else MOONCAKE_FULL
         )
+
+
+def _run_nixl(report: dict[str, Any], plan: Plan, only: set[str]) -> None:
+    """The nixl_store(_dynamic) figures (benchmarks/bench_l2_nixl.py), if NIXL is installed."""
+    names = [name for name in ("nixl_store", "nixl_store_dynamic") if name in only]
+    if not names:
+        return
+    from benchmarks.bench_l2_nixl import available, bench_nixl
+
+    if not available():
+        print("nixl: skipped, NIXL is not installed", file=sys.stderr)
+        return
+    for name in names:
+        with contextlib.ExitStack() as stack:
+            report[name] = bench_nixl(stack, name, *plan.fs)
 
 
 def print_report(r: dict[str, Any]) -> None:

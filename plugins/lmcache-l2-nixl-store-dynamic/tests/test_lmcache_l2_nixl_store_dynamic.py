@@ -54,5 +54,13 @@ def test_rejects(data: dict[str, Any], field: str) -> None:
     assert_config_rejects(NixlStoreDynamicAdapterConfig, data, field)
 
 
+def test_obj_is_refused_saying_why_and_what_to_use() -> None:
+    error = assert_config_rejects(
+        NixlStoreDynamicAdapterConfig, {**MINIMAL, "backend": "OBJ"}, "backend"
+    )
+    assert "cannot list or delete objects" in str(error)
+    assert "nixl_store with backend OBJ" in str(error)
+
+
 def test_readme_examples_validate_and_fields_are_documented() -> None:
     assert_readme_configures(NixlStoreDynamicAdapterConfig, README)

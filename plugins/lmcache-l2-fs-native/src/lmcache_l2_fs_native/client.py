@@ -109,17 +109,30 @@ def _advance(views: Sequence[memoryview], done: int) -> list[memoryview]:
     return left
 
 
-def _pwrite_all(fd: int, view: memoryview) -> None:
-    offset, pending = 0, [view] if view.nbytes else []
+def _window(parts: Sequence[memoryview], start: int, end: int) -> list[memoryview]:
+    """The bytes ``[start, end)`` of ``parts`` laid end to end, as views into them."""
+    window: list[memoryview] = []
+    offset = 0
+    for part in parts:
+        low, high = max(start, offset), min(end, offset + part.nbytes)
+        if low < high:
+            window.append(part[low - offset : high - offset])
+        offset += part.nbytes
+    return window
+
+
+def _pwrite_all(fd: int, parts: Sequence[memoryview]) -> None:
+    """Write ``parts`` end to end from offset 0 (one ``pwritev`` when the kernel takes it all)."""
+    offset, pending = 0, [part for part in parts if part.nbytes]
     while pending:
         wrote = os.pwritev(fd, pending, offset)
         offset += wrote
         pending = _advance(pending, wrote)
 
 
-def _pread_all(fd: int, view: memoryview) -> int:
-    """Read into ``view`` from offset 0 until it is full or the file ends; bytes read."""
-    offset, pending = 0, [view] if view.nbytes else []
+def _pread_all(fd: int, parts: Sequence[memoryview]) -> int:
+    """Fill ``parts`` end to end from offset 0 until full or the file ends; bytes read."""
+    offset, pending = 0, [part for part in parts if part.nbytes]
     while pending:
         got = os.preadv(fd, pending, offset)
         if got == 0:
@@ -203,11 +216,19 @@ class FsNativeClient:
 
     def submit_batch_set(self, keys: list[str], buffers: list[memoryview]) -> int:
         """Write each buffer to its key's file (temporary file, then rename)."""
-        return self._submit(keys, lambda i: self._set_one(keys[i], buffers[i]))
+        return self._submit(keys, lambda i: self._set_one(keys[i], [buffers[i]]))
 
     def submit_batch_get(self, keys: list[str], buffers: list[memoryview]) -> int:
         """Read each key's file into its buffer; a file of another size is a miss."""
-        return self._submit(keys, lambda i: self._get_one(keys[i], buffers[i]))
+        return self._submit(keys, lambda i: self._get_one(keys[i], [buffers[i]]))
+
+    def submit_batch_setv(self, keys: list[str], parts: list[list[memoryview]]) -> int:
+        """Write each key's parts, end to end, to its file with ``pwritev`` (nothing joined)."""
+        return self._submit(keys, lambda i: self._set_one(keys[i], parts[i]))
+
+    def submit_batch_getv(self, keys: list[str], parts: list[list[memoryview]]) -> int:
+        """Read each key's file across its parts with ``preadv``; another size is a miss."""
+        return self._submit(keys, lambda i: self._get_one(keys[i], parts[i]))
 
     def submit_batch_exists(self, keys: list[str]) -> int:
         """Whether each key's file exists."""
@@ -297,13 +318,13 @@ class FsNativeClient:
         """The final path of the native key string ``key``."""
         return self.base_path / key_to_filename(key)
 
-    def _set_one(self, key: str, buffer: memoryview) -> bool:
+    def _set_one(self, key: str, parts: Sequence[memoryview]) -> bool:
         name = key_to_filename(key)
         if len(os.fsencode(name)) > NAME_MAX:
             raise OSError(errno.ENAMETOOLONG, "file name too long", name)
         tmp = self._temp_path(name)
         try:
-            self._write(tmp, buffer)
+            self._write(tmp, parts)
             os.replace(tmp, self.base_path / name)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -311,19 +332,19 @@ class FsNativeClient:
             raise
         return True
 
-    def _get_one(self, key: str, buffer: memoryview) -> bool:
+    def _get_one(self, key: str, parts: Sequence[memoryview]) -> bool:
         path = self.path_of(key)
         opened = self._open(path, os.O_RDONLY)
         if opened is None:
             return False
         direct, fd = opened
         try:
-            if os.fstat(fd).st_size != buffer.nbytes:
+            if os.fstat(fd).st_size != sum(part.nbytes for part in parts):
                 return False  # a torn, truncated or differently sized object: a miss
             if direct:
-                return self._read_direct(fd, buffer)
+                return self._read_direct(fd, parts)
             self.buffered_ops += 1
-            return self._read_buffered(fd, buffer)
+            return self._read_buffered(fd, parts)
         finally:
             os.close(fd)
 
@@ -365,8 +386,13 @@ class FsNativeClient:
         except FileNotFoundError:
             return None
 
-    def _aligned(self, view: memoryview) -> bool:
-        return view.nbytes % self.block_size == 0 and _address(view) % self.block_size == 0
+    def _aligned(self, parts: Sequence[memoryview]) -> bool:
+        block = self.block_size
+        return all(
+            part.nbytes % block == 0 and _address(part) % block == 0
+            for part in parts
+            if part.nbytes
+        )
 
     def _bounce(self, size: int) -> memoryview:
         """This thread's page-aligned scratch buffer, at least ``size`` bytes."""
@@ -380,7 +406,7 @@ class FsNativeClient:
     def _padded(self, size: int) -> int:
         return -(-size // self.block_size) * self.block_size
 
-    def _write(self, tmp: Path, buffer: memoryview) -> None:
+    def _write(self, tmp: Path, parts: Sequence[memoryview]) -> None:
         opened = self._open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         if opened is None:
             raise FileNotFoundError(errno.ENOENT, "directory vanished", str(tmp.parent))
@@ -388,35 +414,43 @@ class FsNativeClient:
         try:
             if not direct:
                 self.buffered_ops += 1
-                _pwrite_all(fd, buffer)
-            elif self._aligned(buffer):
+                _pwrite_all(fd, parts)
+            elif self._aligned(parts):
                 self.odirect_ops += 1
-                _pwrite_all(fd, buffer)
+                _pwrite_all(fd, parts)
             else:
                 # Whole blocks through an aligned copy, then cut the padding off.
                 self.bounced_ops += 1
-                padded = self._padded(buffer.nbytes)
+                size = sum(part.nbytes for part in parts)
+                padded = self._padded(size)
                 bounce = self._bounce(padded)
-                bounce[: buffer.nbytes] = buffer
-                bounce[buffer.nbytes :] = bytes(padded - buffer.nbytes)
-                _pwrite_all(fd, bounce)
-                os.ftruncate(fd, buffer.nbytes)
+                offset = 0
+                for part in parts:
+                    bounce[offset : offset + part.nbytes] = part
+                    offset += part.nbytes
+                bounce[size:] = bytes(padded - size)
+                _pwrite_all(fd, [bounce])
+                os.ftruncate(fd, size)
         finally:
             os.close(fd)
 
-    def _read_direct(self, fd: int, buffer: memoryview) -> bool:
-        if self._aligned(buffer):
+    def _read_direct(self, fd: int, parts: Sequence[memoryview]) -> bool:
+        size = sum(part.nbytes for part in parts)
+        if self._aligned(parts):
             self.odirect_ops += 1
-            return _pread_all(fd, buffer) == buffer.nbytes
+            return _pread_all(fd, parts) == size
         self.bounced_ops += 1
-        bounce = self._bounce(self._padded(buffer.nbytes))
-        if _pread_all(fd, bounce) < buffer.nbytes:
+        bounce = self._bounce(self._padded(size))
+        if _pread_all(fd, [bounce]) < size:
             return False
-        buffer[:] = bounce[: buffer.nbytes]
+        offset = 0
+        for part in parts:
+            part[:] = bounce[offset : offset + part.nbytes]
+            offset += part.nbytes
         return True
 
-    def _read_buffered(self, fd: int, buffer: memoryview) -> bool:
-        size = buffer.nbytes
+    def _read_buffered(self, fd: int, parts: Sequence[memoryview]) -> bool:
+        size = sum(part.nbytes for part in parts)
         chunk = self.read_ahead_size or size or 1
         if self.read_ahead_size and hasattr(os, "posix_fadvise"):
             with contextlib.suppress(OSError):
@@ -427,11 +461,13 @@ class FsNativeClient:
             if self.read_ahead_size and end < size and hasattr(os, "posix_fadvise"):
                 with contextlib.suppress(OSError):
                     os.posix_fadvise(fd, end, chunk, os.POSIX_FADV_WILLNEED)
-            pending = [buffer[done:end]]
+            pending = _window(parts, done, end)
+            position = done
             while pending:
-                got = os.preadv(fd, pending, end - pending[0].nbytes)
+                got = os.preadv(fd, pending, position)
                 if got == 0:
                     return False  # shrank under us: never partial data
+                position += got
                 pending = _advance(pending, got)
             done = end
         return True

@@ -121,6 +121,10 @@ class NativeClientAdapter(L2AdapterV1):
         self._persist = persist
         self._op_timeout_s = op_timeout_s
         self.deletes_supported = callable(getattr(client, "submit_batch_delete", None))
+        # Optional scatter-gather calls: framed objects then move as header + payload parts.
+        self._vectored = all(
+            callable(getattr(client, f"submit_batch_{op}", None)) for op in ("setv", "getv")
+        )
         if not self.deletes_supported:
             logger.warning(
                 "%s: %s has no submit_batch_delete: deletes and eviction are no-ops",
@@ -164,8 +168,13 @@ class NativeClientAdapter(L2AdapterV1):
                         result[i] = True
             return result
 
-        buffers = [self._encode(keys[i], views[i]) for i in sent]
         names = [native_key_name(keys[i]) for i in sent]
+        if self.object_format == "framed" and self._vectored:
+            # Header and payload as two parts: the client writes them with one
+            # scatter-gather call, so the payload is never copied into a joined buffer.
+            parts = [[memoryview(frame(keys[i], views[i])), views[i].toreadonly()] for i in sent]
+            return self._submit_task("setv", names, parts, finish)
+        buffers = [self._encode(keys[i], views[i]) for i in sent]
         return self._submit_task("set", names, buffers, finish)
 
     def submit_lookup_and_lock(self, keys: Sequence[ObjectKey]) -> Future[list[bool]]:
@@ -196,6 +205,20 @@ class NativeClientAdapter(L2AdapterV1):
         if self.object_format == "raw":
             # The client writes straight into the caller's buffers.
             return self._submit_task("get", [native_key_name(k) for k in keys], views, list)
+        names = [native_key_name(k) for k in keys]
+        if self._vectored and self.buffers_are_scratch:
+            # Straight into the caller's buffers (scratch until verified: the L2 tier
+            # discards a failed load's buffer), the header into a small one of its own.
+            headers = [memoryview(bytearray(HEADER_SIZE)) for _ in views]
+
+            def verified(hits: list[bool]) -> list[bool]:
+                result = []
+                for key, hit, header, view in zip(keys, hits, headers, views, strict=True):
+                    result.append(hit and self._verify_parts(key, header, view))
+                return result
+
+            parts = [[header, view] for header, view in zip(headers, views, strict=True)]
+            return self._submit_task("getv", names, parts, verified)
         staging = [memoryview(bytearray(HEADER_SIZE + view.nbytes)) for view in views]
 
         def finish(hits: list[bool]) -> list[bool]:
@@ -204,7 +227,7 @@ class NativeClientAdapter(L2AdapterV1):
                 result.append(hit and self._unframe_into(key, stage, view))
             return result
 
-        return self._submit_task("get", [native_key_name(k) for k in keys], staging, finish)
+        return self._submit_task("get", names, staging, finish)
 
     def delete(self, keys: Sequence[ObjectKey], *, force: bool = False) -> int:
         """Delete unpinned keys (pinned too with ``force``) as one batch; waits, bounded.
@@ -298,6 +321,16 @@ class NativeClientAdapter(L2AdapterV1):
         buffer[HEADER_SIZE:] = payload
         return memoryview(buffer).toreadonly()
 
+    def _verify_parts(self, key: ObjectKey, header: memoryview, payload: memoryview) -> bool:
+        """Check a framed object loaded as header and payload; False when it is bad."""
+        try:
+            verify(key, header, payload)
+        except CorruptObject as exc:
+            self.corrupt += 1
+            logger.warning("%s: %s: treated as a miss", self.name, exc)
+            return False
+        return True
+
     def _unframe_into(self, key: ObjectKey, stage: memoryview, view: memoryview) -> bool:
         """Check a loaded framed object and copy its payload out; False when it is bad."""
         try:
@@ -338,7 +371,11 @@ class NativeClientAdapter(L2AdapterV1):
             return [False]
 
     def _submit_task(
-        self, op: str, names: list[str], buffers: list[memoryview] | None, finish: Finish
+        self,
+        op: str,
+        names: list[str],
+        buffers: list[memoryview] | list[list[memoryview]] | None,
+        finish: Finish,
     ) -> Future[list[bool]]:
         future: Future[list[bool]] = Future()
         task = _Task(op, len(names), finish, future, buffers)
@@ -393,7 +430,7 @@ class NativeClientAdapter(L2AdapterV1):
                     task.count,
                 )
                 hits = [False] * task.count
-            elif task.op == "set":  # a key the client could not store is a failed store
+            elif task.op in ("set", "setv"):  # a key the client could not store failed
                 self.errors += hits.count(False)
         self._finish(task, hits)
 

@@ -44,6 +44,11 @@ against exactly what it offers):
 * ``submit_batch_delete(keys) -> int``: delete each key (``results``: whether it
   was there). Without it, deletes and eviction are no-ops: the adapter warns at
   start-up and says so in its status.
+* ``submit_batch_setv(keys, parts) -> int`` and ``submit_batch_getv(keys, parts) -> int``
+  (both, or neither is used): as ``set`` and ``get``, with each key's value given as a
+  list of byte ``memoryview`` parts laid end to end (a value's size is the sum of its
+  parts'). With them, framed objects move as header + payload with no joined copy on
+  stores, and loads for the L2 tier fill the caller's buffer directly (verified after).
 * ``list_keys() -> Iterable[(key, stored_bytes)]``: what the store already holds,
   called once at start-up, so usage, capacity and eviction count objects stored
   by an earlier process. Without it, they count only this process's stores.

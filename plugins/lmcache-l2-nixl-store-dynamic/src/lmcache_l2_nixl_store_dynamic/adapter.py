@@ -316,7 +316,12 @@ def build_nixl_store_dynamic(
     del context
     params = config.backend_params
     # Upstream hands the whole dict to createBackend; the POSIX plugin echoes unknown keys.
-    storage = open_storage("nixl_store_dynamic", config.backend, dict(params))
+    storage = open_storage(
+        "nixl_store_dynamic",
+        config.backend,
+        dict(params),
+        transfer_timeout_s=config.transfer_timeout_s,
+    )
     return NixlDynamicL2Adapter(
         storage,
         params["file_path"],

@@ -30,6 +30,30 @@ class NixlStoreDynamicAdapterConfig(L2AdapterConfigBase):
         ),
     )
 
+    transfer_timeout_s: float = Field(
+        default=30.0,
+        gt=0.0,
+        allow_inf_nan=False,
+        description=(
+            "Longest wait for one NIXL transfer; past it the store or load fails (not in "
+            "upstream: NIXL's OBJ plugin retries for longer than that while S3 is down)."
+        ),
+    )
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _no_object_store(cls, value: object) -> object:
+        if value == "OBJ":
+            # Upstream's dynamic adapter refuses it too. One object per key would need
+            # what NIXL's OBJ back end lacks: listing (to rebuild the index at start)
+            # and deleting (to free space on eviction).
+            raise ValueError(
+                "OBJ is not supported by nixl_store_dynamic (NIXL cannot list or delete "
+                "objects, so the index could not be rebuilt nor space freed); use "
+                "nixl_store with backend OBJ, or the s3 adapter"
+            )
+        return value
+
     @field_validator("backend_params")
     @classmethod
     def _required_params(cls, params: dict[str, str]) -> dict[str, str]:

@@ -95,6 +95,7 @@ class NixlStoreL2Adapter(L2AdapterV1):
         self.use_direct_io = use_direct_io and _O_DIRECT != 0 and not self.objects
         self.block_size = 1
         self.paths: list[Path] = []
+        self.object_keys: list[str] = []
         self._fds: list[int] = []
         self._registration: Any = None
         self._pages: dict[ObjectKey, tuple[list[int], int]] = {}  # pages, stored bytes
@@ -324,7 +325,9 @@ def build_nixl_store(
     """
     params = config.backend_params
     # Upstream hands the whole dict to createBackend; the plugins ignore keys they do not know.
-    storage = open_storage("nixl_store", config.backend, dict(params))
+    storage = open_storage(
+        "nixl_store", config.backend, dict(params), transfer_timeout_s=config.transfer_timeout_s
+    )
     try:
         if context.l1_region is not None:
             storage.register_region(*context.l1_region)

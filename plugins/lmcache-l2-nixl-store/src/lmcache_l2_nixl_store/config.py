@@ -36,6 +36,15 @@ class NixlStoreAdapterConfig(L2AdapterConfigBase):
         ),
     )
     pool_size: int = Field(gt=0, description="Number of pool files (or objects) (required).")
+    transfer_timeout_s: float = Field(
+        default=30.0,
+        gt=0.0,
+        allow_inf_nan=False,
+        description=(
+            "Longest wait for one NIXL transfer; past it the store or load fails (not in "
+            "upstream: NIXL's OBJ plugin retries for longer than that while S3 is down)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _backend_params(self) -> NixlStoreAdapterConfig:

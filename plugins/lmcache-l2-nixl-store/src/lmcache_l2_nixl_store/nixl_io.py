@@ -99,11 +99,19 @@ class NixlStorage:
         agent: The ``nixl_agent``.
         backend: The back end's name (``POSIX``, ``OBJ``, ...).
         transfer_timeout_s: Longest wait for one transfer.
+        params: The ``backend_params`` the back end was created with.
     """
 
-    def __init__(self, agent: Any, backend: str, transfer_timeout_s: float) -> None:
+    def __init__(
+        self,
+        agent: Any,
+        backend: str,
+        transfer_timeout_s: float,
+        params: dict[str, str] | None = None,
+    ) -> None:
         self.agent = agent
         self.backend = backend
+        self.params = dict(params or {})
         self.segment_type = "OBJ" if backend in OBJECT_BACKENDS else "FILE"
         self.transfer_timeout_s = transfer_timeout_s
         self._regions: list[tuple[int, int, Any]] = []  # (start, end, registration)
@@ -244,4 +252,4 @@ def open_storage(
             f"{adapter}: NIXL back end {backend} cannot be created: {why}: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    return NixlStorage(agent, backend, transfer_timeout_s)
+    return NixlStorage(agent, backend, transfer_timeout_s, params)
