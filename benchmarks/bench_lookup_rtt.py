@@ -145,6 +145,10 @@ class Tree:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=env,
+            # `python -c` puts the working directory first on sys.path, before
+            # PYTHONPATH: started from another tree's root, the server would run
+            # that tree's lmcache_core. Run it from the tree itself.
+            cwd=path,
         )
         self.env = env
 
