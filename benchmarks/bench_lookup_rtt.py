@@ -3,7 +3,7 @@
 Run::
 
     .venv/bin/python benchmarks/bench_lookup_rtt.py [--tree LABEL=PATH ...] [--rounds N]
-        [--samples N] [--stages] [--server-arg ARG ...]
+        [--samples N] [--stages] [--server-arg ARG ...] [--tree-arg LABEL=ARG ...]
 
 For each tree (default: this one, labelled ``this``) a real ``lmcache server`` and
 a client process run with ``PYTHONPATH=PATH``, so both ends are that tree's code.
@@ -145,6 +145,10 @@ class Tree:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=env,
+            # `python -c` puts the working directory first on sys.path, before
+            # PYTHONPATH: started from another tree's root, the server would run
+            # that tree's lmcache_core. Run it from the tree itself.
+            cwd=path,
         )
         self.env = env
 
@@ -228,13 +232,27 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300, help="calls per figure per round")
     parser.add_argument("--stages", action="store_true", help="split the lookup into stages")
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG")
+    parser.add_argument(
+        "--tree-arg",
+        action="append",
+        default=[],
+        metavar="LABEL=ARG",
+        help="a server argument for one tree only (e.g. obsoff=--disable-observability)",
+    )
     parser.add_argument("--client", help=argparse.SUPPRESS)  # the client process's mode
     args = parser.parse_args()
     if args.client:
         client_main(args.client, args.samples)
         return
     specs = [t.split("=", 1) for t in args.tree] or [["this", str(ROOT)]]
-    trees = [Tree(label, Path(path), args.server_arg, args.stages) for label, path in specs]
+    own: dict[str, list[str]] = {}
+    for item in args.tree_arg:
+        label, arg = item.split("=", 1)
+        own.setdefault(label, []).append(arg)
+    trees = [
+        Tree(label, Path(path), [*args.server_arg, *own.get(label, [])], args.stages)
+        for label, path in specs
+    ]
     p50s: dict[str, dict[str, list[float]]] = {t.label: {} for t in trees}
     calls: dict[str, list[tuple[int, int]]] = {t.label: [] for t in trees}
     stamps: dict[str, list[tuple[str, int]]] = {}

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lmcache_core.engine import token_cache
 from lmcache_core.engine.token_cache import TokenHashCache
 from lmcache_core.hashing import (
     Blake3Hasher,
@@ -141,3 +142,31 @@ def test_token_cache_hits_by_content_and_rejects_bad_tokens() -> None:
     for n in range(3):  # bounded: older entries fall out
         cache.hashes(msgspec.msgpack.encode(list(range(n, n + 8))), 2)
     assert len(cache._cache) == 2
+
+
+def test_token_cache_compares_the_bytes_behind_a_fingerprint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every list gets the same fingerprint: only the kept bytes tell them apart.
+    monkeypatch.setattr(token_cache, "_fingerprint", lambda _raw: 7)
+    cache = TokenHashCache(Blake3Hasher(), 4)
+    first = msgspec.msgpack.encode(list(range(1, 9)))
+    other = msgspec.msgpack.encode(list(range(2, 10)))
+    assert [h.hex() for h in cache.hashes(first, 2)] == [H1, H2]
+    assert cache.hashes(other, 2) == chunk_hashes(Blake3Hasher(), list(range(2, 10)), 4)
+    assert (cache.hits, cache.misses) == (0, 2)  # the collision was a miss, not a wrong hit
+    assert cache.hashes(memoryview(other), 2) == cache.hashes(other, 2)  # a view hits too
+    assert (cache.hits, len(cache._cache), cache.held_bytes) == (2, 1, len(other))
+
+
+def test_token_cache_is_bounded_by_bytes() -> None:
+    lists = [msgspec.msgpack.encode(list(range(n, n + 8))) for n in range(4)]
+    cache = TokenHashCache(Blake3Hasher(), 4, max_bytes=2 * len(lists[0]))
+    for raw in lists:
+        cache.hashes(raw, 2)
+    assert len(cache._cache) == 2 and cache.held_bytes == 2 * len(lists[0])
+    huge = msgspec.msgpack.encode(list(range(64)))  # longer than the whole bound: not kept
+    assert len(cache.hashes(huge, 16)) == 16
+    assert len(cache._cache) == 2 and cache.held_bytes == 2 * len(lists[0])
+    cache.hashes(lists[3], 2)  # still there (the most recent one)
+    assert cache.hits == 1

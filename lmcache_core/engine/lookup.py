@@ -25,7 +25,7 @@ from lmcache_core.engine.contract import Handler, WouldBlock
 from lmcache_core.engine.miss_explainer import MissExplainer
 from lmcache_core.engine.prefetch_pool import PrefetchPool
 from lmcache_core.engine.request_events import RequestEvents
-from lmcache_core.engine.sessions import LookupJob, Session, SessionTable
+from lmcache_core.engine.sessions import FINISHED, LookupJob, Session, SessionTable
 from lmcache_core.observability.miss_causes import MissCause
 from lmcache_core.protocol.types import WireCacheKey
 from lmcache_core.storage.keys import ObjectKey
@@ -134,25 +134,21 @@ class LookupService:
             self._release_job(session)
             job = LookupJob(deadline=ctx.deadline)
             session.job = job
-            per_rank = [self.chunk_keys.keys(key, hashes, rank) for rank in ranks]
-            width = len(per_rank)
-            flat = (  # chunk-major: every rank of chunk 0, then of chunk 1, ...
-                per_rank[0]
-                if width == 1
-                else [per_rank[r][i] for i in range(num_chunks) for r in range(width)]
-            )
+            width = len(ranks)
+            # chunk-major: every rank of chunk 0, then of chunk 1, ...; rows: one per chunk
+            flat, rows = self.chunk_keys.prefix_keys(key, hashes)
             # Taken before the locks, so the session never outlives the grants it counts.
             lock_deadline = self.sessions.clock() + self.l1.read_ttl_s
             hit = self.l1.lock_prefix(flat, width, readers)
             session.take_locks(flat[: hit * width], readers, lock_deadline)
-            hit_keys = _rows(flat, width, 0, hit)
+            hit_keys = rows[:hit]
             nbytes = self.object_nbytes(key.model_name, key.world_size)
             if hit == num_chunks or self.l2 is None or nbytes is None:
                 job.finish(hit, hit_keys)
                 not_asked = None if self.l2 is None or hit == num_chunks else MissCause.NO_WORKER
                 self._finished(key, started, flat, width, hit, not_asked=not_asked)
                 return
-            rest = _rows(flat, width, hit, num_chunks)
+            rest = rows[hit:num_chunks]
             job.hit_keys = hit_keys  # what a job given up at its deadline reports
         # The ack goes out now; the job finishes when L2 has answered (queries say None),
         # or at its deadline with the L1 hits alone (see query_prefetch_status).
@@ -198,22 +194,15 @@ class LookupService:
             if session.job is not None:
                 raise WouldBlock
             hashes = self.chunk_keys.hashes(key, session, num_chunks)
-            ranks = [key.worker_id] if key.worker_id is not None else range(width)
-            per_rank = [self.chunk_keys.keys(key, hashes, rank) for rank in ranks]
-            flat = (
-                per_rank[0]
-                if width == 1
-                else [per_rank[r][i] for i in range(num_chunks) for r in range(width)]
-            )
+            flat, rows = self.chunk_keys.prefix_keys(key, hashes)
             readers = max(1, key.num_kv_readers)
             lock_deadline = self.sessions.clock() + self.l1.read_ttl_s
             if not self.l1.try_lock_all(flat, readers):
                 raise WouldBlock
             started = self.request_events.lookup_started(key, session, hashes)
-            job = LookupJob(deadline=ctx.deadline)
-            session.job = job
             session.take_locks(flat, readers, lock_deadline)
-            job.finish(num_chunks, _rows(flat, width, 0, num_chunks))
+            # Finished as it is made: no Event to build (FINISHED is already set).
+            session.job = LookupJob(num_chunks, rows, FINISHED, deadline=ctx.deadline)
             self._finished(key, started, flat, width, num_chunks)
         finally:
             session.mutex.release()
@@ -400,11 +389,6 @@ class LookupService:
         keys += [k for row in session.job.post_gap.values() for k in row]
         self.release(session.give_back(keys, now=self.sessions.clock()))
         session.job = None
-
-
-def _rows(flat: list[ObjectKey], width: int, first: int, last: int) -> list[list[ObjectKey]]:
-    """Chunks ``[first, last)`` of chunk-major keys, one row (every rank) per chunk."""
-    return [flat[i * width : (i + 1) * width] for i in range(first, last)]
 
 
 class _LookupHandler:

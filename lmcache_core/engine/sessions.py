@@ -24,6 +24,17 @@ from lmcache_core.storage.keys import ObjectKey
 MAX_SESSIONS = 65536
 
 
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
+FINISHED = _set_event()
+"""The ``done`` event of every job finished when it is made (never cleared): a
+lookup served at once skips building an Event (a Condition and its lock)."""
+
+
 @dataclass
 class LookupJob:
     """The result of a session's latest lookup.

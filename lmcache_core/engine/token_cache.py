@@ -6,6 +6,13 @@ list as raw msgpack and asks this cache first: the same bytes always give the
 same hashes, whatever request they come from. Only a miss decodes the tokens;
 then the request's own :class:`~lmcache_core.hashing.RequestHashes` reuses the
 part of its previous hashes whose tokens did not change.
+
+Entries are found by an XXH3 fingerprint of the bytes and kept with the bytes
+themselves, which a hit compares in full: a fingerprint collision is a miss,
+never another list's hashes. XXH3 and the comparison cost about 3 us on a
+64-chunk request where a blake3 digest cost 20 us (docs/benchmarks.md, the
+third pass on the lookup path); holding the bytes costs memory, so the cache is
+bounded by bytes as well as by entries.
 """
 
 from __future__ import annotations
@@ -15,13 +22,16 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
-import blake3
 import msgspec
+import xxhash
 
 from lmcache_core.hashing import ChunkHasher, RequestHashes
 
 DEFAULT_ENTRIES = 4096
+DEFAULT_MAX_BYTES = 32 << 20
+"""Token bytes kept at most (512 lists of 16,384 tokens); a longer list is not kept."""
 _tokens_decoder = msgspec.msgpack.Decoder(list[int])
+_fingerprint = xxhash.xxh3_64_intdigest
 
 
 class TokenBinder(Protocol):
@@ -41,15 +51,24 @@ class TokenHashCache:
         hasher: The ``--hash-algorithm``.
         chunk_size: ``--chunk-size``.
         entries: How many distinct token lists to remember.
+        max_bytes: How many bytes of token lists to remember (the entries keep
+            their bytes, to compare them on a hit).
     """
 
     def __init__(
-        self, hasher: ChunkHasher, chunk_size: int, entries: int = DEFAULT_ENTRIES
+        self,
+        hasher: ChunkHasher,
+        chunk_size: int,
+        entries: int = DEFAULT_ENTRIES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.hasher = hasher
         self.chunk_size = chunk_size
         self.entries = entries
-        self._cache: OrderedDict[bytes, list[bytes]] = OrderedDict()
+        self.max_bytes = max_bytes
+        # fingerprint -> (the token bytes, their chunk hashes), least recent first
+        self._cache: OrderedDict[int, tuple[bytes, list[bytes]]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -60,26 +79,36 @@ class TokenHashCache:
         """A per-request memo using this cache's hasher and chunk size."""
         return RequestHashes(self.hasher, self.chunk_size)
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of token lists the cache holds."""
+        return self._bytes
+
     def hashes(
-        self, raw_tokens: bytes, num_chunks: int, memo: RequestHashes | None = None
+        self, raw_tokens: bytes | memoryview, num_chunks: int, memo: RequestHashes | None = None
     ) -> list[bytes]:
         """Hashes of the first ``num_chunks`` complete chunks of ``raw_tokens``.
 
         Args:
-            raw_tokens: The msgpack array of token ids, as received.
+            raw_tokens: The msgpack array of token ids, as received (another
+                buffer is copied to bytes first: the cache keeps the bytes, and
+                comparing a memoryview with bytes is a slow element-wise loop).
             num_chunks: How many chunks the caller needs.
             memo: The request's memo, used on a miss.
 
         Raises:
             ValueError: The tokens are not an array of uint32 values.
         """
-        digest = blake3.blake3(raw_tokens).digest()
+        if type(raw_tokens) is not bytes:
+            raw_tokens = bytes(raw_tokens)
+        fingerprint = _fingerprint(raw_tokens)
         binder = self.binder
         with self._lock:
-            cached = self._cache.get(digest)
-            if cached is not None and len(cached) >= num_chunks:
-                self._cache.move_to_end(digest)
+            entry = self._cache.get(fingerprint)
+            if entry is not None and len(entry[1]) >= num_chunks and entry[0] == raw_tokens:
+                self._cache.move_to_end(fingerprint)
                 self.hits += 1
+                cached = entry[1]
                 if binder is not None and cached and not binder.is_bound(cached[-1]):
                     binder.bind_raw(cached, raw_tokens, self.chunk_size)  # bindings expired
                 return cached[:num_chunks]
@@ -93,11 +122,22 @@ class TokenHashCache:
         if binder is not None:
             # Bound before the store that uses them commits, so its record has the tokens.
             binder.bind_raw(every, raw_tokens, self.chunk_size)
-        with self._lock:
-            self._cache[digest] = every
-            self._cache.move_to_end(digest)
-            while len(self._cache) > self.entries:
-                self._cache.popitem(last=False)
+        self._remember(fingerprint, raw_tokens, every)
         if len(every) < num_chunks:
             raise ValueError(f"{num_chunks} chunks requested but the tokens hold {len(every)}")
         return every[:num_chunks]
+
+    def _remember(self, fingerprint: int, kept: bytes, hashes: list[bytes]) -> None:
+        """Keep an entry (replacing a colliding one), then evict down to both bounds."""
+        cache = self._cache
+        with self._lock:
+            old = cache.pop(fingerprint, None)
+            if old is not None:
+                self._bytes -= len(old[0])
+            if len(kept) > self.max_bytes:
+                return
+            cache[fingerprint] = (kept, hashes)
+            self._bytes += len(kept)
+            while len(cache) > self.entries or self._bytes > self.max_bytes:
+                _, (dropped, _) = cache.popitem(last=False)
+                self._bytes -= len(dropped)

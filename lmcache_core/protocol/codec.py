@@ -105,6 +105,10 @@ class _KeyDecoder:
     """
 
     def decode(self, frame: bytes) -> WireCacheKey:
+        """The key of ``frame``; the tokens stay raw msgpack (see :class:`WireCacheKey`)."""
+        key = _tokens_last(frame) if type(frame) is bytes else None
+        if key is not None:
+            return key
         unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=len(frame) + 1)
         unpacker.feed(frame)
         fields: dict[str, Any] = {}
@@ -134,6 +138,50 @@ class _KeyDecoder:
             raise ValueError("the key has no token_ids")
         header = msgspec.convert(fields, KeyFields)
         return WireCacheKey(**msgspec.structs.asdict(header), token_ids=msgspec.Raw(raw_tokens))
+
+
+_TOKENS_NAME = b"\xa9token_ids"
+"""The map key ``"token_ids"`` in msgpack (a fixstr of 9 bytes)."""
+_fields_decoder = msgspec.msgpack.Decoder(KeyFields)
+
+
+def _tokens_last(frame: bytes) -> WireCacheKey | None:
+    """A key whose tokens are its map's last entry, without copying or walking them.
+
+    The fields before the tokens are decoded by one msgspec call, as a map of one
+    entry fewer; the tokens are a view of the frame's rest (a 64-chunk key:
+    about 3 us instead of 15, two 65 KB copies fewer). The first ``"token_ids"``
+    name in the frame is taken for the tokens' key only if everything before it
+    decodes to exactly that many whole entries: a name inside a string or a
+    nested value leaves a value cut short, and the tokens in the middle of the
+    map (upstream's clients) leave entries missing; either fails to decode and
+    gives ``None``, and the caller's general path decodes the frame (and reports
+    what is wrong with it). What follows the name is checked as
+    :class:`_KeyDecoder` checks the tokens of its own last entry: lazily, by the
+    token hash cache.
+    """
+    head = frame[0] if frame else 0
+    if not 0x81 <= head <= 0x8F:  # a fixmap: our client's keys (ten entries)
+        return None
+    at = frame.find(_TOKENS_NAME, 1)
+    if at < 0:
+        return None
+    try:
+        fields = _fields_decoder.decode(bytes((head - 1,)) + frame[1:at])
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return WireCacheKey(  # named one by one: a third cheaper than through asdict
+        model_name=fields.model_name,
+        world_size=fields.world_size,
+        worker_id=fields.worker_id,
+        token_ids=msgspec.Raw(memoryview(frame)[at + len(_TOKENS_NAME) :]),
+        start=fields.start,
+        end=fields.end,
+        request_id=fields.request_id,
+        cache_salt=fields.cache_salt,
+        request_configs=fields.request_configs,
+        num_kv_readers=fields.num_kv_readers,
+    )
 
 
 class ServerCodec:

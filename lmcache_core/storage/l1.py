@@ -374,12 +374,13 @@ class L1Manager(ArenaViews):
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            resident = self._resident
-            if not all(key in resident for key in keys):
+            try:  # one lookup per key finds its ledger and proves it resident
+                ledgers = list(map(self._resident.__getitem__, keys))
+            except KeyError:
                 return False
             if keys:
                 deadline = self._clock() + self.read_ttl_s
-                self._grants.grant_many(keys, resident, readers, deadline)
+                self._grants.grant_each(keys, ledgers, readers, deadline)
                 self.policy.on_accessed(list(keys))
             return True
         finally:

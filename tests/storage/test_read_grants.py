@@ -83,17 +83,27 @@ class ReadGrantsMachine(RuleBasedStateMachine):
         model.live += [deadline] * count
         self.grants.grant(key, self.ledgers[key], count, self.now + TTL)
 
-    @rule(keys=st.lists(st.sampled_from(KEYS), unique=True), count=st.integers(1, 3))
-    def grant_many(self, keys: list[str], count: int) -> None:
-        """The batched grant (a lookup's prefix) does what one grant per key does."""
-        deadline = self.now + TTL
+    def _grant_in_model(self, keys: list[str], count: int, deadline: float) -> None:
         for key in keys:
             model = self.models[key]
             merged = deadline
             if model.live and deadline - max(model.live) <= self.grants.merge_window:
                 merged = max(model.live)
             model.live += [merged] * count
+
+    @rule(keys=st.lists(st.sampled_from(KEYS), unique=True), count=st.integers(1, 3))
+    def grant_many(self, keys: list[str], count: int) -> None:
+        """The batched grant (a lookup's prefix) does what one grant per key does."""
+        deadline = self.now + TTL
+        self._grant_in_model(keys, count, deadline)
         self.grants.grant_many(keys, self.ledgers, count, deadline)
+
+    @rule(keys=st.lists(st.sampled_from(KEYS), unique=True), count=st.integers(1, 3))
+    def grant_each(self, keys: list[str], count: int) -> None:
+        """The batched grant with the ledgers looked up by the caller: the same again."""
+        deadline = self.now + TTL
+        self._grant_in_model(keys, count, deadline)
+        self.grants.grant_each(keys, [self.ledgers[k] for k in keys], count, deadline)
 
     @rule(key=st.sampled_from(KEYS), count=st.integers(1, 4))
     def release(self, key: str, count: int) -> None:
