@@ -141,3 +141,16 @@ def test_token_cache_hits_by_content_and_rejects_bad_tokens() -> None:
     for n in range(3):  # bounded: older entries fall out
         cache.hashes(msgspec.msgpack.encode(list(range(n, n + 8))), 2)
     assert len(cache._cache) == 2
+
+
+def test_token_cache_primed_with_a_decoded_list_hits_without_decoding() -> None:
+    cache = TokenHashCache(Blake3Hasher(), 4, entries=2)
+    tokens = list(range(1, 9))
+    raw = msgspec.msgpack.encode(tokens)
+    cache.prime(raw, tokens)
+    assert [h.hex() for h in cache.hashes(raw, 2)] == [H1, H2]
+    assert (cache.hits, cache.misses) == (1, 0)
+    cache.prime(raw, [0] * 8)  # already cached: kept as it was
+    assert [h.hex() for h in cache.hashes(raw, 2)] == [H1, H2]
+    with pytest.raises(ValueError):
+        cache.prime(msgspec.msgpack.encode([2**32] * 4), [2**32] * 4)

@@ -88,6 +88,33 @@ class TokenHashCache:
             tokens = _tokens_decoder.decode(raw_tokens)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ValueError(f"token_ids: {exc}") from None
+        every = self._remember(digest, raw_tokens, tokens, memo)
+        if len(every) < num_chunks:
+            raise ValueError(f"{num_chunks} chunks requested but the tokens hold {len(every)}")
+        return every[:num_chunks]
+
+    def prime(self, raw_tokens: bytes, tokens: list[int]) -> None:
+        """Cache the hashes of ``raw_tokens`` from ``tokens``, their list already decoded.
+
+        For an engine that decodes a request's tokens itself (the blend engine's
+        fingerprint leg) before the lookup that hashes them: the lookup then hits
+        this cache instead of decoding the same bytes a second time. ``tokens``
+        must be ``raw_tokens`` decoded (the caller has checked them).
+
+        Raises:
+            ValueError: A token the hasher refuses.
+        """
+        digest = blake3.blake3(raw_tokens).digest()
+        with self._lock:
+            if digest in self._cache:
+                return
+        self._remember(digest, raw_tokens, tokens, None)
+
+    def _remember(
+        self, digest: bytes, raw_tokens: bytes, tokens: list[int], memo: RequestHashes | None
+    ) -> list[bytes]:
+        """Hash decoded ``tokens`` and cache the hashes under ``digest``."""
+        binder = self.binder
         memo = memo or self.new_request()
         every = memo.hashes(tokens)
         if binder is not None:
@@ -98,6 +125,4 @@ class TokenHashCache:
             self._cache.move_to_end(digest)
             while len(self._cache) > self.entries:
                 self._cache.popitem(last=False)
-        if len(every) < num_chunks:
-            raise ValueError(f"{num_chunks} chunks requested but the tokens hold {len(every)}")
-        return every[:num_chunks]
+        return every
