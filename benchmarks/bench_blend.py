@@ -1,6 +1,7 @@
 """Benchmarks of the blend engine against a real server process (issue 11's targets).
 
-Run: ``.venv/bin/python benchmarks/bench_blend.py [--quick] [--lookup-only] [--rounds N]``
+Run: ``.venv/bin/python benchmarks/bench_blend.py [--quick] [--lookup-only | --retrieve-only]
+[--rounds N]``
 
 * ``cb_unified_lookup`` latency p50/p99 over ZeroMQ for prompts of 5 to 64 chunks
   whose documents are all in L1, stored in another order (so every chunk but the
@@ -183,6 +184,9 @@ def main() -> None:
     parser.add_argument(
         "--lookup-only", action="store_true", help="only cb_unified_lookup (no retrieve)"
     )
+    parser.add_argument(
+        "--retrieve-only", action="store_true", help="only the CPU retrieve (no lookups)"
+    )
     parser.add_argument("--rounds", type=int, default=None, help="lookups per size")
     args = parser.parse_args()
     sizes = [5, 17, 29, 64] if not args.quick else [5, 29]
@@ -203,17 +207,20 @@ def main() -> None:
         ) as server,
         MPClient(server.zmq_url, timeout=120.0) as client,
     ):
-        report["unified_lookup"] = bench_lookup(client, sizes, rounds)
+        if not args.retrieve_only:
+            report["unified_lookup"] = bench_lookup(client, sizes, rounds)
         if not args.lookup_only:
             report["retrieve"] = bench_retrieve(
                 client, 16 if not args.quick else 4, 5 if not args.quick else 3
             )
-    print("## cb_unified_lookup (documents in L1)\n")
-    print("| chunks | p50 ms | p99 ms | upstream p50 ms |")
-    print("| --- | --- | --- | --- |")
-    upstream = {"5": "1.46", "17": "1.63", "29": "2.02"}
-    for size, row in report["unified_lookup"].items():
-        print(f"| {size} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {upstream.get(size, '-')} |")
+    if "unified_lookup" in report:
+        print("## cb_unified_lookup (documents in L1)\n")
+        print("| chunks | p50 ms | p99 ms | upstream p50 ms |")
+        print("| --- | --- | --- | --- |")
+        upstream = {"5": "1.46", "17": "1.63", "29": "2.02"}
+        for size, row in report["unified_lookup"].items():
+            p50, p99 = row["p50_ms"], row["p99_ms"]
+            print(f"| {size} | {p50:.3f} | {p99:.3f} | {upstream.get(size, '-')} |")
     if "retrieve" in report:
         r = report["retrieve"]
         print("\n## cb_retrieve_pre_computed on CPU\n")

@@ -1,6 +1,7 @@
 """Where a ``cb_unified_lookup``'s server-side time goes: the handler in-process.
 
-Run: ``.venv/bin/python benchmarks/profile_blend_lookup.py [--chunks N] [--lookups N] [--profile]``
+Run: ``.venv/bin/python benchmarks/profile_blend_lookup.py [--chunks N..] [--lookups N] [--fresh]
+[--profile]``
 
 Assembles the real data path with ``--engine-type blend`` (real L1, token hash
 cache, lookup service, fingerprint index; no request server, no socket), stores
@@ -66,6 +67,9 @@ def main() -> None:
     parser.add_argument("--lookups", type=int, default=500)
     parser.add_argument("--profile", action="store_true", help="cProfile the largest size")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--fresh", action="store_true", help="40 new random tokens at the end of every prompt"
+    )
     args = parser.parse_args()
     values = {
         "l1_size_gb": 0.2,
@@ -102,7 +106,8 @@ def main() -> None:
                 times = []
                 for i in range(args.lookups):
                     rid = f"l{size}-{i}"
-                    key = wire_key(query, rid, None)
+                    tail = [rng.randrange(128000) for _ in range(40)] if args.fresh else []
+                    key = wire_key(query + tail, rid, None)
                     begin = time.perf_counter()
                     result = lookup(CTX, key, 1)
                     times.append(time.perf_counter() - begin)
@@ -115,7 +120,8 @@ def main() -> None:
                 profile = cProfile.Profile()
                 for i in range(args.lookups):
                     rid = f"p-{i}"
-                    key = wire_key(query, rid, None)
+                    tail = [rng.randrange(128000) for _ in range(40)] if args.fresh else []
+                    key = wire_key(query + tail, rid, None)
                     profile.enable()
                     lookup(CTX, key, 1)
                     profile.disable()

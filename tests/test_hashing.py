@@ -170,3 +170,16 @@ def test_token_cache_is_bounded_by_bytes() -> None:
     assert len(cache._cache) == 2 and cache.held_bytes == 2 * len(lists[0])
     cache.hashes(lists[3], 2)  # still there (the most recent one)
     assert cache.hits == 1
+
+
+def test_token_cache_primed_with_a_decoded_list_hits_without_decoding() -> None:
+    cache = TokenHashCache(Blake3Hasher(), 4, entries=2)
+    tokens = list(range(1, 9))
+    raw = msgspec.msgpack.encode(tokens)
+    cache.prime(raw, tokens)
+    assert [h.hex() for h in cache.hashes(raw, 2)] == [H1, H2]
+    assert (cache.hits, cache.misses) == (1, 0)
+    cache.prime(raw, [0] * 8)  # already cached: kept as it was
+    assert [h.hex() for h in cache.hashes(raw, 2)] == [H1, H2]
+    with pytest.raises(ValueError):
+        cache.prime(msgspec.msgpack.encode([2**32] * 4), [2**32] * 4)

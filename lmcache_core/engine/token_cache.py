@@ -117,15 +117,40 @@ class TokenHashCache:
             tokens = _tokens_decoder.decode(raw_tokens)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ValueError(f"token_ids: {exc}") from None
-        memo = memo or self.new_request()
-        every = memo.hashes(tokens)
+        every = self._hash_and_remember(fingerprint, raw_tokens, tokens, memo)
+        if len(every) < num_chunks:
+            raise ValueError(f"{num_chunks} chunks requested but the tokens hold {len(every)}")
+        return every[:num_chunks]
+
+    def prime(self, raw_tokens: bytes, tokens: list[int]) -> None:
+        """Cache the hashes of ``raw_tokens`` from ``tokens``, their list already decoded.
+
+        For an engine that decodes a request's tokens itself (the blend engine's
+        fingerprint leg) before the lookup that hashes them: the lookup then hits
+        this cache instead of decoding the same bytes a second time. ``tokens``
+        must be ``raw_tokens`` decoded (the caller has checked them).
+
+        Raises:
+            ValueError: A token the hasher refuses.
+        """
+        fingerprint = _fingerprint(raw_tokens)
+        with self._lock:
+            entry = self._cache.get(fingerprint)
+            if entry is not None and entry[0] == raw_tokens:
+                return
+        self._hash_and_remember(fingerprint, raw_tokens, tokens, None)
+
+    def _hash_and_remember(
+        self, fingerprint: int, raw_tokens: bytes, tokens: list[int], memo: RequestHashes | None
+    ) -> list[bytes]:
+        """Hash decoded ``tokens``, tell the binder, and cache the hashes."""
+        every = (memo or self.new_request()).hashes(tokens)
+        binder = self.binder
         if binder is not None:
             # Bound before the store that uses them commits, so its record has the tokens.
             binder.bind_raw(every, raw_tokens, self.chunk_size)
         self._remember(fingerprint, raw_tokens, every)
-        if len(every) < num_chunks:
-            raise ValueError(f"{num_chunks} chunks requested but the tokens hold {len(every)}")
-        return every[:num_chunks]
+        return every
 
     def _remember(self, fingerprint: int, kept: bytes, hashes: list[bytes]) -> None:
         """Keep an entry (replacing a colliding one), then evict down to both bounds."""

@@ -351,12 +351,32 @@ def test_blend_metrics_are_exported(server: LiveServer, client: MPClient) -> Non
         assert worker.retrieve(client, query, rid, result.non_prefix_segments, blocks_for(32, 70))
         client.end_session(rid)
     deadline = time.monotonic() + 20
+    # Every counter and histogram of the reference's section 15.2 (upstream's coordinator
+    # counters excepted: there is no coordinator here), each with a series once used.
     wanted = (
-        "lmcache_blend_lookup_requests_total",
-        "lmcache_blend_lookup_non_prefix_hit_tokens_total",
-        "lmcache_blend_retrieve_chunks_total",
-        "lmcache_blend_fingerprints_registered_total",
+        *(
+            f"lmcache_blend_{name}_total"
+            for name in (
+                "lookup_requests",
+                "lookup_requested_tokens",
+                "lookup_hit_tokens",
+                "lookup_prefix_hit_tokens",
+                "lookup_non_prefix_hit_tokens",
+                "lookup_segmented_prefix_hit_tokens",
+                "lookup_fingerprint_hits",
+                "lookup_storage_hits",
+                "lookup_stale_chunks",
+                "lookup_no_gpu_context_errors",
+                "retrieve_requests",
+                "retrieve_chunks",
+                "retrieve_failures",
+                "fingerprints_registered",
+                "chunks_evicted",
+                "fingerprint_matches",
+            )
+        ),
         "lmcache_blend_lookup_duration_bucket",
+        "lmcache_blend_retrieve_duration_bucket",
     )
     while True:  # the bus delivers events asynchronously
         text = httpx.get(f"{server.http_url}/metrics", timeout=5.0).text

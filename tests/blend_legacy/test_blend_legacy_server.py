@@ -345,3 +345,64 @@ def test_token_ids_must_decode(client: MPClient) -> None:
     finally:
         buffer.unregister()
         buffer.close()
+
+
+def blend_metric(url: str, name: str) -> float:
+    """The sum of every series of ``lmcache_blend_<name>`` in ``/metrics`` (0 when absent)."""
+    text = httpx.get(f"{url}/metrics", timeout=5.0).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(f"lmcache_blend_{name}{{") or line.startswith(f"lmcache_blend_{name} "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_legacy_operations_publish_the_blend_events_and_metrics(
+    server: tuple[int, str], client: MPClient
+) -> None:
+    url = server[1]
+    counters = (
+        "lookup_requests_total",
+        "lookup_non_prefix_hit_tokens_total",
+        "lookup_fingerprint_hits_total",
+        "lookup_storage_hits_total",
+        "fingerprint_matches_total",
+        "retrieve_requests_total",
+        "retrieve_chunks_total",
+        "fingerprints_registered_total",
+        "lookup_duration_count",
+        "retrieve_duration_count",
+    )
+    before = {name: blend_metric(url, name) for name in counters}
+    writer, reader = cb_buffer(client, seed=3), cb_buffer(client)
+    try:
+        document = doc(40, 2)
+        assert writer.store_pre_computed(document, 0, "m-store")
+        request = [5] * 11 + document
+        matches = writer.lookup(request, "m-read")
+        assert len(matches) == 2
+        assert reader.retrieve(request, matches, 0, "m-read")
+        client.end_session("m-read")
+    finally:
+        for buffer in (writer, reader):
+            buffer.unregister()
+            buffer.close()
+    expected = {
+        "lookup_requests_total": 1,
+        "lookup_non_prefix_hit_tokens_total": 2 * CHUNK,
+        "lookup_fingerprint_hits_total": 2,
+        "lookup_storage_hits_total": 2,
+        "fingerprint_matches_total": 2,
+        "retrieve_requests_total": 1,
+        "retrieve_chunks_total": 2,
+        "fingerprints_registered_total": 2,
+        "lookup_duration_count": 1,
+        "retrieve_duration_count": 1,
+    }
+    deadline = time.monotonic() + 20
+    while True:  # the bus delivers events asynchronously
+        grown = {name: blend_metric(url, name) - before[name] for name in counters}
+        if grown == expected:
+            break
+        assert time.monotonic() < deadline, grown
+        time.sleep(0.1)

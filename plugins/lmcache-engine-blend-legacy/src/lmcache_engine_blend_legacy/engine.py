@@ -22,6 +22,7 @@ from lmcache_engine_default.store_completion import StoreCompletion
 from lmcache_core.engine import EngineContext, Handler
 from lmcache_core.engine.chunk_keys import ChunkKeys
 from lmcache_engine_blend_legacy.buffers import BufferTable
+from lmcache_engine_blend_legacy.events import LegacyEvents
 from lmcache_engine_blend_legacy.fingerprints import FingerprintIndex
 from lmcache_engine_blend_legacy.legacy_ops import LegacyBlendOps
 
@@ -46,6 +47,7 @@ class BlendLegacyEngine(DefaultEngine):
             completion=StoreCompletion(self.l1, self.l2, self.request_events),
             buffers=self.cb_buffers,
             index=self.fingerprints,
+            events=LegacyEvents(context.events, self.chunk_size),
         )
 
     def handlers(self) -> dict[str, Handler]:

@@ -36,6 +36,7 @@ namespaced per model, world size and cache salt.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -56,6 +57,7 @@ from lmcache_core.storage.keys import ObjectKey, pack_kv_rank
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.tier import L2Tier
 from lmcache_engine_blend_legacy.buffers import BufferTable, CBBuffer, map_cb_buffer
+from lmcache_engine_blend_legacy.events import LegacyEvents
 from lmcache_engine_blend_legacy.fingerprints import FingerprintIndex, Match, as_tokens
 
 if TYPE_CHECKING:
@@ -88,6 +90,7 @@ class LegacyBlendOps:
         completion: Publishes stores and queues them for L2.
         buffers: The registered CB buffers.
         index: The fingerprint index.
+        events: Publishes the ``cb.*`` events.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class LegacyBlendOps:
         completion: StoreCompletion,
         buffers: BufferTable,
         index: FingerprintIndex,
+        events: LegacyEvents,
     ) -> None:
         self.l1 = l1
         self.l2 = l2
@@ -109,6 +113,7 @@ class LegacyBlendOps:
         self.completion = completion
         self.buffers = buffers
         self.index = index
+        self.events = events
         self.stats = {"stores": 0, "stored_chunks": 0, "lookups": 0, "matches": 0, "retrieves": 0}
 
     def handlers(self) -> dict[str, Handler]:
@@ -219,7 +224,7 @@ class LegacyBlendOps:
         self.stats["stored_chunks"] += len(staged)
         if ok and key.worker_id in (0, None):  # one index for every rank: rank 0 registers
             tokens = self._tokens(key)[: count * size]
-            self.index.register(_space(key), tokens, hashes)
+            self.events.registered(self.index.register(_space(key), tokens, hashes))
         return LegacyResult(b"", ok)
 
     # -- lookup --------------------------------------------------------------------
@@ -228,10 +233,17 @@ class LegacyBlendOps:
         self, ctx: RequestContext, key: WireCacheKey
     ) -> list[CBMatchResult]:
         """The stored chunks found in the request and now held for it (see the module)."""
+        started = time.time()
         self.stats["lookups"] += 1
         space = _space(key)
-        matches = _non_overlapping(self.index.match(space, self._tokens(key)), self.chunk_size)
+        every = self.index.match(space, self._tokens(key))
+        matches = _non_overlapping(every, self.chunk_size)
+        self.events.lookup_started(key)
+        outcome = {"matches": len(every), "fingerprint_hits": len(matches), "stale": 0}
         if not matches:
+            self.events.lookup_ended(
+                key, [], **outcome, removed=0, no_context=False, duration_s=time.time() - started
+            )
             return []
         buffer = self.buffers.for_model(key.model_name, key.world_size)
         if buffer is None:  # the object size is only known from a registered buffer
@@ -239,6 +251,9 @@ class LegacyBlendOps:
                 "cb_lookup_pre_computed_v2: no CB buffer registered for %s (world size %d)",
                 key.model_name,
                 key.world_size,
+            )
+            self.events.lookup_ended(
+                key, [], **outcome, removed=0, no_context=True, duration_s=time.time() - started
             )
             return []
         nbytes = buffer.object_nbytes(self.chunk_size)
@@ -262,14 +277,23 @@ class LegacyBlendOps:
             stale.extend(
                 m.hash for m, there in zip(group[kept:], evidence, strict=True) if not there
             )
-        if stale:
-            self.index.remove(space, stale)
+        removed = self.index.remove(space, stale) if stale else 0
         self.stats["matches"] += len(found)
         size = self.chunk_size
-        return [
+        result = [
             CBMatchResult(m.old_st, m.old_st + size, m.cur_st, m.cur_st + size, m.hash)
             for m in found
         ]
+        outcome["stale"] = len(stale)
+        self.events.lookup_ended(
+            key,
+            result,
+            **outcome,
+            removed=removed,
+            no_context=False,
+            duration_s=time.time() - started,
+        )
+        return result
 
     def _hold_group(
         self,
@@ -348,11 +372,13 @@ class LegacyBlendOps:
         kv_rank = pack_kv_rank(key.world_size, rank)
         keys = [ObjectKey(m.hash, key.model_name, kv_rank, 0, key.cache_salt) for m in matches]
         session = self.lookups.sessions.get(key.request_id)
+        started = time.time()
         try:
             ok = self._copy_in(buffer, matches, keys, offset)
         finally:
             self.lookups.consume_locks(session, keys)
         self.stats["retrieves"] += 1
+        self.events.retrieve_ended(key, matches, success=ok, duration_s=time.time() - started)
         return LegacyResult(b"", ok)
 
     def _copy_in(

@@ -120,6 +120,7 @@ class BlendEngine(DefaultEngine):
             "registered_cb_rope_instances": self.ropes.ids(),
             "active_cb_lookups": len(self.unified),
             "expired_cb_lookups": self.unified.expired_jobs,
+            "prompt_cache": self.unified.prompts.status(),
             "retrieved_chunks": self.retrieves.written_chunks,
             "reorder": self.prompts.status() if self.prompts is not None else None,
         }

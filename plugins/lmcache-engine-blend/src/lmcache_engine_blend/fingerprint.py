@@ -89,9 +89,55 @@ class IndexStats:
     collisions_rejected: int = 0
 
 
-def _digest(tokens: Tokens) -> bytes:
-    # Hashes the array's buffer in place (a slice of a contiguous array is contiguous).
-    return hashlib.blake2b(np.ascontiguousarray(tokens).data, digest_size=8).digest()
+def _digest(window: bytes | memoryview) -> bytes:
+    """The second, independent digest of a chunk: over its tokens as little-endian uint32."""
+    return hashlib.blake2b(window, digest_size=8).digest()
+
+
+def token_bytes(tokens: Tokens) -> bytes:
+    """The tokens as the little-endian uint32 bytes :func:`_digest` reads."""
+    return tokens.astype("<u4").tobytes()
+
+
+class Prompt:
+    """A prompt's tokens and what matching them needs, each computed once.
+
+    A prompt seen again (the same raw bytes: a re-sent or repeated request) is
+    matched again from here without decoding, re-hashing or re-digesting it
+    (:class:`~lmcache_engine_blend.prompt_cache.PromptCache`).
+
+    Args:
+        tokens: The token ids.
+        chunk_size: Tokens per chunk.
+    """
+
+    __slots__ = ("_bytes", "_digests", "_polys", "chunk_size", "tokens")
+
+    def __init__(self, tokens: Tokens, chunk_size: int) -> None:
+        self.tokens = tokens
+        self.chunk_size = chunk_size
+        self._bytes: memoryview | None = None
+        self._polys: Tokens | None = None
+        self._digests: dict[int, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def polys(self, index: FingerprintIndex) -> Tokens:
+        """The rolling fingerprint at every offset (see :meth:`FingerprintIndex.rolling`)."""
+        if self._polys is None:
+            self._polys = index.rolling(self.tokens)
+        return self._polys
+
+    def digest(self, position: int) -> bytes:
+        """The digest of the chunk-long window at ``position``."""
+        digest = self._digests.get(position)
+        if digest is None:
+            if self._bytes is None:
+                self._bytes = memoryview(token_bytes(self.tokens))
+            digest = _digest(self._bytes[4 * position : 4 * (position + self.chunk_size)])
+            self._digests[position] = digest
+        return digest
 
 
 def _power_table(base: int, size: int) -> Tokens:
@@ -200,7 +246,7 @@ class FingerprintIndex:
                 if self.dedup_content and (poly in seen or poly in space.by_poly):
                     continue
                 seen.add(poly)
-                window = tokens[index * size : (index + 1) * size]
+                window = token_bytes(tokens[index * size : (index + 1) * size])
                 entry = _Entry(chain, poly, _digest(window), position + index * size, namespace)
                 space.by_poly.setdefault(poly, []).append(entry)
                 space.by_hash[chain] = entry
@@ -230,7 +276,7 @@ class FingerprintIndex:
 
     # -- matching ---------------------------------------------------------------------------
 
-    def match(self, namespace: Namespace, tokens: Tokens) -> list[Match]:
+    def match(self, namespace: Namespace, tokens: Tokens | Prompt) -> list[Match]:
         """Stored chunks of ``namespace`` found anywhere in ``tokens``, in position order.
 
         One match per distinct text, at its first occurrence; when several stored
@@ -238,11 +284,12 @@ class FingerprintIndex:
         Matches may overlap each other.
         """
         size = self.chunk_size
+        prompt = tokens if isinstance(tokens, Prompt) else Prompt(tokens, size)
         with self._lock:
             space = self._spaces.get(namespace)
-            if space is None or not space.by_poly or len(tokens) < size:
+            if space is None or not space.by_poly or len(prompt) < size:
                 return []
-            polys = self.rolling(tokens)
+            polys = prompt.polys(self)
             # One vectorised screen, then Python only at the offsets it passes.
             hits = np.flatnonzero(self._filter[polys & np.uint64(_FILTER_MASK)])
             found: list[Match] = []
@@ -253,7 +300,7 @@ class FingerprintIndex:
                 if poly in reported or poly not in by_poly:
                     continue
                 reported.add(poly)
-                digest = _digest(tokens[position : position + size])
+                digest = prompt.digest(position)
                 for entry in reversed(by_poly[poly]):
                     if entry.digest == digest:
                         found.append(Match(entry.old_st, position, entry.chain_hash))

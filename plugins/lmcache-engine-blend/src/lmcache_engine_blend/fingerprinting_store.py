@@ -53,11 +53,21 @@ def decode_tokens(raw: bytes) -> Tokens:
     Raises:
         ValueError: ``raw`` is not a msgpack array of uint32 values.
     """
+    return decode_token_list(raw)[1]
+
+
+def decode_token_list(raw: bytes) -> tuple[list[int], Tokens]:
+    """:func:`decode_tokens`, with the decoded Python list too (to share it, not decode twice).
+
+    Raises:
+        ValueError: ``raw`` is not a msgpack array of uint32 values.
+    """
     try:
-        ids = array.array("I", _tokens_decoder.decode(raw))
+        listed = _tokens_decoder.decode(raw)
+        ids = array.array("I", listed)
     except (msgspec.DecodeError, msgspec.ValidationError, OverflowError, TypeError) as exc:
         raise ValueError(f"token_ids must be an array of uint32 values: {exc}") from None
-    return np.frombuffer(ids, dtype=np.uint32).astype(np.uint64)
+    return listed, np.frombuffer(ids, dtype=np.uint32).astype(np.uint64)
 
 
 def namespace_of(key: WireCacheKey) -> tuple[str, int, str]:

@@ -60,7 +60,8 @@ from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.tier import L2Tier, Retention
 from lmcache_engine_blend.events import BlendEvents
 from lmcache_engine_blend.fingerprint import FingerprintIndex, Match
-from lmcache_engine_blend.fingerprinting_store import decode_tokens, namespace_of
+from lmcache_engine_blend.fingerprinting_store import namespace_of
+from lmcache_engine_blend.prompt_cache import PromptCache
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -149,6 +150,7 @@ class UnifiedLookups:
         self.events = events
         self.job_ttl_s = job_ttl_s
         self.chunk_size = index.chunk_size
+        self.prompts = PromptCache(index.chunk_size)
         self._jobs: OrderedDict[str, BlendJob] = OrderedDict()
         self._stashes: OrderedDict[str, Stash] = OrderedDict()
         self._lock = threading.Lock()
@@ -180,8 +182,11 @@ class UnifiedLookups:
         return result
 
     def _start(self, ctx: RequestContext, key: WireCacheKey, tp_size: int) -> BlendJob:
+        raw = bytes(key.token_ids)
+        token_hashes = self.lookups.chunk_keys.tokens
         try:
-            tokens = decode_tokens(bytes(key.token_ids))[: key.end]
+            # One decode for both legs: the prefix leg's hashes come from the same list.
+            tokens = self.prompts.get(raw, key.end, lambda listed: token_hashes.prime(raw, listed))
         except ValueError as exc:
             raise BadRequestError(str(exc)) from None
         session = self.sessions.get(key.request_id)
@@ -233,23 +238,18 @@ class UnifiedLookups:
         candidates: list[Candidate] = []
         retained = _post_gap(job)
         size = self.chunk_size
+        model, salt = key.model_name, key.cache_salt
+        ranks = [pack_kv_rank(key.world_size, rank) for rank in range(key.world_size)]
         for match in job.matches:
             if match.cur_st < prefix_tokens or match.chain_hash in seen:
                 continue
             if match.old_st == match.cur_st and match.cur_st // size in retained:
                 continue  # the segmented prefix has this chunk at this place already
             seen.add(match.chain_hash)
-            keys = [
-                ObjectKey(
-                    match.chain_hash,
-                    key.model_name,
-                    pack_kv_rank(key.world_size, rank),
-                    0,
-                    key.cache_salt,
-                )
-                for rank in range(key.world_size)
-            ]
-            candidates.append(Candidate(match, keys))
+            chain = match.chain_hash
+            candidates.append(
+                Candidate(match, [ObjectKey(chain, model, r, 0, salt) for r in ranks])
+            )
         job.candidates = candidates
         if not candidates:
             return
@@ -258,12 +258,19 @@ class UnifiedLookups:
         present = self.l1.lock_for_read(flat, readers)
         width = key.world_size
         to_load: list[Candidate] = []
+        if all(present):  # the usual case with documents in L1: one pass, one record
+            for candidate in candidates:
+                candidate.state = "found"
+            with job.session.mutex:
+                job.session.take_locks(flat, readers, deadline)
+            return
+        held_all: list[ObjectKey] = []
         with job.session.mutex:
             for index, candidate in enumerate(candidates):
                 got = present[index * width : (index + 1) * width]
                 if all(got):
                     candidate.state = "found"
-                    job.session.take_locks(candidate.keys, readers, deadline)
+                    held_all.extend(candidate.keys)
                     continue
                 held = [k for k, ok in zip(candidate.keys, got, strict=True) if ok]
                 if held:  # some ranks only: unusable, but not stale
@@ -272,6 +279,7 @@ class UnifiedLookups:
                 else:
                     candidate.state = "stale"
                     to_load.append(candidate)
+            job.session.take_locks(held_all, readers, deadline)
         nbytes = self.object_nbytes(key.model_name, key.world_size)
         if to_load and self.l2 is not None and nbytes is not None:
             job.loading = threading.Event()

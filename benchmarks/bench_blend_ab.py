@@ -1,0 +1,138 @@
+"""Interleaved A/B of ``cb_unified_lookup``: this checkout's blend engine against another's.
+
+Run: ``.venv/bin/python benchmarks/bench_blend_ab.py --baseline-src DIR [--rounds N]``
+
+``DIR`` is the ``src`` folder of another ``lmcache-engine-blend`` (e.g. a
+worktree of ``main``: ``git worktree add --detach /tmp/base main``, then
+``/tmp/base/plugins/lmcache-engine-blend/src``). Two real servers run at once,
+the baseline with ``DIR`` first on its ``PYTHONPATH`` (everything else is this
+checkout's), each with a CPU worker and the same documents stored. For each
+prompt size the rounds alternate baseline, candidate, and a ``noop`` round trip
+(the ceiling: the request path with no work), in two modes:
+
+* ``repeat``: the same prompt every round (a new request id each time), as
+  ``bench_blend.py`` measures;
+* ``fresh``: every round's prompt ends with 40 new random tokens, so its raw
+  bytes were never seen (no per-prompt memo can help); the hits are the same.
+
+Prints p50 per server and mode, the candidate/baseline ratio, and the noop p50,
+then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.bench_blend import BLOCK, CHUNK, key, poll
+from benchmarks.common import machine_info, percentile
+from lmcache_core.client import MPClient
+from lmcache_core.client.cpu_worker import CpuKVWorker
+from lmcache_core.transfer.layout import KVFormat, KVLayout
+from tests.server_process import clean_env, server_on_free_ports
+
+MODES = ("repeat", "fresh")
+
+
+def server_args() -> tuple[str, ...]:
+    return (
+        "--engine-type",
+        "blend",
+        "--l1-size-gb",
+        "1",
+        "--eviction-policy",
+        "LRU",
+        "--max-cpu-workers",
+        "1",
+        "--max-gpu-workers",
+        "1",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline-src", required=True, help="the baseline plugin's src folder")
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[5, 17, 29, 64])
+    args = parser.parse_args()
+    base_env = clean_env(
+        PYTHONPATH=os.pathsep.join(
+            [str(Path(args.baseline_src).resolve()), os.environ.get("PYTHONPATH", "")]
+        )
+    )
+    layout = KVLayout(KVFormat.NHD, 1, 64 * 16 + 1, BLOCK, 1, 8, torch.bfloat16)
+    report: dict[str, Any] = {"machine": machine_info(), "sizes": {}}
+    with ExitStack() as stack:
+        servers = {
+            "baseline": stack.enter_context(server_on_free_ports(*server_args(), env=base_env)),
+            "candidate": stack.enter_context(server_on_free_ports(*server_args())),
+        }
+        clients = {
+            name: stack.enter_context(MPClient(s.zmq_url, timeout=60.0))
+            for name, s in servers.items()
+        }
+        workers = {}
+        for name, client in clients.items():
+            worker = stack.enter_context(CpuKVWorker(client, layout, model_name="bench-ab"))
+            worker.register()
+            workers[name] = worker
+        rng = random.Random(5)
+        for size in args.sizes:
+            docs = [[rng.randrange(128000) for _ in range(CHUNK)] for _ in range(size)]
+            stored = [t for d in docs for t in d]
+            blocks = list(range(1, 1 + len(stored) // BLOCK))
+            for worker in workers.values():
+                assert worker.store(key(worker, stored, f"s{size}", rank=True), blocks)
+            body = docs[0] + [t for d in reversed(docs[1:]) for t in d]
+            repeat_tail = docs[0][:40]
+            times: dict[str, list[float]] = {f"{n}/{m}": [] for n in clients for m in MODES} | {
+                "noop": []
+            }
+            for i in range(args.rounds):
+                fresh_tail = [rng.randrange(128000) for _ in range(40)]
+                for mode in MODES:
+                    query = body + (repeat_tail if mode == "repeat" else fresh_tail)
+                    order = list(clients) if i % 2 == 0 else list(reversed(clients))
+                    for name in order:
+                        client, worker = clients[name], workers[name]
+                        rid = f"{mode}{size}-{i}"
+                        lookup_key = key(worker, query, rid, rank=False)
+                        started = time.perf_counter()
+                        result = poll(client, lookup_key)
+                        times[f"{name}/{mode}"].append(time.perf_counter() - started)
+                        client.end_session(rid)
+                        hits = len(result.non_prefix_segments)
+                        hits += result.prefix_coverage_tokens // CHUNK
+                        assert hits == size, (name, size, hits)
+                started = time.perf_counter()
+                assert clients["candidate"].call("noop") == "OK"
+                times["noop"].append(time.perf_counter() - started)
+            row = {name: percentile(values, 0.5) * 1e3 for name, values in times.items()}
+            for mode in MODES:
+                row[f"ratio/{mode}"] = row[f"candidate/{mode}"] / row[f"baseline/{mode}"]
+            report["sizes"][str(size)] = row
+    print("| chunks | mode | baseline p50 ms | candidate p50 ms | candidate/baseline | noop ms |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for size, row in report["sizes"].items():
+        for mode in MODES:
+            print(
+                f"| {size} | {mode} | {row[f'baseline/{mode}']:.3f} | "
+                f"{row[f'candidate/{mode}']:.3f} | {row[f'ratio/{mode}']:.2f} | "
+                f"{row['noop']:.3f} |"
+            )
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
