@@ -90,6 +90,45 @@ def check_reuse(none: dict[str, Any], prefix: dict[str, Any], ours: dict[str, An
     return failures
 
 
+def check_metrics(ours: dict[str, Any]) -> list[str]:
+    """Our connector's stats, as vLLM's Prometheus logger recorded the reuse sequence."""
+    metrics = ours.get("connector_metrics") or {}
+    runs = ours["runs"]
+    failures = []
+
+    def expect(condition: bool, what: str) -> None:
+        print(("ok   " if condition else "FAIL ") + what)
+        if not condition:
+            failures.append(what)
+
+    print(f"connector metrics: {metrics}")
+    hits = sum((run["stats"] or {}).get("hit_tokens", 0) for run in runs.values())
+    expect(metrics.get("hit_tokens") == hits, f"hit tokens == the requests' sum ({hits})")
+    expect(metrics.get("lookups") == len(runs), f"one lookup per request ({len(runs)})")
+    expect(metrics.get("loads_ok", 0) >= 3, "hit, corrupt and hit after restart loaded")
+    expect(metrics.get("loaded_bytes", 0) > 0, "loaded bytes counted")
+    expect(metrics.get("stored_tokens", 0) >= 2 * CHUNK_TOKENS, "miss and after-restart stored")
+    expect(metrics.get("lookups_degraded", 0) >= 1, "server down: a degraded-mode lookup")
+    expect(metrics.get("server_down_events", 0) >= 1, "server down: the scheduler noticed")
+    expect(metrics.get("worker_down_events", 0) >= 1, "server down: the worker noticed")
+    expect(metrics.get("reregistrations", 0) >= 1, "after restart: re-registered")
+    expect(metrics.get("lookup_duration_seconds", 0) >= 1, "lookup latencies observed")
+    lines = ours.get("kv_transfer_log") or []
+    logged = [
+        dict(part.split("=", 1) for part in line.split(": ", 1)[1].split(", ")) for line in lines
+    ]
+    logged_hits = sum(int(fields.get("hit_tokens", 0)) for fields in logged)
+    expect(
+        bool(lines) and logged_hits == hits,
+        f"vLLM's 'KV Transfer metrics' lines add up to the same hit tokens ({logged_hits})",
+    )
+    return failures
+
+
+CHUNK_TOKENS = 512
+"""Whole chunks of the reuse prompt (600 tokens, chunk 256)."""
+
+
 def main() -> None:
     """Build the models, run the engines, check, print the timings."""
     parser = argparse.ArgumentParser()
@@ -122,6 +161,7 @@ def main() -> None:
 
     reuse = {c: engine(python(c), work, "reuse", c, small) for c in ["vllm_prefix", *connectors]}
     failures = check_reuse(reuse["none"], reuse["vllm_prefix"], reuse["ours"])
+    failures += check_metrics(reuse["ours"])
     if args.upstream:
         failures += [
             f"upstream: {f}"

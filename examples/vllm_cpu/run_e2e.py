@@ -16,7 +16,9 @@ connector; ``--connector vllm_prefix`` runs no connector with vLLM's prefix cach
 reference a connector's hit must equal bit for bit in either dtype): run 0 stores the
 prompt's chunks, run 1 must hit and give the same tokens and logprobs; then the server's L1
 pool is zeroed and run 2 (a hit on garbage) must differ; then the server is SIGKILLed: run 3
-recomputes (degraded mode); after a restart run 4 stores again and run 5 hits. ``timing``:
+recomputes (degraded mode); after a restart run 4 stores again and run 5 hits. With our
+connector the reuse engine logs stats: the results hold our ``vllm:lmcache_mp_*``
+Prometheus series and vLLM's "KV Transfer metrics" log lines. ``timing``:
 time to first token on a miss and on a hit (``max_tokens=1``), several rounds with fresh
 prompts.
 """
@@ -202,6 +204,8 @@ def main() -> None:
 
     from vllm import LLM
 
+    with_stats = args.scenario == "reuse" and args.connector == "ours"
+    log_lines: list[str] = []
     server = Server(args.server_python, args.out + ".server.log")
     server.start()
     results: dict[str, Any] = {"connector": args.connector, "scenario": args.scenario}
@@ -217,10 +221,20 @@ def main() -> None:
             max_num_seqs=4,
             gpu_memory_utilization=0.3,
             kv_transfer_config=kv_transfer_config(args.connector, server),
+            # Our connector's stats: vLLM's log line and its Prometheus series (reuse only,
+            # the timing runs keep vLLM's offline default).
+            disable_log_stats=not with_stats,
         )
         results["startup_s"] = time.monotonic() - started
+        if with_stats:
+            # After LLM(): creating it applies vLLM's logging config, which drops handlers.
+            log_lines = capture_kv_transfer_log()
         if args.scenario == "reuse":
             results["runs"] = reuse(llm, server, args)
+            if with_stats:
+                llm.llm_engine.do_log_stats()  # the interval's "KV Transfer metrics" line
+                results["connector_metrics"] = connector_metrics(llm)
+                results["kv_transfer_log"] = list(log_lines)
         else:
             results["runs"] = timing(llm, args)
         results["server"] = (
@@ -231,6 +245,38 @@ def main() -> None:
     with open(args.out, "w") as out:
         json.dump(results, out)
     print(json.dumps({k: v for k, v in results.items() if k != "server"})[:4000])
+
+
+def capture_kv_transfer_log() -> list[str]:
+    """Collect vLLM's "KV Transfer metrics" log lines (the list fills as they come)."""
+    import logging
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if message.startswith("KV Transfer metrics"):
+                lines.append(message)
+
+    # vLLM's stat logger passes its own logger's info() to KVConnectorLogging.log, and
+    # vLLM's loggers stop at the "vllm" logger (no propagation to the root logger).
+    logging.getLogger("vllm").addHandler(Collect())
+    return lines
+
+
+def connector_metrics(llm: Any) -> dict[str, float]:
+    """Our ``vllm:lmcache_mp_*`` Prometheus series, summed over labels (histograms: count)."""
+    totals: dict[str, float] = {}
+    for metric in llm.get_metrics():
+        if not metric.name.startswith("vllm:lmcache_mp_"):
+            continue
+        name = metric.name.removeprefix("vllm:lmcache_mp_").removesuffix("_total")
+        value = getattr(metric, "value", None)
+        if value is None:
+            value = getattr(metric, "count", 0)
+        totals[name] = totals.get(name, 0) + float(value)
+    return totals
 
 
 def reuse(llm: Any, server: Server, args: argparse.Namespace) -> dict[str, Any]:

@@ -356,6 +356,7 @@ def test_slow_server_lookup_is_bounded(server: ServerProcess, make_pair: PairFac
     stalled = ServerProcess(*SERVER_ARGS)
     stalled.start()
     probe: SchedulerSide | None = None
+    sched: MiniScheduler | None = None
     try:
         # The prefix is stored with the harness's long timeouts: a fresh server on a loaded
         # machine may well take longer than 0.5 s over its first lookup, which would make
@@ -416,6 +417,7 @@ def test_slow_server_lookup_is_bounded(server: ServerProcess, make_pair: PairFac
     finally:
         if probe is not None:
             probe.shutdown()
+        _release_worker(sched)
         stalled.stop()
 
 
@@ -458,6 +460,7 @@ def test_server_killed_and_restarted(make_pair: PairFactory) -> None:
     target = ServerProcess(*SERVER_ARGS)
     target.start()
     pool = str(target.metrics()["l1"].get("shm_name") or "")
+    sched: MiniScheduler | None = None
     try:
         # A short heartbeat: the outage must be noticed within a second or two.
         sched = make_pair(target, heartbeat_interval=1.0)
@@ -509,8 +512,20 @@ def test_server_killed_and_restarted(make_pair: PairFactory) -> None:
         assert logged["loads_ok"] + logged["loads_failed"] == planned_loads
         assert logged["loads_ok"] >= 1 and logged["stored_tokens"] >= 1024
     finally:
+        _release_worker(sched)
         target.stop()
         _remove_pool(pool)
+
+
+def _release_worker(sched: MiniScheduler | None) -> None:
+    """Shut the worker side down while its server still answers its unregistration.
+
+    After the server is stopped the unregistration would wait out its 5 s bound in the
+    fixture's teardown.
+    """
+    if sched is not None:
+        with contextlib.suppress(RuntimeError):
+            sched.worker.request("shutdown_side")
 
 
 def _remove_pool(name: str) -> None:

@@ -104,7 +104,7 @@ def _blocks(ids: list[int]) -> Any:
 
 
 def _matched(connector: Any, request: Any) -> tuple[int | None, bool]:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a hang guard: lookups take milliseconds
     while time.monotonic() < deadline:
         answer = connector.get_num_new_matched_tokens(request, 0)
         if answer[0] is not None:
@@ -255,3 +255,10 @@ def test_stats_flow_through_vllms_aggregator_logger_and_prometheus() -> None:
     assert value("vllm:lmcache_mp_loaded_tokens_total") == 2048
     assert value("vllm:lmcache_mp_lookups_total") == 4
     assert value("vllm:lmcache_mp_lookup_duration_seconds_count") == 4
+
+
+def test_hybrid_models_are_refused_with_a_message(server: ServerProcess) -> None:
+    two_groups = SimpleNamespace(kv_cache_groups=[object(), object()])
+    for role in (base.KVConnectorRole.SCHEDULER, base.KVConnectorRole.WORKER):
+        with pytest.raises(NotImplementedError, match=r"supports one KV cache group; .* has 2"):
+            LMCacheMPConnector(_vllm_config(server), role, two_groups)
