@@ -9,6 +9,9 @@ lmcache and NIXL (``LMCACHE_COMPAT_NIXL_PYTHON``). Modes:
 * ``pool-write DIR COUNT POOL_SIZE FILE_SIZE``: upstream's ``nixl_store`` (POSIX)
   stores the objects one after another; reports each pool file's index, size and
   SHA-256, for the caller to compare with its own pool after the same stores.
+* ``pool-write-obj PARAMS_JSON COUNT POOL_SIZE``: the same on the OBJ back end
+  (``PARAMS_JSON``: NIXL's OBJ ``backend_params``, naming a bucket of an S3 server);
+  reports the pool's object keys in index order.
 
 The objects (keys, sizes, bytes) are a function of their index, computed the same
 way here and in the test: ``object_of(i)``.
@@ -166,12 +169,30 @@ def pool(directory: str, count: int, pool_size: int, file_size: int) -> dict[str
     return {"ok": all(stored), "files": sorted(files, key=lambda f: f["index"])}
 
 
+def pool_obj(params: dict[str, str], count: int, pool_size: int) -> dict[str, Any]:
+    config = NixlStoreL2AdapterConfig.from_dict(
+        {"backend": "OBJ", "backend_params": params, "pool_size": pool_size}
+    )
+    arena = Arena(count)
+    adapter = NixlStoreL2Adapter(config, arena.desc)
+    try:
+        stored = [store(adapter, arena, [index]) for index in range(count)]
+        # The pool's object names are random: read them from the agent's registration.
+        registered = adapter.nixl_agent.storage_reg_descs
+        keys = [bytes(registered[i][3]).decode() for i in range(registered.descCount())]
+    finally:
+        adapter.close()
+    return {"ok": all(stored), "keys": keys}
+
+
 def main() -> None:
     mode, directory, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if mode.startswith("dynamic-"):
         report = dynamic(mode, directory, count, sys.argv[4] == "true")
     elif mode == "pool-write":
         report = pool(directory, count, int(sys.argv[4]), int(sys.argv[5]))
+    elif mode == "pool-write-obj":
+        report = pool_obj(json.loads(directory), count, int(sys.argv[4]))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     sys.stdout.flush()

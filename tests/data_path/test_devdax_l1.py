@@ -115,8 +115,30 @@ def test_a_dax_adapter_on_the_same_device_lends_its_size_as_overflow(tmp_path: P
             "error: --l1-devdax-path: --l2-adapter #1 (dax) lists /tmp/lmcache-devdax-refused "
             "among 2 devices",
         ),
+        (
+            (
+                *("--l1-devdax-path", "/tmp/lmcache-devdax-refused"),
+                *(
+                    arg
+                    for _ in range(2)
+                    for arg in (
+                        "--l2-adapter",
+                        json.dumps(
+                            {
+                                "type": "dax",
+                                "slot_bytes": 4096,
+                                "device_path": "/tmp/lmcache-devdax-refused",
+                                "max_dax_size_gb": 1,
+                            }
+                        ),
+                    )
+                ),
+            ),
+            "error: --l1-devdax-path: dax adapters #1, #2 all name /tmp/lmcache-devdax-refused; "
+            "only one may lend it",
+        ),
     ],
-    ids=["missing-dir", "shared-devices-list"],
+    ids=["missing-dir", "shared-devices-list", "two-lenders"],
 )
 def test_startup_errors_name_the_rule(extra: tuple[str, ...], message: str) -> None:
     ports = ("--port", str(free_port()), "--http-port", str(free_port()))

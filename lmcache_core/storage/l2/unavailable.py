@@ -1,9 +1,9 @@
 """L2 adapter types whose backend binding this build does not have, and how they fail.
 
-``fs_native``, ``nixl_store``, ``nixl_store_dynamic``, ``mooncake_store`` and
-``aerospike`` drive native libraries (LMCache's C++ connectors, NIXL, Mooncake,
-the Aerospike client). Their configuration models are complete, so their JSON is
-validated and documented, but no binding to the library is implemented. They
+Some adapter types drive native libraries for which this build has no binding
+(``aerospike`` today: the Aerospike client, with no server to test it against).
+Their configuration models are complete, so their JSON is validated and
+documented, but no binding to the library is implemented. They
 register as "not implemented yet" (so ``lmcache plugins list`` and ``/status``
 say so, and selecting one stops start-up) with a reason that says whether the
 library is even installed: without it, the one-line error names the package to
