@@ -17,7 +17,9 @@ platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
 # The versions this tree is tested with (the local venv's), so they fit together there.
 names=(pluggy pydantic pydantic-core pydantic-settings python-dotenv annotated-types
        typing-inspection fastapi starlette uvicorn pyzmq msgspec blake3 opentelemetry-sdk
-       opentelemetry-api opentelemetry-semantic-conventions importlib-metadata pytest-timeout)
+       opentelemetry-api opentelemetry-semantic-conventions importlib-metadata pytest-timeout
+       redis boto3 botocore s3transfer jmespath opentelemetry-exporter-otlp-proto-grpc
+       opentelemetry-exporter-otlp-proto-common opentelemetry-proto googleapis-common-protos)
 mapfile -t pins < <("$py" - "${names[@]}" <<'PY'
 import importlib.metadata as md
 import sys

@@ -167,13 +167,13 @@ def server_rss_kib(server: LiveServer) -> int:
 def test_a_thousand_register_unregister_cycles_stay_flat(server: LiveServer) -> None:
     client = client_for(server)
     tensors = [random_kv((2, NB, BS, HEADS, DIM), torch.bfloat16, i) for i in range(LAYERS)]
-    tokens = list(range(CHUNK))
 
     def cycle(i: int) -> None:
         worker = CudaKVWorker(client, tensors, {"kv_layout": "NHD"}, model_name="cycles")
         worker.register()
-        if i % 2 == 0:  # half of them import (a store), half die before any transfer
-            worker.store(worker.key(tokens, CHUNK, f"cycle-{i}"), [1, 2, 3, 4])
+        if i % 2 == 0:  # half of them import (a store of new tokens), half never transfer
+            tokens = [i * CHUNK + t for t in range(CHUNK)]
+            assert worker.store(worker.key(tokens, CHUNK, f"cycle-{i}"), [1, 2, 3, 4])
         worker.unregister()
 
     for i in range(50):  # warm-up: allocator pools, staging sizes, caches
@@ -235,6 +235,7 @@ worker = CudaKVWorker(MPClient(sys.argv[1], timeout=60),
     [random_kv((2, 64, 16, 4, 64), torch.bfloat16, i) for i in range(4)], {"kv_layout": "NHD"},
     model_name="killed")
 worker.register()
+worker.client.ping(worker.instance_id)  # a pinged worker is reaped after the reap timeout
 print("READY", flush=True)
 i = 0
 while True:
@@ -246,7 +247,8 @@ while True:
 
 def test_a_worker_killed_mid_transfer_leaves_nothing_mapped_after_reaping() -> None:
     args = ("--l1-size-gb", "1", "--eviction-policy", "LRU", "--chunk-size", str(CHUNK))
-    with server_on_free_ports(*args, "--worker-reap-timeout-seconds", "30") as live:
+    reap = ("--worker-reap-timeout-seconds", "30", "--worker-registration-grace-seconds", "30")
+    with server_on_free_ports(*args, *reap) as live:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
         proc = subprocess.Popen(
             [sys.executable, "-c", KILLED_WORKER, live.zmq_url],
