@@ -41,9 +41,9 @@ MAX_WAIT_SECONDS = 60.0
 INLINE_MAX_KEYS = 128
 """Object keys (chunks x ranks) up to which a full L1 hit is served on the request loop.
 
-About 100 us of work at 64 (docs/benchmarks.md, "Where a 64-chunk lookup's time
-goes"): less than the pool hop it saves, and no longer than the loop waits for
-the GIL behind a pool thread anyway.
+About 60 us of work at 64 in-process (docs/benchmarks.md, "The lookup path,
+third pass"; 100 us before it): less than the pool hop it saves, and no longer
+than the loop waits for the GIL behind a pool thread anyway.
 """
 
 ObjectSize = Callable[[str, int], int | None]

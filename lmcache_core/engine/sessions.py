@@ -87,10 +87,11 @@ class Session:
         locks = self.locks
         if not locks:  # the usual case: a fresh lookup (the previous job was released)
             keys = keys if isinstance(keys, list) else list(keys)
-            locks.update(dict.fromkeys(keys, (count, deadline)))  # one C-level pass
-            if len(locks) == len(keys):
+            fresh = dict.fromkeys(keys, (count, deadline))  # one C-level pass
+            if len(fresh) == len(keys):
+                self.locks = fresh
                 return
-            locks.clear()  # a key repeats: count it per occurrence below
+            # a key repeats: count it per occurrence below
         get = locks.get
         for key in keys:
             held, expires = get(key, (0, deadline))

@@ -59,6 +59,22 @@ def test_access_makes_keys_most_recent_with_the_same_batch_rule() -> None:
     assert names(policy.candidates()) == ["a2", "b1", "b0", "a1", "a0"]
 
 
+def test_an_access_with_untracked_keys_orders_the_tracked_ones_alike() -> None:
+    """Untracked keys anywhere in an access (the fast pass fails on them) are ignored."""
+    a, b, x = chunks("a", 3), chunks("b", 2), chunks("x", 2)
+    for accessed, expected in (
+        ([a[0], x[0], a[1]], ["a2", "b1", "b0", "a1", "a0"]),
+        ([x[1], a[1], a[0]], ["a2", "b1", "b0", "a0", "a1"]),
+        ([a[0], a[1], x[0]], ["a2", "b1", "b0", "a1", "a0"]),
+    ):
+        policy = LRUEvictionPolicy()
+        policy.on_stored(a)
+        policy.on_stored(b)
+        policy.on_accessed(accessed)
+        assert names(policy.candidates()) == expected
+        assert len(policy) == 5
+
+
 def test_storing_a_tracked_key_again_refreshes_it() -> None:
     policy = LRUEvictionPolicy()
     a, b = chunks("a", 2), chunks("b", 1)
