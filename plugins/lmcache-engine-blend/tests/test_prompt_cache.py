@@ -58,3 +58,21 @@ def test_matching_a_cached_prompt_equals_matching_its_tokens() -> None:
     assert len(expected) == 3
     assert index.match(NS, prompt) == expected
     assert index.match(NS, prompt) == expected  # memoised polys and digests: the same again
+
+
+def test_a_memoised_match_follows_every_change_of_the_index() -> None:
+    index = FingerprintIndex(C)
+    rng = np.random.default_rng(4)
+    first, second = (rng.integers(0, 50000, 2 * C, dtype=np.uint64) for _ in range(2))
+    index.register(NS, first, [b"a" * 32, b"b" * 32], 1, 0)
+    prompt = Prompt(np.concatenate([second, first]), C)
+    assert [m.chain_hash for m in index.match(NS, prompt)] == [b"b" * 32]
+    index.register(NS, second, [b"c" * 32, b"d" * 32], 1, 0)  # a new entry: matched now
+    assert [m.chain_hash for m in index.match(NS, prompt)] == [b"d" * 32, b"b" * 32]
+    for _ in range(2):  # struck twice: removed, and no longer matched
+        index.stale(NS, [b"d" * 32])
+    assert [m.chain_hash for m in index.match(NS, prompt)] == [b"b" * 32]
+    assert index.match(("other", 1, ""), prompt) == []  # another namespace: its own answer
+    found = index.match(NS, prompt)
+    found.clear()  # the caller's list: the memo is not changed through it
+    assert [m.chain_hash for m in index.match(NS, prompt)] == [b"b" * 32]

@@ -111,7 +111,7 @@ class Prompt:
         chunk_size: Tokens per chunk.
     """
 
-    __slots__ = ("_bytes", "_digests", "_polys", "chunk_size", "tokens")
+    __slots__ = ("_bytes", "_digests", "_matched", "_polys", "chunk_size", "tokens")
 
     def __init__(self, tokens: Tokens, chunk_size: int) -> None:
         self.tokens = tokens
@@ -119,6 +119,8 @@ class Prompt:
         self._bytes: memoryview | None = None
         self._polys: Tokens | None = None
         self._digests: dict[int, bytes] = {}
+        self._matched: tuple[Namespace, int, list[Match]] | None = None
+        """The last match: namespace, the index's generation then, the matches."""
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -185,6 +187,8 @@ class FingerprintIndex:
         self._order: OrderedDict[tuple[Namespace, bytes], None] = OrderedDict()
         self._powers = _Powers()
         self._filter = np.zeros(1 << FILTER_BITS, dtype=np.uint32)
+        self._generation = 0
+        """Bumped by every change of the entries: a prompt's memoised match is good until then."""
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -253,6 +257,8 @@ class FingerprintIndex:
                 self._filter[poly & _FILTER_MASK] += 1
                 self._order[(namespace, chain)] = None
                 added += 1
+            if added:
+                self._generation += 1
             self.stats.registered += added
             self._evict_over_capacity()
         return added
@@ -268,6 +274,7 @@ class FingerprintIndex:
         space.strikes.pop(chain, None)
         if entry is None:
             return
+        self._generation += 1
         self._filter[entry.poly & _FILTER_MASK] -= 1
         bucket = space.by_poly.get(entry.poly, [])
         bucket[:] = [e for e in bucket if e is not entry]
@@ -289,6 +296,9 @@ class FingerprintIndex:
             space = self._spaces.get(namespace)
             if space is None or not space.by_poly or len(prompt) < size:
                 return []
+            memo = prompt._matched
+            if memo is not None and memo[0] == namespace and memo[1] == self._generation:
+                return list(memo[2])  # the same prompt, the same entries: the same matches
             polys = prompt.polys(self)
             # One vectorised screen, then Python only at the offsets it passes.
             hits = np.flatnonzero(self._filter[polys & np.uint64(_FILTER_MASK)])
@@ -307,7 +317,8 @@ class FingerprintIndex:
                         break
                 else:
                     self.stats.collisions_rejected += 1
-            return found
+            prompt._matched = (namespace, self._generation, found)
+            return list(found)
 
     # -- evidence from lookups ----------------------------------------------------------------
 
