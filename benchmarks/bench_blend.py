@@ -33,11 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import machine_info, memcpy_gbps, percentile
 from lmcache_core.client import MPClient
-from lmcache_core.client.cpu_worker import CpuKVWorker
+from lmcache_core.client.cpu_worker import CpuKVWorker, shared_copy
 from lmcache_core.protocol.codec import encode_device_handle
-from lmcache_core.protocol.types import CacheKey, CpuShmHandle, TensorMetadata, pack_token_ids
-from lmcache_core.transfer.cpu_shm import create_shm_tensor
-from lmcache_core.transfer.layout import KVFormat, KVLayout, dtype_name
+from lmcache_core.protocol.types import CacheKey, pack_token_ids
+from lmcache_core.transfer.layout import KVFormat, KVLayout
 from tests.server_process import server_on_free_ports
 
 CHUNK = 256
@@ -52,22 +51,7 @@ def rope_cache(max_position: int, rot: int) -> torch.Tensor:
 
 def register_rope(client: MPClient, worker: CpuKVWorker, head_dim: int) -> Any:
     cache = rope_cache(32768, head_dim)
-    tensor, spec, cleanup = create_shm_tensor(
-        f"lmcache_kv_bench_rope_{random.randrange(1 << 30)}", cache.shape, cache.dtype
-    )
-    tensor.copy_(cache)
-    handle = CpuShmHandle(
-        version=1,
-        metadata=TensorMetadata(
-            dtype=dtype_name(cache.dtype),
-            shape=spec.shape,
-            stride=spec.stride,
-            storage_offset=spec.storage_offset,
-            device_uuid="cpu",
-        ),
-        shm_name=spec.shm_name,
-        nbytes=spec.nbytes,
-    )
+    handle, tensor, cleanup = shared_copy(cache)
     client.call(
         "cb_register_rope",
         worker.instance_id,

@@ -18,8 +18,43 @@ import torch
 
 from lmcache_core.client.sync_client import MPClient
 from lmcache_core.protocol.types import CacheKey, CpuShmHandle, TensorMetadata
-from lmcache_core.transfer.cpu_shm import create_shm_tensor
-from lmcache_core.transfer.layout import KVLayout, dtype_name
+from lmcache_core.transfer.cpu_shm import ShmTensorSpec, create_shm_tensor
+from lmcache_core.transfer.layout import KVLayout
+
+
+def cpu_shm_handle(spec: ShmTensorSpec) -> CpuShmHandle:
+    """The ``cpu_shm`` device handle a worker sends for the tensor ``spec`` describes."""
+    return CpuShmHandle(
+        version=1,
+        metadata=TensorMetadata(
+            dtype=spec.dtype,
+            shape=spec.shape,
+            stride=spec.stride,
+            storage_offset=spec.storage_offset,
+            device_uuid="cpu",
+        ),
+        shm_name=spec.shm_name,
+        nbytes=spec.nbytes,
+    )
+
+
+def shared_copy(
+    tensor: torch.Tensor, name: str | None = None
+) -> tuple[CpuShmHandle, torch.Tensor, Callable[[], None]]:
+    """A copy of ``tensor`` in a new shared-memory segment (a RoPE cos/sin cache, say).
+
+    Args:
+        tensor: What to copy.
+        name: The segment's name; a fresh unique one when None.
+
+    Returns:
+        The segment's ``cpu_shm`` handle, the shared copy and its cleanup (keep the copy
+        alive while the server may map it; call the cleanup when done).
+    """
+    name = name or f"lmcache_kv_{os.getpid()}_{uuid.uuid4().hex[:8]}_copy"
+    shared, spec, cleanup = create_shm_tensor(name, tensor.shape, tensor.dtype)
+    shared.copy_(tensor)
+    return cpu_shm_handle(spec), shared, cleanup
 
 
 class CpuKVWorker:
@@ -61,20 +96,7 @@ class CpuKVWorker:
                 )
                 self._cleanups.append(cleanup)
                 self.layers.append(tensor)
-                self.handles.append(
-                    CpuShmHandle(
-                        version=1,
-                        metadata=TensorMetadata(
-                            dtype=dtype_name(layout.dtype),
-                            shape=spec.shape,
-                            stride=spec.stride,
-                            storage_offset=spec.storage_offset,
-                            device_uuid="cpu",
-                        ),
-                        shm_name=spec.shm_name,
-                        nbytes=spec.nbytes,
-                    )
-                )
+                self.handles.append(cpu_shm_handle(spec))
         except BaseException:
             self.close()
             raise

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,17 +11,14 @@ import httpx
 import torch
 
 from lmcache_core.client import MPClient
-from lmcache_core.client.cpu_worker import CpuKVWorker
+from lmcache_core.client.cpu_worker import CpuKVWorker, shared_copy
 from lmcache_core.protocol.codec import encode_device_handle
 from lmcache_core.protocol.types import (
     CacheKey,
     CBMatchResult,
     CBUnifiedLookupResult,
-    CpuShmHandle,
-    TensorMetadata,
 )
-from lmcache_core.transfer.cpu_shm import create_shm_tensor
-from lmcache_core.transfer.layout import KVFormat, KVLayout, dtype_name
+from lmcache_core.transfer.layout import KVFormat, KVLayout
 from tests.blend.rope_math import apply_rope, cos_sin_cache
 from tests.data_path.kv import fresh_tokens, request_id
 from tests.server_process import LiveServer, server_on_free_ports
@@ -64,22 +59,7 @@ def locked_objects(server: LiveServer) -> int:
 
 def shm_cache(cache: torch.Tensor) -> tuple[Any, Any]:
     """A cos/sin cache in shared memory: its Ext handle and the cleanup (keep it alive)."""
-    tensor, spec, cleanup = create_shm_tensor(
-        f"lmcache_kv_{os.getpid()}_{uuid.uuid4().hex[:8]}_rope", cache.shape, cache.dtype
-    )
-    tensor.copy_(cache)
-    handle = CpuShmHandle(
-        version=1,
-        metadata=TensorMetadata(
-            dtype=dtype_name(cache.dtype),
-            shape=spec.shape,
-            stride=spec.stride,
-            storage_offset=spec.storage_offset,
-            device_uuid="cpu",
-        ),
-        shm_name=spec.shm_name,
-        nbytes=spec.nbytes,
-    )
+    handle, tensor, cleanup = shared_copy(cache)
     return encode_device_handle(handle), (tensor, cleanup)
 
 

@@ -44,16 +44,13 @@ pytest.importorskip("transformers", reason="nox -s blend_quality installs it")
 pytestmark = pytest.mark.slow
 
 from lmcache_core.client import MPClient  # noqa: E402
-from lmcache_core.client.cpu_worker import CpuKVWorker  # noqa: E402
+from lmcache_core.client.cpu_worker import CpuKVWorker, shared_copy  # noqa: E402
 from lmcache_core.protocol.codec import encode_device_handle  # noqa: E402
 from lmcache_core.protocol.types import (  # noqa: E402
     CBMatchResult,
     CBUnifiedLookupResult,
-    CpuShmHandle,
-    TensorMetadata,
 )
-from lmcache_core.transfer.cpu_shm import create_shm_tensor  # noqa: E402
-from lmcache_core.transfer.layout import KVFormat, KVLayout, dtype_name  # noqa: E402
+from lmcache_core.transfer.layout import KVFormat, KVLayout  # noqa: E402
 from tests.blend_quality.cacheblend import (  # noqa: E402
     HEAD_DIM,
     KV_HEADS,
@@ -107,21 +104,7 @@ def server() -> Iterator[LiveServer]:
 
 def _shm_cache(cache: torch.Tensor) -> tuple[Any, Any]:
     """The cos/sin table in shared memory: its Ext handle, and what must stay alive."""
-    name = f"lmcache_kv_{os.getpid()}_{random.getrandbits(32):08x}_rope"
-    tensor, spec, cleanup = create_shm_tensor(name, cache.shape, cache.dtype)
-    tensor.copy_(cache)
-    handle = CpuShmHandle(
-        version=1,
-        metadata=TensorMetadata(
-            dtype=dtype_name(cache.dtype),
-            shape=spec.shape,
-            stride=spec.stride,
-            storage_offset=spec.storage_offset,
-            device_uuid="cpu",
-        ),
-        shm_name=spec.shm_name,
-        nbytes=spec.nbytes,
-    )
+    handle, tensor, cleanup = shared_copy(cache)
     return encode_device_handle(handle), (tensor, cleanup)
 
 

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 import torch
 
 from lmcache_core.client import MPClient
+from lmcache_core.client.cpu_worker import cpu_shm_handle
 from lmcache_core.protocol.codec import encode_device_handle
-from lmcache_core.protocol.types import CacheKey, CBMatchResult, CpuShmHandle, TensorMetadata
+from lmcache_core.protocol.types import CacheKey, CBMatchResult
 from lmcache_core.transfer.cpu_shm import create_shm_tensor
-from lmcache_core.transfer.layout import dtype_name
 
 
 class CpuCBBuffer:
@@ -60,18 +60,7 @@ class CpuCBBuffer:
         name = f"lmcache_cb_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         shape = (2, num_layers, num_tokens, hidden_size)
         self.tensor, spec, self._cleanup = create_shm_tensor(name, shape, dtype)
-        self.handle = CpuShmHandle(
-            version=1,
-            metadata=TensorMetadata(
-                dtype=dtype_name(dtype),
-                shape=spec.shape,
-                stride=spec.stride,
-                storage_offset=spec.storage_offset,
-                device_uuid="cpu",
-            ),
-            shm_name=spec.shm_name,
-            nbytes=spec.nbytes,
-        )
+        self.handle = cpu_shm_handle(spec)
 
     def register(self) -> None:
         """``cb_register_kv_cache`` of this buffer."""
