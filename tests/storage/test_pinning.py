@@ -16,6 +16,7 @@ import pytest
 
 from lmcache_core.errors import StartupError
 from lmcache_core.server.data_path import build_pinning
+from lmcache_core.server.data_path_components import L1Component
 from lmcache_core.storage.allocator import Allocator
 from lmcache_core.storage.arena import Arena
 from lmcache_core.storage.errors import L1FullError
@@ -234,3 +235,26 @@ def test_allocator_guard_keeps_the_boundary_unit_out_of_use() -> None:
     assert allocator.free_extents() == [(0, 8 * KIB), (12 * KIB, 4 * KIB)]
     assert allocator.allocate(12 * KIB) is None
     assert allocator.allocate_batch([4 * KIB] * 3) == [0, 4 * KIB, 12 * KIB]
+
+
+def test_l1_component_grows_in_the_background_and_unpins_at_stop() -> None:
+    registrar = FakeHostRegistrar()
+    with ExitStack() as cleanup:
+        l1 = pinned_l1(registrar, cleanup, capacity=64 * MIB)
+        lazy = build_pinning(l1, 4 * MIB, registrar, cleanup)
+        lazy.step_bytes = 4 * MIB
+        l1.pinning = lazy
+        component = L1Component(l1)
+        assert l1.pinning_status()["pinned_bytes"] == 4 * MIB
+        component.start()
+        try:
+            deadline = time.monotonic() + 10
+            while lazy.state == "growing" and time.monotonic() < deadline:
+                time.sleep(0.01)
+            status = l1.pinning_status()
+            assert status["state"] == "done" and status["pinned_bytes"] == 64 * MIB
+            assert status["registrations"] == 16 and l1.usage().limit_bytes == 64 * MIB
+        finally:
+            component.stop(5.0)
+        assert registrar.pinned_bytes == 0 and len(registrar.unregistered) == 16
+        assert l1.closed and lazy.state == "closed"
