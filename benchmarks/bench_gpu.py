@@ -66,7 +66,9 @@ def main() -> None:
     ]
     # L1 holds every stored chunk of the run (repeat x sum of counts) with room to spare.
     l1_gb = max(8, (args.repeat + 1) * sum(CHUNK_COUNTS) * CHUNK_BYTES * 1.5 / 2**30)
-    server_args = ("--l1-size-gb", f"{l1_gb:.0f}", "--eviction-policy", "LRU")
+    # Eager pinning: the copies are timed into a fully pinned L1, with no background
+    # registration competing (benchmarks/bench_pinning.py measures lazy pinning).
+    server_args = ("--l1-size-gb", f"{l1_gb:.0f}", "--eviction-policy", "LRU", "--no-l1-use-lazy")
     results: dict[str, object] = {"machine": machine_info(), "gpu": torch.cuda.get_device_name()}
     with server_on_free_ports(*server_args, "--chunk-size", str(CHUNK), timeout=180) as server:
         worker = CudaKVWorker(MPClient(server.zmq_url, timeout=120), kv, {"kv_layout": "NHD"})

@@ -5,7 +5,7 @@
 # puts the server's dependencies and this tree's own wheels in .whl/ (ignored by git).
 # Then run on the device, carrying .whl:  bash tools/device_check.sh
 # It installs the wheels into /tmp/site (never touching the host's torch), runs the gpu
-# tests, then the benchmark, and writes everything to $OUT (or ./device-out).
+# tests, then the benchmarks (bench_gpu, bench_pinning), and writes everything to $OUT (or ./device-out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-$PWD/device-out}"
@@ -28,5 +28,7 @@ timeout 420 python3 -m pytest tests/gpu -x -q -p no:cacheprovider -m gpu --timeo
   2>&1 | tee "$out/gpu_tests.log" || rc=$?
 timeout 240 python3 -m benchmarks.bench_gpu --out "$out/bench_gpu.json" \
   2>&1 | tee "$out/bench_gpu.log" || rc=$?
+timeout 150 python3 -m benchmarks.bench_pinning --l1-gb 32 --init-gb 1 --out "$out/bench_pinning.json" \
+  2>&1 | tee "$out/bench_pinning.log" || rc=$?
 echo "device_check rc=$rc" | tee -a "$out/env.txt"
 exit "$rc"

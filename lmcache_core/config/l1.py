@@ -26,8 +26,9 @@ class L1MemoryConfig(GroupSettings):
     l1_use_lazy: Annotated[bool, CliMeta(negatable=True)] = Field(
         default=True,
         description=(
-            "Lazy allocation of L1 memory: start at --l1-init-size-gb and grow on demand. Falls "
-            "back to eager allocation, with a warning, where lazy pinning is unsupported."
+            "Lazy allocation of L1 memory: pin --l1-init-size-gb at start and the rest in the "
+            "background (CUDA hosts). Falls back to eager allocation, with a warning, where "
+            "lazy pinning is unsupported (no CUDA)."
         ),
     )
     l1_init_size_gb: float = Field(

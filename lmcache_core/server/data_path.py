@@ -10,6 +10,7 @@ so a plugin factory that raises leaks no arena, adapter or engine.
 from __future__ import annotations
 
 import logging
+import mmap
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ from lmcache_core.storage.arena import Arena, ArenaError, ArenaKind
 from lmcache_core.storage.eviction import EvictionSettings, IsolatedEvictionPolicy
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.tier import L2Tier
+from lmcache_core.storage.pinning import CudaHostRegistrar, HostRegistrar, LazyPinner, PinningError
 from lmcache_core.storage.quota import QuotaManager
 from lmcache_core.storage.quota_state import QuotaStateFile
 from lmcache_core.storage.removal_history import L1_TIER
@@ -53,14 +55,23 @@ GIB = 1 << 30
 def arena_plan(shm_name: str | None, cuda: bool) -> tuple[ArenaKind, str | None]:
     """Which memory backs L1, from ``--shm-name`` and whether CUDA is present.
 
-    Unset: a shared-memory pool that CPU workers map (pinned memory on a CUDA host);
-    ``""``: no shared pool (bytes travel inline); a name: that shared segment.
+    Unset: a shared-memory pool that CPU workers map (private memory on a CUDA host,
+    pinned by :func:`build_pinning`); ``""``: no shared pool (bytes travel inline); a
+    name: that shared segment (on a CUDA host it is pinned too, so engine_driven and
+    lmcache_driven workers share one L1).
     """
     if shm_name:
         return "shm", shm_name
-    if cuda:
-        return "pinned", None
-    return ("anonymous", None) if shm_name == "" else ("shm", None)
+    if cuda or shm_name == "":
+        return "anonymous", None
+    return "shm", None
+
+
+LAZY_DOWNGRADED = (
+    "--l1-use-lazy: lazy allocation relies on CUDA host pinning and torch sees no CUDA "
+    "device; downgraded to eager allocation (the whole --l1-size-gb is allocatable from "
+    "the start, unpinned; the kernel commits pages on first touch)"
+)
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,7 @@ class DataPath:
                     else {}
                 ),
                 **self.l1.usage().as_dict(),
+                "pinning": self.l1.pinning_status(),
             },
             "engine": self.engine.status(),
             "requests": vars(self.request_server.stats),
@@ -137,8 +149,10 @@ def build_l1(
     """
     l1_config = config.l1
     capacity = int(l1_config.l1_size_gb * GIB)
+    cuda = torch.cuda.is_available()
     lazy = l1_config.l1_use_lazy
-    init = min(int(l1_config.l1_init_size_gb * GIB), capacity) if lazy else capacity
+    if lazy and not cuda:
+        logger.warning(LAZY_DOWNGRADED)
     if devdax is None:
         devdax = plan_devdax_l1(config, selection)
     try:
@@ -151,9 +165,10 @@ def build_l1(
                 dram_bytes=devdax.dram_bytes,
                 populate=True,
             )
-            capacity = init = arena.size_bytes - l1_config.l1_align_bytes
+            capacity = arena.size_bytes - l1_config.l1_align_bytes
         else:
-            kind, name = arena_plan(config.mp.shm_name, torch.cuda.is_available())
+            kind, name = arena_plan(config.mp.shm_name, cuda)
+            # Lazy on a CUDA host: pages are committed as they are pinned, not all at start.
             arena = Arena(
                 capacity + l1_config.l1_align_bytes, kind=kind, name=name, populate=not lazy
             )
@@ -164,10 +179,13 @@ def build_l1(
     policy = registry.builder.eviction_policy(
         selection.eviction_policy, EvictionSettings.from_config(config.eviction, capacity, quotas)
     )
+    # A DAX arena is not host-registered: registering a DAX mapping with CUDA has not been
+    # tried on any machine (no Device-DAX device with a GPU), so it is not claimed.
+    pinned = cuda and devdax is None
     l1 = L1Manager(
         arena=arena,
         capacity_bytes=capacity,
-        init_bytes=init,
+        init_bytes=0 if pinned else capacity,  # when pinned, the pinner raises the limit
         align_bytes=l1_config.l1_align_bytes,
         write_ttl_s=config.l1_ttl.l1_write_ttl_seconds,
         read_ttl_s=config.l1_ttl.l1_read_ttl_seconds,
@@ -175,9 +193,42 @@ def build_l1(
         trigger_watermark=config.eviction.eviction_trigger_watermark,
         eviction_ratio=config.eviction.eviction_ratio,
     )
+    if pinned:
+        init = min(int(l1_config.l1_init_size_gb * GIB), capacity) if lazy else capacity
+        l1.pinning = build_pinning(l1, init, CudaHostRegistrar(), cleanup)
     l1.events = bus
     quotas.add_tier("l1", l1.bytes_by_salt, enforcing=isinstance(policy, IsolatedEvictionPolicy))
     return l1
+
+
+def build_pinning(
+    l1: L1Manager, init_bytes: int, registrar: HostRegistrar, cleanup: ExitStack
+) -> LazyPinner:
+    """Pin ``init_bytes`` of L1 now; the rest grows when :class:`L1Component` starts.
+
+    The L1's limit follows what is pinned (nothing is allocated in unpinned memory).
+
+    Raises:
+        StartupError: The first registration failed.
+    """
+    l1.hand_growth_to_pinning()
+    pinner = LazyPinner(
+        l1.arena.data_ptr() + l1.objects_base,
+        l1.capacity_bytes,
+        init_bytes=init_bytes,
+        registrar=registrar,
+        on_grow=l1.extend_limit,
+        unit=max(l1.align_bytes, mmap.PAGESIZE),
+    )
+    cleanup.callback(pinner.close)  # runs before arena.close (LIFO): unregister, then unmap
+    try:
+        pinner.pin_initial()
+    except PinningError as exc:
+        raise StartupError(
+            f"--l1-init-size-gb: cannot pin {pinner.init_bytes} bytes of L1: {exc} "
+            "(check the locked-memory limit, ulimit -l)"
+        ) from None
+    return pinner
 
 
 def build_quotas(config: ServerConfig) -> QuotaManager:

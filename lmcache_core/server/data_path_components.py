@@ -17,12 +17,16 @@ class L1Component:
         self.controller = L1Controller(manager)
 
     def start(self) -> None:
-        """Start expiry and watermark eviction."""
+        """Start expiry and watermark eviction, and the background pinning (CUDA host)."""
         self.controller.start()
+        if self.manager.pinning is not None:
+            self.manager.pinning.start()
 
     def stop(self, timeout: float) -> None:
-        """Stop upkeep and release the arena (unlinking its shared segment)."""
+        """Stop upkeep and pinning, unpin, release the arena (unlinking its shared segment)."""
         self.controller.stop(timeout)
+        if self.manager.pinning is not None:
+            self.manager.pinning.close(timeout)  # unregister before the memory is unmapped
         self.manager.close()
 
     def health(self) -> Health:

@@ -101,6 +101,7 @@ class Allocator:
         self._sizes: list[int] = []
         self._allocated: dict[int, int] = {}
         self._used = 0
+        self._reserved = 0  # guard units (grow_to(guard=True)): neither used nor free
         if self._limit:
             self._starts.append(0)
             self._sizes.append(self._limit)
@@ -124,8 +125,13 @@ class Allocator:
 
     @property
     def free_bytes(self) -> int:
-        """Bytes free below ``limit`` (possibly fragmented)."""
-        return self._limit - self._used
+        """Bytes free below ``limit`` (possibly fragmented; guard units excluded)."""
+        return self._limit - self._used - self._reserved
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Bytes kept out of use as guards at growth boundaries."""
+        return self._reserved
 
     @property
     def allocation_count(self) -> int:
@@ -154,10 +160,17 @@ class Allocator:
 
     # -- operations -----------------------------------------------------------------
 
-    def grow_to(self, new_limit: int) -> int:
+    def grow_to(self, new_limit: int, guard: bool = False) -> int:
         """Raise ``limit`` to ``new_limit`` (aligned up, clamped to ``capacity``).
 
         A smaller value changes nothing: the allocator never shrinks.
+
+        Args:
+            new_limit: The new end of the allocatable offsets.
+            guard: Keep one ``align_bytes`` unit at the old limit out of use for good,
+                so no allocation spans the old limit (lazy pinning: the old limit is
+                where one host registration ends and the next begins). Ignored when
+                the old limit is 0.
 
         Returns:
             The new ``limit``.
@@ -167,7 +180,12 @@ class Allocator:
             return self._limit
         old = self._limit
         self._limit = new_limit
-        self._insert_free(old, new_limit - old)
+        if guard and old:
+            kept = min(self.align_bytes, new_limit - old)
+            self._reserved += kept
+            old += kept
+        if new_limit > old:
+            self._insert_free(old, new_limit - old)
         return self._limit
 
     def allocate(self, size: int) -> int | None:
@@ -195,11 +213,11 @@ class Allocator:
         first = sizes[0]
         if all(size == first for size in sizes):  # the common case: one request's chunks
             unit = self._aligned_size(first)
-            if unit * len(sizes) > self._limit - self._used:
+            if unit * len(sizes) > self.free_bytes:
                 return None  # cannot fit whatever the fragmentation: O(1) refusal
             return self._carve_uniform(unit, len(sizes))
         aligned = [self._aligned_size(size) for size in sizes]
-        if sum(aligned) > self._limit - self._used:
+        if sum(aligned) > self.free_bytes:
             return None
         taken: list[int] = []
         for size in aligned:
@@ -232,7 +250,7 @@ class Allocator:
         aligned = [self._aligned_size(size) for size in sizes]
         need = sum(aligned)
         starts, lengths = list(self._starts), list(self._sizes)
-        free = self._limit - self._used
+        free = self.free_bytes
         if free >= need and _fits(lengths, aligned):
             return 0
         for count, offset in enumerate(offsets, start=1):

@@ -33,7 +33,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lmcache_core.observability.events import L1EvictionLoopTick, L1KeysEvicted, count_per_salt
 from lmcache_core.storage.allocator import Allocator, align_down
@@ -58,6 +58,7 @@ from lmcache_core.storage.removal_history import L1_TIER, RemovalHistory
 
 if TYPE_CHECKING:
     from lmcache_core.observability.bus import EventBus
+    from lmcache_core.storage.pinning import LazyPinner
 
 __all__ = ["L1Controller", "L1Manager", "L1Usage", "Reservation", "SharedSegment"]
 
@@ -143,9 +144,40 @@ class L1Manager(ArenaViews):
         self.removals: RemovalHistory | None = None
         """Where evictions and deletions are remembered, for miss explanations (set by
         the server)."""
+        self.pinning: LazyPinner | None = None
+        """Who page-locks the arena for device DMA (set by the server on a CUDA host)."""
         self.namespaces: NamespaceIndex | None = None
         """Where the namespaces of committed keys are remembered, for miss explanations
         (set by the server)."""
+
+    @property
+    def objects_base(self) -> int:
+        """Arena offset of allocator offset 0 (padding that aligns the first object)."""
+        return self._base
+
+    def hand_growth_to_pinning(self) -> None:
+        """From now on the limit grows only through :meth:`extend_limit` (lazy pinning).
+
+        A batch that does not fit below the limit is then handled like one that does
+        not fit a full L1 (eviction, else :class:`L1FullError`), instead of raising the
+        limit into memory that is not pinned yet.
+        """
+        with self._lock:
+            self._eviction.grows_on_demand = False
+
+    def extend_limit(self, new_limit: int) -> int:
+        """Raise the allocation limit to ``new_limit`` with a guard unit at the old one.
+
+        Called by the lazy pinner after each registration: the guard keeps any object
+        from spanning two registrations.
+
+        Returns:
+            The new limit.
+        """
+        with self._lock:
+            if self._closed:
+                return self._allocator.limit
+            return self._allocator.grow_to(new_limit, guard=True)
 
     @property
     def trigger_watermark(self) -> float:
@@ -600,6 +632,12 @@ class L1Manager(ArenaViews):
                 locked_objects=locked,
                 temporary_objects=sum(1 for obj in self._resident.values() if obj.temporary),
             )
+
+    def pinning_status(self) -> dict[str, Any]:
+        """Pinned and target bytes for ``/status`` (``registrar`` ``None``: not pinned)."""
+        if self.pinning is not None:
+            return self.pinning.status()
+        return {"registrar": None, "state": "unpinned", "pinned_bytes": 0, "target_bytes": 0}
 
     def close(self) -> None:
         """Forget every object and close the arena; idempotent.

@@ -57,6 +57,9 @@ class L1Eviction:
         self.trigger_watermark = trigger_watermark
         self.eviction_ratio = eviction_ratio
         self.capacity_bytes = capacity_bytes
+        self.grows_on_demand = True
+        """Whether a batch that does not fit raises the allocator's limit first (lazy L1
+        without pinning); ``False`` while a pinner owns the limit."""
 
     def triggered(self, used_bytes: int) -> bool:
         """Whether usage is above the watermark."""
@@ -75,7 +78,7 @@ class L1Eviction:
         need = count * allocator.aligned(nbytes)
         if need > allocator.capacity:
             raise L1FullError(need, allocator.free_bytes, "larger than the whole L1")
-        if allocator.limit < allocator.capacity:
+        if self.grows_on_demand and allocator.limit < allocator.capacity:
             allocator.grow_to(allocator.limit + need)
             offsets = allocator.allocate_batch(sizes)
             if offsets is not None:
