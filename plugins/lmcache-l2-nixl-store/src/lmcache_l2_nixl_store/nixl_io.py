@@ -34,10 +34,8 @@ from typing import Any
 import numpy as np
 
 from lmcache_core.storage.l2.loading import AdapterLoadError
-from lmcache_l2_nixl_store.params import OBJECT_BACKENDS
+from lmcache_l2_nixl_store.params import INSTALL_HINT, OBJECT_BACKENDS
 
-INSTALL_HINT = "pip install --no-deps nixl==1.5.1 nixl-cu12==1.5.1 numpy"
-"""How to install NIXL without a CUDA torch."""
 POLL_MAX_SLEEP_S = 0.001
 """Longest sleep between two polls of a transfer's state."""
 DEFAULT_TRANSFER_TIMEOUT_S = 30.0
