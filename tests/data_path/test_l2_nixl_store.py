@@ -11,13 +11,12 @@ import random
 from pathlib import Path
 
 import pytest
+from lmcache_l2_nixl_store.testing import NIXL_API, NIXL_MISSING
 
 from tests.data_path.l2_helpers import CHUNK, l2_round_trip, l2_status, server_args, small_layout
 from tests.server_process import free_port, running_server
 
-pytest.importorskip(
-    "nixl._api", reason="NIXL is not installed (pip install --no-deps nixl==1.5.1 nixl-cu12==1.5.1)"
-)
+pytest.importorskip(NIXL_API, reason=NIXL_MISSING)
 
 LAYOUT = small_layout(160)
 

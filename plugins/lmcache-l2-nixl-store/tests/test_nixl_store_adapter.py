@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lmcache_l2_nixl_store.testing import NIXL_API, NIXL_MISSING
 
-pytest.importorskip(
-    "nixl._api", reason="NIXL is not installed (pip install --no-deps nixl==1.5.1 nixl-cu12==1.5.1)"
-)
+pytest.importorskip(NIXL_API, reason=NIXL_MISSING)
 
 from lmcache_l2_nixl_store.adapter import NixlStoreL2Adapter, build_nixl_store
 from lmcache_l2_nixl_store.config import NixlStoreAdapterConfig

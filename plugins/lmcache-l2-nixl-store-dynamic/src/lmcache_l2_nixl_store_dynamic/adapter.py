@@ -35,7 +35,9 @@ from lmcache_l2_nixl_store.nixl_io import (
     BounceBuffers,
     NixlStorage,
     address_of,
+    gather,
     open_storage,
+    scatter,
 )
 from lmcache_l2_nixl_store.params import parse_flag
 
@@ -277,12 +279,8 @@ class NixlDynamicL2Adapter(L2AdapterV1):
         padded = -(-size // self.block_size) * self.block_size
         bounce = self._bounce.get(padded)
         if operation == "WRITE":
-            offset = 0
-            for view in views:
-                bounce[offset : offset + view.nbytes] = view
-                offset += view.nbytes
+            gather(views, bounce)
             bounce[size:] = bytes(padded - size)
-        if operation == "WRITE":
             segments = [(0, padded, fd, "")]
             self.storage.transfer(operation, [bounce], [(0, padded, fd)], segments=segments)
             os.ftruncate(fd, size)
@@ -295,10 +293,7 @@ class NixlDynamicL2Adapter(L2AdapterV1):
             self.storage.transfer(operation, [bounce[:whole]], [(0, whole, fd)], segments=segments)
         if whole < size and os.preadv(fd, [bounce[whole:padded]], whole) < size - whole:
             raise OSError(f"short read of the last block ({size - whole} bytes expected)")
-        offset = 0
-        for view in views:
-            view[:] = bounce[offset : offset + view.nbytes]
-            offset += view.nbytes
+        scatter(bounce, views)
 
 
 def build_nixl_store_dynamic(

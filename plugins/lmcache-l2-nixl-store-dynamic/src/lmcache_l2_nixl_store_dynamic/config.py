@@ -5,7 +5,11 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from lmcache_l2_nixl_store.params import FLAG_STRINGS
+from lmcache_l2_nixl_store.params import (
+    DEFAULT_TRANSFER_TIMEOUT_S,
+    TransferTimeoutS,
+    check_flag,
+)
 from pydantic import Field, field_validator
 
 from lmcache_core.config.l2_adapter import L2AdapterConfigBase
@@ -30,15 +34,7 @@ class NixlStoreDynamicAdapterConfig(L2AdapterConfigBase):
         ),
     )
 
-    transfer_timeout_s: float = Field(
-        default=30.0,
-        gt=0.0,
-        allow_inf_nan=False,
-        description=(
-            "Longest wait for one NIXL transfer; past it the store or load fails (not in "
-            "upstream: NIXL's OBJ plugin retries for longer than that while S3 is down)."
-        ),
-    )
+    transfer_timeout_s: TransferTimeoutS = DEFAULT_TRANSFER_TIMEOUT_S
 
     @field_validator("backend", mode="before")
     @classmethod
@@ -62,8 +58,7 @@ class NixlStoreDynamicAdapterConfig(L2AdapterConfigBase):
             raise ValueError(f"backend_params is missing {', '.join(missing)}")
         if not params["file_path"]:
             raise ValueError("backend_params file_path must not be empty")
-        if params["use_direct_io"].strip().lower() not in FLAG_STRINGS:
-            raise ValueError("backend_params use_direct_io must be 'true' or 'false'")
+        check_flag(params, "use_direct_io")
         try:
             capacity = float(params["max_capacity_gb"])
         except ValueError:

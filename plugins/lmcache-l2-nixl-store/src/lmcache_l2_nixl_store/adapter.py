@@ -35,7 +35,9 @@ from lmcache_l2_nixl_store.nixl_io import (
     NixlStorage,
     Piece,
     address_of,
+    gather,
     open_storage,
+    scatter,
 )
 from lmcache_l2_nixl_store.params import OBJECT_BACKENDS, parse_flag
 from lmcache_l2_nixl_store.pool import PagePool, PoolLayout
@@ -292,10 +294,7 @@ class NixlStoreL2Adapter(L2AdapterV1):
         length = len(pages) * self.page_size if self.use_direct_io else size
         bounce = self._bounce.get(length)
         if operation == "WRITE":
-            offset = 0
-            for view in views:
-                bounce[offset : offset + view.nbytes] = view
-                offset += view.nbytes
+            gather(views, bounce)
         cuts, pieces = [], []
         for index, page in enumerate(pages):
             start = index * self.page_size
@@ -304,10 +303,7 @@ class NixlStoreL2Adapter(L2AdapterV1):
             pieces.append(self.layout.piece(page, 0, cut.nbytes))
         self.storage.transfer(operation, cuts, pieces, regions=[bounce])
         if operation == "READ":
-            offset = 0
-            for view in views:
-                view[:] = bounce[offset : offset + view.nbytes]
-                offset += view.nbytes
+            scatter(bounce, views)
 
 
 def build_nixl_store(

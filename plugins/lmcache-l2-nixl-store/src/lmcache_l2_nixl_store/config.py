@@ -7,7 +7,12 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from lmcache_core.config.l2_adapter import L2AdapterConfigBase
-from lmcache_l2_nixl_store.params import FILE_BACKENDS, check_flag
+from lmcache_l2_nixl_store.params import (
+    DEFAULT_TRANSFER_TIMEOUT_S,
+    FILE_BACKENDS,
+    TransferTimeoutS,
+    check_flag,
+)
 
 NixlBackend = Literal["GDS", "GDS_MT", "POSIX", "HF3FS", "OBJ"]
 """The NIXL storage back ends the adapter can use."""
@@ -36,15 +41,7 @@ class NixlStoreAdapterConfig(L2AdapterConfigBase):
         ),
     )
     pool_size: int = Field(gt=0, description="Number of pool files (or objects) (required).")
-    transfer_timeout_s: float = Field(
-        default=30.0,
-        gt=0.0,
-        allow_inf_nan=False,
-        description=(
-            "Longest wait for one NIXL transfer; past it the store or load fails (not in "
-            "upstream: NIXL's OBJ plugin retries for longer than that while S3 is down)."
-        ),
-    )
+    transfer_timeout_s: TransferTimeoutS = DEFAULT_TRANSFER_TIMEOUT_S
 
     @model_validator(mode="after")
     def _backend_params(self) -> NixlStoreAdapterConfig:

@@ -34,13 +34,14 @@ from typing import Any
 import numpy as np
 
 from lmcache_core.storage.l2.loading import AdapterLoadError
-from lmcache_l2_nixl_store.params import OBJECT_BACKENDS
+from lmcache_l2_nixl_store.params import (
+    DEFAULT_TRANSFER_TIMEOUT_S,
+    INSTALL_HINT,
+    OBJECT_BACKENDS,
+)
 
-INSTALL_HINT = "pip install --no-deps nixl==1.5.1 nixl-cu12==1.5.1 numpy"
-"""How to install NIXL without a CUDA torch."""
 POLL_MAX_SLEEP_S = 0.001
 """Longest sleep between two polls of a transfer's state."""
-DEFAULT_TRANSFER_TIMEOUT_S = 30.0
 _agent_ids = itertools.count(1)
 
 Segment = tuple[int, int, int, str]
@@ -90,6 +91,22 @@ class BounceBuffers:
             current = mmap.mmap(-1, max(size, self.minimum))
             self._local.buffer = current
         return memoryview(current)[:size]
+
+
+def gather(views: Sequence[memoryview], into: memoryview) -> None:
+    """Copy ``views`` end to end into the front of ``into`` (a bounce buffer before a WRITE)."""
+    offset = 0
+    for view in views:
+        into[offset : offset + view.nbytes] = view
+        offset += view.nbytes
+
+
+def scatter(source: memoryview, views: Sequence[memoryview]) -> None:
+    """Fill ``views`` from ``source`` laid end to end (a bounce buffer after a READ)."""
+    offset = 0
+    for view in views:
+        view[:] = source[offset : offset + view.nbytes]
+        offset += view.nbytes
 
 
 class NixlStorage:

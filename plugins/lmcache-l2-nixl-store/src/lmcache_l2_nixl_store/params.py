@@ -1,4 +1,6 @@
-"""``backend_params`` spellings shared by both NIXL adapters (imports nothing heavy).
+"""``backend_params`` spellings shared by both NIXL adapters, and how to install NIXL.
+
+Nothing heavy is imported here.
 
 Upstream passes ``backend_params`` to NIXL verbatim, as strings, and reads its own
 flags from the same dict; the configuration models of both adapters check them
@@ -6,6 +8,28 @@ with these helpers, before any NIXL is imported.
 """
 
 from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+INSTALL_HINT = "pip install --no-deps nixl==1.5.1 nixl-cu12==1.5.1 numpy"
+"""How to install NIXL without a CUDA torch (start-up errors and test skips name it)."""
+
+DEFAULT_TRANSFER_TIMEOUT_S = 30.0
+"""How long one NIXL transfer may take by default."""
+TransferTimeoutS = Annotated[
+    float,
+    Field(
+        gt=0.0,
+        allow_inf_nan=False,
+        description=(
+            "Longest wait for one NIXL transfer; past it the store or load fails (not in "
+            "upstream: NIXL's OBJ plugin retries for longer than that while S3 is down)."
+        ),
+    ),
+]
+"""The ``transfer_timeout_s`` field of both adapters' configurations."""
 
 TRUE_STRINGS = frozenset({"true", "1"})
 """Spellings of a true ``backend_params`` flag (case-insensitive), as upstream reads them."""
