@@ -13,6 +13,7 @@ import time
 from contextlib import ExitStack
 
 import pytest
+import torch
 
 from lmcache_core.errors import StartupError
 from lmcache_core.server.data_path import arena_plan, build_pinning
@@ -22,7 +23,7 @@ from lmcache_core.storage.arena import Arena
 from lmcache_core.storage.errors import L1FullError
 from lmcache_core.storage.eviction import EvictionPolicy
 from lmcache_core.storage.l1 import L1Manager
-from lmcache_core.storage.pinning import LazyPinner, PinnedRange
+from lmcache_core.storage.pinning import CudaHostRegistrar, LazyPinner, PinnedRange, PinningError
 from lmcache_core.testing.fake_registrar import FakeHostRegistrar
 from tests.storage.doubles import NeverEvictDouble, key
 
@@ -293,3 +294,9 @@ def test_a_failure_on_the_background_thread_leaves_l1_serving_the_pinned_part(
 )
 def test_arena_plan(shm_name: str | None, cuda: bool, plan: tuple[str, str | None]) -> None:
     assert arena_plan(shm_name, cuda) == plan
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only refusal")
+def test_the_cuda_registrar_refuses_without_cuda() -> None:
+    with pytest.raises(PinningError, match="torch sees no CUDA device"):
+        CudaHostRegistrar()
