@@ -202,10 +202,12 @@ def compat(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 def gpu(session: nox.Session) -> None:
     """The GPU data path on a CUDA host, in the host's own Python (its CUDA torch): the
-    ``gpu`` tests, then ``benchmarks/bench_gpu.py``. ``tools/device_check.sh`` is the same
-    run for the device machine (it installs carried wheels first)."""
+    ``gpu`` tests, then ``benchmarks/bench_gpu.py`` and ``benchmarks/bench_pinning.py``.
+    ``tools/device_check.sh`` is the same run for the device machine (it installs carried
+    wheels first)."""
     session.run("python", "-m", "pytest", "-q", "-m", "gpu", "tests/gpu", *session.posargs)
     session.run("python", "-m", "benchmarks.bench_gpu")
+    session.run("python", "-m", "benchmarks.bench_pinning")
 
 
 def _engine_suite(session: nox.Session, engine: str, own_tests: str) -> None:

@@ -13,16 +13,17 @@ import time
 from contextlib import ExitStack
 
 import pytest
+import torch
 
 from lmcache_core.errors import StartupError
-from lmcache_core.server.data_path import build_pinning
+from lmcache_core.server.data_path import arena_plan, build_pinning
 from lmcache_core.server.data_path_components import L1Component
 from lmcache_core.storage.allocator import Allocator
 from lmcache_core.storage.arena import Arena
 from lmcache_core.storage.errors import L1FullError
 from lmcache_core.storage.eviction import EvictionPolicy
 from lmcache_core.storage.l1 import L1Manager
-from lmcache_core.storage.pinning import LazyPinner, PinnedRange
+from lmcache_core.storage.pinning import CudaHostRegistrar, LazyPinner, PinnedRange, PinningError
 from lmcache_core.testing.fake_registrar import FakeHostRegistrar
 from tests.storage.doubles import NeverEvictDouble, key
 
@@ -258,3 +259,44 @@ def test_l1_component_grows_in_the_background_and_unpins_at_stop() -> None:
             component.stop(5.0)
         assert registrar.pinned_bytes == 0 and len(registrar.unregistered) == 16
         assert l1.closed and lazy.state == "closed"
+
+
+def test_a_failure_on_the_background_thread_leaves_l1_serving_the_pinned_part(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registrar = FakeHostRegistrar(fail_at=3)
+    with ExitStack() as cleanup, caplog.at_level(logging.WARNING, logger="lmcache.storage"):
+        l1 = pinned_l1(registrar, cleanup)
+        lazy = build_pinning(l1, MIB, registrar, cleanup)
+        lazy.step_bytes = MIB
+        lazy.start()
+        thread = lazy._thread
+        assert thread is not None
+        thread.join(10)
+        assert not thread.is_alive() and lazy.state == "failed"
+        assert lazy.pinned_bytes == 3 * MIB and l1.usage().limit_bytes == 3 * MIB
+        assert l1.reserve([key("x")], MIB // 2)[0] is not None  # still serving
+        lazy.close()
+    assert registrar.calls == 4  # no retry after the failure
+    assert sum("lazy L1 pinning stopped" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize(
+    ("shm_name", "cuda", "plan"),
+    [
+        (None, False, ("shm", None)),
+        ("", False, ("anonymous", None)),
+        ("pool", False, ("shm", "pool")),
+        (None, True, ("anonymous", None)),  # pinned by the pinner, no shared pool
+        ("", True, ("anonymous", None)),
+        ("pool", True, ("shm", "pool")),  # the shared pool, pinned too
+    ],
+)
+def test_arena_plan(shm_name: str | None, cuda: bool, plan: tuple[str, str | None]) -> None:
+    assert arena_plan(shm_name, cuda) == plan
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only refusal")
+def test_the_cuda_registrar_refuses_without_cuda() -> None:
+    with pytest.raises(PinningError, match="torch sees no CUDA device"):
+        CudaHostRegistrar()
