@@ -23,12 +23,19 @@ else
   echo "no .whl/ carried: using what the host has" | tee -a "$out/env.txt"
   export PYTHONPATH="$PWD"
 fi
+# One device command may run 600 s at most: `device_check.sh tests` (the gpu tests) and
+# `device_check.sh bench` (the two benchmarks) are the two calls; no argument runs both.
+part="${1:-all}"
 rc=0
-timeout 420 python3 -m pytest tests/gpu -x -q -p no:cacheprovider -m gpu --timeout 300 \
-  2>&1 | tee "$out/gpu_tests.log" || rc=$?
-timeout 240 python3 -m benchmarks.bench_gpu --out "$out/bench_gpu.json" \
-  2>&1 | tee "$out/bench_gpu.log" || rc=$?
-timeout 150 python3 -m benchmarks.bench_pinning --l1-gb 32 --init-gb 1 --out "$out/bench_pinning.json" \
-  2>&1 | tee "$out/bench_pinning.log" || rc=$?
-echo "device_check rc=$rc" | tee -a "$out/env.txt"
+if [ "$part" = all ] || [ "$part" = tests ]; then
+  timeout 420 python3 -m pytest tests/gpu -x -q -p no:cacheprovider -m gpu --timeout 300 \
+    2>&1 | tee "$out/gpu_tests.log" || rc=$?
+fi
+if [ "$part" = all ] || [ "$part" = bench ]; then
+  timeout 240 python3 -m benchmarks.bench_gpu --out "$out/bench_gpu.json" \
+    2>&1 | tee "$out/bench_gpu.log" || rc=$?
+  timeout 150 python3 -m benchmarks.bench_pinning --l1-gb 32 --init-gb 1 \
+    --out "$out/bench_pinning.json" 2>&1 | tee "$out/bench_pinning.log" || rc=$?
+fi
+echo "device_check $part rc=$rc" | tee -a "$out/env.txt"
 exit "$rc"
