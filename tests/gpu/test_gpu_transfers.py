@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,56 +25,14 @@ import torch
 from lmcache_core.client import MPClient
 from tests.gpu.cuda_worker import CudaKVWorker, random_kv
 from tests.server_process import LiveServer, server_on_free_ports
+from tests.transfer.device_layouts import device_layouts
 
 NB, BS, HEADS, DIM, LAYERS = 64, 16, 4, 64, 4
 CHUNK = 64  # 4 blocks per chunk
 CHUNKS = 3
 DTYPES = [torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2]
 
-Block = Callable[[list[torch.Tensor], int, int, int], torch.Tensor]
-
-
-def _nhd(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(BS, -1)
-
-
-def _hnd(t: torch.Tensor) -> torch.Tensor:
-    return t.permute(1, 0, 2).reshape(BS, -1)
-
-
-LAYOUTS: dict[str, tuple[tuple[int, ...], int, dict[str, str], Block]] = {
-    "flash_nhd": (
-        (2, NB, BS, HEADS, DIM),
-        LAYERS,
-        {"kv_layout": "NHD"},
-        lambda ts, ly, k, b: _nhd(ts[ly][k, b]),
-    ),
-    "flash_hnd": (
-        (2, NB, HEADS, BS, DIM),
-        LAYERS,
-        {"kv_layout": "HND"},
-        lambda ts, ly, k, b: _hnd(ts[ly][k, b]),
-    ),
-    "flashinfer_nhd": (
-        (NB, 2, BS, HEADS, DIM),
-        LAYERS,
-        {"kv_layout": "NHD"},
-        lambda ts, ly, k, b: _nhd(ts[ly][b, k]),
-    ),
-    "flashinfer_hnd": (
-        (NB, 2, HEADS, BS, DIM),
-        LAYERS,
-        {"kv_layout": "HND"},
-        lambda ts, ly, k, b: _hnd(ts[ly][b, k]),
-    ),
-    "mla": ((NB, BS, DIM), LAYERS, {}, lambda ts, ly, k, b: ts[ly][b]),
-    "cross_layer": (
-        (NB, LAYERS, 2, BS, HEADS, DIM),
-        1,
-        {},
-        lambda ts, ly, k, b: _nhd(ts[0][b, ly, k]),
-    ),
-}
+LAYOUTS = device_layouts(NB, BS, HEADS, DIM, LAYERS)
 
 
 @pytest.fixture(scope="module")

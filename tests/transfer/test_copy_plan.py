@@ -7,7 +7,6 @@ use the canonical views), so a wrong view, stride or merge shows up as a byte mi
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -27,6 +26,7 @@ from lmcache_core.transfer.device_layout import (
     geometry_for,
 )
 from lmcache_core.transfer.layout import KVLayout
+from tests.transfer.device_layouts import device_layouts
 
 NB, BS, HEADS, DIM, LAYERS = 14, 4, 2, 8, 3
 CHUNK = 8  # two blocks per chunk
@@ -34,53 +34,7 @@ CHUNKS = 4
 # Runs of consecutive ids, a lone id, and a chunk split across two runs.
 IDS = [5, 6, 2, 3, 9, 1, 10, 11]
 
-Block = Callable[[list[torch.Tensor], int, int, int], torch.Tensor]
-"""(registered tensors, layer, kv, block id) -> that block's [block_size, hidden] tokens."""
-
-
-def _nhd(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(BS, -1)
-
-
-def _hnd(t: torch.Tensor) -> torch.Tensor:
-    return t.permute(1, 0, 2).reshape(BS, -1)
-
-
-LAYOUTS: dict[str, tuple[tuple[int, ...], int, dict[str, str], Block]] = {
-    # name: (shape of each registered tensor, how many, hints, naive block accessor)
-    "flash_nhd": ((2, NB, BS, HEADS, DIM), LAYERS, {}, lambda ts, ly, k, b: _nhd(ts[ly][k, b])),
-    "flash_hnd": (
-        (2, NB, HEADS, BS, DIM),
-        LAYERS,
-        {"kv_layout": "HND"},
-        lambda ts, ly, k, b: _hnd(ts[ly][k, b]),
-    ),
-    "flashinfer_nhd": (
-        (NB, 2, BS, HEADS, DIM),
-        LAYERS,
-        {"kv_layout": "NHD"},
-        lambda ts, ly, k, b: _nhd(ts[ly][b, k]),
-    ),
-    "flashinfer_hnd": (
-        (NB, 2, HEADS, BS, DIM),
-        LAYERS,
-        {"kv_layout": "HND"},
-        lambda ts, ly, k, b: _hnd(ts[ly][b, k]),
-    ),
-    "mla": ((NB, BS, DIM), LAYERS, {}, lambda ts, ly, k, b: ts[ly][b]),
-    "cross_layer_nhd": (
-        (NB, LAYERS, 2, BS, HEADS, DIM),
-        1,
-        {},
-        lambda ts, ly, k, b: _nhd(ts[0][b, ly, k]),
-    ),
-    "cross_layer_hnd": (
-        (NB, LAYERS, 2, HEADS, BS, DIM),
-        1,
-        {"kv_layout": "BLHNC"},
-        lambda ts, ly, k, b: _hnd(ts[0][b, ly, k]),
-    ),
-}
+LAYOUTS = device_layouts(NB, BS, HEADS, DIM, LAYERS)
 
 
 def random_tensor(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
