@@ -14,7 +14,7 @@ lmcache and NIXL (``LMCACHE_COMPAT_NIXL_PYTHON``). Modes:
   reports the pool's object keys in index order.
 
 The objects (keys, sizes, bytes) are a function of their index, computed the same
-way here and in the test: ``object_of(i)``.
+way here and in the test: ``compat_objects.nixl_object_of(i)``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from compat_objects import NIXL_PAGE as PAGE
+from compat_objects import nixl_object_of
 from lmcache.v1.distributed.api import ObjectKey
 from lmcache.v1.distributed.internal_api import L1MemoryDesc
 from lmcache.v1.distributed.l2_adapters.nixl_store_dynamic_l2_adapter import (
@@ -46,20 +48,11 @@ from lmcache.v1.distributed.l2_adapters.nixl_store_l2_adapter import (
     NixlStoreL2AdapterConfig,
 )
 
-PAGE = 4096
 TIMEOUT_S = 60.0
 
 
-def object_of(index: int) -> tuple[bytes, str, int, bytes]:
-    """``(chunk_hash, model, size, payload)`` of object ``index`` (kept equal to the test's)."""
-    chunk_hash = hashlib.sha256(b"nixl-compat:%d" % index).digest()
-    size = PAGE * (1 + index % 3)
-    block = hashlib.sha256(b"payload:%d" % index).digest()
-    return chunk_hash, "compat/nixl-model", size, (block * (size // len(block) + 1))[:size]
-
-
 def key_of(index: int) -> ObjectKey:
-    chunk_hash, model, _, _ = object_of(index)
+    chunk_hash, model, _, _ = nixl_object_of(index)
     return ObjectKey(chunk_hash, model, 0, 0, "")
 
 
@@ -76,7 +69,7 @@ class Arena:
 
     def obj(self, index: int) -> Any:
         """A ``MemoryObj`` stand-in for slot ``index`` holding object ``index``'s size."""
-        size = object_of(index)[2]
+        size = nixl_object_of(index)[2]
         meta = SimpleNamespace(
             address=index * self.slot,  # an offset into the arena, as upstream's are
             phy_size=size,
@@ -86,12 +79,12 @@ class Arena:
         return SimpleNamespace(meta=meta)
 
     def fill(self, index: int) -> None:
-        payload = object_of(index)[3]
+        payload = nixl_object_of(index)[3]
         start = index * self.slot
         self.buffer[start : start + len(payload)] = np.frombuffer(payload, dtype=np.uint8)
 
     def holds(self, index: int) -> bool:
-        payload = object_of(index)[3]
+        payload = nixl_object_of(index)[3]
         start = index * self.slot
         return bytes(self.buffer[start : start + len(payload)]) == payload
 
