@@ -29,6 +29,8 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -139,18 +141,31 @@ def dynamic(mode: str, directory: str, count: int, shard: bool) -> dict[str, Any
         adapter.close()
 
 
-def pool(directory: str, count: int, pool_size: int, file_size: int) -> dict[str, Any]:
-    params = {"file_path": directory, "use_direct_io": "false", "file_size": str(file_size)}
+@contextmanager
+def stored_pool(
+    backend: str, params: dict[str, str], count: int, pool_size: int
+) -> Iterator[tuple[Any, list[bool]]]:
+    """Upstream's ``nixl_store`` after storing objects 0 to ``count - 1``; closed after the block.
+
+    Yields:
+        The adapter and, per object, whether its store succeeded.
+    """
     config = NixlStoreL2AdapterConfig.from_dict(
-        {"backend": "POSIX", "backend_params": params, "pool_size": pool_size}
+        {"backend": backend, "backend_params": params, "pool_size": pool_size}
     )
     arena = Arena(count)
     adapter = NixlStoreL2Adapter(config, arena.desc)
     try:
         # One store at a time: the order the pages are handed out in is then defined.
-        stored = [store(adapter, arena, [index]) for index in range(count)]
+        yield adapter, [store(adapter, arena, [index]) for index in range(count)]
     finally:
         adapter.close()
+
+
+def pool(directory: str, count: int, pool_size: int, file_size: int) -> dict[str, Any]:
+    params = {"file_path": directory, "use_direct_io": "false", "file_size": str(file_size)}
+    with stored_pool("POSIX", params, count, pool_size) as (_, stored):
+        pass  # the files outlive the adapter
     files = []
     for path in Path(directory).iterdir():
         match = re.fullmatch(r"obj_(\d+)_[0-9a-f]{4}\.bin", path.name)
@@ -163,18 +178,10 @@ def pool(directory: str, count: int, pool_size: int, file_size: int) -> dict[str
 
 
 def pool_obj(params: dict[str, str], count: int, pool_size: int) -> dict[str, Any]:
-    config = NixlStoreL2AdapterConfig.from_dict(
-        {"backend": "OBJ", "backend_params": params, "pool_size": pool_size}
-    )
-    arena = Arena(count)
-    adapter = NixlStoreL2Adapter(config, arena.desc)
-    try:
-        stored = [store(adapter, arena, [index]) for index in range(count)]
+    with stored_pool("OBJ", params, count, pool_size) as (adapter, stored):
         # The pool's object names are random: read them from the agent's registration.
         registered = adapter.nixl_agent.storage_reg_descs
         keys = [bytes(registered[i][3]).decode() for i in range(registered.descCount())]
-    finally:
-        adapter.close()
     return {"ok": all(stored), "keys": keys}
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,27 @@ def ours_dynamic(path: Path, shard: bool) -> NixlDynamicL2Adapter:
     return adapter
 
 
+@contextmanager
+def pool_after_the_drivers_stores(
+    backend: str, params: dict[str, str], **pool: Any
+) -> Iterator[NixlStoreL2Adapter]:
+    """Our ``nixl_store`` pool (raw objects) after the stores the driver makes, then closed.
+
+    The objects are stored one at a time, as the driver stores them: the order in
+    which pages are handed out is then defined, and both pools can be compared.
+    """
+    adapter = NixlStoreL2Adapter(
+        open_storage("nixl_store", backend, params), page_size=PAGE, object_format="raw", **pool
+    )
+    adapter.start()
+    try:
+        for index in range(COUNT):
+            assert adapter.submit_store([key_of(index)], [object_of(index)[3]]).result(30) == [True]
+        yield adapter
+    finally:
+        adapter.close()
+
+
 @pytest.mark.parametrize("shard", [False, True], ids=["flat", "shard_dirs"])
 def test_upstream_dynamic_reads_what_we_wrote(tmp_path: Path, shard: bool) -> None:
     adapter = ours_dynamic(tmp_path, shard)
@@ -106,19 +128,8 @@ def test_our_obj_pool_holds_upstreams_objects(moto_s3: NixlObjMotoS3) -> None:
     params = [moto_s3.obj_params(bucket) for bucket in buckets]
     report = upstream("pool-write-obj", json.dumps(params[0]), str(COUNT), str(pool_size))
     assert report["ok"] is True and len(report["keys"]) == pool_size
-    adapter = NixlStoreL2Adapter(
-        open_storage("nixl_store", "OBJ", params[1]),
-        pool_size=pool_size,
-        page_size=PAGE,
-        object_format="raw",
-    )
-    adapter.start()
-    try:
-        for index in range(COUNT):  # one at a time, as the driver stores them
-            assert adapter.submit_store([key_of(index)], [object_of(index)[3]]).result(30) == [True]
+    with pool_after_the_drivers_stores("OBJ", params[1], pool_size=pool_size) as adapter:
         ours = list(adapter.object_keys)
-    finally:
-        adapter.close()
 
     def body(bucket: str, key: str) -> bytes | None:
         try:
@@ -136,21 +147,10 @@ def test_our_pool_holds_upstreams_bytes_at_upstreams_offsets(tmp_path: Path) -> 
     theirs.mkdir()
     report = upstream("pool-write", str(theirs), str(COUNT), str(POOL_SIZE), str(FILE_SIZE))
     assert report["ok"] is True
-    adapter = NixlStoreL2Adapter(
-        open_storage("nixl_store", "POSIX", {}),
-        pool_size=POOL_SIZE,
-        page_size=PAGE,
-        file_path=ours,
-        file_size=FILE_SIZE,
-        object_format="raw",
-    )
-    adapter.start()
-    try:
-        for index in range(COUNT):  # one at a time, as the driver stores them
-            assert adapter.submit_store([key_of(index)], [object_of(index)[3]]).result(30) == [True]
+    with pool_after_the_drivers_stores(
+        "POSIX", {}, pool_size=POOL_SIZE, file_path=ours, file_size=FILE_SIZE
+    ) as adapter:
         contents = [path.read_bytes() for path in adapter.paths]
-    finally:
-        adapter.close()
     assert [f["index"] for f in report["files"]] == list(range(POOL_SIZE))
     for record, data in zip(report["files"], contents, strict=True):
         size = record["size"]  # upstream's files are sparse up to the last page written
