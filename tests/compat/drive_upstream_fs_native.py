@@ -3,7 +3,7 @@
 Usage: ``python drive_upstream_fs_native.py write|read BASE_PATH COUNT SIZE [odirect]``
 
 Keys and payloads are derived from the index (see :func:`key_of` and
-:func:`payload_of`; the test computes the same), so each side checks the
+``compat_objects.payload_of``; the test computes the same), so each side checks the
 other's bytes. Prints one JSON line: per key, whether the call succeeded and, for
 ``read``, whether the bytes are the expected ones.
 """
@@ -16,18 +16,14 @@ import os
 import select
 import sys
 
+from compat_objects import payload_of
+
 MODEL = "compat/model"
 
 
 def key_of(index: int) -> str:
     """The native key string of object ``index``."""
     return f"{MODEL}@00000000@0@{hashlib.sha256(b'%d' % index).hexdigest()}"
-
-
-def payload_of(index: int, size: int) -> bytes:
-    """The bytes of object ``index``."""
-    block = hashlib.sha256(b"payload:%d" % index).digest()
-    return (block * (size // len(block) + 1))[:size]
 
 
 def wait(client: object, task_id: int) -> tuple[bool, list[bool] | None]:

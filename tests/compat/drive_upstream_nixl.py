@@ -14,7 +14,7 @@ lmcache and NIXL (``LMCACHE_COMPAT_NIXL_PYTHON``). Modes:
   reports the pool's object keys in index order.
 
 The objects (keys, sizes, bytes) are a function of their index, computed the same
-way here and in the test: ``object_of(i)``.
+way here and in the test: ``compat_objects.nixl_object_of(i)``.
 """
 
 from __future__ import annotations
@@ -29,12 +29,16 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
+from compat_objects import NIXL_PAGE as PAGE
+from compat_objects import nixl_object_of
 from lmcache.v1.distributed.api import ObjectKey
 from lmcache.v1.distributed.internal_api import L1MemoryDesc
 from lmcache.v1.distributed.l2_adapters.nixl_store_dynamic_l2_adapter import (
@@ -46,20 +50,11 @@ from lmcache.v1.distributed.l2_adapters.nixl_store_l2_adapter import (
     NixlStoreL2AdapterConfig,
 )
 
-PAGE = 4096
 TIMEOUT_S = 60.0
 
 
-def object_of(index: int) -> tuple[bytes, str, int, bytes]:
-    """``(chunk_hash, model, size, payload)`` of object ``index`` (kept equal to the test's)."""
-    chunk_hash = hashlib.sha256(b"nixl-compat:%d" % index).digest()
-    size = PAGE * (1 + index % 3)
-    block = hashlib.sha256(b"payload:%d" % index).digest()
-    return chunk_hash, "compat/nixl-model", size, (block * (size // len(block) + 1))[:size]
-
-
 def key_of(index: int) -> ObjectKey:
-    chunk_hash, model, _, _ = object_of(index)
+    chunk_hash, model, _, _ = nixl_object_of(index)
     return ObjectKey(chunk_hash, model, 0, 0, "")
 
 
@@ -76,7 +71,7 @@ class Arena:
 
     def obj(self, index: int) -> Any:
         """A ``MemoryObj`` stand-in for slot ``index`` holding object ``index``'s size."""
-        size = object_of(index)[2]
+        size = nixl_object_of(index)[2]
         meta = SimpleNamespace(
             address=index * self.slot,  # an offset into the arena, as upstream's are
             phy_size=size,
@@ -86,12 +81,12 @@ class Arena:
         return SimpleNamespace(meta=meta)
 
     def fill(self, index: int) -> None:
-        payload = object_of(index)[3]
+        payload = nixl_object_of(index)[3]
         start = index * self.slot
         self.buffer[start : start + len(payload)] = np.frombuffer(payload, dtype=np.uint8)
 
     def holds(self, index: int) -> bool:
-        payload = object_of(index)[3]
+        payload = nixl_object_of(index)[3]
         start = index * self.slot
         return bytes(self.buffer[start : start + len(payload)]) == payload
 
@@ -146,18 +141,31 @@ def dynamic(mode: str, directory: str, count: int, shard: bool) -> dict[str, Any
         adapter.close()
 
 
-def pool(directory: str, count: int, pool_size: int, file_size: int) -> dict[str, Any]:
-    params = {"file_path": directory, "use_direct_io": "false", "file_size": str(file_size)}
+@contextmanager
+def stored_pool(
+    backend: str, params: dict[str, str], count: int, pool_size: int
+) -> Iterator[tuple[Any, list[bool]]]:
+    """Upstream's ``nixl_store`` after storing objects 0 to ``count - 1``; closed after the block.
+
+    Yields:
+        The adapter and, per object, whether its store succeeded.
+    """
     config = NixlStoreL2AdapterConfig.from_dict(
-        {"backend": "POSIX", "backend_params": params, "pool_size": pool_size}
+        {"backend": backend, "backend_params": params, "pool_size": pool_size}
     )
     arena = Arena(count)
     adapter = NixlStoreL2Adapter(config, arena.desc)
     try:
         # One store at a time: the order the pages are handed out in is then defined.
-        stored = [store(adapter, arena, [index]) for index in range(count)]
+        yield adapter, [store(adapter, arena, [index]) for index in range(count)]
     finally:
         adapter.close()
+
+
+def pool(directory: str, count: int, pool_size: int, file_size: int) -> dict[str, Any]:
+    params = {"file_path": directory, "use_direct_io": "false", "file_size": str(file_size)}
+    with stored_pool("POSIX", params, count, pool_size) as (_, stored):
+        pass  # the files outlive the adapter
     files = []
     for path in Path(directory).iterdir():
         match = re.fullmatch(r"obj_(\d+)_[0-9a-f]{4}\.bin", path.name)
@@ -170,18 +178,10 @@ def pool(directory: str, count: int, pool_size: int, file_size: int) -> dict[str
 
 
 def pool_obj(params: dict[str, str], count: int, pool_size: int) -> dict[str, Any]:
-    config = NixlStoreL2AdapterConfig.from_dict(
-        {"backend": "OBJ", "backend_params": params, "pool_size": pool_size}
-    )
-    arena = Arena(count)
-    adapter = NixlStoreL2Adapter(config, arena.desc)
-    try:
-        stored = [store(adapter, arena, [index]) for index in range(count)]
+    with stored_pool("OBJ", params, count, pool_size) as (adapter, stored):
         # The pool's object names are random: read them from the agent's registration.
         registered = adapter.nixl_agent.storage_reg_descs
         keys = [bytes(registered[i][3]).decode() for i in range(registered.descCount())]
-    finally:
-        adapter.close()
     return {"ok": all(stored), "keys": keys}
 
 

@@ -12,21 +12,14 @@ returns True on CPU with the KV written, K re-rotated
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from pathlib import Path
 
-import pytest
-
+from tests.compat.upstream_run import needs_compat_python, run_driver
 from tests.server_process import free_port, server_on_free_ports
 
-COMPAT_PYTHON = os.environ.get("LMCACHE_COMPAT_PYTHON", "")
 DRIVER = Path(__file__).with_name("drive_upstream_blend.py")
 
-pytestmark = pytest.mark.skipif(
-    not COMPAT_PYTHON, reason="set LMCACHE_COMPAT_PYTHON (nox -s compat) to run it"
-)
+pytestmark = needs_compat_python
 
 DELIBERATE_DIFFERENCES = {
     "rope_invalid_kv_quant_int4": "answered with an error (upstream: no reply)",
@@ -46,17 +39,7 @@ def test_upstream_client_drives_the_blend_ops() -> None:
     port = free_port()
     args = ("--engine-type", "blend", "--l1-size-gb", "1", "--eviction-policy", "LRU")
     with server_on_free_ports(*args, "--port", str(port), timeout=180.0):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
-        result = subprocess.run(
-            [COMPAT_PYTHON, str(DRIVER), f"tcp://127.0.0.1:{port}"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=env,
-            check=False,
-        )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    checks = json.loads(result.stdout.strip().splitlines()[-1])
+        checks = run_driver(DRIVER, f"tcp://127.0.0.1:{port}")
     assert all(outcome == "PASS" for outcome in checks.values()), checks
     assert set(DELIBERATE_DIFFERENCES) <= set(checks)
     assert len(checks) >= 30
@@ -69,16 +52,6 @@ def test_upstream_client_gets_upstreams_reorder_plans() -> None:
     with server_on_free_ports(
         *args, "--eviction-policy", "LRU", "--port", str(port), timeout=180.0
     ):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
-        result = subprocess.run(
-            [COMPAT_PYTHON, str(DRIVER), f"tcp://127.0.0.1:{port}", "reorder"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=env,
-            check=False,
-        )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    checks = json.loads(result.stdout.strip().splitlines()[-1])
+        checks = run_driver(DRIVER, f"tcp://127.0.0.1:{port}", "reorder")
     assert all(outcome == "PASS" for outcome in checks.values()), checks
     assert len([name for name in checks if name.startswith("reorder")]) == 7, checks

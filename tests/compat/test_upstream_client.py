@@ -6,41 +6,32 @@ Needs a Python with ``lmcache==0.5.6`` and ``torch==2.13.0`` installed, named by
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
-import pytest
 
+from tests.compat.upstream_run import (
+    COMPAT_PYTHON,
+    driver_env,
+    last_json_line,
+    needs_compat_python,
+    run_driver,
+)
 from tests.server_process import free_port, running_server, server_on_free_ports
 
-COMPAT_PYTHON = os.environ.get("LMCACHE_COMPAT_PYTHON", "")
 DRIVER = Path(__file__).with_name("drive_upstream.py")
 RESTART_DRIVER = Path(__file__).with_name("drive_upstream_restart.py")
 
-pytestmark = pytest.mark.skipif(
-    not COMPAT_PYTHON, reason="set LMCACHE_COMPAT_PYTHON (nox -s compat) to run it"
-)
+pytestmark = needs_compat_python
 
 
 def test_upstream_adapters_round_trip_through_our_server() -> None:
     port = free_port()
     with running_server("--l1-size-gb", "1", "--eviction-policy", "LRU", "--port", str(port)):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
-        result = subprocess.run(
-            [COMPAT_PYTHON, str(DRIVER), f"tcp://127.0.0.1:{port}"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=env,
-            check=False,
-        )
-    assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+        report = run_driver(DRIVER, f"tcp://127.0.0.1:{port}")
     assert report["bytes_identical"] is True
     assert report["hit_tokens"] == 3 * report["chunk_size"]
     assert report["noop"] == "OK" and report["ping"] is True
@@ -49,14 +40,13 @@ def test_upstream_adapters_round_trip_through_our_server() -> None:
 def test_upstream_adapters_recover_from_a_sigkilled_and_restarted_server() -> None:
     port = free_port()
     args = ("--l1-size-gb", "1", "--eviction-policy", "LRU", "--port", str(port))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
     driver = subprocess.Popen(
         [COMPAT_PYTHON, str(RESTART_DRIVER), f"tcp://127.0.0.1:{port}"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=driver_env(),
     )
     try:
         assert driver.stdin is not None and driver.stdout is not None
@@ -79,7 +69,7 @@ def test_upstream_adapters_recover_from_a_sigkilled_and_restarted_server() -> No
             driver.kill()
             driver.wait(10)
     assert driver.returncode == 0, out + err
-    report = json.loads(out.strip().splitlines()[-1])
+    report = last_json_line(out)
     assert report["before"] == report["after"] == [3 * 256, True]
 
 

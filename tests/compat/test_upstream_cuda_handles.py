@@ -7,50 +7,36 @@ needed: upstream's wrappers are restored from wire descriptors (``from_wire``).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from lmcache_core.transfer.cuda_handles import NO_CUDA_MESSAGE
+from tests.compat.upstream_run import needs_compat_python, run_driver
 from tests.server_process import server_on_free_ports
 
-COMPAT_PYTHON = os.environ.get("LMCACHE_COMPAT_PYTHON", "")
 DRIVER = Path(__file__).with_name("drive_upstream_cuda_handles.py")
 FIXTURE = Path(__file__).parents[1] / "transfer" / "upstream_device_handles.json"
 
-pytestmark = pytest.mark.skipif(
-    not COMPAT_PYTHON, reason="set LMCACHE_COMPAT_PYTHON (nox -s compat) to run it"
-)
+pytestmark = needs_compat_python
 
 
-def run_driver(*args: str) -> dict[str, object]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
-    result = subprocess.run(
-        [COMPAT_PYTHON, str(DRIVER), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    report: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
-    return report
+def upstream(*args: str) -> dict[str, Any]:
+    return run_driver(DRIVER, *args, timeout=120.0)
 
 
 def test_the_decoding_fixture_is_what_upstream_encodes() -> None:
     fixture = json.loads(FIXTURE.read_text())
     fixture.pop("generated_by")
-    assert run_driver("encode") == fixture
+    assert upstream("encode") == fixture
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a server without CUDA")
 def test_upstream_client_gets_one_clear_error_from_a_cpu_only_server() -> None:
     with server_on_free_ports("--l1-size-gb", "0.05", "--eviction-policy", "LRU") as server:
-        report = run_driver("register", server.zmq_url)
+        report = upstream("register", server.zmq_url)
     # Upstream's client cannot read an error frame: it fails the call at once (no hang,
     # well under its mq_timeout) and the server's log carries the clear reason, once per call.
     for tag in ("cuda", "cuda_raw"):

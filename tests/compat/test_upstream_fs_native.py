@@ -9,9 +9,6 @@ writes are indexed at our start-up and loaded. Needs ``LMCACHE_COMPAT_PYTHON``
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,38 +17,21 @@ from lmcache_l2_fs_native.adapter import FsNativeL2Adapter
 from lmcache_l2_fs_native.client import FsNativeClient
 
 from lmcache_core.storage.keys import ObjectKey
+from tests.compat.compat_objects import payload_of
+from tests.compat.upstream_run import needs_compat_python, run_driver
 
-COMPAT_PYTHON = os.environ.get("LMCACHE_COMPAT_PYTHON", "")
 DRIVER = Path(__file__).with_name("drive_upstream_fs_native.py")
 COUNT, SIZE = 16, 256 * 1024 + 100  # not a multiple of the block size: padding must not show
 
-pytestmark = pytest.mark.skipif(
-    not COMPAT_PYTHON, reason="set LMCACHE_COMPAT_PYTHON (nox -s compat) to run it"
-)
+pytestmark = needs_compat_python
 
 
 def key_of(index: int) -> ObjectKey:
     return ObjectKey(hashlib.sha256(b"%d" % index).digest(), "compat/model", 0, 0, "")
 
 
-def payload_of(index: int) -> bytes:
-    block = hashlib.sha256(b"payload:%d" % index).digest()
-    return (block * (SIZE // len(block) + 1))[:SIZE]
-
-
 def upstream(mode: str, base: Path) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
-    done = subprocess.run(
-        [COMPAT_PYTHON, str(DRIVER), mode, str(base), str(COUNT), str(SIZE)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return report
+    return run_driver(DRIVER, mode, str(base), str(COUNT), str(SIZE))
 
 
 @pytest.mark.parametrize("odirect", [False, True])
@@ -60,7 +40,7 @@ def test_upstream_reads_what_we_wrote(tmp_path: Path, odirect: bool) -> None:
     adapter.start()
     try:
         keys = [key_of(i) for i in range(COUNT)]
-        stored = adapter.submit_store(keys, [payload_of(i) for i in range(COUNT)]).result(30)
+        stored = adapter.submit_store(keys, [payload_of(i, SIZE) for i in range(COUNT)]).result(30)
         assert stored == [True] * COUNT
     finally:
         adapter.close()
@@ -82,6 +62,6 @@ def test_we_index_and_read_what_upstream_wrote(tmp_path: Path, odirect: bool) ->
         buffers = [bytearray(SIZE) for _ in range(COUNT)]
         loaded = adapter.submit_load(keys, [memoryview(b) for b in buffers]).result(30)
         assert loaded == [True] * COUNT
-        assert all(bytes(buffers[i]) == payload_of(i) for i in range(COUNT))
+        assert all(bytes(buffers[i]) == payload_of(i, SIZE) for i in range(COUNT))
     finally:
         adapter.close()

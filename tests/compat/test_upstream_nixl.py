@@ -18,68 +18,37 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from lmcache_l2_nixl_store.adapter import NixlStoreL2Adapter
 from lmcache_l2_nixl_store.nixl_io import open_storage
+from lmcache_l2_nixl_store.testing import NIXL_API, NIXL_MISSING, NixlObjMotoS3
 from lmcache_l2_nixl_store_dynamic.adapter import NixlDynamicL2Adapter
 
 from lmcache_core.storage.keys import ObjectKey
+from lmcache_core.testing.moto_s3 import running_moto_s3
+from tests.compat.compat_objects import NIXL_PAGE
+from tests.compat.compat_objects import nixl_object_of as object_of
+from tests.compat.upstream_run import COMPAT_NIXL_PYTHON, needs_compat_nixl_python, run_driver
 
-COMPAT_NIXL_PYTHON = os.environ.get("LMCACHE_COMPAT_NIXL_PYTHON", "")
-pytestmark = pytest.mark.skipif(
-    not COMPAT_NIXL_PYTHON,
-    reason="set LMCACHE_COMPAT_NIXL_PYTHON (nox -s compat) to run it",
-)
+pytestmark = needs_compat_nixl_python
 # Our adapters import NIXL only when they build an agent: skip here where it is missing.
-pytest.importorskip(
-    "nixl._api", reason="NIXL is not installed (pip install --no-deps nixl==1.5.1 nixl-cu12==1.5.1)"
-)
+pytest.importorskip(NIXL_API, reason=NIXL_MISSING)
 
 
 DRIVER = Path(__file__).with_name("drive_upstream_nixl.py")
-PAGE, COUNT = 4096, 12
+PAGE, COUNT = NIXL_PAGE, 12
 POOL_SIZE, FILE_SIZE = 4, 8 * PAGE
 
 
 @pytest.fixture(scope="module")
-def moto_s3_url() -> Iterator[str]:
+def moto_s3() -> Iterator[NixlObjMotoS3]:
     """A real S3-protocol server (moto) on loopback, stopped by PID at the end."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def object_of(index: int) -> tuple[bytes, str, int, bytes]:
-    """``(chunk_hash, model, size, payload)`` of object ``index``, as the driver makes them."""
-    chunk_hash = hashlib.sha256(b"nixl-compat:%d" % index).digest()
-    size = PAGE * (1 + index % 3)
-    block = hashlib.sha256(b"payload:%d" % index).digest()
-    return chunk_hash, "compat/nixl-model", size, (block * (size // len(block) + 1))[:size]
+    yield from running_moto_s3(NixlObjMotoS3())
 
 
 def key_of(index: int) -> ObjectKey:
@@ -88,18 +57,7 @@ def key_of(index: int) -> ObjectKey:
 
 
 def upstream(*args: str) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
-    done = subprocess.run(
-        [COMPAT_NIXL_PYTHON, str(DRIVER), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return report
+    return run_driver(DRIVER, *args, python=COMPAT_NIXL_PYTHON)
 
 
 def ours_dynamic(path: Path, shard: bool) -> NixlDynamicL2Adapter:
@@ -109,6 +67,27 @@ def ours_dynamic(path: Path, shard: bool) -> NixlDynamicL2Adapter:
     )
     adapter.start()
     return adapter
+
+
+@contextmanager
+def pool_after_the_drivers_stores(
+    backend: str, params: dict[str, str], **pool: Any
+) -> Iterator[NixlStoreL2Adapter]:
+    """Our ``nixl_store`` pool (raw objects) after the stores the driver makes, then closed.
+
+    The objects are stored one at a time, as the driver stores them: the order in
+    which pages are handed out is then defined, and both pools can be compared.
+    """
+    adapter = NixlStoreL2Adapter(
+        open_storage("nixl_store", backend, params), page_size=PAGE, object_format="raw", **pool
+    )
+    adapter.start()
+    try:
+        for index in range(COUNT):
+            assert adapter.submit_store([key_of(index)], [object_of(index)[3]]).result(30) == [True]
+        yield adapter
+    finally:
+        adapter.close()
 
 
 @pytest.mark.parametrize("shard", [False, True], ids=["flat", "shard_dirs"])
@@ -141,49 +120,16 @@ def test_we_index_and_read_what_upstream_dynamic_wrote(tmp_path: Path, shard: bo
         adapter.close()
 
 
-def test_our_obj_pool_holds_upstreams_objects(moto_s3_url: str) -> None:
+def test_our_obj_pool_holds_upstreams_objects(moto_s3: NixlObjMotoS3) -> None:
     """The OBJ pool: after the same stores, our object i holds what upstream's object i holds."""
-    import boto3
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto_s3_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    client = moto_s3.client()
     pool_size = 24  # 1 + 2 + 3 pages per three objects: 24 pages for twelve
-    buckets = [f"lmcache-compat-{name}-{os.getpid()}" for name in ("upstream", "ours")]
-    for bucket in buckets:
-        client.create_bucket(Bucket=bucket)
-    params = [
-        {
-            "access_key": "testing",
-            "secret_key": "testing",
-            "bucket": bucket,
-            "endpoint_override": moto_s3_url,
-            "scheme": "http",
-            "region": "us-east-1",
-            "use_virtual_addressing": "false",
-            "req_checksum": "supported",
-        }
-        for bucket in buckets
-    ]
+    buckets = [moto_s3.make_bucket(), moto_s3.make_bucket()]  # upstream's, ours
+    params = [moto_s3.obj_params(bucket) for bucket in buckets]
     report = upstream("pool-write-obj", json.dumps(params[0]), str(COUNT), str(pool_size))
     assert report["ok"] is True and len(report["keys"]) == pool_size
-    adapter = NixlStoreL2Adapter(
-        open_storage("nixl_store", "OBJ", params[1]),
-        pool_size=pool_size,
-        page_size=PAGE,
-        object_format="raw",
-    )
-    adapter.start()
-    try:
-        for index in range(COUNT):  # one at a time, as the driver stores them
-            assert adapter.submit_store([key_of(index)], [object_of(index)[3]]).result(30) == [True]
+    with pool_after_the_drivers_stores("OBJ", params[1], pool_size=pool_size) as adapter:
         ours = list(adapter.object_keys)
-    finally:
-        adapter.close()
 
     def body(bucket: str, key: str) -> bytes | None:
         try:
@@ -201,21 +147,10 @@ def test_our_pool_holds_upstreams_bytes_at_upstreams_offsets(tmp_path: Path) -> 
     theirs.mkdir()
     report = upstream("pool-write", str(theirs), str(COUNT), str(POOL_SIZE), str(FILE_SIZE))
     assert report["ok"] is True
-    adapter = NixlStoreL2Adapter(
-        open_storage("nixl_store", "POSIX", {}),
-        pool_size=POOL_SIZE,
-        page_size=PAGE,
-        file_path=ours,
-        file_size=FILE_SIZE,
-        object_format="raw",
-    )
-    adapter.start()
-    try:
-        for index in range(COUNT):  # one at a time, as the driver stores them
-            assert adapter.submit_store([key_of(index)], [object_of(index)[3]]).result(30) == [True]
+    with pool_after_the_drivers_stores(
+        "POSIX", {}, pool_size=POOL_SIZE, file_path=ours, file_size=FILE_SIZE
+    ) as adapter:
         contents = [path.read_bytes() for path in adapter.paths]
-    finally:
-        adapter.close()
     assert [f["index"] for f in report["files"]] == list(range(POOL_SIZE))
     for record, data in zip(report["files"], contents, strict=True):
         size = record["size"]  # upstream's files are sparse up to the last page written

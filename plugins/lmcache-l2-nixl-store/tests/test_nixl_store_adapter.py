@@ -1,7 +1,6 @@
 """``nixl_store`` on the real NIXL library (POSIX back end): conformance, pool layout, refusals.
 
-Skipped, saying why, where NIXL is not installed
-(``pip install --no-deps nixl==1.5.1 nixl-cu12==1.5.1 numpy``).
+Skipped where NIXL is not installed, with the install command as the reason.
 """
 
 from __future__ import annotations
