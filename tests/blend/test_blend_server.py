@@ -20,6 +20,7 @@ from lmcache_core.client import MPClient
 from lmcache_core.engine.lookup import INLINE_MAX_KEYS
 from lmcache_core.protocol.errors import BadRequestError, NotRegisteredError
 from lmcache_core.protocol.types import CBMatchResult, CBUnifiedLookupResult
+from lmcache_core.storage.keys import pack_kv_rank
 from lmcache_core.transfer.layout import KVFormat
 from tests.blend.rig import (
     BLOCK,
@@ -444,3 +445,44 @@ def test_a_prompt_over_the_inline_budget_is_served_by_the_pool(
         assert result.prefix_coverage_tokens == 0
         assert segments_of(result) == [(CHUNK, 2 * CHUNK, len(filler), len(filler) + CHUNK)]
         client.end_session(key.request_id)
+
+
+def test_a_winner_missing_from_l1_hands_the_started_job_to_the_pool(
+    server: LiveServer, client: MPClient
+) -> None:
+    """The inline attempt's prefix leg is kept; the pool's sparse leg strikes the missing chunk."""
+    with rope_worker(client) as worker:
+        d0, d1, d2 = docs(3)
+        stored = d0 + d1 + d2
+        src = blocks_for(len(stored), 1)
+        worker.write_prompt(stored, src)
+        assert worker.store(stored, src, request_id("store"))
+        query = docs(1)[0] + d2 + d1
+        probe = worker.key(query, request_id("probe"), worker=False)
+        found = client.call("cb_unified_lookup", probe, 1)
+        assert isinstance(found, CBUnifiedLookupResult) and len(found.non_prefix_segments) == 2
+        client.end_session(probe.request_id)
+        gone = next(s for s in found.non_prefix_segments if s.old_st == CHUNK)  # d1's chunk
+        body = {
+            "tier": "l1",
+            "keys": [
+                {
+                    "chunk_hash_hex": gone.hash.hex(),
+                    "model_name": probe.model_name,
+                    "kv_rank": pack_kv_rank(probe.world_size, 0),
+                }
+            ],
+        }
+        deleted = httpx.request(
+            "DELETE", f"{server.http_url}/cache/objects", json=body, timeout=5.0
+        )
+        assert deleted.status_code == 200, deleted.text
+        before, inline = locked_objects(server), served_inline(server)
+        key = worker.key(query, request_id("after"), worker=False)
+        result = unified_lookup(client, key)
+        assert served_inline(server) == inline  # the inline attempt gave way after its prefix leg
+        assert result.prefix_coverage_tokens == 0
+        assert segments_of(result) == [(2 * CHUNK, 3 * CHUNK, CHUNK, 2 * CHUNK)]
+        assert locked_objects(server) == before + 1  # d2's chunk; the missing one struck
+        client.end_session(key.request_id)
+        assert locked_objects(server) == before
