@@ -8,7 +8,10 @@ worktree of ``main``: ``git worktree add --detach /tmp/base main``, then
 the baseline with ``DIR`` first on its ``PYTHONPATH`` (everything else is this
 checkout's), each with a CPU worker and the same documents stored. For each
 prompt size the rounds alternate baseline, candidate, and a ``noop`` round trip
-(the ceiling: the request path with no work), in two modes:
+(the ceiling: the request path with no work) and a ``keyed`` round trip
+(``cb_reorder_plan`` of the same key with a zero budget: the key's tokens
+sent, decoded and answered ``[]`` through the CPU pool hop, no lookup work), in
+two modes:
 
 * ``repeat``: the same prompt every round (a new request id each time), as
   ``bench_blend.py`` measures;
@@ -97,7 +100,8 @@ def main() -> None:
             body = docs[0] + [t for d in reversed(docs[1:]) for t in d]
             repeat_tail = docs[0][:40]
             times: dict[str, list[float]] = {f"{n}/{m}": [] for n in clients for m in MODES} | {
-                "noop": []
+                "noop": [],
+                "keyed": [],
             }
             for i in range(args.rounds):
                 fresh_tail = [rng.randrange(128000) for _ in range(40)]
@@ -118,18 +122,25 @@ def main() -> None:
                 started = time.perf_counter()
                 assert clients["candidate"].call("noop") == "OK"
                 times["noop"].append(time.perf_counter() - started)
+                keyed = key(workers["candidate"], body + fresh_tail, f"k{size}-{i}", rank=False)
+                started = time.perf_counter()
+                assert clients["candidate"].call("cb_reorder_plan", keyed, 0, 0) == []
+                times["keyed"].append(time.perf_counter() - started)
             row = {name: percentile(values, 0.5) * 1e3 for name, values in times.items()}
             for mode in MODES:
                 row[f"ratio/{mode}"] = row[f"candidate/{mode}"] / row[f"baseline/{mode}"]
             report["sizes"][str(size)] = row
-    print("| chunks | mode | baseline p50 ms | candidate p50 ms | candidate/baseline | noop ms |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(
+        "| chunks | mode | baseline p50 ms | candidate p50 ms | candidate/baseline | noop ms "
+        "| keyed ms |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for size, row in report["sizes"].items():
         for mode in MODES:
             print(
                 f"| {size} | {mode} | {row[f'baseline/{mode}']:.3f} | "
                 f"{row[f'candidate/{mode}']:.3f} | {row[f'ratio/{mode}']:.2f} | "
-                f"{row['noop']:.3f} |"
+                f"{row['noop']:.3f} | {row['keyed']:.3f} |"
             )
     print(json.dumps(report))
 

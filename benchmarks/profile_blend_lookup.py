@@ -1,7 +1,7 @@
 """Where a ``cb_unified_lookup``'s server-side time goes: the handler in-process.
 
 Run: ``.venv/bin/python benchmarks/profile_blend_lookup.py [--chunks N..] [--lookups N] [--fresh]
-[--profile]``
+[--profile] [--inline]``
 
 Assembles the real data path with ``--engine-type blend`` (real L1, token hash
 cache, lookup service, fingerprint index; no request server, no socket), stores
@@ -70,6 +70,11 @@ def main() -> None:
     parser.add_argument(
         "--fresh", action="store_true", help="40 new random tokens at the end of every prompt"
     )
+    parser.add_argument(
+        "--inline",
+        action="store_true",
+        help="call the handler's try_inline (what the request loop runs first), not the pool's",
+    )
     args = parser.parse_args()
     values = {
         "l1_size_gb": 0.2,
@@ -103,6 +108,8 @@ def main() -> None:
                 assert ok[1]
                 query = docs[0] + [t for d in reversed(docs[1:]) for t in d] + docs[0][:40]
                 lookup, end = handlers["cb_unified_lookup"], handlers["end_session"]
+                if args.inline:
+                    lookup = lookup.try_inline  # type: ignore[attr-defined]  # it offers one
                 times = []
                 for i in range(args.lookups):
                     rid = f"l{size}-{i}"

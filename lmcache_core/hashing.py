@@ -210,7 +210,7 @@ class RequestHashes:
     def __init__(self, hasher: ChunkHasher, chunk_size: int) -> None:
         self.hasher = hasher
         self.chunk_size = chunk_size
-        self._tokens: list[int] = []
+        self._tokens: Sequence[int] = []
         self._hashes: list[bytes] = []
         self._lock = threading.Lock()
 
@@ -232,5 +232,6 @@ class RequestHashes:
                     self.hasher, tokens, size, start_chunk=valid, parent=parent, num_chunks=wanted
                 )
                 self._hashes[valid:] = fresh
-                self._tokens = list(tokens[: wanted * size])
+                # A slice is a copy already (a list's, or a uint32 array's: no ints built).
+                self._tokens = tokens[: wanted * size]
             return self._hashes[:wanted]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import hashlib
 import os
 import subprocess
@@ -183,3 +184,18 @@ def test_token_cache_primed_with_a_decoded_list_hits_without_decoding() -> None:
     assert [h.hex() for h in cache.hashes(raw, 2)] == [H1, H2]
     with pytest.raises(ValueError):
         cache.prime(msgspec.msgpack.encode([2**32] * 4), [2**32] * 4)
+
+
+def test_token_cache_primed_with_a_uint32_array_hashes_as_from_the_list() -> None:
+    """The blend engine shares its uint32 array: same hashes, and the memo still compares."""
+    cache = TokenHashCache(Blake3Hasher(), 4, entries=2)
+    tokens = list(range(1, 9))
+    raw = msgspec.msgpack.encode(tokens)
+    cache.prime(raw, array.array("I", tokens))
+    assert [h.hex() for h in cache.hashes(raw, 2)] == [H1, H2]
+    assert (cache.hits, cache.misses) == (1, 0)
+    memo = RequestHashes(Blake3Hasher(), 4)
+    assert [h.hex() for h in memo.hashes(array.array("I", tokens))] == [H1, H2]
+    changed = memo.hashes(array.array("I", [*tokens[:4], 0, 0, 0, 0]))
+    assert changed[0].hex() == H1 and changed[1].hex() != H2
+    assert [h.hex() for h in memo.hashes(tokens)] == [H1, H2]  # a list after an array

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lmcache_core.engine.chunk_keys import ChunkKeys
+from lmcache_core.engine.chunk_keys import ChunkKeys, PrefixKeys
 from lmcache_core.engine.contract import Handler, WouldBlock
 from lmcache_core.engine.miss_explainer import MissExplainer
 from lmcache_core.engine.prefetch_pool import PrefetchPool
@@ -168,7 +168,9 @@ class LookupService:
             job.finish(hit, hit_keys)
         self._finished(key, started, flat, width, hit, not_asked=MissCause.PREFETCH_LIMIT)
 
-    def try_lookup_inline(self, ctx: RequestContext, key: WireCacheKey, _tp_size: int) -> None:
+    def try_lookup_inline(
+        self, ctx: RequestContext, key: WireCacheKey, _tp_size: int, *, partial: bool = False
+    ) -> None:
         """:meth:`lookup` of a full L1 hit, on the request loop, without waiting.
 
         Served only when nothing can make it wait: at most :data:`INLINE_MAX_KEYS`
@@ -178,6 +180,11 @@ class LookupService:
         against L1). Otherwise :class:`WouldBlock` is raised before any state
         changes (the token hashes it computed stay cached) and the request goes
         to the CPU pool as before. The result is :meth:`lookup`'s, event included.
+
+        With ``partial`` (an engine's call, never the wire's: the blend engine's
+        prefix leg) a partial L1 hit is served too when its misses need no L2
+        query (no L2 tier, or no worker to size a prefetch): L1's longest
+        prefix is locked and the misses explained in one non-blocking round.
 
         Raises:
             WouldBlock: Not served; run :meth:`lookup` on the pool.
@@ -197,6 +204,13 @@ class LookupService:
             flat, rows = self.chunk_keys.prefix_keys(key, hashes)
             readers = max(1, key.num_kv_readers)
             lock_deadline = self.sessions.clock() + self.l1.read_ttl_s
+            if partial and (
+                self.l2 is None or self.object_nbytes(key.model_name, key.world_size) is None
+            ):
+                self._partial_inline(
+                    ctx, key, session, hashes, (flat, rows), readers, lock_deadline
+                )
+                return
             if not self.l1.try_lock_all(flat, readers):
                 raise WouldBlock
             started = self.request_events.lookup_started(key, session, hashes)
@@ -206,6 +220,30 @@ class LookupService:
             self._finished(key, started, flat, width, num_chunks)
         finally:
             session.mutex.release()
+
+    def _partial_inline(
+        self,
+        ctx: RequestContext,
+        key: WireCacheKey,
+        session: Session,
+        hashes: list[bytes],
+        keys: PrefixKeys,
+        readers: int,
+        lock_deadline: float,
+    ) -> None:
+        """The inline lookup of a prefix whose misses no L2 could fill (session mutex held)."""
+        flat, rows = keys
+        width = 1 if key.worker_id is not None else key.world_size
+        locked = self.l1.try_lock_prefix(flat, width, readers)
+        if locked is None:
+            raise WouldBlock
+        hit, presence = locked
+        started = self.request_events.lookup_started(key, session, hashes)
+        session.take_locks(flat[: hit * width], readers, lock_deadline)
+        session.job = LookupJob(hit, rows[:hit], FINISHED, deadline=ctx.deadline)
+        num_chunks = len(rows)
+        not_asked = None if self.l2 is None or hit == num_chunks else MissCause.NO_WORKER
+        self._finished(key, started, flat, width, hit, not_asked=not_asked, presence=presence)
 
     def _finished(
         self,
@@ -217,6 +255,7 @@ class LookupService:
         result: PrefetchResult | None = None,
         not_asked: MissCause | None = None,
         record: bool = True,
+        presence: Sequence[int] | None = None,
     ) -> None:
         """Explain the lookup (``record``: for ``GET /lookups``) and publish its end event."""
         l2_chunks = result.chunks if result is not None else 0
@@ -234,6 +273,7 @@ class LookupService:
             not_asked=not_asked,
             started=started,
             record=record,
+            presence=presence,
         )
         self.request_events.lookup_finished(
             key, started, l1_chunks, l2_chunks, width, sources, explanation

@@ -144,6 +144,7 @@ class MissExplainer:
         not_asked: MissCause | None = None,
         started: float,
         record: bool = True,
+        presence: Sequence[int] | None = None,
     ) -> LookupExplanation:
         """Classify the lookup's missing chunks, record the explanation and return it.
 
@@ -165,6 +166,9 @@ class MissExplainer:
             started: ``time.time()`` when the lookup arrived.
             record: Keep it in :attr:`recent` (False for a superseded lookup;
                 ignored for ids longer than :data:`MAX_KEPT_ID_CHARS`).
+            presence: What L1 held of the keys after the hit, when the caller
+                read it already (:meth:`~lmcache_core.storage.l1.L1Manager.try_lock_prefix`;
+                only with ``l2_chunks == 0``); None: asked here.
         """
         num_chunks = len(flat) // width if width else 0
         hit = min(num_chunks, l1_chunks + l2_chunks)
@@ -175,7 +179,15 @@ class MissExplainer:
         first: FirstMiss | None = None
         if hit < num_chunks:
             first = self._classify(
-                flat[hit * width :], width, hit, l1, l1_chunks, l2_misses, not_asked, counts
+                flat[hit * width :],
+                width,
+                hit,
+                l1,
+                l1_chunks,
+                l2_misses,
+                not_asked,
+                counts,
+                presence if l2_chunks == 0 else None,
             )
         if key.end > num_chunks * chunk_size:
             counts[MissCause.PARTIAL_CHUNK] = 1
@@ -217,6 +229,7 @@ class MissExplainer:
         l2_misses: Sequence[MissCause | None],
         not_asked: MissCause | None,
         counts: dict[str, int],
+        known: Sequence[int] | None = None,
     ) -> FirstMiss:
         """Count a cause per chunk of ``missing`` (chunks ``offset``...); detail the first.
 
@@ -225,7 +238,7 @@ class MissExplainer:
         arrays this small costs more than it saves (docs/benchmarks.md).
         """
         chunks = len(missing) // width
-        presence = l1.presence(missing)
+        presence = list(known) if known is not None else l1.presence(missing)
         rows = (
             presence
             if width == 1

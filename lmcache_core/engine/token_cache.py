@@ -122,13 +122,15 @@ class TokenHashCache:
             raise ValueError(f"{num_chunks} chunks requested but the tokens hold {len(every)}")
         return every[:num_chunks]
 
-    def prime(self, raw_tokens: bytes, tokens: list[int]) -> None:
+    def prime(self, raw_tokens: bytes, tokens: Sequence[int]) -> None:
         """Cache the hashes of ``raw_tokens`` from ``tokens``, their list already decoded.
 
         For an engine that decodes a request's tokens itself (the blend engine's
         fingerprint leg) before the lookup that hashes them: the lookup then hits
         this cache instead of decoding the same bytes a second time. ``tokens``
-        must be ``raw_tokens`` decoded (the caller has checked them).
+        must be ``raw_tokens`` decoded (the caller has checked them); a uint32
+        ``array.array`` is packed for the hasher without building a Python int
+        per token.
 
         Raises:
             ValueError: A token the hasher refuses.
@@ -141,7 +143,7 @@ class TokenHashCache:
         self._hash_and_remember(fingerprint, raw_tokens, tokens, None)
 
     def _hash_and_remember(
-        self, fingerprint: int, raw_tokens: bytes, tokens: list[int], memo: RequestHashes | None
+        self, fingerprint: int, raw_tokens: bytes, tokens: Sequence[int], memo: RequestHashes | None
     ) -> list[bytes]:
         """Hash decoded ``tokens``, tell the binder, and cache the hashes."""
         every = (memo or self.new_request()).hashes(tokens)

@@ -390,6 +390,37 @@ class L1Manager(ArenaViews):
                 self.policy.on_accessed(list(prefix))
         return chunks
 
+    def try_lock_prefix(
+        self, keys: Sequence[ObjectKey], width: int, readers: int = 1
+    ) -> tuple[int, list[int]] | None:
+        """:meth:`lock_prefix` without waiting, with the presence of what it did not lock.
+
+        For a lookup served on the request loop whose misses need no L2 query
+        (no L2 tier): ``None`` when another thread holds the manager's lock right
+        now (nothing locked); else the leading chunks now locked and, per key
+        after them, :meth:`presence`'s 1/2/0, read under the same lock so the
+        miss explanation needs no second round.
+
+        Raises:
+            ValueError: ``readers`` or ``width`` < 1.
+        """
+        if readers < 1:
+            raise ValueError(f"readers must be >= 1, not {readers}")
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            resident, staged = self._resident, self._staged
+            chunks = prefix_chunks([key in resident for key in keys], width)
+            prefix = keys[: chunks * width]
+            if prefix:
+                deadline = self._clock() + self.read_ttl_s
+                self._grants.grant_many(prefix, resident, readers, deadline)
+                self.policy.on_accessed(list(prefix))
+            rest = keys[chunks * width :]
+            return chunks, [1 if key in resident else 2 if key in staged else 0 for key in rest]
+        finally:
+            self._lock.release()
+
     def try_lock_all(self, keys: Sequence[ObjectKey], readers: int = 1) -> bool | None:
         """Read-lock every one of ``keys`` if all are resident, without waiting.
 

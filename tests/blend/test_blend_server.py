@@ -17,8 +17,10 @@ import pytest
 import torch
 
 from lmcache_core.client import MPClient
+from lmcache_core.engine.lookup import INLINE_MAX_KEYS
 from lmcache_core.protocol.errors import BadRequestError, NotRegisteredError
-from lmcache_core.protocol.types import CBMatchResult
+from lmcache_core.protocol.types import CBMatchResult, CBUnifiedLookupResult
+from lmcache_core.storage.keys import pack_kv_rank
 from lmcache_core.transfer.layout import KVFormat
 from tests.blend.rig import (
     BLOCK,
@@ -384,3 +386,103 @@ def test_blend_metrics_are_exported(server: LiveServer, client: MPClient) -> Non
             break
         assert time.monotonic() < deadline, [n for n in wanted if n not in text]
         time.sleep(0.1)
+
+
+def served_inline(server: LiveServer) -> int:
+    return int(status(server)["requests"]["served_inline"])
+
+
+def test_documents_in_l1_are_answered_on_the_first_poll_inline_as_the_pool_would(
+    server: LiveServer, client: MPClient
+) -> None:
+    with rope_worker(client) as worker:
+        sys_, d1, d2, d3 = docs(4)
+        stored = sys_ + d1 + d2 + d3
+        src = blocks_for(len(stored), 1)
+        worker.write_prompt(stored, src)
+        assert worker.store(stored, src, request_id("store"))
+        query = sys_ + d3 + d1 + d2 + docs(1)[0][:5]
+        key = worker.key(query, request_id("inline"), worker=False)
+        before, inline = locked_objects(server), served_inline(server)
+        first = client.call("cb_unified_lookup", key, 1)  # one call: no nil first
+        assert isinstance(first, CBUnifiedLookupResult)
+        assert served_inline(server) == inline + 1
+        assert first.prefix_coverage_tokens == CHUNK
+        assert segments_of(first) == [
+            (3 * CHUNK, 4 * CHUNK, CHUNK, 2 * CHUNK),
+            (CHUNK, 2 * CHUNK, 2 * CHUNK, 3 * CHUNK),
+            (2 * CHUNK, 3 * CHUNK, 3 * CHUNK, 4 * CHUNK),
+        ]
+        assert locked_objects(server) == before + 4  # 1 prefix + 3 sparse, winners only
+        # The prefix leg's misses are explained from what the inline lock round saw.
+        why = httpx.get(f"{server.http_url}/lookups/{key.request_id}", timeout=5.0).json()
+        assert why["hit_chunks"] == 1
+        assert why["first_miss"]["chunk"] == 1
+        assert sum(why["miss_chunks_by_cause"].values()) == 4  # 3 full chunks, 1 partial
+        # The same id again has a stash to release: the pool serves it, with the same result.
+        again = unified_lookup(client, key)
+        assert served_inline(server) == inline + 1
+        assert again == first
+        assert locked_objects(server) == before + 4
+        client.end_session(key.request_id)
+        assert locked_objects(server) == before
+
+
+def test_a_prompt_over_the_inline_budget_is_served_by_the_pool(
+    server: LiveServer, client: MPClient
+) -> None:
+    """A prompt bigger than the inline budget goes to the pool whole, and is answered."""
+    with rope_worker(client) as worker:
+        d0, d1 = docs(2)  # chunk 0 of a stored prompt is not fingerprinted
+        src = blocks_for(2 * CHUNK, 1)
+        worker.write_prompt(d0 + d1, src)
+        assert worker.store(d0 + d1, src, request_id("store"))
+        filler = [t for d in docs(INLINE_MAX_KEYS) for t in d]
+        key = worker.key(filler + d1, request_id("big"), worker=False)
+        inline = served_inline(server)
+        result = unified_lookup(client, key)
+        assert served_inline(server) == inline
+        assert result.prefix_coverage_tokens == 0
+        assert segments_of(result) == [(CHUNK, 2 * CHUNK, len(filler), len(filler) + CHUNK)]
+        client.end_session(key.request_id)
+
+
+def test_a_winner_missing_from_l1_hands_the_started_job_to_the_pool(
+    server: LiveServer, client: MPClient
+) -> None:
+    """The inline attempt's prefix leg is kept; the pool's sparse leg strikes the missing chunk."""
+    with rope_worker(client) as worker:
+        d0, d1, d2 = docs(3)
+        stored = d0 + d1 + d2
+        src = blocks_for(len(stored), 1)
+        worker.write_prompt(stored, src)
+        assert worker.store(stored, src, request_id("store"))
+        query = docs(1)[0] + d2 + d1
+        probe = worker.key(query, request_id("probe"), worker=False)
+        found = client.call("cb_unified_lookup", probe, 1)
+        assert isinstance(found, CBUnifiedLookupResult) and len(found.non_prefix_segments) == 2
+        client.end_session(probe.request_id)
+        gone = next(s for s in found.non_prefix_segments if s.old_st == CHUNK)  # d1's chunk
+        body = {
+            "tier": "l1",
+            "keys": [
+                {
+                    "chunk_hash_hex": gone.hash.hex(),
+                    "model_name": probe.model_name,
+                    "kv_rank": pack_kv_rank(probe.world_size, 0),
+                }
+            ],
+        }
+        deleted = httpx.request(
+            "DELETE", f"{server.http_url}/cache/objects", json=body, timeout=5.0
+        )
+        assert deleted.status_code == 200, deleted.text
+        before, inline = locked_objects(server), served_inline(server)
+        key = worker.key(query, request_id("after"), worker=False)
+        result = unified_lookup(client, key)
+        assert served_inline(server) == inline  # the inline attempt gave way after its prefix leg
+        assert result.prefix_coverage_tokens == 0
+        assert segments_of(result) == [(2 * CHUNK, 3 * CHUNK, CHUNK, 2 * CHUNK)]
+        assert locked_objects(server) == before + 1  # d2's chunk; the missing one struck
+        client.end_session(key.request_id)
+        assert locked_objects(server) == before

@@ -583,6 +583,38 @@ def test_lock_prefix_locks_exactly_the_prefix_present_for_every_rank() -> None:
     check_l1(l1)
 
 
+def test_try_lock_prefix_locks_the_prefix_reports_the_rest_and_never_waits() -> None:
+    policy = FifoPolicyDouble()
+    l1 = make_l1(policy=policy)
+    flat = ranked("a", 4, 2)
+    missing = flat[3]  # rank 1 of chunk 1: the gap
+    store(l1, [k for k in flat if k != missing])
+    assert l1.try_lock_prefix(flat, 2, readers=2) == (1, [1, 0, 1, 1, 1, 1])
+    assert policy.accessed == [flat[:2]]  # what lock_prefix would lock and report
+    assert l1.usage().locked_objects == 2
+    l1.unlock(flat[:2], 2)
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with l1._lock:  # another thread inside the manager right now
+            held.set()
+            release.wait(5.0)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(5.0)
+        assert l1.try_lock_prefix(flat, 2) is None  # answered at once, nothing locked
+    finally:
+        release.set()
+        thread.join()
+    assert l1.usage().locked_objects == 0
+    with pytest.raises(ValueError):
+        l1.try_lock_prefix(flat, 1, readers=0)
+    check_l1(l1)
+
+
 def test_lock_prefix_grants_expire_like_read_locks() -> None:
     clock = FakeClock()
     l1 = make_l1(clock=clock, read_ttl=10)

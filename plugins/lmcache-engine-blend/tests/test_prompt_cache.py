@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
 import numpy as np
 import pytest
@@ -19,10 +21,10 @@ def raw_of(tokens: list[int]) -> bytes:
 def test_a_prompt_seen_again_is_not_decoded_again() -> None:
     cache = PromptCache(C)
     tokens = list(range(100, 100 + 3 * C))
-    decoded: list[list[int]] = []
+    decoded: list[Sequence[int]] = []
     first = cache.get(raw_of(tokens), 3 * C, decoded.append)
     again = cache.get(raw_of(tokens), 3 * C, decoded.append)
-    assert again is first and decoded == [tokens]
+    assert again is first and [list(d) for d in decoded] == [tokens]
     assert first.tokens.tolist() == tokens and first.tokens.dtype == np.uint64
     # Another end is another prompt (the key's window bounds it).
     shorter = cache.get(raw_of(tokens), 2 * C)

@@ -33,7 +33,7 @@ from lmcache_engine_blend.registration import RopeRegistry
 from lmcache_engine_blend.reorder import PromptStore, plan
 from lmcache_engine_blend.retrieve import BlendRetrieves
 from lmcache_engine_blend.settings import BlendEngineSettings
-from lmcache_engine_blend.unified_lookup import UnifiedLookups
+from lmcache_engine_blend.unified_lookup import UnifiedLookupHandler, UnifiedLookups
 
 if TYPE_CHECKING:
     from lmcache_core.engine.contract import RequestContext
@@ -105,7 +105,7 @@ class BlendEngine(DefaultEngine):
                 "cb_protocol_handshake": self.cb_protocol_handshake,
                 "cb_register_rope": self.cb_register_rope,
                 "cb_unregister_rope": self.cb_unregister_rope,
-                "cb_unified_lookup": self.unified.cb_unified_lookup,
+                "cb_unified_lookup": UnifiedLookupHandler(self.unified),
                 "cb_retrieve_pre_computed": self.retrieves.cb_retrieve_pre_computed,
                 "cb_reorder_plan": self.cb_reorder_plan,
             }

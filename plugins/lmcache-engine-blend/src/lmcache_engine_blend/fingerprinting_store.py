@@ -56,8 +56,11 @@ def decode_tokens(raw: bytes) -> Tokens:
     return decode_token_list(raw)[1]
 
 
-def decode_token_list(raw: bytes) -> tuple[list[int], Tokens]:
-    """:func:`decode_tokens`, with the decoded Python list too (to share it, not decode twice).
+def decode_token_list(raw: bytes) -> tuple[array.array[int], Tokens]:
+    """:func:`decode_tokens`, with the uint32 array too (to share it, not decode twice).
+
+    The array, not the decoded list, is what is shared: the core's hasher packs
+    it with one copy, where a list costs a Python int per token again.
 
     Raises:
         ValueError: ``raw`` is not a msgpack array of uint32 values.
@@ -67,7 +70,7 @@ def decode_token_list(raw: bytes) -> tuple[list[int], Tokens]:
         ids = array.array("I", listed)
     except (msgspec.DecodeError, msgspec.ValidationError, OverflowError, TypeError) as exc:
         raise ValueError(f"token_ids must be an array of uint32 values: {exc}") from None
-    return listed, np.frombuffer(ids, dtype=np.uint32).astype(np.uint64)
+    return ids, np.frombuffer(ids, dtype=np.uint32).astype(np.uint64)
 
 
 def namespace_of(key: WireCacheKey) -> tuple[str, int, str]:

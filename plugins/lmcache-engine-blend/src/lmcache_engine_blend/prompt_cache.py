@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import blake3
 
@@ -50,15 +50,16 @@ class PromptCache:
         self.misses = 0
 
     def get(
-        self, raw: bytes, end: int, decoded: Callable[[list[int]], None] | None = None
+        self, raw: bytes, end: int, decoded: Callable[[Sequence[int]], None] | None = None
     ) -> Prompt:
         """The prompt of ``raw`` (a msgpack token list) cut at ``end``.
 
         Args:
             raw: The key's raw token list.
             end: The key's ``end``.
-            decoded: Called with the whole decoded list when ``raw`` had to be
-                decoded (a miss), so another user of the tokens need not decode them.
+            decoded: Called with the whole decoded token list (a uint32 array) when
+                ``raw`` had to be decoded (a miss), so another user of the tokens
+                need not decode them.
 
         Raises:
             ValueError: ``raw`` is not a msgpack array of uint32 values.

@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from lmcache_core.engine.lookup import LookupService
+from lmcache_core.engine.contract import WouldBlock
+from lmcache_core.engine.lookup import INLINE_MAX_KEYS, LookupService
 from lmcache_core.engine.prefetch_pool import PrefetchPool
 from lmcache_core.engine.request_events import identity
 from lmcache_core.engine.sessions import LookupJob, Session
@@ -59,7 +60,7 @@ from lmcache_core.storage.keys import ObjectKey, pack_kv_rank
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.tier import L2Tier, Retention
 from lmcache_engine_blend.events import BlendEvents
-from lmcache_engine_blend.fingerprint import FingerprintIndex, Match
+from lmcache_engine_blend.fingerprint import FingerprintIndex, Match, Prompt
 from lmcache_engine_blend.fingerprinting_store import namespace_of
 from lmcache_engine_blend.prompt_cache import PromptCache
 
@@ -181,14 +182,100 @@ class UnifiedLookups:
                     del self._jobs[key.request_id]
         return result
 
-    def _start(self, ctx: RequestContext, key: WireCacheKey, tp_size: int) -> BlendJob:
+    def try_inline(
+        self, ctx: RequestContext, key: WireCacheKey, tp_size: int
+    ) -> CBUnifiedLookupResult:
+        """:meth:`cb_unified_lookup` on the request loop: a first poll answered at once.
+
+        Served when nothing can make it wait: a new request id (no job being
+        polled, no stash to release), a worker of the model, at most
+        :data:`~lmcache_core.engine.lookup.INLINE_MAX_KEYS` prefix keys and as
+        many sparse-leg keys, a prefix leg that L1 answers alone (a full hit, or
+        no L2 tier: :meth:`LookupService.try_lookup_inline` with ``partial``),
+        and the winning fingerprint matches resident for every rank with the L1
+        lock free. Only the winners are locked: with every candidate resident
+        the overlap rule keeps the same ones (a loser is beaten by an earlier
+        winner, present either way), so the result is the pool's; the losers
+        are not checked (neither struck nor refreshed in the index).
+
+        :class:`WouldBlock` before the prefix leg changes nothing. After it the
+        job is registered with its prefix leg done, and the pool's call (the
+        server's fallback) resumes it as a second poll would: the sparse leg
+        runs there, with its L2 loads.
+
+        Raises:
+            WouldBlock: Not served here; the pool serves the request.
+            BadRequestError: As :meth:`cb_unified_lookup`.
+        """
+        if key.num_kv_readers < 1:
+            raise BadRequestError("cb_unified_lookup needs num_kv_readers >= 1")
+        if tp_size < 0:
+            raise BadRequestError("tp_size must be >= 0")
+        if (key.end // self.chunk_size) * key.world_size > INLINE_MAX_KEYS:
+            raise WouldBlock
+        with self._lock:
+            if key.request_id in self._jobs or key.request_id in self._stashes:
+                raise WouldBlock  # a poll, or locks to release: the pool's
+        if self.object_nbytes(key.model_name, key.world_size) is None:
+            raise WouldBlock
+        tokens = self._decode(key)
+        prefix_key = msgspec.structs.replace(key, worker_id=None)
+        self.lookups.try_lookup_inline(ctx, prefix_key, tp_size, partial=True)
+        session = self.sessions.get(key.request_id)
+        self.events.lookup_started(key, len(tokens))
+        matches = self.index.match(namespace_of(key), tokens)
+        job = BlendJob(
+            key, session, key.num_kv_readers, matches, session.job, time.monotonic(), time.time()
+        )
+        self._register(job)
+        if not job.mutex.acquire(blocking=False):
+            raise WouldBlock
+        try:
+            result = self._finish_inline(job)
+        finally:
+            job.mutex.release()
+        with self._lock:
+            if self._jobs.get(key.request_id) is job:
+                del self._jobs[key.request_id]
+        return result
+
+    def _finish_inline(self, job: BlendJob) -> CBUnifiedLookupResult:
+        """The sparse leg and the result with the winners resident (job mutex held)."""
+        assert job.prefix is not None and job.prefix.hit_chunks is not None
+        prefix_tokens = job.prefix.hit_chunks * self.chunk_size
+        candidates = self._candidates(job, prefix_tokens)
+        winners: list[Candidate] = []
+        end = prefix_tokens
+        for candidate in sorted(candidates, key=lambda c: c.match.cur_st):
+            if candidate.match.cur_st >= end:  # no post-gap chunks: no L2 leg ran
+                winners.append(candidate)
+                end = candidate.match.cur_st + self.chunk_size
+        flat = [k for c in winners for k in c.keys]
+        if len(flat) > INLINE_MAX_KEYS:
+            raise WouldBlock
+        deadline = self.sessions.clock() + self.l1.read_ttl_s
+        if flat and not self.l1.try_lock_all(flat, job.readers):
+            raise WouldBlock  # nothing locked: the pool's sparse leg starts afresh
+        job.polls += 1
+        for candidate in winners:
+            candidate.state = "found"
+        job.candidates = winners
+        with job.session.mutex:
+            job.session.take_locks(flat, job.readers, deadline)
+        job.result = self._finish(job, prefix_tokens, fingerprint_hits=len(candidates))
+        return job.result
+
+    def _decode(self, key: WireCacheKey) -> Prompt:
+        """The key's prompt (decoded once for both legs: the prefix leg's hashes too)."""
         raw = bytes(key.token_ids)
         token_hashes = self.lookups.chunk_keys.tokens
         try:
-            # One decode for both legs: the prefix leg's hashes come from the same list.
-            tokens = self.prompts.get(raw, key.end, lambda listed: token_hashes.prime(raw, listed))
+            return self.prompts.get(raw, key.end, lambda listed: token_hashes.prime(raw, listed))
         except ValueError as exc:
             raise BadRequestError(str(exc)) from None
+
+    def _start(self, ctx: RequestContext, key: WireCacheKey, tp_size: int) -> BlendJob:
+        tokens = self._decode(key)
         session = self.sessions.get(key.request_id)
         self._release_stash(key.request_id, session)
         self.events.lookup_started(key, len(tokens))
@@ -203,6 +290,12 @@ class UnifiedLookups:
         self.lookups.lookup(ctx, prefix_key, tp_size, retention=self.retention)
         matches = self.index.match(namespace_of(key), tokens)
         job = BlendJob(key, session, key.num_kv_readers, matches, session.job, now, time.time())
+        self._register(job)
+        return job
+
+    def _register(self, job: BlendJob) -> None:
+        """Make ``job`` its request's current one; the one it replaces is dropped."""
+        key = job.key
         displaced: list[BlendJob] = []
         with self._lock:
             old = self._jobs.pop(key.request_id, None)
@@ -213,7 +306,6 @@ class UnifiedLookups:
                 displaced.append(self._jobs.popitem(last=False)[1])
         for stale_job in displaced:
             self._drop(stale_job)
-        return job
 
     def _advance(self, job: BlendJob) -> CBUnifiedLookupResult | None:
         with job.mutex:
@@ -232,8 +324,9 @@ class UnifiedLookups:
 
     # -- the sparse leg ----------------------------------------------------------------------
 
-    def _submit_sparse(self, job: BlendJob, prefix_tokens: int) -> None:
-        key, readers = job.key, job.readers
+    def _candidates(self, job: BlendJob, prefix_tokens: int) -> list[Candidate]:
+        """One candidate per distinct stored chunk matched at or past the prefix."""
+        key = job.key
         seen: set[bytes] = set()
         candidates: list[Candidate] = []
         retained = _post_gap(job)
@@ -250,6 +343,11 @@ class UnifiedLookups:
             candidates.append(
                 Candidate(match, [ObjectKey(chain, model, r, 0, salt) for r in ranks])
             )
+        return candidates
+
+    def _submit_sparse(self, job: BlendJob, prefix_tokens: int) -> None:
+        key, readers = job.key, job.readers
+        candidates = self._candidates(job, prefix_tokens)
         job.candidates = candidates
         if not candidates:
             return
@@ -308,7 +406,10 @@ class UnifiedLookups:
 
     # -- the result --------------------------------------------------------------------------
 
-    def _finish(self, job: BlendJob, prefix_tokens: int) -> CBUnifiedLookupResult:
+    def _finish(
+        self, job: BlendJob, prefix_tokens: int, fingerprint_hits: int | None = None
+    ) -> CBUnifiedLookupResult:
+        """The result of the found candidates; ``fingerprint_hits``: all candidates (inline)."""
         key, size = job.key, self.chunk_size
         namespace = namespace_of(key)
         candidates = job.candidates or []
@@ -363,7 +464,7 @@ class UnifiedLookups:
             prefix_tokens,
             segments,
             segmented,
-            fingerprint_hits=len(candidates),
+            fingerprint_hits=len(candidates) if fingerprint_hits is None else fingerprint_hits,
             storage_hits=len(found),
             stale=len(stale),
         )
@@ -457,3 +558,26 @@ class UnifiedLookups:
 def _post_gap(job: BlendJob) -> dict[int, list[ObjectKey]]:
     """The prefix leg's chunks kept past its gap (segmented mode), by chunk index."""
     return job.prefix.post_gap if job.prefix is not None else {}
+
+
+class UnifiedLookupHandler:
+    """The ``cb_unified_lookup`` handler, with the request loop's inline attempt.
+
+    The request server calls ``try_inline`` on its loop first and, when that
+    raises :class:`WouldBlock`, the handler itself on the CPU pool.
+    """
+
+    def __init__(self, lookups: UnifiedLookups) -> None:
+        self._lookups = lookups
+
+    def __call__(
+        self, ctx: RequestContext, key: WireCacheKey, tp_size: int
+    ) -> CBUnifiedLookupResult | None:
+        """A poll on the CPU pool: :meth:`UnifiedLookups.cb_unified_lookup`."""
+        return self._lookups.cb_unified_lookup(ctx, key, tp_size)
+
+    def try_inline(
+        self, ctx: RequestContext, key: WireCacheKey, tp_size: int
+    ) -> CBUnifiedLookupResult:
+        """A first poll on the loop: :meth:`UnifiedLookups.try_inline`."""
+        return self._lookups.try_inline(ctx, key, tp_size)
