@@ -381,13 +381,17 @@ class L1Manager(ArenaViews):
         if readers < 1:
             raise ValueError(f"readers must be >= 1, not {readers}")
         with self._lock:
-            resident = self._resident
-            chunks = prefix_chunks([key in resident for key in keys], width)
-            prefix = keys[: chunks * width]
-            if prefix:
-                deadline = self._clock() + self.read_ttl_s
-                self._grants.grant_many(prefix, resident, readers, deadline)
-                self.policy.on_accessed(list(prefix))
+            return self._lock_leading(keys, width, readers)
+
+    def _lock_leading(self, keys: Sequence[ObjectKey], width: int, readers: int) -> int:
+        """Read-lock the leading whole chunks of ``keys`` that are resident (lock held)."""
+        resident = self._resident
+        chunks = prefix_chunks([key in resident for key in keys], width)
+        prefix = keys[: chunks * width]
+        if prefix:
+            deadline = self._clock() + self.read_ttl_s
+            self._grants.grant_many(prefix, resident, readers, deadline)
+            self.policy.on_accessed(list(prefix))
         return chunks
 
     def try_lock_prefix(
@@ -410,12 +414,7 @@ class L1Manager(ArenaViews):
             return None
         try:
             resident, staged = self._resident, self._staged
-            chunks = prefix_chunks([key in resident for key in keys], width)
-            prefix = keys[: chunks * width]
-            if prefix:
-                deadline = self._clock() + self.read_ttl_s
-                self._grants.grant_many(prefix, resident, readers, deadline)
-                self.policy.on_accessed(list(prefix))
+            chunks = self._lock_leading(keys, width, readers)
             rest = keys[chunks * width :]
             return chunks, [1 if key in resident else 2 if key in staged else 0 for key in rest]
         finally:
