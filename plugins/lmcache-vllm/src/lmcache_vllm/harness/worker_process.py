@@ -11,6 +11,8 @@ msgpack commands on stdin and answers each on stdout (logs go to stderr):
   loaded tokens against the values a forward pass would have written, "forward" (write
   deterministic KV for the scheduled tokens), ``wait_for_save``, ``get_finished``,
   ``get_block_ids_with_load_errors`` and the step's connector stats payload;
+* ``beat``: send one heartbeat ping now and return at once (a test puts a worker call
+  in flight with it, for example while the server is stopped);
 * ``health``, ``shutdown_side`` (the process stays), ``shutdown``.
 
 The KV value of a token depends only on its id, its position, the layer and the head,
@@ -20,6 +22,7 @@ exactly when the loaded blocks hold those values.
 
 from __future__ import annotations
 
+import concurrent.futures
 import struct
 import sys
 from typing import Any, BinaryIO
@@ -83,6 +86,7 @@ class HarnessWorker:
         self.side: WorkerSide | None = None
         self.kv: dict[str, torch.Tensor] = {}
         self.block = 0
+        self.beats: list[concurrent.futures.Future[None]] = []
 
     def init(self, msg: dict[str, Any]) -> dict[str, Any]:
         """Allocate the KV cache, build and register a worker side."""
@@ -165,12 +169,21 @@ class HarnessWorker:
             "healthy": side.health.healthy,
         }
 
+    def beat(self, _msg: dict[str, Any]) -> dict[str, Any]:
+        """Start one heartbeat ping on the worker's loop; its outcome shows in ``health``."""
+        side = self.side
+        assert side is not None and side.heartbeat is not None
+        self.beats = [b for b in self.beats if not b.done()]
+        self.beats.append(side.client.submit(side.heartbeat.beat()))
+        return {}
+
     def health(self, _msg: dict[str, Any]) -> dict[str, Any]:
         """The worker side's health and counters."""
         side = self.side
         assert side is not None
         return {
             "healthy": side.health.healthy,
+            "beats_pending": sum(not b.done() for b in self.beats),
             "health": msgspec.to_builtins(vars(side.health.stats)),
             "stats": side.stats.snapshot(),
         }
