@@ -234,7 +234,13 @@ class RequestServer:
             send_frames(router, frames)
         except zmq.ZMQError as exc:  # the peer went away (ROUTER_MANDATORY)
             self.stats.undeliverable += 1
-            logger.debug("reply dropped: %s", exc.strerror)
+            # INFO, not DEBUG: a client still waiting for this reply will time out, and this
+            # line (with the peer's routing id) is the only trace of why.
+            logger.info(
+                "reply to peer %s dropped (%s): ZeroMQ no longer knows that connection",
+                frames[0].hex() if frames else "?",
+                exc.strerror,
+            )
             return False
         return True
 
