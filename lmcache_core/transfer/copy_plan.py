@@ -236,38 +236,25 @@ def _run_segments(
     out: list[CopySegment] = []
     # Per head (HND) or the whole row at once (NHD, MLA).
     parts = [(0, hidden)] if rows_contiguous else [(h, dim) for h in range(heads)]
+
+    def token_rows(src: int, dst: int, width: int, rows: int) -> CopySegment:
+        """``rows`` token rows of ``width`` elements from element ``src`` to element ``dst``."""
+        return _segment(
+            a.source, src * isz, obj, dst * isz, width * isz, rows, a.token * isz, hidden * isz
+        )
+
     for h, width in parts:
         src_h = src0 + h * a.head
         dst_h = dst_token0 * hidden + h * dim
         if a.block == bs * a.token:
             # Token rows continue at one pitch across the blocks: one 2-D copy for the run.
             out.append(
-                _segment(
-                    a.source,
-                    (src_h + t0 * a.token) * isz,
-                    obj,
-                    (dst_h + t0 * hidden) * isz,
-                    width * isz,
-                    count * bs - t0,
-                    a.token * isz,
-                    hidden * isz,
-                )
+                token_rows(src_h + t0 * a.token, dst_h + t0 * hidden, width, count * bs - t0)
             )
             continue
         start = 0
         if t0:  # the partial first block on its own
-            out.append(
-                _segment(
-                    a.source,
-                    (src_h + t0 * a.token) * isz,
-                    obj,
-                    (dst_h + t0 * hidden) * isz,
-                    width * isz,
-                    bs - t0,
-                    a.token * isz,
-                    hidden * isz,
-                )
-            )
+            out.append(token_rows(src_h + t0 * a.token, dst_h + t0 * hidden, width, bs - t0))
             start = 1
         if start == count:
             continue
@@ -287,18 +274,7 @@ def _run_segments(
             )
             continue
         for b in range(start, count):
-            out.append(
-                _segment(
-                    a.source,
-                    (src_h + b * a.block) * isz,
-                    obj,
-                    (dst_h + b * bs * hidden) * isz,
-                    width * isz,
-                    bs,
-                    a.token * isz,
-                    hidden * isz,
-                )
-            )
+            out.append(token_rows(src_h + b * a.block, dst_h + b * bs * hidden, width, bs))
     return out
 
 
