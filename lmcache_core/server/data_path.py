@@ -121,7 +121,7 @@ class DataPath:
                 "pinning": self.l1.pinning_status(),
             },
             "engine": self.engine.status(),
-            "requests": vars(self.request_server.stats),
+            "requests": self.request_server.requests_status(),
             "streams": self.request_server.streams_status(),
             "kv_events": (
                 self.kv_events.status() if self.kv_events is not None else {"enabled": False}

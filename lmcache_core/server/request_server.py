@@ -15,6 +15,7 @@ loop.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -33,11 +34,12 @@ from lmcache_core.errors import StartupError
 from lmcache_core.lifecycle import Health
 from lmcache_core.protocol.api_key_frame import is_key_frame, presented_key
 from lmcache_core.protocol.codec import ProtocolError, ServerCodec, decode_op
-from lmcache_core.protocol.errors import ErrorCode, RemoteError
+from lmcache_core.protocol.errors import ERROR_OP, ErrorCode, ErrorInfo, RemoteError
 from lmcache_core.protocol.multipart import recv_frames, send_frames
 from lmcache_core.protocol.ops import KNOWN_UNSUPPORTED, OPS, Execution, OpSpec
 from lmcache_core.security.keyring import ApiKeyRing
 from lmcache_core.server.affinity import AffinityPool, PoolFull, WorkerPool
+from lmcache_core.server.connection_monitor import ConnectionMonitor
 from lmcache_core.server.streams import StreamTable
 
 logger = logging.getLogger("lmcache.server")
@@ -49,6 +51,8 @@ MAX_MESSAGE_BYTES = 2 << 30
 QUEUE_DEPTH = 1024
 UNAUTHORIZED_MESSAGE = "Invalid or missing API key"
 """The error reply's message, the same words as the HTTP API's 401."""
+_UID_DECODER = msgspec.msgpack.Decoder(int)
+_ERROR_INFO_DECODER = msgspec.msgpack.Decoder(ErrorInfo)
 
 
 @dataclass
@@ -129,6 +133,7 @@ class RequestServer:
         self._reply_ids = itertools.count()
         self._affinity: AffinityPool | None = None
         self._pool: WorkerPool | None = None
+        self._monitor: ConnectionMonitor | None = None
         self._crash: BaseException | None = None
         self._ready = threading.Event()
         self._batch_encoder = msgspec.msgpack.Encoder()
@@ -158,6 +163,8 @@ class RequestServer:
             raise StartupError(f"--port: cannot bind {self.endpoint}: {exc.strerror}") from None
         router.setsockopt(zmq.RCVTIMEO, POLL_INTERVAL_MS)
         router.bind(self._reply_address)
+        # Attached before the loop thread takes the socket over: no connection is missed.
+        self._monitor = ConnectionMonitor(router)
         self._affinity = AffinityPool("lmcache-transfer", self._affinity_workers, self._queue_depth)
         self._pool = WorkerPool("lmcache-cpu", self._cpu_workers, self._queue_depth)
         self._thread = threading.Thread(
@@ -178,6 +185,8 @@ class RequestServer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(max(0.1, deadline - time.monotonic()))
+        if self._monitor is not None:
+            self._monitor.stop(max(0.1, deadline - time.monotonic()))
         if self._context is not None:
             # destroy() also closes the reply sockets the pool threads created.
             self._context.destroy(linger=0)
@@ -235,10 +244,15 @@ class RequestServer:
         except zmq.ZMQError as exc:  # the peer went away (ROUTER_MANDATORY)
             self.stats.undeliverable += 1
             # INFO, not DEBUG: a client still waiting for this reply will time out, and this
-            # line (with the peer's routing id) is the only trace of why.
+            # line (with the peer's routing id, the op and the request id) is the only trace
+            # of why; requests.connections in /status says whether connections came and went.
+            op, uid = describe_reply(frames)
             logger.info(
-                "reply to peer %s dropped (%s): ZeroMQ no longer knows that connection",
+                "reply to peer %s (op %s, request id %s) dropped (%s): ZeroMQ no longer "
+                "knows that connection",
                 frames[0].hex() if frames else "?",
+                op,
+                uid,
                 exc.strerror,
             )
             return False
@@ -258,6 +272,11 @@ class RequestServer:
         self.stats.stream_controls_unknown += 1
         message = f"no open stream for this uid to {action[:16]!r}"
         return [client, uid, *self._codec.error_frames(ErrorCode.BAD_REQUEST, message)]
+
+    def requests_status(self) -> dict[str, Any]:
+        """The request counters and ``connections`` (the ROUTER's TCP peers), for ``/status``."""
+        connections = self._monitor.status() if self._monitor is not None else {}
+        return {**vars(self.stats), "connections": connections}
 
     def streams_status(self) -> dict[str, int]:
         """Open and opened streams, for ``/status``."""
@@ -416,3 +435,21 @@ class RequestServer:
         if socket is not None:
             socket.close(linger=1000)
             self._local.push = None
+
+
+def describe_reply(frames: list[bytes]) -> tuple[str, str]:
+    """The op name and request id of a reply ``[peer, uid, op, ...]``, for a log line.
+
+    Never raises: a frame that does not decode is shown as ``?``.
+    """
+    uid = "?"
+    op = "?"
+    with contextlib.suppress(msgspec.DecodeError, ValueError, IndexError):
+        uid = str(_UID_DECODER.decode(frames[1]))
+    with contextlib.suppress(ProtocolError, IndexError):
+        op = decode_op(frames[2])
+    if op == ERROR_OP:
+        with contextlib.suppress(msgspec.DecodeError, ValueError, IndexError):
+            info = _ERROR_INFO_DECODER.decode(frames[3])
+            op = f"{info.op or '?'} (error reply: {info.code})"
+    return op, uid
