@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lmcache_core.client.api import CallTimeout, normalize_url
+from lmcache_core.client.api import CallTimeout, ConnectionLost, normalize_url
 from lmcache_core.client.async_client import AsyncMPClient
 from lmcache_core.client.sync_client import MPClient
 
-__all__ = ["AsyncMPClient", "CallTimeout", "MPClient", "normalize_url"]
+__all__ = ["AsyncMPClient", "CallTimeout", "ConnectionLost", "MPClient", "normalize_url"]

@@ -27,6 +27,17 @@ class CallTimeout(LMCacheError, TimeoutError):
     """The server did not answer within the call's timeout."""
 
 
+class ConnectionLost(CallTimeout):
+    """The connection broke with the call in flight: its reply can never arrive.
+
+    Raised at once rather than at the call's timeout (ZeroMQ reconnects by itself, and
+    the server cannot route a reply to the old connection). A :class:`CallTimeout`, so
+    callers that treat a timed-out call as a failed one handle it the same way. Only
+    non-idempotent calls raise it; idempotent ones are re-sent (see
+    :mod:`lmcache_core.client.connection_watch`).
+    """
+
+
 def normalize_url(url: str) -> str:
     """``host:port`` -> ``tcp://host:port``; other URLs are kept."""
     return url if "://" in url else f"tcp://{url}"

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import zmq
@@ -16,8 +16,10 @@ from lmcache_core.client.api import (
     DEFAULT_TIMEOUT_SECONDS,
     CallTimeout,
     ClientMethods,
+    ConnectionLost,
     normalize_url,
 )
+from lmcache_core.client.connection_watch import RESENDABLE_OPS, ConnectionWatch
 from lmcache_core.protocol.codec import ClientCodec
 from lmcache_core.security.key_sources import client_api_key
 
@@ -28,7 +30,10 @@ class AsyncMPClient(ClientMethods):
     """An asyncio client of one MP server; every method returns an awaitable.
 
     A reader task routes replies to their calls by uid. A call that times out or
-    is cancelled removes its own entry, so the pending map never leaks.
+    is cancelled removes its own entry, so the pending map never leaks. A watch
+    task re-sends the idempotent calls in flight when the connection breaks and
+    fails the others with :class:`ConnectionLost` (see
+    :mod:`lmcache_core.client.connection_watch`).
 
     Args:
         url: ``tcp://host:port`` or ``host:port``.
@@ -51,10 +56,13 @@ class AsyncMPClient(ClientMethods):
         self._context = zmq.asyncio.Context()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        self._watch = ConnectionWatch(self._socket)
         self._socket.connect(self.url)
         self._uids = itertools.count()
-        self._pending: dict[int, tuple[str, asyncio.Future[Any]]] = {}
+        # uid -> (op, its reply's future, its request frames once sent).
+        self._pending: dict[int, tuple[str, asyncio.Future[Any], list[bytes] | None]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def pending(self) -> int:
@@ -68,13 +76,19 @@ class AsyncMPClient(ClientMethods):
     async def _invoke(self, op: str, args: Sequence[Any], timeout: float | None) -> Any:
         if self._reader is None:
             self._reader = asyncio.get_running_loop().create_task(self._read())
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_connection())
         budget = self.timeout if timeout is None else timeout
         uid = next(self._uids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[uid] = (op, future)
+        self._pending[uid] = (op, future, None)
         try:
-            await self._socket.send_multipart(self._codec.request_frames(uid, op, args))
+            frames = self._codec.request_frames(uid, op, args)
+            await self._socket.send_multipart(frames)
+            if uid in self._pending:
+                self._pending[uid] = (op, future, frames)
             return await asyncio.wait_for(future, budget)
+        except ConnectionLost:
+            raise  # a TimeoutError too, but not a timeout: said at once, as it is
         except TimeoutError:
             raise CallTimeout(f"{op}: no reply from {self.url} within {budget:g} s") from None
         finally:
@@ -90,7 +104,7 @@ class AsyncMPClient(ClientMethods):
             entry = self._pending.pop(uid, None)
             if entry is None:
                 continue  # a call that already timed out
-            op, future = entry
+            op, future, _ = entry
             if future.done():
                 continue
             try:
@@ -98,12 +112,42 @@ class AsyncMPClient(ClientMethods):
             except Exception as exc:  # noqa: BLE001 - a typed error reply, or an undecodable result
                 future.set_exception(exc)
 
+    async def _watch_connection(self) -> None:
+        # The monitor socket of an asyncio socket is an asyncio socket.
+        events = cast(zmq.asyncio.Socket, self._watch.events)
+        while True:
+            if self._watch.count(await events.recv_multipart()):
+                await self._after_break()
+
+    async def _after_break(self) -> None:
+        """The connection broke: re-send the idempotent calls in flight, fail the others."""
+        for uid, (op, future, frames) in list(self._pending.items()):
+            if frames is None or future.done():
+                continue  # not sent yet: ZeroMQ sends it over the next connection
+            if op in RESENDABLE_OPS:
+                await self._socket.send_multipart(frames)  # the same uid
+                continue
+            self._pending.pop(uid, None)
+            future.set_exception(
+                ConnectionLost(
+                    f"{op}: the connection to {self.url} broke with the call in flight "
+                    "(its reply cannot arrive; whether the server ran it is unknown)"
+                )
+            )
+
+    @property
+    def broken_connections(self) -> int:
+        """Connections to the server that broke so far (ZeroMQ reconnected after each)."""
+        return self._watch.broken
+
     async def close(self) -> None:
-        """Stop the reader and close the socket."""
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        """Stop the reader and the watch and close the sockets."""
+        for task in (self._reader, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watch.close()
         self._socket.close(linger=0)
         self._context.term()
 

@@ -14,11 +14,16 @@ from lmcache_core.client.api import (
     DEFAULT_TIMEOUT_SECONDS,
     CallTimeout,
     ClientMethods,
+    ConnectionLost,
     normalize_url,
 )
+from lmcache_core.client.connection_watch import RESENDABLE_OPS, ConnectionWatch
 from lmcache_core.protocol.codec import ClientCodec
 from lmcache_core.protocol.multipart import recv_frames, send_frames
 from lmcache_core.security.key_sources import client_api_key
+
+WATCH_SLICE_MS = 50
+"""A call waiting for its reply checks for a broken connection this often."""
 
 
 class MPClient(ClientMethods):
@@ -49,6 +54,7 @@ class MPClient(ClientMethods):
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        self._watch = ConnectionWatch(self._socket)
         self._socket.connect(self.url)
         self._uids = itertools.count()
         self._lock = threading.Lock()
@@ -67,6 +73,9 @@ class MPClient(ClientMethods):
         with self._lock:
             uid = next(self._uids)
             frames = self._codec.request_frames(uid, op, args)
+            # A break before this send does not concern this call: ZeroMQ queues the
+            # request for the next connection.
+            self._watch.drain()
             send_frames(self._socket, frames)
             uid_frame = frames[0]
             deadline = time.monotonic() + budget
@@ -74,17 +83,36 @@ class MPClient(ClientMethods):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise CallTimeout(f"{op}: no reply from {self.url} within {budget:g} s")
-                # A blocking receive with a timeout is faster than poll + receive.
-                self._socket.setsockopt(zmq.RCVTIMEO, max(1, int(remaining * 1000)))
+                # A blocking receive with a timeout is faster than poll + receive; in
+                # slices, so that a broken connection is noticed within one.
+                wait_ms = min(WATCH_SLICE_MS, max(1, int(remaining * 1000)))
+                self._socket.setsockopt(zmq.RCVTIMEO, wait_ms)
                 try:
                     reply = recv_frames(self._socket)
                 except zmq.Again:
+                    if self._watch.drain():
+                        self._after_break(op, frames)
                     continue
                 if reply[0] == uid_frame:  # else: the late reply of an earlier, timed-out call
                     return self._codec.decode_reply(op, reply[1:])
 
+    def _after_break(self, op: str, frames: list[bytes]) -> None:
+        """The connection broke with ``frames`` in flight: re-send, or raise ConnectionLost."""
+        if op not in RESENDABLE_OPS:
+            raise ConnectionLost(
+                f"{op}: the connection to {self.url} broke with the call in flight "
+                "(its reply cannot arrive; whether the server ran it is unknown)"
+            )
+        send_frames(self._socket, frames)  # the same uid: either reply is the answer
+
+    @property
+    def broken_connections(self) -> int:
+        """Connections to the server that broke so far (ZeroMQ reconnected after each)."""
+        return self._watch.broken
+
     def close(self) -> None:
         """Close the socket (pending calls of other threads fail)."""
+        self._watch.close()
         self._socket.close(linger=0)
         self._context.term()
 
