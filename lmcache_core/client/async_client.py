@@ -90,9 +90,23 @@ class AsyncMPClient(ClientMethods):
         except ConnectionLost:
             raise  # a TimeoutError too, but not a timeout: said at once, as it is
         except TimeoutError:
-            raise CallTimeout(f"{op}: no reply from {self.url} within {budget:g} s") from None
+            raise CallTimeout(
+                f"{op}: no reply from {self.url} within {budget:g} s{self._stuck_detail()}"
+            ) from None
         finally:
             self._pending.pop(uid, None)
+
+    def _stuck_detail(self) -> str:
+        """What the client itself knows about a call that timed out (for its message)."""
+        notes = []
+        if self._reader is not None and self._reader.done():
+            stopped = None if self._reader.cancelled() else self._reader.exception()
+            notes.append(f"the client's reader stopped ({stopped!r})")
+        if int(self._socket.get(zmq.EVENTS)) & zmq.POLLIN:
+            notes.append("a message waits unread on the client's socket")
+        if self._watch.broken:
+            notes.append(f"{self._watch.broken} broken connection(s) so far")
+        return f" ({'; '.join(notes)})" if notes else ""
 
     async def _read(self) -> None:
         while True:
