@@ -136,3 +136,76 @@ def test_every_event_type_documents_its_fields() -> None:
 def test_subscribe_rejects_non_subscribers() -> None:
     with pytest.raises(TypeError):
         EventBus(1).subscribe(object())  # type: ignore[arg-type]
+
+
+# -- publish_later: records built on the drain thread ---------------------------------
+
+
+def test_records_built_later_keep_their_place_in_the_queue() -> None:
+    bus = EventBus(100)
+    recorder = Recorder()
+    bus.subscribe(recorder)
+    builders: list[str] = []
+
+    def build() -> list[L1KeysEvicted]:
+        builders.append(threading.current_thread().name)
+        return [evicted(key_count=1), evicted(key_count=2)]
+
+    assert not bus.publish_later(build, time.time())  # not started: the caller builds
+    bus.start()
+    try:
+        bus.publish(evicted(key_count=0))
+        assert bus.publish_later(build, time.time())
+        bus.publish(evicted(key_count=3))  # queued after the builder: delivered after its records
+        deadline = time.monotonic() + 5
+        while len(recorder.events) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        bus.stop(2)
+    assert [e.key_count for e in recorder.events] == [0, 1, 2, 3]
+    assert builders == ["lmcache-event-bus"]
+    assert bus.stats.delivered == 4 and bus.stats.published == 4
+    assert not bus.publish_later(build, time.time())  # stopped: refused again
+
+
+def test_publish_later_is_refused_when_disabled_or_full_and_a_failing_builder_is_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    disabled = EventBus(100, enabled=False)
+    disabled.start()
+    assert not disabled.publish_later(list, time.time())
+    bus = EventBus(2)
+    recorder = Recorder()
+    bus.subscribe(recorder)
+    bus.start()
+    gate = threading.Event()
+    try:
+
+        def blocked() -> list[L1KeysEvicted]:
+            gate.wait(5)  # holds the drain thread while the queue fills
+            return []
+
+        assert bus.publish_later(blocked, time.time())
+        deadline = time.monotonic() + 5
+        while bus.queue_depth() and time.monotonic() < deadline:
+            time.sleep(0.005)  # the drain thread took it
+        assert bus.publish_later(list, time.time()) and bus.publish_later(list, time.time())
+        assert not bus.publish_later(list, time.time())  # full: never dropped, refused
+
+        def failing() -> list[L1KeysEvicted]:
+            raise RuntimeError("builder bug")
+
+        gate.set()
+        deadline = time.monotonic() + 5
+        while bus.queue_depth() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert bus.publish_later(failing, time.time())
+        bus.publish(evicted(key_count=7))
+        while not recorder.events and time.monotonic() < deadline:
+            time.sleep(0.005)
+    finally:
+        gate.set()
+        bus.stop(2)
+    assert [e.key_count for e in recorder.events] == [7]  # the drain went on
+    assert bus.stats.build_errors == 1 and bus.status()["build_errors"] == 1
+    assert "deferred records failed to build" in caplog.text

@@ -108,11 +108,16 @@ class FirstHolder:
 
 
 def make_rig(
-    *, shared: bool = True, mode: str = "auto", l2_adapters: Sequence[L2AdapterV1] = ()
+    *,
+    shared: bool = True,
+    mode: str = "auto",
+    l2_adapters: Sequence[L2AdapterV1] = (),
+    events: EventBus | None = None,
 ) -> Rig:
     """An engine (its components started) over a 4 MiB L1, shared-memory or private.
 
-    With ``l2_adapters``, an L2 tier of them (started) sits behind L1.
+    With ``l2_adapters``, an L2 tier of them (started) sits behind L1. ``events``:
+    the bus the engine publishes on (default: a disabled one).
     """
     policy = FifoPolicy()
     l1 = L1Manager(
@@ -145,7 +150,7 @@ def make_rig(
         l1=l1,
         token_cache=TokenHashCache(make_hasher("blake3"), CHUNK),
         l2=l2,
-        events=EventBus(enabled=False),
+        events=events if events is not None else EventBus(enabled=False),
     )
     engine = build_engine(context)
     for component in engine.components():
