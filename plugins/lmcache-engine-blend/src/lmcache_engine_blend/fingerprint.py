@@ -111,7 +111,16 @@ class Prompt:
         chunk_size: Tokens per chunk.
     """
 
-    __slots__ = ("_bytes", "_digests", "_matched", "_polys", "chunk_size", "tokens")
+    __slots__ = (
+        "_bytes",
+        "_digests",
+        "_matched",
+        "_polys",
+        "_screened",
+        "_seed",
+        "chunk_size",
+        "tokens",
+    )
 
     def __init__(self, tokens: Tokens, chunk_size: int) -> None:
         self.tokens = tokens
@@ -121,6 +130,26 @@ class Prompt:
         self._digests: dict[int, bytes] = {}
         self._matched: tuple[Namespace, int, list[Match]] | None = None
         """The last match: namespace, the index's generation then, the matches."""
+        self._seed: tuple[Prompt, int] | None = None
+        """A prompt with the same first tokens, and how many windows the two share."""
+        self._screened: tuple[int, npt.NDArray[np.intp]] | None = None
+        """The offsets the index's filter passed, and the index's generation then."""
+
+    def share_windows(self, other: Prompt, shared_tokens: int) -> None:
+        """Take ``other``'s fingerprints and digests of the windows both prompts hold.
+
+        ``other`` has the same first ``shared_tokens`` tokens (the caller has
+        checked them), so a window wholly inside them, one starting before
+        ``shared_tokens - chunk_size + 1``, has the same fingerprint and digest
+        in both (neither depends on where the window is). Only the windows past
+        them are hashed for this prompt.
+        """
+        cut = min(shared_tokens, len(self), len(other)) - self.chunk_size + 1
+        if cut <= 0 or other.chunk_size != self.chunk_size:
+            return
+        self._seed = (other, cut)
+        # dict() copies in one C call: another thread's insert cannot break the iteration.
+        self._digests = {p: d for p, d in dict(other._digests).items() if p < cut}
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -128,8 +157,42 @@ class Prompt:
     def polys(self, index: FingerprintIndex) -> Tokens:
         """The rolling fingerprint at every offset (see :meth:`FingerprintIndex.rolling`)."""
         if self._polys is None:
-            self._polys = index.rolling(self.tokens)
+            seed = self._seed
+            known = seed[0]._polys if seed is not None else None
+            if seed is not None and known is not None:
+                cut = seed[1]
+                rest = index.rolling(self.tokens[cut:])
+                self._polys = np.concatenate((known[:cut], rest))
+            else:
+                self._polys = index.rolling(self.tokens)
         return self._polys
+
+    def screen(self, counts: npt.NDArray[np.uint32], generation: int) -> npt.NDArray[np.intp]:
+        """The offsets whose fingerprint the index's counting filter passes (ascending).
+
+        Gathering from the filter (8 MB) at every offset costs a cache miss per
+        token; it is done once per index generation (the filter changes only
+        with the entries), and a prompt sharing windows with another takes the
+        other's offsets below the shared ones when both saw the same generation.
+        Called with the index's lock held; :meth:`polys` first.
+        """
+        screened = self._screened
+        if screened is not None and screened[0] == generation:
+            return screened[1]
+        polys = self._polys
+        assert polys is not None
+        seed, self._seed = self._seed, None  # not needed past the first screen
+        mask = np.uint64(_FILTER_MASK)
+        theirs = seed[0]._screened if seed is not None else None
+        if seed is not None and theirs is not None and theirs[0] == generation:
+            cut = seed[1]
+            head = theirs[1][: int(np.searchsorted(theirs[1], cut))]
+            tail = np.flatnonzero(counts[polys[cut:] & mask]) + cut
+            hits = np.concatenate((head, tail))
+        else:
+            hits = np.flatnonzero(counts[polys & mask])
+        self._screened = (generation, hits)
+        return hits
 
     def digest(self, position: int) -> bytes:
         """The digest of the chunk-long window at ``position``."""
@@ -301,7 +364,7 @@ class FingerprintIndex:
                 return list(memo[2])  # the same prompt, the same entries: the same matches
             polys = prompt.polys(self)
             # One vectorised screen, then Python only at the offsets it passes.
-            hits = np.flatnonzero(self._filter[polys & np.uint64(_FILTER_MASK)])
+            hits = prompt.screen(self._filter, self._generation)
             found: list[Match] = []
             reported: set[int] = set()
             by_poly = space.by_poly

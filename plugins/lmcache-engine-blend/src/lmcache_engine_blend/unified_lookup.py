@@ -65,7 +65,7 @@ from lmcache_engine_blend.fingerprinting_store import namespace_of
 from lmcache_engine_blend.prompt_cache import PromptCache
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from lmcache_core.engine.contract import RequestContext
 
@@ -269,8 +269,13 @@ class UnifiedLookups:
         """The key's prompt (decoded once for both legs: the prefix leg's hashes too)."""
         raw = bytes(key.token_ids)
         token_hashes = self.lookups.chunk_keys.tokens
+
+        def prime(raw: bytes, ids: Sequence[int], known: list[bytes], shared: int) -> list[bytes]:
+            # The base's hashes of the chunks wholly inside the shared tokens are this list's.
+            return token_hashes.prime(raw, ids, known[: shared // token_hashes.chunk_size])
+
         try:
-            return self.prompts.get(raw, key.end, lambda listed: token_hashes.prime(raw, listed))
+            return self.prompts.get(raw, key.end, prime)
         except ValueError as exc:
             raise BadRequestError(str(exc)) from None
 
