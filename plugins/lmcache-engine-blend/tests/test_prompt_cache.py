@@ -143,3 +143,31 @@ def test_a_bad_list_after_a_shared_prefix_is_refused_and_not_kept() -> None:
         "misses": 1,
         "shared_tokens": 0,
     }
+
+
+def test_a_plan_is_kept_for_one_match_and_shared_with_a_prompt_that_matched_the_same() -> None:
+    index = FingerprintIndex(C)
+    rng = np.random.default_rng(6)
+    docs = rng.integers(0, 128000, 200 * C, dtype=np.uint64)
+    index.register(NS, docs, [i.to_bytes(32, "big") for i in range(200)], 1, 0)
+    cache = PromptCache(C)
+    tokens = [*docs.tolist(), 1, 2, 3]
+    prompt = cache.get(raw_of(tokens), len(tokens))
+    matches, token = index.match_with_token(NS, prompt)
+    assert len(matches) == 199 and prompt.plan(token, "k") is None
+    prompt.keep_plan(token, "k", "plan")
+    again, same = index.match_with_token(NS, prompt)
+    assert same is token and again == matches and prompt.plan(same, "k") == "plan"
+    assert prompt.plan(same, "other key") is None
+    # A prompt sharing its windows that matches the same: the same token, the plan with it.
+    longer = cache.get(raw_of([*tokens, 4, 5]), len(tokens) + 2)
+    longer_matches, longer_token = index.match_with_token(NS, longer)
+    assert longer_matches == matches and longer_token is token
+    assert longer.plan(longer_token, "k") == "plan"
+    # Any change of the index: a new match, a new token, no plan.
+    index.register(
+        NS, rng.integers(0, 128000, 2 * C, dtype=np.uint64), [b"x" * 32, b"y" * 32], 1, 0
+    )
+    _, newer = index.match_with_token(NS, prompt)
+    assert newer is not token and prompt.plan(newer, "k") is None
+    assert index.match_with_token(("other", 1, ""), prompt) == ([], None)

@@ -44,7 +44,7 @@ MAX_TOKENS = 1 << 21
 uint64 tokens, token ends, fingerprints)."""
 PROBE_BYTES = 512
 """A prompt's base is the most recent one whose body starts with the same this many bytes."""
-MIN_BASED_BYTES = 8192
+MIN_BASED_BYTES = 600
 """Shorter lists are decoded in full: below about 2,000 tokens msgspec's decode costs less
 than finding the shared prefix and the tail's token ends (about 55 us, min of 5 runs)."""
 
