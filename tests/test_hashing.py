@@ -199,3 +199,19 @@ def test_token_cache_primed_with_a_uint32_array_hashes_as_from_the_list() -> Non
     changed = memo.hashes(array.array("I", [*tokens[:4], 0, 0, 0, 0]))
     assert changed[0].hex() == H1 and changed[1].hex() != H2
     assert [h.hex() for h in memo.hashes(tokens)] == [H1, H2]  # a list after an array
+
+
+def test_token_cache_primed_with_known_hashes_hashes_only_the_rest() -> None:
+    """The blend engine offers the hashes of chunks a recent list shares: the same result."""
+    tokens = list(range(1, 13))
+    raw = msgspec.msgpack.encode(tokens)
+    expected = TokenHashCache(Blake3Hasher(), 4).prime(raw, tokens)
+    assert [h.hex() for h in expected[:2]] == [H1, H2] and len(expected) == 3
+    cache = TokenHashCache(Blake3Hasher(), 4)
+    marker = b"\x01" * 32  # not a real hash: shows the known ones are taken, not recomputed
+    primed = cache.prime(raw, array.array("I", tokens), [expected[0], marker, b"extra"])
+    assert primed[:2] == [expected[0], marker] and len(primed) == 3
+    assert cache.hashes(raw, 3) == primed and (cache.hits, cache.misses) == (1, 0)
+    assert cache.prime(raw, tokens) == primed  # cached: returned as kept
+    shorter = TokenHashCache(Blake3Hasher(), 4)
+    assert shorter.prime(raw, tokens, [expected[0]]) == expected  # one known, two hashed

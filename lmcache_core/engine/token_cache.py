@@ -25,7 +25,7 @@ from typing import Protocol
 import msgspec
 import xxhash
 
-from lmcache_core.hashing import ChunkHasher, RequestHashes
+from lmcache_core.hashing import ChunkHasher, RequestHashes, chunk_hashes
 
 DEFAULT_ENTRIES = 4096
 DEFAULT_MAX_BYTES = 32 << 20
@@ -122,7 +122,9 @@ class TokenHashCache:
             raise ValueError(f"{num_chunks} chunks requested but the tokens hold {len(every)}")
         return every[:num_chunks]
 
-    def prime(self, raw_tokens: bytes, tokens: Sequence[int]) -> None:
+    def prime(
+        self, raw_tokens: bytes, tokens: Sequence[int], known: Sequence[bytes] = ()
+    ) -> list[bytes]:
         """Cache the hashes of ``raw_tokens`` from ``tokens``, their list already decoded.
 
         For an engine that decodes a request's tokens itself (the blend engine's
@@ -132,6 +134,17 @@ class TokenHashCache:
         ``array.array`` is packed for the hasher without building a Python int
         per token.
 
+        Args:
+            raw_tokens: The msgpack token list.
+            tokens: ``raw_tokens`` decoded.
+            known: The hashes of the first ``len(known)`` chunks, if the caller
+                has them (a list that starts with the same tokens as one this
+                cache hashed: the blend engine's prompt sharing a prefix); only
+                the chunks after them are hashed.
+
+        Returns:
+            The hashes of every complete chunk of ``tokens``.
+
         Raises:
             ValueError: A token the hasher refuses.
         """
@@ -139,8 +152,17 @@ class TokenHashCache:
         with self._lock:
             entry = self._cache.get(fingerprint)
             if entry is not None and entry[0] == raw_tokens:
-                return
-        self._hash_and_remember(fingerprint, raw_tokens, tokens, None)
+                return entry[1]
+        size = self.chunk_size
+        known = list(known[: len(tokens) // size])
+        if not known:
+            return self._hash_and_remember(fingerprint, raw_tokens, tokens, None)
+        rest = chunk_hashes(self.hasher, tokens, size, start_chunk=len(known), parent=known[-1])
+        every = known + rest
+        if self.binder is not None:
+            self.binder.bind_raw(every, raw_tokens, size)
+        self._remember(fingerprint, raw_tokens, every)
+        return every
 
     def _hash_and_remember(
         self, fingerprint: int, raw_tokens: bytes, tokens: Sequence[int], memo: RequestHashes | None

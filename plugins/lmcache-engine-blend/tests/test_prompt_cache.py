@@ -8,7 +8,7 @@ import msgspec
 import numpy as np
 import pytest
 from lmcache_engine_blend.fingerprint import FingerprintIndex, Prompt
-from lmcache_engine_blend.prompt_cache import PromptCache
+from lmcache_engine_blend.prompt_cache import MIN_BASED_BYTES, PromptCache
 
 C = 16
 NS = ("model", 1, "")
@@ -22,14 +22,20 @@ def test_a_prompt_seen_again_is_not_decoded_again() -> None:
     cache = PromptCache(C)
     tokens = list(range(100, 100 + 3 * C))
     decoded: list[Sequence[int]] = []
-    first = cache.get(raw_of(tokens), 3 * C, decoded.append)
-    again = cache.get(raw_of(tokens), 3 * C, decoded.append)
+
+    def prime(raw: bytes, ids: Sequence[int], known: list[bytes], shared: int) -> list[bytes]:
+        decoded.append(ids)
+        return []
+
+    first = cache.get(raw_of(tokens), 3 * C, prime)
+    again = cache.get(raw_of(tokens), 3 * C, prime)
     assert again is first and [list(d) for d in decoded] == [tokens]
     assert first.tokens.tolist() == tokens and first.tokens.dtype == np.uint64
     # Another end is another prompt (the key's window bounds it).
     shorter = cache.get(raw_of(tokens), 2 * C)
     assert len(shorter) == 2 * C and shorter is not first
-    assert cache.status() | {"tokens": 0} == {"entries": 2, "tokens": 0, "hits": 1, "misses": 2}
+    status = cache.status() | {"tokens": 0, "shared_tokens": 0}
+    assert status == {"entries": 2, "tokens": 0, "hits": 1, "misses": 2, "shared_tokens": 0}
 
 
 def test_bad_tokens_are_refused_and_not_kept() -> None:
@@ -78,3 +84,90 @@ def test_a_memoised_match_follows_every_change_of_the_index() -> None:
     found = index.match(NS, prompt)
     found.clear()  # the caller's list: the memo is not changed through it
     assert [m.chain_hash for m in index.match(NS, prompt)] == [b"b" * 32]
+
+
+def test_a_prompt_starting_like_a_recent_one_takes_its_tokens_windows_and_hashes() -> None:
+    """The fresh-prompt path: only the new tail is decoded, fingerprinted and hashed."""
+    index = FingerprintIndex(C)
+    rng = np.random.default_rng(5)
+    docs = rng.integers(0, 128000, 200 * C, dtype=np.uint64)  # over MIN_BASED_BYTES
+    index.register(NS, docs, [i.to_bytes(32, "big") for i in range(200)], 1, 0)
+    cache = PromptCache(C)
+    primed: list[tuple[int, int]] = []
+
+    def prime(raw: bytes, ids: Sequence[int], known: list[bytes], shared: int) -> list[bytes]:
+        primed.append((len(known), shared))
+        return [bytes([n % 256]) * 32 for n in range(len(ids) // C)]
+
+    first_tokens = [*docs.tolist(), *rng.integers(0, 128000, 7).tolist()]
+    first = cache.get(raw_of(first_tokens), len(first_tokens), prime)
+    expected_first = index.match(NS, np.array(first_tokens, dtype=np.uint64))
+    assert index.match(NS, first) == expected_first and len(expected_first) == 199
+    assert len(raw_of(first_tokens)) >= MIN_BASED_BYTES
+    tail = rng.integers(0, 128000, 3 * C).tolist()
+    second_tokens = first_tokens + tail
+    second = cache.get(raw_of(second_tokens), len(second_tokens), prime)
+    assert second.tokens.tolist() == second_tokens
+    assert primed == [(0, 0), (200, len(first_tokens))]  # the base's 200 chunk hashes offered
+    assert cache.status()["shared_tokens"] == len(first_tokens)
+    shared_windows = len(first_tokens) - C + 1
+    assert set(second._digests) == {p for p in first._digests if p < shared_windows}
+    assert index.match(NS, second) == index.match(NS, np.array(second_tokens, dtype=np.uint64))
+    assert np.array_equal(second.polys(index), index.rolling(second.tokens))
+    # A list that differs early shares only its first tokens, and is still exact.
+    third_tokens = list(first_tokens)
+    third_tokens[30 * C + 3] ^= 1  # past the probe bytes: the same base
+    third = cache.get(raw_of(third_tokens), len(third_tokens) - 2, prime)
+    assert third.tokens.tolist() == third_tokens[:-2]
+    assert primed[-1] == (203, 30 * C + 3)  # the base: the most recent, second
+    assert np.array_equal(third.polys(index), index.rolling(third.tokens))
+    assert index.match(NS, third) == index.match(NS, third.tokens)
+
+
+def test_a_bad_list_after_a_shared_prefix_is_refused_and_not_kept() -> None:
+    cache = PromptCache(C)
+    good = list(range(1000, 1000 + 200 * C))  # over MIN_BASED_BYTES
+    cache.get(raw_of(good), len(good))
+    for bad in ([*good, 2**32], [*good, -1], [*good, "a"]):
+        with pytest.raises(ValueError, match="uint32"):
+            cache.get(raw_of(bad), len(bad))
+    truncated = raw_of([*good, 5])[:-1]
+    with pytest.raises(ValueError, match="uint32"):
+        cache.get(truncated, len(good))
+    with pytest.raises(ValueError, match="uint32"):
+        cache.get(raw_of(good) + b"\x01", len(good))  # trailing bytes
+    assert cache.status() | {"tokens": 0} == {
+        "entries": 1,
+        "tokens": 0,
+        "hits": 0,
+        "misses": 1,
+        "shared_tokens": 0,
+    }
+
+
+def test_a_plan_is_kept_for_one_match_and_shared_with_a_prompt_that_matched_the_same() -> None:
+    index = FingerprintIndex(C)
+    rng = np.random.default_rng(6)
+    docs = rng.integers(0, 128000, 200 * C, dtype=np.uint64)
+    index.register(NS, docs, [i.to_bytes(32, "big") for i in range(200)], 1, 0)
+    cache = PromptCache(C)
+    tokens = [*docs.tolist(), 1, 2, 3]
+    prompt = cache.get(raw_of(tokens), len(tokens))
+    matches, token = index.match_with_token(NS, prompt)
+    assert len(matches) == 199 and prompt.plan(token, "k") is None
+    prompt.keep_plan(token, "k", "plan")
+    again, same = index.match_with_token(NS, prompt)
+    assert same is token and again == matches and prompt.plan(same, "k") == "plan"
+    assert prompt.plan(same, "other key") is None
+    # A prompt sharing its windows that matches the same: the same token, the plan with it.
+    longer = cache.get(raw_of([*tokens, 4, 5]), len(tokens) + 2)
+    longer_matches, longer_token = index.match_with_token(NS, longer)
+    assert longer_matches == matches and longer_token is token
+    assert longer.plan(longer_token, "k") == "plan"
+    # Any change of the index: a new match, a new token, no plan.
+    index.register(
+        NS, rng.integers(0, 128000, 2 * C, dtype=np.uint64), [b"x" * 32, b"y" * 32], 1, 0
+    )
+    _, newer = index.match_with_token(NS, prompt)
+    assert newer is not token and prompt.plan(newer, "k") is None
+    assert index.match_with_token(("other", 1, ""), prompt) == ([], None)

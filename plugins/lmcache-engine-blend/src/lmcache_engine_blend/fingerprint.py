@@ -99,6 +99,12 @@ def token_bytes(tokens: Tokens) -> bytes:
     return tokens.astype("<u4").tobytes()
 
 
+MatchToken = tuple[Namespace, int, list["Match"]]
+"""A prompt's memoised match: namespace, the index's generation, the matches.
+
+Compared by identity: a new match (another generation) is a new tuple."""
+
+
 class Prompt:
     """A prompt's tokens and what matching them needs, each computed once.
 
@@ -111,7 +117,17 @@ class Prompt:
         chunk_size: Tokens per chunk.
     """
 
-    __slots__ = ("_bytes", "_digests", "_matched", "_polys", "chunk_size", "tokens")
+    __slots__ = (
+        "_bytes",
+        "_digests",
+        "_matched",
+        "_plan",
+        "_polys",
+        "_screened",
+        "_seed",
+        "chunk_size",
+        "tokens",
+    )
 
     def __init__(self, tokens: Tokens, chunk_size: int) -> None:
         self.tokens = tokens
@@ -121,6 +137,46 @@ class Prompt:
         self._digests: dict[int, bytes] = {}
         self._matched: tuple[Namespace, int, list[Match]] | None = None
         """The last match: namespace, the index's generation then, the matches."""
+        self._seed: tuple[Prompt, int] | None = None
+        """A prompt with the same first tokens, and how many windows the two share."""
+        self._screened: tuple[int, npt.NDArray[np.intp]] | None = None
+        """The offsets the index's filter passed, and the index's generation then."""
+        self._plan: tuple[MatchToken, object, object] | None = None
+        """A caller's result derived from one match: its token, the caller's key, the value."""
+
+    def plan(self, token: MatchToken | None, key: object) -> object | None:
+        """What :meth:`keep_plan` kept for this match and ``key``; None if nothing or another.
+
+        A caller derives something from a match alone (the unified lookup's
+        winners and their keys); it is good for as long as the match is, which
+        ``token`` (from :meth:`FingerprintIndex.match_with_token`) identifies:
+        the same namespace, the same index generation, the same matches.
+        """
+        memo = self._plan
+        if token is None or memo is None or memo[0] is not token or memo[1] != key:
+            return None
+        return memo[2]
+
+    def keep_plan(self, token: MatchToken | None, key: object, value: object) -> None:
+        """Keep ``value``, derived from the match of ``token`` and ``key`` alone."""
+        if token is not None:
+            self._plan = (token, key, value)
+
+    def share_windows(self, other: Prompt, shared_tokens: int) -> None:
+        """Take ``other``'s fingerprints and digests of the windows both prompts hold.
+
+        ``other`` has the same first ``shared_tokens`` tokens (the caller has
+        checked them), so a window wholly inside them, one starting before
+        ``shared_tokens - chunk_size + 1``, has the same fingerprint and digest
+        in both (neither depends on where the window is). Only the windows past
+        them are hashed for this prompt.
+        """
+        cut = min(shared_tokens, len(self), len(other)) - self.chunk_size + 1
+        if cut <= 0 or other.chunk_size != self.chunk_size:
+            return
+        self._seed = (other, cut)
+        # dict() copies in one C call: another thread's insert cannot break the iteration.
+        self._digests = {p: d for p, d in dict(other._digests).items() if p < cut}
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -128,8 +184,42 @@ class Prompt:
     def polys(self, index: FingerprintIndex) -> Tokens:
         """The rolling fingerprint at every offset (see :meth:`FingerprintIndex.rolling`)."""
         if self._polys is None:
-            self._polys = index.rolling(self.tokens)
+            seed = self._seed
+            known = seed[0]._polys if seed is not None else None
+            if seed is not None and known is not None:
+                cut = seed[1]
+                rest = index.rolling(self.tokens[cut:])
+                self._polys = np.concatenate((known[:cut], rest))
+            else:
+                self._polys = index.rolling(self.tokens)
         return self._polys
+
+    def screen(self, counts: npt.NDArray[np.uint32], generation: int) -> npt.NDArray[np.intp]:
+        """The offsets whose fingerprint the index's counting filter passes (ascending).
+
+        Gathering from the filter (8 MB) at every offset costs a cache miss per
+        token; it is done once per index generation (the filter changes only
+        with the entries), and a prompt sharing windows with another takes the
+        other's offsets below the shared ones when both saw the same generation.
+        Called with the index's lock held; :meth:`polys` first.
+        """
+        screened = self._screened
+        if screened is not None and screened[0] == generation:
+            return screened[1]
+        polys = self._polys
+        assert polys is not None
+        seed = self._seed
+        mask = np.uint64(_FILTER_MASK)
+        theirs = seed[0]._screened if seed is not None else None
+        if seed is not None and theirs is not None and theirs[0] == generation:
+            cut = seed[1]
+            head = theirs[1][: int(np.searchsorted(theirs[1], cut))]
+            tail = np.flatnonzero(counts[polys[cut:] & mask]) + cut
+            hits = np.concatenate((head, tail))
+        else:
+            hits = np.flatnonzero(counts[polys & mask])
+        self._screened = (generation, hits)
+        return hits
 
     def digest(self, position: int) -> bytes:
         """The digest of the chunk-long window at ``position``."""
@@ -290,18 +380,29 @@ class FingerprintIndex:
         chunks share the text (behind different prefixes), the newest is reported.
         Matches may overlap each other.
         """
+        return self.match_with_token(namespace, tokens)[0]
+
+    def match_with_token(
+        self, namespace: Namespace, tokens: Tokens | Prompt
+    ) -> tuple[list[Match], MatchToken | None]:
+        """:meth:`match`, and a token that stands for this match (None: nothing memoised).
+
+        The same token comes back while the prompt, the namespace and the
+        index's entries stay the same (:meth:`Prompt.plan`).
+        """
         size = self.chunk_size
         prompt = tokens if isinstance(tokens, Prompt) else Prompt(tokens, size)
         with self._lock:
             space = self._spaces.get(namespace)
             if space is None or not space.by_poly or len(prompt) < size:
-                return []
+                return [], None
+            generation = self._generation
             memo = prompt._matched
-            if memo is not None and memo[0] == namespace and memo[1] == self._generation:
-                return list(memo[2])  # the same prompt, the same entries: the same matches
+            if memo is not None and memo[0] == namespace and memo[1] == generation:
+                return list(memo[2]), memo  # the same prompt, the same entries: the same matches
             polys = prompt.polys(self)
             # One vectorised screen, then Python only at the offsets it passes.
-            hits = np.flatnonzero(self._filter[polys & np.uint64(_FILTER_MASK)])
+            hits = prompt.screen(self._filter, generation)
             found: list[Match] = []
             reported: set[int] = set()
             by_poly = space.by_poly
@@ -317,8 +418,20 @@ class FingerprintIndex:
                         break
                 else:
                     self.stats.collisions_rejected += 1
-            prompt._matched = (namespace, self._generation, found)
-            return list(found)
+            seed, prompt._seed = prompt._seed, None
+            theirs = seed[0]._matched if seed is not None else None
+            if (
+                seed is not None
+                and theirs is not None
+                and theirs[:2] == (namespace, generation)
+                and theirs[2] == found
+            ):
+                # The prompt it shares windows with matched the same: its token (and plans).
+                prompt._matched, prompt._plan = theirs, seed[0]._plan
+                return list(found), theirs
+            memo = (namespace, generation, found)
+            prompt._matched = memo
+            return list(found), memo
 
     # -- evidence from lookups ----------------------------------------------------------------
 

@@ -1,35 +1,88 @@
 """Recently looked-up prompts by their raw bytes: decoded, fingerprinted and digested once.
 
 Decoding a prompt's msgpack token list is the largest single cost of a unified
-lookup (about 0.5 ms at 64 chunks of 256 tokens: msgspec builds a Python int
+lookup (about 0.4 ms at 64 chunks of 256 tokens: msgspec builds a Python int
 per token). An engine asks about the same prompt more than once (a request the
 scheduler could not admit yet is looked up again at the next step; identical
-prompts across requests), so the decoded tokens, their rolling fingerprints and
-the window digests checked so far are kept per distinct raw token list, keyed
-by the list's blake3 digest (what the core's token hash cache keys by too) and
-the key's ``end``. Bounded by entries and by tokens held; least recently used
-first out.
+prompts across requests), so the decoded tokens, their rolling fingerprints,
+the window digests checked so far and the chain hashes are kept per distinct
+raw token list and the key's ``end``. Entries are found by an XXH3 fingerprint
+of the bytes and keep the bytes, which a hit compares in full (a fingerprint
+collision is a miss, never another prompt): XXH3 and the comparison cost a few
+microseconds where a blake3 digest cost 20 at 64 chunks.
+
+A prompt not seen before often starts like a recent one (the same documents, a
+new question; the next turn). The most recent prompt with the same first
+:data:`PROBE_BYTES` bytes is its *base*: the tokens whose bytes the two share
+are taken from it (:mod:`~lmcache_engine_blend.token_decode`: only the rest is
+decoded), with the fingerprints and digests of the windows inside them
+(:meth:`~lmcache_engine_blend.fingerprint.Prompt.share_windows`) and the chain
+hashes of the chunks inside them (the core's token cache is primed with them,
+so the prefix leg neither decodes nor hashes them again).
+
+Bounded by entries and by tokens held; least recently used first out.
 """
 
 from __future__ import annotations
 
+import array
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import blake3
+import numpy as np
+import xxhash
 
 from lmcache_engine_blend.fingerprint import Prompt
-from lmcache_engine_blend.fingerprinting_store import decode_token_list
+from lmcache_engine_blend.token_decode import Ends, decode_after, decode_full, token_ends
 
 ENTRIES = 64
 """Prompts kept at most."""
 MAX_TOKENS = 1 << 21
-"""Tokens kept at most over every entry (about 20 bytes each with their fingerprints)."""
+"""Tokens kept at most over every entry (about 35 bytes each: raw bytes, uint32 and
+uint64 tokens, token ends, fingerprints)."""
+PROBE_BYTES = 512
+"""A prompt's base is the most recent one whose body starts with the same this many bytes."""
+MIN_BASED_BYTES = 600
+"""Shorter lists are decoded in full: below about 2,000 tokens msgspec's decode costs less
+than finding the shared prefix and the tail's token ends (about 55 us, min of 5 runs)."""
+
+Prime = Callable[[bytes, "array.array[int]", list[bytes], int], list[bytes]]
+"""``(raw, tokens, base hashes, shared tokens) -> raw's chain hashes``: primes the core's cache."""
+
+_fingerprint = xxhash.xxh3_64_intdigest
+
+
+@dataclass
+class _Entry:
+    raw: bytes
+    prompt: Prompt
+    ids: array.array[int]
+    ends: Ends | None
+    """Token ends (:func:`token_ends`); None: not known yet, or the bytes are not the
+    shortest encoding (then ``ends_checked``)."""
+    hashes: list[bytes]
+    probe: int | None
+    ends_checked: bool = False
+
+    def token_ends(self) -> Ends | None:
+        """:attr:`ends`, computed the first time this entry is a base (most never are)."""
+        if not self.ends_checked:
+            self.ends = token_ends(self.raw, np.frombuffer(self.ids, dtype=np.uint32))
+            self.ends_checked = True
+        return self.ends
+
+
+def _probe(raw: bytes) -> int | None:
+    """The fingerprint of the body's first :data:`PROBE_BYTES` (None: a list too short)."""
+    if len(raw) < MIN_BASED_BYTES:
+        return None
+    return _fingerprint(raw[5 : 5 + PROBE_BYTES])  # past any array header's length
 
 
 class PromptCache:
-    """Decoded prompts by ``(blake3(raw token list), end)`` (thread-safe).
+    """Decoded prompts by ``(XXH3(raw token list), end)``, the bytes compared (thread-safe).
 
     Args:
         chunk_size: Tokens per chunk (of the fingerprint index the prompts are matched in).
@@ -43,49 +96,74 @@ class PromptCache:
         self.chunk_size = chunk_size
         self.entries = entries
         self.max_tokens = max_tokens
-        self._cache: OrderedDict[tuple[bytes, int], Prompt] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+        self._probes: dict[int, _Entry] = {}
         self._tokens = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.shared_tokens = 0
+        """Tokens of missed prompts taken from a base (not decoded)."""
 
-    def get(
-        self, raw: bytes, end: int, decoded: Callable[[Sequence[int]], None] | None = None
-    ) -> Prompt:
+    def get(self, raw: bytes, end: int, prime: Prime | None = None) -> Prompt:
         """The prompt of ``raw`` (a msgpack token list) cut at ``end``.
 
         Args:
             raw: The key's raw token list.
             end: The key's ``end``.
-            decoded: Called with the whole decoded token list (a uint32 array) when
-                ``raw`` had to be decoded (a miss), so another user of the tokens
-                need not decode them.
+            prime: Called on a miss with the whole token list (a uint32 array),
+                the base's chain hashes and how many tokens it shares with the
+                base; returns ``raw``'s chain hashes, kept for prompts based on
+                this one.
 
         Raises:
             ValueError: ``raw`` is not a msgpack array of uint32 values.
         """
-        key = (blake3.blake3(raw).digest(), end)
+        key = (_fingerprint(raw), end)
+        probe = _probe(raw)
         with self._lock:
-            prompt = self._cache.get(key)
-            if prompt is not None:
+            entry = self._cache.get(key)
+            if entry is not None and entry.raw == raw:
                 self._cache.move_to_end(key)
                 self.hits += 1
-                return prompt
-        listed, tokens = decode_token_list(raw)
-        if decoded is not None:
-            decoded(listed)
-        prompt = Prompt(tokens[:end], self.chunk_size)
+                return entry.prompt
+            base = self._probes.get(probe) if probe is not None else None
+        decoded = None
+        base_ends = base.token_ends() if base is not None else None
+        if base is not None and base_ends is not None:
+            decoded = decode_after(raw, base.raw, base.ids, base_ends)
+        if decoded is None:
+            ids, ends, shared = decode_full(raw), None, 0
+        else:
+            ids, ends, shared = decoded
+        hashes = prime(raw, ids, base.hashes if base else [], shared) if prime else []
+        prompt = Prompt(
+            np.frombuffer(ids, dtype=np.uint32).astype(np.uint64)[:end], self.chunk_size
+        )
+        if base is not None and shared:
+            prompt.share_windows(base.prompt, shared)
+        entry = _Entry(raw, prompt, ids, ends, hashes, probe, ends_checked=ends is not None)
         with self._lock:
             self.misses += 1
-            if len(prompt) > self.max_tokens:
+            self.shared_tokens += shared
+            if len(ids) > self.max_tokens:
                 return prompt  # used once, not kept
-            if key not in self._cache:
-                self._cache[key] = prompt
-                self._tokens += len(prompt)
+            old = self._cache.pop(key, None)
+            if old is not None:
+                self._forget(old)
+            self._cache[key] = entry
+            self._tokens += len(ids)
+            if probe is not None:
+                self._probes[probe] = entry
             while len(self._cache) > self.entries or self._tokens > self.max_tokens:
-                _, dropped = self._cache.popitem(last=False)
-                self._tokens -= len(dropped)
+                self._forget(self._cache.popitem(last=False)[1])
         return prompt
+
+    def _forget(self, entry: _Entry) -> None:
+        """Account for an entry taken out (lock held)."""
+        self._tokens -= len(entry.ids)
+        if entry.probe is not None and self._probes.get(entry.probe) is entry:
+            del self._probes[entry.probe]
 
     def status(self) -> dict[str, int]:
         """Size and counters for ``/status``."""
@@ -95,4 +173,5 @@ class PromptCache:
                 "tokens": self._tokens,
                 "hits": self.hits,
                 "misses": self.misses,
+                "shared_tokens": self.shared_tokens,
             }

@@ -60,12 +60,12 @@ from lmcache_core.storage.keys import ObjectKey, pack_kv_rank
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.tier import L2Tier, Retention
 from lmcache_engine_blend.events import BlendEvents
-from lmcache_engine_blend.fingerprint import FingerprintIndex, Match, Prompt
+from lmcache_engine_blend.fingerprint import FingerprintIndex, Match, MatchToken, Prompt
 from lmcache_engine_blend.fingerprinting_store import namespace_of
 from lmcache_engine_blend.prompt_cache import PromptCache
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from lmcache_core.engine.contract import RequestContext
 
@@ -90,6 +90,24 @@ class Stash:
 
     readers: int
     per_hash: dict[bytes, list[ObjectKey]]
+
+
+@dataclass(frozen=True)
+class InlinePlan:
+    """The inline path's winners of one match and prefix (:meth:`UnifiedLookups._inline_plan`).
+
+    Shared by every lookup of the same prompt, so never changed: the stash
+    gets a copy of ``per_hash``, the result new segments.
+    """
+
+    candidates: int
+    """Distinct matched chunks at or past the prefix (the end event's ``fingerprint_hits``)."""
+    keys: list[ObjectKey]
+    """The winners' keys, every rank, in order: what is locked."""
+    chains: list[bytes]
+    per_hash: dict[bytes, list[ObjectKey]]
+    segments: list[tuple[int, int, int, int, bytes]]
+    """``CBMatchResult`` fields of each winner."""
 
 
 @dataclass
@@ -223,7 +241,7 @@ class UnifiedLookups:
         self.lookups.try_lookup_inline(ctx, prefix_key, tp_size, partial=True)
         session = self.sessions.get(key.request_id)
         self.events.lookup_started(key, len(tokens))
-        matches = self.index.match(namespace_of(key), tokens)
+        matches, token = self.index.match_with_token(namespace_of(key), tokens)
         job = BlendJob(
             key, session, key.num_kv_readers, matches, session.job, time.monotonic(), time.time()
         )
@@ -231,7 +249,7 @@ class UnifiedLookups:
         if not job.mutex.acquire(blocking=False):
             raise WouldBlock
         try:
-            result = self._finish_inline(job)
+            result = self._finish_inline(job, tokens, token)
         finally:
             job.mutex.release()
         with self._lock:
@@ -239,38 +257,93 @@ class UnifiedLookups:
                 del self._jobs[key.request_id]
         return result
 
-    def _finish_inline(self, job: BlendJob) -> CBUnifiedLookupResult:
+    def _finish_inline(
+        self, job: BlendJob, prompt: Prompt, token: MatchToken | None
+    ) -> CBUnifiedLookupResult:
         """The sparse leg and the result with the winners resident (job mutex held)."""
         assert job.prefix is not None and job.prefix.hit_chunks is not None
         prefix_tokens = job.prefix.hit_chunks * self.chunk_size
-        candidates = self._candidates(job, prefix_tokens)
-        winners: list[Candidate] = []
-        end = prefix_tokens
-        for candidate in sorted(candidates, key=lambda c: c.match.cur_st):
-            if candidate.match.cur_st >= end:  # no post-gap chunks: no L2 leg ran
-                winners.append(candidate)
-                end = candidate.match.cur_st + self.chunk_size
-        flat = [k for c in winners for k in c.keys]
+        plan = self._inline_plan(job, prompt, token, prefix_tokens)
+        flat = plan.keys
         if len(flat) > INLINE_MAX_KEYS:
             raise WouldBlock
         deadline = self.sessions.clock() + self.l1.read_ttl_s
         if flat and not self.l1.try_lock_all(flat, job.readers):
             raise WouldBlock  # nothing locked: the pool's sparse leg starts afresh
         job.polls += 1
-        for candidate in winners:
-            candidate.state = "found"
-        job.candidates = winners
-        with job.session.mutex:
-            job.session.take_locks(flat, job.readers, deadline)
-        job.result = self._finish(job, prefix_tokens, fingerprint_hits=len(candidates))
+        if flat:
+            with job.session.mutex:
+                job.session.take_locks(flat, job.readers, deadline)
+        # What _finish does when every candidate is a found winner: no losers, none stale.
+        key = job.key
+        self.index.found(namespace_of(key), plan.chains)
+        if plan.per_hash:
+            with self._lock:
+                self._stashes[key.request_id] = Stash(job.readers, dict(plan.per_hash))
+                self._stashes.move_to_end(key.request_id)
+                while len(self._stashes) > MAX_JOBS:
+                    self._stashes.popitem(last=False)
+        segments = [CBMatchResult(*fields) for fields in plan.segments]
+        job.result = CBUnifiedLookupResult(prefix_tokens, segments, [])
+        self._publish_end(
+            job,
+            prefix_tokens,
+            segments,
+            [],
+            fingerprint_hits=plan.candidates,
+            storage_hits=len(plan.chains),
+        )
         return job.result
+
+    def _inline_plan(
+        self, job: BlendJob, prompt: Prompt, token: MatchToken | None, prefix_tokens: int
+    ) -> InlinePlan:
+        """The winners of the job's matches past ``prefix_tokens``, memoised per match.
+
+        A pure function of the matches (their token: namespace, index
+        generation, matches), the prefix and the chunk size: the earliest
+        ``cur_st`` first, as the pool's overlap rule. The inline path never has
+        post-gap chunks (no L2 leg ran), so they play no part. A prompt looked
+        up again reuses it; only the locks, the strikes and the stash are
+        done per lookup.
+        """
+        assert not _post_gap(job)
+        plan_key = (prefix_tokens, self.chunk_size)
+        kept = prompt.plan(token, plan_key)
+        if isinstance(kept, InlinePlan):
+            return kept
+        candidates = self._candidates(job, prefix_tokens)
+        size = self.chunk_size
+        winners: list[Candidate] = []
+        end = prefix_tokens
+        for candidate in sorted(candidates, key=lambda c: c.match.cur_st):
+            if candidate.match.cur_st >= end:
+                winners.append(candidate)
+                end = candidate.match.cur_st + size
+        plan = InlinePlan(
+            candidates=len(candidates),
+            keys=[k for c in winners for k in c.keys],
+            chains=[c.match.chain_hash for c in winners],
+            per_hash={c.match.chain_hash: c.keys for c in winners},
+            segments=[
+                (m.old_st, m.old_st + size, m.cur_st, m.cur_st + size, m.chain_hash)
+                for m in (c.match for c in winners)
+            ],
+        )
+        prompt.keep_plan(token, plan_key, plan)
+        return plan
 
     def _decode(self, key: WireCacheKey) -> Prompt:
         """The key's prompt (decoded once for both legs: the prefix leg's hashes too)."""
         raw = bytes(key.token_ids)
         token_hashes = self.lookups.chunk_keys.tokens
+
+        def prime(raw: bytes, ids: Sequence[int], known: list[bytes], shared: int) -> list[bytes]:
+            # The base's hashes of the chunks wholly inside the shared tokens are this list's.
+            return token_hashes.prime(raw, ids, known[: shared // token_hashes.chunk_size])
+
         try:
-            return self.prompts.get(raw, key.end, lambda listed: token_hashes.prime(raw, listed))
+            return self.prompts.get(raw, key.end, prime)
         except ValueError as exc:
             raise BadRequestError(str(exc)) from None
 
