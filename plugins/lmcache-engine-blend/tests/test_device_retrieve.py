@@ -571,3 +571,30 @@ def test_cuda_cos_sin_caches_for_a_cpu_worker_are_refused(rig: Rig) -> None:
         rig.call(
             "cb_register_rope", CPU_IID, [encode_device_handle(handle)], DIM, True, [], [], [], ""
         )
+
+
+def test_a_unified_lookups_locks_are_consumed_by_the_device_retrieve(rig: Rig) -> None:
+    w = setup_workers(rig, CASES[0])
+    _s, d0, d1 = (w.tokens[i * CHUNK : (i + 1) * CHUNK] for i in range(PROMPT_CHUNKS))
+    prompt = [7] * CHUNK + d1 + d0 + [8] * CHUNK  # d1 moved back, d0 ahead
+    lookup_key = wire_key(prompt, len(prompt), "unified")
+    lookup_key = msgspec.structs.replace(lookup_key, worker_id=None, num_kv_readers=1)
+    result = None
+    for _ in range(500):
+        result = rig.call("cb_unified_lookup", lookup_key, 1)
+        if result is not None:
+            break
+        time.sleep(0.01)
+    assert result is not None
+    segs = sorted(result.non_prefix_segments, key=lambda m: m.cur_st)
+    assert [(m.old_st, m.cur_st) for m in segs] == [(2 * CHUNK, CHUNK), (CHUNK, 2 * CHUNK)]
+    assert rig.locked() == 2  # the lookup's locks, stashed in the session
+    key = wire_key(prompt, len(prompt), "unified")
+    event, ok = rig.call(
+        "cb_retrieve_pre_computed", key, segs, [TARGET], GPU_IID, rig.device.events.make(True)
+    )
+    assert ok is True and event
+    assert rig.locked() == 0
+    assert retrieve(rig, CPU_IID, segs, "cpu")[1]
+    for got, want in zip(as_bytes(w.gpu), as_bytes(w.cpu), strict=True):
+        assert torch.equal(got, want)
