@@ -598,3 +598,19 @@ def test_a_unified_lookups_locks_are_consumed_by_the_device_retrieve(rig: Rig) -
     assert retrieve(rig, CPU_IID, segs, "cpu")[1]
     for got, want in zip(as_bytes(w.gpu), as_bytes(w.cpu), strict=True):
         assert torch.equal(got, want)
+
+
+def test_a_stream_that_takes_no_work_fails_and_releases_the_locks(rig: Rig) -> None:
+    w = setup_workers(rig, CASES[0])
+    before = as_bytes([layer.clone() for layer in w.gpu])
+    assert retrieve(rig, GPU_IID, segments(w)[:1], "warm", rig.device.events.make(True))[1]
+    rig.device.streams[0].broken = True  # the FAKE stream refuses work (a device fault)
+    event, ok = retrieve(rig, GPU_IID, segments(w)[1:], "broken", rig.device.events.make(True))
+    assert ok is False and event
+    assert rig.runtime.deferred.drain(10) and rig.locked() == 0
+    positions = set(written_positions(segments(w)[1:]))
+    blk, off = slots_of(TARGET, sorted(positions))
+    for layer, old in zip(w.gpu, before, strict=True):  # nothing of the failed call landed
+        now = plane_rows(layer, 0, w.layout)[blk, off].contiguous().view(torch.uint8)
+        was = plane_rows(old.view(w.layout.dtype), 0, w.layout)[blk, off]
+        assert torch.equal(now, was.contiguous().view(torch.uint8))
