@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from lmcache_core.client import MPClient
+from lmcache_core.client.cpu_worker import shared_copy
 from lmcache_core.protocol.codec import encode_device_handle
 from lmcache_core.protocol.types import CacheKey, CBMatchResult, CBUnifiedLookupResult
 from tests.gpu.cuda_worker import CudaKVWorker, export_cuda, random_kv
@@ -97,18 +98,31 @@ def unified_lookup(client: MPClient, lookup_key: CacheKey) -> CBUnifiedLookupRes
     raise AssertionError("cb_unified_lookup never answered")
 
 
-@pytest.mark.parametrize("neox", [True, False], ids=["neox", "gptj"])
-def test_reused_chunks_land_re_rotated_on_the_gpu(server: LiveServer, neox: bool) -> None:
+SHARES = [(True, "cuda"), (False, "cuda"), (True, "cpu_shm")]
+
+
+@pytest.mark.parametrize(("neox", "share"), SHARES, ids=["neox", "gptj", "neox-cpu-shm-cos-sin"])
+def test_reused_chunks_land_re_rotated_on_the_gpu(
+    server: LiveServer, neox: bool, share: str
+) -> None:
+    """With the cos/sin cache shared as CUDA IPC (copied on the GPU at registration) or as
+    ``cpu_shm`` (moved to the GPU once, at the first retrieve)."""
     client = MPClient(server.zmq_url, timeout=60)
     layers = [random_kv((2, NB, BS, HEADS, DIM), torch.bfloat16, 90 + i) for i in range(LAYERS)]
     worker = CudaKVWorker(client, layers, {}, model_name=MODEL)
     worker.register()
     try:
         cache = cos_sin_cache(DIM)
+        cleanup = None
+        if share == "cuda":
+            ext = encode_device_handle(export_cuda(cache))
+        else:
+            handle, _host, cleanup = shared_copy(cache.cpu())
+            ext = encode_device_handle(handle)
         client.call(
             "cb_register_rope",
             worker.instance_id,
-            [encode_device_handle(export_cuda(cache))],
+            [ext],
             DIM,
             neox,
             [],
@@ -116,7 +130,9 @@ def test_reused_chunks_land_re_rotated_on_the_gpu(server: LiveServer, neox: bool
             [],
             "",
         )
-        base = 7_000_000 + (0 if neox else 1_000_000)
+        if cleanup is not None:
+            cleanup()  # the server copied the cache at registration
+        base = 7_000_000 + 1_000_000 * SHARES.index((neox, share))
         s, d0, d1, y, z = ([base + 100 * c + i for i in range(CHUNK)] for c in range(5))
         stored = s + d0 + d1
         gen = torch.Generator(device="cuda").manual_seed(5 if neox else 6)

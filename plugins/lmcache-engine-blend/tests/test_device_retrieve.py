@@ -614,3 +614,15 @@ def test_a_stream_that_takes_no_work_fails_and_releases_the_locks(rig: Rig) -> N
         now = plane_rows(layer, 0, w.layout)[blk, off].contiguous().view(torch.uint8)
         was = plane_rows(old.view(w.layout.dtype), 0, w.layout)[blk, off]
         assert torch.equal(now, was.contiguous().view(torch.uint8))
+
+
+def test_cpu_shm_cos_sin_caches_serve_a_cuda_worker_too(rig: Rig) -> None:
+    w = setup_workers(rig, CASES[1])
+    register_rope(rig, w, GPU_IID, cuda=False)  # replaces the CUDA-registered state
+    state = rig.engine.ropes.get(GPU_IID)
+    assert state is not None and state.caches[0].device.type == "cpu"
+    segs = segments(w)
+    assert retrieve(rig, CPU_IID, segs, "cpu")[1]
+    assert retrieve(rig, GPU_IID, segs, "gpu", rig.device.events.make(True))[1]
+    for got, want in zip(as_bytes(w.gpu), as_bytes(w.cpu), strict=True):
+        assert torch.equal(got, want)
