@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ import torch
 from lmcache_engine_blend.engine import BlendEngine, build_engine
 from lmcache_engine_default.cuda_workers import CudaRuntime, register_cuda_worker
 from lmcache_engine_default.workers import MappedWorker
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lmcache_core.client.cpu_worker import shared_copy
 from lmcache_core.config.loading import load_config
@@ -626,3 +628,52 @@ def test_cpu_shm_cos_sin_caches_serve_a_cuda_worker_too(rig: Rig) -> None:
     assert retrieve(rig, GPU_IID, segs, "gpu", rig.device.events.make(True))[1]
     for got, want in zip(as_bytes(w.gpu), as_bytes(w.cpu), strict=True):
         assert torch.equal(got, want)
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten ops run under it (on the FAKE stream's thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.ops[str(func.overloadpacket.__name__)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_device_work_does_not_grow_with_tokens_or_chunks(rig: Rig) -> None:
+    """One gather, one rotation, one write per layer and plane, whatever the request's size.
+
+    The DMAs are one per run of adjacent objects in the arena, so they (and their run views)
+    are left out of the comparison.
+    """
+    w = setup_workers(rig, CASES[0])
+    assert retrieve(rig, GPU_IID, segments(w)[1:2], "warm", rig.device.events.make(True))[1]
+    stream = rig.device.streams[0]
+    counted: list[_OpCounter] = []
+    plain_submit = stream.submit
+
+    def submit(work: Any) -> None:
+        def run() -> None:
+            counter = _OpCounter()
+            with counter:
+                work()
+            counted.append(counter)
+
+        plain_submit(run)
+
+    stream.submit = submit  # type: ignore[method-assign]
+    one = [CBMatchResult(old_st=32, old_ed=48, cur_st=16, cur_ed=32, hash=w.hashes[2])]
+    assert retrieve(rig, GPU_IID, one, "one", rig.device.events.make(True))[1]
+    three = [
+        CBMatchResult(old_st=0, old_ed=16, cur_st=16, cur_ed=32, hash=w.hashes[0]),
+        CBMatchResult(old_st=16, old_ed=32, cur_st=32, cur_ed=48, hash=w.hashes[1]),
+        CBMatchResult(old_st=32, old_ed=45, cur_st=48, cur_ed=61, hash=w.hashes[2]),
+    ]
+    assert retrieve(rig, GPU_IID, three, "three", rig.device.events.make(True))[1]
+    small, large = (dict(c.ops) for c in counted)
+    for dma in ("copy_", "as_strided"):  # the DMAs and their run views
+        assert large.pop(dma, 0) >= small.pop(dma, 0)
+    assert small == large
+    assert small["index_copy_"] == LAYERS * 2  # one write per layer and plane
