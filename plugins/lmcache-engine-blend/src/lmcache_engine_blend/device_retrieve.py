@@ -18,11 +18,16 @@ its transfer stream, with the ordering of :mod:`lmcache_core.transfer.transfer_o
    the background when the copies really completed).
 
 A request's chunks go in batches of at most :data:`STAGING_BYTES` of objects (one batch for
-every request whose matches fit: 64 chunks of 4 MiB); each batch costs a fixed number of
-launches plus two per layer. Everything that can be checked is checked before the first
-byte is enqueued (object sizes, block ids, positions against the cos/sin cache), so such a
-failure leaves every slot untouched. A device fault after the enqueue answers ``ok=False``:
-the client then recomputes the whole request, overwriting whatever was written.
+every request whose matches fit: 4 Llama-3-8B chunks of 256 tokens, 32 MiB each); each batch
+costs a fixed number of launches plus two per layer. The batch bounds what the server
+allocates on the worker's GPU meanwhile: the staging, the gathered rows (as much again) and
+the rotation's fp32 scratch (twice that for NeoX bf16 K, once for GPT-J): about 4x
+:data:`STAGING_BYTES` at most, returned to torch's caching allocator after the request.
+
+Everything that can be checked is checked before the first byte is enqueued (object sizes,
+block ids, positions against the cos/sin cache), so such a failure leaves every slot
+untouched. A device fault after the enqueue answers ``ok=False``: the client then recomputes
+the whole request, overwriting whatever was written.
 
 The code is device-agnostic torch: the CPU tests run it on CPU tensors with a FAKE importer
 and a FAKE thread stream (``plugins/lmcache-engine-blend/tests/test_device_retrieve.py``),
@@ -56,7 +61,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("lmcache.engine.blend")
 
-STAGING_BYTES = 256 << 20
+STAGING_BYTES = 128 << 20
 """The most bytes of L1 objects staged on the device at once (one batch of a retrieve)."""
 
 _SAME_SIZE = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
@@ -249,24 +254,25 @@ class _Batch:
         block_size: int,
         rotates: bool,
     ) -> _Batch:
-        typed = list(matches)
+        # Host-side index building: a few small tensors per chunk, none per token.
         starts, at = [], 0
-        for m in typed:
+        for m in matches:
             starts.append(at)
             at += m.cur_ed - m.cur_st
-        moved = [i for i, m in enumerate(typed) if rotates and m.old_st != m.cur_st]
-        order = moved + [i for i in range(len(typed)) if i not in set(moved)]
+        moved = [i for i, m in enumerate(matches) if rotates and m.old_st != m.cur_st]
+        kept = set(moved)
+        order = moved + [i for i in range(len(matches)) if i not in kept]
         chunk, token, rows = [], [], []
         for i in order:
-            count = typed[i].cur_ed - typed[i].cur_st
+            count = matches[i].cur_ed - matches[i].cur_st
             chunk.append(torch.full((count,), i, dtype=torch.int64))
             token.append(torch.arange(count, dtype=torch.int64))
             rows.append(torch.arange(starts[i], starts[i] + count, dtype=torch.int64))
         where = torch.cat(rows)
         blk, off = blocks[where], offsets[where]
         index = torch.stack((torch.cat(chunk), torch.cat(token), blk * block_size + off, blk, off))
-        old = [torch.arange(typed[i].old_st, typed[i].old_ed, dtype=torch.int64) for i in moved]
-        new = [torch.arange(typed[i].cur_st, typed[i].cur_ed, dtype=torch.int64) for i in moved]
+        old = [torch.arange(matches[i].old_st, matches[i].old_ed, dtype=torch.int64) for i in moved]
+        new = [torch.arange(matches[i].cur_st, matches[i].cur_ed, dtype=torch.int64) for i in moved]
         empty = torch.empty(0, dtype=torch.int64)
         positions = torch.stack(
             (torch.cat(old) if old else empty, torch.cat(new) if new else empty)
