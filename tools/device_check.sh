@@ -27,6 +27,8 @@ fi
 # `device_check.sh bench` (the two benchmarks) are the two calls; no argument runs both.
 part="${1:-all}"
 rc=0
+# tests/gpu includes test_blend_gpu.py (CacheBlend's GPU retrieve: one more server start
+# and two short cases, well under a minute of the 420 s).
 if [ "$part" = all ] || [ "$part" = tests ]; then
   timeout 420 python3 -m pytest tests/gpu -x -q -p no:cacheprovider -m gpu --timeout 300 \
     2>&1 | tee "$out/gpu_tests.log" || rc=$?

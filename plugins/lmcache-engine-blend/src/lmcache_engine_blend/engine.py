@@ -11,7 +11,8 @@ what it stored, plus the blend operations:
   ``--enable-segmented-prefix`` the chunks past a gap of the prefix;
 * ``cb_retrieve_pre_computed``: the reused chunks' KV written into the worker's
   paged cache, K re-rotated (:mod:`~lmcache_engine_blend.retrieve`), on CPU
-  through ``cpu_shm`` caches;
+  through ``cpu_shm`` caches, on GPU through the worker's CUDA stream
+  (:mod:`~lmcache_engine_blend.device_retrieve`);
 * ``cb_reorder_plan``: with ``--enable-blend-reorder`` a reordering of the
   prompt that starts with a stored one (:mod:`~lmcache_engine_blend.reorder`),
   else ``[]`` ("keep the prompt"), as upstream answers without the flag.
@@ -55,7 +56,10 @@ class BlendEngine(DefaultEngine):
         super().__init__(context)
         self.blend_events = BlendEvents(context.events)
         self.index = FingerprintIndex(self.chunk_size, dedup_content=settings.enable_dedup_content)
-        self.ropes = RopeRegistry(lambda instance_id: instance_id in self.workers.mapped)
+        self.ropes = RopeRegistry(
+            lambda instance_id: self.workers.lmcache_driven(instance_id) is not None,
+            self.workers.cuda.get,
+        )
         self.prompts = PromptStore(self.chunk_size) if settings.enable_blend_reorder else None
         self.fingerprinting = FingerprintingStore(
             self.lmcache_driven.store,
@@ -164,6 +168,7 @@ class BlendEngine(DefaultEngine):
         """The default unregistration; the RoPE state goes with the KV cache."""
         self.lmcache_driven.unregister_kv_cache(ctx, instance_id)
         self.ropes.drop(instance_id)
+        self.retrieves.device.forget(instance_id)
 
     def cb_reorder_plan(
         self, _ctx: RequestContext, key: WireCacheKey, keep_prefix: int, budget_ms: int
@@ -199,6 +204,7 @@ class BlendEngine(DefaultEngine):
     def _reap(self, instance_id: int) -> None:
         super()._reap(instance_id)
         self.ropes.drop(instance_id)
+        self.retrieves.device.forget(instance_id)
 
 
 def build_engine(context: EngineContext) -> BlendEngine:

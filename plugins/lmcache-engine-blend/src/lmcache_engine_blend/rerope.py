@@ -19,8 +19,9 @@ only read, and the result is rounded once to the KV dtype:
   two strided copies, measured 1.2-1.6x slower at one thread on CPU.
 
 Dims outside the rotary width are copied bit for bit. Nothing here is
-CPU-specific: the same calls run on a CUDA tensor (the tables follow the keys'
-device).
+CPU-specific: the same calls run on a CUDA tensor (the tables are computed on the
+cos/sin cache's device and follow the keys' device). ``out`` may be ``keys``
+itself (the device path rotates its staged rows in place).
 
 A loop over chunks rather than one tensor of the whole request: the request's
 K would have to be staged into one buffer first (another full pass), and the
@@ -34,6 +35,17 @@ import torch
 from lmcache_engine_blend.rope import KV_QUANTS, GroupRotation
 
 
+def check_positions(rotation: GroupRotation, lowest: int, end: int) -> None:
+    """Refuse positions ``[lowest, end)`` the rotation's cos/sin cache has no rows for.
+
+    Raises:
+        ValueError: A position outside the cache (named with the cache's size).
+    """
+    limit = int(rotation.cache.shape[0])
+    if lowest < 0 or end > limit:
+        raise ValueError(f"a position is outside the cos/sin cache's {limit} rows")
+
+
 class RequestRotation:
     """The difference rotations of one request's moved tokens, applied chunk by chunk.
 
@@ -43,6 +55,8 @@ class RequestRotation:
             the order :meth:`rotate` will be called with them.
         new_positions: ``[tokens]`` positions to rotate them to.
         kv_quant: The fp8 format of uint8 K rows (``""``: none).
+        checked: The caller checked the positions already (the device path checks them
+            on the host before enqueueing: reading device positions back would stall).
 
     Raises:
         ValueError: A position beyond the cos/sin cache.
@@ -54,17 +68,20 @@ class RequestRotation:
         old_positions: torch.Tensor,
         new_positions: torch.Tensor,
         kv_quant: str = "",
+        *,
+        checked: bool = False,
     ) -> None:
         cache = rotation.cache
-        limit = int(cache.shape[0])
-        for positions in (old_positions, new_positions):
-            if positions.numel() and (int(positions.max()) >= limit or int(positions.min()) < 0):
-                raise ValueError(f"a position is outside the cos/sin cache's {limit} rows")
+        if not checked:
+            for positions in (old_positions, new_positions):
+                if positions.numel():
+                    check_positions(rotation, int(positions.min()), int(positions.max()) + 1)
         self.rotation = rotation
         self.kv_quant = kv_quant
         half = rotation.width // 2
         # One gather per request for every moved token (old and new rows together).
-        rows = cache.index_select(0, torch.cat((old_positions, new_positions)).to(torch.int64))
+        wanted = torch.cat((old_positions, new_positions)).to(cache.device, torch.int64)
+        rows = cache.index_select(0, wanted)
         count = int(old_positions.numel())
         cos_o, sin_o = rows[:count, :half], rows[:count, half:]
         cos_n, sin_n = rows[count:, :half], rows[count:, half:]
@@ -73,7 +90,7 @@ class RequestRotation:
             (cos_n * cos_o).add_(sin_n * sin_o), (sin_n * cos_o).sub_(cos_n * sin_o)
         )
         self._scratch: torch.Tensor | None = None
-        self._swap = torch.tensor([1, 0])
+        self._swap = torch.tensor([1, 0], device=cache.device)
 
     def rotate(
         self, keys: torch.Tensor, first: int, out: torch.Tensor | None = None

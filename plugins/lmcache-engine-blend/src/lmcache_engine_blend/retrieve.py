@@ -1,4 +1,7 @@
-"""``cb_retrieve_pre_computed`` on CPU: reused chunks' KV written into the paged cache.
+"""``cb_retrieve_pre_computed``: reused chunks' KV written into the paged cache.
+
+This module holds the gates, the plan and the CPU (``cpu_shm``) write; a CUDA
+worker's write is :mod:`~lmcache_engine_blend.device_retrieve`'s, from the same plan.
 
 For every matched token position ``p`` of ``[cur_st, cur_ed)`` the stored row of
 ``old_st + (p - cur_st)`` goes to slot ``block_table[p // bs] * bs + p % bs`` of
@@ -23,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from lmcache_engine_default.cuda_workers import CudaWorker
 from lmcache_engine_default.lmcache_driven import TransferResult
 from lmcache_engine_default.workers import MappedWorker, WorkerTable
 
@@ -32,11 +36,13 @@ from lmcache_core.protocol.errors import BadRequestError
 from lmcache_core.protocol.types import CBMatchResult, WireCacheKey
 from lmcache_core.storage.keys import ObjectKey, pack_kv_rank
 from lmcache_core.storage.l1 import L1Manager
-from lmcache_core.transfer.layout import KVFormat, KVLayout
+from lmcache_core.transfer.layout import KVLayout
+from lmcache_engine_blend.device_retrieve import DeviceRetrieves, fresh_event
 from lmcache_engine_blend.events import BlendEvents
 from lmcache_engine_blend.registration import RopeRegistry
 from lmcache_engine_blend.rerope import RequestRotation
 from lmcache_engine_blend.rope import GroupRotation, RopeState
+from lmcache_engine_blend.scatter import scatter_rows
 from lmcache_engine_blend.unified_lookup import UnifiedLookups
 
 logger = logging.getLogger("lmcache.engine.blend")
@@ -97,6 +103,7 @@ class BlendRetrieves:
         )
         self._applied_lock = threading.Lock()
         self.written_chunks = 0
+        self.device = DeviceRetrieves(l1, chunk_size)
 
     def cb_retrieve_pre_computed(
         self,
@@ -105,14 +112,22 @@ class BlendRetrieves:
         match_results: list[CBMatchResult],
         block_ids: list[list[int]],
         instance_id: int,
-        _event: bytes,
+        event: bytes,
     ) -> TransferResult:
-        """Write the matched chunks' KV into the worker's blocks; ``ok`` = every row is backed."""
+        """Write the matched chunks' KV into the worker's blocks; ``ok`` = every row is backed.
+
+        A CPU (``cpu_shm``) worker is written here, synchronously (``event`` is ignored, as
+        upstream's CPU backend does); a CUDA worker on its stream after ``event``
+        (:mod:`~lmcache_engine_blend.device_retrieve`), every reply then carrying a freshly
+        recorded server event.
+        """
         started = time.time()
         if key.worker_id is None:
             raise BadRequestError("cb_retrieve_pre_computed needs a key with worker_id set")
         _check_matches(match_results, self.chunk_size)
-        worker = self.workers.mapped.get(instance_id)
+        worker: MappedWorker | CudaWorker | None = self.workers.mapped.get(instance_id)
+        if worker is None:
+            worker = self.workers.cuda.get(instance_id)
         rope = self.ropes.get(instance_id)
         if worker is None or rope is None:
             logger.warning(
@@ -124,7 +139,7 @@ class BlendRetrieves:
         table = block_ids[0] if block_ids else []
         gate = self._gate(key, worker, sorted(match_results, key=lambda m: m.cur_st), table)
         if isinstance(gate, TransferResult):
-            return gate
+            return _answer(worker, gate.ok)
         fresh, signatures = gate
         keys = self._keys(key, fresh)
         try:
@@ -132,24 +147,30 @@ class BlendRetrieves:
         except ValueError as exc:
             logger.warning("cb_retrieve_pre_computed: %s", exc)
             self._ended(key, False, str(exc), fresh, 0, started)
-            return _FAILED
+            return _answer(worker, False)
         if ctx.expired():  # the worker may have given up and reused its blocks: write nothing
             self._ended(key, False, "deadline", fresh, 0, started)
-            return _FAILED
-        outcome, rotated = self._locked_write(worker, plan, rope)
+            return _answer(worker, False)
+        reply = _DONE
+        if isinstance(worker, CudaWorker):
+            done = self.device.write(ctx, worker, plan, rope, event)
+            reply = TransferResult(done.event, done.ok)
+            outcome, rotated = done.reason, done.rotated
+        else:
+            outcome, rotated = self._locked_write(worker, plan, rope)
         if outcome:
             self._ended(key, False, outcome, fresh, 0, started)
-            return _FAILED
+            return TransferResult(reply.event, False)
         self.lookups.consume_locks(self.lookups.sessions.get(key.request_id), keys)
         self._record((key.request_id, key.worker_id), signatures)
         self.written_chunks += len(fresh)
         self._ended(key, True, "", fresh, rotated, started)
-        return _DONE
+        return reply
 
     def _gate(
         self,
         key: WireCacheKey,
-        worker: MappedWorker,
+        worker: MappedWorker | CudaWorker,
         matches: list[CBMatchResult],
         table: Sequence[int],
     ) -> TransferResult | tuple[list[CBMatchResult], list[tuple[object, ...]]]:
@@ -208,7 +229,7 @@ class BlendRetrieves:
 
     def _plan(
         self,
-        worker: MappedWorker,
+        worker: MappedWorker | CudaWorker,
         rope: RopeState,
         matches: list[CBMatchResult],
         keys: list[ObjectKey],
@@ -271,7 +292,7 @@ class BlendRetrieves:
                     rows = rotation.rotate(rows, rotated, rotated_buffer)
                     rotated += count
                 for layer_index, layer in enumerate(worker.cache.layers):
-                    _scatter_rows(layer, plane, layout, rows[layer_index], chunk_slots, blk, off)
+                    scatter_rows(layer, plane, layout, rows[layer_index], chunk_slots, blk, off)
             start += count
         return rotated
 
@@ -314,6 +335,13 @@ class BlendRetrieves:
         )
 
 
+def _answer(worker: MappedWorker | CudaWorker, ok: bool) -> TransferResult:
+    """A reply with nothing enqueued: a fresh server event for a CUDA worker (as upstream)."""
+    if isinstance(worker, CudaWorker):
+        return TransferResult(fresh_event(worker), ok)
+    return _DONE if ok else _FAILED
+
+
 def _check_matches(matches: Sequence[CBMatchResult], size: int) -> None:
     """Refuse segments that are not one chunk long at both positions, or negative."""
     for m in matches:
@@ -327,40 +355,6 @@ def _signature(m: CBMatchResult, table: Sequence[int], block_size: int) -> tuple
     """What makes a write the same write: the chunk, its target range and target blocks."""
     first, last = m.cur_st // block_size, -(-m.cur_ed // block_size)
     return (m.hash, m.cur_st, m.cur_ed, tuple(table[first:last]))
-
-
-_UNITS = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
-
-
-def _scatter_rows(
-    layer: torch.Tensor,
-    plane: int,
-    layout: KVLayout,
-    rows: torch.Tensor,
-    slots: torch.Tensor,
-    blk: torch.Tensor,
-    off: torch.Tensor,
-) -> None:
-    """Write ``rows`` (``[tokens, hidden]``) into their slots of one plane of one layer.
-
-    NHD and MLA planes are ``[slots, hidden]`` rows in memory: one ``index_copy_`` of
-    the rows reinterpreted as 8-byte units (a bitwise copy, near memcpy speed). HND
-    (heads before tokens) takes an indexed write over two dimensions.
-    """
-    target = layer if layout.format is KVFormat.MLA else layer[plane]
-    row_bytes = layout.hidden * layout.itemsize
-    if layout.format is not KVFormat.HND and target.is_contiguous():
-        unit = next(u for u in (8, 4, 2, 1) if row_bytes % u == 0)
-        flat = target.view(-1, layout.hidden).view(_UNITS[unit])
-        flat.index_copy_(0, slots, rows.contiguous().view(_UNITS[unit]))
-        return
-    values = rows.reshape(-1, layout.num_heads, layout.head_dim)
-    if layout.format is KVFormat.MLA:
-        target[blk, off] = rows
-    elif layout.format is KVFormat.NHD:
-        target[blk, off] = values
-    else:  # HND: [blocks, heads, block_size, dim]; the indexed dims go first
-        target[blk, :, off] = values
 
 
 def _object_view(raw: torch.Tensor, layout: KVLayout, tokens: int) -> torch.Tensor:
