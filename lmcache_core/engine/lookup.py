@@ -26,7 +26,6 @@ from lmcache_core.engine.miss_explainer import MissExplainer
 from lmcache_core.engine.prefetch_pool import PrefetchPool
 from lmcache_core.engine.request_events import RequestEvents
 from lmcache_core.engine.sessions import FINISHED, LookupJob, Session, SessionTable
-from lmcache_core.observability.events import Event
 from lmcache_core.observability.miss_causes import MissCause
 from lmcache_core.protocol.types import WireCacheKey
 from lmcache_core.storage.keys import ObjectKey
@@ -214,12 +213,11 @@ class LookupService:
                 return
             if not self.l1.try_lock_all(flat, readers):
                 raise WouldBlock
-            started = time.time()
-            first = self.request_events.announce(key, session, started)
+            started = self.request_events.lookup_started(key, session, hashes)
             session.take_locks(flat, readers, lock_deadline)
             # Finished as it is made: no Event to build (FINISHED is already set).
             session.job = LookupJob(num_chunks, rows, FINISHED, deadline=ctx.deadline)
-            self._report_later(key, hashes, (started, first), flat, width, num_chunks)
+            self._finished(key, started, flat, width, num_chunks)
         finally:
             session.mutex.release()
 
@@ -240,69 +238,12 @@ class LookupService:
         if locked is None:
             raise WouldBlock
         hit, presence = locked
-        started = time.time()
-        first = self.request_events.announce(key, session, started)
+        started = self.request_events.lookup_started(key, session, hashes)
         session.take_locks(flat[: hit * width], readers, lock_deadline)
         session.job = LookupJob(hit, rows[:hit], FINISHED, deadline=ctx.deadline)
         num_chunks = len(rows)
         not_asked = None if self.l2 is None or hit == num_chunks else MissCause.NO_WORKER
-        self._report_later(key, hashes, (started, first), flat, width, hit, not_asked, presence)
-
-    def _report_later(
-        self,
-        key: WireCacheKey,
-        hashes: list[bytes],
-        start: tuple[float, bool],
-        flat: list[ObjectKey],
-        width: int,
-        l1_chunks: int,
-        not_asked: MissCause | None = None,
-        presence: Sequence[int] | None = None,
-    ) -> None:
-        """An inline lookup's records and miss explanation, built on the event bus's thread.
-
-        Nothing in them changes what the lookup answers or holds (its locks and
-        job are in place), so they leave the request loop: about 15 us of a
-        64-chunk lookup there (docs/benchmarks.md, "fourth pass"). They carry
-        the lookup's own start and end times; ``GET /lookups`` waits for the
-        explanation (:meth:`~lmcache_core.engine.recent_lookups.RecentLookups.expect`).
-        Built here, as before, when the bus takes no deferred work (observability
-        disabled, queue full). ``presence`` was read when the lookup locked: L1
-        may change before this runs.
-        """
-        started, first = start
-        finished = time.time()
-        recent = self.explainer.recent
-        events = self.request_events
-
-        def build() -> list[Event]:
-            try:
-                records = events.started_records(key, hashes, started, first=first)
-                explanation = self.explainer.explain(
-                    key,
-                    self.chunk_size,
-                    flat,
-                    width,
-                    self.l1,
-                    l1_chunks=l1_chunks,
-                    not_asked=not_asked,
-                    started=started,
-                    presence=presence,
-                    finished=finished,
-                )
-                end = events.finished_record(
-                    key, started, l1_chunks, 0, width, (), explanation, finished
-                )
-                if end is not None:
-                    records.append(end)
-                return records
-            finally:
-                recent.settle()
-
-        recent.expect()
-        if not events.bus.publish_later(build, started):
-            for record in build():
-                events.bus.publish(record)
+        self._finished(key, started, flat, width, hit, not_asked=not_asked, presence=presence)
 
     def _finished(
         self,

@@ -145,7 +145,6 @@ class MissExplainer:
         started: float,
         record: bool = True,
         presence: Sequence[int] | None = None,
-        finished: float | None = None,
     ) -> LookupExplanation:
         """Classify the lookup's missing chunks, record the explanation and return it.
 
@@ -170,8 +169,6 @@ class MissExplainer:
             presence: What L1 held of the keys after the hit, when the caller
                 read it already (:meth:`~lmcache_core.storage.l1.L1Manager.try_lock_prefix`;
                 only with ``l2_chunks == 0``); None: asked here.
-            finished: ``time.time()`` when the lookup was answered, for an
-                explanation built after it (``RequestContext.defer``); None: now.
         """
         num_chunks = len(flat) // width if width else 0
         hit = min(num_chunks, l1_chunks + l2_chunks)
@@ -196,7 +193,7 @@ class MissExplainer:
             counts[MissCause.PARTIAL_CHUNK] = 1
             if first is None:
                 first = FirstMiss(chunk=num_chunks, cause=MissCause.PARTIAL_CHUNK)
-        now = time.time() if finished is None else finished
+        now = time.time()
         explanation = LookupExplanation(
             request_id=key.request_id,
             model_name=key.model_name,

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from lmcache_core.engine.sessions import Session
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.observability.events import (
-    Event,
     L1AllocationFailed,
     L1WriteFinished,
     L2HitSource,
@@ -75,69 +74,38 @@ class RequestEvents:
             The start time to pass to :meth:`lookup_finished`.
         """
         now = time.time()
-        for record in self.started_records(
-            key, hashes, now, first=self.announce(key, session, now)
-        ):
-            self.bus.publish(record)
-        return now
-
-    @staticmethod
-    def announce(key: WireCacheKey, session: Session, now: float) -> bool:
-        """Note the request's identity on its first lookup; whether this is that one.
-
-        The part of :meth:`lookup_started` that cannot wait: ``mp.request.end``
-        (a session's end, on any thread) reports this identity.
-        """
-        if session.announced is not None:
-            return False
-        session.announced = {
-            "request_id": key.request_id,
-            "model_name": key.model_name,
-            "cache_salt": key.cache_salt,
-            "started": now,
-        }
-        return True
-
-    def started_records(
-        self, key: WireCacheKey, hashes: Sequence[bytes], now: float, *, first: bool
-    ) -> list[Event]:
-        """The start records of a lookup that began at ``now`` (``first``: its request's too).
-
-        Only those some subscriber wants. They carry ``now`` as their timestamp,
-        so they may be built later (:meth:`EventBus.publish_later`).
-        """
         bus = self.bus
-        records: list[Event] = []
-        if first and bus.has_subscribers(MpRequestStart.type):
-            records.append(
-                MpRequestStart(
-                    timestamp=now,
-                    request_id=key.request_id,
-                    model_name=key.model_name,
-                    cache_salt=key.cache_salt,
+        if session.announced is None:
+            # Kept whether or not anyone listens: mp.request.end reports this identity.
+            session.announced = {
+                "request_id": key.request_id,
+                "model_name": key.model_name,
+                "cache_salt": key.cache_salt,
+                "started": now,
+            }
+            if bus.has_subscribers(MpRequestStart.type):
+                bus.publish(
+                    MpRequestStart(
+                        **identity(key),
+                    )
                 )
-            )
         if bus.has_subscribers(MpLookupPrefetchStart.type):
-            records.append(
+            bus.publish(
                 MpLookupPrefetchStart(
-                    timestamp=now,
-                    request_id=key.request_id,
-                    model_name=key.model_name,
-                    cache_salt=key.cache_salt,
+                    **identity(key),
                     requested_tokens=key.end,
                 )
             )
         if bus.has_subscribers(MpLookup.type):
-            records.append(
+            bus.publish(
                 MpLookup(
-                    timestamp=now,
                     **identity(key),
                     chunk_size=self.chunk_size,
                     seq_len=key.end,
                     chunk_hashes=tuple("0x" + h.hex() for h in hashes),
                 )
             )
-        return records
+        return now
 
     def lookup_finished(
         self,
@@ -149,65 +117,41 @@ class RequestEvents:
         l2_sources: Sequence[dict[str, Any]] = (),
         explanation: LookupExplanation | None = None,
     ) -> None:
-        """Publish :meth:`finished_record`'s record, if anyone wants it."""
-        record = self.finished_record(
-            key, started, l1_chunks, l2_chunks, width, l2_sources, explanation
-        )
-        if record is not None:
-            self.bus.publish(record)
-
-    def finished_record(
-        self,
-        key: WireCacheKey,
-        started: float,
-        l1_chunks: int,
-        l2_chunks: int,
-        width: int,
-        l2_sources: Sequence[dict[str, Any]] = (),
-        explanation: LookupExplanation | None = None,
-        finished: float | None = None,
-    ) -> MpLookupPrefetchEnd | None:
         """The lookup's result: hit tokens and keys per tier, and why the rest missed.
 
         ``l2_sources`` says which adapters supplied the L2 part
         (``l2_name``, ``adapter_index``, ``keys``); each also gets its share of
         the hit tokens (``keys * chunk_size / width``: the ranks of one chunk may
         come from different adapters). ``explanation`` fills the miss fields.
-        ``finished``: when the lookup was answered, for a record built later
-        (:meth:`EventBus.publish_later`); None: now. None when nobody wants it.
         """
         if not self.bus.has_subscribers(MpLookupPrefetchEnd.type):
-            return None
+            return
         hit_tokens = min((l1_chunks + l2_chunks) * self.chunk_size, key.end)
         l1_tokens = min(l1_chunks * self.chunk_size, key.end)
-        now = time.time() if finished is None else finished
-        return MpLookupPrefetchEnd(
-            timestamp=now,
-            request_id=key.request_id,  # one by one: half the cost of **identity(key)
-            model_name=key.model_name,
-            cache_salt=key.cache_salt,
-            requested_tokens=key.end,
-            hit_tokens=hit_tokens,
-            l1_hit_tokens=l1_tokens,
-            l2_hit_tokens=hit_tokens - l1_tokens,
-            l1_hit_keys=l1_chunks * width,
-            l2_hit_keys=l2_chunks * width,
-            l2_hit_sources=tuple(
-                L2HitSource(
-                    l2_name=source["l2_name"],
-                    adapter_index=source["adapter_index"],
-                    keys=source["keys"],
-                    tokens=source["keys"] * self.chunk_size / width,
-                )
-                for source in l2_sources
+        self.bus.publish(
+            MpLookupPrefetchEnd(
+                **identity(key),
+                requested_tokens=key.end,
+                hit_tokens=hit_tokens,
+                l1_hit_tokens=l1_tokens,
+                l2_hit_tokens=hit_tokens - l1_tokens,
+                l1_hit_keys=l1_chunks * width,
+                l2_hit_keys=l2_chunks * width,
+                l2_hit_sources=tuple(
+                    L2HitSource(
+                        l2_name=source["l2_name"],
+                        adapter_index=source["adapter_index"],
+                        keys=source["keys"],
+                        tokens=source["keys"] * self.chunk_size / width,
+                    )
+                    for source in l2_sources
+                ),
+                duration_s=time.time() - started,
+                requested_chunks=key.end // self.chunk_size,
+                hit_chunks_by_tier=explanation.hit_chunks_by_tier if explanation else {},
+                first_miss=explanation.first_miss if explanation else None,
+                miss_chunks_by_cause=explanation.miss_chunks_by_cause if explanation else {},
             )
-            if l2_sources
-            else (),
-            duration_s=now - started,
-            requested_chunks=key.end // self.chunk_size,
-            hit_chunks_by_tier=explanation.hit_chunks_by_tier if explanation else {},
-            first_miss=explanation.first_miss if explanation else None,
-            miss_chunks_by_cause=explanation.miss_chunks_by_cause if explanation else {},
         )
 
     def request_ended(self, session: Session, reason: str) -> None:

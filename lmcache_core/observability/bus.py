@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,19 +29,6 @@ DRAIN_INTERVAL_SECONDS = 0.1
 
 WARN_INTERVAL_SECONDS = 1.0
 """At most one warning per this many seconds for drops and for each failing subscriber."""
-
-
-class _Later:
-    """A producer's records to be built on the drain thread (see :meth:`EventBus.publish_later`)."""
-
-    __slots__ = ("build", "timestamp")
-
-    type = "bus.later"
-    """Not an event type: never matched by a subscriber's filter."""
-
-    def __init__(self, build: Callable[[], Iterable[Event]], timestamp: float) -> None:
-        self.build = build
-        self.timestamp = timestamp
 
 
 @runtime_checkable
@@ -73,14 +60,12 @@ class BusStats:
         delivered: Events handed to every interested subscriber.
         dropped: Events refused because the queue was full (tail drop).
         subscriber_errors: Exceptions raised per subscriber name.
-        build_errors: Exceptions raised by :meth:`EventBus.publish_later` builders.
     """
 
     published: int = 0
     delivered: int = 0
     dropped: int = 0
     subscriber_errors: dict[str, int] = field(default_factory=dict)
-    build_errors: int = 0
 
 
 class EventBus:
@@ -100,8 +85,7 @@ class EventBus:
         self.queue_size = queue_size
         self.enabled = enabled
         self.stats = BusStats()
-        self._queue: deque[Event | _Later] = deque()
-        self._later_accepted = False  # publish_later: only while the drain thread runs
+        self._queue: deque[Event] = deque()
         self._lock = threading.Lock()
         self._wake = Wakeup()  # a threading.Event: publish's wake-up is one Event.set
         self._drainer = BackgroundLoop(
@@ -115,7 +99,6 @@ class EventBus:
         self._subscribers: list[Subscriber] = []
         self._wanted: frozenset[str] | None = frozenset()
         self._last_drop_warning = 0.0
-        self._last_build_warning = 0.0
         self._last_error_warning: dict[str, float] = {}
 
     # -- producers ---------------------------------------------------------------
@@ -151,34 +134,6 @@ class EventBus:
         if len(self._queue) >= 64:
             # Small batches wait for the periodic wake-up; a burst is drained at once.
             self._wake.set()
-
-    def publish_later(self, build: Callable[[], Iterable[Event]], timestamp: float) -> bool:
-        """Queue the building of records, for the drain thread; False: build them yourself.
-
-        For a producer on a latency-critical thread (the request loop) whose
-        records, or the work around them, cost more than queueing a callable:
-        ``build`` runs on the drain thread, in queue order, and what it returns
-        is delivered right there, before anything queued after it (so a record
-        built late still precedes the records published after it was queued).
-        The records should carry their own ``timestamp`` (when it happened, not
-        when they were built). ``build`` may do other work that must not be
-        lost, so it is never dropped: False (nothing queued) when the bus is
-        disabled, its drain thread is not running, or its queue is full.
-
-        Args:
-            build: Returns the records (possibly none); called once. An exception
-                is logged and counted like a subscriber's.
-            timestamp: When the records' events happened (for the drain lag).
-        """
-        if not self._later_accepted:
-            return False
-        with self._lock:
-            if len(self._queue) >= self.queue_size:
-                return False
-            self._queue.append(_Later(build, timestamp))
-        if len(self._queue) >= 64:
-            self._wake.set()
-        return True
 
     def has_subscribers(self, event_type: str) -> bool:
         """Whether any subscriber wants ``event_type`` (producers skip unwanted records)."""
@@ -218,11 +173,9 @@ class EventBus:
         if not self.enabled or self._drainer.started:
             return
         self._drainer.start()
-        self._later_accepted = True
 
     def stop(self, timeout: float) -> None:
         """Deliver what is queued, then close every subscriber."""
-        self._later_accepted = False
         self._drainer.stop(timeout)
         self.drain()
         for subscriber in self._subscribers:
@@ -253,7 +206,6 @@ class EventBus:
             "dropped": self.stats.dropped,
             "subscribers": [s.name for s in self._subscribers],
             "subscriber_errors": dict(self.stats.subscriber_errors),
-            "build_errors": self.stats.build_errors,
         }
 
     # -- delivery ----------------------------------------------------------------
@@ -271,37 +223,13 @@ class EventBus:
                     return delivered
                 batch = list(self._queue)
                 self._queue.clear()
-            count = 0
-            for item in batch:
-                if isinstance(item, _Later):
-                    for event in self._build(item):
-                        self._deliver(event)
-                        count += 1
-                else:
-                    self._deliver(item)
-                    count += 1
+            for event in batch:
+                self._deliver(event)
                 # Hand the GIL to a waiting request thread after every event: a burst
                 # of deliveries must not hold a lookup for a whole switch interval.
                 time.sleep(0)
-            delivered += count
-            self.stats.delivered += count
-
-    def _build(self, later: _Later) -> list[Event]:
-        """The records of a :meth:`publish_later` item, those nobody wants left out."""
-        try:
-            events = list(later.build())
-        except Exception:  # a producer's bug: counted, logged, never stops the drain
-            self.stats.build_errors += 1
-            now = time.monotonic()
-            if now - self._last_build_warning >= WARN_INTERVAL_SECONDS:
-                self._last_build_warning = now
-                logger.exception(
-                    "deferred records failed to build (%d so far)", self.stats.build_errors
-                )
-            return []
-        wanted = [event for event in events if self.has_subscribers(event.type)]
-        self.stats.published += len(wanted)
-        return wanted
+            delivered += len(batch)
+            self.stats.delivered += len(batch)
 
     def _deliver(self, event: Event) -> None:
         for subscriber in self._subscribers:

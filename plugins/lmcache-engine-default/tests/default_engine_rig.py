@@ -108,16 +108,11 @@ class FirstHolder:
 
 
 def make_rig(
-    *,
-    shared: bool = True,
-    mode: str = "auto",
-    l2_adapters: Sequence[L2AdapterV1] = (),
-    events: EventBus | None = None,
+    *, shared: bool = True, mode: str = "auto", l2_adapters: Sequence[L2AdapterV1] = ()
 ) -> Rig:
     """An engine (its components started) over a 4 MiB L1, shared-memory or private.
 
-    With ``l2_adapters``, an L2 tier of them (started) sits behind L1. ``events``:
-    the bus the engine publishes on (default: a disabled one).
+    With ``l2_adapters``, an L2 tier of them (started) sits behind L1.
     """
     policy = FifoPolicy()
     l1 = L1Manager(
@@ -150,7 +145,7 @@ def make_rig(
         l1=l1,
         token_cache=TokenHashCache(make_hasher("blake3"), CHUNK),
         l2=l2,
-        events=events if events is not None else EventBus(enabled=False),
+        events=EventBus(enabled=False),
     )
     engine = build_engine(context)
     for component in engine.components():

@@ -21,8 +21,6 @@ from default_engine_rig import (
 from lmcache_core.engine.contract import WouldBlock
 from lmcache_core.engine.lookup import INLINE_MAX_KEYS
 from lmcache_core.engine.prefetch_pool import PrefetchPool
-from lmcache_core.observability import BaseSubscriber, EventBus
-from lmcache_core.observability.events import Event, MpLookupPrefetchEnd
 from lmcache_core.protocol.types import WireCacheKey
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l2.adapter import L2AdapterV1
@@ -219,68 +217,3 @@ def test_an_inline_lookup_never_displaces_a_session(rig: Rig) -> None:
     finally:
         sessions.capacity = capacity
         rig.call("end_session", "first")
-
-
-class LookupRecords(BaseSubscriber):
-    """Keeps the request and lookup records, and the thread that delivered them."""
-
-    name = "lookup-records"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[Event] = []
-        self.threads: set[str] = set()
-
-    def _keep(self, event: Event) -> None:
-        self.events.append(event)
-        self.threads.add(threading.current_thread().name)
-
-    on_mp_request_start = on_mp_lookup_prefetch_start = on_mp_lookup_prefetch_end = _keep
-    on_mp_request_end = _keep
-
-
-def test_an_inline_lookup_s_records_and_explanation_are_built_on_the_bus_thread() -> None:
-    bus = EventBus(1000)
-    records = LookupRecords()
-    bus.subscribe(records)
-    bus.start()
-    rig = make_rig(events=bus)
-    try:
-        rig.call("register_kv_cache_engine_driven_context", registration(1))
-        ids = tokens(3, seed=30)
-        store(rig, 1, ids, range(2))  # the lookup's partial third chunk is not stored
-        before = time.time()
-        inline(rig, wire_key(ids, 0, 2 * CHUNK + 5, "r", worker_id=None))
-        answered = time.time()
-        # Asked right away, the explanation is there (the reader waits for it).
-        explained = rig.engine.lookups.explainer.recent.get("r")
-        assert explained is not None and explained.hit_chunks == 2
-        assert explained.miss_chunks_by_cause == {"partial_chunk": 1}
-        assert before <= explained.at <= answered  # the lookup's own end, not the build's
-        rig.call("end_session", "r")
-        deadline = time.monotonic() + 5
-        while len(records.events) < 4 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        close_rig(rig)
-        bus.stop(2)
-    assert [e.type for e in records.events] == [
-        "mp.request.start",
-        "mp.lookup_prefetch.start",
-        "mp.lookup_prefetch.end",
-        "mp.request.end",
-    ]
-    start, lookup_start, end, _ = records.events
-    assert before <= start.timestamp == lookup_start.timestamp <= end.timestamp <= answered
-    assert isinstance(end, MpLookupPrefetchEnd) and end.l1_hit_tokens == 2 * CHUNK
-    assert end.duration_s == pytest.approx(end.timestamp - start.timestamp)
-    assert records.threads == {"lmcache-event-bus"}
-
-
-def test_without_a_running_bus_an_inline_lookup_reports_at_once(rig: Rig) -> None:
-    rig.call("register_kv_cache_engine_driven_context", registration(1))
-    ids = tokens(1, seed=31)
-    store(rig, 1, ids, range(1))
-    inline(rig, wire_key(ids, 0, CHUNK, "r", worker_id=None))  # the rig's bus is disabled
-    explained = rig.engine.lookups.explainer.recent.get("r")
-    assert explained is not None and explained.hit_chunks == 1
