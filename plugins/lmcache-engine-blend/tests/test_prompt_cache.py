@@ -171,3 +171,27 @@ def test_a_plan_is_kept_for_one_match_and_shared_with_a_prompt_that_matched_the_
     _, newer = index.match_with_token(NS, prompt)
     assert newer is not token and prompt.plan(newer, "k") is None
     assert index.match_with_token(("other", 1, ""), prompt) == ([], None)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_prompts_based_on_others_match_exactly_as_their_own_tokens(seed: int) -> None:
+    """Repeated texts on both sides of the shared windows, random points of divergence."""
+    rng = np.random.default_rng(seed)
+    index = FingerprintIndex(C)
+    docs = rng.integers(0, 128000, 200 * C, dtype=np.uint64)
+    index.register(NS, docs, [i.to_bytes(32, "big") for i in range(200)], 1, 0)
+    cache = PromptCache(C)
+    chunks = [docs[i * C : (i + 1) * C].tolist() for i in range(200)]
+    order = rng.permutation(200).tolist()
+    base = [t for i in order for t in chunks[i]]
+    prompt = cache.get(raw_of(base), len(base))
+    assert index.match(NS, prompt) == index.match(NS, np.array(base, dtype=np.uint64))
+    for _ in range(4):
+        keep = int(rng.integers(C, len(base)))
+        repeated = [t for i in rng.choice(200, 5).tolist() for t in chunks[i]]  # seen before
+        tokens = base[:keep] + rng.integers(0, 128000, 7).tolist() + repeated
+        derived = cache.get(raw_of(tokens), len(tokens))
+        assert derived.tokens.tolist() == tokens
+        assert index.match(NS, derived) == index.match(NS, np.array(tokens, dtype=np.uint64))
+        base = tokens
+    assert cache.status()["shared_tokens"] > 0  # the based path ran

@@ -406,6 +406,16 @@ class FingerprintIndex:
             found: list[Match] = []
             reported: set[int] = set()
             by_poly = space.by_poly
+            seed = prompt._seed
+            theirs = seed[0]._matched if seed is not None else None
+            if seed is not None and theirs is not None and theirs[:2] == (namespace, generation):
+                # The windows before the cut are the other prompt's, matched against the same
+                # entries: its matches there, and the texts it reported there, are this one's.
+                cut = seed[1]
+                head = int(np.searchsorted(hits, cut))
+                reported = {p for p in polys[hits[:head]].tolist() if p in by_poly}
+                found = [m for m in theirs[2] if m.cur_st < cut]
+                hits = hits[head:]
             # Python ints once, in one call (indexing numpy scalars one by one is slower).
             for position, poly in zip(hits.tolist(), polys[hits].tolist(), strict=True):
                 if poly in reported or poly not in by_poly:
@@ -418,8 +428,7 @@ class FingerprintIndex:
                         break
                 else:
                     self.stats.collisions_rejected += 1
-            seed, prompt._seed = prompt._seed, None
-            theirs = seed[0]._matched if seed is not None else None
+            prompt._seed = None
             if (
                 seed is not None
                 and theirs is not None
@@ -439,9 +448,10 @@ class FingerprintIndex:
         """These entries' objects were loadable: reset their stale strikes."""
         with self._lock:
             space = self._spaces.get(namespace)
-            if space is not None:
+            strikes = space.strikes if space is not None else None
+            if strikes:  # usually none: nothing to reset, no loop over the chains
                 for chain in chains:
-                    space.strikes.pop(chain, None)
+                    strikes.pop(chain, None)
 
     def stale(self, namespace: Namespace, chains: Sequence[bytes]) -> int:
         """These entries' objects exist nowhere: strike them; returns how many were removed.
