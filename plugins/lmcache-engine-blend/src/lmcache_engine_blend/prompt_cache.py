@@ -44,9 +44,11 @@ MAX_TOKENS = 1 << 21
 uint64 tokens, token ends, fingerprints)."""
 PROBE_BYTES = 512
 """A prompt's base is the most recent one whose body starts with the same this many bytes."""
-MIN_BASED_BYTES = 600
-"""Shorter lists are decoded in full: below about 2,000 tokens msgspec's decode costs less
-than finding the shared prefix and the tail's token ends (about 55 us, min of 5 runs)."""
+MIN_BASED_BYTES = 4096
+"""Shorter lists (about 1,200 tokens) are decoded in full and hashed afresh: finding the
+shared prefix and the tail's token ends has a fixed cost (about 55 us, min of 5 runs)
+that only pays with the decode, hashes, fingerprints, screen and matches it saves."""
+
 
 Prime = Callable[[bytes, "array.array[int]", list[bytes], int], list[bytes]]
 """``(raw, tokens, base hashes, shared tokens) -> raw's chain hashes``: primes the core's cache."""
