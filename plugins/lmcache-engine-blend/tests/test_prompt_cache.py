@@ -188,7 +188,9 @@ def test_prompts_based_on_others_match_exactly_as_their_own_tokens(seed: int) ->
     assert index.match(NS, prompt) == index.match(NS, np.array(base, dtype=np.uint64))
     for _ in range(4):
         keep = int(rng.integers(C, len(base)))
-        repeated = [t for i in rng.choice(200, 5).tolist() for t in chunks[i]]  # seen before
+        # Texts seen before, and enough of them that the list stays over MIN_BASED_BYTES.
+        count = 5 + max(0, 3200 - keep) // C
+        repeated = [t for i in rng.choice(200, count).tolist() for t in chunks[i]]
         tokens = base[:keep] + rng.integers(0, 128000, 7).tolist() + repeated
         derived = cache.get(raw_of(tokens), len(tokens))
         assert derived.tokens.tolist() == tokens
