@@ -53,6 +53,7 @@ from lmcache_core.protocol.types import (
 from lmcache_core.storage.arena import Arena
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l1 import L1Manager
+from lmcache_core.testing.rope_reference import apply_rope, cos_sin_cache
 from lmcache_core.testing.thread_stream import ThreadStream, WorkerEvents
 from lmcache_core.transfer.cuda_handles import CudaTensorRecord, TensorView
 from lmcache_core.transfer.layout import KVFormat, KVLayout, dtype_name
@@ -217,35 +218,6 @@ def rig() -> Iterator[Rig]:
 # -- the model side: K carries RoPE at its position ------------------------------------------
 
 
-def cos_sin_cache(rows: int, rot_dim: int) -> torch.Tensor:
-    inv = 1.0 / (10000.0 ** (torch.arange(0, rot_dim, 2, dtype=torch.float64) / rot_dim))
-    freqs = torch.outer(torch.arange(rows, dtype=torch.float64), inv)
-    return torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(torch.float32)
-
-
-def apply_rope(
-    x: torch.Tensor,
-    positions: torch.Tensor,
-    cache: torch.Tensor,
-    neox: bool,
-    width: int,
-    offset: int,
-) -> torch.Tensor:
-    """x ``[layers, tokens, hidden]`` rotated at ``positions`` (per head of ``width``), fp64."""
-    half = cache.shape[1] // 2
-    view = x.to(torch.float64).reshape(*x.shape[:-1], -1, width).clone()
-    part = view[..., offset : offset + 2 * half]
-    rows = cache.to(torch.float64)[positions]
-    cos, sin = rows[:, :half].unsqueeze(1), rows[:, half:].unsqueeze(1)
-    if neox:
-        a, b = part[..., :half].clone(), part[..., half:].clone()
-        part[..., :half], part[..., half:] = a * cos - b * sin, b * cos + a * sin
-    else:
-        a, b = part[..., 0::2].clone(), part[..., 1::2].clone()
-        part[..., 0::2], part[..., 1::2] = a * cos - b * sin, b * cos + a * sin
-    return view.reshape(x.shape)
-
-
 @dataclass(frozen=True)
 class Case:
     """One geometry: layout, RoPE style and registration arguments."""
@@ -366,7 +338,9 @@ def setup_workers(rig: Rig, case: Case, rows: int = MAX_POSITION) -> Workers:
     k = (
         raw_k
         if case.nope
-        else apply_rope(raw_k, torch.arange(total), cache, case.neox, width, offset)
+        else apply_rope(
+            raw_k, torch.arange(total), cache, neox=case.neox, head_width=width, offset=offset
+        )
     )
     blk, off = slots_of(SOURCE, range(total))
     for index, layer in enumerate(cpu):
@@ -455,7 +429,12 @@ def test_a_fake_cuda_retrieve_writes_the_same_bytes_as_the_cpu_path(rig: Rig, ca
     expected_k = w.raw_k[:, old]
     if not case.nope:
         expected_k = apply_rope(
-            expected_k, torch.tensor(positions), w.cache, case.neox, width, offset
+            expected_k,
+            torch.tensor(positions),
+            w.cache,
+            neox=case.neox,
+            head_width=width,
+            offset=offset,
         )
     tolerance = 0.13 if case.dtype.itemsize == 1 else 2e-2
     for index, layer in enumerate(w.gpu):
