@@ -18,8 +18,8 @@ from lmcache_core.protocol.types import (
     CBMatchResult,
     CBUnifiedLookupResult,
 )
+from lmcache_core.testing.rope_reference import apply_rope, cos_sin_cache
 from lmcache_core.transfer.layout import KVFormat, KVLayout
-from tests.blend.rope_math import apply_rope, cos_sin_cache
 from tests.data_path.kv import fresh_tokens, request_id
 from tests.server_process import LiveServer, server_on_free_ports
 

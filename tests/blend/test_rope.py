@@ -7,7 +7,7 @@ import torch
 from lmcache_engine_blend.rope import build_state, normalize_cache, rerotate
 
 from lmcache_core.protocol.errors import BadRequestError
-from tests.blend.rope_math import apply_rope, cos_sin_cache
+from lmcache_core.testing.rope_reference import apply_rope, cos_sin_cache
 
 LAYERS, TOKENS = 2, 16
 

@@ -244,8 +244,8 @@ def assert_records(events: list[Event]) -> None:
 def test_blend_events_are_their_records_with_every_field_set(
     blend_path: tuple[DataPath, EventBus, Everything],
 ) -> None:
+    from lmcache_core.testing.rope_reference import cos_sin_cache
     from tests.blend.rig import shm_cache
-    from tests.blend.rope_math import cos_sin_cache
 
     path, bus, recorder = blend_path
     handlers = path.engine.handlers()
