@@ -408,7 +408,9 @@ class FingerprintIndex:
             by_poly = space.by_poly
             seed = prompt._seed
             theirs = seed[0]._matched if seed is not None else None
-            if seed is not None and theirs is not None and theirs[:2] == (namespace, generation):
+            if theirs is not None and theirs[:2] != (namespace, generation):
+                theirs = None  # matched against other entries: nothing of it carries over
+            if seed is not None and theirs is not None:
                 # The windows before the cut are the other prompt's, matched against the same
                 # entries: its matches there, and the texts it reported there, are this one's.
                 cut = seed[1]
@@ -429,12 +431,7 @@ class FingerprintIndex:
                 else:
                     self.stats.collisions_rejected += 1
             prompt._seed = None
-            if (
-                seed is not None
-                and theirs is not None
-                and theirs[:2] == (namespace, generation)
-                and theirs[2] == found
-            ):
+            if seed is not None and theirs is not None and theirs[2] == found:
                 # The prompt it shares windows with matched the same: its token (and plans).
                 prompt._matched, prompt._plan = theirs, seed[0]._plan
                 return list(found), theirs

@@ -49,7 +49,6 @@ MIN_BASED_BYTES = 4096
 shared prefix and the tail's token ends has a fixed cost (about 55 us, min of 5 runs)
 that only pays with the decode, hashes, fingerprints, screen and matches it saves."""
 
-
 Prime = Callable[[bytes, "array.array[int]", list[bytes], int], list[bytes]]
 """``(raw, tokens, base hashes, shared tokens) -> raw's chain hashes``: primes the core's cache."""
 
