@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,17 +46,14 @@ from lmcache_core.protocol.codec import encode_device_handle
 from lmcache_core.protocol.errors import NotSupportedError
 from lmcache_core.protocol.types import (
     CBMatchResult,
-    CudaRawHandle,
-    TensorMetadata,
     WireCacheKey,
 )
 from lmcache_core.storage.arena import Arena
-from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l1 import L1Manager
+from lmcache_core.testing.engine_fakes import FakeDeviceImporter, FifoPolicy
 from lmcache_core.testing.rope_reference import apply_rope, cos_sin_cache
 from lmcache_core.testing.thread_stream import ThreadStream, WorkerEvents
-from lmcache_core.transfer.cuda_handles import CudaTensorRecord, TensorView
-from lmcache_core.transfer.layout import KVFormat, KVLayout, dtype_name
+from lmcache_core.transfer.layout import KVFormat, KVLayout
 from lmcache_core.transfer.paged import PagedKVCache
 
 CHUNK, BS, NB, LAYERS = 16, 4, 40, 2
@@ -69,42 +66,6 @@ CTX = RequestContext(b"client", "op")
 
 
 # -- FAKES ----------------------------------------------------------------------------------
-
-
-class FakeDeviceImporter:
-    """FAKE importer: "imports" the test's own CPU tensors (by allocation key)."""
-
-    def __init__(self) -> None:
-        self.memory: dict[bytes, torch.Tensor] = {}
-        self.opened: list[bytes] = []
-        self.closed: list[bytes] = []
-
-    def key(self, record: CudaTensorRecord) -> Hashable:
-        return record.allocation_key
-
-    def open(self, record: CudaTensorRecord, ordinal: int) -> Any:
-        self.opened.append(record.allocation_key)
-        return self.memory[record.allocation_key]
-
-    def tensor(self, mapping: Any, record: CudaTensorRecord, ordinal: int) -> torch.Tensor:
-        return mapping
-
-    def close(self, mapping: Any, record: CudaTensorRecord, ordinal: int) -> None:
-        self.closed.append(record.allocation_key)
-
-    def share(self, tensor: torch.Tensor) -> tuple[CudaRawHandle, CudaTensorRecord]:
-        """A FAKE ``cuda_raw`` export of ``tensor``: its wire handle and parsed record."""
-        key = len(self.memory).to_bytes(2, "big") * 32
-        self.memory[key] = tensor
-        nbytes = tensor.untyped_storage().nbytes()
-        meta = TensorMetadata(
-            dtype_name(tensor.dtype), tuple(tensor.shape), tuple(tensor.stride()), 0, UUID
-        )
-        handle = CudaRawHandle(
-            version=1, metadata=meta, ipc_handle=key, alloc_offset=0, nbytes=nbytes
-        )
-        view = TensorView(tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()), 0, UUID)
-        return handle, CudaTensorRecord("cuda_raw", view, None, key, 0, nbytes)
 
 
 @dataclass
@@ -123,25 +84,6 @@ class FakeDevice:
 
 
 # -- the rig --------------------------------------------------------------------------------
-
-
-class _Fifo:
-    def __init__(self) -> None:
-        self.order: dict[ObjectKey, None] = {}
-
-    def on_stored(self, keys: Sequence[ObjectKey]) -> None:
-        for key in keys:
-            self.order.setdefault(key, None)
-
-    def on_accessed(self, keys: Sequence[ObjectKey]) -> None:
-        pass
-
-    def on_removed(self, keys: Sequence[ObjectKey]) -> None:
-        for key in keys:
-            self.order.pop(key, None)
-
-    def candidates(self) -> Iterator[ObjectKey]:
-        return iter(list(self.order))
 
 
 @dataclass
@@ -165,7 +107,7 @@ def _unused(*_args: Any) -> Any:
 
 @pytest.fixture
 def rig() -> Iterator[Rig]:
-    policy = _Fifo()
+    policy = FifoPolicy()
     l1 = L1Manager(
         arena=Arena(8 * MIB + 4096, kind="shm"),
         capacity_bytes=8 * MIB,

@@ -8,7 +8,7 @@ built from the core (no other plugin is needed). The fixtures are in
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,37 +31,15 @@ from lmcache_core.plugin.specs import (
 )
 from lmcache_core.protocol.types import EngineDrivenRegistration, WireCacheKey
 from lmcache_core.storage.arena import Arena
-from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.adapter import L2AdapterV1
 from lmcache_core.storage.l2.tier import L2Tier
+from lmcache_core.testing.engine_fakes import FifoPolicy
 
 CHUNK = 16
 MIB = 1 << 20
 CTX = RequestContext(b"client", "op")
 """What the request server passes every handler (the engine ignores it)."""
-
-
-class FifoPolicy:
-    """First in, first out: enough eviction for these tests, and it records accesses."""
-
-    def __init__(self) -> None:
-        self.order: dict[ObjectKey, None] = {}
-        self.accessed: list[list[ObjectKey]] = []
-
-    def on_stored(self, keys: Sequence[ObjectKey]) -> None:
-        for key in keys:
-            self.order.setdefault(key, None)
-
-    def on_accessed(self, keys: Sequence[ObjectKey]) -> None:
-        self.accessed.append(list(keys))
-
-    def on_removed(self, keys: Sequence[ObjectKey]) -> None:
-        for key in keys:
-            self.order.pop(key, None)
-
-    def candidates(self) -> Iterator[ObjectKey]:
-        return iter(list(self.order))
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,34 +20,13 @@ from default_engine_rig import CHUNK, Rig, tokens, wire_key
 from lmcache_engine_default.cuda_workers import CudaRuntime, register_cuda_worker
 
 from lmcache_core.protocol.errors import BadRequestError
+from lmcache_core.testing.engine_fakes import FakeDeviceImporter
 from lmcache_core.testing.thread_stream import ThreadStream, WorkerEvents
 from lmcache_core.transfer.cuda_handles import CudaTensorRecord, TensorView
 
 NB, BS, HEADS, DIM, LAYERS = 24, 4, 2, 16, 2  # 4 blocks per 16-token chunk
 UUID = "GPU-fake-0"
 IID = 11
-
-
-class FakeDeviceImporter:
-    """FAKE importer: "imports" the test's own CPU tensors (by allocation key)."""
-
-    def __init__(self, memory: dict[bytes, torch.Tensor]) -> None:
-        self.memory = memory
-        self.opened: list[bytes] = []
-        self.closed: list[bytes] = []
-
-    def key(self, record: CudaTensorRecord) -> Hashable:
-        return record.allocation_key
-
-    def open(self, record: CudaTensorRecord, ordinal: int) -> Any:
-        self.opened.append(record.allocation_key)
-        return self.memory[record.allocation_key]
-
-    def tensor(self, mapping: Any, record: CudaTensorRecord, ordinal: int) -> torch.Tensor:
-        return mapping
-
-    def close(self, mapping: Any, record: CudaTensorRecord, ordinal: int) -> None:
-        self.closed.append(record.allocation_key)
 
 
 class Device:
