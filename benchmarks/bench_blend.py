@@ -35,7 +35,8 @@ from benchmarks.common import machine_info, memcpy_gbps, percentile
 from lmcache_core.client import MPClient
 from lmcache_core.client.cpu_worker import CpuKVWorker, shared_copy
 from lmcache_core.protocol.codec import encode_device_handle
-from lmcache_core.protocol.types import CacheKey, pack_token_ids
+from lmcache_core.protocol.errors import BadRequestError
+from lmcache_core.protocol.types import CacheKey, pack_token_blob, pack_token_ids
 from lmcache_core.transfer.layout import KVFormat, KVLayout
 from tests.server_process import server_on_free_ports
 
@@ -66,8 +67,34 @@ def register_rope(client: MPClient, worker: CpuKVWorker, head_dim: int) -> Any:
     return tensor, cleanup
 
 
-def key(worker: CpuKVWorker, tokens: list[int], rid: str, *, rank: bool) -> CacheKey:
-    return worker.key(pack_token_ids(tokens), 0, len(tokens), rid, worker=rank)
+def key(
+    worker: CpuKVWorker, tokens: list[int], rid: str, *, rank: bool, blob: bool = False
+) -> CacheKey:
+    """A key of ``tokens``: upstream's msgpack list, or with ``blob`` the uint32 blob form."""
+    packed = pack_token_blob(tokens) if blob else pack_token_ids(tokens)
+    return worker.key(packed, 0, len(tokens), rid, worker=rank)
+
+
+class TokenForm:
+    """Which token form a server takes: the blob until it answers one with ``bad_request``.
+
+    Try once and remember: the handshake's reply is upstream's fixed
+    ``[version, compatible]`` (no room to announce more), so a blob key is sent
+    first and, if the server refuses it (an older blend engine, another engine),
+    the list form from then on, the request sent again as a list.
+    """
+
+    def __init__(self, prefer_blob: bool = True) -> None:
+        self.blob = prefer_blob
+
+    def lookup(self, client: MPClient, worker: CpuKVWorker, tokens: list[int], rid: str) -> Any:
+        """``cb_unified_lookup`` of ``tokens`` (polled until it answers), in the form taken."""
+        if self.blob:
+            try:
+                return poll(client, key(worker, tokens, rid, rank=False, blob=True))
+            except BadRequestError:
+                self.blob = False
+        return poll(client, key(worker, tokens, rid, rank=False))
 
 
 def poll(client: MPClient, lookup_key: CacheKey) -> Any:

@@ -18,6 +18,12 @@ two modes:
 * ``fresh``: every round's prompt ends with 40 new random tokens, so its raw
   bytes were never seen (no per-prompt memo can help); the hits are the same.
 
+Both servers get upstream's token form (a msgpack list); the candidate is asked
+a third time with the uint32 blob form (``candidate-blob``: what this
+checkout's client sends a server that takes it, see
+:class:`~benchmarks.bench_blend.TokenForm`), and ``keyed-blob`` is the keyed
+round trip with a blob.
+
 Prints p50 per server and mode, the candidate/baseline ratio, and the noop p50,
 then one JSON line.
 """
@@ -38,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_blend import BLOCK, CHUNK, key, poll
+from benchmarks.bench_blend import BLOCK, CHUNK, TokenForm, key, poll
 from benchmarks.common import machine_info, percentile
 from lmcache_core.client import MPClient
 from lmcache_core.client.cpu_worker import CpuKVWorker
@@ -91,6 +97,7 @@ def main() -> None:
             worker.register()
             workers[name] = worker
         rng = random.Random(5)
+        blob = TokenForm()
         for size in args.sizes:
             docs = [[rng.randrange(128000) for _ in range(CHUNK)] for _ in range(size)]
             stored = [t for d in docs for t in d]
@@ -99,21 +106,29 @@ def main() -> None:
                 assert worker.store(key(worker, stored, f"s{size}", rank=True), blocks)
             body = docs[0] + [t for d in reversed(docs[1:]) for t in d]
             repeat_tail = docs[0][:40]
-            times: dict[str, list[float]] = {f"{n}/{m}": [] for n in clients for m in MODES} | {
+            askers = [*clients, "candidate-blob"]
+            times: dict[str, list[float]] = {f"{n}/{m}": [] for n in askers for m in MODES} | {
                 "noop": [],
                 "keyed": [],
+                "keyed-blob": [],
             }
             for i in range(args.rounds):
                 fresh_tail = [rng.randrange(128000) for _ in range(40)]
                 for mode in MODES:
                     query = body + (repeat_tail if mode == "repeat" else fresh_tail)
-                    order = list(clients) if i % 2 == 0 else list(reversed(clients))
+                    order = askers if i % 2 == 0 else list(reversed(askers))
                     for name in order:
-                        client, worker = clients[name], workers[name]
+                        server = name.removesuffix("-blob")
+                        client, worker = clients[server], workers[server]
                         rid = f"{mode}{size}-{i}"
-                        lookup_key = key(worker, query, rid, rank=False)
-                        started = time.perf_counter()
-                        result = poll(client, lookup_key)
+                        if name.endswith("-blob"):
+                            started = time.perf_counter()
+                            result = blob.lookup(client, worker, query, rid)
+                            assert blob.blob, "the candidate refused the blob form"
+                        else:
+                            lookup_key = key(worker, query, rid, rank=False)
+                            started = time.perf_counter()
+                            result = poll(client, lookup_key)
                         times[f"{name}/{mode}"].append(time.perf_counter() - started)
                         client.end_session(rid)
                         hits = len(result.non_prefix_segments)
@@ -126,21 +141,29 @@ def main() -> None:
                 started = time.perf_counter()
                 assert clients["candidate"].call("cb_reorder_plan", keyed, 0, 0) == []
                 times["keyed"].append(time.perf_counter() - started)
+                keyed = key(
+                    workers["candidate"], body + fresh_tail, f"b{size}-{i}", rank=False, blob=True
+                )
+                started = time.perf_counter()
+                assert clients["candidate"].call("cb_reorder_plan", keyed, 0, 0) == []
+                times["keyed-blob"].append(time.perf_counter() - started)
             row = {name: percentile(values, 0.5) * 1e3 for name, values in times.items()}
             for mode in MODES:
                 row[f"ratio/{mode}"] = row[f"candidate/{mode}"] / row[f"baseline/{mode}"]
+                row[f"ratio-blob/{mode}"] = row[f"candidate-blob/{mode}"] / row[f"baseline/{mode}"]
             report["sizes"][str(size)] = row
     print(
-        "| chunks | mode | baseline p50 ms | candidate p50 ms | candidate/baseline | noop ms "
-        "| keyed ms |"
+        "| chunks | mode | baseline p50 ms | candidate p50 ms | candidate/baseline "
+        "| candidate blob p50 ms | blob/baseline | noop ms | keyed ms | keyed blob ms |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for size, row in report["sizes"].items():
         for mode in MODES:
             print(
                 f"| {size} | {mode} | {row[f'baseline/{mode}']:.3f} | "
                 f"{row[f'candidate/{mode}']:.3f} | {row[f'ratio/{mode}']:.2f} | "
-                f"{row['noop']:.3f} | {row['keyed']:.3f} |"
+                f"{row[f'candidate-blob/{mode}']:.3f} | {row[f'ratio-blob/{mode}']:.2f} | "
+                f"{row['noop']:.3f} | {row['keyed']:.3f} | {row['keyed-blob']:.3f} |"
             )
     print(json.dumps(report))
 

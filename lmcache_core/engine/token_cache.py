@@ -22,15 +22,14 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
-import msgspec
 import xxhash
 
 from lmcache_core.hashing import ChunkHasher, RequestHashes, chunk_hashes
+from lmcache_core.protocol.types import decode_token_ids
 
 DEFAULT_ENTRIES = 4096
 DEFAULT_MAX_BYTES = 32 << 20
 """Token bytes kept at most (512 lists of 16,384 tokens); a longer list is not kept."""
-_tokens_decoder = msgspec.msgpack.Decoder(list[int])
 _fingerprint = xxhash.xxh3_64_intdigest
 
 
@@ -113,10 +112,7 @@ class TokenHashCache:
                     binder.bind_raw(cached, raw_tokens, self.chunk_size)  # bindings expired
                 return cached[:num_chunks]
         self.misses += 1
-        try:
-            tokens = _tokens_decoder.decode(raw_tokens)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ValueError(f"token_ids: {exc}") from None
+        tokens = decode_token_ids(raw_tokens)
         every = self._hash_and_remember(fingerprint, raw_tokens, tokens, memo)
         if len(every) < num_chunks:
             raise ValueError(f"{num_chunks} chunks requested but the tokens hold {len(every)}")

@@ -32,8 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
 
-import msgspec
-
 from lmcache_core.protocol.kv_event_records import (
     KIND_LOST,
     KIND_REMOVED,
@@ -41,6 +39,7 @@ from lmcache_core.protocol.kv_event_records import (
     KVEventBatch,
     KVEventRecord,
 )
+from lmcache_core.protocol.types import decode_token_ids
 
 DEFAULT_LOG_SIZE = 32768
 """Upstream's ``--kv-event-log-size`` default."""
@@ -48,7 +47,6 @@ MAX_BINDINGS = 8192
 """Chunks whose tokens are remembered for their store record (oldest forgotten first)."""
 TOKEN_TYPECODE = "I"
 """Token ids are uint32 (the request decoder checks it): packed 4 bytes each."""
-_tokens_decoder = msgspec.msgpack.Decoder(list[int])
 MAX_EVENTS_PER_BATCH = 1024
 
 
@@ -111,7 +109,7 @@ class KVEventLog:
         self._log: deque[_Entry] = deque(maxlen=capacity)
         self._next_seq = 1
         self._bindings: OrderedDict[bytes, tuple[bytes, int, bytes | None]] = OrderedDict()
-        self._decoded: tuple[bytes, list[int]] | None = None  # the last raw array decoded
+        self._decoded: tuple[bytes, Sequence[int]] | None = None  # the last raw array decoded
         self._max_bindings = max_bindings
         self._chunk_size = 1
         self._closed = False
@@ -149,7 +147,7 @@ class KVEventLog:
         """Chunk ``index``'s tokens, packed (the last raw array's decode is reused)."""
         decoded = self._decoded
         if decoded is None or decoded[0] is not raw:
-            decoded = (raw, _tokens_decoder.decode(raw))
+            decoded = (raw, decode_token_ids(raw))
             self._decoded = decoded
         start = index * self._chunk_size
         return array(TOKEN_TYPECODE, decoded[1][start : start + self._chunk_size]).tobytes()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import array
+import sys
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from lmcache_core.storage.keys import validate_cache_salt
+
+_tokens_decoder = msgspec.msgpack.Decoder(list[int])
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 DEVICE_HANDLE_EXT = 1
@@ -37,6 +42,68 @@ class CacheKey(msgspec.Struct):
 def pack_token_ids(tokens: list[int]) -> msgspec.Raw:
     """Encode a token list once, to reuse in several keys of the same request."""
     return msgspec.Raw(msgspec.msgpack.encode(tokens))
+
+
+def pack_token_blob(tokens: Sequence[int]) -> msgspec.Raw:
+    """Encode a token list as one msgpack ``bin`` of uint32 little-endian values.
+
+    The second form a key's ``token_ids`` may take (besides a msgpack array,
+    upstream's form): a server decodes it without building a Python int per
+    token. Only for servers that accept it (the blend engine does; a client
+    falls back to :func:`pack_token_ids` on a ``bad_request``). Tokens must fit
+    in uint32 (``OverflowError`` otherwise).
+    """
+    packed = array.array("I", tokens)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return msgspec.Raw(msgspec.msgpack.encode(packed.tobytes()))
+
+
+def token_blob(raw: msgspec.Raw | bytes | memoryview) -> memoryview | None:
+    """The uint32 little-endian payload of a ``bin`` token list; None if ``raw`` is not one.
+
+    Raises:
+        ValueError: ``raw`` is a ``bin`` whose length is not a whole number of
+            uint32 values, or that does not fill ``raw`` exactly.
+    """
+    data = memoryview(raw)
+    if not data or data[0] not in _BIN_HEADERS:
+        return None
+    width = _BIN_HEADERS[data[0]]
+    if len(data) < 1 + width:
+        raise ValueError("token_ids: a truncated bin header")
+    size = int.from_bytes(data[1 : 1 + width], "big")
+    if size % 4 or len(data) != 1 + width + size:
+        raise ValueError("token_ids: a bin must hold exactly a whole number of uint32 values")
+    return data[1 + width :]
+
+
+def blob_tokens(payload: memoryview) -> array.array[int]:
+    """A :func:`token_blob` payload as a uint32 array (in this machine's byte order)."""
+    tokens = array.array("I")
+    tokens.frombytes(payload)
+    if sys.byteorder != "little":
+        tokens.byteswap()
+    return tokens
+
+
+def decode_token_ids(raw_tokens: bytes) -> Sequence[int]:
+    """A key's raw tokens decoded: a msgpack array, or a uint32 blob (:func:`pack_token_blob`).
+
+    Raises:
+        ValueError: Neither form, or values outside uint32 (the blob's are inside by form).
+    """
+    blob = token_blob(raw_tokens)
+    if blob is not None:
+        return blob_tokens(blob)
+    try:
+        return _tokens_decoder.decode(raw_tokens)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"token_ids: {exc}") from None
+
+
+_BIN_HEADERS = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+"""msgpack ``bin 8/16/32`` header bytes and the width of their length field."""
 
 
 class KeyFields(msgspec.Struct):
@@ -91,14 +158,17 @@ class WireCacheKey(msgspec.Struct, kw_only=True):
 
 
 def raw_array_length(raw: msgspec.Raw | bytes) -> int:
-    """The element count of a raw msgpack array, read from its header.
+    """The element count of a raw msgpack array (or :func:`token_blob`), read from its header.
 
     Raises:
-        ValueError: ``raw`` is not a msgpack array.
+        ValueError: ``raw`` is not a msgpack array (nor a well-formed token blob).
     """
     data = memoryview(raw)
     if not data:
         raise ValueError("empty token_ids")
+    blob = token_blob(data)
+    if blob is not None:
+        return len(blob) // 4
     head = data[0]
     if 0x90 <= head <= 0x9F:
         return int(head & 0x0F)

@@ -13,13 +13,19 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import msgspec
 import pytest
 import torch
 
 from lmcache_core.client import MPClient
 from lmcache_core.engine.lookup import INLINE_MAX_KEYS
 from lmcache_core.protocol.errors import BadRequestError, NotRegisteredError
-from lmcache_core.protocol.types import CBMatchResult, CBUnifiedLookupResult
+from lmcache_core.protocol.types import (
+    CBMatchResult,
+    CBUnifiedLookupResult,
+    pack_token_blob,
+    pack_token_ids,
+)
 from lmcache_core.storage.keys import pack_kv_rank
 from lmcache_core.transfer.layout import KVFormat
 from tests.blend.rig import (
@@ -486,3 +492,45 @@ def test_a_winner_missing_from_l1_hands_the_started_job_to_the_pool(
         assert locked_objects(server) == before + 1  # d2's chunk; the missing one struck
         client.end_session(key.request_id)
         assert locked_objects(server) == before
+
+
+def test_the_uint32_blob_token_form_answers_as_the_list_form(
+    server: LiveServer, client: MPClient
+) -> None:
+    """Our client's blob form (``pack_token_blob``): the same segments, retrieve and locks."""
+    with rope_worker(client) as worker:
+        sys_, d1, d2 = docs(3)
+        stored = sys_ + d1 + d2
+        src = blocks_for(len(stored), 1)
+        worker.write_prompt(stored, src)
+        assert worker.worker.store(
+            worker.key(pack_token_blob(stored), request_id("store"), end=len(stored)), src
+        )  # a store in the blob form is fingerprinted like a list's
+        query = sys_ + d2 + d1 + docs(1)[0][:5]
+        answers = []
+        before = locked_objects(server)
+        for packed in (pack_token_ids(query), pack_token_blob(query)):
+            rid = request_id("query")
+            key = worker.worker.key(packed, 0, len(query), rid, worker=False)
+            result = unified_lookup(client, key)
+            answers.append((result.prefix_coverage_tokens, segments_of(result)))
+            dst = blocks_for(len(query), 40)
+            for layer in worker.worker.layers:
+                layer.zero_()
+            _, ok = client.call(
+                "cb_retrieve_pre_computed",
+                worker.worker.key(packed, 0, len(query), rid, worker=True),
+                list(result.non_prefix_segments),
+                [dst],
+                worker.worker.instance_id,
+                b"",
+            )
+            assert ok
+            assert_written(worker, query, dst, range(CHUNK, 3 * CHUNK))
+            client.end_session(rid)
+        assert answers[0] == answers[1] == (CHUNK, answers[0][1]) and len(answers[0][1]) == 2
+        assert locked_objects(server) == before
+        bad = worker.worker.key(pack_token_blob(query), 0, len(query), request_id("bad"))
+        bad.token_ids = msgspec.Raw(bytes(bad.token_ids)[:-2])  # not whole uint32 values
+        with pytest.raises(BadRequestError):
+            client.call("cb_unified_lookup", bad, 1)

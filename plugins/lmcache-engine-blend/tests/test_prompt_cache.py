@@ -10,6 +10,8 @@ import pytest
 from lmcache_engine_blend.fingerprint import FingerprintIndex, Prompt
 from lmcache_engine_blend.prompt_cache import MIN_BASED_BYTES, PromptCache
 
+from lmcache_core.protocol.types import pack_token_blob
+
 C = 16
 NS = ("model", 1, "")
 
@@ -197,3 +199,45 @@ def test_prompts_based_on_others_match_exactly_as_their_own_tokens(seed: int) ->
         assert index.match(NS, derived) == index.match(NS, np.array(tokens, dtype=np.uint64))
         base = tokens
     assert cache.status()["shared_tokens"] > 0  # the based path ran
+
+
+def blob_of(tokens: list[int]) -> bytes:
+    return bytes(pack_token_blob(tokens))
+
+
+def test_a_blob_prompt_is_the_list_prompt_and_is_based_on_recent_blobs() -> None:
+    """Either form gives the same tokens, fingerprints and matches; blobs share with blobs."""
+    index = FingerprintIndex(C)
+    rng = np.random.default_rng(8)
+    docs = rng.integers(0, 128000, 200 * C, dtype=np.uint64)
+    index.register(NS, docs, [i.to_bytes(32, "big") for i in range(200)], 1, 0)
+    cache = PromptCache(C)
+    primed: list[tuple[int, int]] = []
+
+    def prime(raw: bytes, ids: Sequence[int], known: list[bytes], shared: int) -> list[bytes]:
+        primed.append((len(known), shared))
+        return [bytes([n % 256]) * 32 for n in range(len(ids) // C)]
+
+    first_tokens = [*docs.tolist(), *rng.integers(0, 128000, 7).tolist()]
+    as_list = cache.get(raw_of(first_tokens), len(first_tokens))
+    as_blob = cache.get(blob_of(first_tokens), len(first_tokens), prime)
+    assert as_blob is not as_list and as_blob.tokens.tolist() == first_tokens
+    assert as_blob.tokens.dtype == np.uint64
+    assert np.array_equal(as_blob.polys(index), as_list.polys(index))
+    assert index.match(NS, as_blob) == index.match(NS, as_list)
+    assert primed == [(0, 0)]  # a list is no blob's base
+    second_tokens = first_tokens[:-7] + rng.integers(0, 128000, 2 * C).tolist()
+    second = cache.get(blob_of(second_tokens), len(second_tokens) - 1, prime)
+    assert second.tokens.tolist() == second_tokens[:-1]
+    assert primed[-1] == (200, len(first_tokens) - 7)  # the tokens before the tails differ
+    assert np.array_equal(second.polys(index), index.rolling(second.tokens))
+    assert index.match(NS, second) == index.match(NS, second.tokens)
+    # And a list after the blobs is decoded in full (a blob is no list's base) and exact.
+    third = cache.get(raw_of(second_tokens), len(second_tokens))
+    assert third.tokens.tolist() == second_tokens
+    assert cache.get(blob_of(second_tokens), len(second_tokens) - 1) is second  # a hit
+
+
+def test_a_malformed_blob_is_refused() -> None:
+    with pytest.raises(ValueError, match="token_ids"):
+        PromptCache(C).get(msgspec.msgpack.encode(b"abcdef"), 1)

@@ -26,7 +26,7 @@ from lmcache_engine_default.lmcache_driven import TransferResult
 
 from lmcache_core.engine.chunk_keys import ChunkKeys
 from lmcache_core.engine.sessions import SessionTable
-from lmcache_core.protocol.types import WireCacheKey
+from lmcache_core.protocol.types import WireCacheKey, blob_tokens, token_blob
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_engine_blend.events import BlendEvents
 from lmcache_engine_blend.fingerprint import FingerprintIndex, Tokens
@@ -43,7 +43,7 @@ Store = Callable[["RequestContext", WireCacheKey, int, list[list[int]], bytes], 
 
 
 def decode_tokens(raw: bytes) -> Tokens:
-    """A key's raw msgpack token list as a uint64 array.
+    """A key's raw token list (a msgpack array, or a uint32 blob) as a uint64 array.
 
     Through a uint32 ``array.array`` (one C loop over the list, and the range
     check of the hasher's own rule) rather than ``np.asarray`` of the list,
@@ -65,6 +65,10 @@ def decode_token_list(raw: bytes) -> tuple[array.array[int], Tokens]:
     Raises:
         ValueError: ``raw`` is not a msgpack array of uint32 values.
     """
+    blob = token_blob(raw)
+    if blob is not None:  # already uint32 values (pack_token_blob): no decode
+        ids = blob_tokens(blob)
+        return ids, np.frombuffer(ids, dtype=np.uint32).astype(np.uint64)
     try:
         listed = _tokens_decoder.decode(raw)
         ids = array.array("I", listed)

@@ -34,8 +34,15 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
+from lmcache_core.protocol.types import blob_tokens, token_blob
 from lmcache_engine_blend.fingerprint import Prompt
-from lmcache_engine_blend.token_decode import Ends, decode_after, decode_full, token_ends
+from lmcache_engine_blend.token_decode import (
+    Ends,
+    decode_after,
+    decode_full,
+    shared_blob_tokens,
+    token_ends,
+)
 
 ENTRIES = 64
 """Prompts kept at most."""
@@ -110,7 +117,9 @@ class PromptCache:
         """The prompt of ``raw`` (a msgpack token list) cut at ``end``.
 
         Args:
-            raw: The key's raw token list.
+            raw: The key's raw token list: a msgpack array, or a uint32 blob
+                (:func:`~lmcache_core.protocol.types.pack_token_blob`; its base, if
+                any, must be a blob too: the tokens are shared by equal values).
             end: The key's ``end``.
             prime: Called on a miss with the whole token list (a uint32 array),
                 the base's chain hashes and how many tokens it shares with the
@@ -118,7 +127,7 @@ class PromptCache:
                 this one.
 
         Raises:
-            ValueError: ``raw`` is not a msgpack array of uint32 values.
+            ValueError: ``raw`` is neither a msgpack array of uint32 values nor a blob.
         """
         key = (_fingerprint(raw), end)
         probe = _probe(raw)
@@ -129,14 +138,13 @@ class PromptCache:
                 self.hits += 1
                 return entry.prompt
             base = self._probes.get(probe) if probe is not None else None
-        decoded = None
-        base_ends = base.token_ends() if base is not None else None
-        if base is not None and base_ends is not None:
-            decoded = decode_after(raw, base.raw, base.ids, base_ends)
-        if decoded is None:
-            ids, ends, shared = decode_full(raw), None, 0
+        blob = token_blob(raw)
+        if blob is not None:  # uint32 values already: one copy, no decode
+            ids, ends = blob_tokens(blob), None
+            base_blob = token_blob(base.raw) if base is not None else None
+            shared = shared_blob_tokens(blob, base_blob) if base_blob is not None else 0
         else:
-            ids, ends, shared = decoded
+            ids, ends, shared = self._decode_list(raw, base)
         hashes = prime(raw, ids, base.hashes if base else [], shared) if prime else []
         prompt = Prompt(
             np.frombuffer(ids, dtype=np.uint32).astype(np.uint64)[:end], self.chunk_size
@@ -159,6 +167,16 @@ class PromptCache:
             while len(self._cache) > self.entries or self._tokens > self.max_tokens:
                 self._forget(self._cache.popitem(last=False)[1])
         return prompt
+
+    @staticmethod
+    def _decode_list(raw: bytes, base: _Entry | None) -> tuple[array.array[int], Ends | None, int]:
+        """A msgpack list's tokens, ends and tokens shared with ``base`` (decoded after them)."""
+        base_ends = base.token_ends() if base is not None else None
+        if base is not None and base_ends is not None:
+            decoded = decode_after(raw, base.raw, base.ids, base_ends)
+            if decoded is not None:
+                return decoded
+        return decode_full(raw), None, 0
 
     def _forget(self, entry: _Entry) -> None:
         """Account for an entry taken out (lock held)."""

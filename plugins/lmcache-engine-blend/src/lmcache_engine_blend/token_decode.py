@@ -162,3 +162,12 @@ def decode_after(
     if rest_ends is not None:
         ends = np.concatenate((base_ends[:shared], rest_ends + base_ends[shared - 1]))
     return ids, ends, shared
+
+
+def shared_blob_tokens(payload: memoryview, base_payload: memoryview) -> int:
+    """How many leading tokens two uint32 blobs (``token_blob`` payloads) have in common."""
+    ids = np.frombuffer(payload, dtype="<u4")
+    other = np.frombuffer(base_payload, dtype="<u4")
+    size = min(len(ids), len(other))
+    differ = np.flatnonzero(ids[:size] != other[:size])
+    return int(differ[0]) if len(differ) else size
