@@ -1,7 +1,7 @@
 """Where a ``cb_unified_lookup``'s server-side time goes: the handler in-process.
 
 Run: ``.venv/bin/python benchmarks/profile_blend_lookup.py [--chunks N..] [--lookups N] [--fresh]
-[--profile] [--inline]``
+[--blob] [--profile] [--inline]``
 
 Assembles the real data path with ``--engine-type blend`` (real L1, token hash
 cache, lookup service, fingerprint index; no request server, no socket), stores
@@ -39,7 +39,7 @@ from lmcache_core.engine.contract import RequestContext
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.plugin.registry import PluginRegistry
 from lmcache_core.protocol.codec import encode_device_handle
-from lmcache_core.protocol.types import WireCacheKey
+from lmcache_core.protocol.types import WireCacheKey, pack_token_blob
 from lmcache_core.server.data_path import build_data_path
 from lmcache_core.transfer.layout import KVFormat, KVLayout
 
@@ -48,12 +48,14 @@ BLOCK = 16
 CTX = RequestContext(b"client", "cb_unified_lookup")
 
 
-def wire_key(tokens: list[int], rid: str, worker_id: int | None) -> WireCacheKey:
+def wire_key(
+    tokens: list[int], rid: str, worker_id: int | None, blob: bool = False
+) -> WireCacheKey:
     return WireCacheKey(
         model_name="profile",
         world_size=1,
         worker_id=worker_id,
-        token_ids=msgspec.Raw(msgspec.msgpack.encode(tokens)),
+        token_ids=pack_token_blob(tokens) if blob else msgspec.Raw(msgspec.msgpack.encode(tokens)),
         start=0,
         end=len(tokens),
         request_id=rid,
@@ -69,6 +71,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument(
         "--fresh", action="store_true", help="40 new random tokens at the end of every prompt"
+    )
+    parser.add_argument(
+        "--blob", action="store_true", help="the lookups' tokens as a uint32 blob (pack_token_blob)"
     )
     parser.add_argument(
         "--inline",
@@ -114,7 +119,7 @@ def main() -> None:
                 for i in range(args.lookups):
                     rid = f"l{size}-{i}"
                     tail = [rng.randrange(128000) for _ in range(40)] if args.fresh else []
-                    key = wire_key(query + tail, rid, None)
+                    key = wire_key(query + tail, rid, None, args.blob)
                     begin = time.perf_counter()
                     result = lookup(CTX, key, 1)
                     times.append(time.perf_counter() - begin)
@@ -128,7 +133,7 @@ def main() -> None:
                 for i in range(args.lookups):
                     rid = f"p-{i}"
                     tail = [rng.randrange(128000) for _ in range(40)] if args.fresh else []
-                    key = wire_key(query + tail, rid, None)
+                    key = wire_key(query + tail, rid, None, args.blob)
                     profile.enable()
                     lookup(CTX, key, 1)
                     profile.disable()

@@ -118,9 +118,7 @@ def shared_body_bytes(raw: bytes, base: bytes) -> int:
         return 0
     body = np.frombuffer(raw, dtype=np.uint8, offset=header[1])
     other = np.frombuffer(base, dtype=np.uint8, offset=base_header[1])
-    size = min(len(body), len(other))
-    differ = np.flatnonzero(body[:size] != other[:size])
-    return int(differ[0]) if len(differ) else size
+    return _first_difference(body, other)
 
 
 def decode_after(
@@ -168,6 +166,16 @@ def shared_blob_tokens(payload: memoryview, base_payload: memoryview) -> int:
     """How many leading tokens two uint32 blobs (``token_blob`` payloads) have in common."""
     ids = np.frombuffer(payload, dtype="<u4")
     other = np.frombuffer(base_payload, dtype="<u4")
-    size = min(len(ids), len(other))
-    differ = np.flatnonzero(ids[:size] != other[:size])
-    return int(differ[0]) if len(differ) else size
+    return _first_difference(ids, other)
+
+
+def _first_difference(one: npt.NDArray[np.generic], other: npt.NDArray[np.generic]) -> int:
+    """The first index at which the two arrays differ (the shorter's length if none).
+
+    ``argmax`` of the booleans stops at the first True, where ``flatnonzero``
+    scans them all and builds an array (5 us against 10 at 64 KB).
+    """
+    size = min(len(one), len(other))
+    differ = one[:size] != other[:size]
+    first = int(differ.argmax()) if size else 0
+    return first if size and differ[first] else size
