@@ -87,14 +87,24 @@ class TokenForm:
     def __init__(self, prefer_blob: bool = True) -> None:
         self.blob = prefer_blob
 
-    def lookup(self, client: MPClient, worker: CpuKVWorker, tokens: list[int], rid: str) -> Any:
-        """``cb_unified_lookup`` of ``tokens`` (polled until it answers), in the form taken."""
-        if self.blob:
-            try:
-                return poll(client, key(worker, tokens, rid, rank=False, blob=True))
-            except BadRequestError:
-                self.blob = False
-        return poll(client, key(worker, tokens, rid, rank=False))
+    def key(self, worker: CpuKVWorker, tokens: list[int], rid: str) -> CacheKey:
+        """A lookup key of ``tokens`` in the form this server is believed to take."""
+        return key(worker, tokens, rid, rank=False, blob=self.blob)
+
+    def lookup(
+        self, client: MPClient, lookup_key: CacheKey, worker: CpuKVWorker, tokens: list[int]
+    ) -> Any:
+        """``cb_unified_lookup`` of ``lookup_key`` (from :meth:`key`), polled until it answers.
+
+        A blob refused with ``bad_request`` is asked again as a list, and lists from then on.
+        """
+        if not self.blob:
+            return poll(client, lookup_key)
+        try:
+            return poll(client, lookup_key)
+        except BadRequestError:
+            self.blob = False
+        return poll(client, key(worker, tokens, lookup_key.request_id, rank=False))
 
 
 def poll(client: MPClient, lookup_key: CacheKey) -> Any:

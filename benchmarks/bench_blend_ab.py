@@ -121,9 +121,10 @@ def main() -> None:
                         server = name.removesuffix("-blob")
                         client, worker = clients[server], workers[server]
                         rid = f"{mode}{size}-{i}"
-                        if name.endswith("-blob"):
+                        if name.endswith("-blob"):  # the key built before the clock, as below
+                            lookup_key = blob.key(worker, query, rid)
                             started = time.perf_counter()
-                            result = blob.lookup(client, worker, query, rid)
+                            result = blob.lookup(client, lookup_key, worker, query)
                             assert blob.blob, "the candidate refused the blob form"
                         else:
                             lookup_key = key(worker, query, rid, rank=False)
