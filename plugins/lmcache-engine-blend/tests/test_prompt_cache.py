@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 import numpy as np
@@ -18,6 +18,30 @@ NS = ("model", 1, "")
 
 def raw_of(tokens: list[int]) -> bytes:
     return msgspec.msgpack.encode(tokens)
+
+
+Primed = list[tuple[int, int]]
+PrimeFn = Callable[[bytes, Sequence[int], list[bytes], int], list[bytes]]
+
+
+def based_rig(
+    seed: int,
+) -> tuple[FingerprintIndex, np.random.Generator, np.ndarray, PromptCache, Primed, PrimeFn]:
+    """200 documents registered (over MIN_BASED_BYTES), a cache, and a prime that records calls.
+
+    The prime records ``(base hashes offered, tokens shared)`` and returns a hash per chunk.
+    """
+    index = FingerprintIndex(C)
+    rng = np.random.default_rng(seed)
+    docs = rng.integers(0, 128000, 200 * C, dtype=np.uint64)
+    index.register(NS, docs, [i.to_bytes(32, "big") for i in range(200)], 1, 0)
+    primed: Primed = []
+
+    def prime(raw: bytes, ids: Sequence[int], known: list[bytes], shared: int) -> list[bytes]:
+        primed.append((len(known), shared))
+        return [bytes([n % 256]) * 32 for n in range(len(ids) // C)]
+
+    return index, rng, docs, PromptCache(C), primed, prime
 
 
 def test_a_prompt_seen_again_is_not_decoded_again() -> None:
@@ -90,17 +114,7 @@ def test_a_memoised_match_follows_every_change_of_the_index() -> None:
 
 def test_a_prompt_starting_like_a_recent_one_takes_its_tokens_windows_and_hashes() -> None:
     """The fresh-prompt path: only the new tail is decoded, fingerprinted and hashed."""
-    index = FingerprintIndex(C)
-    rng = np.random.default_rng(5)
-    docs = rng.integers(0, 128000, 200 * C, dtype=np.uint64)  # over MIN_BASED_BYTES
-    index.register(NS, docs, [i.to_bytes(32, "big") for i in range(200)], 1, 0)
-    cache = PromptCache(C)
-    primed: list[tuple[int, int]] = []
-
-    def prime(raw: bytes, ids: Sequence[int], known: list[bytes], shared: int) -> list[bytes]:
-        primed.append((len(known), shared))
-        return [bytes([n % 256]) * 32 for n in range(len(ids) // C)]
-
+    index, rng, docs, cache, primed, prime = based_rig(5)
     first_tokens = [*docs.tolist(), *rng.integers(0, 128000, 7).tolist()]
     first = cache.get(raw_of(first_tokens), len(first_tokens), prime)
     expected_first = index.match(NS, np.array(first_tokens, dtype=np.uint64))
@@ -207,17 +221,7 @@ def blob_of(tokens: list[int]) -> bytes:
 
 def test_a_blob_prompt_is_the_list_prompt_and_is_based_on_recent_blobs() -> None:
     """Either form gives the same tokens, fingerprints and matches; blobs share with blobs."""
-    index = FingerprintIndex(C)
-    rng = np.random.default_rng(8)
-    docs = rng.integers(0, 128000, 200 * C, dtype=np.uint64)
-    index.register(NS, docs, [i.to_bytes(32, "big") for i in range(200)], 1, 0)
-    cache = PromptCache(C)
-    primed: list[tuple[int, int]] = []
-
-    def prime(raw: bytes, ids: Sequence[int], known: list[bytes], shared: int) -> list[bytes]:
-        primed.append((len(known), shared))
-        return [bytes([n % 256]) * 32 for n in range(len(ids) // C)]
-
+    index, rng, docs, cache, primed, prime = based_rig(8)
     first_tokens = [*docs.tolist(), *rng.integers(0, 128000, 7).tolist()]
     as_list = cache.get(raw_of(first_tokens), len(first_tokens))
     as_blob = cache.get(blob_of(first_tokens), len(first_tokens), prime)
