@@ -114,8 +114,14 @@ def poll(client: MPClient, lookup_key: CacheKey) -> Any:
             return result
 
 
-def bench_lookup(client: MPClient, sizes: list[int], rounds: int) -> dict[str, Any]:
-    """p50/p99 of cb_unified_lookup with every document in L1 (tiny KV: the lookup only)."""
+def bench_lookup(
+    client: MPClient, sizes: list[int], rounds: int, form: TokenForm | None = None
+) -> dict[str, Any]:
+    """p50/p99 of cb_unified_lookup with every document in L1 (tiny KV: the lookup only).
+
+    ``form``: the lookups' tokens as :class:`TokenForm` sends them (the blob where the
+    server takes it); None: upstream's msgpack list.
+    """
     layout = KVLayout(KVFormat.NHD, 1, 64 * 16 + 1, BLOCK, 1, 8, torch.bfloat16)
     figures: dict[str, Any] = {}
     with CpuKVWorker(client, layout, model_name="bench-lookup") as worker:
@@ -131,9 +137,14 @@ def bench_lookup(client: MPClient, sizes: list[int], rounds: int) -> dict[str, A
             times = []
             for i in range(rounds):
                 rid = f"l{size}-{i}"
-                lookup_key = key(worker, query, rid, rank=False)
-                started = time.perf_counter()
-                result = poll(client, lookup_key)
+                if form is None:
+                    lookup_key = key(worker, query, rid, rank=False)
+                    started = time.perf_counter()
+                    result = poll(client, lookup_key)
+                else:
+                    lookup_key = form.key(worker, query, rid)
+                    started = time.perf_counter()
+                    result = form.lookup(client, lookup_key, worker, query)
                 times.append(time.perf_counter() - started)
                 client.end_session(rid)
             hits = len(result.non_prefix_segments) + result.prefix_coverage_tokens // CHUNK
@@ -209,6 +220,12 @@ def main() -> None:
         "--retrieve-only", action="store_true", help="only the CPU retrieve (no lookups)"
     )
     parser.add_argument("--rounds", type=int, default=None, help="lookups per size")
+    parser.add_argument(
+        "--token-form",
+        choices=("list", "blob"),
+        default="list",
+        help="the lookups' tokens: upstream's msgpack list, or the uint32 blob (TokenForm)",
+    )
     args = parser.parse_args()
     sizes = [5, 17, 29, 64] if not args.quick else [5, 29]
     rounds = args.rounds or (200 if not args.quick else 40)
@@ -229,13 +246,15 @@ def main() -> None:
         MPClient(server.zmq_url, timeout=120.0) as client,
     ):
         if not args.retrieve_only:
-            report["unified_lookup"] = bench_lookup(client, sizes, rounds)
+            form = TokenForm() if args.token_form == "blob" else None
+            report["unified_lookup"] = bench_lookup(client, sizes, rounds, form)
+            report["token_form"] = "blob" if form is not None and form.blob else "list"
         if not args.lookup_only:
             report["retrieve"] = bench_retrieve(
                 client, 16 if not args.quick else 4, 5 if not args.quick else 3
             )
     if "unified_lookup" in report:
-        print("## cb_unified_lookup (documents in L1)\n")
+        print(f"## cb_unified_lookup (documents in L1; tokens as a {report['token_form']})\n")
         print("| chunks | p50 ms | p99 ms | upstream p50 ms |")
         print("| --- | --- | --- | --- |")
         upstream = {"5": "1.46", "17": "1.63", "29": "2.02"}
