@@ -7,6 +7,7 @@ import pytest
 
 from lmcache_core.kv_events.log import KVEventLog
 from lmcache_core.protocol.kv_event_records import MEDIUM_L1, KVEventBatch, l2_medium
+from lmcache_core.protocol.types import pack_token_blob
 
 H = [bytes([i]) * 8 for i in range(10)]
 
@@ -117,3 +118,12 @@ def test_bindings_of_two_requests_decode_each_once() -> None:
     records = log.read("m", 0, 10).events
     assert [r.token_ids for r in records] == [[1, 2], [3, 4], [9, 9]]
     assert [r.parent_block_hash for r in records] == [None, H[0], H[0]]
+
+
+def test_a_chunk_bound_to_a_uint32_blob_reports_its_tokens() -> None:
+    """Our client's blob token form (``pack_token_blob``) binds like the list form."""
+    log = KVEventLog(10)
+    log.bind_raw(H[:2], bytes(pack_token_blob([70000, 2, 3, 4])), 2)
+    log.stored(MEDIUM_L1, "m", H[:2])
+    records = log.read("m", 0, 10).events
+    assert [r.token_ids for r in records] == [[70000, 2], [3, 4]]
