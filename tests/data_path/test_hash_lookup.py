@@ -151,3 +151,24 @@ def test_client_falls_back_to_tokens_and_remembers() -> None:
     upstream = HashLookupForm()
     upstream.learn([])  # upstream's servers list no such capability
     assert not upstream.enabled
+
+
+def test_blend_engine_refuses_hash_lookups_and_the_client_sends_tokens() -> None:
+    from tests.server_process import server_on_free_ports
+
+    args = ("--l1-size-gb", "0.05", "--eviction-policy", "LRU", "--chunk-size", str(CHUNK))
+    args = (*args, "--engine-type", "blend")
+    with (
+        server_on_free_ports(*args) as server,
+        MPClient(f"tcp://127.0.0.1:{server.zmq_port}", timeout=30) as client,
+    ):
+        assert parse_hash_lookup_capability(client.get_experimental()) is None
+        key = lookup_key(fresh_tokens(2 * CHUNK), 2 * CHUNK, request_id("blend"))
+        form = HashLookupForm()
+        form.learn(["lookup_hashes:blake3:256"])  # as if offered: the op itself refuses
+        hashed = form.key_for(key)
+        assert hashed is not None
+        with pytest.raises(NotSupportedError, match="needs the token ids"):
+            client.lookup_hashes(hashed)
+        assert fast(client, key) == 0  # the token form, answered
+        assert not client.hash_form.enabled
