@@ -10,7 +10,9 @@ a client process run with ``PYTHONPATH=PATH``, so both ends are that tree's code
 A client stores a 64-chunk prefix once, then each round times, one call at a
 time: ``noop`` (the ceiling: ZeroMQ, the request loop, the client, nothing
 else), a 1-chunk and a 64-chunk full-hit ``lookup`` (each followed, untimed, by
-its status query and ``end_session``). Rounds alternate between the trees, so a
+its status query and ``end_session``), and, in a tree whose client has
+``fast_lookup``, the 64-chunk lookup sent as chunk hashes (``lookup_hashes``,
+the client's hashing included; "lookup 64 (hashes)"). Rounds alternate between the trees, so a
 neighbour's load hits every tree alike; the report gives each figure's median
 over the rounds of the per-round p50, and the ratio lookup / noop (which moves
 much less with load than either figure).
@@ -77,7 +79,14 @@ def client_main(url: str, samples: int) -> None:
         for line in sys.stdin:
             if line.strip() == "stop":
                 break
-            result: dict[str, Any] = {"noop": [], "lookup_1": [], "lookup_64": [], "calls": []}
+            result: dict[str, Any] = {
+                "noop": [],
+                "lookup_1": [],
+                "lookup_64": [],
+                "lookup_64h": [],
+                "lookup_64hk": [],
+                "calls": [],
+            }
             for _ in range(samples):
                 start = time.perf_counter_ns()
                 client.noop()
@@ -94,6 +103,33 @@ def client_main(url: str, samples: int) -> None:
                         result["calls"].append((start, end))
                     assert client.query_prefetch_status(key.request_id) == n
                     client.end_session(key.request_id)
+            # The hash-carrying key (a tree that has it): tokens as a list, as an engine
+            # holds them; the client's hashing is inside the timed call.
+            fast = getattr(client, "fast_lookup", None)
+            if fast is not None:
+                for _ in range(samples):
+                    counter += 1
+                    key = worker.key(toks, 0, 64 * CHUNK, f"r{counter}", worker=False)
+                    start = time.perf_counter_ns()
+                    fast(key)
+                    result["lookup_64h"].append(time.perf_counter_ns() - start)
+                    assert client.query_prefetch_status(key.request_id) == 64
+                    client.end_session(key.request_id)
+                result["hash_form"] = client.hash_form.refusal or "hashes"
+                # The same key with its hashes already made (an engine that has them): the
+                # wire and server part of the hash form alone.
+                hashed = client.hash_form.key_for(
+                    worker.key(toks, 0, 64 * CHUNK, "h", worker=False)
+                )
+                if hashed is not None:
+                    for _ in range(samples):
+                        counter += 1
+                        key_h = msgspec.structs.replace(hashed, request_id=f"r{counter}")
+                        start = time.perf_counter_ns()
+                        client.lookup_hashes(key_h)
+                        result["lookup_64hk"].append(time.perf_counter_ns() - start)
+                        assert client.query_prefetch_status(key_h.request_id) == 64
+                        client.end_session(key_h.request_id)
             print(json.dumps(result), flush=True)
         worker.unregister()
     client.close()
@@ -264,7 +300,9 @@ def main() -> None:
             loads.append(os.getloadavg()[0])
             for tree in trees:
                 result = tree.round()
-                for name in ("noop", "lookup_1", "lookup_64"):
+                for name in ("noop", "lookup_1", "lookup_64", "lookup_64h", "lookup_64hk"):
+                    if not result.get(name):
+                        continue
                     p50 = statistics.median(result[name]) / 1e6
                     p50s[tree.label].setdefault(name, []).append(p50)
                 calls[tree.label] += [tuple(c) for c in result["calls"]]  # type: ignore[misc]
@@ -275,8 +313,11 @@ def main() -> None:
             stamps[tree.label] = tree.stop()
     report: dict[str, Any] = {"load_avg_1m": loads, "samples": args.samples, "trees": {}}
     print(f"load average (1 min) during the rounds: {min(loads):.2f} - {max(loads):.2f}")
-    print("| tree | noop p50 | lookup 1 p50 | lookup 64 p50 | lookup 64 / noop |")
-    print("| --- | --- | --- | --- | --- |")
+    print(
+        "| tree | noop p50 | lookup 1 p50 | lookup 64 p50 | lookup 64 / noop "
+        "| lookup 64 (hashes) p50 | hashes / noop | hashes made before p50 | that / noop |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for tree in trees:
         rounds = p50s[tree.label]
         status = rounds.pop("status", None)
@@ -285,9 +326,20 @@ def main() -> None:
         entry: dict[str, Any] = {"median_p50_ms": med, "rounds_p50_ms": rounds}
         entry["server_requests"] = status
         entry["lookup_64_over_noop"] = statistics.median(ratios)
+        hashed = "- | - | - | -"
+        if "lookup_64h" in rounds:
+            over = zip(rounds["lookup_64h"], rounds["noop"], strict=True)
+            entry["lookup_64h_over_noop"] = statistics.median(a / b for a, b in over)
+            hashed = f"{med['lookup_64h']:.3f} ms | {entry['lookup_64h_over_noop']:.2f}"
+        if "lookup_64hk" in rounds:
+            over = zip(rounds["lookup_64hk"], rounds["noop"], strict=True)
+            entry["lookup_64hk_over_noop"] = statistics.median(a / b for a, b in over)
+            hashed += f" | {med['lookup_64hk']:.3f} ms | {entry['lookup_64hk_over_noop']:.2f}"
+        elif "lookup_64h" in rounds:
+            hashed += " | - | -"
         print(
             f"| {tree.label} | {med['noop']:.3f} ms | {med['lookup_1']:.3f} ms "
-            f"| {med['lookup_64']:.3f} ms | {entry['lookup_64_over_noop']:.2f} |"
+            f"| {med['lookup_64']:.3f} ms | {entry['lookup_64_over_noop']:.2f} | {hashed} |"
         )
         if stamps.get(tree.label):
             entry["stages_us"] = split_stages(calls[tree.label], stamps[tree.label])

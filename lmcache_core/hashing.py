@@ -157,6 +157,20 @@ def make_hasher(algorithm: str) -> ChunkHasher:
     raise ValueError(f"unknown hash algorithm {algorithm!r}; choices: {', '.join(ALGORITHMS)}")
 
 
+def seed_identity(hasher: ChunkHasher) -> str | None:
+    """What ``hasher``'s chain depends on besides the tokens, as a client names it.
+
+    ``sha256_cbor``: its seed; ``builtin``: ``PYTHONHASHSEED`` (None when unset:
+    the process's hashes are then random, and nobody else can reproduce them);
+    ``blake3``: the empty string (it has no seed).
+    """
+    if isinstance(hasher, Sha256CborHasher):
+        return hasher.seed
+    if isinstance(hasher, BuiltinHasher):
+        return os.environ.get("PYTHONHASHSEED")
+    return ""
+
+
 def chunk_hashes(
     hasher: ChunkHasher,
     tokens: Sequence[int],

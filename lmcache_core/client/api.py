@@ -18,6 +18,7 @@ from lmcache_core.protocol.types import (
     CacheKey,
     EngineDrivenRegistration,
     EngineGroupInfo,
+    HashLookupKey,
 )
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -98,6 +99,12 @@ class ClientMethods(abc.ABC):
     def lookup(self, key: CacheKey, tp_size: int = 1, *, timeout: float | None = None) -> Any:
         """Start a prefix lookup (acknowledged once the job is registered)."""
         return self._invoke("lookup", [key, tp_size], timeout)
+
+    def lookup_hashes(
+        self, key: HashLookupKey, tp_size: int = 1, *, timeout: float | None = None
+    ) -> Any:
+        """``lookup`` with a key that carries chunk hashes (ours; see HashLookupKey)."""
+        return self._invoke("lookup_hashes", [key, tp_size], timeout)
 
     def query_prefetch_status(self, request_id: str, *, timeout: float | None = None) -> Any:
         """Hit chunks of a finished lookup (once), or None while it runs."""

@@ -18,8 +18,11 @@ from lmcache_core.client.api import (
     normalize_url,
 )
 from lmcache_core.client.connection_watch import RESENDABLE_OPS, ConnectionWatch
+from lmcache_core.client.hash_lookup import HashLookupForm
 from lmcache_core.protocol.codec import ClientCodec
+from lmcache_core.protocol.errors import RemoteError
 from lmcache_core.protocol.multipart import recv_frames, send_frames
+from lmcache_core.protocol.types import CacheKey
 from lmcache_core.security.key_sources import client_api_key
 
 WATCH_SLICE_MS = 50
@@ -58,6 +61,29 @@ class MPClient(ClientMethods):
         self._socket.connect(self.url)
         self._uids = itertools.count()
         self._lock = threading.Lock()
+        self.hash_form = HashLookupForm()
+        """Whether this connection's :meth:`fast_lookup` sends hashes or tokens."""
+
+    def fast_lookup(self, key: CacheKey, tp_size: int = 1, *, timeout: float | None = None) -> Any:
+        """:meth:`lookup`, sent as chunk hashes when the server allows it.
+
+        The first call reads the server's ``get_experimental`` reply; a server
+        that does not offer ``lookup_hashes`` (upstream's, an engine that needs
+        tokens) or refuses it gets the token form, on this call and the next ones.
+        """
+        form = self.hash_form
+        if not form.known:
+            try:
+                form.learn(self.get_experimental(timeout=timeout))
+            except RemoteError:
+                form.learn(None)
+        hashed = form.key_for(key)
+        if hashed is not None:
+            try:
+                return self.lookup_hashes(hashed, tp_size, timeout=timeout)
+            except RemoteError as exc:
+                form.refused(exc)
+        return self.lookup(key, tp_size, timeout=timeout)
 
     def call(self, op: str, *args: Any, timeout: float | None = None) -> Any:
         """Send one request and wait for its reply.

@@ -88,9 +88,15 @@ class Engine(abc.ABC):
     Attributes:
         sessions: The engine's per-request session table, when it keeps one (the
             server reports its size); ``None`` otherwise.
+        needs_tokens: Whether the engine needs a request's token ids themselves,
+            not only their chunk hashes (e.g. blend engines fingerprint token
+            content). When True the server refuses hash-only lookups
+            (``lookup_hashes``) with a typed error, and clients fall back to
+            sending tokens.
     """
 
     sessions: SessionTable | None = None
+    needs_tokens: bool = False
 
     @abc.abstractmethod
     def handlers(self) -> dict[str, Handler]:

@@ -20,14 +20,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from lmcache_core.engine.chunk_keys import ChunkKeys, PrefixKeys
 from lmcache_core.engine.contract import Handler, WouldBlock
 from lmcache_core.engine.miss_explainer import MissExplainer
 from lmcache_core.engine.prefetch_pool import PrefetchPool
 from lmcache_core.engine.request_events import RequestEvents
 from lmcache_core.engine.sessions import FINISHED, LookupJob, Session, SessionTable
+from lmcache_core.hashing import seed_identity
 from lmcache_core.observability.miss_causes import MissCause
-from lmcache_core.protocol.types import WireCacheKey
+from lmcache_core.protocol.errors import BadRequestError, NotSupportedError
+from lmcache_core.protocol.types import HashLookupKey, WireCacheKey
 from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.tier import L2Tier, PrefetchResult, Retention
@@ -99,6 +103,7 @@ class LookupService:
         """Operation name -> handler."""
         return {
             "lookup": _LookupHandler(self),
+            "lookup_hashes": HashLookupHandler(self),
             "query_prefetch_status": self.query_prefetch_status,
             "wait_prefetch_status": self.wait_prefetch_status,
             "free_lookup_locks": self.free_lookup_locks,
@@ -114,6 +119,7 @@ class LookupService:
         _tp_size: int,
         *,
         retention: Retention = Retention.PREFIX,
+        hashes: list[bytes] | None = None,
     ) -> None:
         """Find the longest prefix present for every rank, read-lock it, record the job.
 
@@ -122,6 +128,8 @@ class LookupService:
         ``retention=Retention.SEGMENTED`` (an engine's call, never the wire's) the
         L2 prefetch also keeps the chunks past a gap, read-locked for the request
         in :attr:`LookupJob.post_gap`; the hit count is the leading run still.
+        ``hashes``: the chunk hashes the client sent (``lookup_hashes``, already
+        checked), used instead of hashing ``key``'s tokens.
         """
         readers = max(1, key.num_kv_readers)
         num_chunks = key.end // self.chunk_size
@@ -129,7 +137,8 @@ class LookupService:
         ranks = [key.worker_id] if key.worker_id is not None else range(key.world_size)
         with session.mutex:
             # Hash first: bad tokens fail the lookup before it replaces the last job.
-            hashes = self.chunk_keys.hashes(key, session, num_chunks)
+            if hashes is None:
+                hashes = self.chunk_keys.hashes(key, session, num_chunks)
             started = self.request_events.lookup_started(key, session, hashes)
             self._release_job(session)
             job = LookupJob(deadline=ctx.deadline)
@@ -169,7 +178,13 @@ class LookupService:
         self._finished(key, started, flat, width, hit, not_asked=MissCause.PREFETCH_LIMIT)
 
     def try_lookup_inline(
-        self, ctx: RequestContext, key: WireCacheKey, _tp_size: int, *, partial: bool = False
+        self,
+        ctx: RequestContext,
+        key: WireCacheKey,
+        _tp_size: int,
+        *,
+        partial: bool = False,
+        hashes: list[bytes] | None = None,
     ) -> None:
         """:meth:`lookup` of a full L1 hit, on the request loop, without waiting.
 
@@ -200,7 +215,8 @@ class LookupService:
         try:
             if session.job is not None:
                 raise WouldBlock
-            hashes = self.chunk_keys.hashes(key, session, num_chunks)
+            if hashes is None:
+                hashes = self.chunk_keys.hashes(key, session, num_chunks)
             flat, rows = self.chunk_keys.prefix_keys(key, hashes)
             readers = max(1, key.num_kv_readers)
             lock_deadline = self.sessions.clock() + self.l1.read_ttl_s
@@ -446,3 +462,94 @@ class _LookupHandler:
 
     def try_inline(self, ctx: RequestContext, key: WireCacheKey, tp_size: int) -> None:
         self._service.try_lookup_inline(ctx, key, tp_size)
+
+
+def _placeholder_tokens(count: int) -> msgspec.Raw:
+    """A msgpack array32 header announcing ``count`` tokens, with no tokens after it.
+
+    Stands for the tokens of a ``lookup_hashes`` key in the :class:`WireCacheKey`
+    the lookup path reads (its length check reads only the header). Nothing on
+    that path decodes tokens when the hashes are given; anything that tried would
+    fail loudly on the truncated array instead of seeing other tokens.
+    """
+    return msgspec.Raw(b"\xdd" + count.to_bytes(4, "big"))
+
+
+class HashLookupHandler:
+    """The ``lookup_hashes`` handler: a lookup whose key carries the chunk hashes.
+
+    The key is checked against this server's hashing (algorithm, seed, digest
+    length, one hash per complete chunk of ``[0, end)``), turned into the
+    :class:`WireCacheKey` the token form would have decoded to, and served by
+    :meth:`LookupService.lookup` (inline first, as ``lookup``) with the hashes
+    given: sessions, locks, prefetch, explanations and events are the token
+    form's. docs/protocol.md, "Hash-carrying lookups".
+    """
+
+    def __init__(self, service: LookupService) -> None:
+        self._service = service
+        hasher = service.chunk_keys.tokens.hasher
+        self.algorithm = hasher.name
+        self.seed = seed_identity(hasher)
+        self.digest_size = len(hasher.none_hash)
+
+    def _checked(self, key: HashLookupKey) -> tuple[WireCacheKey, list[bytes]]:
+        """The token form's key and the hashes, or :class:`BadRequestError`."""
+        if key.hash_algorithm != self.algorithm:
+            raise BadRequestError(
+                f"lookup_hashes: hashes made with {key.hash_algorithm!r}, "
+                f"this server hashes with {self.algorithm!r}: send the tokens"
+            )
+        if self.seed is None or key.hash_seed != self.seed:
+            raise BadRequestError(
+                f"lookup_hashes: {self.algorithm} hashes depend on a seed that differs "
+                "from this server's (or the server's is random): send the tokens"
+            )
+        hashes = key.chunk_hashes
+        expected = key.end // self._service.chunk_size if key.end >= 0 else -1
+        if len(hashes) != expected:
+            raise BadRequestError(
+                f"lookup_hashes: {len(hashes)} hashes for end={key.end}, "
+                f"chunk size {self._service.chunk_size}: expected {expected}"
+            )
+        size = self.digest_size
+        if any(len(h) != size for h in hashes):
+            raise BadRequestError(f"lookup_hashes: every {self.algorithm} hash is {size} bytes")
+        try:
+            wire = WireCacheKey(
+                model_name=key.model_name,
+                world_size=key.world_size,
+                worker_id=key.worker_id,
+                token_ids=_placeholder_tokens(key.end),
+                start=key.start,
+                end=key.end,
+                request_id=key.request_id,
+                cache_salt=key.cache_salt,
+                request_configs=key.request_configs,
+                num_kv_readers=key.num_kv_readers,
+            )
+        except ValueError as exc:
+            raise BadRequestError(f"lookup_hashes: {exc}") from None
+        return wire, hashes
+
+    def __call__(self, ctx: RequestContext, key: HashLookupKey, tp_size: int) -> None:
+        """Serve the lookup on the CPU pool."""
+        wire, hashes = self._checked(key)
+        self._service.lookup(ctx, wire, tp_size, hashes=hashes)
+
+    def try_inline(self, ctx: RequestContext, key: HashLookupKey, tp_size: int) -> None:
+        """Serve a full L1 hit on the request loop, or raise :class:`WouldBlock`."""
+        wire, hashes = self._checked(key)
+        self._service.try_lookup_inline(ctx, wire, tp_size, hashes=hashes)
+
+
+def refuse_hash_lookups(_ctx: RequestContext, _key: HashLookupKey, _tp_size: int) -> None:
+    """``lookup_hashes`` on an engine that needs tokens (:attr:`Engine.needs_tokens`).
+
+    Raises:
+        NotSupportedError: Always; the client sends the token form instead.
+    """
+    raise NotSupportedError(
+        "lookup_hashes: this server's engine needs the token ids themselves "
+        "(it fingerprints token content): send a token lookup"
+    )

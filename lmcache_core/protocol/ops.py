@@ -17,6 +17,7 @@ from lmcache_core.protocol.types import (
     EngineDrivenRegistration,
     EngineDrivenRegistrationReply,
     EngineGroupInfo,
+    HashLookupKey,
     PrepareRetrieveReply,
     PrepareStoreReply,
     WireCacheKey,
@@ -91,6 +92,8 @@ OPS: dict[str, OpSpec] = {
             client_args=(CacheKey, int, list[list[int]], bytes, int),
         ),
         OpSpec("lookup", 8, KEY_ARGS, None, Execution.POOL, client_args=KEY_CLIENT_ARGS),
+        # Ours, sent by name (no upstream id): a lookup whose key carries chunk hashes.
+        OpSpec("lookup_hashes", None, (HashLookupKey, int), None, Execution.POOL),
         OpSpec("query_prefetch_status", 9, (str,), int | None, Execution.INLINE),
         OpSpec("wait_prefetch_status", 10, (str, float), int | None, Execution.POOL),
         OpSpec(

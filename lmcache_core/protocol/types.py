@@ -157,6 +157,38 @@ class WireCacheKey(msgspec.Struct, kw_only=True):
             )
 
 
+class HashLookupKey(msgspec.Struct, kw_only=True):
+    """A lookup key carrying the request's chunk hashes instead of its tokens.
+
+    Sent by this project's client with ``lookup_hashes`` (not an upstream op):
+    64 chunks are 64 x 32 bytes instead of 64 KB of token ids. The hashes are
+    the chain the server would compute from the tokens, so the object keys are
+    the same; ``hash_algorithm`` and ``hash_seed`` name how they were made
+    (see :func:`lmcache_core.hashing.seed_identity`) and the server refuses a
+    key made another way. docs/protocol.md, "Hash-carrying lookups".
+
+    Attributes:
+        chunk_hashes: One hash per complete chunk of ``[0, end)``, in order.
+        hash_algorithm: The ``--hash-algorithm`` the client hashed with.
+        hash_seed: What the hashes depend on besides the tokens (the
+            sha256_cbor seed, or PYTHONHASHSEED for ``builtin``; None: nothing
+            or unknown).
+    """
+
+    model_name: str
+    world_size: int
+    worker_id: int | None
+    chunk_hashes: list[bytes]
+    start: int
+    end: int
+    request_id: str
+    hash_algorithm: str
+    hash_seed: str | None = None
+    cache_salt: str = ""
+    request_configs: dict[str, Any] | None = None
+    num_kv_readers: int = 0
+
+
 def raw_array_length(raw: msgspec.Raw | bytes) -> int:
     """The element count of a raw msgpack array (or :func:`token_blob`), read from its header.
 

@@ -21,6 +21,7 @@ from lmcache_core.config.resolution import Selection
 from lmcache_core.config.server import ServerConfig
 from lmcache_core.engine import Engine, EngineContext
 from lmcache_core.engine.contract import Handler, RequestContext
+from lmcache_core.engine.lookup import refuse_hash_lookups
 from lmcache_core.engine.miss_explainer import MissExplainer
 from lmcache_core.engine.sessions import SessionTable
 from lmcache_core.engine.token_cache import TokenHashCache
@@ -32,6 +33,7 @@ from lmcache_core.kv_events.service import KVEventService
 from lmcache_core.lifecycle import Component
 from lmcache_core.observability.bus import EventBus
 from lmcache_core.plugin.registry import PluginRegistry
+from lmcache_core.protocol.hash_lookup import hash_lookup_capability
 from lmcache_core.protocol.kv_event_records import KV_EVENT_CAPABILITY
 from lmcache_core.security.keyring import ApiKeyRing
 from lmcache_core.server.data_path_components import EngineComponent, L1Component
@@ -298,6 +300,12 @@ def build_data_path(
     if kv_events is not None:
         handlers.update(kv_events.handlers())
         handlers["get_experimental"] = with_capability(handlers["get_experimental"])
+    if "lookup_hashes" in handlers:
+        if engine.needs_tokens:
+            handlers["lookup_hashes"] = refuse_hash_lookups
+        elif "get_experimental" in handlers:
+            capability = hash_lookup_capability(config.mp.hash_algorithm, config.mp.chunk_size)
+            handlers["get_experimental"] = with_capability(handlers["get_experimental"], capability)
     server = RequestServer(
         config.mp.host,
         config.mp.port,
@@ -357,11 +365,15 @@ def build_kv_events(
     return KVEventService(log)
 
 
-def with_capability(handler: Handler) -> Handler:
-    """``get_experimental`` that also lists the KV event stream (upstream's clients check it)."""
+def with_capability(handler: Handler, capability: str = KV_EVENT_CAPABILITY) -> Handler:
+    """``get_experimental`` that also lists ``capability``.
+
+    By default the KV event stream (upstream's clients check it); also the
+    hash-carrying lookup (:func:`hash_lookup_capability`, our client checks it).
+    """
 
     def get_experimental(ctx: RequestContext) -> list[str]:
         listed = list(handler(ctx))
-        return listed if KV_EVENT_CAPABILITY in listed else [*listed, KV_EVENT_CAPABILITY]
+        return listed if capability in listed else [*listed, capability]
 
     return get_experimental

@@ -455,6 +455,19 @@ KEYS = st.fixed_dictionaries(
         "extra": VALUES,
     },
 )
+HASH_KEYS = st.fixed_dictionaries(
+    {
+        "model_name": st.sampled_from(["fuzz", "", "a@b", "model"]) | TEXT,
+        "world_size": st.integers(-1, 3) | INTS,
+        "worker_id": st.none() | st.integers(-1, 3) | INTS,
+        "chunk_hashes": st.lists(st.binary(min_size=0, max_size=40), max_size=4) | VALUES,
+        "start": st.sampled_from([0, CHUNK]) | INTS,
+        "end": st.sampled_from([0, CHUNK, 2 * CHUNK, 3 * CHUNK]) | INTS,
+        "request_id": TEXT,
+        "hash_algorithm": st.sampled_from(["blake3", "sha256_cbor", "builtin", ""]) | TEXT,
+    },
+    optional={"hash_seed": st.none() | st.sampled_from(["", "0"]) | TEXT, "extra": VALUES},
+)
 BLOCK_IDS = st.lists(st.lists(st.integers(-2, 80) | INTS, max_size=12), max_size=3) | VALUES
 HANDLES = st.lists(
     st.builds(msgspec.msgpack.Ext, st.integers(-128, 127), st.binary(max_size=24))
@@ -516,6 +529,7 @@ ARGS: dict[str, list[st.SearchStrategy[Any]]] = {
     "store": [KEYS, INTS, BLOCK_IDS, st.binary(max_size=16)],
     "retrieve": [KEYS, INTS, BLOCK_IDS, st.binary(max_size=16), INTS],
     "lookup": [KEYS, INTS],
+    "lookup_hashes": [HASH_KEYS, INTS],
     "query_prefetch_status": [TEXT],
     "wait_prefetch_status": [TEXT, WAIT_TIMEOUTS],
     "free_lookup_locks": [KEYS, INTS],

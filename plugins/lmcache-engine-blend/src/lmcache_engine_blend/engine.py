@@ -51,6 +51,8 @@ class BlendEngine(DefaultEngine):
         context: What the core provides.
     """
 
+    needs_tokens = True  # it fingerprints token content: hash-only lookups are refused
+
     def __init__(self, context: EngineContext) -> None:
         settings = context.config.plugin_settings(BlendEngineSettings)
         super().__init__(context)
