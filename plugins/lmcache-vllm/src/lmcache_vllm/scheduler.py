@@ -31,8 +31,6 @@ from enum import StrEnum
 from typing import Any
 
 from lmcache_core.client import CallTimeout
-from lmcache_core.client.hash_lookup import HashLookupForm
-from lmcache_core.protocol.errors import RemoteError
 from lmcache_core.protocol.types import CacheKey, pack_token_ids
 from lmcache_vllm.health import Health, Heartbeat
 from lmcache_vllm.metadata import OpKind, StepPlan, TransferOp
@@ -148,8 +146,6 @@ class SchedulerSide:
         self.trackers: dict[str, RequestTracker] = {}
         self._pending_loads: list[TransferOp] = []
         self.heartbeat = Heartbeat(self.client, self.health, settings.heartbeat_interval)
-        self.hash_form = HashLookupForm()
-        """Whether lookups go out as chunk hashes (see :meth:`_send_lookup`)."""
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -200,7 +196,8 @@ class SchedulerSide:
         """LOOKUP, then poll the prefetch status; the chunks hit."""
         timeout = self.settings.lookup_timeout
         deadline = time.monotonic() + timeout
-        await self._send_lookup(key, timeout)
+        call = self.client.call("lookup", key, self.world_size, timeout=timeout)
+        await asyncio.wrap_future(call)
         delay = 0.0002
         while True:
             remaining = deadline - time.monotonic()
@@ -213,29 +210,6 @@ class SchedulerSide:
                 return int(status)
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.005)
-
-    async def _send_lookup(self, key: CacheKey, timeout: float) -> None:
-        """LOOKUP as chunk hashes when the server offers it (``lookup_hashes``), else tokens.
-
-        The offer is read once per connection; a refusal (an engine that needs the
-        tokens, another hash seed) is remembered and this lookup is sent as tokens.
-        """
-        form = self.hash_form
-        if not form.known:
-            try:
-                offer = self.client.call("get_experimental", timeout=timeout)
-                form.learn(await asyncio.wrap_future(offer))
-            except RemoteError:
-                form.learn(None)
-        hashed = form.key_for(key)
-        if hashed is not None:
-            try:
-                call = self.client.call("lookup_hashes", hashed, self.world_size, timeout=timeout)
-                await asyncio.wrap_future(call)
-                return
-            except RemoteError as exc:
-                form.refused(exc)
-        await asyncio.wrap_future(self.client.call("lookup", key, self.world_size, timeout=timeout))
 
     def _collect_lookup(self, tracker: RequestTracker) -> bool:
         """Fix the hit once the lookup finished; False while it still runs."""
