@@ -22,7 +22,7 @@ from lmcache_core.protocol.errors import (
     ErrorCode,
     ErrorInfo,
 )
-from lmcache_core.protocol.ops import KNOWN_UNSUPPORTED, LEGACY_IDS, OPS
+from lmcache_core.protocol.ops import KNOWN_UNSUPPORTED, LEGACY_IDS, OPS, Execution
 from lmcache_core.protocol.types import CpuShmHandle, CudaHandle, TensorMetadata
 from tests.data_path.conftest import Server, WorkerFactory
 from tests.data_path.kv import (
@@ -573,6 +573,13 @@ ARGS: dict[str, list[st.SearchStrategy[Any]]] = {
 assert set(ARGS) == set(OPS)
 NAMES = sorted(OPS) + sorted(KNOWN_UNSUPPORTED)
 NAME_TO_ID = {name: op_id for op_id, name in LEGACY_IDS.items()}
+STREAM_OPS = {
+    frame
+    for name, spec in OPS.items()
+    if spec.execution is Execution.STREAM
+    for frame in (E(name), *([E(NAME_TO_ID[name])] if name in NAME_TO_ID else []))
+}
+"""Op frames of the streamed operations: a well-formed request opens a stream."""
 JUNK_FRAME = st.binary(max_size=48) | VALUES.map(E)
 
 
@@ -644,9 +651,19 @@ def test_fuzzed_requests_are_all_answered_and_harmless(
         request = [raw_client.uid(), *frames]
         info = check_reply(request, raw_client.exchange(request))
         answered["error" if info is not None else "normal"] += 1
+        if info is None and frames[0] in STREAM_OPS:
+            streams.add(request[0])  # a well-formed subscription: its batches follow
 
+    streams: set[bytes] = set()
     fuzz()
     assert sum(answered.values()) >= FUZZ_EXAMPLES // 2 and answered["error"] > 0, answered
+    # A subscription the fuzzer opened streams batches under its uid, not stray replies.
+    time.sleep(0.2)
+    while raw_client.socket.poll(0):
+        raw_client.stray.append(raw_client.socket.recv_multipart())
+    batches = [m for m in raw_client.stray if m[0] in streams]
+    assert all(m[1] in STREAM_OPS for m in batches), batches
+    raw_client.stray = [m for m in raw_client.stray if m[0] not in streams]
 
     # Still serving, nothing crashed, the data stored before is intact.
     assert main_client.noop() == "OK"
