@@ -1,7 +1,7 @@
 """Where a ``cb_unified_lookup``'s server-side time goes: the handler in-process.
 
 Run: ``.venv/bin/python benchmarks/profile_blend_lookup.py [--chunks N..] [--lookups N] [--fresh]
-[--blob] [--profile] [--inline]``
+[--blob] [--profile] [--inline] [--events]``
 
 Assembles the real data path with ``--engine-type blend`` (real L1, token hash
 cache, lookup service, fingerprint index; no request server, no socket), stores
@@ -33,6 +33,8 @@ import msgspec
 import torch
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from lmcache_obs_metrics.subscriber import MetricsSubscriber
 
 from lmcache_core.client.cpu_worker import CpuKVWorker
 from lmcache_core.config.loading import load_config
@@ -99,6 +101,12 @@ def main() -> None:
         action="store_true",
         help="call the handler's try_inline (what the request loop runs first), not the pool's",
     )
+    parser.add_argument(
+        "--events",
+        action="store_true",
+        help="the event bus on, with the metrics subscriber (a default server's events); "
+        "off by default, so the figure is the handler's own",
+    )
     args = parser.parse_args()
     fallbacks: list[int] = []
     values = {
@@ -112,7 +120,11 @@ def main() -> None:
     registry = PluginRegistry(strict=True)
     layout = KVLayout(KVFormat.NHD, 1, 64 * 16 * 2 + 1, BLOCK, 1, 8, torch.bfloat16)
     with ExitStack() as cleanup, tempfile.TemporaryDirectory():
-        bus = EventBus(enabled=False)
+        bus = EventBus(enabled=args.events)
+        if args.events:  # what a default server publishes to: its metrics subscriber
+            bus.subscribe(MetricsSubscriber("profile", 0.01))
+            bus.start()
+            cleanup.callback(bus.stop, 5.0)
         built = build_data_path(config, registry, resolve_plugins(config, registry), bus, cleanup)
         started = [c for c in built.components if c is not built.request_server]
         for component in started:
