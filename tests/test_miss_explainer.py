@@ -241,10 +241,15 @@ def test_a_repeated_question_gets_the_same_answer_until_a_table_or_l1_changes() 
     assert isinstance(renamed, FirstMiss) and renamed.tier == "l1-renamed"
     # The same keys in another list (not one the prefix memo shares) are classified afresh.
     assert explain(explainer, l1, key, list(flat), 0).miss_chunks_by_cause == evicted[1]
-    # Bounded: the oldest question is forgotten first.
-    for i in range(MEMO_ENTRIES + 5):
-        explain(explainer, l1, wire_key(f"o{i}", CHUNK), object_keys(f"o{i}-", 1), 0)
+    # Bounded: the question asked least recently is forgotten first.
+    others = [object_keys(f"o{i}-", 1) for i in range(MEMO_ENTRIES + 5)]
+    for i, keys in enumerate(others):
+        explain(explainer, l1, wire_key(f"o{i}", CHUNK), keys, 0)
+        if i % 8 == 0:
+            explain(explainer, l1, key, flat, 0)  # asked again: kept
     assert len(explainer._memo) == MEMO_ENTRIES
+    assert any(kept[0] is flat for kept in explainer._memo.values())
+    assert not any(kept[0] is others[0] for kept in explainer._memo.values())
 
 
 @pytest.fixture

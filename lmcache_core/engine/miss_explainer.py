@@ -145,7 +145,7 @@ class MissExplainer:
             recent if recent is not None else RecentLookups()
         )
         self._memo: dict[tuple[object, ...], _Kept] = {}
-        """Recent classifications (:meth:`_classified`), oldest first."""
+        """Recent classifications (:meth:`_classified`), least recently asked first."""
         self._memo_lock = threading.Lock()
 
     @property
@@ -259,8 +259,8 @@ class MissExplainer:
         one :meth:`~lmcache_core.engine.chunk_keys.ChunkKeys.prefix_keys`
         remembers, the same list object) whose L1 presence and L2 answer are
         the same, with neither table changed since (their generations), gets
-        the same causes and first miss: kept here, for the last
-        :data:`MEMO_ENTRIES` such questions, keys lists of at most
+        the same causes and first miss: kept here, for the :data:`MEMO_ENTRIES`
+        questions asked most recently, keys lists of at most
         :data:`~lmcache_core.engine.chunk_keys.PREFIX_MEMO_MAX_KEYS` (the only
         ones shared between lookups).
         """
@@ -273,7 +273,9 @@ class MissExplainer:
         generations = (removals, removals.generation, namespaces, namespaces.generation)
         memo_key = (id(flat), offset, width, l1_chunks, not_asked)
         with self._memo_lock:
-            kept = self._memo.get(memo_key)
+            kept = self._memo.pop(memo_key, None)
+            if kept is not None:
+                self._memo[memo_key] = kept  # the most recently asked last
         if (
             kept is not None
             and kept[0] is flat
