@@ -1,7 +1,7 @@
 """Where a ``cb_unified_lookup``'s server-side time goes: the handler in-process.
 
 Run: ``.venv/bin/python benchmarks/profile_blend_lookup.py [--chunks N..] [--lookups N] [--fresh]
-[--blob] [--profile] [--inline] [--events]``
+[--blob] [--profile [--sort cumulative]] [--inline] [--events]``
 
 Assembles the real data path with ``--engine-type blend`` (real L1, token hash
 cache, lookup service, fingerprint index; no request server, no socket), stores
@@ -91,6 +91,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the largest size")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument(
+        "--sort", default="tottime", help="--profile's order (pstats key: tottime, cumulative)"
+    )
+    parser.add_argument(
         "--fresh", action="store_true", help="40 new random tokens at the end of every prompt"
     )
     parser.add_argument(
@@ -171,7 +174,7 @@ def main() -> None:
                     lookup(CTX, key, 1)
                     profile.disable()
                     end(CTX, rid)
-                pstats.Stats(profile).sort_stats("tottime").print_stats(args.top)
+                pstats.Stats(profile).sort_stats(args.sort).print_stats(args.top)
         finally:
             worker.close()
             for component in reversed(started):

@@ -16,9 +16,15 @@ from collections.abc import Iterator, Sequence
 import msgspec
 import pytest
 
-from lmcache_core.engine.miss_explainer import MAX_KEPT_ID_CHARS, LookupExplanation, MissExplainer
+from lmcache_core.engine.miss_explainer import (
+    MAX_KEPT_ID_CHARS,
+    MEMO_ENTRIES,
+    LookupExplanation,
+    MissExplainer,
+)
 from lmcache_core.engine.prefetch_pool import MAX_QUEUED, PrefetchPool
 from lmcache_core.engine.recent_lookups import RecentLookups
+from lmcache_core.observability.events import FirstMiss
 from lmcache_core.observability.miss_causes import DESCRIPTIONS, MissCause
 from lmcache_core.protocol.types import WireCacheKey
 from lmcache_core.storage.keys import ObjectKey, pack_kv_rank
@@ -187,6 +193,63 @@ def test_not_asked_causes_apply_to_what_l1_cannot_explain() -> None:
     )
     assert limit.first_miss is not None and limit.first_miss.chunk == 1
     assert limit.miss_chunks_by_cause == {"prefetch_limit": 2}
+
+
+def test_a_repeated_question_gets_the_same_answer_until_a_table_or_l1_changes() -> None:
+    """The kept classification of a shared keys list: reused only while nothing it read changed."""
+    l1 = make_l1()  # 16 objects of 64 KiB, FIFO
+    explainer = attached(l1)
+    flat = object_keys("q", 4)  # one list object, as the prefix memo shares it
+    key = wire_key("r", 4 * CHUNK + 3)
+
+    def causes() -> tuple[object, dict[str, int]]:
+        explanation = explain(explainer, l1, key, flat, 0)
+        return explanation.first_miss, explanation.miss_chunks_by_cause
+
+    never = causes()
+    assert never[1] == {"never_stored": 4, "partial_chunk": 1}
+    assert causes() == never and len(explainer._memo) == 1  # kept, and the same answer
+    # Another namespace stores chunk 1's hash: the namespace index changed.
+    store(l1, object_keys("q", 4, salt="tenant-a")[1:2], nbytes=OBJ)
+    salted = causes()
+    assert salted[1] == {"never_stored": 3, "other_cache_salt": 1, "partial_chunk": 1}
+    # L1 now holds chunk 3 (presence changed): a prefix gap, not a miss by history.
+    store(l1, flat[3:], nbytes=OBJ)
+    gap = causes()
+    assert gap[1] == {"never_stored": 2, "other_cache_salt": 1, "prefix_gap": 1, "partial_chunk": 1}
+    # A removal of chunk 0 is recorded (only the history changed): evicted, with its record.
+    explainer.removals.record(flat[:1], L1_TIER, "deleted", 1234.0)
+    evicted = causes()
+    assert evicted[1] == {
+        "evicted": 1,
+        "never_stored": 1,
+        "other_cache_salt": 1,
+        "prefix_gap": 1,
+        "partial_chunk": 1,
+    }
+    first = evicted[0]
+    assert isinstance(first, FirstMiss)
+    assert (first.cause, first.tier, first.reason, first.removed_at) == (
+        "evicted",
+        "l1",
+        "deleted",
+        1234.0,
+    )
+    assert causes() == evicted
+    explainer.removals.name_tier(L1_TIER, "l1-renamed", "fifo")  # what a report names
+    renamed = causes()[0]
+    assert isinstance(renamed, FirstMiss) and renamed.tier == "l1-renamed"
+    # The same keys in another list (not one the prefix memo shares) are classified afresh.
+    assert explain(explainer, l1, key, list(flat), 0).miss_chunks_by_cause == evicted[1]
+    # Bounded: the question asked least recently is forgotten first.
+    others = [object_keys(f"o{i}-", 1) for i in range(MEMO_ENTRIES + 5)]
+    for i, keys in enumerate(others):
+        explain(explainer, l1, wire_key(f"o{i}", CHUNK), keys, 0)
+        if i % 8 == 0:
+            explain(explainer, l1, key, flat, 0)  # asked again: kept
+    assert len(explainer._memo) == MEMO_ENTRIES
+    assert any(kept[0] is flat for kept in explainer._memo.values())
+    assert not any(kept[0] is others[0] for kept in explainer._memo.values())
 
 
 @pytest.fixture

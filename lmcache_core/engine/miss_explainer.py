@@ -21,17 +21,22 @@ order for each such chunk:
 6. ``never_stored``.
 
 A full hit costs one record and one ring insert; the per-chunk work runs only
-for chunks that missed, vectorised over them (docs/benchmarks.md).
+for chunks that missed, vectorised over them (docs/benchmarks.md), and not
+again for a prompt asked again while nothing it read changed (the same shared
+keys list, L1 presence and L2 answer, both tables at the same generation:
+:meth:`MissExplainer._classified`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
 
 import msgspec
 
+from lmcache_core.engine.chunk_keys import PREFIX_MEMO_MAX_KEYS
 from lmcache_core.engine.recent_lookups import RecentLookups
 from lmcache_core.observability.events import FirstMiss
 from lmcache_core.observability.miss_causes import MissCause
@@ -40,6 +45,11 @@ from lmcache_core.storage.keys import ObjectKey
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.namespace_index import Namespace, NamespaceIndex
 from lmcache_core.storage.removal_history import Removal, RemovalHistory
+
+MEMO_ENTRIES = 64
+"""Classifications :meth:`MissExplainer._classified` keeps (each holds a presence list
+of at most :data:`~lmcache_core.engine.chunk_keys.PREFIX_MEMO_MAX_KEYS` ints; the keys
+list is shared with the prefix memo)."""
 
 MAX_KEPT_ID_CHARS = 256
 """Explanations of requests with a longer request id or model name are not kept in
@@ -59,6 +69,17 @@ _BY_DIFFERENCE = {
     "kv_rank": MissCause.NEVER_STORED,  # another worker of the same sharding stored it
     None: MissCause.LOST,
 }
+
+
+_Kept = tuple[
+    Sequence[ObjectKey],
+    tuple[object, int, object, int],
+    list[int],
+    tuple["MissCause | None", ...],
+    FirstMiss,
+    dict[str, int],
+]
+"""A kept classification: keys list, table generations, presence, L2 answer, result."""
 
 
 class LookupExplanation(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,6 +144,9 @@ class MissExplainer:
         self.recent: RecentLookups[LookupExplanation] = (
             recent if recent is not None else RecentLookups()
         )
+        self._memo: dict[tuple[object, ...], _Kept] = {}
+        """Recent classifications (:meth:`_classified`), least recently asked first."""
+        self._memo_lock = threading.Lock()
 
     @property
     def nbytes(self) -> int:
@@ -178,16 +202,11 @@ class MissExplainer:
         counts: dict[str, int] = {}
         first: FirstMiss | None = None
         if hit < num_chunks:
-            first = self._classify(
-                flat[hit * width :],
-                width,
-                hit,
-                l1,
-                l1_chunks,
-                l2_misses,
-                not_asked,
-                counts,
-                presence if l2_chunks == 0 else None,
+            missing = flat[hit * width :]
+            known = presence if l2_chunks == 0 else None
+            rows = list(known) if known is not None else l1.presence(missing)
+            first = self._classified(
+                flat, missing, width, hit, rows, l1_chunks, l2_misses, not_asked, counts
             )
         if key.end > num_chunks * chunk_size:
             counts[MissCause.PARTIAL_CHUNK] = 1
@@ -219,26 +238,86 @@ class MissExplainer:
             self.recent.add(key.request_id, explanation)
         return explanation
 
+    def _classified(
+        self,
+        flat: Sequence[ObjectKey],
+        missing: Sequence[ObjectKey],
+        width: int,
+        offset: int,
+        presence: list[int],
+        l1_chunks: int,
+        l2_misses: Sequence[MissCause | None],
+        not_asked: MissCause | None,
+        counts: dict[str, int],
+    ) -> FirstMiss:
+        """:meth:`_classify`, or its answer for the same question asked before.
+
+        The classification is a function of the missing keys, what L1 holds of
+        them (``presence``), what L2 said, ``not_asked``, and the two tables. A
+        prompt looked up again (a request the scheduler could not admit yet, the
+        same documents with a new question: their full chunks' key list is the
+        one :meth:`~lmcache_core.engine.chunk_keys.ChunkKeys.prefix_keys`
+        remembers, the same list object) whose L1 presence and L2 answer are
+        the same, with neither table changed since (their generations), gets
+        the same causes and first miss: kept here, for the :data:`MEMO_ENTRIES`
+        questions asked most recently, keys lists of at most
+        :data:`~lmcache_core.engine.chunk_keys.PREFIX_MEMO_MAX_KEYS` (the only
+        ones shared between lookups).
+        """
+        if len(flat) > PREFIX_MEMO_MAX_KEYS:
+            return self._classify(
+                missing, width, offset, presence, l1_chunks, l2_misses, not_asked, counts
+            )
+        removals, namespaces = self.removals, self.namespaces
+        # Read before classifying: a change meanwhile makes the kept answer a miss later.
+        generations = (removals, removals.generation, namespaces, namespaces.generation)
+        memo_key = (id(flat), offset, width, l1_chunks, not_asked)
+        with self._memo_lock:
+            kept = self._memo.pop(memo_key, None)
+            if kept is not None:
+                self._memo[memo_key] = kept  # the most recently asked last
+        if (
+            kept is not None
+            and kept[0] is flat
+            and kept[1] == generations
+            and kept[2] == presence
+            and kept[3] == l2_misses
+        ):
+            counts.update(kept[5])
+            return kept[4]
+        classified: dict[str, int] = {}
+        first = self._classify(
+            missing, width, offset, presence, l1_chunks, l2_misses, not_asked, classified
+        )
+        counts.update(classified)
+        with self._memo_lock:
+            memo = self._memo
+            memo.pop(memo_key, None)
+            memo[memo_key] = (flat, generations, presence, tuple(l2_misses), first, classified)
+            if len(memo) > MEMO_ENTRIES:
+                del memo[next(iter(memo))]
+        return first
+
     def _classify(
         self,
         missing: Sequence[ObjectKey],
         width: int,
         offset: int,
-        l1: L1Manager,
+        presence: list[int],
         l1_chunks: int,
         l2_misses: Sequence[MissCause | None],
         not_asked: MissCause | None,
         counts: dict[str, int],
-        known: Sequence[int] | None = None,
     ) -> FirstMiss:
         """Count a cause per chunk of ``missing`` (chunks ``offset``...); detail the first.
 
-        Each step is one comprehension over the chunks (or one vectorised table
-        lookup), never a Python loop with branches per chunk and rank: numpy on
-        arrays this small costs more than it saves (docs/benchmarks.md).
+        ``presence``: what L1 holds of each of ``missing`` (1 resident, 2 staged,
+        0 neither). Each step is one comprehension over the chunks (or one
+        vectorised table lookup), never a Python loop with branches per chunk
+        and rank: numpy on arrays this small costs more than it saves
+        (docs/benchmarks.md).
         """
         chunks = len(missing) // width
-        presence = list(known) if known is not None else l1.presence(missing)
         rows = (
             presence
             if width == 1

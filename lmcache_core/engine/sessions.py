@@ -85,13 +85,18 @@ class Session:
     def take_locks(self, keys: Iterable[ObjectKey], count: int, deadline: float) -> None:
         """Record ``count`` read locks taken on each key, expiring at ``deadline``."""
         locks = self.locks
-        if not locks:  # the usual case: a fresh lookup (the previous job was released)
-            keys = keys if isinstance(keys, list) else list(keys)
-            fresh = dict.fromkeys(keys, (count, deadline))  # one C-level pass
-            if len(fresh) == len(keys):
+        keys = keys if isinstance(keys, list) else list(keys)
+        fresh = dict.fromkeys(keys, (count, deadline))  # one C-level pass
+        if len(fresh) == len(keys):  # no key repeats
+            if not locks:  # the usual case: a fresh lookup (the previous job was released)
                 self.locks = fresh
                 return
-            # a key repeats: count it per occurrence below
+            if locks.keys().isdisjoint(fresh.keys()):  # C-level, over the shorter side
+                # A second leg of the same lookup (the blend engine's prefix, then its
+                # sparse chunks): none held yet, so each key's entry is the fresh one.
+                locks.update(fresh)
+                return
+        # a key repeats, or is held already: count it per occurrence
         get = locks.get
         for key in keys:
             held, expires = get(key, (0, deadline))

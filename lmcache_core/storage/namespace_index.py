@@ -90,6 +90,9 @@ class NamespaceIndex:
         self._models = np.zeros(entries, dtype=np.uint32)
         self._ranks = np.zeros(entries, dtype=np.uint32)
         self._lock = threading.Lock()
+        self.generation = 0
+        """Bumped after every :meth:`add` (under the lock, after the change): an answer
+        computed after reading generation ``g`` is still the index's while it reads ``g``."""
 
     @property
     def nbytes(self) -> int:
@@ -122,6 +125,7 @@ class NamespaceIndex:
             self._salts[slots] = salts
             self._models[slots] = models
             self._ranks[slots] = ranks
+            self.generation += 1
 
     def find(self, chunk_hash: bytes) -> Namespace | None:
         """The namespace ``chunk_hash`` was last stored under, or None if not remembered."""

@@ -88,6 +88,10 @@ class RemovalHistory:
         self._tier_names: dict[int, tuple[str, str | None]] = {L1_TIER: ("l1", None)}
         self._lock = threading.Lock()
         self.recorded = 0
+        self.generation = 0
+        """Bumped after every change of what :meth:`find` and :meth:`matches` answer
+        (under the lock, after the change): an answer computed after reading
+        generation ``g`` is still the table's while it reads ``g``."""
 
     @property
     def nbytes(self) -> int:
@@ -99,6 +103,7 @@ class RemovalHistory:
         if not 0 <= tier <= 255:
             raise ValueError(f"tier must be in [0, 255], not {tier}")
         self._tier_names[tier] = (label, policy)
+        self.generation += 1
 
     def record(self, keys: Sequence[ObjectKey], tier: int, reason: str, at: float) -> None:
         """Remember that ``keys`` left ``tier`` at ``at`` for ``reason``.
@@ -117,6 +122,7 @@ class RemovalHistory:
             self._tiers[slots] = tier
             self._reasons[slots] = code
             self.recorded += len(keys)
+            self.generation += 1
 
     def find(self, key: ObjectKey) -> Removal | None:
         """The last recorded removal of ``key``, or None if none is remembered."""

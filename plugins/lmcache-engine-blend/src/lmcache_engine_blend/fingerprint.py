@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,10 @@ class Match:
     old_st: int
     cur_st: int
     chain_hash: bytes
+
+
+def _cur_st(match: Match) -> int:
+    return match.cur_st
 
 
 @dataclass(slots=True)
@@ -176,7 +181,10 @@ class Prompt:
             return
         self._seed = (other, cut)
         # dict() copies in one C call: another thread's insert cannot break the iteration.
-        self._digests = {p: d for p, d in dict(other._digests).items() if p < cut}
+        digests = dict(other._digests)
+        if digests and max(digests) >= cut:  # usually none past the cut: no Python loop
+            digests = {p: d for p, d in digests.items() if p < cut}
+        self._digests = digests
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -415,8 +423,10 @@ class FingerprintIndex:
                 # entries: its matches there, and the texts it reported there, are this one's.
                 cut = seed[1]
                 head = int(np.searchsorted(hits, cut))
-                reported = {p for p in polys[hits[:head]].tolist() if p in by_poly}
-                found = [m for m in theirs[2] if m.cur_st < cut]
+                # The texts indexed among them: one C-level pass over the list, not the index.
+                reported = by_poly.keys() & polys[hits[:head]].tolist()
+                # Matches are in position order: those before the cut are a leading slice.
+                found = theirs[2][: bisect_left(theirs[2], cut, key=_cur_st)]
                 hits = hits[head:]
             # Python ints once, in one call (indexing numpy scalars one by one is slower).
             for position, poly in zip(hits.tolist(), polys[hits].tolist(), strict=True):
