@@ -15,7 +15,10 @@ its status query and ``end_session``), and, in a tree whose client has
 the client's hashing included; "lookup 64 (hashes)"). Rounds alternate between the trees, so a
 neighbour's load hits every tree alike; the report gives each figure's median
 over the rounds of the per-round p50, and the ratio lookup / noop (which moves
-much less with load than either figure).
+much less with load than either figure). The ceiling below both, measured in the
+same rounds, is a plain pyzmq round trip to an echo process carrying the same
+token list (:class:`RawEcho`): the host's cost of moving those bytes, with no
+project code.
 
 ``--stages`` loads ``lookup_stage_probe.py`` into the servers and splits the
 64-chunk lookup into its stages (client send, loop receive and hand-off, pool
@@ -133,6 +136,69 @@ def client_main(url: str, samples: int) -> None:
             print(json.dumps(result), flush=True)
         worker.unregister()
     client.close()
+
+
+# -- the ceiling: plain pyzmq, no server code ---------------------------------------------
+
+ECHO_SERVER = """
+import sys, zmq
+socket = zmq.Context().socket(zmq.ROUTER)
+socket.bind(sys.argv[1])
+while True:
+    frames = socket.recv_multipart()
+    if frames[-1] == b"stop":
+        break
+    socket.send_multipart([frames[0], frames[1], b"ok"])
+"""
+
+
+class RawEcho:
+    """Plain pyzmq round trips to a process that answers at once: the transport's ceiling.
+
+    The request carries the 64-chunk lookup's token list, msgpack-encoded as our
+    client sends it (the same bytes), or 100 bytes; the reply is two bytes. No
+    project code on either side, so ``lookup 64 / echo`` is what the server and
+    the client add to moving those bytes on this host.
+    """
+
+    def __init__(self) -> None:
+        import msgspec
+        import zmq
+
+        from tests.server_process import free_port
+
+        self.url = f"tcp://127.0.0.1:{free_port()}"
+        self.process = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, self.url])
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(self.url)
+        rng = random.Random(99)  # the client's tokens
+        tokens = [rng.randrange(128000) for _ in range(64 * CHUNK)]
+        self.payloads = {"echo_100b": b"x" * 100, "echo_tokens": msgspec.msgpack.encode(tokens)}
+        self.socket.send_multipart([b"0", b"warm"])
+        if not self.socket.poll(30_000):
+            raise RuntimeError("the echo process did not answer")
+        self.socket.recv_multipart()
+
+    def round(self, samples: int) -> dict[str, float]:
+        """p50 in ms of ``samples`` round trips of each payload."""
+        result = {}
+        for name, payload in self.payloads.items():
+            times = []
+            for _ in range(samples):
+                start = time.perf_counter_ns()
+                self.socket.send_multipart([b"1", payload])
+                self.socket.recv_multipart()
+                times.append(time.perf_counter_ns() - start)
+            result[name] = statistics.median(times) / 1e6
+        return result
+
+    def stop(self) -> None:
+        self.socket.send_multipart([b"2", b"stop"])
+        self.process.wait(30)
+        self.socket.close(linger=0)
+        self.context.term()
 
 
 # -- the coordinator ---------------------------------------------------------------------
@@ -293,11 +359,15 @@ def main() -> None:
     calls: dict[str, list[tuple[int, int]]] = {t.label: [] for t in trees}
     stamps: dict[str, list[tuple[str, int]]] = {}
     loads = []
+    echo = RawEcho()
+    echoes: dict[str, list[float]] = {}
     try:
         for tree in trees:
             tree.start_client(args.samples)
         for _ in range(args.rounds):
             loads.append(os.getloadavg()[0])
+            for name, p50 in echo.round(args.samples).items():
+                echoes.setdefault(name, []).append(p50)
             for tree in trees:
                 result = tree.round()
                 for name in ("noop", "lookup_1", "lookup_64", "lookup_64h", "lookup_64hk"):
@@ -305,19 +375,32 @@ def main() -> None:
                         continue
                     p50 = statistics.median(result[name]) / 1e6
                     p50s[tree.label].setdefault(name, []).append(p50)
-                calls[tree.label] += [tuple(c) for c in result["calls"]]  # type: ignore[misc]
+                calls[tree.label] += [tuple(c) for c in result["calls"]]
         for tree in trees:
             p50s[tree.label]["status"] = tree.requests_status()
     finally:
+        echo.stop()
         for tree in trees:
             stamps[tree.label] = tree.stop()
-    report: dict[str, Any] = {"load_avg_1m": loads, "samples": args.samples, "trees": {}}
+    raw = {name: statistics.median(values) for name, values in echoes.items()}
+    report: dict[str, Any] = {
+        "load_avg_1m": loads,
+        "samples": args.samples,
+        "raw_echo_p50_ms": raw,
+        "trees": {},
+    }
     print(f"load average (1 min) during the rounds: {min(loads):.2f} - {max(loads):.2f}")
     print(
+        f"ceiling, plain pyzmq echo (no project code): 100 B {raw['echo_100b']:.3f} ms, "
+        f"the 64-chunk token list ({len(echo.payloads['echo_tokens']) // 1024} KB) "
+        f"{raw['echo_tokens']:.3f} ms"
+    )
+    print(
         "| tree | noop p50 | lookup 1 p50 | lookup 64 p50 | lookup 64 / noop "
+        "| lookup 64 / echo of its tokens "
         "| lookup 64 (hashes) p50 | hashes / noop | hashes made before p50 | that / noop |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for tree in trees:
         rounds = p50s[tree.label]
         status = rounds.pop("status", None)
@@ -326,6 +409,8 @@ def main() -> None:
         entry: dict[str, Any] = {"median_p50_ms": med, "rounds_p50_ms": rounds}
         entry["server_requests"] = status
         entry["lookup_64_over_noop"] = statistics.median(ratios)
+        over_echo = zip(rounds["lookup_64"], echoes["echo_tokens"], strict=True)
+        entry["lookup_64_over_echo"] = statistics.median(a / b for a, b in over_echo)
         hashed = "- | - | - | -"
         if "lookup_64h" in rounds:
             over = zip(rounds["lookup_64h"], rounds["noop"], strict=True)
@@ -339,7 +424,8 @@ def main() -> None:
             hashed += " | - | -"
         print(
             f"| {tree.label} | {med['noop']:.3f} ms | {med['lookup_1']:.3f} ms "
-            f"| {med['lookup_64']:.3f} ms | {entry['lookup_64_over_noop']:.2f} | {hashed} |"
+            f"| {med['lookup_64']:.3f} ms | {entry['lookup_64_over_noop']:.2f} "
+            f"| {entry['lookup_64_over_echo']:.2f} | {hashed} |"
         )
         if stamps.get(tree.label):
             entry["stages_us"] = split_stages(calls[tree.label], stamps[tree.label])
