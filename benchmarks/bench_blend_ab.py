@@ -1,12 +1,14 @@
 """Interleaved A/B of ``cb_unified_lookup``: this checkout's blend engine against another's.
 
-Run: ``.venv/bin/python benchmarks/bench_blend_ab.py --baseline-src DIR [--rounds N]``
+Run: ``.venv/bin/python benchmarks/bench_blend_ab.py --baseline-tree TREE [--rounds N]``
+(or ``--baseline-src DIR``)
 
-``DIR`` is the ``src`` folder of another ``lmcache-engine-blend`` (e.g. a
-worktree of ``main``: ``git worktree add --detach /tmp/base main``, then
-``/tmp/base/plugins/lmcache-engine-blend/src``). Two real servers run at once,
-the baseline with ``DIR`` first on its ``PYTHONPATH`` (everything else is this
-checkout's), each with a CPU worker and the same documents stored. For each
+``TREE`` is another checkout (e.g. a worktree of ``main``: ``git worktree add
+--detach /tmp/base main``): the baseline server runs its core and every plugin.
+``DIR`` is the ``src`` folder of another ``lmcache-engine-blend`` alone (the rest is
+this checkout's). Two real servers run at once, the baseline started outside this
+checkout with its code first on ``PYTHONPATH``, each with a CPU worker and the same
+documents stored. For each
 prompt size the rounds alternate baseline, candidate, and a ``noop`` round trip
 (the ceiling: the request path with no work) and a ``keyed`` round trip
 (``cb_reorder_plan`` of the same key with a zero budget: the key's tokens
@@ -38,6 +40,7 @@ import json
 import os
 import random
 import sys
+import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -57,6 +60,23 @@ from tests.server_process import clean_env, server_on_free_ports
 MODES = ("repeat", "fresh")
 
 
+def tree_packages(tree: Path, scratch: Path) -> Path:
+    """A folder of links to ``tree``'s import packages: its core, bundle and every plugin's.
+
+    First on the baseline server's ``PYTHONPATH`` it makes that server run the
+    other tree's code; the entry points (this checkout's editable install) name
+    modules, which then resolve to the other tree's.
+    """
+    folder = scratch / "baseline-packages"
+    folder.mkdir()
+    packages = [tree / "lmcache_core", tree / "lmcache_plugins"]
+    packages += sorted(p.parent for p in tree.glob("plugins/*/src/*/__init__.py"))
+    for package in packages:
+        if package.is_dir():
+            (folder / package.name).symlink_to(package)
+    return folder
+
+
 def server_args() -> tuple[str, ...]:
     return (
         "--engine-type",
@@ -74,20 +94,31 @@ def server_args() -> tuple[str, ...]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline-src", required=True, help="the baseline plugin's src folder")
+    baseline = parser.add_mutually_exclusive_group(required=True)
+    baseline.add_argument("--baseline-src", help="the baseline blend plugin's src folder alone")
+    baseline.add_argument(
+        "--baseline-tree",
+        help="another checkout: its core and every plugin run the baseline server",
+    )
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--sizes", type=int, nargs="+", default=[5, 17, 29, 64])
     args = parser.parse_args()
-    base_env = clean_env(
-        PYTHONPATH=os.pathsep.join(
-            [str(Path(args.baseline_src).resolve()), os.environ.get("PYTHONPATH", "")]
-        )
-    )
+    scratch = tempfile.TemporaryDirectory(prefix="bench-blend-ab-")
+    if args.baseline_tree:
+        first = str(tree_packages(Path(args.baseline_tree).resolve(), Path(scratch.name)))
+    else:
+        first = str(Path(args.baseline_src).resolve())
+    base_env = clean_env(PYTHONPATH=os.pathsep.join([first, os.environ.get("PYTHONPATH", "")]))
     layout = KVLayout(KVFormat.NHD, 1, 64 * 16 + 1, BLOCK, 1, 8, torch.bfloat16)
     report: dict[str, Any] = {"machine": machine_info(), "sizes": {}}
     with ExitStack() as stack:
+        stack.callback(scratch.cleanup)  # last: after the servers that run in it
         servers = {
-            "baseline": stack.enter_context(server_on_free_ports(*server_args(), env=base_env)),
+            # Started outside this checkout: `python -c` puts the working directory first on
+            # sys.path, which would shadow the baseline's PYTHONPATH with this tree's code.
+            "baseline": stack.enter_context(
+                server_on_free_ports(*server_args(), env=base_env, cwd=scratch.name)
+            ),
             "candidate": stack.enter_context(server_on_free_ports(*server_args())),
         }
         clients = {

@@ -37,14 +37,22 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_server(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """Launch ``lmcache server ARGS`` with its output captured."""
+def start_server(
+    *args: str, env: dict[str, str] | None = None, cwd: str | None = None
+) -> subprocess.Popen[str]:
+    """Launch ``lmcache server ARGS`` with its output captured.
+
+    ``cwd``: the server's working directory. ``python -c`` puts it first on
+    ``sys.path``, before ``PYTHONPATH``: a server meant to run another tree's code
+    (its path in ``env``'s ``PYTHONPATH``) must not start in this checkout.
+    """
     return subprocess.Popen(
         [sys.executable, "-c", "from lmcache_core.cli.main import main; main()", "server", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env or clean_env(),
+        cwd=cwd,
     )
 
 
@@ -118,7 +126,7 @@ class LiveServer:
 
 @contextmanager
 def server_on_free_ports(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60.0
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60.0, cwd: str | None = None
 ) -> Iterator[LiveServer]:
     """A healthy ``lmcache server ARGS`` on free loopback ports, its output drained.
 
@@ -138,6 +146,7 @@ def server_on_free_ports(
         *("--http-host", "127.0.0.1", "--http-port", str(http_port), "--host", "127.0.0.1"),
         *args,
         env=env,
+        cwd=cwd,
     )
     server = LiveServer(process, f"http://127.0.0.1:{http_port}", zmq_port)
     try:
