@@ -33,6 +33,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import msgspec
 
@@ -71,15 +72,15 @@ _BY_DIFFERENCE = {
 }
 
 
-_Kept = tuple[
-    Sequence[ObjectKey],
-    tuple[object, int, object, int],
-    list[int],
-    tuple["MissCause | None", ...],
-    FirstMiss,
-    dict[str, int],
-]
-"""A kept classification: keys list, table generations, presence, L2 answer, result."""
+class _Kept(NamedTuple):
+    """A kept classification: what it was computed from, and its result."""
+
+    flat: Sequence[ObjectKey]
+    generations: tuple[object, int, object, int]
+    presence: list[int]
+    l2_misses: tuple[MissCause | None, ...]
+    first: FirstMiss
+    counts: dict[str, int]
 
 
 class LookupExplanation(msgspec.Struct, frozen=True, kw_only=True):
@@ -276,15 +277,16 @@ class MissExplainer:
             kept = self._memo.pop(memo_key, None)
             if kept is not None:
                 self._memo[memo_key] = kept  # the most recently asked last
+        l2_answer = tuple(l2_misses)  # the tier's own tuple: no copy
         if (
             kept is not None
-            and kept[0] is flat
-            and kept[1] == generations
-            and kept[2] == presence
-            and kept[3] == l2_misses
+            and kept.flat is flat
+            and kept.generations == generations
+            and kept.presence == presence
+            and kept.l2_misses == l2_answer
         ):
-            counts.update(kept[5])
-            return kept[4]
+            counts.update(kept.counts)
+            return kept.first
         classified: dict[str, int] = {}
         first = self._classify(
             missing, width, offset, presence, l1_chunks, l2_misses, not_asked, classified
@@ -293,7 +295,7 @@ class MissExplainer:
         with self._memo_lock:
             memo = self._memo
             memo.pop(memo_key, None)
-            memo[memo_key] = (flat, generations, presence, tuple(l2_misses), first, classified)
+            memo[memo_key] = _Kept(flat, generations, presence, l2_answer, first, classified)
             if len(memo) > MEMO_ENTRIES:
                 del memo[next(iter(memo))]
         return first
