@@ -55,3 +55,22 @@ def test_upstream_client_gets_upstreams_reorder_plans() -> None:
         checks = run_driver(DRIVER, f"tcp://127.0.0.1:{port}", "reorder")
     assert all(outcome == "PASS" for outcome in checks.values()), checks
     assert len([name for name in checks if name.startswith("reorder")]) == 7, checks
+
+
+def test_upstream_client_gets_the_same_hits_from_both_servers() -> None:
+    # bench_blend_peer's driver: the same documents stored in ours and in upstream's own
+    # server through upstream's adapter, the same reordered lookups (repeated and with a
+    # new tail) asked of both; every chunk is found by both, in both modes.
+    from benchmarks.bench_blend_peer import run, summarise
+    from tests.compat.upstream_run import COMPAT_PYTHON
+
+    rows = summarise(run(COMPAT_PYTHON, [5, 17], 3, ["repeat", "fresh"]))
+    assert [(r["chunks"], r["mode"]) for r in rows] == [
+        (5, "repeat"),
+        (5, "fresh"),
+        (17, "repeat"),
+        (17, "fresh"),
+    ]
+    for row in rows:
+        assert row["ours_hit_chunks"] == row["upstream_hit_chunks"] == row["chunks"], row
+        assert row["ours_p50_ms"] > 0 and row["upstream_p50_ms"] > 0
