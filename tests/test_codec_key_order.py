@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmcache_core.protocol.codec import ClientCodec, ProtocolError, ServerCodec, _tokens_last
+from lmcache_core.protocol.codec import (
+    AMBIGUITY_WINDOW,
+    ClientCodec,
+    ProtocolError,
+    ServerCodec,
+    _fields_after_tokens,
+    _tokens_last,
+)
 from lmcache_core.protocol.ops import OPS
 from lmcache_core.protocol.types import CacheKey, pack_token_ids
 
@@ -40,8 +47,11 @@ def test_the_server_decodes_both_orders_to_the_same_key() -> None:
     assert bytes(a[0].token_ids) == msgspec.msgpack.encode(TOKENS)
 
 
-NAMES = st.sampled_from(["token_ids", "©token_ids", "x\u00a9token_ids", "r", "model"])
-"""Strings that hold the tokens' map key, or its bytes (0xa9 is "©"'s second byte)."""
+NAMES = st.sampled_from(
+    ["token_ids", "©token_ids", "x\u00a9token_ids", "r", "model", "start", "¥start", "x¥start"]
+)
+"""Strings that hold the tokens' map key or the next one's (``start``), or their bytes
+(0xa9 is "©"'s second byte, 0xa5 "¥"'s)."""
 
 
 @settings(max_examples=150, deadline=None)
@@ -81,3 +91,83 @@ def test_the_tokens_last_fast_path_decodes_our_keys_and_refuses_bad_fields() -> 
     assert _tokens_last(bad) is None  # the model name is not a string: the general path reports
     with pytest.raises(ProtocolError, match="lookup argument 1"):
         ServerCodec().decode_args(OPS["lookup"], [bad, E(1)])
+
+
+START_BYTES_TOKENS = [42355, 116, 97, 114, 116]
+"""Tokens whose msgpack bytes hold the ``start`` name: 0xcd a5 73, then 't', 'a', 'r', 't'."""
+
+
+def upstream_frame(tokens: list[int], **fields: Any) -> bytes:
+    """A key in upstream's field order (the tokens fourth, ``start`` after them)."""
+    values = {"request_id": "r", "cache_salt": "", "request_configs": None, **fields}
+    return E(CacheKey("m", 1, None, tokens, 0, len(tokens), **values, num_kv_readers=1))
+
+
+def walked(frame: bytes) -> dict[str, Any]:
+    """The key as a full decode reads it (the reference)."""
+    decoded = msgpack.unpackb(frame, raw=False)
+    decoded["token_ids"] = E(decoded["token_ids"])
+    return decoded
+
+
+def as_dict(key: Any) -> dict[str, Any]:
+    fields = msgspec.structs.asdict(key)
+    fields["token_ids"] = bytes(fields["token_ids"])
+    return fields
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [TOKENS, START_BYTES_TOKENS * 50, TOKENS + START_BYTES_TOKENS, START_BYTES_TOKENS + TOKENS],
+)
+@pytest.mark.parametrize("request_id", ["r", "¥start", "x" * 300])
+def test_upstreams_order_finds_the_tokens_end_without_walking_them(
+    tokens: list[int], request_id: str
+) -> None:
+    frame = upstream_frame(tokens, request_id=request_id, request_configs={"a": [1, "¥start"]})
+    begin = frame.find(b"\xa9token_ids") + 10
+    found = _fields_after_tokens(frame, begin, 6)
+    assert found is not None  # the shortcut serves upstream's keys, whatever the tokens
+    assert frame[begin : found[0]] == E(tokens)
+    decoded = ServerCodec().decode_args(OPS["lookup"], [frame, E(1)])[0]
+    assert as_dict(decoded) == walked(frame)
+
+
+def crafted_configs(padding: int) -> dict[str, Any]:
+    """request_configs whose bytes hold a whole fake tail: start, end, request_id, salt, configs.
+
+    With the real ``num_kv_readers`` after it, decoding from the fake ``start`` gives
+    exactly the six entries the real place gives: two places would do.
+    """
+    fake = msgspec.msgpack.encode(
+        {"start": 0, "end": 4, "request_id": "evil", "cache_salt": "", "request_configs": None}
+    )[1:]  # the entries without their map header
+    return {"pad": "p" * padding, "x": fake}
+
+
+def test_two_places_that_would_both_do_make_the_decoder_walk_the_tokens() -> None:
+    frame = upstream_frame(TOKENS, request_configs=crafted_configs(0))
+    begin = frame.find(b"\xa9token_ids") + 10
+    assert _fields_after_tokens(frame, begin, 6) is None  # ambiguous
+    decoded = ServerCodec().decode_args(OPS["lookup"], [frame, E(1)])[0]
+    assert as_dict(decoded) == walked(frame)
+    assert decoded.request_id == "r"
+
+
+def test_a_fake_place_beyond_the_window_can_only_fail_the_tokens_never_pass_them() -> None:
+    frame = upstream_frame(TOKENS, request_configs=crafted_configs(AMBIGUITY_WINDOW))
+    decoded = ServerCodec().decode_args(OPS["lookup"], [frame, E(1)])[0]
+    assert decoded.request_id == "evil"  # the fake place was taken, and so the tokens end
+    with pytest.raises(msgspec.DecodeError):  # with the real entries: not a list, refused
+        msgspec.msgpack.decode(bytes(decoded.token_ids), type=list[int])
+
+
+def test_a_tail_that_is_not_whole_entries_falls_back_to_the_walk() -> None:
+    frame = upstream_frame(TOKENS)
+    with pytest.raises(ProtocolError, match="lookup argument 1"):
+        ServerCodec().decode_args(OPS["lookup"], [frame[:-1], E(1)])
+    repeated = frame.replace(b"\xaacache_salt", b"\xaamodel_name", 1)  # a name given twice
+    begin = frame.find(b"\xa9token_ids") + 10
+    assert _fields_after_tokens(repeated, begin, 6) is not None
+    with pytest.raises(ProtocolError):
+        ServerCodec().decode_args(OPS["lookup"], [repeated, E(1)])

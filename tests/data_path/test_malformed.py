@@ -96,6 +96,18 @@ def lookup_frames(**changes: Any) -> list[bytes]:
     return [E("lookup"), E(key_dict(**changes)), E(1)]
 
 
+START_TOKENS = ([42355, 116, 97, 114, 116] * CHUNK)[: 2 * CHUNK]
+"""Tokens whose bytes hold the ``start`` name (0xcd a5 73 't' 'a' 'r' 't'), many times."""
+
+
+def fake_tail(padding: int) -> dict[str, Any]:
+    """request_configs holding a whole fake key tail (start to configs), after ``padding``."""
+    fake = E(
+        {"start": 0, "end": 4, "request_id": "evil", "cache_salt": "", "request_configs": None}
+    )
+    return {"pad": "p" * padding, "x": fake[1:]}
+
+
 def tokens_last(**changes: Any) -> bytes:
     """A key with the tokens as its map's last entry (our client's order), encoded."""
     key = key_dict(**changes)
@@ -188,6 +200,21 @@ CASES: list[tuple[str, list[bytes], str, Any]] = [
     ("lookup-tokens-last-token-str", tokens_last_lookup(token_ids=["a"] * 2 * CHUNK), BAD, None),
     ("lookup-tokens-last-map", tokens_last_lookup(token_ids={"a": 1}, end=0), BAD, None),
     ("lookup-tokens-last-end-past", tokens_last_lookup(end=2 * CHUNK + 1), BAD, None),
+    # Upstream's order: the tokens' end is found from the "start" name after them (codec).
+    (
+        "lookup-upstream-order-start-bytes-in-tokens",
+        lookup_frames(token_ids=START_TOKENS),
+        OK,
+        None,
+    ),
+    ("lookup-upstream-order-fake-tail-near", lookup_frames(request_configs=fake_tail(0)), OK, None),
+    # Beyond the window a fake place is taken: the tokens then fail, never a wrong key.
+    (
+        "lookup-upstream-order-fake-tail-far",
+        lookup_frames(request_configs=fake_tail(5000)),
+        BAD,
+        None,
+    ),
     ("lookup-salt-at", lookup_frames(cache_salt="a@b"), BAD, None),
     ("lookup-salt-slash", lookup_frames(cache_salt="a/b"), BAD, None),
     ("lookup-salt-nul", lookup_frames(cache_salt="a\x00"), BAD, None),
