@@ -37,7 +37,7 @@ import xxhash
 from lmcache_core.protocol.types import blob_tokens, token_blob
 from lmcache_engine_blend.fingerprint import Prompt
 from lmcache_engine_blend.token_decode import (
-    Ends,
+    TokenEnds,
     decode_after,
     decode_full,
     shared_blob_tokens,
@@ -67,17 +67,18 @@ class _Entry:
     raw: bytes
     prompt: Prompt
     ids: array.array[int]
-    ends: Ends | None
+    ends: TokenEnds | None
     """Token ends (:func:`token_ends`); None: not known yet, or the bytes are not the
     shortest encoding (then ``ends_checked``)."""
     hashes: list[bytes]
     probe: int | None
     ends_checked: bool = False
 
-    def token_ends(self) -> Ends | None:
+    def token_ends(self) -> TokenEnds | None:
         """:attr:`ends`, computed the first time this entry is a base (most never are)."""
         if not self.ends_checked:
-            self.ends = token_ends(self.raw, np.frombuffer(self.ids, dtype=np.uint32))
+            ends = token_ends(self.raw, np.frombuffer(self.ids, dtype=np.uint32))
+            self.ends = TokenEnds(ends) if ends is not None else None
             self.ends_checked = True
         return self.ends
 
@@ -169,7 +170,9 @@ class PromptCache:
         return prompt
 
     @staticmethod
-    def _decode_list(raw: bytes, base: _Entry | None) -> tuple[array.array[int], Ends | None, int]:
+    def _decode_list(
+        raw: bytes, base: _Entry | None
+    ) -> tuple[array.array[int], TokenEnds | None, int]:
         """A msgpack list's tokens, ends and tokens shared with ``base`` (decoded after them)."""
         base_ends = base.token_ends() if base is not None else None
         if base is not None and base_ends is not None:

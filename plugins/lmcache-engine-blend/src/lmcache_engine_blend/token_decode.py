@@ -121,21 +121,68 @@ def shared_body_bytes(raw: bytes, base: bytes) -> int:
     return _first_difference(body, other)
 
 
+def _width(token: int) -> int:
+    """Bytes of ``token``'s shortest msgpack encoding (a uint32)."""
+    return 1 if token < 0x80 else 2 if token < 0x100 else 3 if token < 0x10000 else 5
+
+
+class TokenEnds:
+    """A list's token ends: those it took from its base, and the rest's found when first needed.
+
+    :func:`decode_after` knows the ends of the tokens a list shares with its base
+    (the base's own), but the rest's need :func:`token_ends` over their bytes, a
+    dozen numpy calls. A list based on this one later usually shares less than
+    that head (the same documents, another question), so the rest's ends are
+    computed only for a caller that asks past the head.
+
+    Args:
+        head: Exact ends of the first ``len(head)`` tokens.
+        rest: The rest's raw msgpack array, its tokens and the head's last end
+            (None: nothing after the head, or its ends are unknown).
+    """
+
+    __slots__ = ("_rest", "head")
+
+    def __init__(
+        self, head: Ends, rest: tuple[bytes, npt.NDArray[np.uint32], int] | None = None
+    ) -> None:
+        self.head = head
+        self._rest = rest
+
+    def covering(self, nbytes: int) -> Ends:
+        """Exact ends of a leading run of tokens, every token ending within ``nbytes`` included.
+
+        Fewer only where the rest's ends are unknown (its bytes are not the
+        shortest encoding): then only the head's tokens can be shared.
+        """
+        rest = self._rest
+        if rest is None:
+            return self.head
+        rest_raw, rest_ids, head_end = rest
+        # The rest's first token ends no sooner than its shortest encoding would (a list
+        # that shares a byte or two of it, a header byte most often, shares no more tokens).
+        if head_end + _width(int(rest_ids[0])) <= nbytes:
+            self._rest = None
+            rest_ends = token_ends(rest_raw, rest_ids)
+            if rest_ends is not None:
+                self.head = np.concatenate((self.head, rest_ends + np.uint32(head_end)))
+        return self.head
+
+
 def decode_after(
-    raw: bytes, base: bytes, base_ids: array.array[int], base_ends: Ends
-) -> tuple[array.array[int], Ends | None, int] | None:
+    raw: bytes, base: bytes, base_ids: array.array[int], base_ends: TokenEnds
+) -> tuple[array.array[int], TokenEnds, int] | None:
     """``raw`` decoded as ``base``'s tokens it shares plus its own rest; None if nothing is shared.
 
     Args:
         raw: The list to decode.
-        base: An earlier list, decoded as ``base_ids`` with ends ``base_ends``
-            (:func:`token_ends`).
+        base: An earlier list, decoded as ``base_ids`` with ends ``base_ends``.
         base_ids: ``base``'s tokens.
         base_ends: ``base``'s token ends.
 
     Returns:
-        The tokens, their ends (None where the rest's bytes are not the shortest
-        encoding), and how many of the tokens came from the base.
+        The tokens, their ends (the rest's found lazily, see :class:`TokenEnds`),
+        and how many of the tokens came from the base.
 
     Raises:
         ValueError: ``raw`` is not a msgpack array of uint32 values.
@@ -144,22 +191,25 @@ def decode_after(
     if header is None:
         return None
     count, start = header
-    shared = int(np.searchsorted(base_ends, shared_body_bytes(raw, base), side="right"))
+    shared_bytes = shared_body_bytes(raw, base)
+    ends = base_ends.covering(shared_bytes)
+    shared = int(np.searchsorted(ends, shared_bytes, side="right"))
     if shared == 0:
         return None
     if shared > count:  # the count says fewer tokens than the bytes hold: msgspec's error
         decode_full(raw)
         return None  # (not reached: decode_full raised; were it not, the caller decodes in full)
-    offset = start + int(base_ends[shared - 1])
-    rest_raw = _header_of(count - shared) + raw[offset:]
+    head_end = int(ends[shared - 1])
+    rest_raw = _header_of(count - shared) + raw[start + head_end :]
     rest = decode_full(rest_raw)
     ids = base_ids[:shared]
     ids.extend(rest)
-    rest_ends = token_ends(rest_raw, np.frombuffer(rest, dtype=np.uint32))
-    ends = None
-    if rest_ends is not None:
-        ends = np.concatenate((base_ends[:shared], rest_ends + base_ends[shared - 1]))
-    return ids, ends, shared
+    rest_ids = np.frombuffer(rest, dtype=np.uint32)
+    return (
+        ids,
+        TokenEnds(ends[:shared], (rest_raw, rest_ids, head_end) if len(rest) else None),
+        shared,
+    )
 
 
 def shared_blob_tokens(payload: memoryview, base_payload: memoryview) -> int:
