@@ -112,7 +112,7 @@ class _KeyDecoder:
         unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=len(frame) + 1)
         unpacker.feed(frame)
         fields: dict[str, Any] = {}
-        raw_tokens: bytes | None = None
+        raw_tokens: bytes | memoryview | None = None
         count = unpacker.read_map_header()
         for index in range(count):
             name = unpacker.unpack()
