@@ -215,3 +215,36 @@ def test_token_cache_primed_with_known_hashes_hashes_only_the_rest() -> None:
     assert cache.prime(raw, tokens) == primed  # cached: returned as kept
     shorter = TokenHashCache(Blake3Hasher(), 4)
     assert shorter.prime(raw, tokens, [expected[0]]) == expected  # one known, two hashed
+
+
+class RecordingBinder:
+    """A TokenBinder that says which hashes it holds and records what it is told."""
+
+    def __init__(self) -> None:
+        self.bound: set[bytes] = set()
+        self.told: list[tuple[list[bytes], bytes]] = []
+
+    def is_bound(self, chunk_hash: bytes) -> bool:
+        return chunk_hash in self.bound
+
+    def bind_raw(self, hashes: list[bytes], raw_tokens: bytes, chunk_size: int) -> None:
+        self.told.append((list(hashes), raw_tokens))
+        self.bound.update(hashes)
+
+
+def test_kept_hashes_are_bound_again_only_once_their_binding_expired() -> None:
+    """keep_bound: what a hit in hashes() does, for hashes an engine kept from prime()."""
+    cache = TokenHashCache(Blake3Hasher(), 4, entries=2)
+    raw = msgspec.msgpack.encode(list(range(1, 9)))
+    cache.keep_bound([b"x"], raw)  # no binder: nothing to tell
+    binder = RecordingBinder()
+    cache.binder = binder
+    kept = cache.prime(raw, list(range(1, 9)))
+    assert binder.told == [(kept, raw)]
+    cache.keep_bound(kept, raw)  # still bound: not told again
+    assert len(binder.told) == 1
+    binder.bound.clear()  # the log let the bindings go
+    cache.keep_bound(kept, raw)
+    assert binder.told[-1] == (kept, raw) and len(binder.told) == 2
+    cache.keep_bound([], raw)  # nothing to bind
+    assert len(binder.told) == 2

@@ -108,8 +108,8 @@ class TokenHashCache:
                 self._cache.move_to_end(fingerprint)
                 self.hits += 1
                 cached = entry[1]
-                if binder is not None and cached and not binder.is_bound(cached[-1]):
-                    binder.bind_raw(cached, raw_tokens, self.chunk_size)  # bindings expired
+                if binder is not None:
+                    self.keep_bound(cached, raw_tokens)
                 return cached[:num_chunks]
         self.misses += 1
         tokens = decode_token_ids(raw_tokens)
@@ -117,6 +117,17 @@ class TokenHashCache:
         if len(every) < num_chunks:
             raise ValueError(f"{num_chunks} chunks requested but the tokens hold {len(every)}")
         return every[:num_chunks]
+
+    def keep_bound(self, hashes: Sequence[bytes], raw_tokens: bytes) -> None:
+        """Tell the binder ``raw_tokens``'s ``hashes`` again if its bindings of them expired.
+
+        What :meth:`hashes` does on a hit, for an engine that kept what :meth:`prime`
+        returned and hands those hashes to the lookup itself (the blend engine's
+        prompt cache): a KV event recorded for these chunks still finds their tokens.
+        """
+        binder = self.binder
+        if binder is not None and hashes and not binder.is_bound(hashes[-1]):
+            binder.bind_raw(hashes, raw_tokens, self.chunk_size)
 
     def prime(
         self, raw_tokens: bytes, tokens: Sequence[int], known: Sequence[bytes] = ()

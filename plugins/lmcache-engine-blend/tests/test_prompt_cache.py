@@ -245,3 +245,18 @@ def test_a_blob_prompt_is_the_list_prompt_and_is_based_on_recent_blobs() -> None
 def test_a_malformed_blob_is_refused() -> None:
     with pytest.raises(ValueError, match="token_ids"):
         PromptCache(C).get(msgspec.msgpack.encode(b"abcdef"), 1)
+
+
+def test_find_gives_the_chain_hashes_prime_made_for_these_bytes() -> None:
+    cache = PromptCache(C)
+    tokens = list(range(100, 100 + 3 * C))
+    made = [b"a" * 32, b"b" * 32, b"c" * 32]
+
+    def prime(raw: bytes, ids: Sequence[int], known: list[bytes], shared: int) -> list[bytes]:
+        return list(made)
+
+    prompt, hashes = cache.find(raw_of(tokens), 3 * C, prime)
+    again, hashes_again = cache.find(raw_of(tokens), 3 * C, prime)  # a hit: kept ones
+    assert again is prompt and hashes == hashes_again == made
+    assert cache.get(raw_of(tokens), 3 * C, prime) is prompt
+    assert cache.find(raw_of(tokens), 2 * C)[1] == []  # no prime: no hashes

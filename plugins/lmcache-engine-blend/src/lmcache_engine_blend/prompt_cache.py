@@ -115,7 +115,11 @@ class PromptCache:
         """Tokens of missed prompts taken from a base (not decoded)."""
 
     def get(self, raw: bytes, end: int, prime: Prime | None = None) -> Prompt:
-        """The prompt of ``raw`` (a msgpack token list) cut at ``end``.
+        """The prompt of ``raw`` (a msgpack token list) cut at ``end`` (see :meth:`find`)."""
+        return self.find(raw, end, prime)[0]
+
+    def find(self, raw: bytes, end: int, prime: Prime | None = None) -> tuple[Prompt, list[bytes]]:
+        """The prompt of ``raw`` (a msgpack token list) cut at ``end``, and its chain hashes.
 
         Args:
             raw: The key's raw token list: a msgpack array, or a uint32 blob
@@ -127,6 +131,10 @@ class PromptCache:
                 base; returns ``raw``'s chain hashes, kept for prompts based on
                 this one.
 
+        Returns:
+            The prompt, and the chain hashes of every complete chunk of ``raw``'s
+            tokens (what ``prime`` returned for it; empty without ``prime``).
+
         Raises:
             ValueError: ``raw`` is neither a msgpack array of uint32 values nor a blob.
         """
@@ -137,7 +145,7 @@ class PromptCache:
             if entry is not None and entry.raw == raw:
                 self._cache.move_to_end(key)
                 self.hits += 1
-                return entry.prompt
+                return entry.prompt, entry.hashes
             base = self._probes.get(probe) if probe is not None else None
         blob = token_blob(raw)
         if blob is not None:  # uint32 values already: one copy, no decode
@@ -157,7 +165,7 @@ class PromptCache:
             self.misses += 1
             self.shared_tokens += shared
             if len(ids) > self.max_tokens:
-                return prompt  # used once, not kept
+                return prompt, hashes  # used once, not kept
             old = self._cache.pop(key, None)
             if old is not None:
                 self._forget(old)
@@ -167,7 +175,7 @@ class PromptCache:
                 self._probes[probe] = entry
             while len(self._cache) > self.entries or self._tokens > self.max_tokens:
                 self._forget(self._cache.popitem(last=False)[1])
-        return prompt
+        return prompt, hashes
 
     @staticmethod
     def _decode_list(

@@ -236,9 +236,19 @@ class UnifiedLookups:
                 raise WouldBlock  # a poll, or locks to release: the pool's
         if self.object_nbytes(key.model_name, key.world_size) is None:
             raise WouldBlock
-        tokens = self._decode(key)
+        raw = bytes(key.token_ids)
+        tokens, hashes = self._find(raw, key.end)
         prefix_key = msgspec.structs.replace(key, worker_id=None)
-        self.lookups.try_lookup_inline(ctx, prefix_key, tp_size, partial=True)
+        num_chunks = key.end // self.chunk_size
+        if len(hashes) >= num_chunks:
+            # The chain hashes the prompt cache keeps for these bytes: the prefix leg need not
+            # find them again in the token hash cache (a second 65 KB copy, digest and compare).
+            self.lookups.chunk_keys.tokens.keep_bound(hashes, raw)
+            self.lookups.try_lookup_inline(
+                ctx, prefix_key, tp_size, partial=True, hashes=hashes[:num_chunks]
+            )
+        else:
+            self.lookups.try_lookup_inline(ctx, prefix_key, tp_size, partial=True)
         session = self.sessions.get(key.request_id)
         self.events.lookup_started(key, len(tokens))
         matches, token = self.index.match_with_token(namespace_of(key), tokens)
@@ -335,7 +345,10 @@ class UnifiedLookups:
 
     def _decode(self, key: WireCacheKey) -> Prompt:
         """The key's prompt (decoded once for both legs: the prefix leg's hashes too)."""
-        raw = bytes(key.token_ids)
+        return self._find(bytes(key.token_ids), key.end)[0]
+
+    def _find(self, raw: bytes, end: int) -> tuple[Prompt, list[bytes]]:
+        """The prompt of a key's raw tokens, and their chain hashes (primed in the core's cache)."""
         token_hashes = self.lookups.chunk_keys.tokens
 
         def prime(raw: bytes, ids: Sequence[int], known: list[bytes], shared: int) -> list[bytes]:
@@ -343,7 +356,7 @@ class UnifiedLookups:
             return token_hashes.prime(raw, ids, known[: shared // token_hashes.chunk_size])
 
         try:
-            return self.prompts.get(raw, key.end, prime)
+            return self.prompts.find(raw, end, prime)
         except ValueError as exc:
             raise BadRequestError(str(exc)) from None
 
