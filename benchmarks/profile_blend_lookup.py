@@ -1,7 +1,7 @@
 """Where a ``cb_unified_lookup``'s server-side time goes: the handler in-process.
 
 Run: ``.venv/bin/python benchmarks/profile_blend_lookup.py [--chunks N..] [--lookups N] [--fresh]
-[--blob] [--profile [--sort cumulative]] [--inline] [--events]``
+[--blob] [--profile [--sort cumulative]] [--inline] [--events] [--alternate PATCH.py]``
 
 Assembles the real data path with ``--engine-type blend`` (real L1, token hash
 cache, lookup service, fingerprint index; no request server, no socket), stores
@@ -11,12 +11,20 @@ reversed: one prefix chunk, the rest non-prefix hits), then ``end_session``, as
 ``bench_blend.py`` does over ZeroMQ. Prints the median of the lookup alone; with
 ``--profile`` the functions by own time under cProfile (which inflates small
 calls: use it to find what to optimise, the median to measure it).
+
+``--alternate PATCH.py`` measures a change on this host, where two runs of the
+same tree one after the other differ by up to 40 %: the file's ``install(switch)``
+patches the code so that it behaves the other way (usually: as before the change)
+while ``switch.on`` is true, and the lookups alternate, one with the switch on,
+the next off; the medians of both sides are printed. ``benchmarks/alternates/``
+keeps the patches used for docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib.util
 import pstats
 import random
 import statistics
@@ -50,6 +58,21 @@ from lmcache_core.transfer.layout import KVFormat, KVLayout
 CHUNK = 256
 BLOCK = 16
 CTX = RequestContext(b"client", "cb_unified_lookup")
+
+
+class Switch:
+    """What an ``--alternate`` patch reads: patched behaviour while :attr:`on`."""
+
+    on = False
+
+
+def load_patch(path: str) -> Any:
+    """The ``--alternate`` file as a module (it defines ``install(switch)``)."""
+    spec = importlib.util.spec_from_file_location("alternate_patch", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def wire_key(
@@ -105,12 +128,20 @@ def main() -> None:
         help="call the handler's try_inline (what the request loop runs first), not the pool's",
     )
     parser.add_argument(
+        "--alternate",
+        metavar="PATCH.py",
+        help="alternate lookups with the patch's switch on and off; print both medians",
+    )
+    parser.add_argument(
         "--events",
         action="store_true",
         help="the event bus on, with the metrics subscriber (a default server's events); "
         "off by default, so the figure is the handler's own",
     )
     args = parser.parse_args()
+    switch = Switch()
+    if args.alternate:
+        load_patch(args.alternate).install(switch)
     fallbacks: list[int] = []
     values = {
         "l1_size_gb": 0.2,
@@ -150,20 +181,30 @@ def main() -> None:
                 pool, end = handlers["cb_unified_lookup"], handlers["end_session"]
                 lookup = served_inline(pool, fallbacks) if args.inline else pool
                 fallbacks.clear()
-                times = []
+                times: dict[bool, list[float]] = {False: [], True: []}
                 for i in range(args.lookups):
                     rid = f"l{size}-{i}"
                     tail = [rng.randrange(128000) for _ in range(40)] if args.fresh else []
                     key = wire_key(query + tail, rid, None, args.blob)
+                    switch.on = bool(args.alternate) and i % 2 == 1
                     begin = time.perf_counter()
                     result = lookup(CTX, key, 1)
-                    times.append(time.perf_counter() - begin)
+                    times[switch.on].append(time.perf_counter() - begin)
                     assert result is not None
                     end(CTX, rid)
+                switch.on = False
                 hits = len(result.non_prefix_segments) + result.prefix_coverage_tokens // CHUNK
                 assert hits == size, (size, hits)
                 served = f", {len(fallbacks)} served by the pool" if args.inline else ""
-                print(f"{size} chunks: median {statistics.median(times) * 1e6:.0f} us{served}")
+                median = statistics.median(times[False]) * 1e6
+                if args.alternate:
+                    patched = statistics.median(times[True]) * 1e6
+                    print(
+                        f"{size} chunks: median {median:.1f} us as is, {patched:.1f} us patched "
+                        f"({median / patched:.3f}){served}"
+                    )
+                else:
+                    print(f"{size} chunks: median {median:.0f} us{served}")
             if args.profile:
                 profile = cProfile.Profile()
                 for i in range(args.lookups):
