@@ -150,14 +150,20 @@ def test_a_chain_of_lists_each_based_on_the_last_decodes_as_msgspec(
         raw = new_raw
 
 
-def test_the_rest_ends_are_computed_only_when_a_list_shares_past_the_head() -> None:
+def decoded_base() -> tuple[list[int], bytes, array.array[int], TokenEnds]:
+    """A 300-token list as a base: its tokens, bytes, decode and ends."""
     base_tokens = list(range(100, 400))
     base = msgspec.msgpack.encode(base_tokens)
     base_ids = decode_full(base)
     own = token_ends(base, np.frombuffer(base_ids, dtype=np.uint32))
     assert own is not None
+    return base_tokens, base, base_ids, TokenEnds(own)
+
+
+def test_the_rest_ends_are_computed_only_when_a_list_shares_past_the_head() -> None:
+    base_tokens, base, base_ids, own = decoded_base()
     middle = [*base_tokens[:200], 7, 8, 9]
-    out = decode_after(msgspec.msgpack.encode(middle), base, base_ids, TokenEnds(own))
+    out = decode_after(msgspec.msgpack.encode(middle), base, base_ids, own)
     assert out is not None
     ids, ends, shared = out
     assert shared == 200 and len(ends.head) == 200 and ends._rest is not None
@@ -172,14 +178,10 @@ def test_the_rest_ends_are_computed_only_when_a_list_shares_past_the_head() -> N
 
 
 def test_sharing_part_of_the_first_rest_token_leaves_the_rest_unexamined() -> None:
-    base_tokens = list(range(100, 400))
-    base = msgspec.msgpack.encode(base_tokens)
-    base_ids = decode_full(base)
-    own = token_ends(base, np.frombuffer(base_ids, dtype=np.uint32))
-    assert own is not None
+    base_tokens, base, base_ids, own = decoded_base()
     first = [*base_tokens[:200], 70000, 5]  # the rest starts with a 5-byte token
     raw = msgspec.msgpack.encode(first)
-    out = decode_after(raw, base, base_ids, TokenEnds(own))
+    out = decode_after(raw, base, base_ids, own)
     assert out is not None
     ids, ends, _ = out
     # 70001 shares 0xce and two value bytes with 70000: no whole token more.
