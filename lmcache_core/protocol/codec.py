@@ -109,8 +109,23 @@ class _KeyDecoder:
         key = _tokens_last(frame) if type(frame) is bytes else None
         if key is not None:
             return key
+        at = frame.find(_TOKENS_NAME, 1) if type(frame) is bytes else -1
+        if at > 0:
+            try:  # the entries before the tokens only: the 64 KB after them are not copied in
+                return self._decode(frame, at + len(_TOKENS_NAME))
+            except msgpack.OutOfData:
+                pass  # those bytes lay inside an earlier value: read the frame whole
+        return self._decode(frame, len(frame))
+
+    @staticmethod
+    def _decode(frame: bytes, fed: int) -> WireCacheKey:
+        """:meth:`decode` with the unpacker given ``frame[:fed]``, the rest only to walk tokens.
+
+        Raises:
+            msgpack.OutOfData: The entries before the tokens run past ``fed``.
+        """
         unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=len(frame) + 1)
-        unpacker.feed(frame)
+        unpacker.feed(memoryview(frame)[:fed] if fed < len(frame) else frame)
         fields: dict[str, Any] = {}
         raw_tokens: bytes | memoryview | None = None
         count = unpacker.read_map_header()
@@ -134,6 +149,9 @@ class _KeyDecoder:
                     raw_tokens = memoryview(frame)[begin:end]
                     fields.update(rest)
                     break
+                if fed < len(frame):
+                    unpacker.feed(memoryview(frame)[fed:])
+                    fed = len(frame)
                 unpacker.skip()
                 raw_tokens = frame[begin : unpacker.tell()]
             else:
