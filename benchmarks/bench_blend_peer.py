@@ -17,6 +17,11 @@ ratio is the figure to hold against upstream's 1.46-2.02 ms and the 0.5 ms targe
 
 "beyond noop" divides what each lookup costs beyond its own server's noop (the
 client's share, the heavier part of a noop with upstream's client, taken out).
+``--clients separate`` gives each server its own driver process instead, the two
+taking rounds in turn (the same prompts, the first to go alternating): a check
+that one client's work for one server does not colour the other's figures (it
+did not, stop 27: docs/benchmarks.md).
+
 Prints a Markdown table and one JSON line; both servers are stopped by their PID.
 A difference in hit chunks between the two servers is printed to stderr and makes
 the exit status 1.
@@ -43,7 +48,9 @@ NOOP_AND_TAIL = ("ours_p99_ms", "upstream_p99_ms", "ours_noop_ms", "upstream_noo
 SERVER_FLAGS = ["--engine-type", "blend", "--l1-size-gb", "1", "--eviction-policy", "LRU"]
 
 
-def run(compat_python: str, sizes: list[int], rounds: int, modes: list[str]) -> dict[str, Any]:
+def run(
+    compat_python: str, sizes: list[int], rounds: int, modes: list[str], clients: str = "shared"
+) -> dict[str, Any]:
     """Start both servers, drive them, stop them; the driver's figures."""
     logs = Path(tempfile.mkdtemp(prefix="blend-peer-"))
     servers: dict[str, ServerProcess] = {}
@@ -52,35 +59,78 @@ def run(compat_python: str, sizes: list[int], rounds: int, modes: list[str]) -> 
         servers["upstream"] = start_server(
             "upstream", SERVER_FLAGS, logs / "upstream.log", python=compat_python
         )
-        settings = {
-            "servers": {label: server.url for label, server in servers.items()},
-            "sizes": sizes,
-            "rounds": rounds,
-            "modes": modes,
-        }
-        settings_path = logs / "settings.json"
-        settings_path.write_text(json.dumps(settings))
-        # Nothing of ours on its path, and no LMCACHE_* variable configuring upstream's client.
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k != "PYTHONPATH" and not k.startswith("LMCACHE_")
-        }
-        done = subprocess.run(
-            [compat_python, str(DRIVER), str(settings_path)],
-            check=False,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=3600,
+        settings = {"sizes": sizes, "rounds": rounds, "modes": modes}
+        urls = {label: server.url for label, server in servers.items()}
+        if clients == "shared":
+            return _drive(compat_python, logs, [{**settings, "servers": urls}])
+        return _drive(
+            compat_python,
+            logs,
+            [
+                {**settings, "servers": {label: url}, "lockstep": True}
+                for label, url in urls.items()
+            ],
+            rounds * len(sizes) * len(modes),
         )
-        if done.returncode != 0:
-            raise SystemExit(f"the driver failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-        return figures
     finally:
         for server in servers.values():
             server.stop()
+
+
+def _drive(
+    compat_python: str, logs: Path, all_settings: list[dict[str, Any]], steps: int = 0
+) -> dict[str, Any]:
+    """Run one driver per settings; with ``steps``, in lockstep, alternating who goes first."""
+    # Nothing of ours on its path, and no LMCACHE_* variable configuring upstream's client.
+    env = {
+        k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("LMCACHE_")
+    }
+    drivers = []
+    try:
+        for index, settings in enumerate(all_settings):
+            path = logs / f"settings-{index}.json"
+            path.write_text(json.dumps(settings))
+            drivers.append(
+                subprocess.Popen(
+                    [compat_python, str(DRIVER), str(path)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=open(logs / f"driver-{index}.log", "w"),  # noqa: SIM115 - closed by exit
+                    text=True,
+                    env=env,
+                )
+            )
+        if steps:
+            for driver in drivers:
+                _expect(driver, "ready", logs)
+            for step in range(steps):
+                # Separate client processes, one round each in turn: the first to go alternates.
+                for driver in drivers if step % 2 == 0 else drivers[::-1]:
+                    assert driver.stdin is not None
+                    driver.stdin.write("go\n")
+                    driver.stdin.flush()
+                    _expect(driver, "done", logs)
+        figures: dict[str, Any] = {}
+        for index, driver in enumerate(drivers):
+            out, _ = driver.communicate(timeout=600)
+            if driver.returncode != 0:
+                log = (logs / f"driver-{index}.log").read_text()[-3000:]
+                raise SystemExit(f"the driver failed ({driver.returncode}):\n{log}")
+            figures.update(json.loads(out.strip().splitlines()[-1]))
+        return figures
+    finally:
+        for driver in drivers:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait(10)
+
+
+def _expect(driver: subprocess.Popen[str], word: str, logs: Path) -> None:
+    """Read the driver's next line; it must be ``word``."""
+    assert driver.stdout is not None
+    line = driver.stdout.readline().strip()
+    if line != word:
+        raise SystemExit(f"the driver said {line!r}, not {word!r}; its logs are in {logs}")
 
 
 def summarise(figures: dict[str, Any]) -> list[dict[str, Any]]:
@@ -118,10 +168,16 @@ def main() -> None:
     parser.add_argument(
         "--modes", nargs="+", choices=("repeat", "fresh"), default=["repeat", "fresh"]
     )
+    parser.add_argument(
+        "--clients",
+        choices=("separate", "shared"),
+        default="shared",
+        help="one client process for both servers (default), or one per server, in turn",
+    )
     args = parser.parse_args()
     if not args.compat_python:
         parser.error("needs --compat-python or LMCACHE_COMPAT_PYTHON")
-    figures = run(args.compat_python, args.sizes, args.rounds, args.modes)
+    figures = run(args.compat_python, args.sizes, args.rounds, args.modes, args.clients)
     rows = summarise(figures)
     differ = False
     print(
@@ -143,7 +199,8 @@ def main() -> None:
                 file=sys.stderr,
             )
             differ = True
-    print(json.dumps({"machine": machine_info(), "rounds": args.rounds, "rows": rows}))
+    summary = {"machine": machine_info(), "rounds": args.rounds, "clients": args.clients}
+    print(json.dumps({**summary, "rows": rows}))
     if differ:
         sys.exit(1)
 

@@ -15,8 +15,14 @@ ends the session outside the timing; then a ``noop`` round trip per server (the
 ceiling: the same client and socket, no work). ``repeat``: the same prompt each
 round; ``fresh``: 40 new random tokens at its end each round.
 
-Prints one JSON line: per server, size and mode, the lookup times in seconds,
-the noop times, and the hit chunks of the last lookup.
+With ``"lockstep": true`` in the settings (``bench_blend_peer.py --clients separate``:
+one driver process per server, so neither server's client work warms or cools the
+other's measurement) it prints ``ready`` once its documents are stored, then
+runs each round only after reading a line from its standard input and prints
+``done`` after it; the parent alternates the drivers round by round.
+
+Prints one JSON line last: per server, size and mode, the lookup times in
+seconds, the noop times, and the hit chunks of the last lookup.
 """
 
 from __future__ import annotations
@@ -109,6 +115,9 @@ def main(settings_path: str) -> None:
         first_block += len(stored) // BLOCK
         queries[size] = docs[0] + [t for d in reversed(docs[1:]) for t in d] + docs[0][:40]
 
+    lockstep = bool(settings.get("lockstep"))
+    if lockstep:
+        print("ready", flush=True)
     figures: dict = {label: {} for label in workers}
     labels = list(workers)
     for size in sizes:
@@ -119,6 +128,8 @@ def main(settings_path: str) -> None:
             for round_index in range(rounds):
                 tail = [rng.randrange(1, 128000) for _ in range(40)] if mode == "fresh" else []
                 tokens = queries[size] + tail
+                if lockstep and not sys.stdin.readline():
+                    raise SystemExit("the parent went away")
                 order = labels if round_index % 2 == 0 else labels[::-1]
                 for label in order:
                     client = workers[label][0].req_client
@@ -136,6 +147,8 @@ def main(settings_path: str) -> None:
                     started = time.perf_counter()
                     client.noop().result(timeout=TIMEOUT)
                     noops[label].append(time.perf_counter() - started)
+                if lockstep:
+                    print("done", flush=True)
             for label in labels:
                 figures[label].setdefault(str(size), {})[mode] = {
                     "lookup_s": times[label],

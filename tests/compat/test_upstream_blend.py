@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.compat.upstream_run import needs_compat_python, run_driver
 from tests.server_process import free_port, server_on_free_ports
 
@@ -57,14 +59,16 @@ def test_upstream_client_gets_upstreams_reorder_plans() -> None:
     assert len([name for name in checks if name.startswith("reorder")]) == 7, checks
 
 
-def test_upstream_client_gets_the_same_hits_from_both_servers() -> None:
+@pytest.mark.parametrize("clients", ["shared", "separate"])
+def test_upstream_client_gets_the_same_hits_from_both_servers(clients: str) -> None:
     # bench_blend_peer's driver: the same documents stored in ours and in upstream's own
     # server through upstream's adapter, the same reordered lookups (repeated and with a
-    # new tail) asked of both; every chunk is found by both, in both modes.
+    # new tail) asked of both; every chunk is found by both, in both modes. "separate":
+    # one driver per server, in lockstep (each round's ready/go/done exchange).
     from benchmarks.bench_blend_peer import run, summarise
     from tests.compat.upstream_run import COMPAT_PYTHON
 
-    rows = summarise(run(COMPAT_PYTHON, [5, 17], 3, ["repeat", "fresh"]))
+    rows = summarise(run(COMPAT_PYTHON, [5, 17], 3, ["repeat", "fresh"], clients))
     assert [(r["chunks"], r["mode"]) for r in rows] == [
         (5, "repeat"),
         (5, "fresh"),
