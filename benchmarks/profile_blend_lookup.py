@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import importlib.util
 import pstats
 import random
 import statistics
@@ -44,6 +43,7 @@ sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from lmcache_obs_metrics.subscriber import MetricsSubscriber
 
+from benchmarks.alternate_patch import Switch, load_patch
 from lmcache_core.client.cpu_worker import CpuKVWorker
 from lmcache_core.config.loading import load_config
 from lmcache_core.config.resolution import resolve_plugins
@@ -58,21 +58,6 @@ from lmcache_core.transfer.layout import KVFormat, KVLayout
 CHUNK = 256
 BLOCK = 16
 CTX = RequestContext(b"client", "cb_unified_lookup")
-
-
-class Switch:
-    """What an ``--alternate`` patch reads: patched behaviour while :attr:`on`."""
-
-    on = False
-
-
-def load_patch(path: str) -> Any:
-    """The ``--alternate`` file as a module (it defines ``install(switch)``)."""
-    spec = importlib.util.spec_from_file_location("alternate_patch", path)
-    assert spec is not None and spec.loader is not None, path
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def wire_key(

@@ -11,22 +11,24 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 from typing import Any
 
 
-class Switch:
-    """What the patch reads: patched behaviour while :attr:`on`."""
-
-    on = False
-
-
-def _install(path: str) -> Switch:
-    spec = importlib.util.spec_from_file_location("alternate_patch", path)
+def _loader() -> Any:
+    """``benchmarks/alternate_patch.py``, by path (this directory alone is on the path)."""
+    path = Path(__file__).resolve().parent.parent / "alternate_patch.py"
+    spec = importlib.util.spec_from_file_location("alternate_patch_loader", path)
     assert spec is not None and spec.loader is not None, path
-    patch = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(patch)
-    switch = Switch()
-    patch.install(switch)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _install(path: str) -> Any:
+    loader = _loader()
+    switch = loader.Switch()
+    loader.load_patch(path).install(switch)
 
     from lmcache_engine_blend.unified_lookup import UnifiedLookups
 
