@@ -27,10 +27,14 @@ def chains(n: int, tag: bytes = b"h") -> list[bytes]:
     return [tag + bytes([i]) * 31 for i in range(n)]
 
 
-def test_rolling_hash_is_upstreams_polynomial_at_every_offset() -> None:
+@pytest.mark.parametrize("dtype", [np.uint64, np.uint32])
+def test_rolling_hash_is_upstreams_polynomial_at_every_offset(dtype: type) -> None:
+    # uint32: how the prompt cache keeps a prompt's tokens (the products widen them).
     index = FingerprintIndex(C)
-    tokens = doc(1, 5 * C + 7)
+    tokens = np.random.default_rng(1).integers(0, 1 << 32, 5 * C + 7, dtype=np.uint64)
+    tokens = tokens.astype(dtype)
     rolled = index.rolling(tokens)
+    assert rolled.dtype == np.uint64
     assert len(rolled) == len(tokens) - C + 1
     for s in (0, 1, 7, C, len(tokens) - C):
         assert int(rolled[s]) == naive_poly([int(t) for t in tokens[s : s + C]])

@@ -56,7 +56,7 @@ def test_a_prompt_seen_again_is_not_decoded_again() -> None:
     first = cache.get(raw_of(tokens), 3 * C, prime)
     again = cache.get(raw_of(tokens), 3 * C, prime)
     assert again is first and [list(d) for d in decoded] == [tokens]
-    assert first.tokens.tolist() == tokens and first.tokens.dtype == np.uint64
+    assert first.tokens.tolist() == tokens and first.tokens.dtype == np.uint32
     # Another end is another prompt (the key's window bounds it).
     shorter = cache.get(raw_of(tokens), 2 * C)
     assert len(shorter) == 2 * C and shorter is not first
@@ -226,7 +226,7 @@ def test_a_blob_prompt_is_the_list_prompt_and_is_based_on_recent_blobs() -> None
     as_list = cache.get(raw_of(first_tokens), len(first_tokens))
     as_blob = cache.get(blob_of(first_tokens), len(first_tokens), prime)
     assert as_blob is not as_list and as_blob.tokens.tolist() == first_tokens
-    assert as_blob.tokens.dtype == np.uint64
+    assert as_blob.tokens.dtype == np.uint32
     assert np.array_equal(as_blob.polys(index), as_list.polys(index))
     assert index.match(NS, as_blob) == index.match(NS, as_list)
     assert primed == [(0, 0)]  # a list is no blob's base

@@ -155,9 +155,7 @@ class PromptCache:
         else:
             ids, ends, shared = self._decode_list(raw, base)
         hashes = prime(raw, ids, base.hashes if base else [], shared) if prime else []
-        prompt = Prompt(
-            np.frombuffer(ids, dtype=np.uint32).astype(np.uint64)[:end], self.chunk_size
-        )
+        prompt = Prompt(np.frombuffer(ids, dtype=np.uint32)[:end], self.chunk_size)
         if base is not None and shared:
             prompt.share_windows(base.prompt, shared)
         entry = _Entry(raw, prompt, ids, ends, hashes, probe, ends_checked=ends is not None)
