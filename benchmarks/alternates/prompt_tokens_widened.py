@@ -22,4 +22,4 @@ def install(switch: Any) -> None:
             tokens = tokens.astype(np.uint64)
         original(self, tokens, chunk_size)
 
-    Prompt.__init__ = init  # type: ignore[method-assign]
+    Prompt.__init__ = init  # type: ignore[method-assign,unused-ignore]
