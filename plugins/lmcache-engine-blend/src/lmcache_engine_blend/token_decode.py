@@ -202,8 +202,7 @@ def decode_after(
     head_end = int(ends[shared - 1])
     rest_raw = _header_of(count - shared) + raw[start + head_end :]
     rest = decode_full(rest_raw)
-    ids = base_ids[:shared]
-    ids.extend(rest)
+    ids = base_ids[:shared] + rest  # one array of the final size (extend grew and copied it)
     rest_ids = np.frombuffer(rest, dtype=np.uint32)
     return (
         ids,
