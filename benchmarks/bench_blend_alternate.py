@@ -19,17 +19,15 @@ filling). Prints a Markdown table; the server is stopped by its PID.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from lmcache_bench_trace.servers import start_server
 
-from benchmarks.bench_blend_peer import SERVER_FLAGS
+from benchmarks.bench_blend_peer import SERVER_FLAGS, drive
 
 HERE = Path(__file__).resolve().parent
 WARM_ROUNDS = 10
@@ -63,23 +61,7 @@ def main() -> None:
             "rounds": args.rounds,
             "modes": args.modes,
         }
-        (logs / "settings.json").write_text(json.dumps(settings))
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k != "PYTHONPATH" and not k.startswith("LMCACHE_")
-        }
-        done = subprocess.run(
-            [args.compat_python, str(HERE / "blend_peer_driver.py"), str(logs / "settings.json")],
-            check=False,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=3600,
-        )
-        if done.returncode != 0:
-            raise SystemExit(f"the driver failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        figures = json.loads(done.stdout.strip().splitlines()[-1])["ours"]
+        figures = drive(args.compat_python, logs, [settings])["ours"]
     finally:
         server.stop()
     print("| chunks | mode | as is p50 ms | patched p50 ms | as is / patched |")

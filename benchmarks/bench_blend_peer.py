@@ -62,8 +62,8 @@ def run(
         settings = {"sizes": sizes, "rounds": rounds, "modes": modes}
         urls = {label: server.url for label, server in servers.items()}
         if clients == "shared":
-            return _drive(compat_python, logs, [{**settings, "servers": urls}])
-        return _drive(
+            return drive(compat_python, logs, [{**settings, "servers": urls}])
+        return drive(
             compat_python,
             logs,
             [
@@ -77,7 +77,7 @@ def run(
             server.stop()
 
 
-def _drive(
+def drive(
     compat_python: str, logs: Path, all_settings: list[dict[str, Any]], steps: int = 0
 ) -> dict[str, Any]:
     """Run one driver per settings; with ``steps``, in lockstep, alternating who goes first."""
