@@ -225,11 +225,11 @@ class Prompt:
         theirs = seed[0]._screened if seed is not None else None
         if seed is not None and theirs is not None and theirs[0] == generation:
             cut = seed[1]
-            head = theirs[1][: int(np.searchsorted(theirs[1], cut))]
-            tail = np.flatnonzero(counts[polys[cut:] & mask]) + cut
+            head = theirs[1][: int(theirs[1].searchsorted(cut))]
+            tail = counts[polys[cut:] & mask].nonzero()[0] + cut
             hits = np.concatenate((head, tail))
         else:
-            hits = np.flatnonzero(counts[polys & mask])
+            hits = counts[polys & mask].nonzero()[0]
         self._screened = (generation, hits)
         return hits
 
@@ -304,11 +304,15 @@ class FingerprintIndex:
         if n < size:
             return np.empty(0, dtype=np.uint64)
         up, down = self._powers.upto(n)
-        with np.errstate(over="ignore"):
-            sums = np.concatenate(
-                (np.zeros(1, dtype=np.uint64), np.cumsum(tokens * down[:n], dtype=np.uint64))
-            )
-            return up[size - 1 : n] * (sums[size:] - sums[: n - size + 1])
+        # Array arithmetic wraps silently (no errstate needed: only numpy scalars warn), and
+        # the prefix sums are written behind a leading zero in place: four array operations
+        # on a live server's path, where each costs several warm ones (docs/benchmarks.md).
+        sums = np.empty(n + 1, dtype=np.uint64)
+        sums[0] = 0
+        np.multiply(tokens, down[:n], out=sums[1:]).cumsum(out=sums[1:])
+        windows = sums[size:] - sums[: n - size + 1]
+        windows *= up[size - 1 : n]
+        return windows
 
     def chunk_polys(self, tokens: Tokens) -> Tokens:
         """The fingerprints of the non-overlapping full chunks of ``tokens``."""
@@ -426,7 +430,7 @@ class FingerprintIndex:
                 # The windows before the cut are the other prompt's, matched against the same
                 # entries: its matches there, and the texts it reported there, are this one's.
                 cut = seed[1]
-                head = int(np.searchsorted(hits, cut))
+                head = int(hits.searchsorted(cut))
                 # The texts indexed among them: one C-level pass over the list, not the index.
                 reported = by_poly.keys() & polys[hits[:head]].tolist()
                 # Matches are in position order: those before the cut are a leading slice.

@@ -108,6 +108,9 @@ class InlinePlan:
     per_hash: dict[bytes, list[ObjectKey]]
     segments: list[tuple[int, int, int, int, bytes]]
     """``CBMatchResult`` fields of each winner."""
+    logged: tuple[tuple[int, int, str], ...]
+    """The end event's ``segments`` (``old_st``, ``cur_st``, hash in hex) of the winners:
+    at 64 chunks their hex strings and tuples were a third of the event's cost."""
 
 
 @dataclass
@@ -302,6 +305,7 @@ class UnifiedLookups:
             [],
             fingerprint_hits=plan.candidates,
             storage_hits=len(plan.chains),
+            logged=plan.logged,
         )
         return job.result
 
@@ -330,15 +334,17 @@ class UnifiedLookups:
             if candidate.match.cur_st >= end:
                 winners.append(candidate)
                 end = candidate.match.cur_st + size
+        matches = [c.match for c in winners]
         plan = InlinePlan(
             candidates=len(candidates),
             keys=[k for c in winners for k in c.keys],
-            chains=[c.match.chain_hash for c in winners],
+            chains=[m.chain_hash for m in matches],
             per_hash={c.match.chain_hash: c.keys for c in winners},
             segments=[
                 (m.old_st, m.old_st + size, m.cur_st, m.cur_st + size, m.chain_hash)
-                for m in (c.match for c in winners)
+                for m in matches
             ],
+            logged=tuple((m.old_st, m.cur_st, m.chain_hash.hex()) for m in matches),
         )
         prompt.keep_plan(token, plan_key, plan)
         return plan
@@ -567,13 +573,21 @@ class UnifiedLookups:
         fingerprint_hits: int = 0,
         storage_hits: int = 0,
         stale: int = 0,
+        logged: tuple[tuple[int, int, str], ...] | None = None,
     ) -> None:
+        """Publish the lookup's end event, if anyone listens.
+
+        ``logged``: the ``segments`` field, when the caller keeps it (an inline plan).
+        """
         if not self.events.wants_lookup_end():
             return
         key, size = job.key, self.chunk_size
         requested = key.end // size * size
-        non_prefix = sum(s.cur_ed - s.cur_st for s in segments)
-        seg_tokens = sum(s.cur_ed - s.cur_st for s in segmented)
+        # Every segment, non-prefix or segmented, is one whole chunk.
+        non_prefix = len(segments) * size
+        seg_tokens = len(segmented) * size
+        if logged is None:
+            logged = tuple((s.old_st, s.cur_st, s.hash.hex()) for s in segments)
         self.events.lookup_ended(
             CbLookupEnd(
                 **identity(key),
@@ -592,7 +606,7 @@ class UnifiedLookups:
                 polls=job.polls,
                 duration_s=time.time() - job.started,
                 fingerprint_matches=len(job.matches),
-                segments=tuple((s.old_st, s.cur_st, s.hash.hex()) for s in segments),
+                segments=logged,
                 segmented_segments=tuple((s.old_st, s.cur_st, s.hash.hex()) for s in segmented),
             )
         )
