@@ -16,6 +16,7 @@ from lmcache_core.protocol.codec import (
     ProtocolError,
     ServerCodec,
     _fields_after_tokens,
+    _tokens_inside,
     _tokens_last,
 )
 from lmcache_core.protocol.ops import OPS
@@ -171,3 +172,54 @@ def test_a_tail_that_is_not_whole_entries_falls_back_to_the_walk() -> None:
     assert _fields_after_tokens(repeated, begin, 6) is not None
     with pytest.raises(ProtocolError):
         ServerCodec().decode_args(OPS["lookup"], [repeated, E(1)])
+
+
+def test_upstreams_keys_take_the_inside_fast_path_and_agree_with_the_walk() -> None:
+    for tokens in (TOKENS, START_BYTES_TOKENS * 50):
+        frame = upstream_frame(tokens, request_configs={"a": [1, "¥start"]})
+        fast = _tokens_inside(frame)
+        assert fast is not None  # upstream's clients' layout: no unpacker, no walk
+        assert as_dict(fast) == walked(frame)
+
+
+FIELDS: dict[str, Any] = {
+    "model_name": "m",
+    "world_size": 2,
+    "worker_id": 1,
+    "token_ids": TOKENS[:300],
+    "start": 0,
+    "end": 300,
+    "request_id": "r",
+    "cache_salt": "s",
+    "request_configs": None,
+    "num_kv_readers": 1,
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    order=st.permutations(list(FIELDS)),
+    request_id=NAMES,
+    model=NAMES,
+    configs=st.one_of(st.none(), st.dictionaries(NAMES, NAMES, max_size=2)),
+)
+def test_any_field_order_decodes_as_the_walk_does_fast_path_or_not(
+    order: list[str], request_id: str, model: str, configs: dict[str, Any] | None
+) -> None:
+    """The inside fast path answers the walk's key or nothing, whatever the order and names."""
+    values = {**FIELDS, "request_id": request_id, "model_name": model, "request_configs": configs}
+    frame = E({name: values[name] for name in order})
+    reference = walked(frame)
+    fast = _tokens_inside(frame)
+    if fast is not None:
+        assert as_dict(fast) == reference
+    assert as_dict(ServerCodec().decode_args(OPS["lookup"], [frame, E(1)])[0]) == reference
+
+
+def test_the_inside_fast_path_refuses_repeated_names_and_cut_frames() -> None:
+    frame = upstream_frame(TOKENS)
+    repeated = frame.replace(b"\xaacache_salt", b"\xaamodel_name", 1)
+    assert _tokens_inside(repeated) is None  # the general path decides (and refuses it)
+    assert _tokens_inside(frame[:-1]) is None
+    before_twice = frame.replace(b"\xaaworld_size", b"\xaamodel_name", 1)
+    assert _tokens_inside(before_twice) is None

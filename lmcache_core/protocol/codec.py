@@ -106,7 +106,7 @@ class _KeyDecoder:
 
     def decode(self, frame: bytes) -> WireCacheKey:
         """The key of ``frame``; the tokens stay raw msgpack (see :class:`WireCacheKey`)."""
-        key = _tokens_last(frame) if type(frame) is bytes else None
+        key = _tokens_last(frame) or _tokens_inside(frame) if type(frame) is bytes else None
         if key is not None:
             return key
         at = frame.find(_TOKENS_NAME, 1) if type(frame) is bytes else -1
@@ -217,19 +217,77 @@ def _fields_after_tokens(
 
 def _entries_to_end(frame: bytes, at: int, entries: int) -> dict[str, Any] | None:
     """``frame[at:]`` as exactly ``entries`` map entries with string names; None if not."""
-    tail = memoryview(frame)[at:]
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=len(tail) + 1)
-    unpacker.feed(tail)
-    fields: dict[str, Any] = {}
+    return _entries(memoryview(frame)[at:], entries)
+
+
+_fields_map_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+UPSTREAM_ENTRIES_BEFORE_TOKENS = 3
+"""``model_name``, ``world_size`` and ``worker_id``: what upstream's keys hold before the tokens."""
+
+
+def _entries(data: memoryview, entries: int) -> dict[str, Any] | None:
+    """``data`` as exactly ``entries`` map entries with distinct string names; None if not.
+
+    One msgspec call on the entries behind a map header of that count (a
+    ``msgpack.Unpacker`` per call and two unpacks per entry cost three times as
+    much): too few bytes, trailing bytes, a name that is not a string or a
+    malformed value fail the decode; a repeated name leaves fewer entries.
+    """
+    if not 0 <= entries <= 15:
+        return None
     try:
-        for _ in range(entries):
-            name = unpacker.unpack()
-            if not isinstance(name, str) or name in fields:
-                return None
-            fields[name] = unpacker.unpack()
-    except (msgpack.UnpackException, ValueError, TypeError, RecursionError):
-        return None  # OutOfData too: fewer entries than that
-    return fields if unpacker.tell() == len(tail) else None
+        fields = _fields_map_decoder.decode(bytes((0x80 | entries,)) + data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    return fields if len(fields) == entries else None
+
+
+def _tokens_inside(frame: bytes) -> WireCacheKey | None:
+    """A key whose tokens lie inside its map (upstream's clients: the fourth of ten entries).
+
+    What :meth:`_KeyDecoder._decode` does for such a key, in msgspec calls instead
+    of an unpacker walking the entries: the entries before the first tokens name
+    are the one count of whole entries that fills those bytes exactly (entries
+    parse one way, so at most one count ends exactly there; none does when the
+    name lies inside a value), those after the tokens are found by
+    :func:`_fields_after_tokens`. A repeated name, or any doubt, gives None: the
+    caller's general path decodes the frame (and reports what is wrong with it).
+    Saves about two thirds of the decode of an upstream client's key.
+    """
+    head = frame[0] if frame else 0
+    if not 0x81 <= head <= 0x8F:
+        return None
+    count = head & 0x0F
+    at = frame.find(_TOKENS_NAME, 1)
+    if at < 0:
+        return None
+    before = memoryview(frame)[1:at]
+    # Upstream's count first: a count that does not fit costs a decode error (2 us each).
+    for entries in (UPSTREAM_ENTRIES_BEFORE_TOKENS, *range(count)):
+        fields = _entries(before, entries) if entries < count else None
+        if fields is not None:
+            break
+    else:
+        return None
+    begin = at + len(_TOKENS_NAME)
+    after = _fields_after_tokens(frame, begin, count - entries - 1)
+    if after is None or after[1].keys() & {*fields, "token_ids"}:
+        return None
+    end, rest = after
+    fields.update(rest)
+    header = msgspec.convert(fields, KeyFields)
+    return WireCacheKey(
+        model_name=header.model_name,
+        world_size=header.world_size,
+        worker_id=header.worker_id,
+        token_ids=msgspec.Raw(memoryview(frame)[begin:end]),
+        start=header.start,
+        end=header.end,
+        request_id=header.request_id,
+        cache_salt=header.cache_salt,
+        request_configs=header.request_configs,
+        num_kv_readers=header.num_kv_readers,
+    )
 
 
 def _tokens_last(frame: bytes) -> WireCacheKey | None:
