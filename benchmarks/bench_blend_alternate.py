@@ -14,6 +14,11 @@ prompts as ``bench_blend_peer.py``). Each row is the median lookup of the even
 rounds (as is) and of the odd ones (patched: usually the behaviour before the
 change), the first ten rounds of each size and mode left out (the prompt cache
 filling). Prints a Markdown table; the server is stopped by its PID.
+
+The switch is set when the handler starts: a patch of what runs before it (the
+request's decode) must read the round from the request itself, or it follows
+the previous round's switch and the two columns swap
+(``alternates/key_decode_unpacker.py`` reads it from the frame).
 """
 
 from __future__ import annotations
