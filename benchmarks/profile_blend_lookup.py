@@ -10,7 +10,8 @@ cache, lookup service, fingerprint index; no request server, no socket), stores
 reversed: one prefix chunk, the rest non-prefix hits), then ``end_session``, as
 ``bench_blend.py`` does over ZeroMQ. Prints the median of the lookup alone; with
 ``--profile`` the functions by own time under cProfile (which inflates small
-calls: use it to find what to optimise, the median to measure it).
+calls: use it to find what to optimise, the median to measure it). The cyclic GC is tuned
+as the server tunes it (``tune_gc``: start-up frozen, rarer young collections).
 
 ``--alternate PATCH.py`` measures a change on this host, where two runs of the
 same tree one after the other differ by up to 40 %: the file's ``install(switch)``
@@ -53,6 +54,7 @@ from lmcache_core.plugin.registry import PluginRegistry
 from lmcache_core.protocol.codec import encode_device_handle
 from lmcache_core.protocol.types import WireCacheKey, pack_token_blob
 from lmcache_core.server.data_path import build_data_path
+from lmcache_core.server.runner import tune_gc
 from lmcache_core.transfer.layout import KVFormat, KVLayout
 
 CHUNK = 256
@@ -124,6 +126,7 @@ def main() -> None:
         "off by default, so the figure is the handler's own",
     )
     args = parser.parse_args()
+    tune_gc()  # as the server does: cProfile would charge young collections to their callers
     switch = Switch()
     if args.alternate:
         load_patch(args.alternate).install(switch)
