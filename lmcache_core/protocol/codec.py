@@ -275,18 +275,22 @@ def _tokens_inside(frame: bytes) -> WireCacheKey | None:
         return None
     end, rest = after
     fields.update(rest)
-    header = msgspec.convert(fields, KeyFields)
+    return _wire_key(msgspec.convert(fields, KeyFields), memoryview(frame)[begin:end])
+
+
+def _wire_key(fields: KeyFields, tokens: memoryview) -> WireCacheKey:
+    """The key of ``fields`` and raw ``tokens`` (named one by one: a third cheaper than asdict)."""
     return WireCacheKey(
-        model_name=header.model_name,
-        world_size=header.world_size,
-        worker_id=header.worker_id,
-        token_ids=msgspec.Raw(memoryview(frame)[begin:end]),
-        start=header.start,
-        end=header.end,
-        request_id=header.request_id,
-        cache_salt=header.cache_salt,
-        request_configs=header.request_configs,
-        num_kv_readers=header.num_kv_readers,
+        model_name=fields.model_name,
+        world_size=fields.world_size,
+        worker_id=fields.worker_id,
+        token_ids=msgspec.Raw(tokens),
+        start=fields.start,
+        end=fields.end,
+        request_id=fields.request_id,
+        cache_salt=fields.cache_salt,
+        request_configs=fields.request_configs,
+        num_kv_readers=fields.num_kv_readers,
     )
 
 
@@ -315,18 +319,7 @@ def _tokens_last(frame: bytes) -> WireCacheKey | None:
         fields = _fields_decoder.decode(bytes((head - 1,)) + frame[1:at])
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    return WireCacheKey(  # named one by one: a third cheaper than through asdict
-        model_name=fields.model_name,
-        world_size=fields.world_size,
-        worker_id=fields.worker_id,
-        token_ids=msgspec.Raw(memoryview(frame)[at + len(_TOKENS_NAME) :]),
-        start=fields.start,
-        end=fields.end,
-        request_id=fields.request_id,
-        cache_salt=fields.cache_salt,
-        request_configs=fields.request_configs,
-        num_kv_readers=fields.num_kv_readers,
-    )
+    return _wire_key(fields, memoryview(frame)[at + len(_TOKENS_NAME) :])
 
 
 class ServerCodec:
